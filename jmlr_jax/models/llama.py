@@ -1,0 +1,324 @@
+"""Llama decoder in Flax linen: RMSNorm, RoPE (linear scaling), GQA, SwiGLU, tied/untied embeddings.
+
+Layers are always stacked on a leading `layers` axis (nn.scan); `scan_unroll` trades compile time
+for a fully unrolled graph without changing the parameter layout, so importers, checkpoints and
+sharding rules have exactly one layout to handle. Every parameter and main activation carries
+logical axis names; `jmlr_jax.parallel` maps them onto a mesh.
+
+Parameter tree (N = num_layers):
+  embed/embedding [V, D]                         ('vocab', 'embed')
+  layers/attn_norm/scale [N, D]                   ('layers', 'norm')
+  layers/attn/{q,k,v}/kernel [N, D, H|K, Dh]      ('layers', 'embed', 'heads'|'kv_heads', 'head_dim')
+  layers/attn/o/kernel [N, H, Dh, D]              ('layers', 'heads', 'head_dim', 'embed')
+  layers/mlp_norm/scale [N, D]
+  layers/mlp/{gate,up}/kernel [N, D, F], down [N, F, D]
+  final_norm/scale [D]; lm_head/kernel [D, V] (absent when embeddings are tied)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jmlr_jax.models.attention import MaskInfo, dot_product_attention, make_mask_info
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Architecture (round-trips to a Hugging Face config.json) plus JAX execution settings."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int = 0  # 0: hidden_size // num_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling_factor: float = 1.0  # linear position interpolation (long context)
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    # Execution settings, not part of the HF architecture.
+    dtype: str = "float32"  # activations / matmul inputs
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+    scan_unroll: int = 1
+    s2_group_size: int = 0  # S2-Attn group G for train=True; 0 = dense causal
+
+    def __post_init__(self):
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} not a multiple of num_kv_heads={self.num_kv_heads}")
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    def replace(self, **kw: Any) -> "LlamaConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A `config.json` dict that `transformers.LlamaConfig` loads."""
+        d = {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.dim_per_head,
+            "rms_norm_eps": self.rms_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "mlp_bias": False,
+            "torch_dtype": self.param_dtype,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": None,
+        }
+        if self.rope_scaling_factor != 1.0:
+            d["rope_scaling"] = {"rope_type": "linear", "factor": self.rope_scaling_factor}
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], **overrides: Any) -> "LlamaConfig":
+        """Reads both the legacy (`rope_theta`, `rope_scaling`) and transformers-5 (`rope_parameters`) keys."""
+        if d.get("model_type", "llama") not in ("llama", "mistral"):
+            raise ValueError(f"not a Llama config: model_type={d.get('model_type')!r}")
+        for key in ("hidden_act",):
+            if d.get(key, "silu") != "silu":
+                raise ValueError(f"unsupported {key}={d[key]!r} (Llama uses silu)")
+        if d.get("attention_bias") or d.get("mlp_bias"):
+            raise ValueError("Llama configs with attention/MLP biases are not supported")
+        rope = dict(d.get("rope_parameters") or {})
+        rope.update(d.get("rope_scaling") or {})
+        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "linear"):
+            raise ValueError(f"unsupported RoPE scaling type {rope_type!r} (supported: default, linear)")
+        factor = float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0
+        eos = d.get("eos_token_id")
+        heads = d["num_attention_heads"]
+        kw = dict(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_layers=d["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=d.get("num_key_value_heads") or heads,
+            head_dim=d.get("head_dim") or d["hidden_size"] // heads,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling_factor=factor,
+            max_position_embeddings=d.get("max_position_embeddings", 4096),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+        )
+        kw.update(overrides)
+        return cls(**kw)
+
+
+def _kernel(axes: tuple[str, ...], std: float = 0.02):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
+
+
+def apply_rope(x_BxLxHxD: jax.Array, pos_BxL: jax.Array, theta: float, scaling_factor: float) -> jax.Array:
+    """Rotary embedding, Hugging Face's half-split convention, computed in fp32."""
+    D = x_BxLxHxD.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, D, 2, dtype=jnp.float32) / D)) / scaling_factor
+    angles_BxLxF = pos_BxL.astype(jnp.float32)[..., None] * inv_freq
+    cos = jnp.cos(angles_BxLxF)[:, :, None, :]
+    sin = jnp.sin(angles_BxLxF)[:, :, None, :]
+    x = x_BxLxHxD.astype(jnp.float32)
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxHxD.dtype)
+
+
+class Attention(nn.Module):
+    cfg: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD, pos_BxL, info: MaskInfo, layer_cache, cache_index):
+        cfg = self.cfg
+        H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
+        dense = lambda feats, axes, name, axis=-1: nn.DenseGeneral(  # noqa: E731
+            feats, axis=axis, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            kernel_init=_kernel(axes), name=name,
+        )
+        q = dense((H, Dh), ("embed", "heads", "head_dim"), "q")(x_BxLxD)
+        k = dense((K, Dh), ("embed", "kv_heads", "head_dim"), "k")(x_BxLxD)
+        v = dense((K, Dh), ("embed", "kv_heads", "head_dim"), "v")(x_BxLxD)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
+        q = apply_rope(q, pos_BxL, cfg.rope_theta, cfg.rope_scaling_factor)
+        k = apply_rope(k, pos_BxL, cfg.rope_theta, cfg.rope_scaling_factor)
+        new_cache = None
+        if layer_cache is not None:
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
+            new_cache = {"k": k, "v": v}
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), info)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+        return dense(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", axis=(-2, -1))(out), new_cache
+
+
+class MLP(nn.Module):
+    cfg: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        cfg = self.cfg
+        dense = lambda feats, axes, name: nn.Dense(  # noqa: E731
+            feats, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            kernel_init=_kernel(axes), name=name,
+        )
+        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(x_BxLxD)
+        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(x_BxLxD)
+        h_BxLxF = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return dense(cfg.hidden_size, ("mlp", "embed"), "down")(h_BxLxF)
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer; the signature is nn.scan's (carry, scanned, *broadcast)."""
+
+    cfg: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD, layer_cache, pos_BxL, info, cache_index):
+        cfg = self.cfg
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name=name)  # noqa: E731
+        attn_out, new_cache = Attention(cfg, name="attn")(norm("attn_norm")(x_BxLxD), pos_BxL, info,
+                                                          layer_cache, cache_index)
+        h = x_BxLxD + attn_out
+        out = h + MLP(cfg, name="mlp")(norm("mlp_norm")(h))
+        return nn.with_logical_constraint(out, ("batch", "length", "embed")), new_cache
+
+
+def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype: Any = None) -> dict[str, jax.Array]:
+    """Empty KV cache: k/v [N, B, S, K, Dh], slot positions [B, S] (-1 = empty), write index."""
+    dtype = dtype or cfg.dtype
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "pos": jnp.full((batch, max_len), -1, jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+class Llama(nn.Module):
+    """Decoder-only LM. `apply({"params": p}, tokens_BxL)` returns fp32 logits [B, L, V].
+
+    segment_ids_BxL: 0 marks padding; tokens attend only within equal non-zero ids (packing).
+    train=True uses S2-Attn when cfg.s2_group_size > 0; inference is always dense causal.
+    cache: from `init_cache`; then the call writes this block's K/V at cache["index"] and returns
+    (logits, new_cache). Padded tokens (segment 0) are written but never attended to.
+    """
+
+    cfg: LlamaConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxL, *, positions_BxL=None, segment_ids_BxL=None, cache=None, train=False,
+                 return_hidden=False):
+        cfg = self.cfg
+        B, L = tokens_BxL.shape
+        seg = jnp.ones((B, L), jnp.int32) if segment_ids_BxL is None else segment_ids_BxL.astype(jnp.int32)
+        pos = (jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L)) if positions_BxL is None
+               else positions_BxL.astype(jnp.int32))
+        if cache is None:
+            info = make_mask_info(pos, seg, num_heads=cfg.num_heads,
+                                  s2_group_size=cfg.s2_group_size if train else 0)
+            layer_cache, index = None, None
+        else:
+            index = cache["index"]
+            kv_pos = jax.lax.dynamic_update_slice(cache["pos"], jnp.where(seg > 0, pos, -1), (0, index))
+            valid = (seg > 0).astype(jnp.int32)
+            info = MaskInfo(pos, kv_pos, valid, jnp.ones_like(kv_pos))
+            layer_cache = {"k": cache["k"], "v": cache["v"]}
+
+        embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                         embedding_init=_kernel(("vocab", "embed")), name="embed")
+        x = nn.with_logical_constraint(embed(tokens_BxL), ("batch", "length", "embed"))
+
+        block = Block
+        policy = REMAT_POLICIES[cfg.remat_policy]
+        if cfg.remat_policy != "none":
+            block = nn.remat(Block, policy=policy, prevent_cse=False)
+        stack = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+            unroll=cfg.scan_unroll,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, new_layer_cache = stack(cfg, name="layers")(x, layer_cache, pos, info, index)
+        x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
+        if return_hidden:
+            out = x
+        elif cfg.tie_word_embeddings:
+            out = embed.attend(x).astype(jnp.float32)
+        else:
+            out = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                           kernel_init=_kernel(("embed", "vocab")), name="lm_head")(x).astype(jnp.float32)
+        out = nn.with_logical_constraint(out, ("batch", "length", "vocab" if not return_hidden else "embed"))
+        if cache is None:
+            return out
+        new_cache = dict(new_layer_cache, pos=kv_pos, index=index + L)
+        return out, new_cache
+
+
+def init_params(cfg: LlamaConfig, rng: jax.Array, seq_len: int = 8) -> dict:
+    """Random parameters as a plain (unboxed) pytree."""
+    variables = Llama(cfg).init(rng, jnp.zeros((1, seq_len), jnp.int32))
+    return nn.meta.unbox(variables["params"])
+
+
+def param_shapes(cfg: LlamaConfig) -> dict:
+    """Shape/dtype pytree of the parameters, without allocating them."""
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+
+
+def logical_axes(cfg: LlamaConfig) -> dict:
+    """Logical axis names of every parameter (a pytree of PartitionSpec of logical names)."""
+    boxed = jax.eval_shape(lambda: Llama(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)))
+    return nn.get_partition_spec(boxed)["params"]

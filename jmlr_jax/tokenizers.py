@@ -1,0 +1,145 @@
+"""One tokenizer interface over sentencepiece models and Hugging Face `tokenizers` files.
+
+`encode` never adds special tokens; callers (templates, ColBERT) add BOS/EOS/[CLS]/[SEP] explicitly,
+so one code path serves Llama-2 (sentencepiece), SmolLM2 (byte-level BPE) and BERT (WordPiece).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Protocol, Sequence
+
+import tokenizers as hf_tokenizers
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int | None
+
+    def encode(self, text: str) -> list[int]: ...
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    def token_to_id(self, token: str) -> int | None: ...
+
+
+class SentencePieceTokenizer:
+    """Llama-2 style `tokenizer.model`."""
+
+    def __init__(self, path: str):
+        import sentencepiece as spm
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"sentencepiece model not found: {path}")
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.Load(path)
+        except Exception as e:  # sentencepiece raises OSError/RuntimeError with long messages
+            raise ValueError(f"{path}: not a valid sentencepiece model ({str(e).splitlines()[0]})") from None
+        self.vocab_size = self.sp.GetPieceSize()
+        as_id = lambda i: i if i >= 0 else None  # noqa: E731
+        self.bos_id, self.eos_id, self.pad_id = as_id(self.sp.bos_id()), as_id(self.sp.eos_id()), as_id(self.sp.pad_id())
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.EncodeAsIds(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.sp.EncodeAsIds(list(texts))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.DecodeIds([int(i) for i in ids])
+
+    def token_to_id(self, token: str) -> int | None:
+        i = self.sp.PieceToId(token)
+        return None if i == self.sp.unk_id() and token != self.sp.IdToPiece(i) else i
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers.Tokenizer` (BPE or WordPiece), padding and truncation turned off."""
+
+    def __init__(self, tok: hf_tokenizers.Tokenizer, *, bos: str | None = None, eos: str | None = None,
+                 pad: str | None = None):
+        tok.no_padding()  # all-MiniLM's tokenizer.json pads to 128 by default
+        tok.no_truncation()
+        self.tok = tok
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self.bos_id = tok.token_to_id(bos) if bos else None
+        self.eos_id = tok.token_to_id(eos) if eos else None
+        self.pad_id = tok.token_to_id(pad) if pad else None
+
+    @classmethod
+    def from_file(cls, path: str, **special: str | None) -> "HFTokenizer":
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        try:
+            tok = hf_tokenizers.Tokenizer.from_file(path)
+        except Exception as e:
+            raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
+        return cls(tok, **special)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tok.token_to_id(token)
+
+
+def bpe_from_vocab(tokens: list[str], merges: list[str], special: list[str]) -> hf_tokenizers.Tokenizer:
+    """Byte-level BPE as used by GPT-2 style models, with digits split individually (SmolLM / StarCoder
+    pre-tokenisation, llama.cpp's `smollm` pre-tokenizer type)."""
+    from tokenizers import decoders, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(tokens)}
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    tok = hf_tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(special)
+    return tok
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """A tokenizer from a file or a model directory (tokenizer.json preferred, else tokenizer.model)."""
+    if os.path.isdir(path):
+        for name in ("tokenizer.json", "tokenizer.model"):
+            if os.path.isfile(os.path.join(path, name)):
+                return load_tokenizer(os.path.join(path, name))
+        raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer.model in this directory")
+    if path.endswith(".model"):
+        return SentencePieceTokenizer(path)
+    special = _special_tokens(os.path.dirname(path))
+    return HFTokenizer.from_file(path, **special)
+
+
+def _special_tokens(directory: str) -> dict[str, str | None]:
+    """bos/eos/pad strings from a HF tokenizer_config.json / special_tokens_map.json, when present."""
+    out: dict[str, str | None] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        p = os.path.join(directory, name)
+        if os.path.isfile(p):
+            with open(p) as f:
+                d = json.load(f)
+            for key, field in (("bos", "bos_token"), ("eos", "eos_token"), ("pad", "pad_token")):
+                v = d.get(field)
+                v = v.get("content") if isinstance(v, dict) else v
+                if isinstance(v, str):
+                    out.setdefault(key, v)
+    return out
+
+
+def check_vocab(tok: Tokenizer, model_vocab_size: int, what: str = "model") -> None:
+    """Tokenizer ids must index the model's embedding table (models may pad their vocab upward)."""
+    if tok.vocab_size > model_vocab_size:
+        raise ValueError(
+            f"tokenizer has {tok.vocab_size} tokens but the {what} embeds only {model_vocab_size}: "
+            "tokenizer and weights do not belong together")
