@@ -85,7 +85,7 @@ def _take(tensors: dict[str, np.ndarray], where: str) -> Callable[[str], np.ndar
 def llama_params_from_hf(cfg: llama.LlamaConfig, tensors: dict[str, np.ndarray], where: str = "weights") -> dict:
     """HF LlamaForCausalLM state dict (numpy) -> stacked jmlr_jax params, shapes checked."""
     get = _take(tensors, where)
-    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
+    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     dtype = jax.numpy.dtype(cfg.param_dtype)
 
     def stack(fmt: str, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

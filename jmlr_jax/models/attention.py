@@ -57,8 +57,12 @@ def make_mask_info(
     num_heads: int,
     s2_group_size: int = 0,
 ) -> MaskInfo:
-    """Mask metadata for self-attention over one [B, L] block (training / prefill)."""
-    blk = s2_block_ids(pos_BxL, num_heads, s2_group_size) if s2_group_size else None
+    """Mask metadata for self-attention over one [B, L] block (training / prefill).
+
+    A group that covers the whole block (G >= L) is a single LongLoRA group: plain causal attention.
+    """
+    use_s2 = 0 < s2_group_size < pos_BxL.shape[1]
+    blk = s2_block_ids(pos_BxL, num_heads, s2_group_size) if use_s2 else None
     return MaskInfo(pos_BxL, pos_BxL, seg_BxL, seg_BxL, blk, blk)
 
 

@@ -59,14 +59,12 @@ class LlamaConfig:
     s2_group_size: int = 0  # S2-Attn group G for train=True; 0 = dense causal
 
     def __post_init__(self):
+        if not self.head_dim:  # canonical form: head_dim always explicit
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} not a multiple of num_kv_heads={self.num_kv_heads}")
-
-    @property
-    def dim_per_head(self) -> int:
-        return self.head_dim or self.hidden_size // self.num_heads
 
     def replace(self, **kw: Any) -> "LlamaConfig":
         return dataclasses.replace(self, **kw)
@@ -82,7 +80,7 @@ class LlamaConfig:
             "num_hidden_layers": self.num_layers,
             "num_attention_heads": self.num_heads,
             "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.dim_per_head,
+            "head_dim": self.head_dim,
             "rms_norm_eps": self.rms_norm_eps,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
@@ -177,7 +175,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD, pos_BxL, info: MaskInfo, layer_cache, cache_index):
         cfg = self.cfg
-        H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
+        H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dense = lambda feats, axes, name, axis=-1: nn.DenseGeneral(  # noqa: E731
             feats, axis=axis, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
             kernel_init=_kernel(axes), name=name,
@@ -235,7 +233,7 @@ class Block(nn.Module):
 def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype: Any = None) -> dict[str, jax.Array]:
     """Empty KV cache: k/v [N, B, S, K, Dh], slot positions [B, S] (-1 = empty), write index."""
     dtype = dtype or cfg.dtype
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     return {
         "k": jnp.zeros(shape, dtype),
         "v": jnp.zeros(shape, dtype),

@@ -1,0 +1,91 @@
+"""Llama decoder vs transformers' LlamaForCausalLM, config round trip, execution-setting invariance."""
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jmlr_jax.convert import hf
+from jmlr_jax.models import Llama, LlamaConfig
+from jmlr_jax.models import llama as llama_lib
+from tests.helpers import hf_logits, tiny_hf_llama
+
+
+def _from_torch(model):
+    cfg = LlamaConfig.from_hf_dict(model.config.to_dict())
+    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    return cfg, hf.llama_params_from_hf(cfg, tensors)
+
+
+@pytest.mark.parametrize("tie,rope_factor,kv_heads", [(False, 1.0, 2), (True, 1.0, 1), (False, 4.0, 2),
+                                                      (True, 2.0, 4)])
+def test_logits_match_transformers(tie, rope_factor, kv_heads):
+    model = tiny_hf_llama(tie=tie, rope_factor=rope_factor, kv_heads=kv_heads)
+    cfg, params = _from_torch(model)
+    assert cfg.tie_word_embeddings == tie and cfg.rope_scaling_factor == rope_factor
+    tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 37))
+    ref = hf_logits(model, tokens)
+    out = np.asarray(Llama(cfg).apply({"params": params}, jnp.asarray(tokens)))
+    assert np.abs(ref).max() > 3.0, "reference logits too small for a meaningful check"
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+
+
+def test_config_round_trips_through_hf_dict():
+    from transformers import LlamaConfig as HFConfig
+
+    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=80, num_layers=3, num_heads=8,
+                      num_kv_heads=2, rope_theta=1e6, rope_scaling_factor=8.0, tie_word_embeddings=True)
+    assert LlamaConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
+    # and through transformers' own parser (legacy keys -> rope_parameters)
+    via_hf = LlamaConfig.from_hf_dict(HFConfig(**cfg.to_hf_dict()).to_dict())
+    assert via_hf == cfg
+
+
+def test_unsupported_hf_configs_are_rejected():
+    base = LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2,
+                       num_kv_heads=2).to_hf_dict()
+    with pytest.raises(ValueError, match="RoPE scaling type 'yarn'"):
+        LlamaConfig.from_hf_dict(dict(base, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+    with pytest.raises(ValueError, match="not a Llama config"):
+        LlamaConfig.from_hf_dict(dict(base, model_type="bert"))
+    with pytest.raises(ValueError, match="remat_policy"):
+        LlamaConfig(remat_policy="sometimes")
+
+
+def test_remat_and_unroll_do_not_change_values_or_grads():
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=3, num_heads=4,
+                      num_kv_heads=2)
+    params = llama_lib.init_params(cfg, jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, 50)
+
+    def loss(p, c):
+        return jnp.mean(Llama(c).apply({"params": p}, tokens) ** 2)
+
+    ref_val, ref_grad = jax.value_and_grad(loss)(params, cfg)
+    for kw in ({"remat_policy": "full"}, {"remat_policy": "dots"}, {"scan_unroll": 3}):
+        val, grad = jax.value_and_grad(loss)(params, cfg.replace(**kw))
+        np.testing.assert_allclose(val, ref_val, rtol=1e-6)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grad, ref_grad)
+
+
+def test_bf16_activations_close_to_fp32():
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2)
+    params = llama_lib.init_params(cfg, jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (1, 16), 0, 50)
+    ref = Llama(cfg).apply({"params": params}, tokens)
+    out = Llama(cfg.replace(dtype="bfloat16")).apply({"params": params}, tokens)
+    assert out.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(out - ref))) < 0.05 * float(jnp.max(jnp.abs(ref))) + 1e-3
+
+
+def test_every_param_has_logical_axes():
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2, tie_word_embeddings=False)
+    axes = llama_lib.logical_axes(cfg)
+    shapes = llama_lib.param_shapes(cfg)
+    flat_axes = jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    flat_shapes = jax.tree_util.tree_leaves(shapes)
+    assert len(flat_axes) == len(flat_shapes)
+    for spec, shape in zip(flat_axes, flat_shapes):
+        assert len(spec) == len(shape.shape) and all(name is not None for name in spec), (spec, shape)
+    assert tuple(axes["layers"]["attn"]["q"]["kernel"]) == ("layers", "embed", "heads", "head_dim")
