@@ -117,7 +117,7 @@ def load_gguf_tokenizer(path: str, reader=None) -> HFTokenizer:
     tokens = list(_field(reader, "tokenizer.ggml.tokens"))
     types = list(_field(reader, "tokenizer.ggml.token_type"))
     special = [tok for tok, kind in zip(tokens, types) if kind == 3]  # 3 = CONTROL
-    tok = bpe_from_vocab(tokens, list(_field(reader, "tokenizer.ggml.merges")), special)
+    tok = bpe_from_vocab(tokens, list(_field(reader, "tokenizer.ggml.merges") or []), special)
     name = lambda key: (lambda i: None if i is None else tokens[int(i)])(_field(reader, key))  # noqa: E731
     return HFTokenizer(tok, bos=name("tokenizer.ggml.bos_token_id"), eos=name("tokenizer.ggml.eos_token_id"),
                        pad=name("tokenizer.ggml.padding_token_id"))

@@ -1,0 +1,100 @@
+"""GGUF import: a tiny model written the way llama.cpp's converter writes it (Q/K rows permuted)."""
+import numpy as np
+import jax.numpy as jnp
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from jmlr_jax.convert import WeightsError, load_gguf_llama  # noqa: E402
+from jmlr_jax.convert.gguf import unpermute_qk  # noqa: E402
+from jmlr_jax.models import Llama  # noqa: E402
+from tests.helpers import hf_logits, tiny_hf_llama  # noqa: E402
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp convert_hf_to_gguf.py LlamaModel.permute."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+TOKENS = ["<|endoftext|>", "<|im_start|>", "Ġ"] + [chr(c) for c in range(33, 127)]
+
+
+def write_gguf(path, model, int_tensor: bool = False):
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(128)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(TOKENS[: c.vocab_size] + [f"<x{i}>" for i in range(c.vocab_size - len(TOKENS))])
+    w.add_token_types([3, 3] + [1] * (c.vocab_size - 2))
+    w.add_token_merges([])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(0)
+    sd = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    if not c.tie_word_embeddings:
+        w.add_tensor("output.weight", sd["lm_head.weight"])
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for i in range(c.num_hidden_layers):
+        for hf_name, g_name in names.items():
+            t = sd[f"model.layers.{i}.{hf_name}.weight"]
+            if g_name == "attn_q":
+                t = llama_cpp_permute(t, c.num_attention_heads)
+            elif g_name == "attn_k":
+                t = llama_cpp_permute(t, c.num_key_value_heads)
+            if int_tensor and g_name == "attn_v":
+                t = (t * 100).astype(np.int32)
+            w.add_tensor(f"blk.{i}.{g_name}.weight", t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_unpermute_inverts_llama_cpp_permute():
+    w = np.random.RandomState(0).randn(24, 5)
+    np.testing.assert_array_equal(unpermute_qk(llama_cpp_permute(w, 3), 3), w)
+    assert not np.array_equal(llama_cpp_permute(w, 3), w)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_gguf_logits_match_transformers(tmp_path, tie):
+    model = tiny_hf_llama(tie=tie, vocab=100)
+    write_gguf(tmp_path / "m.gguf", model)
+    cfg, params, tok = load_gguf_llama(str(tmp_path / "m.gguf"))
+    assert cfg.tie_word_embeddings == tie and cfg.num_kv_heads == 2
+    tokens = np.random.RandomState(0).randint(0, 100, (2, 9))
+    np.testing.assert_allclose(np.asarray(Llama(cfg).apply({"params": params}, jnp.asarray(tokens))),
+                               hf_logits(model, tokens), atol=1e-4)
+    ids = tok.encode("hi <|im_start|>there")
+    assert tok.token_to_id("<|im_start|>") in ids and tok.decode(ids) == "hi <|im_start|>there"
+    assert tok.bos_id == 1 and tok.eos_id == 0
+
+
+def test_unsupported_tensor_type(tmp_path):
+    write_gguf(tmp_path / "m.gguf", tiny_hf_llama(vocab=100), int_tensor=True)
+    with pytest.raises(WeightsError, match=r"blk.0.attn_v.weight has unsupported GGUF type I32"):
+        load_gguf_llama(str(tmp_path / "m.gguf"))
+
+
+def test_corrupt_and_missing_gguf(tmp_path):
+    write_gguf(tmp_path / "m.gguf", tiny_hf_llama(vocab=100))
+    blob = (tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(blob[: len(blob) // 3])
+    with pytest.raises(WeightsError, match="not a readable GGUF file"):
+        load_gguf_llama(str(tmp_path / "cut.gguf"))
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(WeightsError, match="not a readable GGUF file"):
+        load_gguf_llama(str(tmp_path / "junk.gguf"))
+    with pytest.raises(FileNotFoundError):
+        load_gguf_llama(str(tmp_path / "absent.gguf"))
