@@ -1,0 +1,68 @@
+"""One tokenizer interface over sentencepiece and Hugging Face tokenizer.json."""
+import json
+
+import pytest
+import sentencepiece as spm
+
+from jmlr_jax.tokenizers import HFTokenizer, SentencePieceTokenizer, check_vocab, load_tokenizer
+
+TEXT = ["The patient presented with fever, cough and shortness of breath.",
+        "Metformin is the first-line therapy for type 2 diabetes mellitus.",
+        "Hypertension increases the risk of stroke and myocardial infarction."] * 30
+
+
+@pytest.fixture(scope="module")
+def spm_path(tmp_path_factory):
+    d = tmp_path_factory.mktemp("spm")
+    (d / "corpus.txt").write_text("\n".join(TEXT))
+    # Llama-2 style: byte fallback, identity normalisation (lossless round trips; see STACK.md gotcha 8)
+    spm.SentencePieceTrainer.Train(
+        input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=300, model_type="bpe",
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    return str(d / "tokenizer.model")
+
+
+def test_sentencepiece_round_trip_and_specials(spm_path):
+    tok = load_tokenizer(spm_path)
+    assert isinstance(tok, SentencePieceTokenizer)
+    assert tok.vocab_size == 300 and tok.bos_id == 1 and tok.eos_id == 2 and tok.pad_id is None
+    for text in ["Metformin 500 mg twice daily.", "  odd   spacing\tand Ünïcode 😀"]:
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.encode_batch(["fever", "cough"]) == [tok.encode("fever"), tok.encode("cough")]
+    assert tok.bos_id not in tok.encode("fever")  # encode never adds specials
+    assert tok.token_to_id("<s>") == 1 and tok.token_to_id("no-such-piece") is None
+
+
+def test_directory_prefers_tokenizer_json(tmp_path, spm_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    (tmp_path / "tokenizer.model").write_bytes(open(spm_path, "rb").read())
+    assert isinstance(load_tokenizer(str(tmp_path)), SentencePieceTokenizer)
+    t = Tokenizer(models.WordLevel({"[UNK]": 0, "<s>": 1, "</s>": 2, "fever": 3}, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.enable_padding(length=16)  # like all-MiniLM's shipped tokenizer.json: must be switched off
+    t.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": {"content": "</s>"}}))
+    tok = load_tokenizer(str(tmp_path))
+    assert isinstance(tok, HFTokenizer)
+    assert tok.encode("fever fever") == [3, 3] and tok.bos_id == 1 and tok.eos_id == 2
+
+
+def test_bad_tokenizer_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json or tokenizer.model"):
+        load_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer.model").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a valid sentencepiece model"):
+        load_tokenizer(str(tmp_path / "tokenizer.model"))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a valid tokenizer.json"):
+        load_tokenizer(str(tmp_path / "tokenizer.json"))
+
+
+def test_vocab_check(spm_path):
+    tok = load_tokenizer(spm_path)
+    check_vocab(tok, 300)
+    check_vocab(tok, 320)  # padded embedding tables are fine
+    with pytest.raises(ValueError, match="tokenizer has 300 tokens but the model embeds only 256"):
+        check_vocab(tok, 256)
