@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from jmlr_jax.convert import load_preset  # noqa: E402
 from jmlr_jax.generate import generate  # noqa: E402
 from jmlr_jax.models import ColBERT, ColBERTTokenizer, maxsim  # noqa: E402
-from jmlr_jax.retrieval import read_guidelines  # noqa: E402
+from jmlr_jax.retrieval import load_corpus  # noqa: E402
 
 DEFAULT_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                               "guidelines", "ngc_open.jsonl")
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    passages = read_guidelines(args.corpus, size=100, overlap=20)[: args.max_passages or None]
+    passages = load_corpus([("guidelines", args.corpus)]).passages[: args.max_passages or None]
     r_cfg, r_params, r_tok = load_preset(args.retriever, doc_maxlen=160)
     ctok, colbert = ColBERTTokenizer(r_tok, r_cfg), ColBERT(r_cfg)
     encode_docs = jax.jit(lambda ids, attn, keep: colbert.apply({"params": r_params}, ids, attn, keep,

@@ -14,10 +14,11 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from jmlr_jax.errors import InputError
 from jmlr_jax.models import colbert, llama
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """Missing, corrupt or mismatching weight files."""
 
 

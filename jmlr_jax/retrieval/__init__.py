@@ -1,4 +1,4 @@
-"""Retrieval: guideline corpus -> passages (and, later, the ColBERT token index)."""
-from jmlr_jax.retrieval.corpus import Passage, chunk_words, read_guidelines
+"""Retrieval: guideline corpus -> passages -> ColBERT token index (ScaNN) -> MaxSim search."""
+from jmlr_jax.retrieval.corpus import Corpus, CorpusError, Passage, chunk_words, load_corpus
 
-__all__ = ["Passage", "chunk_words", "read_guidelines"]
+__all__ = ["Corpus", "CorpusError", "Passage", "chunk_words", "load_corpus"]

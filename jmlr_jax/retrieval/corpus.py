@@ -1,10 +1,30 @@
-"""Guideline corpus: records -> overlapping word-window passages with stable ids and provenance."""
+"""Retrieval corpus: source readers -> overlapping word-window passages with stable ids and provenance.
+
+Readers (one record = one document, then chunked):
+  guidelines   NGC / USPSTF guideline summaries, JSONL (id, title, text, open_basis)
+  medquad      MedQuAD answers: JSONL (id, source, question, answer, ...) or the public XML directory tree
+  pubmedqa     PubMedQA abstracts: the PQA-L/A/U JSON object PMID -> {QUESTION, CONTEXTS, ...}; the question
+               is *not* put in the passage (PubMedQA questions are the article titles: that would leak)
+  documents    a user's own JSONL or TSV with columns id, title, text (TSV needs a header row)
+
+Malformed records raise an error naming file and line (or record key), or, with on_error="skip", are
+skipped and counted. The corpus checksum covers every passage's id, title, text and the chunking
+settings, so an index built on one corpus can never be silently used with another.
+"""
 from __future__ import annotations
 
+import collections
+import csv
 import dataclasses
+import hashlib
 import json
 import os
-from typing import Iterator
+import xml.etree.ElementTree as ET
+from typing import Callable, Iterator, Sequence
+
+import gin
+
+from jmlr_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +37,38 @@ class Passage:
     licence: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Document:
+    id: str
+    title: str
+    text: str
+    source: str
+    licence: str
+
+
+class CorpusError(InputError):
+    """A malformed corpus record; the message names the file and line."""
+
+
+@dataclasses.dataclass
+class Corpus:
+    passages: list[Passage]
+    settings: dict
+    skipped: int = 0  # malformed records skipped under on_error="skip"
+    duplicates: int = 0  # passages dropped because an earlier one had the same text
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    def checksum(self) -> str:
+        h = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode())
+        for p in self.passages:
+            for field in (p.id, p.title, p.text):
+                h.update(field.encode())
+                h.update(b"\x00")
+        return h.hexdigest()[:16]
+
+
 def chunk_words(text: str, size: int = 100, overlap: int = 20) -> list[str]:
     """Windows of `size` words, consecutive windows sharing `overlap` words; the last may be shorter."""
     if size <= 0 or not 0 <= overlap < size:
@@ -26,32 +78,156 @@ def chunk_words(text: str, size: int = 100, overlap: int = 20) -> list[str]:
     return [" ".join(words[i: i + size]) for i in range(0, max(len(words) - overlap, 1), step) if words[i: i + size]]
 
 
-def _jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"corpus file not found: {path}")
+# ---------------------------------------------------------------------------------------------- readers
+
+Yield = Iterator["Document | CorpusError"]  # readers yield errors; load_corpus raises or counts them
+
+
+def _jsonl(path: str) -> Iterator[tuple[str, dict | CorpusError]]:
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
+            where = f"{path}:{n}"
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-            yield n, rec
+                yield where, CorpusError(f"{where}: malformed JSON ({e.msg})")
+                continue
+            yield where, rec if isinstance(rec, dict) else CorpusError(f"{where}: expected a JSON object")
 
 
-def read_guidelines(path: str, size: int = 100, overlap: int = 20) -> list[Passage]:
-    """NGC / USPSTF guideline summaries (JSONL with id, title, text, open_basis) -> passages."""
-    out: list[Passage] = []
-    for n, rec in _jsonl(path):
-        missing = [k for k in ("id", "title", "text") if not isinstance(rec.get(k), str) or not rec[k].strip()]
-        if missing:
-            raise ValueError(f"{path}:{n}: record lacks non-empty {', '.join(missing)}")
+def _require(where: str, rec: dict, *keys: str) -> CorpusError | None:
+    missing = [k for k in keys if not isinstance(rec.get(k), (str, int)) or not str(rec[k]).strip()]
+    return CorpusError(f"{where}: record lacks non-empty {', '.join(missing)}") if missing else None
+
+
+def read_guidelines(path: str) -> Yield:
+    for where, rec in _jsonl(path):
+        err = rec if isinstance(rec, CorpusError) else _require(where, rec, "id", "title", "text")
+        if err:
+            yield err
+            continue
         licence = rec.get("open_basis") or ("public domain" if rec.get("public_domain") else "see source")
-        for i, chunk in enumerate(chunk_words(rec["text"], size, overlap)):
-            out.append(Passage(f"{rec['id']}#{i}", rec["id"], rec["title"], chunk, "ngc_guidelines", str(licence)))
-    if not out:
-        raise ValueError(f"{path}: no passages (empty corpus)")
-    return out
+        yield Document(str(rec["id"]), rec["title"], rec["text"], "ngc_guidelines", str(licence))
+
+
+MEDQUAD_LICENCE = "CC BY 4.0 (MedQuAD, Ben Abacha & Demner-Fushman 2019)"
+
+
+def read_medquad(path: str) -> Yield:
+    """JSONL (one QA pair per line) or the public MedQuAD directory of XML files."""
+    if os.path.isdir(path):
+        yield from _medquad_xml(path)
+        return
+    for where, rec in _jsonl(path):
+        err = rec if isinstance(rec, CorpusError) else _require(where, rec, "id", "question", "answer")
+        if err:
+            yield err
+            continue
+        yield Document(str(rec["id"]), rec["question"], rec["answer"], f"medquad:{rec.get('source', '')}",
+                       MEDQUAD_LICENCE)
+
+
+def _medquad_xml(root: str) -> Yield:
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".xml"))
+    if not files:
+        yield CorpusError(f"{root}: no MedQuAD .xml files under this directory")
+    for path in files:
+        try:
+            doc = ET.parse(path).getroot()
+        except ET.ParseError as e:
+            yield CorpusError(f"{path}:{e.position[0]}: malformed XML ({e})")
+            continue
+        for pair in doc.iter("QAPair"):
+            q, a = pair.find("Question"), pair.find("Answer")
+            qid = q.get("qid") if q is not None else None
+            if not qid or a is None or not (a.text or "").strip():
+                continue  # many public MedQuAD files have answers removed (licensing): not an error
+            yield Document(qid, (q.text or "").strip(), a.text.strip(), f"medquad:{doc.get('source', '')}",
+                           MEDQUAD_LICENCE)
+
+
+def read_pubmedqa(path: str, exclude_ids: Sequence[str] = ()) -> Yield:
+    """PubMedQA abstracts (CONTEXTS joined); `exclude_ids` leaves out e.g. the test PMIDs."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        yield CorpusError(f"{path}:{e.lineno}: malformed JSON ({e.msg})")
+        return
+    if not isinstance(data, dict):
+        yield CorpusError(f"{path}: expected a JSON object PMID -> record")
+        return
+    excluded = set(map(str, exclude_ids))
+    for pmid, rec in data.items():
+        ctx = rec.get("CONTEXTS") if isinstance(rec, dict) else None
+        if not isinstance(ctx, list) or not all(isinstance(c, str) for c in ctx) or not "".join(ctx).strip():
+            yield CorpusError(f"{path}: record {pmid}: CONTEXTS must be a non-empty list of strings")
+            continue
+        if pmid not in excluded:
+            yield Document(f"pmid-{pmid}", "", " ".join(ctx), "pubmedqa", "MIT (PubMedQA)")
+
+
+def read_documents(path: str, source: str = "user", licence: str = "user-provided") -> Yield:
+    """A user's own documents: JSONL or TSV (header row) with columns id, title, text."""
+    if path.endswith((".tsv", ".tab")):
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            missing = {"id", "title", "text"} - set(reader.fieldnames or ())
+            if missing:
+                yield CorpusError(f"{path}:1: TSV header lacks column(s) {', '.join(sorted(missing))}")
+                return
+            for rec in reader:
+                where = f"{path}:{reader.line_num}"
+                err = _require(where, rec, "id", "text")
+                yield err or Document(rec["id"], rec.get("title") or "", rec["text"], source, licence)
+        return
+    for where, rec in _jsonl(path):
+        err = rec if isinstance(rec, CorpusError) else _require(where, rec, "id", "text")
+        yield err or Document(str(rec["id"]), str(rec.get("title") or ""), str(rec["text"]), source, licence)
+
+
+READERS: dict[str, Callable[..., Yield]] = {
+    "guidelines": read_guidelines, "medquad": read_medquad, "pubmedqa": read_pubmedqa, "documents": read_documents,
+}
+
+
+@gin.configurable
+def load_corpus(sources: Sequence[tuple[str, str]] = gin.REQUIRED, *, chunk_size: int = 100, overlap: int = 20,
+                on_error: str = "raise", dedupe: bool = True, pubmedqa_exclude: Sequence[str] = ()) -> Corpus:
+    """Reads (kind, path) sources in order, chunks every document, and drops duplicate passage texts.
+
+    on_error: "raise" (first malformed record is an error naming file and line) or "skip" (counted).
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    passages: list[Passage] = []
+    seen: set[str] = set()
+    skipped = duplicates = 0
+    for kind, path in sources:
+        if kind not in READERS:
+            raise ValueError(f"unknown corpus source kind {kind!r}; known: {sorted(READERS)}")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"corpus source {kind!r} not found: {path}")
+        kw = {"exclude_ids": pubmedqa_exclude} if kind == "pubmedqa" else {}
+        for doc in READERS[kind](path, **kw):
+            if isinstance(doc, CorpusError):
+                if on_error == "raise":
+                    raise doc
+                skipped += 1
+                continue
+            for i, chunk in enumerate(chunk_words(doc.text, chunk_size, overlap)):
+                key = hashlib.sha1(chunk.encode()).hexdigest()
+                if dedupe and key in seen:
+                    duplicates += 1
+                    continue
+                seen.add(key)
+                passages.append(Passage(f"{doc.id}#{i}", doc.id, doc.title, chunk, doc.source, doc.licence))
+    if not passages:
+        raise CorpusError(f"no passages in {[p for _, p in sources]} (empty corpus)")
+    dup = next((i for i, n in collections.Counter(p.id for p in passages).items() if n > 1), None)
+    if dup is not None:
+        raise CorpusError(f"passage id {dup!r} occurs twice: document ids must be unique across sources")
+    settings = {"chunk_size": chunk_size, "overlap": overlap, "dedupe": dedupe}
+    return Corpus(passages, settings, skipped, duplicates)

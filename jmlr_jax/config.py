@@ -1,0 +1,93 @@
+"""Gin configuration for the launchers: `--gin_file=F` (repeatable) and `--gin.NAME=VALUE` (T5X style).
+
+Files are looked up as given, then under the repository's `configs/`. Unknown configurables or
+parameters, and malformed values, are one clear error rather than a traceback from inside gin.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+import gin
+
+from jmlr_jax.errors import InputError
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+gin.add_config_file_search_path(CONFIG_DIR)  # `include 'model/x.gin'` works from any working directory
+
+
+class ConfigError(InputError):
+    """A bad --gin_file or --gin.X=Y."""
+
+
+def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """-> (gin files, gin bindings, remaining args). Accepts `--gin_file=F`, `--gin_file F` and `--gin.X=Y`."""
+    files, bindings, rest = [], [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--gin_file" and i + 1 < len(args):
+            files.append(args[i + 1])
+            i += 1
+        elif a.startswith("--gin_file="):
+            files.append(a.split("=", 1)[1])
+        elif a.startswith("--gin."):
+            if "=" not in a:
+                raise ConfigError(f"{a}: expected --gin.NAME=VALUE")
+            name, value = a[len("--gin."):].split("=", 1)
+            bindings.append(f"{name} = {value}")
+        else:
+            rest.append(a)
+        i += 1
+    return files, bindings, rest
+
+
+def _resolve(path: str) -> str:
+    for candidate in (path, os.path.join(CONFIG_DIR, path)):
+        if os.path.isfile(candidate):
+            return candidate
+    raise ConfigError(f"gin file not found: {path} (also looked in {CONFIG_DIR})")
+
+
+def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
+    """Parses gin files then bindings (later wins), with `include` resolved against configs/."""
+    gin.clear_config()
+    try:
+        gin.parse_config_files_and_bindings([_resolve(f) for f in files], list(bindings))
+    except InputError:
+        raise
+    except Exception as e:  # gin raises ValueError, KeyError, SyntaxError, tokenize.TokenError, ...
+        msg = str(e).strip().splitlines()
+        raise ConfigError(f"gin: {msg[0] if msg else type(e).__name__}") from None
+
+
+def parse_argv(argv: Sequence[str]) -> list[str]:
+    """Parses the gin arguments of a command line; returns the other arguments."""
+    files, bindings, rest = split_gin_args(argv)
+    if not files:
+        raise ConfigError("at least one --gin_file is required")
+    parse(files, bindings)
+    return rest
+
+
+def save_operative_config(workdir: str, name: str = "operative_config.gin") -> str:
+    """Writes the config the run actually used (call after the configurables have run)."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, name)
+    with open(path, "w") as f:
+        f.write(gin.operative_config_str())
+    return path
+
+
+def run_main(main, argv: Sequence[str] | None = None) -> None:
+    """Runs a launcher's main after parsing gin; configuration errors print one line and exit 2."""
+    try:
+        rest = parse_argv(sys.argv[1:] if argv is None else argv)
+        if rest:
+            raise ConfigError(f"unrecognised arguments: {' '.join(rest)}")
+        main()
+    except (InputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

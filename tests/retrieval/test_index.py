@@ -1,0 +1,140 @@
+"""Token index: exact MaxSim vs the model's maxsim, ScaNN recall on real data, save/load, version checks."""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import jax
+import pytest
+
+from jmlr_jax.models import ColBERTTokenizer, maxsim
+from jmlr_jax.retrieval import load_corpus
+from jmlr_jax.retrieval import index as index_lib
+from jmlr_jax.retrieval.index import IndexConfig, IndexMismatchError, Retriever, build_index, load_index
+from tests.conftest import DATA_DIR, require
+
+
+@pytest.fixture(scope="module")
+def real_subset(minilm):
+    """~500 real passages: 12 NGC guidelines + 60 PubMedQA abstracts, and those 60 questions."""
+    g = os.path.join(DATA_DIR, "guidelines", "ngc_open.jsonl")
+    pq = os.path.join(DATA_DIR, "pubmedqa", "ori_pqal.json")
+    require(os.path.isfile(g) and os.path.isfile(pq), "../shared/data guidelines and pubmedqa")
+    tmp = os.path.join(os.environ.get("PYTEST_TMP", "/tmp"), f"jmlr_subset_{os.getpid()}")
+    os.makedirs(tmp, exist_ok=True)
+    with open(g) as f:
+        lines = f.readlines()[:12]
+    with open(os.path.join(tmp, "g.jsonl"), "w") as f:
+        f.writelines(lines)
+    with open(pq) as f:
+        data = dict(list(json.load(f).items())[:60])
+    with open(os.path.join(tmp, "pq.json"), "w") as f:
+        json.dump(data, f)
+    corpus = load_corpus([("guidelines", os.path.join(tmp, "g.jsonl")), ("pubmedqa", os.path.join(tmp, "pq.json"))])
+    cfg, params, tok, _ = minilm
+    cfg = cfg.replace(doc_maxlen=160)
+    ctok = ColBERTTokenizer(tok, cfg)
+    questions = [r["QUESTION"] for r in data.values()]
+    gold = [f"pmid-{pmid}" for pmid in data]
+    return corpus, cfg, params, ctok, questions, gold
+
+
+@pytest.fixture(scope="module")
+def brute_index(real_subset):
+    corpus, cfg, params, ctok, _, _ = real_subset
+    return build_index(corpus, cfg, params, ctok, IndexConfig(encode_batch=32), progress=False)
+
+
+def test_stored_tokens_and_exact_search_match_model_maxsim(real_subset, brute_index):
+    corpus, cfg, params, ctok, questions, _ = real_subset
+    idx = brute_index
+    assert idx.offsets[-1] == len(idx.emb) and len(idx.offsets) == len(corpus) + 1
+    # the model's padded MaxSim over the first 40 passages equals exact search over stored (fp16) tokens
+    from jmlr_jax.models import ColBERT
+
+    texts = [index_lib._passage_text(p) for p in corpus.passages[:40]]
+    ids, attn, keep = ctok.docs(texts)
+    D = ColBERT(cfg).apply({"params": params}, ids, attn, keep, method="encode_doc")
+    Q = Retriever(cfg, params, ctok, idx).encode_queries(questions[:3])
+    ref = np.asarray(maxsim(Q, np.broadcast_to(D[None], (3, *D.shape)), np.broadcast_to(keep[None], (3, *keep.shape))))
+    sub = dataclasses.replace(idx, passages=idx.passages[:40], offsets=idx.offsets[:41])
+    top, scores = sub.exact_search(Q, k=40)
+    got = np.zeros_like(ref)
+    np.put_along_axis(got, top, scores, axis=1)
+    np.testing.assert_allclose(got, ref, atol=2e-2)  # fp16 storage of unit vectors, 32 query tokens
+    assert np.array_equal(np.argsort(-got, axis=1)[:, :5], np.argsort(-ref, axis=1)[:, :5])
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tree):
+    corpus, cfg, params, ctok, questions, gold = real_subset
+    idx = brute_index
+    if tree:  # force the partitioned + AH + reorder path on this small index
+        icfg = IndexConfig(brute_force_below=0, num_leaves=200, leaves_to_search=40, training_sample=50_000)
+        idx = dataclasses.replace(idx, icfg=icfg, searcher=index_lib._scann_searcher(idx.emb.astype(np.float32), icfg))
+    r = Retriever(cfg, params, ctok, idx)
+    Q = r.encode_queries(questions)
+    approx, a_scores = idx.search_embeddings(Q, k=30)
+    exact, e_scores = idx.exact_search(Q, k=30)
+    recall = np.mean([len(set(a) & set(e)) / 30 for a, e in zip(approx, exact)])
+    assert recall >= 0.95, recall
+    found = approx[0][approx[0] >= 0]
+    np.testing.assert_allclose(a_scores[0][: len(found)], np.sort(a_scores[0][: len(found)])[::-1])
+    # the gold abstract of a PubMedQA question is usually retrieved: the figure is real, not trivial
+    hit = np.mean([g in {idx.passages[i].doc_id for i in row[:30]} for row, g in zip(approx, gold)])
+    assert hit >= 0.8, hit
+
+
+def test_save_load_round_trip_and_version_checks(tmp_path, real_subset, brute_index):
+    corpus, cfg, params, ctok, questions, _ = real_subset
+    d = str(tmp_path / "index")
+    brute_index.save(d)
+    loaded = load_index(d, corpus=corpus, params=params)
+    assert loaded.version == brute_index.version
+    np.testing.assert_array_equal(loaded.emb, brute_index.emb)
+    Q = Retriever(cfg, params, ctok, brute_index).encode_queries(questions[:5])
+    for a, b in zip(loaded.search_embeddings(Q, 10), brute_index.search_embeddings(Q, 10)):
+        np.testing.assert_array_equal(a, b)
+    other = load_corpus([("documents", _one_doc(tmp_path))])
+    with pytest.raises(IndexMismatchError, match="built from corpus .* rebuild the index"):
+        load_index(d, corpus=other)
+    moved = jax.tree_util.tree_map(lambda x: x + 1e-3, params)
+    with pytest.raises(IndexMismatchError, match="built with encoder .* refresh the index"):
+        load_index(d, params=moved)
+    os.remove(os.path.join(d, "offsets.npy"))
+    with pytest.raises(IndexMismatchError, match="corrupt or incomplete"):
+        load_index(d)
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        f.write("{")
+    with pytest.raises(IndexMismatchError, match="corrupt manifest"):
+        load_index(d)
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        load_index(str(tmp_path))
+
+
+def _one_doc(tmp_path):
+    p = tmp_path / "one.jsonl"
+    p.write_text(json.dumps({"id": "x", "title": "", "text": "something else"}) + "\n")
+    return str(p)
+
+
+def test_refresh_reencodes_with_new_params(real_subset, brute_index):
+    corpus, cfg, params, ctok, questions, _ = real_subset
+    small = dataclasses.replace(brute_index, passages=brute_index.passages[:30],
+                                offsets=brute_index.offsets[:31], emb=brute_index.emb[: brute_index.offsets[30]])
+    r = Retriever(cfg, params, ctok, small)
+    moved = jax.tree_util.tree_map(lambda x: x * 1.1, params)
+    r2 = r.refresh(moved, progress=False)
+    assert r2.index.meta["corpus_checksum"] == small.meta["corpus_checksum"]
+    assert r2.index.version != small.version and r2.index.meta["encoder_checksum"] != small.meta["encoder_checksum"]
+    assert not np.array_equal(r2.index.emb[:50], small.emb[:50])
+    ids, scores = r2.search(questions[:2], k=5)
+    assert ids.shape == (2, 5) and np.all(ids >= 0)
+
+
+def test_empty_inputs_are_errors(real_subset, brute_index):
+    _, cfg, params, ctok, _, _ = real_subset
+    with pytest.raises(ValueError, match="no questions"):
+        Retriever(cfg, params, ctok, brute_index).search([], 5)
+    with pytest.raises(ValueError, match="no passages"):
+        index_lib.encode_passages(cfg, params, ctok, [], IndexConfig())

@@ -1,0 +1,66 @@
+"""Gin command-line handling and the index launchers end to end (subprocess, as a user runs them)."""
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from jmlr_jax import config
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_split_gin_args():
+    files, bindings, rest = config.split_gin_args(
+        ["--gin_file=a.gin", "--gin_file", "b.gin", "--gin.IndexConfig.token_k=64", "--gin.X='s=1'", "--other"])
+    assert files == ["a.gin", "b.gin"] and rest == ["--other"]
+    assert bindings == ["IndexConfig.token_k = 64", "X = 's=1'"]
+    with pytest.raises(config.ConfigError, match="expected --gin.NAME=VALUE"):
+        config.split_gin_args(["--gin.foo"])
+
+
+def test_config_file_bindings_and_errors(tmp_path):
+    from jmlr_jax.retrieval.index import IndexConfig
+
+    config.parse(["retrieval/minilm_index.gin"], ["IndexConfig.token_k = 7"])
+    assert IndexConfig().token_k == 7 and IndexConfig().reorder == 256
+    with pytest.raises(config.ConfigError, match="gin: .*token_kk"):
+        config.parse(["retrieval/minilm_index.gin"], ["IndexConfig.token_kk = 7"])
+    with pytest.raises(config.ConfigError, match="gin file not found: nope.gin"):
+        config.parse(["nope.gin"])
+    with pytest.raises(config.ConfigError, match="gin: "):
+        config.parse(["retrieval/minilm_index.gin"], ["IndexConfig.token_k = [1,"])
+    gin.clear_config()
+
+
+def _run(*args, cwd=ROOT):
+    env = dict(os.environ, GLOG_minloglevel="2", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_build_index_and_search_launchers(tmp_path, minilm):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "htn", "title": "Hypertension", "text": "Thiazide diuretics are first-line for hypertension."},
+        {"id": "dm", "title": "Diabetes", "text": "Metformin is the first-line drug for type 2 diabetes."},
+        {"id": "flu", "title": "Influenza", "text": "Annual influenza vaccination for everyone 6 months or older."},
+    ]) + "\n")
+    idx = tmp_path / "idx"
+    common = ["--gin_file=retrieval/minilm_index.gin", f"--gin.load_corpus.sources=[('documents', '{docs}')]",
+              f"--gin.INDEX_DIR='{idx}'"]
+    out = _run("launch/build_index.py", *common)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "corpus: 3 passages" in out.stdout and os.path.isfile(idx / "operative_config.gin")
+    assert "load_corpus.sources" in (idx / "operative_config.gin").read_text()
+    out = _run("launch/search.py", *common, "--gin.search_main.question='what drug treats type 2 diabetes?'",
+               "--gin.search_main.k=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip()[:2] in ("1.", "2.")]
+    assert "dm#0" in lines[0] and len(lines) == 2
+    bad = _run("launch/build_index.py", *common, "--gin.IndexConfig.no_such_setting=1")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: gin:") and len(bad.stderr.splitlines()) == 1
+    missing = _run("launch/build_index.py", "--gin_file=retrieval/minilm_index.gin",
+                   f"--gin.load_corpus.sources=[('guidelines', '{tmp_path / 'absent.jsonl'}')]")
+    assert missing.returncode == 2 and "not found" in missing.stderr
