@@ -204,6 +204,7 @@ def load_corpus(sources: Sequence[tuple[str, str]] = gin.REQUIRED, *, chunk_size
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     passages: list[Passage] = []
     seen: set[str] = set()
+    doc_ids: collections.Counter = collections.Counter()
     skipped = duplicates = 0
     for kind, path in sources:
         if kind not in READERS:
@@ -217,17 +218,20 @@ def load_corpus(sources: Sequence[tuple[str, str]] = gin.REQUIRED, *, chunk_size
                     raise doc
                 skipped += 1
                 continue
+            # Real data repeats ids (MedQuAD reuses question ids across focuses): suffix "~N" in file order.
+            doc_ids[doc.id] += 1
+            doc_id = doc.id if doc_ids[doc.id] == 1 else f"{doc.id}~{doc_ids[doc.id]}"
             for i, chunk in enumerate(chunk_words(doc.text, chunk_size, overlap)):
                 key = hashlib.sha1(chunk.encode()).hexdigest()
                 if dedupe and key in seen:
                     duplicates += 1
                     continue
                 seen.add(key)
-                passages.append(Passage(f"{doc.id}#{i}", doc.id, doc.title, chunk, doc.source, doc.licence))
+                passages.append(Passage(f"{doc_id}#{i}", doc_id, doc.title, chunk, doc.source, doc.licence))
     if not passages:
         raise CorpusError(f"no passages in {[p for _, p in sources]} (empty corpus)")
     dup = next((i for i, n in collections.Counter(p.id for p in passages).items() if n > 1), None)
     if dup is not None:
-        raise CorpusError(f"passage id {dup!r} occurs twice: document ids must be unique across sources")
+        raise CorpusError(f"passage id {dup!r} occurs twice (a document id ends in '~N'?); rename that document")
     settings = {"chunk_size": chunk_size, "overlap": overlap, "dedupe": dedupe}
     return Corpus(passages, settings, skipped, duplicates)

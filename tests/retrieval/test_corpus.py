@@ -60,8 +60,13 @@ def test_empty_missing_unknown_and_duplicate_ids(tmp_path):
     with pytest.raises(ValueError, match="unknown corpus source kind 'pdf'"):
         load_corpus([("pdf", str(tmp_path))])
     p = _write(tmp_path / "d.jsonl", [json.dumps({"id": "x", "title": "", "text": "alpha"}),
-                                      json.dumps({"id": "x", "title": "", "text": "beta"})])
-    with pytest.raises(CorpusError, match="'x#0' occurs twice"):
+                                      json.dumps({"id": "x", "title": "", "text": "beta"}),
+                                      json.dumps({"id": "x", "title": "", "text": "gamma"})])
+    assert [q.id for q in load_corpus([("documents", p)]).passages] == ["x#0", "x~2#0", "x~3#0"]
+    p = _write(tmp_path / "e.jsonl", [json.dumps({"id": "x~2", "title": "", "text": "alpha"}),
+                                      json.dumps({"id": "x", "title": "", "text": "beta"}),
+                                      json.dumps({"id": "x", "title": "", "text": "gamma"})])
+    with pytest.raises(CorpusError, match="'x~2#0' occurs twice"):
         load_corpus([("documents", p)])
 
 
