@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "gguf==0.19.0",
     "tqdm==4.70.1",
+    # TensorBoard event files without TensorFlow (deps: numpy, packaging, protobuf, already required).
+    "tensorboardX==2.6.5",
 ]
 
 TEST_REQUIRES = [

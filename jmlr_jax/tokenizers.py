@@ -17,6 +17,7 @@ class Tokenizer(Protocol):
     bos_id: int | None
     eos_id: int | None
     pad_id: int | None
+    add_bos: bool  # whether the model expects BOS at the start of a sequence
 
     def encode(self, text: str) -> list[int]: ...
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
@@ -40,6 +41,7 @@ class SentencePieceTokenizer:
         self.vocab_size = self.sp.GetPieceSize()
         as_id = lambda i: i if i >= 0 else None  # noqa: E731
         self.bos_id, self.eos_id, self.pad_id = as_id(self.sp.bos_id()), as_id(self.sp.eos_id()), as_id(self.sp.pad_id())
+        self.add_bos = self.bos_id is not None  # Llama-2 convention
 
     def encode(self, text: str) -> list[int]:
         return self.sp.EncodeAsIds(text)
@@ -59,7 +61,7 @@ class HFTokenizer:
     """A Hugging Face `tokenizers.Tokenizer` (BPE or WordPiece), padding and truncation turned off."""
 
     def __init__(self, tok: hf_tokenizers.Tokenizer, *, bos: str | None = None, eos: str | None = None,
-                 pad: str | None = None):
+                 pad: str | None = None, add_bos: bool = False):
         tok.no_padding()  # all-MiniLM's tokenizer.json pads to 128 by default
         tok.no_truncation()
         self.tok = tok
@@ -67,9 +69,10 @@ class HFTokenizer:
         self.bos_id = tok.token_to_id(bos) if bos else None
         self.eos_id = tok.token_to_id(eos) if eos else None
         self.pad_id = tok.token_to_id(pad) if pad else None
+        self.add_bos = add_bos and self.bos_id is not None
 
     @classmethod
-    def from_file(cls, path: str, **special: str | None) -> "HFTokenizer":
+    def from_file(cls, path: str, **special) -> "HFTokenizer":
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer file not found: {path}")
         try:
@@ -121,9 +124,9 @@ def load_tokenizer(path: str) -> Tokenizer:
     return HFTokenizer.from_file(path, **special)
 
 
-def _special_tokens(directory: str) -> dict[str, str | None]:
-    """bos/eos/pad strings from a HF tokenizer_config.json / special_tokens_map.json, when present."""
-    out: dict[str, str | None] = {}
+def _special_tokens(directory: str) -> dict:
+    """bos/eos/pad strings and add_bos from a HF tokenizer_config.json / special_tokens_map.json, when present."""
+    out: dict = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         p = os.path.join(directory, name)
         if os.path.isfile(p):
@@ -134,6 +137,8 @@ def _special_tokens(directory: str) -> dict[str, str | None]:
                 v = v.get("content") if isinstance(v, dict) else v
                 if isinstance(v, str):
                     out.setdefault(key, v)
+            if isinstance(d.get("add_bos_token"), bool):
+                out["add_bos"] = d["add_bos_token"]
     return out
 
 

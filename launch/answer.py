@@ -49,7 +49,7 @@ def main(argv=None) -> None:
                                                                 method="encode_doc"))
     batch, chunks, keeps = 64, [], []
     for i in tqdm.trange(0, len(passages), batch, desc="encoding passages", unit="batch"):
-        texts = [p.title + " | " + p.text for p in passages[i: i + batch]]
+        texts = [p.with_title for p in passages[i: i + batch]]
         texts += [""] * (batch - len(texts))  # fixed batch shape: one compilation
         ids, attn, keep = ctok.docs(texts)
         chunks.append(np.asarray(encode_docs(ids, attn, keep), np.float16))

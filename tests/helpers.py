@@ -28,3 +28,25 @@ def tiny_hf_llama(tie: bool = False, rope_factor: float = 1.0, kv_heads: int = 2
 def hf_logits(model, tokens: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
+
+
+def save_tiny_llama_dir(path: str, seed: int = 0) -> str:
+    """A tiny HF Llama directory with a byte-level tokenizer (every byte one token) and an EOS token."""
+    import json
+    import os
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<eos>": 0, "<bos>": 1, **{ch: i + 2 for i, ch in enumerate(sorted(alphabet))}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<eos>", "<bos>"])
+    model = tiny_hf_llama(vocab=len(vocab), seed=seed)
+    model.config.eos_token_id, model.config.bos_token_id = 0, 1
+    model.save_pretrained(path)
+    tok.save(os.path.join(path, "tokenizer.json"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": "<eos>", "bos_token": "<bos>", "add_bos_token": True}, f)
+    return path

@@ -252,3 +252,10 @@ class ColBERTTokenizer:
         for i, r in enumerate(rows):
             ids[i, : len(r)], attn[i, : len(r)] = r, 1
         return ids, attn
+
+
+def logical_axes(cfg: ColBERTConfig) -> dict:
+    """Logical axis names of every ColBERT parameter (pytree of PartitionSpec)."""
+    ids = jnp.zeros((1, 8), jnp.int32)
+    boxed = jax.eval_shape(lambda: ColBERT(cfg).init(jax.random.PRNGKey(0), ids, ids + 1, ids, ids + 1, ids + 1))
+    return nn.get_partition_spec(boxed)["params"]

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmlr_jax.models.attention import MaskInfo, dot_product_attention, make_mask_info
+from jmlr_jax.models.attention import MaskInfo, chunked_self_attention, dot_product_attention, make_mask_info
 
 REMAT_POLICIES = {
     "none": None,
@@ -57,6 +57,7 @@ class LlamaConfig:
     remat_policy: str = "none"
     scan_unroll: int = 1
     s2_group_size: int = 0  # S2-Attn group G for train=True; 0 = dense causal
+    attn_chunk: int = 512  # query chunk of causal self-attention (skips masked key blocks); 0 = one block
 
     def __post_init__(self):
         if not self.head_dim:  # canonical form: head_dim always explicit
@@ -193,7 +194,10 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
             v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
             new_cache = {"k": k, "v": v}
-        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), info)
+        if layer_cache is None and 0 < cfg.attn_chunk < q.shape[1]:
+            out = chunked_self_attention(q, k, v, info, cfg.attn_chunk)
+        else:
+            out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), info)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         return dense(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", axis=(-2, -1))(out), new_cache
 

@@ -36,6 +36,11 @@ class Passage:
     source: str
     licence: str
 
+    @property
+    def with_title(self) -> str:
+        """The text the encoder and the generator read: "title | text" when there is a title."""
+        return f"{self.title} | {self.text}" if self.title else self.text
+
 
 @dataclasses.dataclass(frozen=True)
 class Document:
@@ -195,11 +200,17 @@ READERS: dict[str, Callable[..., Yield]] = {
 
 @gin.configurable
 def load_corpus(sources: Sequence[tuple[str, str]] = gin.REQUIRED, *, chunk_size: int = 100, overlap: int = 20,
-                on_error: str = "raise", dedupe: bool = True, pubmedqa_exclude: Sequence[str] = ()) -> Corpus:
+                on_error: str = "raise", dedupe: bool = True, pubmedqa_exclude_file: str = "") -> Corpus:
     """Reads (kind, path) sources in order, chunks every document, and drops duplicate passage texts.
 
     on_error: "raise" (first malformed record is an error naming file and line) or "skip" (counted).
+    pubmedqa_exclude_file: a JSON object keyed by PMID (e.g. PubMedQA's test_ground_truth.json) whose
+    abstracts are left out of the corpus.
     """
+    exclude: set[str] = set()
+    if pubmedqa_exclude_file:
+        with open(pubmedqa_exclude_file) as f:
+            exclude = set(map(str, json.load(f)))
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     passages: list[Passage] = []
@@ -211,7 +222,7 @@ def load_corpus(sources: Sequence[tuple[str, str]] = gin.REQUIRED, *, chunk_size
             raise ValueError(f"unknown corpus source kind {kind!r}; known: {sorted(READERS)}")
         if not os.path.exists(path):
             raise FileNotFoundError(f"corpus source {kind!r} not found: {path}")
-        kw = {"exclude_ids": pubmedqa_exclude} if kind == "pubmedqa" else {}
+        kw = {"exclude_ids": exclude} if kind == "pubmedqa" else {}
         for doc in READERS[kind](path, **kw):
             if isinstance(doc, CorpusError):
                 if on_error == "raise":
@@ -233,5 +244,5 @@ def load_corpus(sources: Sequence[tuple[str, str]] = gin.REQUIRED, *, chunk_size
     dup = next((i for i, n in collections.Counter(p.id for p in passages).items() if n > 1), None)
     if dup is not None:
         raise CorpusError(f"passage id {dup!r} occurs twice (a document id ends in '~N'?); rename that document")
-    settings = {"chunk_size": chunk_size, "overlap": overlap, "dedupe": dedupe}
+    settings = {"chunk_size": chunk_size, "overlap": overlap, "dedupe": dedupe}  # exclusions: in the passages
     return Corpus(passages, settings, skipped, duplicates)

@@ -60,10 +60,6 @@ def params_checksum(params) -> str:
     return h.hexdigest()[:16]
 
 
-def _passage_text(p: Passage) -> str:
-    return f"{p.title} | {p.text}" if p.title else p.text
-
-
 def encode_passages(cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, passages: Sequence[Passage],
                     icfg: IndexConfig, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Token embeddings of every passage, kept tokens only: (emb [T, dim] fp16, offsets [P + 1] int64).
@@ -76,7 +72,7 @@ def encode_passages(cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, passages
     model = ColBERT(cfg)
     encode = jax.jit(lambda p, ids, attn, keep: model.apply({"params": p}, ids, attn, keep, method="encode_doc"))
     maxlen = cfg.doc_maxlen
-    ids, attn, keep = ctok.docs([_passage_text(p) for p in passages], pad_to=maxlen)
+    ids, attn, keep = ctok.docs([p.with_title for p in passages], pad_to=maxlen)
     lengths = attn.sum(1)
     buckets = sorted({min(b, maxlen) for b in icfg.length_buckets} | {maxlen})
     per_passage: list[np.ndarray | None] = [None] * len(passages)

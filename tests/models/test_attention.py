@@ -89,3 +89,28 @@ def test_odd_heads_or_group_rejected():
         attention.s2_block_ids(jnp.arange(8)[None], 4, 3)
     with pytest.raises(ValueError, match="odd"):
         attention.s2_block_ids(jnp.arange(8)[None], 3, 4)
+
+
+@pytest.mark.parametrize("s2", [0, 6])
+def test_chunked_self_attention_equals_one_block(s2):
+    """Packed segments (positions restart), S2 blocks and a ragged last chunk: chunking changes nothing."""
+    B, L, H, K, D = 2, 29, 4, 2, 8
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (B, L, n, D)) for i, n in enumerate((H, K, K)))
+    seg = jnp.asarray([[1] * 12 + [2] * 17, [1] * 25 + [0] * 4])
+    pos = jnp.asarray([list(range(12)) + list(range(17)), list(range(29))])
+    info = attention.make_mask_info(pos, seg, num_heads=H, s2_group_size=s2)
+    ref = attention.dot_product_attention(q, k, v, info)
+    for chunk in (4, 7, 16):
+        out = attention.chunked_self_attention(q, k, v, info, chunk)
+        np.testing.assert_allclose(np.asarray(out)[seg > 0], np.asarray(ref)[seg > 0], atol=1e-6)
+
+
+def test_model_attn_chunk_does_not_change_logits():
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2, s2_group_size=8, attn_chunk=0)
+    params = llama_lib.init_params(cfg, jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 37), 0, 40)
+    for train in (False, True):
+        ref = Llama(cfg).apply({"params": params}, tokens, train=train)
+        out = Llama(cfg.replace(attn_chunk=8)).apply({"params": params}, tokens, train=train)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)

@@ -24,9 +24,10 @@ def test_logits_match_transformers(tie, rope_factor, kv_heads):
     assert cfg.tie_word_embeddings == tie and cfg.rope_scaling_factor == rope_factor
     tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 37))
     ref = hf_logits(model, tokens)
-    out = np.asarray(Llama(cfg).apply({"params": params}, jnp.asarray(tokens)))
     assert np.abs(ref).max() > 3.0, "reference logits too small for a meaningful check"
-    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+    for chunk in (0, 8):  # one attention block, and query chunks of 8 (ragged last chunk)
+        out = np.asarray(Llama(cfg.replace(attn_chunk=chunk)).apply({"params": params}, jnp.asarray(tokens)))
+        np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
 
 
 def test_config_round_trips_through_hf_dict():

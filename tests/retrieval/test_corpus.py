@@ -108,7 +108,8 @@ def test_pubmedqa_abstracts_without_question_and_with_exclusion(tmp_path):
             "222": {"QUESTION": "Is Z safe?", "CONTEXTS": ["Other abstract."]}}
     p = tmp_path / "pq.json"
     p.write_text(json.dumps(data))
-    c = load_corpus([("pubmedqa", str(p))], pubmedqa_exclude=["222"])
+    (tmp_path / "test_ids.json").write_text(json.dumps({"222": "yes"}))
+    c = load_corpus([("pubmedqa", str(p))], pubmedqa_exclude_file=str(tmp_path / "test_ids.json"))
     assert [(x.id, x.text) for x in c.passages] == [("pmid-111#0", "Background text. Results text.")]
     assert "Does X" not in c.passages[0].title + c.passages[0].text  # the question (= title) never leaks
     p.write_text(json.dumps({"333": {"CONTEXTS": "not a list"}}))

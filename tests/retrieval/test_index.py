@@ -52,7 +52,7 @@ def test_stored_tokens_and_exact_search_match_model_maxsim(real_subset, brute_in
     # the model's padded MaxSim over the first 40 passages equals exact search over stored (fp16) tokens
     from jmlr_jax.models import ColBERT
 
-    texts = [index_lib._passage_text(p) for p in corpus.passages[:40]]
+    texts = [p.with_title for p in corpus.passages[:40]]
     ids, attn, keep = ctok.docs(texts)
     D = ColBERT(cfg).apply({"params": params}, ids, attn, keep, method="encode_doc")
     Q = Retriever(cfg, params, ctok, idx).encode_queries(questions[:3])

@@ -1,0 +1,76 @@
+"""grain pipeline for the fused JMLR step: record index -> tokenised example with its C candidates -> batch.
+
+Candidates (passage indices [N, C]) come from host retrieval, computed once per index version and
+cached; the jitted step re-scores them with the live retriever. Every example is a pure function of its
+index, so the order (a seeded shuffle) and the iterator state (small JSON) fully determine the data:
+a restored iterator continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from jmlr_jax.data.sources import QARecord
+from jmlr_jax.data.templates import Budgets, PromptTemplate, bos_block, encode_answer, encode_docs, encode_question
+from jmlr_jax.models.colbert import ColBERTTokenizer
+from jmlr_jax.retrieval.corpus import Passage
+from jmlr_jax.tokenizers import Tokenizer
+
+
+def retrieval_query(r: QARecord, with_options: bool = False) -> str:
+    """The retriever's query for a question (optionally with its options)."""
+    return r.question + (" " + " ".join(r.options) if with_options else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class JMLRExamples:
+    """Index -> dict of numpy arrays for one example (the step's batch layout without the batch axis)."""
+
+    records: Sequence[QARecord]
+    candidates: np.ndarray  # [N, C] passage indices
+    passages: Sequence[Passage]
+    tok: Tokenizer
+    ctok: ColBERTTokenizer
+    template: PromptTemplate = PromptTemplate()
+    budgets: Budgets = Budgets()
+    query_with_options: bool = False
+
+    def __post_init__(self):
+        if len(self.candidates) != len(self.records):
+            raise ValueError(f"{len(self.candidates)} candidate rows for {len(self.records)} records")
+        if (self.candidates < 0).any() or (self.candidates >= len(self.passages)).any():
+            raise ValueError("candidate passage indices outside the corpus: index and corpus do not match")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:  # grain checks a stable repr when restoring iterator state
+        return f"JMLRExamples(n={len(self.records)}, C={self.candidates.shape[1]})"
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        r = self.records[int(i)]
+        texts = [self.passages[c].with_title for c in self.candidates[i]]
+        q_ids, q_mask = self.ctok.queries([retrieval_query(r, self.query_with_options)])
+        d_ids, d_mask, d_keep = self.ctok.docs(texts)
+        docs, docs_valid = encode_docs(self.tok, self.template, texts, self.budgets.doc)
+        question, question_valid = encode_question(self.tok, self.template, r, self.budgets.question)
+        answer, answer_valid = encode_answer(self.tok, self.template, r, self.budgets.answer)
+        bos, bos_valid = bos_block(self.tok)
+        return {"example_id": np.int32(i), "r_q_ids": q_ids[0], "r_q_mask": q_mask[0], "r_d_ids": d_ids,
+                "r_d_mask": d_mask, "r_d_keep": d_keep, "docs": docs, "docs_valid": docs_valid,
+                "question": question, "question_valid": question_valid, "answer": answer,
+                "answer_valid": answer_valid, "bos": bos, "bos_valid": bos_valid}
+
+
+def make_dataset(examples: JMLRExamples, batch_size: int, seed: int, grad_accum: int = 1) -> grain.IterDataset:
+    """Shuffled (seeded, reshuffled every epoch), repeated, batched; [A, B, ...] leaves when grad_accum > 1."""
+    if len(examples) < batch_size * grad_accum:
+        raise ValueError(f"{len(examples)} training examples < one batch of {batch_size} x {grad_accum}")
+    ds = (grain.MapDataset.range(len(examples)).shuffle(seed=seed).repeat(None).map(examples)
+          .batch(batch_size * grad_accum, drop_remainder=True))
+    if grad_accum > 1:
+        ds = ds.map(lambda b: {k: v.reshape(grad_accum, batch_size, *v.shape[1:]) for k, v in b.items()})
+    return ds.to_iter_dataset()

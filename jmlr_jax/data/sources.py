@@ -1,0 +1,187 @@
+"""Medical QA readers into one record type, following each dataset's public format.
+
+  medqa     JSONL: {"question", "options": {"A": .., "B": ..}, "answer", "answer_idx": "A", "meta_info"?}
+            (4- or 5-option files; `answer_idx` may be absent, then `answer` must equal one option)
+  medmcqa   JSON lines: {"id", "question", "opa".."opd", "cop", "exp", "subject_name", ...}; `cop` is 1-based in
+            the released files (0-based in the Hugging Face copy: pass cop_base=0); unlabelled test rows
+            (cop missing or -1) are an error unless allow_unlabelled=True
+  pubmedqa  JSON object PMID -> {"QUESTION", "CONTEXTS", "LONG_ANSWER", "final_decision"} (PQA-L/A);
+            options are yes / no / maybe; the abstract is the record's `context`
+  mmlu      headerless CSV rows: question, A, B, C, D, answer letter; the subject is the file name
+            without "_test.csv" / "_dev.csv" / "_val.csv"
+
+Errors name the file and line (or the record key) and say what is wrong.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import string
+from typing import Callable, Iterator
+
+from jmlr_jax.errors import InputError
+
+LETTERS = string.ascii_uppercase
+
+
+class DataError(InputError):
+    """A malformed QA record; the message names the file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QARecord:
+    id: str
+    dataset: str
+    question: str
+    options: tuple[str, ...]  # option i has letter LETTERS[i]
+    answer_idx: int  # index into options; -1 when unlabelled
+    context: str = ""  # e.g. the PubMedQA abstract
+    rationale: str = ""  # MedMCQA explanation, PubMedQA long answer
+    subject: str = ""
+
+    @property
+    def answer_letter(self) -> str:
+        return LETTERS[self.answer_idx] if self.answer_idx >= 0 else ""
+
+    @property
+    def answer_text(self) -> str:
+        return self.options[self.answer_idx] if self.answer_idx >= 0 else ""
+
+
+def _text(v) -> str:
+    return v.strip() if isinstance(v, str) else ""
+
+
+def _jsonl(path: str) -> Iterator[tuple[str, dict]]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{where}: expected a JSON object")
+            yield where, rec
+
+
+def read_medqa(path: str) -> Iterator[QARecord]:
+    for n, (where, rec) in enumerate(_jsonl(path)):
+        q, opts = _text(rec.get("question")), rec.get("options")
+        if not q:
+            raise DataError(f"{where}: empty or missing question")
+        if isinstance(opts, list):  # some redistributions: [{"key": "A", "value": ...}] or plain strings
+            opts = {o["key"]: o["value"] for o in opts} if opts and isinstance(opts[0], dict) else dict(zip(LETTERS, opts))
+        if not isinstance(opts, dict) or len(opts) < 2:
+            raise DataError(f"{where}: options must map letters to texts (got {type(opts).__name__})")
+        letters = sorted(opts)
+        if letters != list(LETTERS[: len(letters)]) or not all(_text(opts[k]) for k in letters):
+            raise DataError(f"{where}: options must be non-empty and lettered A, B, ... (got {letters})")
+        options = tuple(_text(opts[k]) for k in letters)
+        idx_letter = _text(rec.get("answer_idx"))
+        if idx_letter:
+            if idx_letter not in opts:
+                raise DataError(f"{where}: answer_idx {idx_letter!r} is not one of the options {letters}")
+            answer = letters.index(idx_letter)
+        elif _text(rec.get("answer")) in options:
+            answer = options.index(_text(rec.get("answer")))
+        else:
+            raise DataError(f"{where}: no answer_idx and the answer text matches no option")
+        yield QARecord(str(rec.get("id", n)), "medqa", q, options, answer, subject=_text(rec.get("meta_info")))
+
+
+def read_medmcqa(path: str, cop_base: int = 1, allow_unlabelled: bool = False) -> Iterator[QARecord]:
+    for n, (where, rec) in enumerate(_jsonl(path)):
+        q = _text(rec.get("question"))
+        options = tuple(_text(rec.get(k)) for k in ("opa", "opb", "opc", "opd"))
+        if not q:
+            raise DataError(f"{where}: empty or missing question")
+        if not all(options):
+            raise DataError(f"{where}: options opa..opd must all be non-empty strings")
+        cop = rec.get("cop")
+        if cop is None or cop == -1:
+            if not allow_unlabelled:
+                raise DataError(f"{where}: no answer (cop); pass allow_unlabelled=True for the unlabelled test set")
+            answer = -1
+        else:
+            if not isinstance(cop, int) or not 0 <= cop - cop_base < 4:
+                raise DataError(f"{where}: cop={cop!r} out of range for {cop_base}-based answers")
+            answer = cop - cop_base
+        yield QARecord(str(rec.get("id", n)), "medmcqa", q, options, answer, rationale=_text(rec.get("exp")),
+                       subject=_text(rec.get("subject_name")))
+
+
+PUBMEDQA_OPTIONS = ("yes", "no", "maybe")
+
+
+def read_pubmedqa(path: str) -> Iterator[QARecord]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object PMID -> record")
+    for pmid, rec in data.items():
+        where = f"{path}: record {pmid}"
+        if not isinstance(rec, dict) or not _text(rec.get("QUESTION")):
+            raise DataError(f"{where}: missing QUESTION")
+        ctx = rec.get("CONTEXTS")
+        if not isinstance(ctx, list) or not all(isinstance(c, str) for c in ctx):
+            raise DataError(f"{where}: CONTEXTS must be a list of strings")
+        decision = _text(rec.get("final_decision")).lower()
+        if decision not in PUBMEDQA_OPTIONS:
+            raise DataError(f"{where}: final_decision {rec.get('final_decision')!r} not in yes/no/maybe")
+        yield QARecord(str(pmid), "pubmedqa", rec["QUESTION"].strip(), PUBMEDQA_OPTIONS,
+                       PUBMEDQA_OPTIONS.index(decision), context=" ".join(c.strip() for c in ctx),
+                       rationale=_text(rec.get("LONG_ANSWER")))
+
+
+def mmlu_subject(path: str) -> str:
+    name = os.path.basename(path)
+    for suffix in ("_test.csv", "_dev.csv", "_val.csv", ".csv"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_mmlu(path: str) -> Iterator[QARecord]:
+    subject = mmlu_subject(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        for n, row in enumerate(csv.reader(f), 1):
+            where = f"{path}:{n}"
+            if not row:
+                continue
+            if len(row) != 6:
+                raise DataError(f"{where}: expected 6 columns (question, A, B, C, D, answer), got {len(row)}")
+            question, *options, letter = (c.strip() for c in row)
+            if letter not in ("A", "B", "C", "D"):
+                raise DataError(f"{where}: answer {letter!r} is not one of A, B, C, D")
+            if not question:
+                raise DataError(f"{where}: empty question")
+            yield QARecord(f"{subject}-{n}", "mmlu", question, tuple(options), "ABCD".index(letter), subject=subject)
+
+
+READERS: dict[str, Callable[..., Iterator[QARecord]]] = {
+    "medqa": read_medqa, "medmcqa": read_medmcqa, "pubmedqa": read_pubmedqa, "mmlu": read_mmlu,
+}
+
+
+def read_qa(kind: str, path: str, **kw) -> list[QARecord]:
+    """All records of one file (or, for MMLU, every *.csv in a directory, sorted by subject)."""
+    if kind not in READERS:
+        raise InputError(f"unknown QA dataset {kind!r}; known: {sorted(READERS)}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{kind} data not found: {path}")
+    if kind == "mmlu" and os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".csv"))
+        records = [r for f in files for r in read_mmlu(f)]
+    else:
+        records = list(READERS[kind](path, **kw))
+    if not records:
+        raise DataError(f"{path}: no {kind} records")
+    return records

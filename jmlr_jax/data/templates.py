@@ -1,0 +1,111 @@
+"""Prompt template shared by training and evaluation, and tokenisation with explicit budgets per part.
+
+The JMLR layout (reference documents first, best document last, right before the question):
+
+    <bos>Reference:\n{doc_1}\n\n ... Reference:\n{doc_k}\n\nQuestion: {question}\nA. ..\nB. ..\nAnswer: C. {text}<eos>
+
+Parts are tokenised separately into fixed-size blocks (docs / question / answer), each truncated to its
+own budget, so the fused train step can assemble any choice of documents inside `jit` by gathering blocks.
+Padding inside the assembled sequence is masked out of attention (segment id 0) and skipped by the
+positions, so the model sees exactly the compact sequence. Loss is on answer tokens (+ EOS) only.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import gin
+import numpy as np
+
+from jmlr_jax.data.sources import LETTERS, QARecord
+from jmlr_jax.tokenizers import Tokenizer
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+    doc: str = "Reference:\n{doc}\n\n"
+    context: str = "Context: {context}\n"  # e.g. the PubMedQA abstract, when use_context
+    question: str = "Question: {question}\n{options}Answer:"
+    option: str = "{letter}. {text}\n"
+    answer: str = " {letter}. {text}"
+    rationale: str = "\nExplanation: {rationale}"  # appended to the target when with_rationale
+    use_context: bool = False
+    with_rationale: bool = False
+
+    def question_text(self, r: QARecord) -> str:
+        options = "".join(self.option.format(letter=LETTERS[i], text=t) for i, t in enumerate(r.options))
+        ctx = self.context.format(context=r.context) if self.use_context and r.context else ""
+        return ctx + self.question.format(question=r.question, options=options)
+
+    def answer_text(self, r: QARecord, letter_only: bool = False) -> str:
+        out = self.answer.format(letter=r.answer_letter, text="" if letter_only else r.answer_text)
+        if self.with_rationale and r.rationale and not letter_only:
+            out += self.rationale.format(rationale=r.rationale)
+        return out.rstrip() if letter_only else out
+
+    def doc_text(self, doc: str) -> str:
+        return self.doc.format(doc=doc)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class Budgets:
+    """Tokens per block. The generator sees n_docs * doc + question + answer tokens."""
+
+    doc: int = 128
+    question: int = 256
+    answer: int = 32
+
+
+def _block(ids: Sequence[int], size: int, keep: str = "head", align: str = "left") -> tuple[np.ndarray, np.ndarray]:
+    ids = list(ids)[:size] if keep == "head" else list(ids)[-size:] if size else []
+    out = np.zeros(size, np.int32)
+    valid = np.zeros(size, np.int32)
+    sl = slice(0, len(ids)) if align == "left" else slice(size - len(ids), size)
+    out[sl], valid[sl] = ids, 1
+    return out, valid
+
+
+def bos_block(tok: Tokenizer, batch_shape: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """The sequence prefix: [BOS] when the model was trained with one (Llama-2), else empty (SmolLM2)."""
+    n = 1 if tok.add_bos and tok.bos_id is not None else 0
+    return np.full((*batch_shape, n), tok.bos_id or 0, np.int32), np.ones((*batch_shape, n), np.int32)
+
+
+def encode_question(tok: Tokenizer, tpl: PromptTemplate, r: QARecord, budget: int):
+    """Question (+ options) block, truncated from the front so the options and 'Answer:' survive.
+
+    Right-aligned: its last slot is always the last question token, the one that predicts the first
+    answer token, so answer losses can be read off fixed positions of the assembled sequence.
+    """
+    ids = tok.encode(tpl.question_text(r))
+    if not ids:
+        raise ValueError(f"question {r.id} tokenises to nothing")
+    return _block(ids, budget, keep="tail", align="right")
+
+
+def encode_answer(tok: Tokenizer, tpl: PromptTemplate, r: QARecord, budget: int):
+    """Target block: answer (+ rationale) tokens, then EOS (kept even when the text is truncated)."""
+    ids = tok.encode(tpl.answer_text(r))
+    eos = [tok.eos_id] if tok.eos_id is not None else []
+    return _block(ids[: budget - len(eos)] + eos, budget)
+
+
+def encode_docs(tok: Tokenizer, tpl: PromptTemplate, docs: Sequence[str], budget: int):
+    """[n, budget] blocks, one per document."""
+    rows = [_block(ids, budget) for ids in tok.encode_batch([tpl.doc_text(d) for d in docs])]
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+def assemble(blocks_tokens: Sequence[np.ndarray], blocks_valid: Sequence[np.ndarray]):
+    """Concatenate blocks into one sequence: tokens, segment ids (1 valid / 0 pad), positions skipping pads.
+
+    Works on numpy and jax arrays alike (used on the host for evaluation and inside the jitted step).
+    """
+    import jax.numpy as jnp
+
+    tokens = jnp.concatenate(list(blocks_tokens), axis=-1)
+    valid = jnp.concatenate(list(blocks_valid), axis=-1)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+    return tokens, valid, positions

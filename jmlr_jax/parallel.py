@@ -1,0 +1,121 @@
+"""Device mesh (data, fsdp, tensor), logical-axis rules and shardings; multi-host initialisation.
+
+Every parameter and activation carries logical axis names (models/*.py); `RULES` maps them onto mesh
+axes. A dimension that a mesh axis does not divide is replicated along that axis instead of failing
+(e.g. SmolLM2's 3 KV heads on a tensor axis of 2), so one rules table serves every model size.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or axes). FSDP shards the model dimension of every weight and the batch;
+# tensor parallelism shards heads, MLP width and vocabulary.
+RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("colbert_dim", None),
+)
+
+
+def maybe_initialize_distributed() -> None:
+    """jax.distributed.initialize() on multi-host TPU pods / multi-process runs; a no-op on one host."""
+    multi = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS"))
+    if multi and jax.process_count() == 1:
+        try:
+            jax.distributed.initialize()
+        except RuntimeError as e:  # already initialised, or a single-host TPU VM
+            if "already" not in str(e):
+                raise
+
+
+@gin.configurable
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES) -> Mesh:
+    """A mesh over the devices; one -1 in `shape` takes all remaining devices (the usual case)."""
+    shape = list(shape)
+    n = jax.device_count()
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {shape}: at most one -1")
+    if -1 in shape:
+        rest = int(np.prod([s for s in shape if s != -1]))
+        if n % rest:
+            raise ValueError(f"mesh shape {shape} does not divide {n} devices")
+        shape[shape.index(-1)] = n // rest
+    need = int(np.prod(shape))
+    if need > n:
+        raise ValueError(f"mesh shape {tuple(shape)} needs {need} devices, found {n}")
+    if need < n:
+        print(f"warning: mesh {tuple(shape)} uses {need} of {n} devices", flush=True)
+    devices = np.asarray(jax.devices()[:need]).reshape(shape)
+    # Auto axis types: flax-linen logical partitioning is GSPMD-style (see STACK.md gotcha 1).
+    return Mesh(devices, tuple(axes))
+
+
+def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+    """Drop mesh axes that do not divide their dimension (replicate there instead)."""
+    out = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        kept = tuple(a for a in axes if mesh.shape[a] > 1)
+        size = int(np.prod([mesh.shape[a] for a in kept])) if kept else 1
+        out.append(None if not kept or dim % size else (kept[0] if len(kept) == 1 else kept))
+    return P(*out)
+
+
+def logical_sharding(logical: P, shape: Sequence[int], mesh: Mesh, rules=RULES) -> NamedSharding:
+    """NamedSharding for one array from its logical axis names."""
+    spec = nn.logical_to_mesh_axes(tuple(logical), rules)
+    return NamedSharding(mesh, _fit(spec, shape, mesh))
+
+
+def tree_shardings(logical_tree, shape_tree, mesh: Mesh, rules=RULES):
+    """Shardings for a pytree given matching trees of logical PartitionSpecs and shapes (ShapeDtypeStructs)."""
+    is_spec = lambda x: isinstance(x, P)  # noqa: E731
+    return jax.tree_util.tree_map(lambda spec, s: logical_sharding(spec, s.shape, mesh, rules),
+                                  logical_tree, shape_tree, is_leaf=is_spec)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (batch) dimension over data x fsdp, the rest replicated."""
+    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def _keys(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def like_params_shardings(abstract_tree, params_shardings, params_abstract, mesh: Mesh):
+    """Shardings for e.g. an optimizer state: a leaf whose key path ends with a parameter's path and has its
+    shape gets that parameter's sharding (Adam mu / nu ...); every other leaf is replicated.
+
+    Works for any optax state (chains, multi_transform, masked weight decay), unlike jitting `tx.init`,
+    which silently replicates the whole state and defeats FSDP (STACK.md gotcha 3).
+    """
+    flat_sh = {_keys(p): s for p, s in jax.tree_util.tree_flatten_with_path(params_shardings)[0]}
+    flat_shape = {_keys(p): a.shape for p, a in jax.tree_util.tree_flatten_with_path(params_abstract)[0]}
+    replicated = NamedSharding(mesh, P())
+
+    def pick(path, leaf):
+        keys = _keys(path)
+        for n in range(len(keys), 0, -1):
+            if keys[-n:] in flat_sh and flat_shape[keys[-n:]] == leaf.shape:
+                return flat_sh[keys[-n:]]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_tree)

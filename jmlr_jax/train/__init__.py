@@ -1,0 +1,1 @@
+"""Training: joint train state (optimizer groups, LoRA) and the fused JMLR step."""

@@ -1,0 +1,199 @@
+"""The fused JMLR train step: retriever scores -> sampled LLM scoring -> rank loss + generator LM loss.
+
+One function of (state, batch) under one `jax.jit`:
+ 1. s [B, C]: live ColBERT MaxSim of the question against its C candidates (gradients reach the retriever).
+ 2. s_hat: min-max rescaled to [-1, 1], guarded when max == min (the reference divides by zero there).
+ 3. S candidates sampled without replacement from softmax(s_hat / tau) by Gumbel top-k (no gradient).
+ 4. l [B, S]: the LLM's mean answer-token loss with each sampled document alone as context: one batched
+    forward pass under stop_gradient.
+ 5. Rank loss. "ranknet": over ordered pairs i != j of sampled docs, BCE(sigmoid(s_hat_i - s_hat_j),
+    [l_j > l_i]); "kl": KL(softmax(-l / beta) || softmax(s_hat / tau)) over the sampled docs (Atlas PDist).
+ 6. Generator: the top-K docs by s, best last (right before the question); LM loss on answer tokens only.
+ 7. loss = lm + lambda * rank; one optax update over both models (groups in train/state.py).
+Losses are per-example means, averaged over the batch, so a batch of 2 gives the mean of two batch-1
+gradients. Gradient accumulation scans over micro-batches inside the same jitted step.
+
+Batch (numpy/jax arrays; B examples, C candidates):
+  example_id [B] (seeds the per-example Gumbel noise: sampling does not depend on batch composition)
+  r_q_ids, r_q_mask [B, Lqr]; r_d_ids, r_d_mask, r_d_keep [B, C, Ldr]    retriever inputs
+  docs, docs_valid [B, C, Ld]; question, question_valid [B, Lq] (right-aligned); answer, answer_valid [B, La]
+  bos, bos_valid [B, 0 or 1]                                              generator blocks (data/templates.py)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+
+from jmlr_jax.data.templates import assemble
+from jmlr_jax.models.colbert import ColBERT, ColBERTConfig, maxsim
+from jmlr_jax.models.llama import Llama, LlamaConfig
+from jmlr_jax.train.state import LoraConfig, llm_params_of
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class JMLRConfig:
+    num_candidates: int = 30  # C: retrieved per question (the reference code: 20)
+    num_sampled: int = 10  # S: scored by the LLM for the rank loss (reference: 10)
+    num_docs: int = 7  # K: fed to the generator (reference: 5)
+    rank_weight: float = 1.0  # lambda
+    tau: float = 1.0  # sampling temperature on s_hat
+    rank_loss: str = "ranknet"  # or "kl"
+    kl_beta: float = 1.0  # temperature of the LLM posterior softmax(-l / beta) for rank_loss="kl"
+    grad_accum: int = 1  # micro-batches per update (the batch carries a leading [grad_accum] axis)
+
+    def __post_init__(self):
+        if not 1 <= self.num_sampled <= self.num_candidates or not 1 <= self.num_docs <= self.num_candidates:
+            raise ValueError(f"need 1 <= num_sampled, num_docs <= num_candidates; got {self}")
+        if self.rank_loss not in ("ranknet", "kl"):
+            raise ValueError(f"rank_loss must be 'ranknet' or 'kl', got {self.rank_loss!r}")
+
+
+def normalize_scores(s_BxC: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Min-max rescale each row to [-1, 1]; a row whose scores are all equal maps to zeros."""
+    lo = jnp.min(s_BxC, axis=-1, keepdims=True)
+    span = jnp.max(s_BxC, axis=-1, keepdims=True) - lo
+    safe = jnp.where(span > eps, span, 1.0)
+    return jnp.where(span > eps, 2.0 * (s_BxC - lo) / safe - 1.0, 0.0)
+
+
+def ranknet_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array) -> jax.Array:
+    """Mean over ordered pairs i != j of BCE(sigmoid(s_i - s_j), [l_j > l_i]); per example [B]."""
+    diff = s_hat_BxS[:, :, None] - s_hat_BxS[:, None, :]
+    target = (l_BxS[:, None, :] > l_BxS[:, :, None]).astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(diff, target)
+    S = s_hat_BxS.shape[1]
+    off_diag = 1.0 - jnp.eye(S)
+    return jnp.sum(bce * off_diag, axis=(1, 2)) / max(S * (S - 1), 1)
+
+
+def kl_rank_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array, tau: float, beta: float) -> jax.Array:
+    """KL(LLM posterior || retriever distribution) over the sampled docs; per example [B]."""
+    target = jax.nn.softmax(-l_BxS / beta, axis=-1)
+    log_p = jax.nn.log_softmax(s_hat_BxS / tau, axis=-1)
+    return jnp.sum(target * (jnp.log(jnp.maximum(target, 1e-12)) - log_p), axis=-1)
+
+
+def lm_logits(cfg: LlamaConfig, llm_params, hidden: jax.Array) -> jax.Array:
+    """Output projection for selected hidden states only (the loss needs La positions, not the sequence)."""
+    w = llm_params["embed"]["embedding"].T if cfg.tie_word_embeddings else llm_params["lm_head"]["kernel"]
+    return jnp.einsum("...d,dv->...v", hidden.astype(cfg.dtype), w.astype(cfg.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def answer_nll(cfg: LlamaConfig, llm_params, blocks: list[tuple[jax.Array, jax.Array]], answer, answer_valid,
+               train: bool) -> jax.Array:
+    """Mean NLL of the answer tokens for sequences `blocks + [answer]`; per sequence [N]."""
+    tokens, valid, pos = assemble([b[0] for b in blocks] + [answer], [b[1] for b in blocks] + [answer_valid])
+    hidden = Llama(cfg).apply({"params": llm_params}, tokens, positions_BxL=pos, segment_ids_BxL=valid,
+                              train=train, return_hidden=True)
+    La = answer.shape[-1]
+    # The question block is right-aligned, so positions L-La-1 .. L-2 predict answer tokens 0 .. La-1.
+    logits = lm_logits(cfg, llm_params, hidden[:, -La - 1: -1])
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, answer[..., None], axis=-1)[..., 0]
+    w = answer_valid.astype(jnp.float32)
+    return jnp.sum(nll * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    llm: LlamaConfig
+    retriever: ColBERTConfig
+    jmlr: JMLRConfig
+    lora: LoraConfig = LoraConfig()
+
+
+def retriever_scores(rcfg: ColBERTConfig, rparams, batch) -> jax.Array:
+    """Live MaxSim of each question against its candidates: [B, C]."""
+    model = ColBERT(rcfg)
+    Q = model.apply({"params": rparams}, batch["r_q_ids"], batch["r_q_mask"], method="encode_query")
+    B, C, Ld = batch["r_d_ids"].shape
+    flat = lambda x: x.reshape(B * C, Ld)  # noqa: E731
+    D = model.apply({"params": rparams}, flat(batch["r_d_ids"]), flat(batch["r_d_mask"]), flat(batch["r_d_keep"]),
+                    method="encode_doc")
+    return maxsim(Q, D.reshape(B, C, Ld, -1), batch["r_d_keep"])
+
+
+def _take(x_BxCx, idx_BxK):
+    return jnp.take_along_axis(x_BxCx, idx_BxK.reshape(*idx_BxK.shape, *([1] * (x_BxCx.ndim - 2))), axis=1)
+
+
+def jmlr_loss(params, batch, rng, m: Models) -> tuple[jax.Array, dict]:
+    """Total loss and metrics for one (micro-)batch."""
+    j = m.jmlr
+    B, C = batch["docs"].shape[:2]
+    if C != j.num_candidates:
+        raise ValueError(f"batch has {C} candidates per question, config says num_candidates={j.num_candidates}")
+    llm_params = llm_params_of(params, m.lora)
+
+    # 1-3: retriever scores, normalised scores, Gumbel top-k sample of S candidates.
+    s = retriever_scores(m.retriever, params["retriever"], batch)
+    s_hat = normalize_scores(s)
+    keys = jax.vmap(lambda e: jax.random.fold_in(rng, e))(batch["example_id"])
+    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (C,)))(keys)
+    _, sampled = jax.lax.top_k(jax.lax.stop_gradient(s_hat) / j.tau + gumbel, j.num_sampled)  # [B, S]
+
+    # 4: per-document answer losses with the LLM frozen for this pass; S sequences per example in one batch.
+    S = j.num_sampled
+    rep = lambda x: jnp.repeat(x, S, axis=0)  # noqa: E731  [B, ...] -> [B*S, ...]
+    sd = _take(batch["docs"], sampled).reshape(B * S, -1)
+    sv = _take(batch["docs_valid"], sampled).reshape(B * S, -1)
+    l = answer_nll(m.llm, jax.lax.stop_gradient(llm_params),
+                   [(rep(batch["bos"]), rep(batch["bos_valid"])), (sd, sv),
+                    (rep(batch["question"]), rep(batch["question_valid"]))],
+                   rep(batch["answer"]), rep(batch["answer_valid"]), train=True).reshape(B, S)
+    l = jax.lax.stop_gradient(l)
+
+    # 5: rank loss on the sampled docs' normalised scores.
+    s_hat_S = jnp.take_along_axis(s_hat, sampled, axis=1)
+    rank = (ranknet_loss(s_hat_S, l) if j.rank_loss == "ranknet"
+            else kl_rank_loss(s_hat_S, l, j.tau, j.kl_beta))
+
+    # 6: generator on the top-K docs by live retriever score, best doc last.
+    _, top = jax.lax.top_k(jax.lax.stop_gradient(s), j.num_docs)  # descending
+    best_last = top[:, ::-1]
+    gd = _take(batch["docs"], best_last).reshape(B, -1)
+    gv = _take(batch["docs_valid"], best_last).reshape(B, -1)
+    lm = answer_nll(m.llm, llm_params, [(batch["bos"], batch["bos_valid"]), (gd, gv),
+                                        (batch["question"], batch["question_valid"])],
+                    batch["answer"], batch["answer_valid"], train=True)
+
+    loss = jnp.mean(lm) + j.rank_weight * jnp.mean(rank)
+    # Agreement: fraction of sampled pairs the retriever orders like the LLM (lower loss = better doc).
+    pair = (l[:, None, :] != l[:, :, None]) & ~jnp.eye(S, dtype=bool)
+    agree = (jnp.sign(s_hat_S[:, :, None] - s_hat_S[:, None, :]) == jnp.sign(l[:, None, :] - l[:, :, None])) & pair
+    metrics = {"loss": loss, "lm_loss": jnp.mean(lm), "rank_loss": jnp.mean(rank),
+               "agreement": jnp.sum(agree) / jnp.maximum(jnp.sum(pair), 1),
+               "doc_loss_spread": jnp.mean(jnp.max(l, 1) - jnp.min(l, 1)), "retriever_score_mean": jnp.mean(s)}
+    return loss, metrics
+
+
+def train_step(state: dict[str, Any], batch: dict, *, models: Models, tx: optax.GradientTransformation):
+    """state = {"step", "params", "opt_state", "rng"} -> (new state, metrics). Pure; jit it with shardings."""
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    grad_fn = jax.value_and_grad(functools.partial(jmlr_loss, m=models), has_aux=True)
+    A = models.jmlr.grad_accum
+    if A == 1:
+        (_, metrics), grads = grad_fn(state["params"], batch, rng)
+    else:  # batch leaves carry a leading [A] micro-batch axis
+        first = jax.tree_util.tree_map(lambda x: x[0], batch)
+        rest = jax.tree_util.tree_map(lambda x: x[1:], batch)
+        (_, metrics), grads = grad_fn(state["params"], first, rng)
+
+        def micro(acc, mb):
+            (_, met), g = grad_fn(state["params"], mb, rng)
+            return jax.tree_util.tree_map(jnp.add, acc, (g, met)), None
+
+        (grads, metrics), _ = jax.lax.scan(micro, (grads, metrics), rest)
+        grads, metrics = jax.tree_util.tree_map(lambda x: x / A, (grads, metrics))
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), metrics

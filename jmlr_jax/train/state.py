@@ -1,0 +1,154 @@
+"""Joint train state: params {"llm", "retriever"[, "lora"]}, one optax update with per-group learning rates.
+
+Groups: "llm" (the decoder, or its LoRA adapters), "retriever" (the ColBERT encoder), "frozen".
+Which parameters train is explicit: a regular expression over parameter paths per model (the reference
+code's PEFT naming bug silently froze most of the ColBERT encoder and gave every parameter the
+retriever's learning rate; here the groups are printed by `describe_groups` and tested).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    llm_lr: float = 1e-5
+    retriever_lr: float = 3e-6
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    decay_steps: int = 0  # cosine decay to 10% over this many steps; 0 = constant after warmup
+    grad_clip: float = 1.0  # global norm over all trained params; 0 = off
+    llm_trainable: str = ".*"  # regex over "/"-joined param paths; "" freezes the LLM
+    retriever_trainable: str = ".*"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 0  # 0 = full fine-tuning
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "lm_head")
+
+
+def _path(p) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p)
+
+
+def param_groups(params: dict, cfg: OptimConfig) -> dict:
+    """Label every leaf "llm" / "retriever" / "frozen" (a pytree like params)."""
+    pats = {"llm": cfg.llm_trainable, "retriever": cfg.retriever_trainable}
+
+    def label(path, _):
+        top = _path(path[:1])
+        rest = _path(path[1:])
+        if top == "lora":
+            return "llm"
+        if top == "llm" and "lora" in params:  # base weights stay frozen under LoRA
+            return "frozen"
+        pat = pats.get(top, "")
+        return top if pat and re.fullmatch(pat, rest) else "frozen"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def describe_groups(params: dict, cfg: OptimConfig) -> dict[str, int]:
+    """Parameter counts per group, e.g. {"llm": 134515008, "retriever": 22713216, "frozen": 0}."""
+    labels = jax.tree_util.tree_leaves(param_groups(params, cfg))
+    sizes = [int(x.size) for x in jax.tree_util.tree_leaves(params)]
+    out = {"llm": 0, "retriever": 0, "frozen": 0}
+    for lab, n in zip(labels, sizes):
+        out[lab] += n
+    return out
+
+
+def _schedule(lr: float, cfg: OptimConfig):
+    if not cfg.warmup_steps and not cfg.decay_steps:
+        return lr
+    warm = optax.linear_schedule(0.0, lr, max(cfg.warmup_steps, 1))
+    rest = optax.cosine_decay_schedule(lr, cfg.decay_steps, alpha=0.1) if cfg.decay_steps else optax.constant_schedule(lr)
+    return optax.join_schedules([warm, rest], [cfg.warmup_steps])
+
+
+def make_optimizer(params: dict, cfg: OptimConfig) -> optax.GradientTransformation:
+    """AdamW per group (decay only on matrices: no norms, biases), zero update for frozen params."""
+    decay_mask = jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
+
+    def adamw(lr):
+        return optax.adamw(_schedule(lr, cfg), cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay,
+                           mask=decay_mask)
+
+    tx = optax.multi_transform({"llm": adamw(cfg.llm_lr), "retriever": adamw(cfg.retriever_lr),
+                                "frozen": optax.set_to_zero()}, param_groups(params, cfg))
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx) if cfg.grad_clip else tx
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA
+
+def _targets(llm_params: dict, cfg: LoraConfig) -> dict[str, tuple[int, int, bool]]:
+    """path -> (in, out, stacked) for each adapted kernel, as matrices [in, out] (per layer when stacked)."""
+    out = {}
+    layers = llm_params.get("layers", {})
+    for group in ("attn", "mlp"):
+        for name, leaf in layers.get(group, {}).items():
+            if name in cfg.targets:
+                k = leaf["kernel"]  # [N, in..., out...]
+                fan_in = math.prod(k.shape[1:3] if name == "o" else k.shape[1:2])  # o: [N, H, Dh, D]
+                out[f"layers/{group}/{name}"] = (fan_in, int(k.size // k.shape[0] // fan_in), True)
+    if "lm_head" in cfg.targets and "lm_head" in llm_params:
+        d, v = llm_params["lm_head"]["kernel"].shape
+        out["lm_head"] = (d, v, False)
+    return out
+
+
+def init_lora(llm_params: dict, cfg: LoraConfig, rng: jax.Array) -> dict:
+    """A ~ N(0, 1/in), B = 0: the adapted model starts exactly equal to the base model."""
+    n_layers = llm_params["layers"]["attn_norm"]["scale"].shape[0]
+    lora = {}
+    for i, (path, (fan_in, fan_out, stacked)) in enumerate(sorted(_targets(llm_params, cfg).items())):
+        lead = (n_layers,) if stacked else ()
+        a = jax.random.normal(jax.random.fold_in(rng, i), (*lead, fan_in, cfg.rank), jnp.float32) * fan_in**-0.5
+        lora[path] = {"a": a, "b": jnp.zeros((*lead, cfg.rank, fan_out), jnp.float32)}
+    if not lora:
+        raise ValueError(f"LoRA targets {cfg.targets} match no kernel of this model")
+    return lora
+
+
+def merge_lora(llm_params: dict, lora: dict, cfg: LoraConfig) -> dict:
+    """Base + (alpha / rank) * A @ B on every adapted kernel (differentiable in A and B)."""
+    scale = cfg.alpha / cfg.rank
+    merged = jax.tree_util.tree_map(lambda x: x, llm_params)  # new containers, same leaves
+
+    def node(tree: dict, path: str) -> dict:
+        for part in path.split("/"):
+            tree = tree[part]
+        return tree
+
+    for path, ab in lora.items():
+        leaf = node(merged, path)
+        k = leaf["kernel"]
+        delta = jnp.matmul(ab["a"], ab["b"]) * scale
+        leaf["kernel"] = (k.astype(jnp.float32) + delta.reshape(k.shape)).astype(k.dtype)
+    return merged
+
+
+def llm_params_of(params: dict, lora_cfg: LoraConfig) -> Any:
+    """The decoder weights the forward pass uses (merged with LoRA adapters when present)."""
+    return merge_lora(params["llm"], params["lora"], lora_cfg) if "lora" in params else params["llm"]
+
+
+def init_train_state(params: dict, tx: optax.GradientTransformation, seed: int = 0) -> dict:
+    """{"step", "params", "opt_state", "rng"}: everything a checkpoint needs besides the data iterator."""
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": jax.random.PRNGKey(seed)}

@@ -1,0 +1,87 @@
+"""Prompt template blocks and the grain pipeline: budgets, alignment, loss masks, exact iterator resume."""
+import numpy as np
+import pytest
+
+from jmlr_jax.data import QARecord
+from jmlr_jax.data.pipeline import JMLRExamples, make_dataset
+from jmlr_jax.data.templates import Budgets, PromptTemplate, assemble, encode_answer, encode_docs, encode_question
+from jmlr_jax.models import ColBERTConfig, ColBERTTokenizer
+from jmlr_jax.retrieval.corpus import Passage
+from jmlr_jax.tokenizers import HFTokenizer
+
+REC = QARecord("q1", "medmcqa", "Which drug is first-line for type 2 diabetes?", ("Insulin", "Metformin", "Sulfonylurea",
+                                                                                  "Acarbose"), 1,
+               rationale="Metformin lowers hepatic glucose output.")
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from tests.helpers import save_tiny_llama_dir
+    from jmlr_jax.tokenizers import load_tokenizer
+
+    return load_tokenizer(save_tiny_llama_dir(str(tmp_path_factory.mktemp("tiny"))))
+
+
+def test_template_text_is_the_same_for_train_and_eval():
+    tpl = PromptTemplate()
+    assert tpl.question_text(REC) == ("Question: Which drug is first-line for type 2 diabetes?\nA. Insulin\nB. Metformin\n"
+                                      "C. Sulfonylurea\nD. Acarbose\nAnswer:")
+    assert tpl.answer_text(REC) == " B. Metformin"
+    assert tpl.answer_text(REC, letter_only=True) == " B."
+    assert PromptTemplate(with_rationale=True).answer_text(REC).endswith("Explanation: Metformin lowers hepatic glucose output.")
+    ctx = QARecord("p", "pubmedqa", "Does X help?", ("yes", "no", "maybe"), 0, context="Abstract text.")
+    assert PromptTemplate(use_context=True).question_text(ctx).startswith("Context: Abstract text.\nQuestion: Does X help?")
+
+
+def test_blocks_budgets_alignment_and_eos(tok):
+    tpl = PromptTemplate()
+    q, qv = encode_question(tok, tpl, REC, 40)
+    assert q.shape == (40,) and qv.all()  # truncated from the front: the end survives
+    assert tok.decode(q).endswith("D. Acarbose\nAnswer:")
+    q, qv = encode_question(tok, tpl, REC, 400)
+    assert qv[-1] == 1 and qv[0] == 0  # right-aligned
+    a, av = encode_answer(tok, tpl, REC, 6)
+    assert av.sum() == 6 and a[5] == tok.eos_id  # EOS kept under truncation
+    d, dv = encode_docs(tok, tpl, ["short", "a much longer reference document " * 10], 32)
+    assert d.shape == (2, 32) and dv[0].sum() < 32 and dv[1].sum() == 32
+    tokens, valid, pos = assemble([d[:1], q[None], a[None]], [dv[:1], qv[None], av[None]])
+    compact = np.asarray(tokens)[np.asarray(valid) > 0]
+    assert tok.decode(compact).startswith("Reference:\nshort\n\nQuestion:")
+    assert np.array_equal(np.asarray(pos)[np.asarray(valid) > 0], np.arange(len(compact)))
+
+
+def _examples(tok, minilm_tok, n=10):
+    passages = [Passage(f"p{i}#0", f"p{i}", f"T{i}", f"passage number {i} about drugs", "user", "x") for i in range(6)]
+    recs = [QARecord(f"q{i}", "medmcqa", f"question {i}?", ("a", "b", "c", "d"), i % 4) for i in range(n)]
+    cands = np.stack([np.roll(np.arange(6), i)[:4] for i in range(n)])
+    ctok = ColBERTTokenizer(minilm_tok, ColBERTConfig(query_maxlen=12, doc_maxlen=24))
+    return JMLRExamples(recs, cands, passages, tok, ctok, budgets=Budgets(doc=16, question=24, answer=6))
+
+
+def test_examples_and_resumable_iterator(tok, minilm):
+    ex = _examples(tok, minilm[2])
+    e = ex(3)
+    assert e["docs"].shape == (4, 16) and e["r_d_ids"].shape == (4, 24) and e["question"].shape == (24,)
+    assert e["bos"].tolist() == [tok.bos_id]  # tokenizer_config says add_bos_token
+    it = iter(make_dataset(ex, batch_size=2, seed=7))
+    first = [next(it)["example_id"].tolist() for _ in range(3)]
+    state = it.get_state()
+    rest = [next(it)["example_id"].tolist() for _ in range(4)]
+    it2 = iter(make_dataset(ex, batch_size=2, seed=7))
+    it2.set_state(state)
+    assert [next(it2)["example_id"].tolist() for _ in range(4)] == rest
+    seen = sum(first + rest[:2], [])
+    assert sorted(seen) == list(range(10))  # one epoch: each example once, shuffled
+    assert seen != list(range(10))
+    acc = next(iter(make_dataset(ex, batch_size=2, seed=7, grad_accum=3)))
+    assert acc["docs"].shape == (3, 2, 4, 16)
+
+
+def test_pipeline_input_errors(tok, minilm):
+    ex = _examples(tok, minilm[2])
+    with pytest.raises(ValueError, match="outside the corpus"):
+        JMLRExamples(ex.records, ex.candidates + 10, ex.passages, tok, ex.ctok)
+    with pytest.raises(ValueError, match="candidate rows"):
+        JMLRExamples(ex.records[:3], ex.candidates, ex.passages, tok, ex.ctok)
+    with pytest.raises(ValueError, match="< one batch"):
+        make_dataset(ex, batch_size=8, seed=0, grad_accum=2)

@@ -1,0 +1,88 @@
+"""QA readers on small fixtures of each public format, and on the real shared files."""
+import json
+import os
+
+import pytest
+
+from jmlr_jax.data import DataError, read_qa
+from tests.conftest import DATA_DIR, require
+
+
+def _lines(path, recs):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in recs) + "\n")
+    return str(path)
+
+
+def test_medqa_four_and_five_options(tmp_path):
+    p = _lines(tmp_path / "test.jsonl", [
+        {"question": "A 23-year-old ... Which drug?", "answer": "Nitrofurantoin",
+         "options": {"A": "Ampicillin", "B": "Ceftriaxone", "C": "Doxycycline", "D": "Nitrofurantoin"},
+         "meta_info": "step2&3", "answer_idx": "D"},
+        {"question": "Five options?", "answer": "E text",
+         "options": {"A": "a", "B": "b", "C": "c", "D": "d", "E": "E text"}},
+    ])
+    recs = read_qa("medqa", p)
+    assert recs[0].answer_letter == "D" and recs[0].answer_text == "Nitrofurantoin" and recs[0].subject == "step2&3"
+    assert len(recs[1].options) == 5 and recs[1].answer_letter == "E"
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ({"question": "q", "options": {"A": "a", "C": "c"}, "answer_idx": "A"}, "lettered A, B"),
+    ({"question": "q", "options": {"A": "a", "B": "b"}, "answer_idx": "C"}, "answer_idx 'C' is not one"),
+    ({"question": "q", "options": {"A": "a", "B": "b"}, "answer": "zzz"}, "matches no option"),
+    ({"question": "", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}, "empty or missing question"),
+    ("{not json", "malformed JSON"),
+])
+def test_medqa_errors_name_file_and_line(tmp_path, bad, msg):
+    good = {"question": "q", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}
+    p = _lines(tmp_path / "m.jsonl", [good, bad])
+    with pytest.raises(DataError, match=rf"m.jsonl:2: .*{msg}"):
+        read_qa("medqa", p)
+
+
+def test_medmcqa_cop_bases_and_unlabelled(tmp_path):
+    row = {"id": "x1", "question": "Drug of choice?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 3,
+           "exp": "Because.", "subject_name": "Pharmacology"}
+    p = _lines(tmp_path / "dev.jsonl", [row])
+    r = read_qa("medmcqa", p)[0]
+    assert r.answer_letter == "C" and r.rationale == "Because." and r.subject == "Pharmacology"
+    assert read_qa("medmcqa", p, cop_base=0)[0].answer_letter == "D"
+    p = _lines(tmp_path / "bad.jsonl", [dict(row, cop=5)])
+    with pytest.raises(DataError, match=r"bad.jsonl:1: cop=5 out of range"):
+        read_qa("medmcqa", p)
+    p = _lines(tmp_path / "test.jsonl", [dict(row, cop=-1)])
+    with pytest.raises(DataError, match="allow_unlabelled"):
+        read_qa("medmcqa", p)
+    assert read_qa("medmcqa", p, allow_unlabelled=True)[0].answer_idx == -1
+
+
+def test_pubmedqa_and_mmlu(tmp_path):
+    p = tmp_path / "pq.json"
+    p.write_text(json.dumps({"123": {"QUESTION": "Does X help?", "CONTEXTS": ["Bg.", "Res."], "LONG_ANSWER": "Yes.",
+                                     "final_decision": "maybe"}}))
+    r = read_qa("pubmedqa", str(p))[0]
+    assert r.options == ("yes", "no", "maybe") and r.answer_letter == "C" and r.context == "Bg. Res."
+    p.write_text(json.dumps({"9": {"QUESTION": "q", "CONTEXTS": [], "final_decision": "perhaps"}}))
+    with pytest.raises(DataError, match="record 9: final_decision 'perhaps'"):
+        read_qa("pubmedqa", str(p))
+    d = tmp_path / "mmlu"
+    d.mkdir()
+    (d / "anatomy_test.csv").write_text('"Which bone, ""the femur""?",a,b,c,d,B\n')
+    (d / "virology_test.csv").write_text("q,a,b,c,d\n")
+    with pytest.raises(DataError, match=r"virology_test.csv:1: expected 6 columns"):
+        read_qa("mmlu", str(d))
+    os.remove(d / "virology_test.csv")
+    r = read_qa("mmlu", str(d))[0]
+    assert r.subject == "anatomy" and r.question == 'Which bone, "the femur"?' and r.answer_letter == "B"
+    with pytest.raises(FileNotFoundError):
+        read_qa("mmlu", str(tmp_path / "none"))
+
+
+def test_real_shared_files():
+    require(os.path.isdir(DATA_DIR), DATA_DIR)
+    mmlu = read_qa("mmlu", os.path.join(DATA_DIR, "mmlu_med"))
+    assert len(mmlu) == 1089 and len({r.subject for r in mmlu}) == 6
+    mcq = read_qa("medmcqa", os.path.join(DATA_DIR, "medmcqa", "dev.jsonl"))
+    assert len(mcq) == 4183 and sum(bool(r.rationale) for r in mcq) == 2206
+    pq = read_qa("pubmedqa", os.path.join(DATA_DIR, "pubmedqa", "ori_pqal.json"))
+    assert len(pq) == 1000 and all(r.context for r in pq)

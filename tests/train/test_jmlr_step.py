@@ -1,0 +1,169 @@
+"""The fused JMLR step on tiny random models: losses vs numpy, gradient routing, doc order, batching."""
+import functools
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jmlr_jax.data.templates import assemble
+from jmlr_jax.models import BertConfig, ColBERTConfig, LlamaConfig
+from jmlr_jax.models import colbert as colbert_lib, llama as llama_lib
+from jmlr_jax.train import jmlr_step as js
+from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, init_train_state, make_optimizer
+
+LLM = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
+RET = ColBERTConfig(bert=BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
+                                    max_position_embeddings=32), dim=16, query_maxlen=8, doc_maxlen=12)
+
+
+def make_batch(B=2, C=6, seed=0, Ld=5, Lq=6, La=3):
+    rng = np.random.RandomState(seed)
+    ids = lambda *s: rng.randint(5, 64, s).astype(np.int32)  # noqa: E731
+    ones = lambda *s: np.ones(s, np.int32)  # noqa: E731
+    docs_valid = ones(B, C, Ld)
+    docs_valid[:, :, -1] = rng.randint(0, 2, (B, C))  # some docs shorter (interior padding)
+    q_valid = ones(B, Lq)
+    q_valid[:, :2] = 0  # right-aligned question block
+    a_valid = ones(B, La)
+    a_valid[0, -1] = 0
+    keep = ones(B, C, 12)
+    keep[:, :, 9:] = 0
+    return {"example_id": np.arange(B, dtype=np.int32) + 100 * seed,
+            "r_q_ids": ids(B, 8), "r_q_mask": ones(B, 8), "r_d_ids": ids(B, C, 12), "r_d_mask": keep.copy(),
+            "r_d_keep": keep, "docs": ids(B, C, Ld), "docs_valid": docs_valid, "question": ids(B, Lq),
+            "question_valid": q_valid, "answer": ids(B, La), "answer_valid": a_valid,
+            "bos": np.full((B, 1), 1, np.int32), "bos_valid": ones(B, 1)}
+
+
+@pytest.fixture(scope="module")
+def params():
+    llm = jax.tree_util.tree_map(lambda x: x * 10 if x.ndim >= 2 else x, llama_lib.init_params(LLM, jax.random.PRNGKey(0)))
+    ret = colbert_lib.init_params(RET, jax.random.PRNGKey(1))
+    return {"llm": llm, "retriever": ret}
+
+
+def models(**kw):
+    return js.Models(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3, **kw))
+
+
+def test_normalize_scores_guarded():
+    s = jnp.asarray([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])
+    np.testing.assert_allclose(js.normalize_scores(s), [[-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    g = jax.grad(lambda x: js.normalize_scores(x).sum())(s)
+    assert np.all(np.isfinite(g))
+
+
+def test_ranknet_and_kl_match_numpy():
+    rng = np.random.RandomState(0)
+    s, l = rng.randn(3, 5).astype(np.float32), rng.rand(3, 5).astype(np.float32)
+    l[0, 1] = l[0, 2]  # a tie
+    ref = np.zeros(3)
+    for b in range(3):
+        terms = []
+        for i in range(5):
+            for j in range(5):
+                if i != j:
+                    p = 1 / (1 + np.exp(-(s[b, i] - s[b, j])))
+                    t = float(l[b, j] > l[b, i])
+                    terms.append(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+        ref[b] = np.mean(terms)
+    np.testing.assert_allclose(js.ranknet_loss(s, l), ref, rtol=1e-5)
+    tau, beta = 0.5, 0.3
+    q = np.exp(-l / beta) / np.exp(-l / beta).sum(1, keepdims=True)
+    logp = s / tau - np.log(np.exp(s / tau).sum(1, keepdims=True))
+    np.testing.assert_allclose(js.kl_rank_loss(s, l, tau, beta), (q * (np.log(q) - logp)).sum(1), rtol=1e-5)
+
+
+def test_loss_gradients_reach_what_they_should(params):
+    batch = make_batch()
+    m = models()
+    rng = jax.random.PRNGKey(3)
+
+    def part(name):
+        return jax.grad(lambda p: js.jmlr_loss(p, batch, rng, m)[1][name])(params)
+
+    norm = lambda t: float(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(t)))  # noqa: E731
+    g_lm, g_rank = part("lm_loss"), part("rank_loss")
+    assert norm(g_lm["llm"]) > 0 and norm(g_lm["retriever"]) == 0  # generator loss: LLM only
+    assert norm(g_rank["retriever"]) > 0 and norm(g_rank["llm"]) == 0  # rank loss: retriever only
+    # every retriever weight learns (the reference's PEFT bug froze most of the encoder)
+    leaves = jax.tree_util.tree_leaves_with_path(g_rank["retriever"])
+    dead = [jax.tree_util.keystr(p) for p, g in leaves if float(jnp.max(jnp.abs(g))) == 0 and "type_embed" not in
+            jax.tree_util.keystr(p) and "pos_embed" not in jax.tree_util.keystr(p) and "word_embed" not in
+            jax.tree_util.keystr(p)]
+    assert not dead, dead
+
+
+def test_generator_sees_top_docs_best_last(params):
+    batch = make_batch()
+    m = models(rank_weight=0.0)
+    _, metrics = js.jmlr_loss(params, batch, jax.random.PRNGKey(0), m)
+    s = np.asarray(js.retriever_scores(RET, params["retriever"], batch))
+    expected = []
+    for b in range(2):
+        order = np.argsort(s[b])[-3:]  # ascending: best doc last
+        blocks = [(batch["bos"][b:b + 1], batch["bos_valid"][b:b + 1])]
+        blocks += [(batch["docs"][b:b + 1, c], batch["docs_valid"][b:b + 1, c]) for c in order]
+        blocks += [(batch["question"][b:b + 1], batch["question_valid"][b:b + 1])]
+        expected.append(js.answer_nll(LLM, params["llm"], blocks, batch["answer"][b:b + 1],
+                                      batch["answer_valid"][b:b + 1], train=True)[0])
+        # the same text as one compact sequence gives the same loss (padding is invisible)
+        toks, valid, _ = assemble([x[0] for x in blocks] + [batch["answer"][b:b + 1]],
+                                  [x[1] for x in blocks] + [batch["answer_valid"][b:b + 1]])
+        compact = np.asarray(toks)[np.asarray(valid) > 0][None]
+        logits = llama_lib.Llama(LLM).apply({"params": params["llm"]}, compact)
+        n_ans = int(batch["answer_valid"][b].sum())
+        logp = jax.nn.log_softmax(logits[0, -n_ans - 1:-1])
+        ref = -np.mean(np.take_along_axis(np.asarray(logp), compact[0, -n_ans:, None], 1))
+        np.testing.assert_allclose(expected[-1], ref, rtol=1e-5)
+    np.testing.assert_allclose(metrics["lm_loss"], np.mean(expected), rtol=1e-5)
+
+
+def test_batch_of_two_is_mean_of_two_single_gradients(params):
+    batch = make_batch(B=2)
+    m = models()
+    rng = jax.random.PRNGKey(5)
+    grad = jax.jit(jax.grad(lambda p, b: js.jmlr_loss(p, b, rng, m)[0]))
+    g2 = grad(params, batch)
+    singles = [grad(params, jax.tree_util.tree_map(lambda x: x[i:i + 1], batch)) for i in range(2)]
+    mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *singles)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5), g2, mean)
+
+
+def test_train_step_with_grad_accumulation_and_lora(params):
+    # eps=1: Adam's first step is ~lr * g (not lr * sign(g), which would amplify float noise in tiny grads)
+    ocfg = OptimConfig(llm_lr=1e-2, retriever_lr=1e-2, grad_clip=0.0, eps=1.0)
+    batch = make_batch(B=2)
+    m1 = models()
+    tx = make_optimizer(params, ocfg)
+    state = init_train_state(params, tx)
+    step1 = jax.jit(functools.partial(js.train_step, models=m1, tx=tx))
+    s1, met1 = step1(state, batch)
+    m2 = js.Models(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3, grad_accum=2))
+    step2 = jax.jit(functools.partial(js.train_step, models=m2, tx=tx))
+    s2, met2 = step2(state, jax.tree_util.tree_map(lambda x: x.reshape(2, 1, *x.shape[1:]), batch))
+    np.testing.assert_allclose(met1["loss"], met2["loss"], rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1["params"],
+                           s2["params"])
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), s1["params"], params)
+    assert max(jax.tree_util.tree_leaves(moved)) > 1e-4
+    assert int(s1["step"]) == 1
+    # LoRA: only adapters (and the retriever) move; the adapted model starts equal to the base model
+    lcfg = LoraConfig(rank=2, alpha=4.0)
+    lp = dict(params, lora=init_lora(params["llm"], lcfg, jax.random.PRNGKey(9)))
+    mlora = js.Models(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3), lcfg)
+    base_loss = js.jmlr_loss(params, batch, jax.random.PRNGKey(0), m1)[0]
+    np.testing.assert_allclose(js.jmlr_loss(lp, batch, jax.random.PRNGKey(0), mlora)[0], base_loss, rtol=1e-6)
+    txl = make_optimizer(lp, ocfg)
+    s3, _ = jax.jit(functools.partial(js.train_step, models=mlora, tx=txl))(init_train_state(lp, txl), batch)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, s3["params"]["llm"], lp["llm"])
+    assert not np.allclose(s3["params"]["lora"]["layers/attn/q"]["b"], 0)
+
+
+def test_candidate_count_mismatch_is_an_error(params):
+    with pytest.raises(ValueError, match="num_candidates=5"):
+        js.jmlr_loss(params, make_batch(C=6), jax.random.PRNGKey(0),
+                     js.Models(LLM, RET, js.JMLRConfig(num_candidates=5, num_sampled=4, num_docs=3)))
+    with pytest.raises(ValueError, match="num_sampled"):
+        js.JMLRConfig(num_candidates=5, num_sampled=6)

@@ -1,0 +1,116 @@
+"""The training loop end to end on tiny models and real data: resume, multi-device, bad input."""
+import json
+import os
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from jmlr_jax import checkpoint, config
+from jmlr_jax.retrieval.index import IndexMismatchError
+from jmlr_jax.train import loop
+from tests.conftest import DATA_DIR, require
+from tests.helpers import save_tiny_llama_dir
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, minilm):
+    require(os.path.isdir(DATA_DIR), DATA_DIR)
+    d = tmp_path_factory.mktemp("loop_assets")
+    llm = save_tiny_llama_dir(str(d / "tiny_llama"))
+    with open(os.path.join(DATA_DIR, "guidelines", "ngc_open.jsonl")) as f:
+        recs = [json.loads(line) for line in f][:2]
+    corpus = d / "docs.jsonl"
+    corpus.write_text("\n".join(json.dumps({"id": r["id"], "title": r["title"], "text": " ".join(r["text"].split()[:900])})
+                                for r in recs) + "\n")
+    return llm, str(corpus)
+
+
+def bindings(llm, corpus, workdir, **extra):
+    b = {"RunConfig.llm": repr(llm), "RunConfig.workdir": repr(str(workdir)), "RunConfig.progress": "False",
+         "RunConfig.llm_overrides": "()", "RunConfig.num_steps": "4", "RunConfig.batch_size": "2",
+         "RunConfig.checkpoint_every": "2", "load_corpus.sources": f"[('documents', {corpus!r})]",
+         "training_records.data_dir": repr(DATA_DIR), "training_records.max_examples": "8",
+         "retriever_preset.doc_maxlen": "48", "retriever_preset.query_maxlen": "16",
+         "JMLRConfig.num_candidates": "4", "JMLRConfig.num_sampled": "3", "JMLRConfig.num_docs": "2",
+         "Budgets.doc": "24", "Budgets.question": "48", "Budgets.answer": "8",
+         "OptimConfig.llm_lr": "1e-3", "OptimConfig.retriever_lr": "1e-3"}
+    b.update(extra)
+    return [f"{k} = {v}" for k, v in b.items()]
+
+
+def trainer(assets, workdir, **extra):
+    config.parse(["quickstart_cpu.gin"], bindings(*assets, workdir, **extra))
+    return loop.Trainer()
+
+
+def params_of(t):
+    return jax.tree_util.tree_leaves(jax.device_get(t.state["params"]))
+
+
+def test_resume_is_exact(assets, tmp_path):
+    straight = trainer(assets, tmp_path / "a")
+    straight.run()
+    straight.close()
+
+    first = trainer(assets, tmp_path / "b", **{"RunConfig.num_steps": "2"})
+    first.run()
+    first.close()
+    second = trainer(assets, tmp_path / "b")  # same workdir, 4 steps: restores step 2
+    assert int(second.state["step"]) == 2
+    second.run()
+    second.close()
+    for a, b in zip(params_of(straight), params_of(second)):
+        np.testing.assert_array_equal(a, b)
+    assert straight.data_iter.get_state() == second.data_iter.get_state()
+    lines = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and all(np.isfinite(x["loss"]) for x in lines)
+    assert os.path.isfile(tmp_path / "b" / "operative_config.gin")
+    assert any(n.startswith("events") for n in os.listdir(tmp_path / "b" / "tb"))
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_eight_devices_match_one(assets, tmp_path):
+    losses = {}
+    for name, shape in (("one", "(1, 1, 1)"), ("mesh", "(2, 2, 2)")):
+        t = trainer(assets, tmp_path / name, **{"RunConfig.num_steps": "3", "RunConfig.mesh_shape": shape,
+                                                "RunConfig.checkpoint_every": "100"})
+        t.run()
+        losses[name] = [json.loads(x)["loss"] for x in open(tmp_path / name / "metrics.jsonl")]
+        if name == "mesh":  # FSDP really shards params and the optimizer state
+            q = t.state["params"]["llm"]["layers"]["attn"]["q"]["kernel"]
+            assert q.sharding.spec[1] == "fsdp" and q.addressable_shards[0].data.shape[1] == q.shape[1] // 2
+            mu = [x for x in jax.tree_util.tree_leaves(t.state["opt_state"]) if x.shape == q.shape]
+            assert mu and all(m.sharding.spec == q.sharding.spec for m in mu)
+        t.close()
+    np.testing.assert_allclose(losses["one"], losses["mesh"], rtol=2e-5)
+
+
+def test_nan_loss_stops_with_checkpoint_intact(assets, tmp_path):
+    t = trainer(assets, tmp_path / "nan", **{"RunConfig.num_steps": "2"})
+    t.run()
+    t.close()
+    t = trainer(assets, tmp_path / "nan", **{"OptimConfig.llm_lr": "1e30"})
+    with pytest.raises(loop.NonFiniteLossError, match="latest checkpoint|Latest checkpoint"):
+        t.run()
+    t.close()
+    t = trainer(assets, tmp_path / "nan")
+    assert int(t.state["step"]) == 2 and all(np.all(np.isfinite(x)) for x in params_of(t))
+    t.close()
+
+
+def test_bad_inputs(assets, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found: " + str(tmp_path)):
+        trainer(assets, tmp_path / "x", **{"training_records.data_dir": repr(str(tmp_path))})
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"id": "z", "title": "", "text": "unrelated text " * 40}) + "\n")
+    t = trainer(assets, tmp_path / "y", **{"RunConfig.num_steps": "1"})
+    index_dir = t._index_dir()
+    t.close()
+    with pytest.raises(IndexMismatchError, match="built from corpus"):
+        trainer(assets, tmp_path / "z", **{"RunConfig.initial_index": repr(index_dir),
+                                           "load_corpus.sources": f"[('documents', {str(other)!r})]"})
+    with pytest.raises(config.ConfigError, match="no_such_field"):
+        config.parse(["quickstart_cpu.gin"], ["RunConfig.no_such_field = 1"])
+    gin.clear_config()
