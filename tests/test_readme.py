@@ -18,6 +18,6 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert ci_lines == [blocks[1].strip()]
 
 
-def test_main_command_runs_the_answer_entry_point():
-    assert _bash_blocks()[0].strip().endswith("python launch/answer.py")
-    assert os.path.isfile(os.path.join(ROOT, "launch", "answer.py"))
+def test_main_command_runs_the_quickstart_training():
+    assert _bash_blocks()[0].strip().endswith("python launch/tpu_train.py --gin_file=quickstart_cpu.gin")
+    assert os.path.isfile(os.path.join(ROOT, "configs", "quickstart_cpu.gin"))

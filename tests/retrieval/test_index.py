@@ -70,7 +70,8 @@ def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tr
     corpus, cfg, params, ctok, questions, gold = real_subset
     idx = brute_index
     if tree:  # force the partitioned + AH + reorder path on this small index
-        icfg = IndexConfig(brute_force_below=0, num_leaves=200, leaves_to_search=40, training_sample=50_000)
+        icfg = IndexConfig(brute_force_below=0, num_leaves=200, leaves_to_search=40, training_sample=50_000,
+                           token_k=64, rerank_docs=128)  # and prune candidates by approximate MaxSim
         idx = dataclasses.replace(idx, icfg=icfg, searcher=index_lib._scann_searcher(idx.emb.astype(np.float32), icfg))
     r = Retriever(cfg, params, ctok, idx)
     Q = r.encode_queries(questions)
