@@ -114,3 +114,20 @@ def test_bad_inputs(assets, tmp_path):
     with pytest.raises(config.ConfigError, match="no_such_field"):
         config.parse(["quickstart_cpu.gin"], ["RunConfig.no_such_field = 1"])
     gin.clear_config()
+
+
+def test_index_refresh_rebuilds_logs_recall_and_resumes(assets, tmp_path):
+    t = trainer(assets, tmp_path / "r", **{"RunConfig.num_steps": "3", "RunConfig.refresh_every": "2",
+                                           "RunConfig.recall_queries": "4"})
+    first_version = t.index.version
+    t.run()
+    t.close()
+    assert t.index.version != first_version  # re-encoded with the trained retriever
+    assert os.path.isdir(tmp_path / "r" / f"index-{t.index.version}")
+    assert os.path.isfile(tmp_path / "r" / f"candidates-{t.index.version}.npy")
+    logged = [json.loads(x) for x in open(tmp_path / "r" / "metrics.jsonl")]
+    recall = [x["refresh_recall_vs_exact"] for x in logged if "refresh_recall_vs_exact" in x]
+    assert len(recall) == 1 and 0.5 <= recall[0] <= 1.0
+    again = trainer(assets, tmp_path / "r", **{"RunConfig.num_steps": "3"})  # resumes with the refreshed index
+    assert int(again.state["step"]) == 3 and again.index.version == t.index.version
+    again.close()
