@@ -132,7 +132,3 @@ def load_gguf_llama(path: str, **overrides) -> tuple[LlamaConfig, dict, HFTokeni
     tok = load_gguf_tokenizer(path, reader) if "tokenizer.ggml.tokens" in reader.fields else None
     return cfg, params, tok
 
-
-def chat_template(path: str) -> str | None:
-    """The Jinja chat template stored in the GGUF metadata, if any."""
-    return _field(_reader(path), "tokenizer.chat_template")
