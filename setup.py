@@ -11,6 +11,9 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint==0.12.8",
     "grain==0.2.18",
     "tensorflow-datasets==4.9.10",
+    # tfds resolves a builder's code path with importlib_resources for builders defined inside a package
+    # (jmlr_jax/data/tfds_builders.py) but does not declare it.
+    "importlib_resources==7.1.0",
     "sentencepiece==0.2.3",
     "scann==1.4.2",
     "gin-config==0.5.0",

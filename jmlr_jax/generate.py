@@ -92,12 +92,13 @@ def _decode(params, tokens_BxL, seg_BxL, rng, *, cfg: LlamaConfig, sampling: Sam
 
 
 def generate_ids(cfg: LlamaConfig, params, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-                 rng: jax.Array | None = None, pad_id: int = 0, return_logits: bool = False):
+                 rng: jax.Array | None = None, pad_id: int = 0, return_logits: bool = False, pad_multiple: int = 8):
     """Token ids in, generated ids out (each row cut after its first EOS, EOS excluded).
 
     With return_logits=True also returns the logits that chose each generated token, [B, T, V].
+    pad_multiple: prompt lengths are padded up to a multiple of it (each length compiles once).
     """
-    tokens, seg = left_pad(prompts, pad_id)
+    tokens, seg = left_pad(prompts, pad_id, pad_multiple)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     out, steps, step_logits = _decode(params, jnp.asarray(tokens), jnp.asarray(seg), rng, cfg=cfg,
                                       sampling=sampling, return_logits=return_logits)

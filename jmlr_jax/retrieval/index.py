@@ -232,6 +232,23 @@ def _build(passages: list[Passage], corpus_checksum: str, cfg: ColBERTConfig, pa
     return TokenIndex(passages, emb, offsets, icfg, version, meta, searcher)
 
 
+def cached_index(corpus: Corpus, cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, icfg: IndexConfig, root: str,
+                 also: Sequence[str] = (), progress: bool = True) -> TokenIndex:
+    """The index of `corpus` under these encoder params and settings: loaded from `root/index-<version>` or from
+    a directory in `also` that holds exactly that version, else built and saved to `root/index-<version>`."""
+    version = index_version(corpus.checksum(), params_checksum(params), cfg, icfg)
+    own = os.path.join(root, f"index-{version}")
+    for d in (own, *also):
+        try:
+            with open(os.path.join(d, "manifest.json")) as f:
+                if json.load(f).get("version") == version:
+                    return load_index(d, corpus=corpus, params=params)
+        except (OSError, json.JSONDecodeError):
+            continue
+    build_index(corpus, cfg, params, ctok, icfg, progress=progress).save(own)
+    return load_index(own, corpus=corpus, params=params)
+
+
 def load_index(directory: str, corpus: Corpus | None = None, params=None) -> TokenIndex:
     """Loads a saved index; with `corpus` / `params` given, checks they are what it was built from."""
     import scann

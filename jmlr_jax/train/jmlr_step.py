@@ -11,7 +11,9 @@ One function of (state, batch) under one `jax.jit`:
  6. Generator: the top-K docs by s, best last (right before the question); LM loss on answer tokens only.
  7. loss = lm + lambda * rank; one optax update over both models (groups in train/state.py).
 Losses are per-example means, averaged over the batch, so a batch of 2 gives the mean of two batch-1
-gradients. Gradient accumulation scans over micro-batches inside the same jitted step.
+gradients. The baselines are the same step with parts switched off (at trace time, so they cost nothing):
+rank_weight=0 skips 3-5 and scores candidates without gradients (classic RAG: retriever frozen, top-K fed);
+num_docs=0 as well feeds no documents (plain fine-tuning on question -> answer). Gradient accumulation scans over micro-batches inside the same jitted step.
 
 Batch (numpy/jax arrays; B examples, C candidates):
   example_id [B] (seeds the per-example Gumbel noise: sampling does not depend on batch composition)
@@ -41,16 +43,19 @@ from jmlr_jax.train.state import LoraConfig, llm_params_of
 class JMLRConfig:
     num_candidates: int = 30  # C: retrieved per question (the reference code: 20)
     num_sampled: int = 10  # S: scored by the LLM for the rank loss (reference: 10)
-    num_docs: int = 7  # K: fed to the generator (reference: 5)
-    rank_weight: float = 1.0  # lambda
+    num_docs: int = 7  # K: fed to the generator (reference: 5); 0 = no retrieval (needs rank_weight=0)
+    rank_weight: float = 1.0  # lambda; 0 = no rank loss, no scoring pass, retriever not trained
     tau: float = 1.0  # sampling temperature on s_hat
     rank_loss: str = "ranknet"  # or "kl"
     kl_beta: float = 1.0  # temperature of the LLM posterior softmax(-l / beta) for rank_loss="kl"
     grad_accum: int = 1  # micro-batches per update (the batch carries a leading [grad_accum] axis)
 
     def __post_init__(self):
-        if not 1 <= self.num_sampled <= self.num_candidates or not 1 <= self.num_docs <= self.num_candidates:
-            raise ValueError(f"need 1 <= num_sampled, num_docs <= num_candidates; got {self}")
+        if not 1 <= self.num_sampled <= self.num_candidates or not 0 <= self.num_docs <= self.num_candidates:
+            raise ValueError(f"need 1 <= num_sampled <= num_candidates and 0 <= num_docs <= num_candidates; got {self}")
+        if self.num_docs == 0 and self.rank_weight:
+            raise ValueError("num_docs=0 (no retrieval) needs rank_weight=0: the rank loss trains the retriever "
+                             "for documents the generator reads")
         if self.rank_loss not in ("ranknet", "kl"):
             raise ValueError(f"rank_loss must be 'ranknet' or 'kl', got {self.rank_loss!r}")
 
@@ -132,9 +137,34 @@ def jmlr_loss(params, batch, rng, m: Models) -> tuple[jax.Array, dict]:
     if C != j.num_candidates:
         raise ValueError(f"batch has {C} candidates per question, config says num_candidates={j.num_candidates}")
     llm_params = llm_params_of(params, m.lora)
+    prefix = [(batch["bos"], batch["bos_valid"])]
+    metrics = {}
+    rank = jnp.zeros((B,), jnp.float32)
+    if j.num_docs or j.rank_weight:
+        # 1: live retriever scores (no gradient unless the rank loss trains the retriever).
+        s = retriever_scores(m.retriever, params["retriever"], batch)
+        if not j.rank_weight:
+            s = jax.lax.stop_gradient(s)
+        metrics["retriever_score_mean"] = jnp.mean(s)
+    if j.rank_weight:
+        rank, rank_metrics = _rank_loss(llm_params, batch, s, rng, m)
+        metrics.update(rank_metrics)
+    if j.num_docs:
+        # 6: generator on the top-K docs by live retriever score, best doc last.
+        _, top = jax.lax.top_k(jax.lax.stop_gradient(s), j.num_docs)  # descending
+        best_last = top[:, ::-1]
+        prefix.append((_take(batch["docs"], best_last).reshape(B, -1),
+                       _take(batch["docs_valid"], best_last).reshape(B, -1)))
+    lm = answer_nll(m.llm, llm_params, prefix + [(batch["question"], batch["question_valid"])],
+                    batch["answer"], batch["answer_valid"], train=True)
+    loss = jnp.mean(lm) + j.rank_weight * jnp.mean(rank)
+    return loss, {"loss": loss, "lm_loss": jnp.mean(lm), "rank_loss": jnp.mean(rank), **metrics}
 
-    # 1-3: retriever scores, normalised scores, Gumbel top-k sample of S candidates.
-    s = retriever_scores(m.retriever, params["retriever"], batch)
+
+def _rank_loss(llm_params, batch, s, rng, m: Models) -> tuple[jax.Array, dict]:
+    """Steps 2-5: normalise, sample S candidates, score them with the frozen LLM, rank loss [B] + metrics."""
+    j = m.jmlr
+    B, C = batch["docs"].shape[:2]
     s_hat = normalize_scores(s)
     keys = jax.vmap(lambda e: jax.random.fold_in(rng, e))(batch["example_id"])
     gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (C,)))(keys)
@@ -155,24 +185,11 @@ def jmlr_loss(params, batch, rng, m: Models) -> tuple[jax.Array, dict]:
     s_hat_S = jnp.take_along_axis(s_hat, sampled, axis=1)
     rank = (ranknet_loss(s_hat_S, l) if j.rank_loss == "ranknet"
             else kl_rank_loss(s_hat_S, l, j.tau, j.kl_beta))
-
-    # 6: generator on the top-K docs by live retriever score, best doc last.
-    _, top = jax.lax.top_k(jax.lax.stop_gradient(s), j.num_docs)  # descending
-    best_last = top[:, ::-1]
-    gd = _take(batch["docs"], best_last).reshape(B, -1)
-    gv = _take(batch["docs_valid"], best_last).reshape(B, -1)
-    lm = answer_nll(m.llm, llm_params, [(batch["bos"], batch["bos_valid"]), (gd, gv),
-                                        (batch["question"], batch["question_valid"])],
-                    batch["answer"], batch["answer_valid"], train=True)
-
-    loss = jnp.mean(lm) + j.rank_weight * jnp.mean(rank)
     # Agreement: fraction of sampled pairs the retriever orders like the LLM (lower loss = better doc).
     pair = (l[:, None, :] != l[:, :, None]) & ~jnp.eye(S, dtype=bool)
     agree = (jnp.sign(s_hat_S[:, :, None] - s_hat_S[:, None, :]) == jnp.sign(l[:, None, :] - l[:, :, None])) & pair
-    metrics = {"loss": loss, "lm_loss": jnp.mean(lm), "rank_loss": jnp.mean(rank),
-               "agreement": jnp.sum(agree) / jnp.maximum(jnp.sum(pair), 1),
-               "doc_loss_spread": jnp.mean(jnp.max(l, 1) - jnp.min(l, 1)), "retriever_score_mean": jnp.mean(s)}
-    return loss, metrics
+    return rank, {"agreement": jnp.sum(agree) / jnp.maximum(jnp.sum(pair), 1),
+                  "doc_loss_spread": jnp.mean(jnp.max(l, 1) - jnp.min(l, 1))}
 
 
 def train_step(state: dict[str, Any], batch: dict, *, models: Models, tx: optax.GradientTransformation):

@@ -39,7 +39,7 @@ from jmlr_jax.retrieval.index import (IndexConfig, Retriever, build_index, index
 from jmlr_jax.retrieval.launch import retriever_preset
 from jmlr_jax.train import jmlr_step
 from jmlr_jax.train.state import (LoraConfig, OptimConfig, describe_groups, init_lora, init_train_state,
-                                  make_optimizer)
+                                  llm_params_of, make_optimizer)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,9 +81,42 @@ def step_flops(llm_cfg, rcfg, jcfg, batch_shapes: dict, n_llm: int, n_ret: int) 
     A = jcfg.grad_accum
     Ld, Lq, La = batch_shapes["docs"][-1], batch_shapes["question"][-1], batch_shapes["answer"][-1]
     gen = B * (jcfg.num_docs * Ld + Lq + La)
-    score = B * jcfg.num_sampled * (Ld + Lq + La)
+    score = B * jcfg.num_sampled * (Ld + Lq + La) if jcfg.rank_weight else 0
     ret = B * (batch_shapes["r_q_ids"][-1] + jcfg.num_candidates * batch_shapes["r_d_ids"][-1])
-    return A * (6 * n_llm * gen + 2 * n_llm * score + 6 * n_ret * ret)
+    ret_flops = (6 if jcfg.rank_weight else 2 if jcfg.num_docs else 0) * n_ret * ret  # trained / scored / unused
+    return A * (6 * n_llm * gen + 2 * n_llm * score + ret_flops)
+
+
+def base_params(run: RunConfig, lcfg: LoraConfig):
+    """The run's starting point: (llm cfg, tokenizer, retriever cfg, ColBERT tokenizer, params)."""
+    llm_cfg, llm_params, tok = load_preset(run.llm, **dict(run.llm_overrides))
+    rcfg, r_params, ctok = retriever_preset()
+    params = {"llm": llm_params, "retriever": r_params}
+    if lcfg.rank:
+        params["lora"] = init_lora(llm_params, lcfg, jax.random.PRNGKey(run.seed + 1))
+    return llm_cfg, tok, rcfg, ctok, params
+
+
+def restore_params(run: RunConfig | None = None, step: int | None = None):
+    """Trained weights from the run's latest (or given) checkpoint, on one device, for evaluation.
+
+    -> (llm cfg, tokenizer, LLM params with LoRA merged, retriever cfg, ColBERT tokenizer, retriever params,
+    checkpoint meta). The configs are the run's own (the same gin files that trained it).
+    """
+    run = run or RunConfig()
+    lcfg = LoraConfig()
+    llm_cfg, tok, rcfg, ctok, params = base_params(run, lcfg)
+    tx = make_optimizer(params, OptimConfig())
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                      jax.eval_shape(functools.partial(init_train_state, tx=tx, seed=run.seed), params))
+    ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, "checkpoints"))
+    try:
+        state, _, meta = ckpt.restore(abstract, step)
+    finally:
+        ckpt.close()
+    trained = state["params"]
+    return llm_cfg, tok, llm_params_of(trained, lcfg), rcfg, ctok, trained["retriever"], meta
 
 
 class Trainer:
@@ -97,15 +130,12 @@ class Trainer:
         self.mesh = parallel.make_mesh(run.mesh_shape)
         self._stop = False
 
-        self.llm_cfg, llm_params, self.tok = load_preset(run.llm, **dict(run.llm_overrides))
-        self.rcfg, r_params, self.ctok = retriever_preset()
+        self.llm_cfg, self.tok, self.rcfg, self.ctok, params = base_params(run, self.lcfg)
+        llm_params, r_params = params["llm"], params["retriever"]
         self.corpus = load_corpus()
         self.records = training_records()
         self.queries = [retrieval_query(r) for r in self.records]
 
-        params = {"llm": llm_params, "retriever": r_params}
-        if self.lcfg.rank:
-            params["lora"] = init_lora(llm_params, self.lcfg, jax.random.PRNGKey(run.seed + 1))
         self.groups = describe_groups(params, self.ocfg)
         self.tx = make_optimizer(params, self.ocfg)
         param_sh = _shardings(params, self.llm_cfg, self.rcfg, self.mesh)

@@ -167,3 +167,26 @@ def test_candidate_count_mismatch_is_an_error(params):
                      js.Models(LLM, RET, js.JMLRConfig(num_candidates=5, num_sampled=4, num_docs=3)))
     with pytest.raises(ValueError, match="num_sampled"):
         js.JMLRConfig(num_candidates=5, num_sampled=6)
+
+
+def test_baseline_modes_rag_and_plain_finetuning(params):
+    batch = make_batch()
+    rng = jax.random.PRNGKey(0)
+    # Classic RAG (rank_weight=0): same generator loss as JMLR, no retriever gradient, no rank metrics.
+    rag = models(rank_weight=0.0)
+    loss_rag, met_rag = js.jmlr_loss(params, batch, rng, rag)
+    _, met_jmlr = js.jmlr_loss(params, batch, rng, models())
+    np.testing.assert_allclose(met_rag["lm_loss"], met_jmlr["lm_loss"], rtol=1e-6)
+    assert float(met_rag["rank_loss"]) == 0.0 and "agreement" not in met_rag
+    g = jax.grad(lambda p: js.jmlr_loss(p, batch, rng, rag)[0])(params)
+    assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree_util.tree_leaves(g["retriever"]))
+    # Plain fine-tuning (num_docs=0): the generator reads bos + question only.
+    plain = js.Models(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=0, rank_weight=0.0))
+    loss_plain, _ = js.jmlr_loss(params, batch, rng, plain)
+    ref = js.answer_nll(LLM, params["llm"], [(batch["bos"], batch["bos_valid"]),
+                                             (batch["question"], batch["question_valid"])],
+                        batch["answer"], batch["answer_valid"], train=True)
+    np.testing.assert_allclose(loss_plain, np.mean(ref), rtol=1e-6)
+    assert not np.isclose(float(loss_plain), float(loss_rag))
+    with pytest.raises(ValueError, match="rank_weight=0"):
+        js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=0)

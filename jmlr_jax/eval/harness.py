@@ -1,0 +1,213 @@
+"""Evaluation on medical multiple-choice QA, with or without retrieval, from a checkpoint or the base weights.
+
+    python launch/evaluate.py --gin_file=compare/d_jmlr.gin --gin_file=compare/eval.gin [--gin.EvalConfig.retrieval=True]
+
+The run's own gin files give the model, retriever, template, budgets and corpus, so evaluation reads
+prompts exactly as training built them. Writes <output_dir>/<name>.json (settings, per-question
+predictions, summary) and <name>.md (n, accuracy and standard error per dataset and subject).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Sequence
+
+import gin
+import numpy as np
+import tqdm
+
+from jmlr_jax.data.pipeline import retrieval_query
+from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
+from jmlr_jax.data.splits import pubmedqa_test_ids, split_medmcqa, split_pubmedqa
+from jmlr_jax.data.templates import Budgets, PromptTemplate
+from jmlr_jax.errors import InputError
+from jmlr_jax.eval.mcq import generate_answers, option_ids, prompt_ids, score_options
+from jmlr_jax.eval.parse import parse_choice
+from jmlr_jax.retrieval.corpus import load_corpus
+from jmlr_jax.retrieval.index import IndexConfig, Retriever, cached_index
+from jmlr_jax.train.loop import RunConfig, base_params, restore_params
+from jmlr_jax.train.state import LoraConfig
+
+UNPARSEABLE_POLICY = "an answer the parser cannot read counts as wrong (jmlr_jax/eval/parse.py)"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    name: str = "eval"  # file name and table label
+    from_checkpoint: bool = True  # the latest checkpoint in RunConfig.workdir; False = the run's base weights
+    mode: str = "loglik"  # "loglik" (option log-likelihood) or "generate" (greedy, then parse)
+    retrieval: bool = False  # top num_docs passages from the run's corpus, best last, before the question
+    num_docs: int = 7
+    query_with_options: bool = False
+    batch_size: int = 8
+    max_new_tokens: int = 16  # generate mode
+    gold_recall_ks: tuple = ()  # e.g. (1, 7, 30): PubMedQA gold abstract in top-k, test abstracts added to the corpus
+    output_dir: str = ""  # default: <RunConfig.workdir>/eval
+
+    def __post_init__(self):
+        if self.mode not in ("loglik", "generate"):
+            raise ValueError(f"EvalConfig.mode must be 'loglik' or 'generate', got {self.mode!r}")
+
+
+@gin.configurable
+def eval_sets(data_dir: str = "../shared/data", names: Sequence[str] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout"),
+              medqa_path: str = "", heldout_fraction: float = 0.1, max_per_set: int = 0) -> dict[str, list[QARecord]]:
+    """Evaluation questions by set name.
+
+    mmlu_med: every *.csv under data_dir/mmlu_med (subject = file name); pubmedqa_test: the 500 PQA-L test
+    questions; medmcqa_heldout: the MedMCQA dev part held out from training (same fraction and hash as
+    training_records); medmcqa_dev: all of MedMCQA dev; medqa: medqa_path (JSONL, 4 or 5 options).
+    max_per_set > 0 keeps a fixed sample of N per set: the N ids with the smallest sha1 hash, so the sample
+    is the same in every run and spread over subjects (a head of the file would be one MMLU subject).
+    """
+    def pubmedqa():
+        recs = read_qa("pubmedqa", os.path.join(data_dir, "pubmedqa", "ori_pqal.json"))
+        return split_pubmedqa(recs, pubmedqa_test_ids(os.path.join(data_dir, "pubmedqa", "test_ground_truth.json")))[1]
+
+    loaders = {
+        "mmlu_med": lambda: read_qa("mmlu", os.path.join(data_dir, "mmlu_med")),
+        "pubmedqa_test": pubmedqa,
+        "medmcqa_heldout": lambda: split_medmcqa(read_qa("medmcqa", os.path.join(data_dir, "medmcqa", "dev.jsonl")),
+                                                 heldout_fraction)[1],
+        "medmcqa_dev": lambda: read_qa("medmcqa", os.path.join(data_dir, "medmcqa", "dev.jsonl")),
+        "medqa": lambda: read_qa("medqa", medqa_path),
+    }
+    unknown = [n for n in names if n not in loaders]
+    if unknown:
+        raise InputError(f"unknown evaluation set(s) {unknown}; known: {sorted(loaders)}")
+    if "medqa" in names and not medqa_path:
+        raise InputError("evaluation set 'medqa' needs eval_sets.medqa_path (a MedQA JSONL file)")
+    def sample(records: list[QARecord]) -> list[QARecord]:
+        if not max_per_set or len(records) <= max_per_set:
+            return records
+        keep = set(sorted(range(len(records)), key=lambda i: hashlib.sha1(records[i].id.encode()).hexdigest())[:max_per_set])
+        return [r for i, r in enumerate(records) if i in keep]
+
+    return {n: sample(loaders[n]()) for n in names}
+
+
+def evaluate(sets: dict[str, list[QARecord]], llm_cfg, llm_params, tok, ecfg: EvalConfig,
+             retriever: Retriever | None = None, template: PromptTemplate | None = None,
+             budgets: Budgets | None = None, progress: bool = True) -> list[dict]:
+    """Per-question predictions for every set (see module doc for the prompt)."""
+    tpl, budgets = template or PromptTemplate(), budgets or Budgets()
+    total = sum(len(v) for v in sets.values())
+    preds: list[dict] = []
+    bar = tqdm.tqdm(total=total, desc=f"{ecfg.name} ({ecfg.mode})", unit="q", disable=not progress)
+    for set_name, records in sets.items():
+        docs: list[list[int]] = [[] for _ in records]
+        if ecfg.retrieval:
+            if retriever is None:
+                raise ValueError("retrieval=True needs a retriever")
+            queries = [retrieval_query(r, ecfg.query_with_options) for r in records]
+            docs = [list(row[row >= 0][::-1]) for i in range(0, len(queries), 64)  # best last
+                    for row in retriever.search(queries[i: i + 64], ecfg.num_docs)[0]]
+        passages = retriever.index.passages if retriever is not None else []
+        prompts = [prompt_ids(tok, tpl, budgets, r, [passages[j].with_title for j in d]) for r, d in zip(records, docs)]
+        if ecfg.mode == "loglik":
+            ll = score_options(llm_cfg, llm_params, prompts, [option_ids(tok, tpl, r, budgets.answer) for r in records],
+                               ecfg.batch_size, tok.pad_id or 0, bar)
+            outs = [{"pred": int(np.argmax(x)), "logliks": [round(float(v), 4) for v in x]} for x in ll]
+        else:
+            texts = generate_answers(llm_cfg, llm_params, tok, prompts, ecfg.max_new_tokens, ecfg.batch_size, bar)
+            outs = []
+            for r, t in zip(records, texts):
+                p = parse_choice(t, r.options)
+                outs.append({"pred": -1 if p is None else p, "output": t, "unparsed": p is None})
+        for r, d, o, pr in zip(records, docs, outs, prompts):
+            preds.append({"set": set_name, "id": r.id, "subject": r.subject, "answer": r.answer_letter,
+                          "pred_letter": LETTERS[o["pred"]] if o["pred"] >= 0 else "", "correct": o["pred"] == r.answer_idx,
+                          "prompt_tokens": len(pr), "docs": [passages[j].id for j in d], **o})
+    bar.close()
+    return preds
+
+
+def summarize(preds: Sequence[dict]) -> list[dict]:
+    """Rows (set, subject or "all", n, accuracy, standard error, unparsed); subjects only for MMLU."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for p in preds:
+        groups.setdefault((p["set"], "all"), []).append(p)
+        if p["set"].startswith("mmlu"):
+            groups.setdefault((p["set"], p["subject"]), []).append(p)
+    rows = []
+    for (s, subject), ps in groups.items():
+        n, acc = len(ps), float(np.mean([p["correct"] for p in ps]))
+        rows.append({"set": s, "subject": subject, "n": n, "accuracy": acc, "se": math.sqrt(acc * (1 - acc) / n),
+                     "unparsed": sum(bool(p.get("unparsed")) for p in ps)})
+    return sorted(rows, key=lambda r: (r["set"], r["subject"] != "all", r["subject"]))
+
+
+def markdown(rows: Sequence[dict], title: str, generate_mode: bool = False) -> str:
+    head = "| set | subject | n | accuracy | s.e. |" + (" unparsed |" if generate_mode else "")
+    lines = [f"**{title}**", "", head, "|" + "---|" * (6 if generate_mode else 5)]
+    for r in rows:
+        lines.append(f"| {r['set']} | {r['subject']} | {r['n']} | {r['accuracy']:.3f} | {r['se']:.3f} |"
+                     + (f" {r['unparsed']} |" if generate_mode else ""))
+    return "\n".join(lines)
+
+
+def gold_recall(retriever: Retriever, records: Sequence[QARecord], ks: Sequence[int]) -> dict[str, float]:
+    """How often each PubMedQA question's own abstract (doc id pmid-<id>) is among its top-k passages."""
+    k = max(ks)
+    hits = np.zeros((len(records), k), bool)
+    for i in range(0, len(records), 64):
+        ids, _ = retriever.search([r.question for r in records[i: i + 64]], k)
+        for b, row in enumerate(ids):
+            gold = f"pmid-{records[i + b].id}"
+            hits[i + b] = [j >= 0 and retriever.index.passages[j].doc_id == gold for j in row]
+    return {f"top{kk}": float(np.mean(hits[:, :kk].any(axis=1))) for kk in ks}
+
+
+@gin.configurable
+def evaluate_main() -> dict:
+    """Loads weights (checkpoint or base), retrieves if asked, scores every set, writes JSON + markdown."""
+    t0 = time.time()
+    run, ecfg = RunConfig(), EvalConfig()
+    out_dir = ecfg.output_dir or os.path.join(run.workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    if ecfg.from_checkpoint:
+        llm_cfg, tok, llm_params, rcfg, ctok, r_params, meta = restore_params(run)
+        source = {"checkpoint": os.path.join(run.workdir, "checkpoints"), "step": meta["step"]}
+    else:
+        llm_cfg, tok, rcfg, ctok, params = base_params(run, LoraConfig(rank=0))
+        llm_params, r_params = params["llm"], params["retriever"]
+        source = {"base": run.llm}
+    sets = eval_sets()
+    retriever = None
+    if ecfg.retrieval:
+        index = cached_index(load_corpus(), rcfg, r_params, ctok, IndexConfig(), out_dir,
+                             also=[d for d in (run.initial_index,) if d])
+        retriever = Retriever(rcfg, r_params, ctok, index)
+    preds = evaluate(sets, llm_cfg, llm_params, tok, ecfg, retriever)
+    rows = summarize(preds)
+    result = {"name": ecfg.name, "source": source, "settings": {
+        "eval": dataclasses.asdict(ecfg), "template": dataclasses.asdict(PromptTemplate()),
+        "budgets": dataclasses.asdict(Budgets()), "llm": run.llm,
+        "corpus_passages": len(retriever.index.passages) if retriever else 0,
+        "unparseable_policy": UNPARSEABLE_POLICY if ecfg.mode == "generate" else None},
+        "summary": rows}
+    if ecfg.gold_recall_ks:
+        corpus = load_corpus(pubmedqa_exclude_file="")  # the test abstracts are the gold documents here
+        gold_r = Retriever(rcfg, r_params, ctok, cached_index(corpus, rcfg, r_params, ctok, IndexConfig(), out_dir))
+        tests = eval_sets(names=("pubmedqa_test",), max_per_set=0)["pubmedqa_test"]
+        result["gold_recall"] = {"n": len(tests), "corpus_passages": len(corpus), **gold_recall(gold_r, tests,
+                                                                                                ecfg.gold_recall_ks)}
+    result["seconds"] = round(time.time() - t0, 1)
+    result["predictions"] = preds
+    path = os.path.join(out_dir, f"{ecfg.name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    md = markdown(rows, f"{ecfg.name}: {ecfg.mode}, {'with' if ecfg.retrieval else 'without'} retrieval",
+                  ecfg.mode == "generate")
+    if "gold_recall" in result:
+        md += "\n\nPubMedQA gold abstract retrieved: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in result["gold_recall"].items() if k.startswith("top"))
+    with open(os.path.join(out_dir, f"{ecfg.name}.md"), "w") as f:
+        f.write(md + "\n")
+    print(md + f"\n\n-> {path} ({result['seconds']:.0f} s)")
+    return result

@@ -1,0 +1,119 @@
+"""Option log-likelihood against Hugging Face on a tiny random model; the harness end to end on fixtures."""
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from jmlr_jax.convert import load_preset
+from jmlr_jax.data.sources import QARecord
+from jmlr_jax.data.templates import Budgets, PromptTemplate
+from jmlr_jax.errors import InputError
+from jmlr_jax.eval import EvalConfig, evaluate, eval_sets, option_ids, parse_choice, prompt_ids, score_options
+from jmlr_jax.eval.harness import markdown, summarize
+from jmlr_jax.retrieval.corpus import Passage
+from tests.helpers import save_tiny_llama_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = save_tiny_llama_dir(str(tmp_path_factory.mktemp("tiny_llama")))
+    cfg, params, tok = load_preset(path)
+    from transformers import LlamaForCausalLM
+
+    return cfg, params, tok, LlamaForCausalLM.from_pretrained(path).eval()
+
+
+def hf_loglik(model, prompt, option):
+    """Sum of log p(option tokens | prompt), by one full forward pass of the concatenation."""
+    ids = torch.as_tensor([prompt + option])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1).numpy()
+    return sum(logp[len(prompt) - 1 + t, tok] for t, tok in enumerate(option))
+
+
+def test_option_logliks_match_hf_full_forward(tiny):
+    cfg, params, _, hf = tiny
+    rng = np.random.RandomState(0)
+    prompts = [rng.randint(2, 90, n).tolist() for n in (5, 23, 11)]  # ragged: left padding inside a batch
+    options = [[rng.randint(2, 90, n).tolist() for n in lens] for lens in ((1, 3, 2), (4, 1, 2, 2, 3), (2, 2))]
+    got = score_options(cfg, params, prompts, options, batch_size=2)  # 2 batches, the last padded
+    for p, opts, g in zip(prompts, options, got):
+        assert g.shape == (len(opts),)
+        ref = [hf_loglik(hf, p, o) for o in opts]
+        np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-3)
+        assert np.ptp(ref) > 0.5  # the options really differ: the comparison can fail
+
+
+def records():
+    return [QARecord("q1", "medqa", "Which drug is first line for type 2 diabetes?", ("Metformin", "Insulin", "Diet"), 0),
+            QARecord("q2", "medqa", "A child has a barking cough. Diagnosis?", ("Croup", "Asthma", "Epiglottitis",
+                                                                                "Pneumonia", "Bronchiolitis"), 2),
+            QARecord("q3", "mmlu", "Which bone is in the arm?", ("Femur", "Humerus", "Tibia", "Fibula"), 1,
+                     subject="anatomy")]
+
+
+class FakeRetriever:
+    """Returns passages 2, 0, 1 (best first) for every question."""
+
+    class index:  # noqa: N801
+        passages = [Passage(f"p{i}#0", f"p{i}", f"Title {i}", f"Guideline text number {i}.", "test", "cc0")
+                    for i in range(3)]
+
+    def search(self, queries, k):
+        return np.tile(np.array([2, 0, 1])[:k], (len(queries), 1)), np.zeros((len(queries), k))
+
+
+def test_evaluate_loglik_with_retrieval_matches_reference(tiny):
+    cfg, params, tok, hf = tiny
+    tpl, budgets = PromptTemplate(), Budgets(doc=12, question=64, answer=8)
+    recs = records()
+    ecfg = EvalConfig(retrieval=True, num_docs=2, batch_size=2)
+    preds = evaluate({"medqa": recs[:2], "mmlu_med": recs[2:]}, cfg, params, tok, ecfg, FakeRetriever(), tpl, budgets,
+                     progress=False)
+    passages = FakeRetriever.index.passages
+    for r, p in zip(recs, preds):
+        assert p["docs"] == ["p0#0", "p2#0"]  # top-2 is [2, 0]: best (2) last
+        prompt = prompt_ids(tok, tpl, budgets, r, [passages[0].with_title, passages[2].with_title])
+        assert prompt[0] == tok.bos_id and len(prompt) == p["prompt_tokens"]
+        assert tok.decode(prompt).count("Reference:") == 2
+        ref = [hf_loglik(hf, prompt, o) for o in option_ids(tok, tpl, r, budgets.answer)]
+        np.testing.assert_allclose(p["logliks"], ref, rtol=1e-4, atol=2e-3)
+        assert p["pred_letter"] == "ABCDE"[int(np.argmax(ref))] and p["correct"] == (np.argmax(ref) == r.answer_idx)
+    rows = summarize(preds)
+    mmlu_all = next(x for x in rows if x["set"] == "mmlu_med" and x["subject"] == "all")
+    assert next(x for x in rows if x["subject"] == "anatomy")["n"] == 1 and mmlu_all["n"] == 1
+    medqa = next(x for x in rows if x["set"] == "medqa")
+    acc = np.mean([p["correct"] for p in preds[:2]])
+    assert medqa["accuracy"] == acc and math.isclose(medqa["se"], math.sqrt(acc * (1 - acc) / 2))
+    assert "| medqa | all | 2 |" in markdown(rows, "t")
+
+
+def test_evaluate_generate_parses_and_counts_unparsed(tiny):
+    cfg, params, tok, _ = tiny
+    preds = evaluate({"medqa": records()}, cfg, params, tok, EvalConfig(mode="generate", max_new_tokens=6,
+                                                                        batch_size=2), progress=False)
+    for r, p in zip(records(), preds):
+        expected = parse_choice(p["output"], r.options)
+        assert p["unparsed"] == (expected is None) and p["pred"] == (-1 if expected is None else expected)
+    assert summarize(preds)[0]["unparsed"] == sum(p["unparsed"] for p in preds)
+
+
+def test_eval_sets_from_fixture_files(tmp_path):
+    medqa = tmp_path / "test.jsonl"
+    medqa.write_text("\n".join(json.dumps({"question": f"Q{i}?", "options": {"A": "x", "B": "y", "C": "z", "D": "w"},
+                                           "answer_idx": "B"}) for i in range(10)) + "\n")
+    sets = eval_sets(data_dir=str(tmp_path), names=("medqa",), medqa_path=str(medqa))
+    assert len(sets["medqa"]) == 10 and sets["medqa"][0].answer_letter == "B"
+    a = eval_sets(data_dir=str(tmp_path), names=("medqa",), medqa_path=str(medqa), max_per_set=4)["medqa"]
+    b = eval_sets(data_dir=str(tmp_path), names=("medqa",), medqa_path=str(medqa), max_per_set=4)["medqa"]
+    assert [r.id for r in a] == [r.id for r in b] and len(a) == 4 and [r.id for r in a] != ["0", "1", "2", "3"]
+    with pytest.raises(InputError, match="unknown evaluation set"):
+        eval_sets(names=("medqa_usmle",))
+    with pytest.raises(InputError, match="medqa_path"):
+        eval_sets(names=("medqa",))
+    with pytest.raises(ValueError, match="mode"):
+        EvalConfig(mode="vote")
+    assert dataclasses.asdict(EvalConfig())["mode"] == "loglik"
