@@ -5,6 +5,7 @@ parameters, and malformed values, are one clear error rather than a traceback fr
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Sequence
@@ -15,6 +16,9 @@ from jmlr_jax.errors import InputError
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 gin.add_config_file_search_path(CONFIG_DIR)  # `include 'model/x.gin'` works from any working directory
+# gin also tries every include as a Python package resource and logs "Path not found" at ERROR level for
+# each relative include it then finds under CONFIG_DIR; a real missing file is still our ConfigError.
+logging.getLogger().addFilter(lambda r: not (r.module == "resource_reader" and r.getMessage().startswith("Path not")))
 
 
 class ConfigError(InputError):

