@@ -50,7 +50,7 @@ def tables(eval_dir: str) -> str:
     out = [f"Scoring: {s['eval']['mode']} (option log-likelihood); prompt blocks: documents {s['budgets']['doc']} "
            f"tokens each, question {s['budgets']['question']}, answer {s['budgets']['answer']}; questions per set: "
            + ", ".join(f"{label} {ns.get(key, '-')}" for key, label in SETS) + ". Accuracy ± standard error.", "",
-           "| arm | docs at eval | " + " | ".join(label for _, label in SETS) + " | mean | train min (CPU) |",
+           "| arm | docs at eval | " + " | ".join(label for _, label in SETS) + " | mean | train min* |",
            "|---|---|" + "---|" * (len(SETS) + 2)]
     for name, arm, docs in ARMS:
         r = results.get(name)
@@ -61,6 +61,8 @@ def tables(eval_dir: str) -> str:
         cells = [f"{by_set[k]['accuracy']:.3f} ± {by_set[k]['se']:.3f}" if k in by_set else "-" for k, _ in SETS]
         mean = sum(by_set[k]["accuracy"] for k, _ in SETS if k in by_set) / max(sum(k in by_set for k, _ in SETS), 1)
         out.append(f"| {arm} | {docs} | " + " | ".join(cells) + f" | {mean:.3f} | {training_minutes(r)} |")
+    out += ["", "*Sum of the logged step times (data + device) of the training run. Other jobs shared the two CPU "
+                "cores during some runs, so these are not a clean cost comparison; bench/jmlr_step.py is."]
     gold = [(label, results[n]["gold_recall"]) for n, label in (("a_base_rag", "base MiniLM retriever (before)"),
                                                                 ("d_jmlr_rag", "JMLR-trained retriever (after)"))
             if n in results and "gold_recall" in results[n]]

@@ -33,6 +33,7 @@ def test_table_from_json_into_readme(tmp_path):
     assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert "| (a) base, no training | no | 0.300 ± 0.100 | 0.300 ± 0.100 | 0.300 ± 0.100 | 0.300 | - |" in text
     assert "| (d) JMLR joint training | top-3 | 0.400 ± 0.100 |" in text and "| 0.400 | 2.0 |" in text  # 4 x 30 s
+    assert "*Sum of the logged step times" in text
     assert "| (b) fine-tuned without retrieval | no | not run |" in text
     assert "| JMLR-trained retriever (after) | 0.500 | 0.750 |" in text
     assert "| anatomy | 4 | 0.250 | 0.250 |" in text and out.strip() in text
