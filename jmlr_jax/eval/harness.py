@@ -148,6 +148,8 @@ def markdown(rows: Sequence[dict], title: str, generate_mode: bool = False) -> s
     for r in rows:
         lines.append(f"| {r['set']} | {r['subject']} | {r['n']} | {r['accuracy']:.3f} | {r['se']:.3f} |"
                      + (f" {r['unparsed']} |" if generate_mode else ""))
+    if generate_mode:
+        lines += ["", f"Unparsed: {UNPARSEABLE_POLICY}."]
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jmlr_jax import checkpoint, config
+from jmlr_jax.eval import harness
 from jmlr_jax.retrieval.index import IndexMismatchError
 from jmlr_jax.train import loop
 from tests.conftest import DATA_DIR, require
@@ -68,6 +69,22 @@ def test_resume_is_exact(assets, tmp_path):
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and all(np.isfinite(x["loss"]) for x in lines)
     assert os.path.isfile(tmp_path / "b" / "operative_config.gin")
     assert any(n.startswith("events") for n in os.listdir(tmp_path / "b" / "tb"))
+
+    # Evaluation restores exactly the trained weights and retrieves with the trained retriever.
+    config.parse(["quickstart_cpu.gin", "compare/eval.gin"], bindings(*assets, tmp_path / "a") + [
+        "EvalConfig.retrieval = True", "EvalConfig.num_docs = 2", "eval_sets.max_per_set = 3",
+        f"eval_sets.data_dir = {DATA_DIR!r}", f"EvalConfig.output_dir = {str(tmp_path / 'eval')!r}",
+        "EvalConfig.gold_recall_ks = (1, 2)"])
+    restored = loop.restore_params()
+    for a, b in zip(jax.tree_util.tree_leaves(restored[2]), jax.tree_util.tree_leaves(straight.state["params"]["llm"])):
+        np.testing.assert_array_equal(a, b)
+    result = harness.evaluate_main()
+    assert result["source"]["step"] == 4 and len(result["predictions"]) == 9
+    assert all(len(p["docs"]) == 2 and len(p["logliks"]) == (3 if p["set"] == "pubmedqa_test" else 4)
+               for p in result["predictions"])
+    assert {r["set"] for r in result["summary"]} == {"mmlu_med", "pubmedqa_test", "medmcqa_heldout"}
+    assert result["gold_recall"]["top1"] == 0.0  # this corpus holds no PubMedQA abstract
+    assert os.path.isfile(tmp_path / "eval" / "eval.json") and os.path.isfile(tmp_path / "eval" / "eval.md")
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
