@@ -7,6 +7,7 @@ Prints the tables; with --readme, replaces the text between the compare-table ma
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 
@@ -33,6 +34,15 @@ def training_minutes(result: dict) -> str:
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return f"{sum(r['data_s'] + r['device_s'] for r in rows) / 60:.1f}"
+
+
+def letter_bias(result: dict, set_name: str) -> str:
+    preds = [p for p in result.get("predictions", []) if p["set"] == set_name]
+    if not preds:
+        return "-"
+    top, n = collections.Counter(p["pred_letter"] for p in preds).most_common(1)[0]
+    gold = sum(p["answer"] == top for p in preds)
+    return f"{top or 'none'} {n / len(preds):.0%} (gold {gold / len(preds):.0%})"
 
 
 def tables(eval_dir: str) -> str:
@@ -74,6 +84,12 @@ def tables(eval_dir: str) -> str:
                     f"passages; question alone as the query).", "",
                 "| retriever | " + " | ".join(ks) + " |", "|---|" + "---|" * len(ks)]
         out += [f"| {label} | " + " | ".join(f"{g[k]:.3f}" for k in ks) + " |" for label, g in gold]
+    out += ["", "Answer-letter bias: the letter each arm predicts most often, its share of predictions, and that "
+                "letter's share among the correct answers (a model that always picks one letter scores the latter).", "",
+            "| arm | docs at eval | " + " | ".join(label for _, label in SETS) + " |", "|---|---|" + "---|" * len(SETS)]
+    for name, arm, docs in ARMS:
+        if name in results:
+            out.append(f"| {arm} | {docs} | " + " | ".join(letter_bias(results[name], k) for k, _ in SETS) + " |")
     subjects = sorted({row["subject"] for r in results.values() for row in r["summary"]
                        if row["set"] == "mmlu_med" and row["subject"] != "all"})
     if subjects:

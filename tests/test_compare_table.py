@@ -12,6 +12,7 @@ def fake_result(name, acc, ckpt=None, gold=None):
          "settings": {"eval": {"mode": "loglik"}, "budgets": {"doc": 64, "question": 160, "answer": 24}}}
     if gold:
         r["gold_recall"] = gold
+    r["predictions"] = [{"set": "mmlu_med", "pred_letter": "A", "answer": a} for a in "AABC"]
     return r
 
 
@@ -26,14 +27,15 @@ def test_table_from_json_into_readme(tmp_path):
     (ev / "a_base.json").write_text(json.dumps(fake_result("a_base", 0.3)))
     (ev / "d_jmlr_rag.json").write_text(json.dumps(fake_result("d_jmlr_rag", 0.4, str(run / "checkpoints"), gold)))
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- compare-table:begin -->\nold\n<!-- compare-table:end -->\nrest\n")
+    readme.write_text("intro\n<!-- compare-table:begin -->\nSTALE\n<!-- compare-table:end -->\nrest\n")
     out = subprocess.run([sys.executable, "launch/compare_table.py", f"--eval_dir={ev}", f"--readme={readme}"],
                          capture_output=True, text=True, check=True).stdout
     text = readme.read_text()
-    assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "STALE" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert "| (a) base, no training | no | 0.300 ± 0.100 | 0.300 ± 0.100 | 0.300 ± 0.100 | 0.300 | - |" in text
     assert "| (d) JMLR joint training | top-3 | 0.400 ± 0.100 |" in text and "| 0.400 | 2.0 |" in text  # 4 x 30 s
     assert "*Sum of the logged step times" in text
     assert "| (b) fine-tuned without retrieval | no | not run |" in text
     assert "| JMLR-trained retriever (after) | 0.500 | 0.750 |" in text
+    assert "| (a) base, no training | no | A 100% (gold 50%) | - | - |" in text
     assert "| anatomy | 4 | 0.250 | 0.250 |" in text and out.strip() in text
