@@ -34,8 +34,9 @@ class JMLRExamples:
     passages: Sequence[Passage]
     tok: Tokenizer
     ctok: ColBERTTokenizer
-    template: PromptTemplate = PromptTemplate()
-    budgets: Budgets = Budgets()
+    # default_factory, not a default instance: built when the examples are, so gin bindings apply
+    template: PromptTemplate = dataclasses.field(default_factory=PromptTemplate)
+    budgets: Budgets = dataclasses.field(default_factory=Budgets)
     query_with_options: bool = False
 
     def __post_init__(self):

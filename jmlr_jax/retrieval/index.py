@@ -212,10 +212,10 @@ def index_version(corpus_checksum: str, encoder_checksum: str, cfg: ColBERTConfi
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_index(corpus: Corpus, cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, icfg: IndexConfig = IndexConfig(),
+def build_index(corpus: Corpus, cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, icfg: IndexConfig | None = None,
                 progress: bool = True) -> TokenIndex:
-    """Encodes the corpus with the document encoder and builds the ScaNN token searcher."""
-    return _build(list(corpus.passages), corpus.checksum(), cfg, params, ctok, icfg, progress)
+    """Encodes the corpus with the document encoder and builds the ScaNN token searcher (icfg: gin-bound default)."""
+    return _build(list(corpus.passages), corpus.checksum(), cfg, params, ctok, icfg or IndexConfig(), progress)
 
 
 def _build(passages: list[Passage], corpus_checksum: str, cfg: ColBERTConfig, params, ctok: ColBERTTokenizer,

@@ -112,7 +112,7 @@ class Models:
     llm: LlamaConfig
     retriever: ColBERTConfig
     jmlr: JMLRConfig
-    lora: LoraConfig = LoraConfig()
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 
 
 def retriever_scores(rcfg: ColBERTConfig, rparams, batch) -> jax.Array:

@@ -52,6 +52,9 @@ def params_of(t):
 
 def test_resume_is_exact(assets, tmp_path):
     straight = trainer(assets, tmp_path / "a")
+    # gin-bound prompt budgets reach the data (a default instance built at import time once hid them)
+    assert {k: straight.examples(0)[k].shape[-1] for k in ("docs", "question", "answer")} == \
+        {"docs": 24, "question": 48, "answer": 8}
     straight.run()
     straight.close()
 
