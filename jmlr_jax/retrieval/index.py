@@ -103,6 +103,8 @@ def _scann_searcher(emb: np.ndarray, icfg: IndexConfig):
     builder = scann.scann_ops_pybind.builder(emb, icfg.token_k, "dot_product")
     if n < icfg.brute_force_below:
         return builder.score_brute_force().build()
+    if icfg.token_k > icfg.reorder:  # ScaNN would silently return only `reorder` neighbours per query token
+        raise ValueError(f"IndexConfig.token_k={icfg.token_k} exceeds IndexConfig.reorder={icfg.reorder}; raise reorder")
     leaves = icfg.num_leaves or int(np.sqrt(n))
     return (builder.tree(num_leaves=leaves, num_leaves_to_search=icfg.leaves_to_search or max(leaves // 10, 1),
                          training_sample_size=min(icfg.training_sample, n))

@@ -73,6 +73,8 @@ def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tr
         icfg = IndexConfig(brute_force_below=0, num_leaves=200, leaves_to_search=40, training_sample=50_000,
                            token_k=64, rerank_docs=128)  # and prune candidates by approximate MaxSim
         idx = dataclasses.replace(idx, icfg=icfg, searcher=index_lib._scann_searcher(idx.emb.astype(np.float32), icfg))
+        with pytest.raises(ValueError, match="exceeds IndexConfig.reorder"):  # ScaNN would silently cap it
+            index_lib._scann_searcher(idx.emb[:1000].astype(np.float32), dataclasses.replace(icfg, token_k=512))
     r = Retriever(cfg, params, ctok, idx)
     Q = r.encode_queries(questions)
     approx, a_scores = idx.search_embeddings(Q, k=30)
