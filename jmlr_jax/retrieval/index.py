@@ -235,9 +235,10 @@ def _build(passages: list[Passage], corpus_checksum: str, cfg: ColBERTConfig, pa
 
 
 def cached_index(corpus: Corpus, cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, icfg: IndexConfig, root: str,
-                 also: Sequence[str] = (), progress: bool = True) -> TokenIndex:
-    """The index of `corpus` under these encoder params and settings: loaded from `root/index-<version>` or from
-    a directory in `also` that holds exactly that version, else built and saved to `root/index-<version>`."""
+                 also: Sequence[str] = (), fallback: str = "", progress: bool = True) -> TokenIndex:
+    """The index of `corpus` under these encoder params and settings, from the first of:
+    `root/index-<version>`; a directory in `also` that holds exactly that version; `fallback` (a prebuilt index
+    that must match corpus and params: a mismatch is an error); else built and saved to `root/index-<version>`."""
     version = index_version(corpus.checksum(), params_checksum(params), cfg, icfg)
     own = os.path.join(root, f"index-{version}")
     for d in (own, *also):
@@ -247,6 +248,8 @@ def cached_index(corpus: Corpus, cfg: ColBERTConfig, params, ctok: ColBERTTokeni
                     return load_index(d, corpus=corpus, params=params)
         except (OSError, json.JSONDecodeError):
             continue
+    if fallback:
+        return load_index(fallback, corpus=corpus, params=params)
     build_index(corpus, cfg, params, ctok, icfg, progress=progress).save(own)
     return load_index(own, corpus=corpus, params=params)
 

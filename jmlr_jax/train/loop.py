@@ -34,8 +34,7 @@ from jmlr_jax.data.splits import training_records
 from jmlr_jax.errors import InputError
 from jmlr_jax.models import colbert as colbert_lib, llama as llama_lib
 from jmlr_jax.retrieval.corpus import load_corpus
-from jmlr_jax.retrieval.index import (IndexConfig, Retriever, build_index, index_version, load_index,
-                                      params_checksum)
+from jmlr_jax.retrieval.index import IndexConfig, Retriever, cached_index, load_index
 from jmlr_jax.retrieval.launch import retriever_preset
 from jmlr_jax.train import jmlr_step
 from jmlr_jax.train.state import (LoraConfig, OptimConfig, describe_groups, init_lora, init_train_state,
@@ -176,15 +175,8 @@ class Trainer:
         return jax.device_get(self.state["params"]["retriever"])
 
     def _initial_index(self, r_params):
-        version = index_version(self.corpus.checksum(), params_checksum(r_params), self.rcfg, self.icfg)
-        d = os.path.join(self.run_cfg.workdir, f"index-{version}")
-        if os.path.isdir(d):
-            return load_index(d, corpus=self.corpus, params=r_params)
-        if self.run_cfg.initial_index:
-            return load_index(self.run_cfg.initial_index, corpus=self.corpus, params=r_params)
-        index = build_index(self.corpus, self.rcfg, r_params, self.ctok, self.icfg, progress=self.run_cfg.progress)
-        index.save(d)
-        return load_index(d)  # keeps meta["dir"] consistent with a restored run
+        return cached_index(self.corpus, self.rcfg, r_params, self.ctok, self.icfg, self.run_cfg.workdir,
+                            fallback=self.run_cfg.initial_index, progress=self.run_cfg.progress)
 
     def _index_dir(self) -> str:
         d = os.path.join(self.run_cfg.workdir, f"index-{self.index.version}")
