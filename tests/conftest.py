@@ -44,3 +44,12 @@ def minilm():
     except FileNotFoundError as e:
         require(False, str(e))
     return (*presets.load_preset("all-minilm-l6-v2"), path)
+
+
+@pytest.fixture(autouse=True)
+def _no_gin_leaks():
+    """Gin bindings are process-global: a test that parses configs must not change later tests' defaults."""
+    yield
+    import gin
+
+    gin.clear_config()
