@@ -6,10 +6,14 @@ the MedMCQA held-out part. `training_records` refuses to return an evaluation qu
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 from typing import Sequence
+
+import numpy as np
 
 import gin
 
@@ -46,10 +50,34 @@ def split_pubmedqa(records: Sequence[QARecord], test_ids: set[str]):
     return [r for r in records if r.id not in test_ids], [r for r in records if r.id in test_ids]
 
 
+# Options that point at other options ("all of the above", "both A and B") lose their meaning when moved.
+_REFERS_TO_OPTIONS = re.compile(r"\b(above|below)\b|\b(both|all|none|neither)\b.*\b(these|of them)\b"
+                                r"|\b[a-e]\s*(,|&|and|or)\s*[a-e]\b", re.IGNORECASE)
+
+
+def shuffle_options(r: QARecord, seed: int = 0) -> QARecord:
+    """The record with its options in a random order fixed by (seed, dataset, id); answer_idx follows.
+
+    Teaches the generator to read the options rather than a letter prior (MedMCQA's answers are 32% A).
+    Records whose options refer to other options, and unlabelled ones, are returned unchanged.
+    """
+    if r.answer_idx < 0 or any(_REFERS_TO_OPTIONS.search(o) for o in r.options):
+        return r
+    h = int(hashlib.sha1(f"{seed}/{r.dataset}/{r.id}".encode()).hexdigest()[:16], 16)
+    perm = np.random.default_rng(h).permutation(len(r.options))
+    return dataclasses.replace(r, options=tuple(r.options[i] for i in perm),
+                               answer_idx=int(np.flatnonzero(perm == r.answer_idx)[0]))
+
+
 @gin.configurable
 def training_records(data_dir: str = "../shared/data", heldout_fraction: float = 0.1, include_medmcqa: bool = True,
-                     include_pubmedqa: bool = True, max_examples: int = 0) -> list[QARecord]:
-    """The JMLR training questions (see module doc); max_examples > 0 keeps the first N in a fixed order."""
+                     include_pubmedqa: bool = True, max_examples: int = 0,
+                     option_shuffle_seed: int | None = None) -> list[QARecord]:
+    """The JMLR training questions (see module doc); max_examples > 0 keeps the first N in a fixed order.
+
+    option_shuffle_seed: when set, each question's options are permuted (`shuffle_options`); the
+    questions and their order do not change.
+    """
     out: list[QARecord] = []
     test_ids = pubmedqa_test_ids(os.path.join(data_dir, "pubmedqa", "test_ground_truth.json"))
     if include_medmcqa:
@@ -66,4 +94,5 @@ def training_records(data_dir: str = "../shared/data", heldout_fraction: float =
         raise InputError(f"evaluation questions in the training set: {leaked[:5]}")
     # Interleave datasets deterministically so a truncated run still sees both.
     out.sort(key=lambda r: hashlib.sha1(f"{r.dataset}/{r.id}".encode()).hexdigest())
-    return out[:max_examples] if max_examples else out
+    out = out[:max_examples] if max_examples else out
+    return out if option_shuffle_seed is None else [shuffle_options(r, option_shuffle_seed) for r in out]
