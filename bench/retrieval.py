@@ -71,35 +71,38 @@ def main() -> None:
     leaves = idx.icfg.num_leaves or int(np.sqrt(len(idx.emb)))
     tree = len(idx.emb) >= idx.icfg.brute_force_below
     lts = leaves // 20 if tree else 0
-    # (token_k, rerank_docs): more nearest tokens per query token finds more of the exact top-30; pruning the
-    # candidates by approximate MaxSim keeps the exact rerank (the expensive part) bounded.
-    settings = [(16, 0), (32, 0), (64, 0), (64, 256), (128, 256), (128, 512), (256, 512)]
-    for token_k, rerank in settings:
-        sub = dataclasses.replace(idx, icfg=dataclasses.replace(idx.icfg, token_k=token_k, leaves_to_search=lts,
-                                                                rerank_docs=rerank))
+    wide = idx.emb.astype(np.float32)  # the fp32-resident variant (IndexConfig.resident_dtype)
+    # (token_k, rerank_docs, resident dtype): more nearest tokens per query token finds more of the exact top-30;
+    # pruning the candidates by approximate MaxSim keeps the exact rerank (the expensive part) bounded.
+    settings = [(32, 0, "float16"), (64, 256, "float16"), (128, 512, "float16"), (256, 512, "float16"),
+                (256, 1024, "float16"), (128, 512, "float32"), (256, 512, "float32"), (256, 1024, "float32")]
+    for token_k, rerank, dtype in settings:
+        sub = dataclasses.replace(idx, emb=wide if dtype == "float32" else idx.emb, icfg=dataclasses.replace(
+            idx.icfg, token_k=token_k, leaves_to_search=lts, rerank_docs=rerank, resident_dtype=dtype))
         sub.search_embeddings(Q[:8], k=30)  # warm
         t = time.time()
         ids, _ = sub.search_embeddings(Q, k=30)
         qps = len(Q) / (time.time() - t)
         recall = np.mean([len(set(a) & set(e)) / 30 for a, e in zip(ids[:n_exact], exact_ids)])
-        rows.append((token_k, rerank, recall, qps, qps / exact_qps, ids))
+        rows.append((token_k, rerank, dtype, recall, qps, qps / exact_qps, ids))
 
     print(f"\nScaNN ({'tree ' + str(leaves) + ' leaves, ' + str(lts) + ' searched, AH + reorder ' + str(idx.icfg.reorder) if tree else 'brute force'}"
           f") + exact MaxSim rerank vs exact MaxSim over all passages; {len(Q)} PubMedQA questions "
           f"(recall over the first {n_exact}); query encoding {len(Q) / enc_s:.0f} q/s (not included below)\n")
-    print("| token_k | exact rerank of | recall@30 vs exact | queries/s | speed-up vs exact |")
-    print("|---|---|---|---|---|")
-    for token_k, rerank, recall, qps, speedup, _ in rows:
-        print(f"| {token_k} | {'best ' + str(rerank) if rerank else 'all candidates'} | {recall:.3f} | {qps:.1f} | {speedup:.0f}x |")
-    print(f"| exact | all passages | 1.000 | {exact_qps:.2f} | 1x |")
+    print("| token_k | exact rerank of | embeddings in memory | recall@30 vs exact | queries/s | speed-up vs exact |")
+    print("|---|---|---|---|---|---|")
+    for token_k, rerank, dtype, recall, qps, speedup, _ in rows:
+        print(f"| {token_k} | {'best ' + str(rerank) if rerank else 'all candidates'} | {dtype} | {recall:.3f} | "
+              f"{qps:.1f} | {speedup:.1f}x |")
+    print(f"| exact | all passages | float16 | 1.000 | {exact_qps:.2f} | 1x |")
 
-    default = next(rw for rw in rows if (rw[0], rw[1]) == (idx.icfg.token_k, idx.icfg.rerank_docs))
+    default = next(rw for rw in rows if (rw[0], rw[1], rw[2]) == (idx.icfg.token_k, idx.icfg.rerank_docs, "float16"))
     print(f"\nPubMedQA gold abstract retrieved (token_k={default[0]}, rerank {default[1] or 'all'}; question alone as query; "
           f"the 500 test abstracts are in the corpus):\n")
     print("| questions | n | top-1 | top-7 | top-30 |")
     print("|---|---|---|---|---|")
     for name, sel in (("all PQA-L", lambda g: True), ("test half", lambda g: g[5:] in test_ids)):
-        hits = [[g == idx.passages[i].doc_id if i >= 0 else False for i in row] for row, g in zip(default[5], gold)
+        hits = [[g == idx.passages[i].doc_id if i >= 0 else False for i in row] for row, g in zip(default[6], gold)
                 if sel(g)]
         hits = np.asarray(hits)
         print(f"| {name} | {len(hits)} | {hits[:, :1].any(1).mean():.3f} | {hits[:, :7].any(1).mean():.3f} | "

@@ -11,6 +11,7 @@ parameters and every setting, so loading against another corpus or encoder is an
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -50,7 +51,10 @@ class IndexConfig:
     training_sample: int = 250_000
     token_k: int = 32  # nearest document tokens per query token (ColBERT's k')
     rerank_docs: int = 0  # exact-rerank only the best N candidates by approximate MaxSim; 0 = all candidates
-    num_threads: int = 0  # ScaNN search threads; 0 = all cores
+    num_threads: int = 0  # search threads (ScaNN, and the exact rerank of one query per thread); 0 = all cores
+    # Embeddings in memory (stored fp16 on disk either way). float32 doubles the memory but spares every query
+    # the fp16 -> fp32 conversion of its candidates' tokens, which costs more than their MaxSim.
+    resident_dtype: str = "float16"
 
 
 def params_checksum(params) -> str:
@@ -145,11 +149,20 @@ class TokenIndex:
         nn_scores = np.asarray(nn_scores, np.float32).reshape(N, L, -1)
         ids = np.full((N, k), -1, np.int64)
         scores = np.full((N, k), -np.inf, np.float32)
-        for i in range(N):
+
+        def one(i: int) -> None:  # numpy releases the GIL in the gather, the conversion and the matmul
             docs = self._prune(cand_docs[i], nn_scores[i])
             s = self._rerank(Q[i], docs)
             top = np.argsort(-s, kind="stable")[:k]
             ids[i, : len(top)], scores[i, : len(top)] = docs[top], s[top]
+
+        threads = min(self.icfg.num_threads or os.cpu_count() or 1, N)
+        if threads > 1:
+            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+                list(pool.map(one, range(N)))
+        else:
+            for i in range(N):
+                one(i)
         return ids, scores
 
     def _prune(self, docs_LxK: np.ndarray, scores_LxK: np.ndarray) -> np.ndarray:
@@ -171,7 +184,7 @@ class TokenIndex:
         counts = hi - lo
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         tok = np.repeat(lo - starts, counts) + np.arange(counts.sum())
-        return _segment_maxsim(Q_LxE, self.emb[tok].astype(np.float32), starts)
+        return _segment_maxsim(Q_LxE, self.emb[tok].astype(np.float32, copy=False), starts)
 
     def exact_search(self, Q_NxLxE: np.ndarray, k: int = 30, chunk_tokens: int = 1 << 20):
         """Exact MaxSim against every passage (the reference). Same outputs as `search_embeddings`."""
@@ -182,7 +195,7 @@ class TokenIndex:
         bounds = np.searchsorted(self.offsets, np.arange(0, self.offsets[-1], chunk_tokens), side="right") - 1
         bounds = np.unique(np.concatenate([bounds, [P]]))
         for a, b in zip(bounds[:-1], bounds[1:]):
-            toks = self.emb[self.offsets[a]: self.offsets[b]].astype(np.float32)
+            toks = self.emb[self.offsets[a]: self.offsets[b]].astype(np.float32, copy=False)
             starts = self.offsets[a:b] - self.offsets[a]
             for i in range(Q.shape[0]):
                 all_scores[i, a:b] = _segment_maxsim(Q[i], toks, starts)
@@ -195,7 +208,7 @@ class TokenIndex:
         tmp = directory.rstrip("/") + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(os.path.join(tmp, "scann"))
-        np.save(os.path.join(tmp, "embeddings.npy"), self.emb)
+        np.save(os.path.join(tmp, "embeddings.npy"), self.emb.astype(np.float16, copy=False))
         np.save(os.path.join(tmp, "offsets.npy"), self.offsets)
         with open(os.path.join(tmp, "passages.jsonl"), "w", encoding="utf-8") as f:
             for p in self.passages:
@@ -231,7 +244,7 @@ def _build(passages: list[Passage], corpus_checksum: str, cfg: ColBERTConfig, pa
             "num_tokens": int(offsets[-1]), "dim": int(emb.shape[1]), "encode_s": round(t1 - t0, 2),
             "scann_build_s": round(time.time() - t1, 2), "colbert": dataclasses.asdict(cfg)}
     version = index_version(meta["corpus_checksum"], enc_sum, cfg, icfg)
-    return TokenIndex(passages, emb, offsets, icfg, version, meta, searcher)
+    return TokenIndex(passages, emb.astype(icfg.resident_dtype, copy=False), offsets, icfg, version, meta, searcher)
 
 
 def cached_index(corpus: Corpus, cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, icfg: IndexConfig, root: str,
@@ -286,7 +299,7 @@ def load_index(directory: str, corpus: Corpus | None = None, params=None) -> Tok
         raise IndexMismatchError(f"{directory}: corrupt or incomplete index files ({e})") from None
     if len(passages) != meta["num_passages"] or len(offsets) != len(passages) + 1 or len(emb) != offsets[-1]:
         raise IndexMismatchError(f"{directory}: embeddings, offsets and passages disagree; rebuild the index")
-    return TokenIndex(passages, emb, offsets, icfg, version, meta, searcher)
+    return TokenIndex(passages, emb.astype(icfg.resident_dtype, copy=False), offsets, icfg, version, meta, searcher)
 
 
 class Retriever:

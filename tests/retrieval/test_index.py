@@ -81,6 +81,12 @@ def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tr
     exact, e_scores = idx.exact_search(Q, k=30)
     recall = np.mean([len(set(a) & set(e)) / 30 for a, e in zip(approx, exact)])
     assert recall >= 0.95, recall
+    # one query per thread, and fp32-resident embeddings: the same results as one thread over fp16
+    for variant in (dataclasses.replace(idx, icfg=dataclasses.replace(idx.icfg, num_threads=1)),
+                    dataclasses.replace(idx, emb=idx.emb.astype(np.float32), icfg=dataclasses.replace(
+                        idx.icfg, num_threads=3, resident_dtype="float32"))):
+        for a, b in zip(variant.search_embeddings(Q, k=30), (approx, a_scores)):
+            np.testing.assert_array_equal(a, b)
     found = approx[0][approx[0] >= 0]
     np.testing.assert_allclose(a_scores[0][: len(found)], np.sort(a_scores[0][: len(found)])[::-1])
     # the gold abstract of a PubMedQA question is usually retrieved: the figure is real, not trivial
@@ -104,6 +110,13 @@ def test_save_load_round_trip_and_version_checks(tmp_path, real_subset, brute_in
     moved = jax.tree_util.tree_map(lambda x: x + 1e-3, params)
     with pytest.raises(IndexMismatchError, match="built with encoder .* refresh the index"):
         load_index(d, params=moved)
+    # fp32 in memory, fp16 on disk; loading restores the resident dtype the index was built with
+    wide = dataclasses.replace(brute_index, emb=brute_index.emb.astype(np.float32),
+                               icfg=dataclasses.replace(brute_index.icfg, resident_dtype="float32"))
+    wide.save(str(tmp_path / "wide"))
+    assert np.load(str(tmp_path / "wide" / "embeddings.npy")).dtype == np.float16
+    reloaded = load_index(str(tmp_path / "wide"))
+    assert reloaded.emb.dtype == np.float32 and np.array_equal(reloaded.emb, wide.emb)
     os.remove(os.path.join(d, "offsets.npy"))
     with pytest.raises(IndexMismatchError, match="corrupt or incomplete"):
         load_index(d)
