@@ -11,6 +11,9 @@ import collections
 import json
 import os
 
+from jmlr_jax.data.sources import LETTERS
+from jmlr_jax.eval.calibration import remove_letter_prior
+
 ARMS = [  # (eval file, arm, documents in the prompt at evaluation)
     ("a_base", "(a) base, no training", "no"),
     ("a_base_rag", "(a) base, no training", "top-3"),
@@ -43,6 +46,15 @@ def letter_bias(result: dict, set_name: str) -> str:
     top, n = collections.Counter(p["pred_letter"] for p in preds).most_common(1)[0]
     gold = sum(p["answer"] == top for p in preds)
     return f"{top or 'none'} {n / len(preds):.0%} (gold {gold / len(preds):.0%})"
+
+
+def prior_removed_accuracy(result: dict, set_name: str) -> float | None:
+    """Accuracy after dividing out the set's average option distribution (needs loglik scores)."""
+    preds = [p for p in result.get("predictions", []) if p["set"] == set_name]
+    if not preds or any("logliks" not in p for p in preds):
+        return None
+    fixed = remove_letter_prior([p["logliks"] for p in preds])
+    return sum(LETTERS[i] == p["answer"] for i, p in zip(fixed, preds)) / len(preds)
 
 
 def tables(eval_dir: str) -> str:
@@ -90,6 +102,18 @@ def tables(eval_dir: str) -> str:
     for name, arm, docs in ARMS:
         if name in results:
             out.append(f"| {arm} | {docs} | " + " | ".join(letter_bias(results[name], k) for k, _ in SETS) + " |")
+    debiased = {n: [prior_removed_accuracy(results[n], k) for k, _ in SETS] for n, _, _ in ARMS if n in results}
+    if any(a is not None for accs in debiased.values() for a in accs):
+        out += ["", "The same scores with the answer-letter prior removed (each question's option distribution divided "
+                    "by the set's average one, no labels used; `jmlr_jax/eval/calibration.py`): what the scores know "
+                    "beyond a preferred letter. A diagnostic, not the result.", "",
+                "| arm | docs at eval | " + " | ".join(label for _, label in SETS) + " | mean |",
+                "|---|---|" + "---|" * (len(SETS) + 1)]
+        for name, arm, docs in ARMS:
+            if name in debiased:
+                accs = [a for a in debiased[name] if a is not None]
+                out.append(f"| {arm} | {docs} | " + " | ".join("-" if a is None else f"{a:.3f}" for a in debiased[name])
+                           + f" | {sum(accs) / max(len(accs), 1):.3f} |")
     subjects = sorted({row["subject"] for r in results.values() for row in r["summary"]
                        if row["set"] == "mmlu_med" and row["subject"] != "all"})
     if subjects:

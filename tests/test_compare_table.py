@@ -12,7 +12,10 @@ def fake_result(name, acc, ckpt=None, gold=None):
          "settings": {"eval": {"mode": "loglik"}, "budgets": {"doc": 64, "question": 160, "answer": 24}}}
     if gold:
         r["gold_recall"] = gold
-    r["predictions"] = [{"set": "mmlu_med", "pred_letter": "A", "answer": a} for a in "AABC"]
+    # scores that always favour A but rank the gold option next: plain accuracy 1/4, prior removed 4/4
+    ll = {"A": [0.0, -3.0, -3.0, -3.0], "B": [0.0, -1.0, -3.0, -3.0], "C": [0.0, -3.0, -1.0, -3.0],
+          "D": [0.0, -3.0, -3.0, -1.0]}
+    r["predictions"] = [{"set": "mmlu_med", "pred_letter": "A", "answer": a, "logliks": ll[a]} for a in "ABCD"]
     return r
 
 
@@ -37,5 +40,6 @@ def test_table_from_json_into_readme(tmp_path):
     assert "*Sum of the logged step times" in text
     assert "| (b) fine-tuned without retrieval | no | not run |" in text
     assert "| JMLR-trained retriever (after) | 0.500 | 0.750 |" in text
-    assert "| (a) base, no training | no | A 100% (gold 50%) | - | - |" in text
+    assert "| (a) base, no training | no | A 100% (gold 25%) | - | - |" in text
+    assert "| (a) base, no training | no | 1.000 | - | - | 1.000 |" in text  # letter prior removed
     assert "| anatomy | 4 | 0.250 | 0.250 |" in text and out.strip() in text
