@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 
 from jmlr_jax.data.sources import LETTERS
@@ -45,7 +46,16 @@ def letter_bias(result: dict, set_name: str) -> str:
         return "-"
     top, n = collections.Counter(p["pred_letter"] for p in preds).most_common(1)[0]
     gold = sum(p["answer"] == top for p in preds)
-    return f"{top or 'none'} {n / len(preds):.0%} (gold {gold / len(preds):.0%})"
+    cell = f"{top or 'none'} {n / len(preds):.0%} (gold {gold / len(preds):.0%})"
+    if all("logliks" in p for p in preds):  # how sure the arm is: near 1/options means flat option scores
+        cell += f", p {sum(max(softmax(p['logliks'])) for p in preds) / len(preds):.2f}"
+    return cell
+
+
+def softmax(logliks: list[float]) -> list[float]:
+    m = max(logliks)
+    e = [math.exp(x - m) for x in logliks]
+    return [x / sum(e) for x in e]
 
 
 def prior_removed_accuracy(result: dict, set_name: str) -> float | None:
@@ -97,7 +107,9 @@ def tables(eval_dir: str) -> str:
                 "| retriever | " + " | ".join(ks) + " |", "|---|" + "---|" * len(ks)]
         out += [f"| {label} | " + " | ".join(f"{g[k]:.3f}" for k in ks) + " |" for label, g in gold]
     out += ["", "Answer-letter bias: the letter each arm predicts most often, its share of predictions, and that "
-                "letter's share among the correct answers (a model that always picks one letter scores the latter).", "",
+                "letter's share among the correct answers (a model that always picks one letter scores the latter), "
+                "and p, the mean probability of the chosen option (softmax over the option log-likelihoods; "
+                "1 / options when the scores are flat).", "",
             "| arm | docs at eval | " + " | ".join(label for _, label in SETS) + " |", "|---|---|" + "---|" * len(SETS)]
     for name, arm, docs in ARMS:
         if name in results:

@@ -1,5 +1,6 @@
 """launch/compare_table.py: README tables come from the evaluation JSON files."""
 import json
+import math
 import subprocess
 import sys
 
@@ -40,6 +41,7 @@ def test_table_from_json_into_readme(tmp_path):
     assert "*Sum of the logged step times" in text
     assert "| (b) fine-tuned without retrieval | no | not run |" in text
     assert "| JMLR-trained retriever (after) | 0.500 | 0.750 |" in text
-    assert "| (a) base, no training | no | A 100% (gold 25%) | - | - |" in text
+    p_sure, p_near = 1 / (1 + 3 * math.exp(-3)), 1 / (1 + math.exp(-1) + 2 * math.exp(-3))  # top-option softmax
+    assert f"| (a) base, no training | no | A 100% (gold 25%), p {(p_sure + 3 * p_near) / 4:.2f} | - | - |" in text
     assert "| (a) base, no training | no | 1.000 | - | - | 1.000 |" in text  # letter prior removed
     assert "| anatomy | 4 | 0.250 | 0.250 |" in text and out.strip() in text
