@@ -57,6 +57,22 @@ class IndexConfig:
     resident_dtype: str = "float16"
 
 
+# Settings that only change how an index is searched, not what it stores: outside the index version, and taken
+# from the caller's config when an index is loaded (so --gin.IndexConfig.token_k=... needs no rebuild).
+SEARCH_FIELDS = ("leaves_to_search", "token_k", "rerank_docs", "num_threads", "resident_dtype")
+
+
+def _with_search(icfg: IndexConfig, search: IndexConfig | None, num_tokens: int) -> IndexConfig:
+    """`icfg` with the search-time settings of `search` (if given), checked against the built searcher."""
+    if search is not None:
+        icfg = dataclasses.replace(icfg, **{f: getattr(search, f) for f in SEARCH_FIELDS})
+    if num_tokens >= icfg.brute_force_below and icfg.token_k > icfg.reorder:
+        # ScaNN would silently return only `reorder` neighbours per query token
+        raise ValueError(f"IndexConfig.token_k={icfg.token_k} exceeds IndexConfig.reorder={icfg.reorder}; "
+                         "raise reorder (and rebuild the index)")
+    return icfg
+
+
 def params_checksum(params) -> str:
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -105,10 +121,9 @@ def _scann_searcher(emb: np.ndarray, icfg: IndexConfig):
 
     n = len(emb)
     builder = scann.scann_ops_pybind.builder(emb, icfg.token_k, "dot_product")
+    _with_search(icfg, None, n)
     if n < icfg.brute_force_below:
         return builder.score_brute_force().build()
-    if icfg.token_k > icfg.reorder:  # ScaNN would silently return only `reorder` neighbours per query token
-        raise ValueError(f"IndexConfig.token_k={icfg.token_k} exceeds IndexConfig.reorder={icfg.reorder}; raise reorder")
     leaves = icfg.num_leaves or int(np.sqrt(n))
     return (builder.tree(num_leaves=leaves, num_leaves_to_search=icfg.leaves_to_search or max(leaves // 10, 1),
                          training_sample_size=min(icfg.training_sample, n))
@@ -222,8 +237,8 @@ class TokenIndex:
 
 
 def index_version(corpus_checksum: str, encoder_checksum: str, cfg: ColBERTConfig, icfg: IndexConfig) -> str:
-    blob = json.dumps([corpus_checksum, encoder_checksum, dataclasses.asdict(cfg), dataclasses.asdict(icfg)],
-                      sort_keys=True, default=str)
+    stored = {k: v for k, v in dataclasses.asdict(icfg).items() if k not in SEARCH_FIELDS}
+    blob = json.dumps([corpus_checksum, encoder_checksum, dataclasses.asdict(cfg), stored], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -258,17 +273,19 @@ def cached_index(corpus: Corpus, cfg: ColBERTConfig, params, ctok: ColBERTTokeni
         try:
             with open(os.path.join(d, "manifest.json")) as f:
                 if json.load(f).get("version") == version:
-                    return load_index(d, corpus=corpus, params=params)
+                    return load_index(d, corpus=corpus, params=params, search=icfg)
         except (OSError, json.JSONDecodeError):
             continue
     if fallback:
-        return load_index(fallback, corpus=corpus, params=params)
+        return load_index(fallback, corpus=corpus, params=params, search=icfg)
     build_index(corpus, cfg, params, ctok, icfg, progress=progress).save(own)
-    return load_index(own, corpus=corpus, params=params)
+    return load_index(own, corpus=corpus, params=params, search=icfg)
 
 
-def load_index(directory: str, corpus: Corpus | None = None, params=None) -> TokenIndex:
-    """Loads a saved index; with `corpus` / `params` given, checks they are what it was built from."""
+def load_index(directory: str, corpus: Corpus | None = None, params=None,
+               search: IndexConfig | None = None) -> TokenIndex:
+    """Loads a saved index; with `corpus` / `params` given, checks they are what it was built from. The
+    search-time settings (SEARCH_FIELDS) come from `search` when given, else from the index's manifest."""
     import scann
 
     manifest_path = os.path.join(directory, "manifest.json")
@@ -288,7 +305,10 @@ def load_index(directory: str, corpus: Corpus | None = None, params=None) -> Tok
     if params is not None and params_checksum(params) != meta["encoder_checksum"]:
         raise IndexMismatchError(f"{directory}: built with encoder {meta['encoder_checksum']}, but the given "
                                  f"retriever params are {params_checksum(params)}; refresh the index")
-    icfg = IndexConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    try:
+        icfg = IndexConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    except TypeError as e:
+        raise IndexMismatchError(f"{manifest_path}: unknown index settings ({e}); rebuild the index") from None
     try:
         emb = np.load(os.path.join(directory, "embeddings.npy"))
         offsets = np.load(os.path.join(directory, "offsets.npy"))
@@ -299,6 +319,7 @@ def load_index(directory: str, corpus: Corpus | None = None, params=None) -> Tok
         raise IndexMismatchError(f"{directory}: corrupt or incomplete index files ({e})") from None
     if len(passages) != meta["num_passages"] or len(offsets) != len(passages) + 1 or len(emb) != offsets[-1]:
         raise IndexMismatchError(f"{directory}: embeddings, offsets and passages disagree; rebuild the index")
+    icfg = _with_search(icfg, search, len(emb))
     return TokenIndex(passages, emb.astype(icfg.resident_dtype, copy=False), offsets, icfg, version, meta, searcher)
 
 

@@ -37,9 +37,10 @@ def index_main(index_dir: str = gin.REQUIRED) -> str:
 
 
 def open_retriever(index_dir: str) -> Retriever:
-    """Index from disk + the retriever it was built with (checked by the encoder checksum)."""
+    """Index from disk + the retriever it was built with (checked by the encoder checksum); search settings
+    from the gin-bound IndexConfig."""
     cfg, params, ctok = retriever_preset()
-    return Retriever(cfg, params, ctok, load_index(index_dir, params=params))
+    return Retriever(cfg, params, ctok, load_index(index_dir, params=params, search=IndexConfig()))
 
 
 @gin.configurable

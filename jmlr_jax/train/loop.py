@@ -156,7 +156,7 @@ class Trainer:
             abstract = jax.tree_util.tree_map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                                               abstract, self.state_sh)
             self.state, data_state, meta = self.ckpt.restore(abstract, start)
-            self.index = load_index(meta["index_dir"], corpus=self.corpus)
+            self.index = load_index(meta["index_dir"], corpus=self.corpus, search=self.icfg)
             if self.index.version != meta["index_version"]:
                 raise checkpoint.CheckpointError(f"{meta['index_dir']} holds index {self.index.version}, the "
                                                  f"checkpoint expects {meta['index_version']}")

@@ -117,6 +117,17 @@ def test_save_load_round_trip_and_version_checks(tmp_path, real_subset, brute_in
     assert np.load(str(tmp_path / "wide" / "embeddings.npy")).dtype == np.float16
     reloaded = load_index(str(tmp_path / "wide"))
     assert reloaded.emb.dtype == np.float32 and np.array_equal(reloaded.emb, wide.emb)
+    # search-time settings are outside the version and follow the caller's config on load: no rebuild to tune them
+    tuned_cfg = dataclasses.replace(brute_index.icfg, token_k=7, rerank_docs=5, num_threads=1,
+                                    resident_dtype="float32")
+    assert index_lib.index_version("c", "e", cfg, tuned_cfg) == index_lib.index_version("c", "e", cfg,
+                                                                                      brute_index.icfg)
+    assert index_lib.index_version("c", "e", cfg, dataclasses.replace(tuned_cfg, reorder=64)) != \
+        index_lib.index_version("c", "e", cfg, tuned_cfg)  # a build setting is part of it
+    tuned = load_index(d, search=tuned_cfg)
+    assert (tuned.icfg.token_k, tuned.icfg.rerank_docs, tuned.version) == (7, 5, brute_index.version)
+    assert tuned.emb.dtype == np.float32 and load_index(str(tmp_path / "wide"), search=IndexConfig()).emb.dtype \
+        == np.float16
     os.remove(os.path.join(d, "offsets.npy"))
     with pytest.raises(IndexMismatchError, match="corrupt or incomplete"):
         load_index(d)
