@@ -47,7 +47,7 @@ class IndexConfig:
     leaves_to_search: int = 0  # 0: num_leaves // 10
     dims_per_block: int = 2
     aq_threshold: float = 0.2
-    reorder: int = 256  # ScaNN exact re-scoring of this many token candidates per query token
+    reorder: int = 256  # ScaNN re-scores at least this many AH candidates per query token exactly (token_k if more)
     training_sample: int = 250_000
     token_k: int = 32  # nearest document tokens per query token (ColBERT's k')
     rerank_docs: int = 0  # exact-rerank only the best N candidates by approximate MaxSim; 0 = all candidates
@@ -59,19 +59,8 @@ class IndexConfig:
 
 # Settings that only change how an index is searched, not what it stores: outside the index version, and taken
 # from the caller's config when an index is loaded (so --gin.IndexConfig.token_k=... needs no rebuild).
-SEARCH_FIELDS = ("leaves_to_search", "token_k", "rerank_docs", "num_threads", "resident_dtype")
-
-
-def _with_search(icfg: IndexConfig, search: IndexConfig | None, num_tokens: int) -> IndexConfig:
-    """`icfg` with the search-time settings of `search` (if given), checked against the built searcher."""
-    if search is not None:
-        icfg = dataclasses.replace(icfg, **{f: getattr(search, f) for f in SEARCH_FIELDS})
-    if num_tokens >= icfg.brute_force_below and icfg.token_k > icfg.reorder:
-        # ScaNN would silently return only `reorder` neighbours per query token
-        raise ValueError(f"IndexConfig.token_k={icfg.token_k} exceeds IndexConfig.reorder={icfg.reorder}; "
-                         "raise reorder (and rebuild the index)")
-    return icfg
-
+SEARCH_FIELDS = ("leaves_to_search", "reorder", "token_k", "rerank_docs", "num_threads", "resident_dtype")
+RERANK_BLOCK = 320  # passages per exact-MaxSim block: their gathered fp32 tokens (~20 MB) stay in cache
 
 def params_checksum(params) -> str:
     h = hashlib.sha256()
@@ -121,7 +110,6 @@ def _scann_searcher(emb: np.ndarray, icfg: IndexConfig):
 
     n = len(emb)
     builder = scann.scann_ops_pybind.builder(emb, icfg.token_k, "dot_product")
-    _with_search(icfg, None, n)
     if n < icfg.brute_force_below:
         return builder.score_brute_force().build()
     leaves = icfg.num_leaves or int(np.sqrt(n))
@@ -157,9 +145,11 @@ class TokenIndex:
         Q = np.asarray(Q_NxLxE, np.float32)
         N, L, E = Q.shape
         tree = len(self.emb) >= self.icfg.brute_force_below  # leaves_to_search is a query-time knob of the tree
+        # A tree searcher returns at most pre_reorder_num_neighbors per query, so that is raised to token_k.
         nn_idx, nn_scores = self.searcher.search_batched_parallel(
             Q.reshape(N * L, E), final_num_neighbors=self.icfg.token_k,
-            leaves_to_search=(self.icfg.leaves_to_search or None) if tree else None)
+            **(dict(leaves_to_search=self.icfg.leaves_to_search or None,
+                    pre_reorder_num_neighbors=max(self.icfg.reorder, self.icfg.token_k)) if tree else {}))
         cand_docs = self.token_doc[np.asarray(nn_idx, np.int64)].reshape(N, L, -1)
         nn_scores = np.asarray(nn_scores, np.float32).reshape(N, L, -1)
         ids = np.full((N, k), -1, np.int64)
@@ -195,6 +185,9 @@ class TokenIndex:
         return np.sort(uniq[np.argpartition(-approx, n - 1)[:n]])
 
     def _rerank(self, Q_LxE: np.ndarray, docs: np.ndarray) -> np.ndarray:
+        if len(docs) > RERANK_BLOCK:
+            return np.concatenate([self._rerank(Q_LxE, docs[i: i + RERANK_BLOCK])
+                                   for i in range(0, len(docs), RERANK_BLOCK)])
         lo, hi = self.offsets[docs], self.offsets[docs + 1]
         counts = hi - lo
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -319,7 +312,8 @@ def load_index(directory: str, corpus: Corpus | None = None, params=None,
         raise IndexMismatchError(f"{directory}: corrupt or incomplete index files ({e})") from None
     if len(passages) != meta["num_passages"] or len(offsets) != len(passages) + 1 or len(emb) != offsets[-1]:
         raise IndexMismatchError(f"{directory}: embeddings, offsets and passages disagree; rebuild the index")
-    icfg = _with_search(icfg, search, len(emb))
+    if search is not None:
+        icfg = dataclasses.replace(icfg, **{f: getattr(search, f) for f in SEARCH_FIELDS})
     return TokenIndex(passages, emb.astype(icfg.resident_dtype, copy=False), offsets, icfg, version, meta, searcher)
 
 

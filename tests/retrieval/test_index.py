@@ -65,6 +65,18 @@ def test_stored_tokens_and_exact_search_match_model_maxsim(real_subset, brute_in
     assert np.array_equal(np.argsort(-got, axis=1)[:, :5], np.argsort(-ref, axis=1)[:, :5])
 
 
+class _NeighbourCount:
+    """Wraps a ScaNN searcher; records how many neighbours per query vector it returned."""
+
+    def __init__(self, inner):
+        self.inner, self.k = inner, None
+
+    def search_batched_parallel(self, q, **kw):
+        out = self.inner.search_batched_parallel(q, **kw)
+        self.k = np.asarray(out[0]).shape[1]
+        return out
+
+
 @pytest.mark.parametrize("tree", [False, True])
 def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tree):
     corpus, cfg, params, ctok, questions, gold = real_subset
@@ -73,8 +85,6 @@ def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tr
         icfg = IndexConfig(brute_force_below=0, num_leaves=200, leaves_to_search=40, training_sample=50_000,
                            token_k=64, rerank_docs=128)  # and prune candidates by approximate MaxSim
         idx = dataclasses.replace(idx, icfg=icfg, searcher=index_lib._scann_searcher(idx.emb.astype(np.float32), icfg))
-        with pytest.raises(ValueError, match="exceeds IndexConfig.reorder"):  # ScaNN would silently cap it
-            index_lib._scann_searcher(idx.emb[:1000].astype(np.float32), dataclasses.replace(icfg, token_k=512))
     r = Retriever(cfg, params, ctok, idx)
     Q = r.encode_queries(questions)
     approx, a_scores = idx.search_embeddings(Q, k=30)
@@ -87,6 +97,15 @@ def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tr
                         idx.icfg, num_threads=3, resident_dtype="float32"))):
         for a, b in zip(variant.search_embeddings(Q, k=30), (approx, a_scores)):
             np.testing.assert_array_equal(a, b)
+    with pytest.MonkeyPatch.context() as mp:  # exact MaxSim in blocks of 7 passages: the same ranking and scores
+        mp.setattr(index_lib, "RERANK_BLOCK", 7)
+        blocked_ids, blocked_scores = idx.search_embeddings(Q, k=30)
+    np.testing.assert_array_equal(blocked_ids, approx)
+    np.testing.assert_allclose(blocked_scores, a_scores, rtol=1e-6)
+    if tree:  # token_k above reorder is honoured: ScaNN alone returns at most `reorder` neighbours per token
+        spy = _NeighbourCount(idx.searcher)
+        dataclasses.replace(idx, searcher=spy, icfg=dataclasses.replace(idx.icfg, reorder=16)).search_embeddings(Q, 30)
+        assert spy.k == 64
     found = approx[0][approx[0] >= 0]
     np.testing.assert_allclose(a_scores[0][: len(found)], np.sort(a_scores[0][: len(found)])[::-1])
     # the gold abstract of a PubMedQA question is usually retrieved: the figure is real, not trivial
@@ -122,7 +141,7 @@ def test_save_load_round_trip_and_version_checks(tmp_path, real_subset, brute_in
                                     resident_dtype="float32")
     assert index_lib.index_version("c", "e", cfg, tuned_cfg) == index_lib.index_version("c", "e", cfg,
                                                                                       brute_index.icfg)
-    assert index_lib.index_version("c", "e", cfg, dataclasses.replace(tuned_cfg, reorder=64)) != \
+    assert index_lib.index_version("c", "e", cfg, dataclasses.replace(tuned_cfg, num_leaves=64)) != \
         index_lib.index_version("c", "e", cfg, tuned_cfg)  # a build setting is part of it
     tuned = load_index(d, search=tuned_cfg)
     assert (tuned.icfg.token_k, tuned.icfg.rerank_docs, tuned.version) == (7, 5, brute_index.version)
