@@ -82,7 +82,7 @@ def main() -> None:
         settings.append(default_setting)
     for token_k, rerank, dtype in settings:
         sub = dataclasses.replace(idx, emb=emb[dtype], icfg=dataclasses.replace(
-            idx.icfg, token_k=token_k, leaves_to_search=lts, rerank_docs=rerank, resident_dtype=dtype))
+            idx.icfg, token_k=token_k, rerank_docs=rerank, resident_dtype=dtype))
         sub.search_embeddings(Q[:8], k=30)  # warm
         t = time.time()
         ids, _ = sub.search_embeddings(Q, k=30)

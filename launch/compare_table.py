@@ -13,7 +13,7 @@ import math
 import os
 
 from jmlr_jax.data.sources import LETTERS
-from jmlr_jax.eval.calibration import remove_letter_prior
+from jmlr_jax.eval.calibration import log_softmax, remove_letter_prior
 
 ARMS = [  # (eval file, arm, documents in the prompt at evaluation)
     ("a_base", "(a) base, no training", "no"),
@@ -48,14 +48,9 @@ def letter_bias(result: dict, set_name: str) -> str:
     gold = sum(p["answer"] == top for p in preds)
     cell = f"{top or 'none'} {n / len(preds):.0%} (gold {gold / len(preds):.0%})"
     if all("logliks" in p for p in preds):  # how sure the arm is: near 1/options means flat option scores
-        cell += f", p {sum(max(softmax(p['logliks'])) for p in preds) / len(preds):.2f}"
+        chosen = sum(math.exp(log_softmax(p["logliks"]).max()) for p in preds) / len(preds)
+        cell += f", p {chosen:.2f}"
     return cell
-
-
-def softmax(logliks: list[float]) -> list[float]:
-    m = max(logliks)
-    e = [math.exp(x - m) for x in logliks]
-    return [x / sum(e) for x in e]
 
 
 def prior_removed_accuracy(result: dict, set_name: str) -> float | None:

@@ -13,7 +13,9 @@ from typing import Sequence
 import numpy as np
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Log of the option distribution from option log-likelihoods (last axis)."""
+    x = np.asarray(x, np.float64)
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
@@ -31,7 +33,7 @@ def remove_letter_prior(logliks: Sequence[Sequence[float]]) -> list[int]:
             raise ValueError(f"question {q} has no option scores")
         by_count.setdefault(len(ll), []).append(q)
     for qs in by_count.values():
-        logp_QxO = _log_softmax(np.asarray([logliks[q] for q in qs], np.float64))
+        logp_QxO = log_softmax([logliks[q] for q in qs])
         log_prior_O = np.log(np.exp(logp_QxO).mean(axis=0))
         for q, p in zip(qs, np.argmax(logp_QxO - log_prior_O, axis=1)):
             preds[q] = int(p)

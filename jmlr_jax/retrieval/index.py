@@ -62,6 +62,7 @@ class IndexConfig:
 SEARCH_FIELDS = ("leaves_to_search", "reorder", "token_k", "rerank_docs", "num_threads", "resident_dtype")
 RERANK_BLOCK = 320  # passages per exact-MaxSim block: their gathered fp32 tokens (~20 MB) stay in cache
 
+
 def params_checksum(params) -> str:
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -188,11 +189,15 @@ class TokenIndex:
         if len(docs) > RERANK_BLOCK:
             return np.concatenate([self._rerank(Q_LxE, docs[i: i + RERANK_BLOCK])
                                    for i in range(0, len(docs), RERANK_BLOCK)])
+        return _segment_maxsim(Q_LxE, *self._gather(docs))
+
+    def _gather(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fp32 token vectors of `docs`, concatenated [T, dim], and where each passage starts in them."""
         lo, hi = self.offsets[docs], self.offsets[docs + 1]
         counts = hi - lo
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         tok = np.repeat(lo - starts, counts) + np.arange(counts.sum())
-        return _segment_maxsim(Q_LxE, self.emb[tok].astype(np.float32, copy=False), starts)
+        return self.emb[tok].astype(np.float32, copy=False), starts
 
     def exact_search(self, Q_NxLxE: np.ndarray, k: int = 30, chunk_tokens: int = 1 << 20):
         """Exact MaxSim against every passage (the reference). Same outputs as `search_embeddings`."""
