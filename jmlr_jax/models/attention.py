@@ -1,14 +1,25 @@
-"""Attention core: masks built from positions and segment ids, dense and shifted-sparse (S2-Attn).
+"""Attention: one entry point for causal self-attention with backends chosen by config, and the mask oracle.
 
-Masks are never materialised as inputs: every layer receives small per-token integer arrays
-(positions, document segment ids, S2 block ids) and builds the boolean mask inside the fused
-attention computation, so an [B, H, L, L] mask never travels through the layer scan.
+`self_attention(q, k, v, pos, seg, impl=...)` is what the decoder calls for training and prefill:
+  "reference"   the oracle: einsum over the full [L, L] logits with a boolean mask built from positions,
+                segment ids and S2 block ids (`build_mask`); O(L^2) memory. Tests compare everything to it.
+  "blockwise"   online-softmax flash attention in plain JAX (`flash.py`): O(L x block) memory; CPU default.
+  "cudnn"       cuDNN fused flash attention (GPU, bf16/fp16, right-padded rows only).
+  "pallas_gpu"  Pallas/Triton flash attention with segment ids (GPU, packed rows).
+  "splash"      Pallas splash attention (TPU; also CPU in interpret mode for tests).
+  "auto"        by platform: TPU -> splash; GPU -> cudnn for right-padded bf16/fp16 rows, else pallas_gpu;
+                CPU -> blockwise. (MaxText's "autoselected" falls back to O(L^2) dot-product on CPU.)
+Decoding with a KV cache always uses `dot_product_attention` (one or a few query rows).
 
-S2-Attn (LongLoRA) is expressed as per-head *segment masks*: in the first half of the heads a
-token at position p belongs to block floor(p / G), in the second half to block
-floor((p + G/2) / G). Attention is allowed only inside a block and only to earlier positions,
-so no token ever sees a future token (the rolled-token formulation of the reference code does
-let early tokens see the end of the sequence).
+S2-Attn (LongLoRA), training only, with group size G over sequence indices: heads [0, H/2) attend causally
+within groups [mG, (m+1)G); heads [H/2, H) within groups shifted by G/2: [0, G/2), [G/2, 3G/2), ..., a
+shorter group at each end, no wrap-around, so no token ever sees a later one (the rolled-token variant of
+LongLoRA's non-flash path lets the first G/2 tokens see the last G/2). The oracle expresses this as per-head
+block ids in the mask; every fast backend gets it as structure: the groups of each head half are folded into
+the batch (equal-length groups share one kernel call), so the cost is O(L x G), not O(L^2).
+
+Masks are never materialised as inputs: layers receive small per-token integer arrays (positions, segment
+ids; segment 0 = padding) and the oracle builds its boolean mask inside the computation.
 """
 from __future__ import annotations
 
@@ -37,8 +48,8 @@ class MaskInfo(NamedTuple):
     kv_blk_BxHxS: jax.Array | None = None
 
 
-def s2_block_ids(pos_BxL: jax.Array, num_heads: int, group_size: int) -> jax.Array:
-    """S2-Attn block id of every token for every head: [B, H, L].
+def s2_block_ids(idx_BxL: jax.Array, num_heads: int, group_size: int) -> jax.Array:
+    """S2-Attn block id of every token (by sequence index) for every head: [B, H, L].
 
     Heads [0, H/2) use blocks [mG, (m+1)G); heads [H/2, H) use blocks shifted by G/2.
     """
@@ -47,7 +58,7 @@ def s2_block_ids(pos_BxL: jax.Array, num_heads: int, group_size: int) -> jax.Arr
     if num_heads % 2:
         raise ValueError(f"S2-Attn shifts half of the heads; num_heads={num_heads} is odd")
     shift_H = jnp.where(jnp.arange(num_heads) < num_heads // 2, 0, group_size // 2)
-    return (pos_BxL[:, None, :] + shift_H[None, :, None]) // group_size
+    return (idx_BxL[:, None, :] + shift_H[None, :, None]) // group_size
 
 
 def make_mask_info(
@@ -59,10 +70,13 @@ def make_mask_info(
 ) -> MaskInfo:
     """Mask metadata for self-attention over one [B, L] block (training / prefill).
 
-    A group that covers the whole block (G >= L) is a single LongLoRA group: plain causal attention.
+    S2 groups are over sequence indices (the layout the kernels fold); a group that covers the whole block
+    (G >= L) is a single LongLoRA group: plain causal attention.
     """
-    use_s2 = 0 < s2_group_size < pos_BxL.shape[1]
-    blk = s2_block_ids(pos_BxL, num_heads, s2_group_size) if use_s2 else None
+    B, L = pos_BxL.shape
+    use_s2 = 0 < s2_group_size < L
+    idx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    blk = s2_block_ids(idx, num_heads, s2_group_size) if use_s2 else None
     return MaskInfo(pos_BxL, pos_BxL, seg_BxL, seg_BxL, blk, blk)
 
 
@@ -105,25 +119,109 @@ def dot_product_attention(
     return out_BxLxKxGxD.reshape(B, L, H, D)
 
 
-def chunked_self_attention(
+
+
+IMPLEMENTATIONS = ("auto", "reference", "blockwise", "cudnn", "pallas_gpu", "splash")
+
+
+def resolve_implementation(impl: str, *, dtype, head_dim: int, right_padded: bool,
+                           platform: str | None = None) -> str:
+    """The backend `impl` names; "auto" picks by platform (see the module docstring)."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {impl!r} not in {IMPLEMENTATIONS}")
+    if impl != "auto":
+        return impl
+    platform = platform or jax.default_backend()
+    if platform == "tpu":
+        return "splash"
+    if platform in ("gpu", "cuda", "rocm"):
+        half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        if half and right_padded and head_dim % 8 == 0 and head_dim <= 128:
+            return "cudnn"
+        return "pallas_gpu"
+    return "blockwise"
+
+
+def _s2_pieces(L: int, G: int, shifted: bool) -> list[tuple[int, int]]:
+    """(start, length) of the S2 groups of one head half, in order, covering [0, L)."""
+    starts = ([0] + list(range(G // 2, L, G))) if shifted else list(range(0, L, G))
+    return [(s, min(e, L) - s) for s, e in zip(starts, starts[1:] + [L])]
+
+
+def _fold_apply(kernel, q, k, v, seg, pieces):
+    """Run `kernel` on each group as its own batch row (equal-length groups in one call); reassemble."""
+    B = q.shape[0]
+    by_len: dict[int, list[int]] = {}
+    for s, n in pieces:
+        by_len.setdefault(n, []).append(s)
+    outs = {}
+    for n, starts in by_len.items():
+        cut = lambda x: jnp.concatenate([x[:, s:s + n] for s in starts], axis=0)  # noqa: E731  [len(starts)*B, n]
+        o = kernel(cut(q), cut(k), cut(v), cut(seg))
+        for c, s in enumerate(starts):
+            outs[s] = o[c * B:(c + 1) * B]
+    return jnp.concatenate([outs[s] for s, _ in pieces], axis=1)
+
+
+def _kernel_fn(impl: str, block: int, right_padded: bool, interpret: bool, unroll: bool):
+    from jmlr_jax.models import flash, kernels
+
+    return {
+        "blockwise": lambda q, k, v, s: flash.flash_attention(q, k, v, s, block=block, right_padded=right_padded,
+                                                              unroll=unroll),
+        "cudnn": kernels.cudnn_attention,
+        "pallas_gpu": lambda q, k, v, s: kernels.pallas_gpu_attention(q, k, v, s, interpret=interpret),
+        "splash": lambda q, k, v, s: kernels.splash_attention(q, k, v, s, interpret=interpret),
+    }[impl]
+
+
+def self_attention(
     q_BxLxHxD: jax.Array,
     k_BxLxKxD: jax.Array,
     v_BxLxKxD: jax.Array,
-    info: MaskInfo,
-    chunk: int,
+    pos_BxL: jax.Array,
+    seg_BxL: jax.Array,
+    *,
+    impl: str = "auto",
+    s2_group_size: int = 0,
+    right_padded: bool = False,
+    block: int = 256,
+    interpret: bool = False,
+    unroll: bool = False,
 ) -> jax.Array:
-    """Self-attention in query chunks; chunk [s, e) only sees keys [0, e).
+    """Causal (optionally S2) grouped-query self-attention; [B, L, H, D] in q's dtype.
 
-    Exact when no token attends to a later index, i.e. positions never decrease within a segment
-    (true for plain, packed and S2 training sequences). Skips the fully masked upper triangle of
-    key blocks (about half the attention FLOPs at long L) and keeps the fp32 logits per chunk small.
+    seg: segment ids, 0 = padding; tokens attend within equal ids. right_padded: the caller promises each row
+    is one segment followed by padding (lets "auto" use cuDNN on GPU). Fast backends return zeros at padding.
+    interpret: Pallas kernels in interpret mode (CPU tests). unroll: blockwise loops written out, so that XLA's
+    cost analysis counts every computed block (tests).
     """
-    L = q_BxLxHxD.shape[1]
-    outs = []
-    for s in range(0, L, chunk):
-        e = min(s + chunk, L)
-        blk = info.q_blk_BxHxL is not None
-        sub = MaskInfo(info.q_pos_BxL[:, s:e], info.kv_pos_BxS[:, :e], info.q_seg_BxL[:, s:e], info.kv_seg_BxS[:, :e],
-                       info.q_blk_BxHxL[:, :, s:e] if blk else None, info.kv_blk_BxHxS[:, :, :e] if blk else None)
-        outs.append(dot_product_attention(q_BxLxHxD[:, s:e], k_BxLxKxD[:, :e], v_BxLxKxD[:, :e], sub))
-    return jnp.concatenate(outs, axis=1)
+    B, L, H, D = q_BxLxHxD.shape
+    K = k_BxLxKxD.shape[2]
+    dtype = q_BxLxHxD.dtype
+    k_BxLxKxD, v_BxLxKxD = k_BxLxKxD.astype(dtype), v_BxLxKxD.astype(dtype)
+    impl = resolve_implementation(impl, dtype=dtype, head_dim=D, right_padded=right_padded)
+    s2 = 0 < s2_group_size < L
+    if impl == "reference":
+        info = make_mask_info(pos_BxL, seg_BxL, num_heads=H, s2_group_size=s2_group_size if s2 else 0)
+        return dot_product_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, info)
+    if impl == "cudnn" and not right_padded:
+        raise ValueError("attention 'cudnn' needs right-padded rows (no packing or interior padding); use "
+                         "'pallas_gpu' or compact the sequence first")
+    kernel = _kernel_fn(impl, block, right_padded, interpret, unroll)
+    seg_BxL = seg_BxL.astype(jnp.int32)
+    if not s2:
+        out = kernel(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
+    else:
+        if s2_group_size % 2 or H % 2:
+            raise ValueError(f"S2-Attn needs an even group size and head count; got G={s2_group_size}, H={H}")
+        if K % 2:  # the two head halves cannot split the KV heads: give each query head its own
+            k_BxLxKxD, v_BxLxKxD = (jnp.repeat(x, H // K, axis=2) for x in (k_BxLxKxD, v_BxLxKxD))
+            K = H
+        halves = []
+        for h, shifted in ((0, False), (1, True)):
+            qh = q_BxLxHxD[:, :, h * H // 2:(h + 1) * H // 2]
+            kh, vh = (x[:, :, h * K // 2:(h + 1) * K // 2] for x in (k_BxLxKxD, v_BxLxKxD))
+            halves.append(_fold_apply(kernel, qh, kh, vh, seg_BxL, _s2_pieces(L, s2_group_size, shifted)))
+        out = jnp.concatenate(halves, axis=2)
+    return jnp.where((seg_BxL > 0)[:, :, None, None], out, 0).astype(dtype)

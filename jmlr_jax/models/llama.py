@@ -23,13 +23,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmlr_jax.models.attention import MaskInfo, chunked_self_attention, dot_product_attention, make_mask_info
+from jmlr_jax.models.attention import IMPLEMENTATIONS, MaskInfo, dot_product_attention, self_attention
 
+_ATTN = jax.checkpoint_policies.save_only_these_names("attention")  # flash / splash residuals (O(L) each)
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Weight matmuls and the attention kernel's residuals kept: the backward pass recomputes only
+    # elementwise work (norms, RoPE, SwiGLU), never attention. The long-context training default.
+    "dots_attn": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, _ATTN),
+    "attn": _ATTN,  # only attention residuals kept: least memory without recomputing attention
 }
 
 
@@ -52,16 +58,21 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     # Execution settings, not part of the HF architecture.
-    dtype: str = "float32"  # activations / matmul inputs
-    param_dtype: str = "float32"
+    dtype: str = "auto"  # activations / matmul inputs; "auto": bfloat16 on GPU/TPU, float32 on CPU
+    param_dtype: str = "float32"  # master weights; "bfloat16" halves parameter memory
     remat_policy: str = "none"
     scan_unroll: int = 1
     s2_group_size: int = 0  # S2-Attn group G for train=True; 0 = dense causal
-    attn_chunk: int = 512  # query chunk of causal self-attention (skips masked key blocks); 0 = one block
+    attention: str = "auto"  # self-attention backend (models/attention.py): auto, reference, blockwise, ...
+    attn_block: int = 256  # query / key block of the blockwise backend (256 was fastest on a 2-core CPU)
 
     def __post_init__(self):
         if not self.head_dim:  # canonical form: head_dim always explicit
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.dtype == "auto":  # resolved once, where the config is built (the machine that runs it)
+            object.__setattr__(self, "dtype", "float32" if jax.default_backend() == "cpu" else "bfloat16")
+        if self.attention not in IMPLEMENTATIONS:
+            raise ValueError(f"attention {self.attention!r} not in {IMPLEMENTATIONS}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
         if self.num_heads % self.num_kv_heads:
@@ -172,6 +183,8 @@ def apply_rope(x_BxLxHxD: jax.Array, pos_BxL: jax.Array, theta: float, scaling_f
 
 class Attention(nn.Module):
     cfg: LlamaConfig
+    s2_group_size: int = 0  # > 0: S2-Attn (training)
+    right_padded: bool = False  # rows are one segment then padding (lets cuDNN run)
 
     @nn.compact
     def __call__(self, x_BxLxD, pos_BxL, info: MaskInfo, layer_cache, cache_index):
@@ -194,9 +207,11 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
             v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
             new_cache = {"k": k, "v": v}
-        if layer_cache is None and 0 < cfg.attn_chunk < q.shape[1]:
-            out = chunked_self_attention(q, k, v, info, cfg.attn_chunk)
-        else:
+        if layer_cache is None:
+            out = self_attention(q, k, v, info.q_pos_BxL, info.q_seg_BxL, impl=cfg.attention,
+                                 s2_group_size=self.s2_group_size, right_padded=self.right_padded,
+                                 block=cfg.attn_block)
+        else:  # decoding / prefill into a cache: a few query rows against cache slots
             out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), info)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         return dense(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", axis=(-2, -1))(out), new_cache
@@ -222,13 +237,15 @@ class Block(nn.Module):
     """One pre-norm decoder layer; the signature is nn.scan's (carry, scanned, *broadcast)."""
 
     cfg: LlamaConfig
+    s2_group_size: int = 0
+    right_padded: bool = False
 
     @nn.compact
     def __call__(self, x_BxLxD, layer_cache, pos_BxL, info, cache_index):
         cfg = self.cfg
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name=name)  # noqa: E731
-        attn_out, new_cache = Attention(cfg, name="attn")(norm("attn_norm")(x_BxLxD), pos_BxL, info,
-                                                          layer_cache, cache_index)
+        attn = Attention(cfg, self.s2_group_size, self.right_padded, name="attn")
+        attn_out, new_cache = attn(norm("attn_norm")(x_BxLxD), pos_BxL, info, layer_cache, cache_index)
         h = x_BxLxD + attn_out
         out = h + MLP(cfg, name="mlp")(norm("mlp_norm")(h))
         return nn.with_logical_constraint(out, ("batch", "length", "embed")), new_cache
@@ -250,7 +267,8 @@ class Llama(nn.Module):
     """Decoder-only LM. `apply({"params": p}, tokens_BxL)` returns fp32 logits [B, L, V].
 
     segment_ids_BxL: 0 marks padding; tokens attend only within equal non-zero ids (packing).
-    train=True uses S2-Attn when cfg.s2_group_size > 0; inference is always dense causal.
+    right_padded: the caller promises each row is one segment followed by padding (GPU: lets "auto" use cuDNN).
+    train=True uses S2-Attn when 0 < cfg.s2_group_size < L; inference is always dense causal.
     cache: from `init_cache`; then the call writes this block's K/V at cache["index"] and returns
     (logits, new_cache). Padded tokens (segment 0) are written but never attended to.
     """
@@ -259,15 +277,18 @@ class Llama(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BxL, *, positions_BxL=None, segment_ids_BxL=None, cache=None, train=False,
-                 return_hidden=False):
+                 return_hidden=False, right_padded=False):
         cfg = self.cfg
         B, L = tokens_BxL.shape
-        seg = jnp.ones((B, L), jnp.int32) if segment_ids_BxL is None else segment_ids_BxL.astype(jnp.int32)
+        if segment_ids_BxL is None:
+            seg, right_padded = jnp.ones((B, L), jnp.int32), True
+        else:
+            seg = segment_ids_BxL.astype(jnp.int32)
         pos = (jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L)) if positions_BxL is None
                else positions_BxL.astype(jnp.int32))
+        s2 = cfg.s2_group_size if train and cache is None else 0
         if cache is None:
-            info = make_mask_info(pos, seg, num_heads=cfg.num_heads,
-                                  s2_group_size=cfg.s2_group_size if train else 0)
+            info = MaskInfo(pos, pos, seg, seg)
             layer_cache, index = None, None
         else:
             index = cache["index"]
@@ -293,7 +314,7 @@ class Llama(nn.Module):
             unroll=cfg.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, new_layer_cache = stack(cfg, name="layers")(x, layer_cache, pos, info, index)
+        x, new_layer_cache = stack(cfg, s2, right_padded, name="layers")(x, layer_cache, pos, info, index)
         x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
         if return_hidden:
             out = x

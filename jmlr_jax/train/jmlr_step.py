@@ -35,6 +35,7 @@ import optax
 from jmlr_jax.data.templates import assemble
 from jmlr_jax.models.colbert import ColBERT, ColBERTConfig, maxsim
 from jmlr_jax.models.llama import Llama, LlamaConfig
+from jmlr_jax.train.losses import output_kernel
 from jmlr_jax.train.state import LoraConfig, llm_params_of
 
 
@@ -49,6 +50,7 @@ class JMLRConfig:
     rank_loss: str = "ranknet"  # or "kl"
     kl_beta: float = 1.0  # temperature of the LLM posterior softmax(-l / beta) for rank_loss="kl"
     grad_accum: int = 1  # micro-batches per update (the batch carries a leading [grad_accum] axis)
+    compact: bool = True  # gather valid tokens to the front before the LLM (bench/train_throughput.py measures)
 
     def __post_init__(self):
         if not 1 <= self.num_sampled <= self.num_candidates or not 0 <= self.num_docs <= self.num_candidates:
@@ -87,20 +89,48 @@ def kl_rank_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array, tau: float, beta: float
 
 def lm_logits(cfg: LlamaConfig, llm_params, hidden: jax.Array) -> jax.Array:
     """Output projection for selected hidden states only (the loss needs La positions, not the sequence)."""
-    w = llm_params["embed"]["embedding"].T if cfg.tie_word_embeddings else llm_params["lm_head"]["kernel"]
+    w = output_kernel(cfg, llm_params)
     return jnp.einsum("...d,dv->...v", hidden.astype(cfg.dtype), w.astype(cfg.dtype),
                       preferred_element_type=jnp.float32)
 
 
+def compact_sequence(tokens, valid, pos):
+    """Valid tokens moved to the front in order (a stable gather), padding after; positions unchanged.
+
+    The assembled sequences have padding between blocks; compacted, each row is one segment then padding,
+    which every attention backend handles (cuDNN needs it; the blockwise kernel skips the padded tail).
+    Returns tokens, valid and positions in the compact order; valid token i of a row lands at index pos[i].
+    """
+    L = tokens.shape[-1]
+    n_valid = jnp.sum(valid, axis=-1, keepdims=True)
+    dest = jnp.where(valid > 0, pos, n_valid + jnp.cumsum(1 - valid, axis=-1) - 1)  # a permutation of 0..L-1
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    src = jnp.zeros_like(dest).at[rows, dest].set(jnp.broadcast_to(jnp.arange(L), dest.shape))
+    take = lambda x: jnp.take_along_axis(x, src, axis=-1)  # noqa: E731
+    return take(tokens), take(valid), take(pos)
+
+
 def answer_nll(cfg: LlamaConfig, llm_params, blocks: list[tuple[jax.Array, jax.Array]], answer, answer_valid,
-               train: bool) -> jax.Array:
-    """Mean NLL of the answer tokens for sequences `blocks + [answer]`; per sequence [N]."""
+               train: bool, compact: bool = True) -> jax.Array:
+    """Mean NLL of the answer tokens for sequences `blocks + [answer]`; per sequence [N].
+
+    compact: run the model on the compacted sequence (padding gathered to the end) instead of the
+    block layout with interior padding; the same values either way (tested), one is faster per backend.
+    """
     tokens, valid, pos = assemble([b[0] for b in blocks] + [answer], [b[1] for b in blocks] + [answer_valid])
-    hidden = Llama(cfg).apply({"params": llm_params}, tokens, positions_BxL=pos, segment_ids_BxL=valid,
-                              train=train, return_hidden=True)
     La = answer.shape[-1]
+    model = Llama(cfg)
+    if compact:
+        c_tokens, c_valid, c_pos = compact_sequence(tokens, valid, pos)
+        hidden = model.apply({"params": llm_params}, c_tokens, positions_BxL=c_pos, segment_ids_BxL=c_valid,
+                             train=train, return_hidden=True, right_padded=True)
+        # Index L-La-1 (the last question token) .. L-2 of the block layout sit at their positions when compact.
+        hidden = jnp.take_along_axis(hidden, pos[:, -La - 1: -1, None], axis=1)
+    else:
+        hidden = model.apply({"params": llm_params}, tokens, positions_BxL=pos, segment_ids_BxL=valid,
+                             train=train, return_hidden=True)[:, -La - 1: -1]
     # The question block is right-aligned, so positions L-La-1 .. L-2 predict answer tokens 0 .. La-1.
-    logits = lm_logits(cfg, llm_params, hidden[:, -La - 1: -1])
+    logits = lm_logits(cfg, llm_params, hidden)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, answer[..., None], axis=-1)[..., 0]
     w = answer_valid.astype(jnp.float32)
@@ -156,7 +186,7 @@ def jmlr_loss(params, batch, rng, m: Models) -> tuple[jax.Array, dict]:
         prefix.append((_take(batch["docs"], best_last).reshape(B, -1),
                        _take(batch["docs_valid"], best_last).reshape(B, -1)))
     lm = answer_nll(m.llm, llm_params, prefix + [(batch["question"], batch["question_valid"])],
-                    batch["answer"], batch["answer_valid"], train=True)
+                    batch["answer"], batch["answer_valid"], train=True, compact=j.compact)
     loss = jnp.mean(lm) + j.rank_weight * jnp.mean(rank)
     return loss, {"loss": loss, "lm_loss": jnp.mean(lm), "rank_loss": jnp.mean(rank), **metrics}
 
@@ -178,7 +208,7 @@ def _rank_loss(llm_params, batch, s, rng, m: Models) -> tuple[jax.Array, dict]:
     l = answer_nll(m.llm, jax.lax.stop_gradient(llm_params),
                    [(rep(batch["bos"]), rep(batch["bos_valid"])), (sd, sv),
                     (rep(batch["question"]), rep(batch["question_valid"]))],
-                   rep(batch["answer"]), rep(batch["answer_valid"]), train=True).reshape(B, S)
+                   rep(batch["answer"]), rep(batch["answer_valid"]), train=True, compact=j.compact).reshape(B, S)
     l = jax.lax.stop_gradient(l)
 
     # 5: rank loss on the sampled docs' normalised scores.

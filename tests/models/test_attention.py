@@ -1,4 +1,5 @@
-"""Dense and S2-Attn masks: brute-force construction, causality by gradients and perturbation, GQA."""
+"""Attention: the mask oracle (brute force, causality), and every backend that runs on CPU against it in values
+and gradients (blockwise; splash and the Pallas GPU kernel in interpret mode); compile-time cost checks."""
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -58,12 +59,13 @@ def test_model_with_s2_is_causal_and_differs_from_dense():
     params = llama_lib.init_params(cfg, jax.random.PRNGKey(0))
     tokens = jax.random.randint(jax.random.PRNGKey(1), (1, 16), 0, 40)
     model = Llama(cfg)
-    base = model.apply({"params": params}, tokens, train=True)
+    apply = jax.jit(model.apply, static_argnames="train")
+    base = apply({"params": params}, tokens, train=True)
     for t in (3, 9, 15):
-        changed = model.apply({"params": params}, tokens.at[0, t].set((tokens[0, t] + 1) % 40), train=True)
+        changed = apply({"params": params}, tokens.at[0, t].set((tokens[0, t] + 1) % 40), train=True)
         np.testing.assert_array_equal(np.asarray(changed[0, :t]), np.asarray(base[0, :t]))
         assert np.any(np.asarray(changed[0, t:]) != np.asarray(base[0, t:]))
-    dense = model.apply({"params": params}, tokens, train=False)
+    dense = apply({"params": params}, tokens, train=False)
     np.testing.assert_array_equal(np.asarray(dense[0, :2]), np.asarray(base[0, :2]))  # same first group
     assert float(jnp.max(jnp.abs(dense - base))) > 1e-3
     full_group = Llama(cfg.replace(s2_group_size=16)).apply({"params": params}, tokens, train=True)
@@ -91,26 +93,132 @@ def test_odd_heads_or_group_rejected():
         attention.s2_block_ids(jnp.arange(8)[None], 3, 4)
 
 
-@pytest.mark.parametrize("s2", [0, 6])
-def test_chunked_self_attention_equals_one_block(s2):
-    """Packed segments (positions restart), S2 blocks and a ragged last chunk: chunking changes nothing."""
-    B, L, H, K, D = 2, 29, 4, 2, 8
-    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (B, L, n, D)) for i, n in enumerate((H, K, K)))
-    seg = jnp.asarray([[1] * 12 + [2] * 17, [1] * 25 + [0] * 4])
-    pos = jnp.asarray([list(range(12)) + list(range(17)), list(range(29))])
-    info = attention.make_mask_info(pos, seg, num_heads=H, s2_group_size=s2)
-    ref = attention.dot_product_attention(q, k, v, info)
-    for chunk in (4, 7, 16):
-        out = attention.chunked_self_attention(q, k, v, info, chunk)
-        np.testing.assert_allclose(np.asarray(out)[seg > 0], np.asarray(ref)[seg > 0], atol=1e-6)
+def _qkv(B, L, H, K, D, seed=0):
+    return tuple(jax.random.normal(jax.random.PRNGKey(seed + i), (B, L, n, D)) for i, n in enumerate((H, K, K)))
 
 
-def test_model_attn_chunk_does_not_change_logits():
-    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                      num_kv_heads=2, s2_group_size=8, attn_chunk=0)
+def _case(name: str, L: int):
+    """(positions, segment ids, S2 group) of a 2-row batch."""
+    if name == "causal":
+        return jnp.tile(jnp.arange(L), (2, 1)), jnp.ones((2, L), jnp.int32), 0
+    a = 100  # row 0 packs two documents (positions restart); row 1 is right-padded
+    pos = jnp.asarray([list(range(a)) + list(range(L - a)), list(range(L))])
+    seg = jnp.asarray([[1] * a + [2] * (L - a), [1] * (L - 56) + [0] * 56])
+    return pos, seg, (128 if name == "s2" else 0)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "splash", "pallas_gpu"])
+@pytest.mark.parametrize("case", ["causal", "packed_padded", "s2"])
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_backend_equals_oracle(impl, case, kv_heads):
+    """Outputs and gradients of q, k, v equal the mask oracle's on every real (non-padding) token."""
+    B, L, H, D = 2, 256, 4, 16
+    q, k, v = _qkv(B, L, H, kv_heads, D)
+    pos, seg, s2 = _case(case, L)
+    w = jax.random.normal(jax.random.PRNGKey(9), (B, L, H, D)) * (seg > 0)[..., None, None]
+
+    def loss_and_grads(impl):
+        f = lambda q, k, v: jnp.sum(w * attention.self_attention(  # noqa: E731
+            q, k, v, pos, seg, impl=impl, s2_group_size=s2, block=128, interpret=True))
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(q, k, v)
+
+    (ref, ref_g), (out, out_g) = loss_and_grads("reference"), loss_and_grads(impl)
+    np.testing.assert_allclose(float(out), float(ref), atol=1e-3)  # a sum of 33k fp32 terms
+    for a, b in zip(out_g, ref_g):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    real = np.asarray(seg > 0)
+    o = attention.self_attention(q, k, v, pos, seg, impl=impl, s2_group_size=s2, block=128, interpret=True)
+    r = attention.self_attention(q, k, v, pos, seg, impl="reference", s2_group_size=s2)
+    np.testing.assert_allclose(np.asarray(o)[real], np.asarray(r)[real], atol=2e-6)
+
+
+@pytest.mark.parametrize("L,G", [(64, 16), (70, 16), (40, 64)])
+def test_blockwise_s2_gradients_are_causal(L, G):
+    """Through the folded S2 layout (ragged last groups too): d out[t] / d (q, k, v)[t' > t] == 0."""
+    B, H, K, D = 1, 4, 2, 8
+    q, k, v = _qkv(B, L, H, K, D)
+    pos, seg = jnp.arange(L)[None], jnp.ones((B, L), jnp.int32)
+    f = lambda q, k, v: attention.self_attention(  # noqa: E731
+        q, k, v, pos, seg, impl="blockwise", s2_group_size=G, block=16)[0].sum(axis=(1, 2))
+    out, vjp = jax.vjp(f, q, k, v)
+    ts = jnp.asarray([0, G // 2 - 1, G // 2, L - 1])
+    grads = jax.jit(jax.vmap(vjp))(jax.nn.one_hot(ts, L))  # d out[t] / d (q, k, v) for each t
+    for n, t in enumerate(np.asarray(ts)):
+        for g in grads:
+            assert np.all(np.asarray(g)[n, 0, t + 1:] == 0), f"output {t} depends on a later input"
+        assert np.any(np.asarray(grads[2])[n, 0, : t + 1] != 0)
+
+
+def test_auto_picks_backend_by_platform():
+    pick = lambda **kw: attention.resolve_implementation("auto", head_dim=64, **kw)  # noqa: E731
+    assert pick(dtype=jnp.float32, right_padded=True, platform="cpu") == "blockwise"
+    assert pick(dtype=jnp.bfloat16, right_padded=False, platform="tpu") == "splash"
+    assert pick(dtype=jnp.bfloat16, right_padded=True, platform="gpu") == "cudnn"
+    assert pick(dtype=jnp.bfloat16, right_padded=False, platform="gpu") == "pallas_gpu"  # packed rows
+    assert pick(dtype=jnp.float32, right_padded=True, platform="gpu") == "pallas_gpu"  # cuDNN: bf16/fp16 only
+    assert attention.resolve_implementation("reference", dtype=jnp.float32, head_dim=64, right_padded=False) \
+        == "reference"
+    with pytest.raises(ValueError, match="not in"):
+        attention.resolve_implementation("flash", dtype=jnp.float32, head_dim=64, right_padded=False)
+    with pytest.raises(ValueError, match="attention"):
+        LlamaConfig(attention="flash")
+    q, k, v = _qkv(1, 8, 2, 1, 8)
+    with pytest.raises(ValueError, match="right-padded"):
+        attention.self_attention(q, k, v, jnp.arange(8)[None], jnp.ones((1, 8), jnp.int32), impl="cudnn")
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "splash"])
+def test_model_backends_give_the_oracle_logits(impl):
+    """A whole decoder (S2 at training, dense at inference, packed rows) with each backend vs the oracle."""
+    cfg = LlamaConfig(vocab_size=40, hidden_size=64, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2, s2_group_size=64, attention="reference")
     params = llama_lib.init_params(cfg, jax.random.PRNGKey(0))
-    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 37), 0, 40)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 256), 0, 40)
+    pos, seg, _ = _case("packed_padded", 256)
+    real = np.asarray(seg > 0)
+    fast = cfg.replace(attention=impl, attn_block=64)
     for train in (False, True):
-        ref = Llama(cfg).apply({"params": params}, tokens, train=train)
-        out = Llama(cfg.replace(attn_chunk=8)).apply({"params": params}, tokens, train=train)
-        np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+        kw = dict(positions_BxL=pos, segment_ids_BxL=seg, train=train)
+        ref = Llama(cfg).apply({"params": params}, tokens, **kw)
+        out = jax.jit(Llama(fast).apply, static_argnames="train")({"params": params}, tokens, **kw) \
+            if impl == "blockwise" else \
+            _interpret_splash(fast, params, tokens, kw)
+        np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=1e-5)
+
+
+def _interpret_splash(cfg, params, tokens, kw):
+    """The model with splash in interpret mode (what TPU runs, executed on CPU)."""
+    from unittest import mock
+
+    real = attention.self_attention
+    with mock.patch.object(llama_lib, "self_attention",
+                           lambda *a, **k: real(*a, **dict(k, interpret=True))):
+        return Llama(cfg).apply({"params": params}, tokens, **kw)
+
+
+def _attention_cost(L: int, s2: int, unroll: bool, what: str) -> float:
+    """XLA's estimate for blockwise attention fwd+bwd (one head pair, B=1): FLOPs (lowered, loops written
+    out) or compiled scratch bytes."""
+    q, k, v = (jax.ShapeDtypeStruct((1, L, n, 16), jnp.float32) for n in (2, 1, 1))
+    pos = jax.ShapeDtypeStruct((1, L), jnp.int32)
+    f = lambda q, k, v, pos: jnp.sum(attention.self_attention(  # noqa: E731
+        q, k, v, pos, jnp.ones_like(pos), impl="blockwise", s2_group_size=s2, block=512, unroll=unroll))
+    lowered = jax.jit(jax.grad(f, argnums=(0, 1, 2))).lower(q, k, v, pos)
+    if what == "flops":
+        cost = lowered.cost_analysis()
+        return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+    return float(lowered.compile().memory_analysis().temp_size_in_bytes)
+
+
+def test_s2_needs_a_third_of_dense_causal_flops_at_8k():
+    """S2-Attn reaches the kernel as structure: at L=8192, G=2048 it costs <= 0.35x dense causal."""
+    dense = _attention_cost(8192, 0, unroll=True, what="flops")
+    s2 = _attention_cost(8192, 2048, unroll=True, what="flops")
+    assert s2 <= 0.35 * dense, (s2, dense)
+    assert s2 >= 0.2 * dense, "sanity: S2 still computes its groups"
+
+
+def test_blockwise_scratch_memory_grows_linearly():
+    """fwd+bwd scratch at L = 1k, 2k, 4k: x2 per doubling of L (the L^2 oracle would be x4)."""
+    mem = [_attention_cost(L, 0, unroll=False, what="memory") for L in (1024, 2048, 4096)]
+    assert mem[1] / mem[0] < 2.3 and mem[2] / mem[1] < 2.3, mem

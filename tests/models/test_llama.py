@@ -25,8 +25,9 @@ def test_logits_match_transformers(tie, rope_factor, kv_heads):
     tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 37))
     ref = hf_logits(model, tokens)
     assert np.abs(ref).max() > 3.0, "reference logits too small for a meaningful check"
-    for chunk in (0, 8):  # one attention block, and query chunks of 8 (ragged last chunk)
-        out = np.asarray(Llama(cfg.replace(attn_chunk=chunk)).apply({"params": params}, jnp.asarray(tokens)))
+    for impl, block in (("reference", 256), ("blockwise", 16)):  # oracle; blocks of 16 (ragged last block)
+        out = np.asarray(Llama(cfg.replace(attention=impl, attn_block=block)).apply({"params": params},
+                                                                                   jnp.asarray(tokens)))
         np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
 
 
@@ -90,3 +91,20 @@ def test_every_param_has_logical_axes():
     for spec, shape in zip(flat_axes, flat_shapes):
         assert len(spec) == len(shape.shape) and all(name is not None for name in spec), (spec, shape)
     assert tuple(axes["layers"]["attn"]["q"]["kernel"]) == ("layers", "embed", "heads", "head_dim")
+
+
+def test_remat_policies_keep_attention_residuals():
+    """'dots_attn' / 'attn' keep the attention kernel's residuals: the backward pass has no second forward
+    loop (one more while loop under 'dots_no_batch', which reruns attention); gradients are unchanged."""
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                      num_kv_heads=2, attention="blockwise", attn_block=32)
+    params = llama_lib.init_params(cfg, jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 128), 0, 64)
+    grad = lambda policy: jax.grad(  # noqa: E731
+        lambda p: Llama(cfg.replace(remat_policy=policy)).apply({"params": p}, tokens).sum())
+    loops = {pol: str(jax.make_jaxpr(grad(pol))(params)).count("while[")
+             for pol in ("none", "dots_no_batch", "dots_attn", "attn")}
+    assert loops["dots_attn"] == loops["attn"] == loops["none"] < loops["dots_no_batch"], loops
+    ref = jax.jit(grad("none"))(params)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                           jax.jit(grad("dots_attn"))(params), ref)

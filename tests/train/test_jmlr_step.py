@@ -190,3 +190,41 @@ def test_baseline_modes_rag_and_plain_finetuning(params):
     assert not np.isclose(float(loss_plain), float(loss_rag))
     with pytest.raises(ValueError, match="rank_weight=0"):
         js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=0)
+
+
+@pytest.mark.parametrize("s2", [0, 6])
+def test_compaction_gives_the_same_losses_and_grads(params, s2):
+    """The generator on compacted sequences (right padding only) = on the block layout with interior padding,
+    in losses and gradients of both models; with dense attention, and with S2-Attn where each group then
+    holds the same real tokens as the oracle's index groups."""
+    batch = make_batch(B=2)
+    rng = jax.random.PRNGKey(7)
+    llm = LLM.replace(s2_group_size=s2)
+    run = lambda compact, impl: jax.jit(jax.value_and_grad(  # noqa: E731
+        lambda p: js.jmlr_loss(p, batch, rng, js.Models(llm.replace(attention=impl), RET, js.JMLRConfig(
+            num_candidates=6, num_sampled=4, num_docs=3, compact=compact)))[0]))(params)
+    if s2:  # groups are over sequence indices: only the compact layout matches the oracle's groups
+        (l_ref, g_ref), (l_c, g_c) = run(True, "reference"), run(True, "blockwise")
+    else:
+        (l_ref, g_ref), (l_c, g_c) = run(False, "reference"), run(True, "blockwise")
+        l_u, g_u = run(False, "blockwise")  # segment-aware kernel on the block layout
+        np.testing.assert_allclose(l_u, l_ref, rtol=1e-5)
+        jax.tree_util.tree_map(_close, g_u, g_ref)
+    np.testing.assert_allclose(l_c, l_ref, rtol=1e-5)
+    jax.tree_util.tree_map(_close, g_c, g_ref)
+
+
+def _close(a, b):
+    """Equal up to fp32 summation order: 1e-3 of the leaf's largest gradient."""
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * float(np.max(np.abs(b))) + 1e-9)
+
+
+def test_compact_sequence_is_a_stable_gather():
+    tokens = jnp.asarray([[5, 0, 6, 7, 0, 0, 8], [1, 2, 3, 4, 5, 6, 7]])
+    valid = jnp.asarray([[1, 0, 1, 1, 0, 0, 1], [1] * 7])
+    _, _, pos = assemble([tokens], [valid])
+    t, v, p = js.compact_sequence(tokens, valid, pos)
+    np.testing.assert_array_equal(t[0, :4], [5, 6, 7, 8])
+    np.testing.assert_array_equal(v[0], [1, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(p[0, :4], [0, 1, 2, 3])
+    np.testing.assert_array_equal(t[1], tokens[1])

@@ -1,0 +1,406 @@
+"""Train-step throughput, jmlr_jax vs transformers side by side, on whatever backend is present (one run).
+
+    python bench/train_throughput.py             # all workloads for this backend (~25 min on 2 CPU cores)
+    python bench/train_throughput.py --quick     # the short ones (SmolLM2 at 512, attention at 8k)
+    python bench/train_throughput.py --only attention,jmlr
+
+Each measurement runs in its own process (clean peak memory; an out-of-memory case fails alone).
+Workloads (random init; timing does not depend on weights or text):
+  llama     train step (fwd + bwd + AdamW) and forward of a Llama shape at batch x length; jmlr_jax with the
+            platform's default precision (CPU fp32; GPU/TPU bf16 compute, fp32 master weights), chunked
+            cross-entropy; transformers LlamaForCausalLM with SDPA attention (bf16 autocast on GPU), AdamW.
+            CPU: SmolLM2-135M at 512 and 2048. GPU: SmolLM2-135M at 16 x 2048, the 1B shape at 8 x 2048.
+  attention causal self-attention fwd + bwd alone, the 1B head shape (32 query / 8 KV heads, head_dim 64),
+            batch 1 at 8k and 16k: jmlr_jax dense and S2-Attn (G = L/4) vs torch SDPA dense.
+  jmlr      the fused JMLR step at the paper's setting (C=30 / S=10 / K=7; doc 128 / question 192 /
+            answer 32 tokens; realistic padding): compacted sequences vs the block layout, and the mask
+            oracle. CPU: SmolLM2-135M + MiniLM-shape ColBERT, batch 1. GPU: Llama-2-7B shape with LoRA r=128
+            on all projections, bf16, batch 4 and 8.
+Utilisation = model FLOPs (6N per trained token + causal attention; forward 2N) / the matmul peak measured
+at the start of the run (CPU fp32 2048^3; accelerators bf16 8192^3). Memory: accelerators report the peak
+bytes in use; on CPU, XLA's compiled buffer sizes (arguments + temporaries) for JAX and the process's peak
+RSS for PyTorch (different measures: compare each framework with itself across rows).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("GLOG_minloglevel", "1")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX and PyTorch may share one GPU
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+SMOL = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
+            tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192)
+ONE_B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
+             num_kv_heads=8, max_position_embeddings=16384)
+LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
+                 num_kv_heads=32, max_position_embeddings=4096)
+SHAPES = {"SmolLM2-135M": SMOL, "1B": ONE_B, "Llama-2-7B": LLAMA2_7B}
+
+
+def timeit(fn, reps: int) -> float:
+    fn()
+    fn()  # compile, then one warm run
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def _accel() -> bool:
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
+def jax_memory(compiled=None) -> float | None:
+    import jax
+
+    if _accel():
+        stats = jax.devices()[0].memory_stats() or {}
+        return stats.get("peak_bytes_in_use", 0) / 2**30
+    m = compiled.memory_analysis()
+    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes) / 2**30
+
+
+def flops_per_token(c: dict, seq: int, train: bool) -> float:
+    hd = c["hidden_size"] // c["num_heads"]
+    dense = c["num_layers"] * (c["hidden_size"] * hd * (2 * c["num_heads"] + 2 * c["num_kv_heads"])
+                               + 3 * c["hidden_size"] * c["intermediate_size"]) + c["hidden_size"] * c["vocab_size"]
+    fwd = 2 * dense + c["num_layers"] * 2 * c["num_heads"] * hd * seq  # causal attention: QK^T + PV over L/2 keys
+    return 3 * fwd if train else fwd
+
+
+# ------------------------------------------------------------------------------------------- measurements
+
+def peak(_args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    n, dtype = (8192, jnp.bfloat16) if _accel() else (2048, jnp.float32)
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    return {"flops": 2 * n**3 / timeit(lambda: f(a).block_until_ready(), 10), "dtype": jnp.dtype(dtype).name,
+            "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+
+
+def jax_llama(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jmlr_jax.models import Llama, LlamaConfig
+    from jmlr_jax.models.llama import init_params
+    from jmlr_jax.train.losses import chunked_cross_entropy, output_kernel
+
+    cfg = LlamaConfig(**SHAPES[args.shape], remat_policy=args.remat, s2_group_size=args.s2)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (args.batch, args.seq), 0, cfg.vocab_size)
+    model = Llama(cfg)
+    if args.mode == "forward":
+        f = jax.jit(lambda p, t: model.apply({"params": p}, t, return_hidden=True))
+        compiled = f.lower(params, tokens).compile()
+        t = timeit(lambda: jax.block_until_ready(compiled(params, tokens)), args.reps)
+        return {"seconds": t, "mem_gib": jax_memory(compiled)}
+    tx = optax.adamw(1e-4)
+    state = (params, tx.init(params))
+
+    def loss(p, t):
+        h = model.apply({"params": p}, t, train=True, return_hidden=True)
+        total, n = chunked_cross_entropy(h[:, :-1], output_kernel(cfg, p), t[:, 1:], jnp.ones(t[:, 1:].shape),
+                                         dtype=cfg.dtype)
+        return total / n
+
+    def step(state, t):
+        p, o = state
+        value, g = jax.value_and_grad(loss)(p, t)
+        u, o = tx.update(g, o, p)
+        return (optax.apply_updates(p, u), o), value
+
+    f = jax.jit(step, donate_argnums=0)
+    compiled = f.lower(state, tokens).compile()
+    box = [state]
+
+    def run():
+        box[0], v = compiled(box[0], tokens)
+        v.block_until_ready()
+
+    return {"seconds": timeit(run, args.reps), "mem_gib": jax_memory(compiled)}
+
+
+def torch_llama(args) -> dict:
+    import torch
+    import transformers
+
+    from jmlr_jax.models import LlamaConfig
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(os.cpu_count() or 1)
+    hf = transformers.LlamaConfig(**LlamaConfig(**SHAPES[args.shape]).to_hf_dict(), attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(hf).to(dev)
+    model.config.use_cache = False
+    tokens = torch.randint(0, hf.vocab_size, (args.batch, args.seq), device=dev)
+    autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda")
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    if args.mode == "forward":
+        model.eval()
+
+        def run():
+            with torch.no_grad(), autocast:
+                model(input_ids=tokens)
+            sync()
+    else:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
+
+        def run():
+            with autocast:
+                loss = model(input_ids=tokens, labels=tokens).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sync()
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = timeit(run, args.reps)
+    mem = (torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda"
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return {"seconds": t, "mem_gib": mem}
+
+
+def _attn_shapes(seq: int) -> list[tuple[int, ...]]:
+    """q, k, v as [B, L, heads, head_dim]: the 1B shape's 32 query / 8 KV heads."""
+    return [(1, seq, 32, 64), (1, seq, 8, 64), (1, seq, 8, 64)]
+
+
+def jax_attention(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from jmlr_jax.models import attention
+
+    dtype = jnp.bfloat16 if _accel() else jnp.float32
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), s, dtype) for i, s in enumerate(_attn_shapes(args.seq)))
+    pos = jnp.arange(args.seq)[None]
+    seg = jnp.ones((1, args.seq), jnp.int32)
+    f = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attention.self_attention(
+        q, k, v, pos, seg, impl=args.impl, s2_group_size=args.s2, right_padded=True).astype(jnp.float32)),
+        argnums=(0, 1, 2)))
+    compiled = f.lower(q, k, v).compile()
+    t = timeit(lambda: jax.block_until_ready(compiled(q, k, v)), args.reps)
+    return {"seconds": t, "mem_gib": jax_memory(compiled)}
+
+
+def torch_attention(args) -> dict:
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(os.cpu_count() or 1)
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    q, k, v = (torch.randn(s[0], s[2], s[1], s[3], device=dev, dtype=dtype, requires_grad=True)
+               for s in _attn_shapes(args.seq))
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+    def run():
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        out.float().sum().backward()
+        sync()
+
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = timeit(run, args.reps)
+    mem = (torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda"
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return {"seconds": t, "mem_gib": mem}
+
+
+def jax_jmlr(args) -> dict:
+    import functools
+
+    import jax
+    import numpy as np
+
+    from jmlr_jax.models import BertConfig, ColBERTConfig, LlamaConfig
+    from jmlr_jax.models import colbert as colbert_lib
+    from jmlr_jax.models.llama import init_params
+    from jmlr_jax.train import jmlr_step as js
+    from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, init_train_state, make_optimizer
+
+    accel = _accel()
+    C, S, K, Ld, Lq, La, B = 30, 10, 7, 128, 192, 32, args.batch
+    cfg = LlamaConfig(**SHAPES[args.shape], attention=args.impl, remat_policy=args.remat,
+                      param_dtype="bfloat16" if accel else "float32")
+    rcfg = ColBERTConfig(BertConfig(dtype=cfg.dtype), dim=128, query_maxlen=32, doc_maxlen=Ld)
+    lcfg = LoraConfig(rank=args.lora, alpha=2.0 * args.lora) if args.lora else LoraConfig()
+    params = {"llm": init_params(cfg, jax.random.PRNGKey(0)),
+              "retriever": colbert_lib.init_params(rcfg, jax.random.PRNGKey(1))}
+    if args.lora:
+        params["lora"] = init_lora(params["llm"], lcfg, jax.random.PRNGKey(2))
+    models = js.Models(cfg, rcfg, js.JMLRConfig(num_candidates=C, num_sampled=S, num_docs=K, compact=args.compact),
+                       lcfg)
+    tx = make_optimizer(params, OptimConfig())
+    state = init_train_state(params, tx)
+    # Padding like real data: passages mostly fill their 128 tokens, MedMCQA-style questions + options use
+    # 60-150 of 192 (right-aligned block), answers 5-32 tokens.
+    rng = np.random.RandomState(0)
+    V = cfg.vocab_size
+
+    def block(shape, lo, hi, right=False):
+        n = rng.randint(lo, hi + 1, shape[:-1])
+        idx = np.arange(shape[-1])
+        valid = (idx >= shape[-1] - n[..., None]) if right else (idx < n[..., None])
+        return rng.randint(5, V, shape).astype(np.int32), valid.astype(np.int32)
+
+    docs, docs_valid = block((B, C, Ld), 100, Ld)
+    question, question_valid = block((B, Lq), 60, 150, right=True)
+    answer, answer_valid = block((B, La), 5, La)
+    keep = np.ones((B, C, Ld), np.int32)
+    batch = {"example_id": np.arange(B, dtype=np.int32), "r_q_ids": rng.randint(5, 30000, (B, 32)).astype(np.int32),
+             "r_q_mask": np.ones((B, 32), np.int32), "r_d_ids": rng.randint(5, 30000, (B, C, Ld)).astype(np.int32),
+             "r_d_mask": keep, "r_d_keep": keep, "docs": docs, "docs_valid": docs_valid, "question": question,
+             "question_valid": question_valid, "answer": answer, "answer_valid": answer_valid,
+             "bos": np.ones((B, 1), np.int32), "bos_valid": np.ones((B, 1), np.int32)}
+    f = jax.jit(functools.partial(js.train_step, models=models, tx=tx), donate_argnums=0)
+    compiled = f.lower(state, batch).compile()
+    box = [state]
+
+    def run():
+        box[0], met = compiled(box[0], batch)
+        jax.block_until_ready(met["loss"])
+
+    t = timeit(run, args.reps)
+    n_llm = sum(int(x.size) for x in jax.tree_util.tree_leaves(params["llm"]))
+    n_ret = sum(int(x.size) for x in jax.tree_util.tree_leaves(params["retriever"]))
+    gen_tokens = B * (1 + K * Ld + Lq + La)
+    score_tokens = B * S * (1 + Ld + Lq + La)
+    ret_tokens = B * (C * Ld + 32)
+    # LoRA: weight gradients of the frozen base are not computed (4N per generator token, as the issue counts).
+    flops = (4 if args.lora else 6) * n_llm * gen_tokens + 2 * n_llm * score_tokens + 6 * n_ret * ret_tokens
+    return {"seconds": t, "mem_gib": jax_memory(compiled), "model_flops": flops}
+
+
+RUNNERS = {"peak": peak, "jax_llama": jax_llama, "torch_llama": torch_llama, "jax_attention": jax_attention,
+           "torch_attention": torch_attention, "jax_jmlr": jax_jmlr}
+
+
+# --------------------------------------------------------------------------------------------------- driver
+
+def child(**kw) -> dict:
+    """Run one measurement in a fresh process; its last stdout line is JSON."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child"] + [f"--{k}={v}" for k, v in kw.items()]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    lines = p.stdout.strip().splitlines()
+    if p.returncode or not lines:
+        err = (p.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": ("out of memory" if "RESOURCE_EXHAUSTED" in p.stderr or "out of memory" in p.stderr
+                          else err[:160])}
+    return json.loads(lines[-1])
+
+
+def workloads(accel: bool, quick: bool) -> dict[str, list[dict]]:
+    if accel:
+        llama = [dict(shape="SmolLM2-135M", batch=16, seq=2048), dict(shape="SmolLM2-135M", batch=4, seq=2048),
+                 dict(shape="1B", batch=8, seq=2048), dict(shape="1B", batch=1, seq=8192),
+                 dict(shape="1B", batch=1, seq=8192, s2=2048)]
+        jmlr = [dict(batch=4, shape="Llama-2-7B", lora=128), dict(batch=8, shape="Llama-2-7B", lora=128)]
+    else:
+        seqs = (512,) if quick else (512, 2048)
+        llama = [dict(shape="SmolLM2-135M", batch=b, seq=s, mode=m) for m in ("forward", "train")
+                 for s in seqs for b in (1, 4)]
+        jmlr = [dict(batch=1, shape="SmolLM2-135M")]
+    attn = [dict(seq=L) for L in ((8192,) if quick else (8192, 16384))]
+    return {"llama": llama, "attention": attn, "jmlr": [] if quick and not accel else jmlr}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="llama,attention,jmlr")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--run", default="")
+    ap.add_argument("--shape", default="SmolLM2-135M")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--mode", default="train")
+    ap.add_argument("--s2", type=int, default=0)
+    ap.add_argument("--remat", default="none")
+    ap.add_argument("--impl", default="auto")
+    ap.add_argument("--compact", type=lambda s: s == "True", default=True)
+    ap.add_argument("--lora", type=int, default=0)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(RUNNERS[args.run](args)))
+        return
+
+    pk = child(run="peak")
+    import jax
+    import torch
+    import transformers
+
+    accel = pk["dtype"] != "float32"
+    reps = args.reps
+    only = set(args.only.split(","))
+    W = workloads(accel, args.quick)
+    print(f"device: {pk['device']} ({os.cpu_count()} host cores); jax {jax.__version__}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}; measured {pk['dtype']} matmul peak {pk['flops'] / 1e12:.2f} "
+          f"TFLOP/s; one run, {reps} timed repetitions after a warm-up (fastest shown)\n", flush=True)
+    fmt_mem = lambda r: f"{r['mem_gib']:.2f}" if "mem_gib" in r else "-"  # noqa: E731
+
+    if "llama" in only:
+        print("| model | pass | batch x seq | jmlr_jax tok/s | transformers tok/s | jax / torch | jax of peak | "
+              "jax GiB | torch GiB |\n|---|---|---|---|---|---|---|---|---|", flush=True)
+        for w in W["llama"]:
+            w = dict(dict(mode="train", s2=0), **w)
+            j = child(run="jax_llama", reps=reps, **w)
+            t = child(run="torch_llama", reps=reps, **{k: v for k, v in w.items() if k != "s2"}) \
+                if not w["s2"] else {}
+            tokens = w["batch"] * w["seq"]
+            name = w["shape"] + (f" S2 G={w['s2']}" if w["s2"] else "")
+            js_ = f"{tokens / j['seconds']:.0f}" if "seconds" in j else j.get("error", "-")
+            ts_ = f"{tokens / t['seconds']:.0f}" if "seconds" in t else t.get("error", "-")
+            ratio = f"{t['seconds'] / j['seconds']:.2f}x" if "seconds" in j and "seconds" in t else "-"
+            util = (f"{flops_per_token(SHAPES[w['shape']], w['seq'], w['mode'] == 'train') * tokens / j['seconds'] / pk['flops']:.0%}"
+                    if "seconds" in j else "-")
+            print(f"| {name} | {w['mode']} | {w['batch']} x {w['seq']} | {js_} | {ts_} | {ratio} | {util} | "
+                  f"{fmt_mem(j)} | {fmt_mem(t)} |", flush=True)
+    if "attention" in only:
+        print("\nattention fwd+bwd alone, 32 query / 8 KV heads, head_dim 64, batch 1 (S2: G = L/4)\n\n"
+              "| L | jax dense ms | jax S2 ms | S2 / dense | torch SDPA dense ms | jax dense / torch | jax dense GiB | "
+              "jax S2 GiB |\n|---|---|---|---|---|---|---|---|", flush=True)
+        for w in W["attention"]:
+            d = child(run="jax_attention", reps=reps, **w)
+            s = child(run="jax_attention", reps=reps, s2=w["seq"] // 4, **w)
+            t = child(run="torch_attention", reps=reps, **w)
+            ms = lambda r: f"{r['seconds'] * 1e3:.0f}" if "seconds" in r else r.get("error", "-")  # noqa: E731
+            rat = lambda a, b: f"{a['seconds'] / b['seconds']:.2f}" if "seconds" in a and "seconds" in b else "-"  # noqa: E731
+            print(f"| {w['seq']} | {ms(d)} | {ms(s)} | {rat(s, d)} | {ms(t)} | {rat(d, t)} | {fmt_mem(d)} | "
+                  f"{fmt_mem(s)} |", flush=True)
+    if "jmlr" in only and W["jmlr"]:
+        print("\nfused JMLR train step, C=30 / S=10 / K=7, doc 128 / question 192 / answer 32 tokens\n\n"
+              "| generator | batch | attention | sequences | s/step | model TFLOP/s | of peak | GiB |\n"
+              "|---|---|---|---|---|---|---|---|", flush=True)
+        for w in W["jmlr"]:
+            for impl, compact in (("auto", True), ("auto", False), ("reference", False)):
+                r = child(run="jax_jmlr", reps=reps, impl=impl, compact=compact, **w)
+                if "seconds" in r:
+                    tf = r["model_flops"] / r["seconds"]
+                    cells = f"{r['seconds']:.2f} | {tf / 1e12:.3f} | {tf / pk['flops']:.0%} | {fmt_mem(r)}"
+                else:
+                    cells = f"{r['error']} | - | - | -"
+                name = w["shape"] + (f" LoRA r={w['lora']}" if w.get("lora") else "")
+                print(f"| {name} | {w['batch']} | {impl} | {'compacted' if compact else 'block layout'} | {cells} |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
