@@ -68,8 +68,9 @@ def jax_memory(compiled=None) -> float | None:
     if _accel():
         stats = jax.devices()[0].memory_stats() or {}
         return stats.get("peak_bytes_in_use", 0) / 2**30
-    m = compiled.memory_analysis()
-    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes) / 2**30
+    m = compiled.memory_analysis()  # donated (aliased) state counted once
+    return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+            + m.temp_size_in_bytes) / 2**30
 
 
 def flops_per_token(c: dict, seq: int, train: bool) -> float:
