@@ -376,7 +376,7 @@ def main() -> None:
                   f"{fmt_mem(j)} | {fmt_mem(t)} |", flush=True)
     if "attention" in only:
         print("\nattention fwd+bwd alone, 32 query / 8 KV heads, head_dim 64, batch 1 (S2: G = L/4)\n\n"
-              "| L | jax dense ms | jax S2 ms | S2 / dense | torch SDPA dense ms | jax dense / torch | jax dense GiB | "
+              "| L | jax dense ms | jax S2 ms | S2 / dense | torch SDPA dense ms | jax dense time / torch | jax dense GiB | "
               "jax S2 GiB |\n|---|---|---|---|---|---|---|---|", flush=True)
         for w in W["attention"]:
             d = child(run="jax_attention", reps=reps, **w)
