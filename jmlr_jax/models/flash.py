@@ -92,7 +92,9 @@ def _forward(q, k, v, seg, nblk, b, unroll):
             mask = _block_mask(i, j, b, b, seg[i], seg[j])
             s = jnp.where(mask, s, _NEG)
             m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-            p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+            # Masked logits are _NEG: their exp underflows to exactly 0 once the row has seen a visible key;
+            # until then (a block with nothing visible) the row's garbage is erased by corr = exp(_NEG - m) = 0.
+            p = jnp.exp(s - m_new[..., None])
             corr = jnp.exp(m - m_new)
             l = l * corr + jnp.sum(p, axis=-1)
             o = o * corr[..., None] + jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v.dtype), v[j],
@@ -122,7 +124,7 @@ def _backward(q, k, v, seg, nblk, out, lse, do, b, unroll):
             dq, dk, dv = carry
             s = jnp.einsum("bkgqd,bksd->bkgqs", q[i], k[j], preferred_element_type=jnp.float32)
             mask = _block_mask(i, j, b, b, seg[i], seg[j])
-            p = jnp.where(mask, jnp.exp(s - lse[i][..., None]), 0.0)
+            p = jnp.exp(jnp.where(mask, s, _NEG) - lse[i][..., None])  # lse is finite: every row sees itself
             dv = dv + jnp.einsum("bkgqs,bkgqd->bksd", p.astype(do.dtype), do[i], preferred_element_type=jnp.float32)
             dp = jnp.einsum("bkgqd,bksd->bkgqs", do[i], v[j], preferred_element_type=jnp.float32)
             ds = (p * (dp - delta[i][..., None])).astype(q.dtype)
