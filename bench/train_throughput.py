@@ -138,6 +138,18 @@ def jax_llama(args) -> dict:
     return {"seconds": timeit(run, args.reps), "mem_gib": jax_memory(compiled)}
 
 
+def _torch_measure(run, dev: str, reps: int) -> dict:
+    """Time `run`; memory: peak allocated on CUDA, else the process's peak RSS."""
+    import torch
+
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = timeit(run, reps)
+    mem = (torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda"
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return {"seconds": t, "mem_gib": mem}
+
+
 def torch_llama(args) -> dict:
     import torch
     import transformers
@@ -170,12 +182,7 @@ def torch_llama(args) -> dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync()
-    if dev == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t = timeit(run, args.reps)
-    mem = (torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda"
-           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return {"seconds": t, "mem_gib": mem}
+    return _torch_measure(run, dev, args.reps)
 
 
 def _attn_shapes(seq: int) -> list[tuple[int, ...]]:
@@ -216,12 +223,7 @@ def torch_attention(args) -> dict:
         out.float().sum().backward()
         sync()
 
-    if dev == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t = timeit(run, args.reps)
-    mem = (torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda"
-           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return {"seconds": t, "mem_gib": mem}
+    return _torch_measure(run, dev, args.reps)
 
 
 def jax_jmlr(args) -> dict:
