@@ -31,7 +31,7 @@ from jmlr_jax.data.sources import read_qa  # noqa: E402
 from jmlr_jax.data.templates import Budgets  # noqa: E402
 from jmlr_jax.models import ColBERTTokenizer  # noqa: E402
 from jmlr_jax.retrieval import load_corpus  # noqa: E402
-from jmlr_jax.train import jmlr_step as js  # noqa: E402
+from jmlr_jax.train import jmlr_step as js, losses  # noqa: E402
 from jmlr_jax.train.state import OptimConfig, init_train_state, make_optimizer  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
@@ -65,7 +65,7 @@ def main() -> None:
     ex = JMLRExamples(records, cands, passages, tok, ColBERTTokenizer(rtok, rcfg), budgets=budgets)
     batch = {k: np.stack([ex(i)[k] for i in range(len(records))]) for k in ex(0)}
     jcfg = js.JMLRConfig(num_candidates=args.candidates, num_sampled=args.sampled, num_docs=args.docs)
-    models = js.Models(cfg, rcfg, jcfg)
+    models = js.StepConfigs(cfg, rcfg, jcfg)
     params = {"llm": llm, "retriever": rparams}
     tx = make_optimizer(params, OptimConfig())
     state = init_train_state(params, tx)
@@ -89,13 +89,13 @@ def main() -> None:
                  (rep(batch["question"]), rep(batch["question_valid"]))], rep(batch["answer"]), rep(batch["answer_valid"]))
 
     sb, sa, sav = blocks(samp)
-    score = jax.jit(lambda p: js.answer_nll(cfg, p, sb, sa, sav, train=True))
+    score = jax.jit(lambda p: losses.answer_nll(cfg, p, sb, sa, sav, train=True))
     t_score = timeit(lambda: score(llm), args.reps)
 
     def gen_loss(p):
         gd = js._take(batch["docs"], top[:, ::-1]).reshape(B, -1)
         gv = js._take(batch["docs_valid"], top[:, ::-1]).reshape(B, -1)
-        return jnp.mean(js.answer_nll(cfg, p, [(batch["bos"], batch["bos_valid"]), (gd, gv),
+        return jnp.mean(losses.answer_nll(cfg, p, [(batch["bos"], batch["bos_valid"]), (gd, gv),
                                                (batch["question"], batch["question_valid"])],
                                       batch["answer"], batch["answer_valid"], train=True))
 
@@ -114,7 +114,7 @@ def main() -> None:
     t_plain = timeit(lambda: plain(pstate)["params"]["llm"]["final_norm"]["scale"], args.reps)
 
     # The classic-RAG arm of the comparison: the same step with rank_weight=0 (no scoring pass, retriever frozen).
-    rag_models = js.Models(cfg, rcfg, dataclasses.replace(jcfg, rank_weight=0.0))
+    rag_models = js.StepConfigs(cfg, rcfg, dataclasses.replace(jcfg, rank_weight=0.0))
     rtx = make_optimizer(params, OptimConfig(retriever_trainable=""))
     rag = jax.jit(functools.partial(js.train_step, models=rag_models, tx=rtx))
     rstate = init_train_state(params, rtx)

@@ -22,8 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jmlr_jax import config  # noqa: E402
-from jmlr_jax.retrieval import index as index_lib  # noqa: E402
+from jmlr_jax import config, experiment  # noqa: E402
 from jmlr_jax.retrieval import launch  # noqa: E402
 
 
@@ -38,12 +37,13 @@ def main() -> None:
     args, rest = ap.parse_known_args()
     config.parse(["retrieval/minilm_index.gin"], config.split_gin_args(rest)[1])
     index_dir = gin.query_parameter("%INDEX_DIR")
+    exp = experiment.from_gin()
     if args.rebuild or not os.path.isdir(index_dir):
         t = time.time()
-        launch.index_main()
+        launch.index_main(exp)
         print(f"build wall time {time.time() - t:.0f} s, peak RSS {rss_gib():.1f} GiB")
     t = time.time()
-    r = launch.open_retriever(index_dir)
+    r = launch.open_retriever(exp, index_dir)
     load_s = time.time() - t
     idx = r.index
     m = idx.meta
@@ -70,19 +70,19 @@ def main() -> None:
     rows = []
     leaves = idx.icfg.num_leaves or int(np.sqrt(len(idx.emb)))
     tree = len(idx.emb) >= idx.icfg.brute_force_below
-    lts = (idx.icfg.leaves_to_search or leaves // 10) if tree else 0
+    lts = (idx.search.leaves_to_search or leaves // 10) if tree else 0
     emb = {"float16": idx.emb.astype(np.float16, copy=False), "float32": idx.emb.astype(np.float32, copy=False)}
     # (token_k, rerank_docs, resident dtype): more nearest tokens per query token finds more of the exact top-30;
     # pruning the candidates by approximate MaxSim keeps the exact rerank (the expensive part) bounded.
     settings = [(32, 0, "float16"), (128, 512, "float16"), (256, 1024, "float16"), (128, 512, "float32"),
                 (256, 768, "float32"), (256, 1024, "float32"), (512, 512, "float32"), (512, 640, "float32"),
                 (1024, 640, "float32")]
-    default_setting = (idx.icfg.token_k, idx.icfg.rerank_docs, idx.icfg.resident_dtype)  # the gin config's
+    default_setting = (idx.search.token_k, idx.search.rerank_docs, idx.search.resident_dtype)  # the gin config's
     if default_setting not in settings:
         settings.append(default_setting)
     for token_k, rerank, dtype in settings:
-        sub = dataclasses.replace(idx, emb=emb[dtype], icfg=dataclasses.replace(
-            idx.icfg, token_k=token_k, rerank_docs=rerank, resident_dtype=dtype))
+        sub = dataclasses.replace(idx, emb=emb[dtype], search=dataclasses.replace(
+            idx.search, token_k=token_k, rerank_docs=rerank, resident_dtype=dtype))
         sub.search_embeddings(Q[:8], k=30)  # warm
         t = time.time()
         ids, _ = sub.search_embeddings(Q, k=30)
@@ -90,7 +90,7 @@ def main() -> None:
         recall = np.mean([len(set(a) & set(e)) / 30 for a, e in zip(ids[:n_exact], exact_ids)])
         rows.append((token_k, rerank, dtype, recall, qps, qps / exact_qps, ids))
 
-    print(f"\nScaNN ({'tree ' + str(leaves) + ' leaves, ' + str(lts) + ' searched, AH + exact re-scoring of max(' + str(idx.icfg.reorder) + ', token_k)' if tree else 'brute force'}"
+    print(f"\nScaNN ({'tree ' + str(leaves) + ' leaves, ' + str(lts) + ' searched, AH + exact re-scoring of max(' + str(idx.search.reorder) + ', token_k)' if tree else 'brute force'}"
           f") + exact MaxSim rerank vs exact MaxSim over all passages; {len(Q)} PubMedQA questions "
           f"(recall over the first {n_exact}); query encoding {len(Q) / enc_s:.0f} q/s (not included below)\n")
     print("| token_k | exact rerank of | embeddings in memory | recall@30 vs exact | queries/s | speed-up vs exact |")

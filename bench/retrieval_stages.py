@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jmlr_jax import config  # noqa: E402
+from jmlr_jax import config, experiment  # noqa: E402
 from jmlr_jax.retrieval import index as index_lib  # noqa: E402
 from jmlr_jax.retrieval import launch  # noqa: E402
 
@@ -36,7 +36,7 @@ def per_query_ms(fn, items) -> float:
 
 def main() -> None:
     config.parse(["retrieval/minilm_index.gin"], config.split_gin_args(sys.argv[1:])[1])
-    r = launch.open_retriever(gin.query_parameter("%INDEX_DIR"))
+    r = launch.open_retriever(experiment.from_gin(), gin.query_parameter("%INDEX_DIR"))
     idx = r.index
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "pubmedqa",
                            "ori_pqal.json")) as f:
@@ -48,7 +48,7 @@ def main() -> None:
     rows = []
     cands = {}
     for token_k in (256, 512):
-        cfg = dataclasses.replace(idx.icfg, token_k=token_k)
+        cfg = dataclasses.replace(idx.search, token_k=token_k)
         kw = dict(leaves_to_search=cfg.leaves_to_search or None, pre_reorder_num_neighbors=max(cfg.reorder, token_k))
         idx.searcher.search_batched_parallel(Q[:4].reshape(-1, E), final_num_neighbors=token_k, **kw)  # warm
         t = time.perf_counter()
@@ -56,9 +56,9 @@ def main() -> None:
         rows.append((f"ScaNN, token_k {token_k} (all cores)", (time.perf_counter() - t) / N * 1e3))
         cands[token_k] = (idx.token_doc[np.asarray(nn_idx, np.int64)].reshape(N, L, -1),
                           np.asarray(nn_s, np.float32).reshape(N, L, -1))
-    cd, sc = cands[idx.icfg.token_k] if idx.icfg.token_k in cands else cands[512]
+    cd, sc = cands[idx.search.token_k] if idx.search.token_k in cands else cands[512]
     for n in (640, 1024):
-        sub = dataclasses.replace(wide, icfg=dataclasses.replace(idx.icfg, rerank_docs=n))
+        sub = dataclasses.replace(wide, search=dataclasses.replace(idx.search, rerank_docs=n))
         rows.append((f"prune to {n} candidates", per_query_ms(lambda i: sub._prune(cd[i], sc[i]), range(N))))
         docs = [sub._prune(cd[i], sc[i]) for i in range(N)]
         gathered = [sub._gather(d) for d in docs]

@@ -248,7 +248,7 @@ def jax_jmlr(args) -> dict:
               "retriever": colbert_lib.init_params(rcfg, jax.random.PRNGKey(1))}
     if args.lora:
         params["lora"] = init_lora(params["llm"], lcfg, jax.random.PRNGKey(2))
-    models = js.Models(cfg, rcfg, js.JMLRConfig(num_candidates=C, num_sampled=S, num_docs=K, compact=args.compact),
+    models = js.StepConfigs(cfg, rcfg, js.JMLRConfig(num_candidates=C, num_sampled=S, num_docs=K, compact=args.compact),
                        lcfg)
     tx = make_optimizer(params, OptimConfig())
     state = init_train_state(params, tx)

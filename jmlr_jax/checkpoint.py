@@ -1,15 +1,19 @@
 """Orbax checkpoints: train state + grain iterator state + run metadata (index version, config) in one step.
 
-Saves are asynchronous; `close()` (or `wait()`) must run before the process exits, which the training
-loop does on normal exit and on SIGTERM. Restores always use abstract targets carrying the current
-shardings, so a checkpoint restores onto whatever mesh the new run uses.
+Saves are asynchronous and atomic (orbax writes a temporary directory and renames it when complete), so a
+crash during a save leaves the previous checkpoints intact; `close()` (or `wait()`) must run before the
+process exits, which the training loop does on normal exit and on SIGTERM. Restores use abstract targets
+carrying the current shardings, so a checkpoint restores onto whatever mesh the new run uses. A latest
+checkpoint that cannot be read (damaged files) is moved aside with a warning and the newest readable one is
+restored instead; when none can be read, the error names the latest and nothing is moved.
 """
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from jmlr_jax.errors import InputError
@@ -32,11 +36,7 @@ class Checkpointer:
         self.mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)))
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, dict]:
-        """-> (state placed per abstract_state's shardings, data iterator state, meta)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"{self.directory}: no checkpoint to restore")
+    def _restore(self, abstract_state: Any, step: int) -> tuple[Any, dict, dict]:
         try:
             out = self.mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
@@ -44,7 +44,35 @@ class Checkpointer:
         except Exception as e:  # orbax/tensorstore raise many types for missing or damaged files
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{self.directory}: checkpoint {step} is corrupt or incompatible ({msg})") from None
+        if out.meta is None or out.data is None:
+            raise CheckpointError(f"{self.directory}: checkpoint {step} is incomplete (no metadata)")
         return out.state, out.data, out.meta
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, dict]:
+        """-> (state placed per abstract_state's shardings, data iterator state, meta).
+
+        step None: the newest readable checkpoint; newer unreadable ones are renamed `corrupt-<step>-<time>`
+        (kept for inspection, out of the way of new saves) with a warning."""
+        if step is not None:
+            return self._restore(abstract_state, step)
+        steps = sorted(self.mngr.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"{self.directory}: no checkpoint to restore")
+        errors = []
+        for s in steps:
+            try:
+                out = self._restore(abstract_state, s)
+            except CheckpointError as e:
+                errors.append((s, e))
+                continue
+            for bad, e in errors:
+                aside = os.path.join(self.directory, f"corrupt-{bad}-{int(time.time())}")
+                os.rename(os.path.join(self.directory, str(bad)), aside)
+                print(f"warning: {e}; moved to {aside}; resuming from checkpoint {s}", file=sys.stderr, flush=True)
+            if errors:
+                self.mngr.reload()
+            return out
+        raise errors[0][1]
 
     def wait(self) -> None:
         self.mngr.wait_until_finished()
@@ -52,9 +80,3 @@ class Checkpointer:
     def close(self) -> None:
         self.mngr.wait_until_finished()
         self.mngr.close()
-
-
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) of a pytree of arrays: the restore target."""
-    return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)

@@ -67,13 +67,26 @@ def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
         raise ConfigError(f"gin: {msg[0] if msg else type(e).__name__}") from None
 
 
-def parse_argv(argv: Sequence[str]) -> list[str]:
+def parse_argv(argv: Sequence[str], require_files: bool = True) -> list[str]:
     """Parses the gin arguments of a command line; returns the other arguments."""
     files, bindings, rest = split_gin_args(argv)
-    if not files:
+    if not files and require_files:
         raise ConfigError("at least one --gin_file is required")
     parse(files, bindings)
     return rest
+
+
+def pop_flag(rest: list[str], name: str) -> str:
+    """Removes `--name=V` or `--name V` from `rest`; returns V ("" when absent)."""
+    for i, a in enumerate(rest):
+        if a.startswith(f"--{name}="):
+            del rest[i]
+            return a.split("=", 1)[1]
+        if a == f"--{name}" and i + 1 < len(rest):
+            value = rest[i + 1]
+            del rest[i: i + 2]
+            return value
+    return ""
 
 
 def save_operative_config(workdir: str, name: str = "operative_config.gin") -> str:
@@ -85,13 +98,15 @@ def save_operative_config(workdir: str, name: str = "operative_config.gin") -> s
     return path
 
 
-def run_main(main, argv: Sequence[str] | None = None) -> None:
-    """Runs a launcher's main after parsing gin; configuration errors print one line and exit 2."""
+def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = ()) -> None:
+    """Runs a launcher's main after parsing gin; `flags` (e.g. "workdir") are passed to main as keyword
+    arguments, and with "workdir" among them no gin file is required. Bad input prints one line and exits 2."""
     try:
-        rest = parse_argv(sys.argv[1:] if argv is None else argv)
+        rest = parse_argv(sys.argv[1:] if argv is None else argv, require_files="workdir" not in flags)
+        values = {f: pop_flag(rest, f) for f in flags}
         if rest:
             raise ConfigError(f"unrecognised arguments: {' '.join(rest)}")
-        main()
+        main(**values)
     except (InputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

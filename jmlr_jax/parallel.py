@@ -10,7 +10,6 @@ import os
 from typing import Any, Sequence
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -45,7 +44,6 @@ def maybe_initialize_distributed() -> None:
                 raise
 
 
-@gin.configurable
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES) -> Mesh:
     """A mesh over the devices; one -1 in `shape` takes all remaining devices (the usual case)."""
     shape = list(shape)
@@ -89,11 +87,6 @@ def tree_shardings(logical_tree, shape_tree, mesh: Mesh, rules=RULES):
     is_spec = lambda x: isinstance(x, P)  # noqa: E731
     return jax.tree_util.tree_map(lambda spec, s: logical_sharding(spec, s.shape, mesh, rules),
                                   logical_tree, shape_tree, is_leaf=is_spec)
-
-
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Leading (batch) dimension over data x fsdp, the rest replicated."""
-    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
 def _keys(path) -> tuple[str, ...]:

@@ -1,8 +1,11 @@
-"""Evaluate on medical multiple-choice QA: python launch/evaluate.py --gin_file=<run>.gin --gin_file=compare/eval.gin
+"""Evaluate a trained run on medical multiple-choice QA from its workdir alone:
 
-Pass the gin files the run trained with (they give model, retriever, template, budgets, corpus, workdir)
-plus evaluation bindings, e.g. --gin.EvalConfig.retrieval=True --gin.EvalConfig.mode="'generate'"
---gin.EvalConfig.from_checkpoint=False (base weights). Writes JSON + markdown under <workdir>/eval.
+    python launch/evaluate.py --workdir=workdir/compare/d_jmlr [--gin_file=compare/eval.gin]
+        [--gin.EvalConfig.retrieval=True] [--gin.EvalConfig.from_checkpoint=False]  (the run's base weights)
+
+Model, retriever, template, budgets, data and corpus come from the run's config.json; EvalConfig and search
+settings from gin. A binding that contradicts the run (e.g. another Budgets.doc) is an error.
+Writes JSON + markdown under EvalConfig.output_dir (default <workdir>/eval).
 """
 import os
 import sys
@@ -10,8 +13,15 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("GLOG_minloglevel", "1")
 
-from jmlr_jax import config  # noqa: E402
+from jmlr_jax import config, experiment  # noqa: E402
 from jmlr_jax.eval import harness  # noqa: E402
 
+
+def main(workdir: str = "") -> None:
+    if not workdir:
+        raise config.ConfigError("--workdir=DIR (a training run's workdir) is required")
+    harness.evaluate_main(experiment.for_evaluation(workdir), harness.EvalConfig())
+
+
 if __name__ == "__main__":
-    config.run_main(lambda: harness.evaluate_main())
+    config.run_main(main, flags=("workdir",))

@@ -9,12 +9,12 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("GLOG_minloglevel", "1")
 
-from jmlr_jax import config  # noqa: E402
+from jmlr_jax import config, experiment  # noqa: E402
 from jmlr_jax.retrieval import launch  # noqa: E402
 
 
 def main() -> None:
-    launch.search_main()
+    launch.search_main(experiment.from_gin())
 
 
 if __name__ == "__main__":

@@ -14,24 +14,30 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 def test_split_gin_args():
     files, bindings, rest = config.split_gin_args(
-        ["--gin_file=a.gin", "--gin_file", "b.gin", "--gin.IndexConfig.token_k=64", "--gin.X='s=1'", "--other"])
+        ["--gin_file=a.gin", "--gin_file", "b.gin", "--gin.SearchConfig.token_k=64", "--gin.X='s=1'", "--other"])
     assert files == ["a.gin", "b.gin"] and rest == ["--other"]
-    assert bindings == ["IndexConfig.token_k = 64", "X = 's=1'"]
+    assert bindings == ["SearchConfig.token_k = 64", "X = 's=1'"]
+    rest = ["--workdir", "w", "--x=1"]
+    assert config.pop_flag(rest, "workdir") == "w" and rest == ["--x=1"] and config.pop_flag(rest, "workdir") == ""
     with pytest.raises(config.ConfigError, match="expected --gin.NAME=VALUE"):
         config.split_gin_args(["--gin.foo"])
 
 
 def test_config_file_bindings_and_errors(tmp_path):
-    from jmlr_jax.retrieval.index import IndexConfig
+    from jmlr_jax import experiment
 
-    config.parse(["retrieval/minilm_index.gin"], ["IndexConfig.token_k = 7"])
-    assert IndexConfig().token_k == 7 and IndexConfig().reorder == 256
+    config.parse(["retrieval/minilm_index.gin"], ["SearchConfig.token_k = 7"])
+    exp = experiment.from_gin()
+    assert exp.search.token_k == 7 and exp.search.reorder == 256 and exp.data.data_dir == "../shared/data"
+    assert experiment.Experiment.from_dict(json.loads(json.dumps(exp.to_dict()))) == exp  # JSON round trip
+    with pytest.raises(config.ConfigError, match="RunConfig has no field.*num_stepz"):
+        experiment.Experiment.from_dict({"run": {"num_stepz": 1}})
     with pytest.raises(config.ConfigError, match="gin: .*token_kk"):
-        config.parse(["retrieval/minilm_index.gin"], ["IndexConfig.token_kk = 7"])
+        config.parse(["retrieval/minilm_index.gin"], ["SearchConfig.token_kk = 7"])
     with pytest.raises(config.ConfigError, match="gin file not found: nope.gin"):
         config.parse(["nope.gin"])
     with pytest.raises(config.ConfigError, match="gin: "):
-        config.parse(["retrieval/minilm_index.gin"], ["IndexConfig.token_k = [1,"])
+        config.parse(["retrieval/minilm_index.gin"], ["SearchConfig.token_k = [1,"])
     gin.clear_config()
 
 
@@ -48,12 +54,12 @@ def test_build_index_and_search_launchers(tmp_path, minilm):
         {"id": "flu", "title": "Influenza", "text": "Annual influenza vaccination for everyone 6 months or older."},
     ]) + "\n")
     idx = tmp_path / "idx"
-    common = ["--gin_file=retrieval/minilm_index.gin", f"--gin.load_corpus.sources=[('documents', '{docs}')]",
+    common = ["--gin_file=retrieval/minilm_index.gin", f"--gin.CorpusConfig.sources=[('documents', '{docs}')]",
               f"--gin.INDEX_DIR='{idx}'"]
     out = _run("launch/build_index.py", *common)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "corpus: 3 passages" in out.stdout and os.path.isfile(idx / "operative_config.gin")
-    assert "load_corpus.sources" in (idx / "operative_config.gin").read_text()
+    assert "CorpusConfig.sources" in (idx / "operative_config.gin").read_text()
     out = _run("launch/search.py", *common, "--gin.search_main.question='what drug treats type 2 diabetes?'",
                "--gin.search_main.k=2")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -62,5 +68,5 @@ def test_build_index_and_search_launchers(tmp_path, minilm):
     bad = _run("launch/build_index.py", *common, "--gin.IndexConfig.no_such_setting=1")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: gin:") and len(bad.stderr.splitlines()) == 1
     missing = _run("launch/build_index.py", "--gin_file=retrieval/minilm_index.gin",
-                   f"--gin.load_corpus.sources=[('guidelines', '{tmp_path / 'absent.jsonl'}')]")
+                   f"--gin.CorpusConfig.sources=[('guidelines', '{tmp_path / 'absent.jsonl'}')]")
     assert missing.returncode == 2 and "not found" in missing.stderr

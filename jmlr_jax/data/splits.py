@@ -70,22 +70,39 @@ def shuffle_options(r: QARecord, seed: int = 0) -> QARecord:
 
 
 @gin.configurable
-def training_records(data_dir: str = "../shared/data", heldout_fraction: float = 0.1, include_medmcqa: bool = True,
-                     include_pubmedqa: bool = True, max_examples: int = 0,
-                     option_shuffle_seed: int | None = None) -> list[QARecord]:
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where a run's data lives and which training questions it uses (evaluation splits derive from it)."""
+
+    data_dir: str = ""  # no default location: bind DATA in gin (configs/data/medical_qa.gin)
+    heldout_fraction: float = 0.1  # of MedMCQA dev, held out for evaluation (fixed by id)
+    include_medmcqa: bool = True
+    include_pubmedqa: bool = True
+    max_examples: int = 0
+    option_shuffle_seed: int | None = None
+
+    def require_dir(self) -> str:
+        if not self.data_dir:
+            raise InputError("DataConfig.data_dir is not set: bind DATA = '/path/to/data' in gin "
+                             "(configs/data/medical_qa.gin) or --gin.DataConfig.data_dir=\"'...'\"")
+        return self.data_dir
+
+
+def training_records(cfg: DataConfig) -> list[QARecord]:
     """The JMLR training questions (see module doc); max_examples > 0 keeps the first N in a fixed order.
 
     option_shuffle_seed: when set, each question's options are permuted (`shuffle_options`); the
     questions and their order do not change.
     """
+    data_dir, heldout_fraction, max_examples = cfg.require_dir(), cfg.heldout_fraction, cfg.max_examples
     out: list[QARecord] = []
     test_ids = pubmedqa_test_ids(os.path.join(data_dir, "pubmedqa", "test_ground_truth.json"))
-    if include_medmcqa:
+    if cfg.include_medmcqa:
         train, held = split_medmcqa(read_qa("medmcqa", os.path.join(data_dir, "medmcqa", "dev.jsonl")),
                                     heldout_fraction)
         assert not {r.id for r in train} & {r.id for r in held}
         out += train
-    if include_pubmedqa:
+    if cfg.include_pubmedqa:
         train, test = split_pubmedqa(read_qa("pubmedqa", os.path.join(data_dir, "pubmedqa", "ori_pqal.json")),
                                      test_ids)
         out += train
@@ -95,4 +112,5 @@ def training_records(data_dir: str = "../shared/data", heldout_fraction: float =
     # Interleave datasets deterministically so a truncated run still sees both.
     out.sort(key=lambda r: hashlib.sha1(f"{r.dataset}/{r.id}".encode()).hexdigest())
     out = out[:max_examples] if max_examples else out
-    return out if option_shuffle_seed is None else [shuffle_options(r, option_shuffle_seed) for r in out]
+    seed = cfg.option_shuffle_seed
+    return out if seed is None else [shuffle_options(r, seed) for r in out]

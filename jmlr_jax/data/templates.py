@@ -15,6 +15,7 @@ import dataclasses
 from typing import Sequence
 
 import gin
+import jax.numpy as jnp
 import numpy as np
 
 from jmlr_jax.data.sources import LETTERS, QARecord
@@ -103,9 +104,23 @@ def assemble(blocks_tokens: Sequence[np.ndarray], blocks_valid: Sequence[np.ndar
 
     Works on numpy and jax arrays alike (used on the host for evaluation and inside the jitted step).
     """
-    import jax.numpy as jnp
-
     tokens = jnp.concatenate(list(blocks_tokens), axis=-1)
     valid = jnp.concatenate(list(blocks_valid), axis=-1)
     positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
     return tokens, valid, positions
+
+
+def compact_sequence(tokens, valid, pos):
+    """Valid tokens moved to the front in order (a stable gather), padding after; positions unchanged.
+
+    The assembled sequences have padding between blocks; compacted, each row is one segment then padding,
+    which every attention backend handles (cuDNN needs it; the blockwise kernel skips the padded tail).
+    Returns tokens, valid and positions in the compact order; valid token i of a row lands at index pos[i].
+    """
+    L = tokens.shape[-1]
+    n_valid = jnp.sum(valid, axis=-1, keepdims=True)
+    dest = jnp.where(valid > 0, pos, n_valid + jnp.cumsum(1 - valid, axis=-1) - 1)  # a permutation of 0..L-1
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    src = jnp.zeros_like(dest).at[rows, dest].set(jnp.broadcast_to(jnp.arange(L), dest.shape))
+    take = lambda x: jnp.take_along_axis(x, src, axis=-1)  # noqa: E731
+    return take(tokens), take(valid), take(pos)

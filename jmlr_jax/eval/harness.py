@@ -1,9 +1,9 @@
 """Evaluation on medical multiple-choice QA, with or without retrieval, from a checkpoint or the base weights.
 
-    python launch/evaluate.py --gin_file=compare/d_jmlr.gin --gin_file=compare/eval.gin [--gin.EvalConfig.retrieval=True]
+    python launch/evaluate.py --workdir=workdir/compare/d_jmlr --gin_file=compare/eval.gin [--gin.EvalConfig.retrieval=True]
 
-The run's own gin files give the model, retriever, template, budgets and corpus, so evaluation reads
-prompts exactly as training built them. Writes <output_dir>/<name>.json (settings, per-question
+The run's saved config (its workdir's config.json) gives the model, retriever, template, budgets, data and
+corpus, so evaluation reads prompts exactly as training built them and holds out exactly what training did. Writes <output_dir>/<name>.json (settings, per-question
 predictions, summary) and <name>.md (n, accuracy and standard error per dataset and subject).
 """
 from __future__ import annotations
@@ -22,15 +22,16 @@ import tqdm
 
 from jmlr_jax.data.pipeline import retrieval_query
 from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
-from jmlr_jax.data.splits import pubmedqa_test_ids, split_medmcqa, split_pubmedqa
+from jmlr_jax.data.splits import DataConfig, pubmedqa_test_ids, split_medmcqa, split_pubmedqa
 from jmlr_jax.data.templates import Budgets, PromptTemplate
 from jmlr_jax.errors import InputError
+from jmlr_jax.experiment import Experiment
 from jmlr_jax.eval.mcq import generate_answers, option_ids, prompt_ids, score_options
 from jmlr_jax.eval.parse import parse_choice
-from jmlr_jax.retrieval.corpus import load_corpus
-from jmlr_jax.retrieval.index import IndexConfig, Retriever, cached_index
-from jmlr_jax.train.loop import RunConfig, base_params, restore_params
-from jmlr_jax.train.state import LoraConfig
+from jmlr_jax.retrieval.corpus import resolve_path
+from jmlr_jax.retrieval.index import Retriever, search_all
+from jmlr_jax.retrieval.store import cached_index
+from jmlr_jax.train.weights import base_params, restore_params
 
 UNPARSEABLE_POLICY = "an answer the parser cannot read counts as wrong (jmlr_jax/eval/parse.py)"
 
@@ -39,25 +40,27 @@ UNPARSEABLE_POLICY = "an answer the parser cannot read counts as wrong (jmlr_jax
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     name: str = "eval"  # file name and table label
-    from_checkpoint: bool = True  # the latest checkpoint in RunConfig.workdir; False = the run's base weights
+    from_checkpoint: bool = True  # the run's latest checkpoint; False = the run's base weights
     mode: str = "loglik"  # "loglik" (option log-likelihood) or "generate" (greedy, then parse)
     retrieval: bool = False  # top num_docs passages from the run's corpus, best last, before the question
-    num_docs: int = 7
+    num_docs: int | None = None  # None: the run's JMLRConfig.num_docs (what the generator was trained to read)
     query_with_options: bool = False
     batch_size: int = 8
     max_new_tokens: int = 16  # generate mode
     gold_recall_ks: tuple = ()  # e.g. (1, 7, 30): PubMedQA gold abstract in top-k, test abstracts added to the corpus
-    output_dir: str = ""  # default: <RunConfig.workdir>/eval
+    sets: tuple[str, ...] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout")
+    medqa_path: str = ""  # for the "medqa" set (JSONL, 4 or 5 options); relative = under DataConfig.data_dir
+    max_per_set: int = 0  # > 0: a fixed sample of N per set (smallest sha1 of id)
+    output_dir: str = ""  # default: <workdir>/eval
 
     def __post_init__(self):
         if self.mode not in ("loglik", "generate"):
             raise ValueError(f"EvalConfig.mode must be 'loglik' or 'generate', got {self.mode!r}")
 
 
-@gin.configurable
-def eval_sets(data_dir: str = "../shared/data", names: Sequence[str] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout"),
-              medqa_path: str = "", heldout_fraction: float = 0.1, max_per_set: int = 0) -> dict[str, list[QARecord]]:
-    """Evaluation questions by set name.
+def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout"),
+              medqa_path: str = "", max_per_set: int = 0) -> dict[str, list[QARecord]]:
+    """Evaluation questions by set name, from the run's data config (so held-out = what training held out).
 
     mmlu_med: every *.csv under data_dir/mmlu_med (subject = file name); pubmedqa_test: the 500 PQA-L test
     questions; medmcqa_heldout: the MedMCQA dev part held out from training (same fraction and hash as
@@ -65,6 +68,8 @@ def eval_sets(data_dir: str = "../shared/data", names: Sequence[str] = ("mmlu_me
     max_per_set > 0 keeps a fixed sample of N per set: the N ids with the smallest sha1 hash, so the sample
     is the same in every run and spread over subjects (a head of the file would be one MMLU subject).
     """
+    data_dir = data.require_dir()
+
     def pubmedqa():
         recs = read_qa("pubmedqa", os.path.join(data_dir, "pubmedqa", "ori_pqal.json"))
         return split_pubmedqa(recs, pubmedqa_test_ids(os.path.join(data_dir, "pubmedqa", "test_ground_truth.json")))[1]
@@ -73,15 +78,16 @@ def eval_sets(data_dir: str = "../shared/data", names: Sequence[str] = ("mmlu_me
         "mmlu_med": lambda: read_qa("mmlu", os.path.join(data_dir, "mmlu_med")),
         "pubmedqa_test": pubmedqa,
         "medmcqa_heldout": lambda: split_medmcqa(read_qa("medmcqa", os.path.join(data_dir, "medmcqa", "dev.jsonl")),
-                                                 heldout_fraction)[1],
+                                                 data.heldout_fraction)[1],
         "medmcqa_dev": lambda: read_qa("medmcqa", os.path.join(data_dir, "medmcqa", "dev.jsonl")),
-        "medqa": lambda: read_qa("medqa", medqa_path),
+        "medqa": lambda: read_qa("medqa", resolve_path(medqa_path, data_dir)),
     }
     unknown = [n for n in names if n not in loaders]
     if unknown:
         raise InputError(f"unknown evaluation set(s) {unknown}; known: {sorted(loaders)}")
     if "medqa" in names and not medqa_path:
-        raise InputError("evaluation set 'medqa' needs eval_sets.medqa_path (a MedQA JSONL file)")
+        raise InputError("evaluation set 'medqa' needs EvalConfig.medqa_path (a MedQA JSONL file)")
+
     def sample(records: list[QARecord]) -> list[QARecord]:
         if not max_per_set or len(records) <= max_per_set:
             return records
@@ -91,11 +97,12 @@ def eval_sets(data_dir: str = "../shared/data", names: Sequence[str] = ("mmlu_me
     return {n: sample(loaders[n]()) for n in names}
 
 
-def evaluate(sets: dict[str, list[QARecord]], llm_cfg, llm_params, tok, ecfg: EvalConfig,
-             retriever: Retriever | None = None, template: PromptTemplate | None = None,
-             budgets: Budgets | None = None, progress: bool = True) -> list[dict]:
-    """Per-question predictions for every set (see module doc for the prompt)."""
-    tpl, budgets = template or PromptTemplate(), budgets or Budgets()
+def evaluate(sets: dict[str, list[QARecord]], llm_cfg, llm_params, tok, ecfg: EvalConfig, template: PromptTemplate,
+             budgets: Budgets, retriever: Retriever | None = None, num_docs: int = 0,
+             progress: bool = True) -> list[dict]:
+    """Per-question predictions for every set (see module doc for the prompt); num_docs passages when
+    ecfg.retrieval."""
+    tpl = template
     total = sum(len(v) for v in sets.values())
     preds: list[dict] = []
     bar = tqdm.tqdm(total=total, desc=f"{ecfg.name} ({ecfg.mode})", unit="q", disable=not progress)
@@ -105,8 +112,8 @@ def evaluate(sets: dict[str, list[QARecord]], llm_cfg, llm_params, tok, ecfg: Ev
             if retriever is None:
                 raise ValueError("retrieval=True needs a retriever")
             queries = [retrieval_query(r, ecfg.query_with_options) for r in records]
-            docs = [list(row[row >= 0][::-1]) for i in range(0, len(queries), 64)  # best last
-                    for row in retriever.search(queries[i: i + 64], ecfg.num_docs)[0]]
+            ids, _ = search_all(retriever, queries, num_docs)
+            docs = [list(row[row >= 0][::-1]) for row in ids]  # best last
         passages = retriever.index.passages if retriever is not None else []
         prompts = [prompt_ids(tok, tpl, budgets, r, [passages[j].with_title for j in d]) for r, d in zip(records, docs)]
         if ecfg.mode == "loglik":
@@ -155,48 +162,47 @@ def markdown(rows: Sequence[dict], title: str, generate_mode: bool = False) -> s
 
 def gold_recall(retriever: Retriever, records: Sequence[QARecord], ks: Sequence[int]) -> dict[str, float]:
     """How often each PubMedQA question's own abstract (doc id pmid-<id>) is among its top-k passages."""
-    k = max(ks)
-    hits = np.zeros((len(records), k), bool)
-    for i in range(0, len(records), 64):
-        ids, _ = retriever.search([r.question for r in records[i: i + 64]], k)
-        for b, row in enumerate(ids):
-            gold = f"pmid-{records[i + b].id}"
-            hits[i + b] = [j >= 0 and retriever.index.passages[j].doc_id == gold for j in row]
+    ids, _ = search_all(retriever, [r.question for r in records], max(ks))
+    hits = np.array([[j >= 0 and retriever.index.passages[j].doc_id == f"pmid-{r.id}" for j in row]
+                     for r, row in zip(records, ids)], bool)
     return {f"top{kk}": float(np.mean(hits[:, :kk].any(axis=1))) for kk in ks}
 
 
-@gin.configurable
-def evaluate_main() -> dict:
-    """Loads weights (checkpoint or base), retrieves if asked, scores every set, writes JSON + markdown."""
+def evaluate_main(exp: Experiment, ecfg: EvalConfig) -> dict:
+    """Loads weights (the run's checkpoint or its base), retrieves if asked, scores every set, writes JSON +
+    markdown. `exp` is the run's saved config (experiment.for_evaluation)."""
     t0 = time.time()
-    run, ecfg = RunConfig(), EvalConfig()
+    run = exp.run
     out_dir = ecfg.output_dir or os.path.join(run.workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     if ecfg.from_checkpoint:
-        llm_cfg, tok, llm_params, rcfg, ctok, r_params, meta = restore_params(run)
-        source = {"checkpoint": os.path.join(run.workdir, "checkpoints"), "step": meta["step"]}
+        w = restore_params(run.workdir, exp=exp)
+        llm_cfg, tok, llm_params, rcfg, ctok, r_params = w.llm_cfg, w.tok, w.llm_params, w.rcfg, w.ctok, w.r_params
+        source = {"checkpoint": os.path.join(run.workdir, "checkpoints"), "step": w.meta["step"]}
     else:
-        llm_cfg, tok, rcfg, ctok, params = base_params(run, LoraConfig(rank=0))
+        llm_cfg, tok, rcfg, ctok, params = base_params(exp, lora=False)
         llm_params, r_params = params["llm"], params["retriever"]
         source = {"base": run.llm}
-    sets = eval_sets()
+    sets = eval_sets(exp.data, ecfg.sets, ecfg.medqa_path, ecfg.max_per_set)
+    num_docs = exp.jmlr.num_docs if ecfg.num_docs is None else ecfg.num_docs
     retriever = None
     if ecfg.retrieval:
-        index = cached_index(load_corpus(), rcfg, r_params, ctok, IndexConfig(), out_dir,
-                             also=[d for d in (run.initial_index,) if d])
+        index = cached_index(exp.corpus.load(exp.data.data_dir), rcfg, r_params, ctok, exp.index, exp.search,
+                             out_dir, also=[d for d in (run.initial_index,) if d])
         retriever = Retriever(rcfg, r_params, ctok, index)
-    preds = evaluate(sets, llm_cfg, llm_params, tok, ecfg, retriever)
+    preds = evaluate(sets, llm_cfg, llm_params, tok, ecfg, exp.template, exp.budgets, retriever, num_docs)
     rows = summarize(preds)
     result = {"name": ecfg.name, "source": source, "settings": {
-        "eval": dataclasses.asdict(ecfg), "template": dataclasses.asdict(PromptTemplate()),
-        "budgets": dataclasses.asdict(Budgets()), "llm": run.llm,
+        "eval": dict(dataclasses.asdict(ecfg), num_docs=num_docs), "template": dataclasses.asdict(exp.template),
+        "budgets": dataclasses.asdict(exp.budgets), "llm": run.llm,
         "corpus_passages": len(retriever.index.passages) if retriever else 0,
         "unparseable_policy": UNPARSEABLE_POLICY if ecfg.mode == "generate" else None},
         "summary": rows}
     if ecfg.gold_recall_ks:
-        corpus = load_corpus(pubmedqa_exclude_file="")  # the test abstracts are the gold documents here
-        gold_r = Retriever(rcfg, r_params, ctok, cached_index(corpus, rcfg, r_params, ctok, IndexConfig(), out_dir))
-        tests = eval_sets(names=("pubmedqa_test",), max_per_set=0)["pubmedqa_test"]
+        corpus = exp.corpus.load(exp.data.data_dir, pubmedqa_exclude=False)  # test abstracts are the gold documents
+        gold_r = Retriever(rcfg, r_params, ctok, cached_index(corpus, rcfg, r_params, ctok, exp.index, exp.search,
+                                                              out_dir))
+        tests = eval_sets(exp.data, ("pubmedqa_test",))["pubmedqa_test"]
         result["gold_recall"] = {"n": len(tests), "corpus_passages": len(corpus), **gold_recall(gold_r, tests,
                                                                                                 ecfg.gold_recall_ks)}
     result["seconds"] = round(time.time() - t0, 1)

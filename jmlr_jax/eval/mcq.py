@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlr_jax.data.sources import LETTERS, QARecord
-from jmlr_jax.data.templates import Budgets, PromptTemplate
+from jmlr_jax.data.templates import Budgets, PromptTemplate, bos_block, encode_docs, encode_question
 from jmlr_jax.generate import SamplingConfig, generate_ids, left_pad
 from jmlr_jax.models.llama import Llama, LlamaConfig, init_cache
 from jmlr_jax.tokenizers import Tokenizer
@@ -28,12 +28,16 @@ BUCKET = 64  # prompt lengths are padded to a multiple of this: few shapes, few 
 
 
 def prompt_ids(tok: Tokenizer, tpl: PromptTemplate, budgets: Budgets, r: QARecord, docs: Sequence[str] = ()) -> list[int]:
-    """The evaluation prompt as token ids (docs in the given order: pass them best-last)."""
-    ids = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
-    for d in docs:
-        ids += tok.encode(tpl.doc_text(d))[: budgets.doc]
-    q = tok.encode(tpl.question_text(r))
-    return ids + q[-budgets.question:]
+    """The evaluation prompt as token ids (docs in the given order: pass them best-last): the training blocks
+    (data/templates.py) with their padding removed, i.e. the sequence the trained model saw."""
+    blocks = [bos_block(tok)]
+    if docs:
+        d, dv = encode_docs(tok, tpl, docs, budgets.doc)
+        blocks.append((d.reshape(-1), dv.reshape(-1)))
+    blocks.append(encode_question(tok, tpl, r, budgets.question))
+    tokens = np.concatenate([b[0] for b in blocks])
+    valid = np.concatenate([b[1] for b in blocks])
+    return tokens[valid > 0].tolist()
 
 
 def option_ids(tok: Tokenizer, tpl: PromptTemplate, r: QARecord, budget: int) -> list[list[int]]:

@@ -198,8 +198,38 @@ READERS: dict[str, Callable[..., Yield]] = {
 }
 
 
+def resolve_path(path: str, data_dir: str) -> str:
+    """A relative data path is relative to the run's data directory (DataConfig.data_dir); absolute stays."""
+    if os.path.isabs(path) or not path:
+        return path
+    if not data_dir:
+        raise InputError(f"relative data path {path!r} but no data directory: bind DATA (DataConfig.data_dir) in gin")
+    return os.path.join(data_dir, path)
+
+
 @gin.configurable
-def load_corpus(sources: Sequence[tuple[str, str]] = gin.REQUIRED, *, chunk_size: int = 100, overlap: int = 20,
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """The retrieval corpus of a run; relative paths are under DataConfig.data_dir."""
+
+    sources: tuple[tuple[str, str], ...] = ()  # (kind, path) pairs, kinds: READERS
+    chunk_size: int = 100
+    overlap: int = 20
+    on_error: str = "raise"
+    dedupe: bool = True
+    pubmedqa_exclude_file: str = ""  # e.g. pubmedqa/test_ground_truth.json: evaluation abstracts stay out
+
+    def load(self, data_dir: str, pubmedqa_exclude: bool = True) -> "Corpus":
+        """The corpus (pubmedqa_exclude=False keeps the excluded abstracts: gold documents for recall)."""
+        if not self.sources:
+            raise InputError("CorpusConfig.sources is empty: no corpus to retrieve from")
+        return load_corpus([(k, resolve_path(p, data_dir)) for k, p in self.sources], chunk_size=self.chunk_size,
+                           overlap=self.overlap, on_error=self.on_error, dedupe=self.dedupe,
+                           pubmedqa_exclude_file=resolve_path(self.pubmedqa_exclude_file, data_dir)
+                           if pubmedqa_exclude else "")
+
+
+def load_corpus(sources: Sequence[tuple[str, str]], *, chunk_size: int = 100, overlap: int = 20,
                 on_error: str = "raise", dedupe: bool = True, pubmedqa_exclude_file: str = "") -> Corpus:
     """Reads (kind, path) sources in order, chunks every document, and drops duplicate passage texts.
 
@@ -209,6 +239,8 @@ def load_corpus(sources: Sequence[tuple[str, str]] = gin.REQUIRED, *, chunk_size
     """
     exclude: set[str] = set()
     if pubmedqa_exclude_file:
+        if not os.path.isfile(pubmedqa_exclude_file):
+            raise FileNotFoundError(f"pubmedqa_exclude_file not found: {pubmedqa_exclude_file}")
         with open(pubmedqa_exclude_file) as f:
             exclude = set(map(str, json.load(f)))
     if on_error not in ("raise", "skip"):

@@ -1,34 +1,27 @@
-"""Gin-configurable entry points behind launch/build_index.py and launch/search.py."""
+"""The entry points behind launch/build_index.py and launch/search.py (their own settings gin-bound here; the
+corpus, retriever and index settings come from the root config the launcher built)."""
 from __future__ import annotations
 
 import time
 
 import gin
 
-from jmlr_jax.models.colbert import ColBERTTokenizer
-from jmlr_jax.retrieval.corpus import load_corpus
-from jmlr_jax.retrieval.index import IndexConfig, Retriever, build_index, load_index
+from jmlr_jax.experiment import Experiment
+from jmlr_jax.retrieval.encode import retriever_preset
+from jmlr_jax.retrieval.index import Retriever, build_index
+from jmlr_jax.retrieval.store import load_index, save_index
 
 
 @gin.configurable
-def retriever_preset(name: str = "all-minilm-l6-v2", query_maxlen: int = 32, doc_maxlen: int = 180):
-    """(ColBERTConfig, params, ColBERTTokenizer) from a preset name or a local BERT directory."""
-    from jmlr_jax.convert import load_preset
-
-    cfg, params, tok = load_preset(name, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
-    return cfg, params, ColBERTTokenizer(tok, cfg)
-
-
-@gin.configurable
-def index_main(index_dir: str = gin.REQUIRED) -> str:
+def index_main(exp: Experiment, index_dir: str = gin.REQUIRED) -> str:
     """Reads the corpus, encodes it, builds the ScaNN token index and saves it to `index_dir`."""
     t0 = time.time()
-    corpus = load_corpus()
+    corpus = exp.corpus.load(exp.data.data_dir)
     print(f"corpus: {len(corpus)} passages ({corpus.skipped} malformed records skipped, {corpus.duplicates} "
           f"duplicate passages dropped), checksum {corpus.checksum()}")
-    cfg, params, ctok = retriever_preset()
-    index = build_index(corpus, cfg, params, ctok, IndexConfig())
-    index.save(index_dir)
+    cfg, params, ctok = retriever_preset(exp.retriever)
+    index = build_index(corpus, cfg, params, ctok, exp.index, exp.search)
+    save_index(index, index_dir)
     m = index.meta
     print(f"index {index.version}: {m['num_tokens']} token vectors x {m['dim']} (fp16, "
           f"{index.emb.nbytes / 2**20:.0f} MiB); encode {m['encode_s']:.0f} s, ScaNN build {m['scann_build_s']:.0f} s; "
@@ -36,17 +29,18 @@ def index_main(index_dir: str = gin.REQUIRED) -> str:
     return index_dir
 
 
-def open_retriever(index_dir: str) -> Retriever:
+def open_retriever(exp: Experiment, index_dir: str) -> Retriever:
     """Index from disk + the retriever it was built with (checked by the encoder checksum); search settings
-    from the gin-bound IndexConfig."""
-    cfg, params, ctok = retriever_preset()
-    return Retriever(cfg, params, ctok, load_index(index_dir, params=params, search=IndexConfig()))
+    from exp.search."""
+    cfg, params, ctok = retriever_preset(exp.retriever)
+    return Retriever(cfg, params, ctok, load_index(index_dir, params=params, search=exp.search))
 
 
 @gin.configurable
-def search_main(question: str = gin.REQUIRED, index_dir: str = gin.REQUIRED, k: int = 10, exact: bool = False) -> None:
+def search_main(exp: Experiment, question: str = gin.REQUIRED, index_dir: str = gin.REQUIRED, k: int = 10,
+                exact: bool = False) -> None:
     """Prints the top-k passages (rank, score, id, title, source) for one question."""
-    r = open_retriever(index_dir)
+    r = open_retriever(exp, index_dir)
     t = time.time()
     ids, scores = (r.exact_search if exact else r.search)([question], k)
     dt = time.time() - t

@@ -32,10 +32,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jmlr_jax.data.templates import assemble
 from jmlr_jax.models.colbert import ColBERT, ColBERTConfig, maxsim
-from jmlr_jax.models.llama import Llama, LlamaConfig
-from jmlr_jax.train.losses import output_kernel
+from jmlr_jax.models.llama import LlamaConfig
+from jmlr_jax.train.losses import answer_nll, kl_rank_loss, normalize_scores, ranknet_loss
 from jmlr_jax.train.state import LoraConfig, llm_params_of
 
 
@@ -62,83 +61,10 @@ class JMLRConfig:
             raise ValueError(f"rank_loss must be 'ranknet' or 'kl', got {self.rank_loss!r}")
 
 
-def normalize_scores(s_BxC: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """Min-max rescale each row to [-1, 1]; a row whose scores are all equal maps to zeros."""
-    lo = jnp.min(s_BxC, axis=-1, keepdims=True)
-    span = jnp.max(s_BxC, axis=-1, keepdims=True) - lo
-    safe = jnp.where(span > eps, span, 1.0)
-    return jnp.where(span > eps, 2.0 * (s_BxC - lo) / safe - 1.0, 0.0)
-
-
-def ranknet_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array) -> jax.Array:
-    """Mean over ordered pairs i != j of BCE(sigmoid(s_i - s_j), [l_j > l_i]); per example [B]."""
-    diff = s_hat_BxS[:, :, None] - s_hat_BxS[:, None, :]
-    target = (l_BxS[:, None, :] > l_BxS[:, :, None]).astype(jnp.float32)
-    bce = optax.sigmoid_binary_cross_entropy(diff, target)
-    S = s_hat_BxS.shape[1]
-    off_diag = 1.0 - jnp.eye(S)
-    return jnp.sum(bce * off_diag, axis=(1, 2)) / max(S * (S - 1), 1)
-
-
-def kl_rank_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array, tau: float, beta: float) -> jax.Array:
-    """KL(LLM posterior || retriever distribution) over the sampled docs; per example [B]."""
-    target = jax.nn.softmax(-l_BxS / beta, axis=-1)
-    log_p = jax.nn.log_softmax(s_hat_BxS / tau, axis=-1)
-    return jnp.sum(target * (jnp.log(jnp.maximum(target, 1e-12)) - log_p), axis=-1)
-
-
-def lm_logits(cfg: LlamaConfig, llm_params, hidden: jax.Array) -> jax.Array:
-    """Output projection for selected hidden states only (the loss needs La positions, not the sequence)."""
-    w = output_kernel(cfg, llm_params)
-    return jnp.einsum("...d,dv->...v", hidden.astype(cfg.dtype), w.astype(cfg.dtype),
-                      preferred_element_type=jnp.float32)
-
-
-def compact_sequence(tokens, valid, pos):
-    """Valid tokens moved to the front in order (a stable gather), padding after; positions unchanged.
-
-    The assembled sequences have padding between blocks; compacted, each row is one segment then padding,
-    which every attention backend handles (cuDNN needs it; the blockwise kernel skips the padded tail).
-    Returns tokens, valid and positions in the compact order; valid token i of a row lands at index pos[i].
-    """
-    L = tokens.shape[-1]
-    n_valid = jnp.sum(valid, axis=-1, keepdims=True)
-    dest = jnp.where(valid > 0, pos, n_valid + jnp.cumsum(1 - valid, axis=-1) - 1)  # a permutation of 0..L-1
-    rows = jnp.arange(tokens.shape[0])[:, None]
-    src = jnp.zeros_like(dest).at[rows, dest].set(jnp.broadcast_to(jnp.arange(L), dest.shape))
-    take = lambda x: jnp.take_along_axis(x, src, axis=-1)  # noqa: E731
-    return take(tokens), take(valid), take(pos)
-
-
-def answer_nll(cfg: LlamaConfig, llm_params, blocks: list[tuple[jax.Array, jax.Array]], answer, answer_valid,
-               train: bool, compact: bool = True) -> jax.Array:
-    """Mean NLL of the answer tokens for sequences `blocks + [answer]`; per sequence [N].
-
-    compact: run the model on the compacted sequence (padding gathered to the end) instead of the
-    block layout with interior padding; the same values either way (tested), one is faster per backend.
-    """
-    tokens, valid, pos = assemble([b[0] for b in blocks] + [answer], [b[1] for b in blocks] + [answer_valid])
-    La = answer.shape[-1]
-    model = Llama(cfg)
-    if compact:
-        c_tokens, c_valid, c_pos = compact_sequence(tokens, valid, pos)
-        hidden = model.apply({"params": llm_params}, c_tokens, positions_BxL=c_pos, segment_ids_BxL=c_valid,
-                             train=train, return_hidden=True, right_padded=True)
-        # Index L-La-1 (the last question token) .. L-2 of the block layout sit at their positions when compact.
-        hidden = jnp.take_along_axis(hidden, pos[:, -La - 1: -1, None], axis=1)
-    else:
-        hidden = model.apply({"params": llm_params}, tokens, positions_BxL=pos, segment_ids_BxL=valid,
-                             train=train, return_hidden=True)[:, -La - 1: -1]
-    # The question block is right-aligned, so positions L-La-1 .. L-2 predict answer tokens 0 .. La-1.
-    logits = lm_logits(cfg, llm_params, hidden)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, answer[..., None], axis=-1)[..., 0]
-    w = answer_valid.astype(jnp.float32)
-    return jnp.sum(nll * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
-
-
 @dataclasses.dataclass(frozen=True)
-class Models:
+class StepConfigs:
+    """The static configs the jitted step is specialised on (hashable: part of the jit cache key)."""
+
     llm: LlamaConfig
     retriever: ColBERTConfig
     jmlr: JMLRConfig
@@ -160,7 +86,7 @@ def _take(x_BxCx, idx_BxK):
     return jnp.take_along_axis(x_BxCx, idx_BxK.reshape(*idx_BxK.shape, *([1] * (x_BxCx.ndim - 2))), axis=1)
 
 
-def jmlr_loss(params, batch, rng, m: Models) -> tuple[jax.Array, dict]:
+def jmlr_loss(params, batch, rng, m: StepConfigs) -> tuple[jax.Array, dict]:
     """Total loss and metrics for one (micro-)batch."""
     j = m.jmlr
     B, C = batch["docs"].shape[:2]
@@ -191,7 +117,7 @@ def jmlr_loss(params, batch, rng, m: Models) -> tuple[jax.Array, dict]:
     return loss, {"loss": loss, "lm_loss": jnp.mean(lm), "rank_loss": jnp.mean(rank), **metrics}
 
 
-def _rank_loss(llm_params, batch, s, rng, m: Models) -> tuple[jax.Array, dict]:
+def _rank_loss(llm_params, batch, s, rng, m: StepConfigs) -> tuple[jax.Array, dict]:
     """Steps 2-5: normalise, sample S candidates, score them with the frozen LLM, rank loss [B] + metrics."""
     j = m.jmlr
     B, C = batch["docs"].shape[:2]
@@ -222,7 +148,7 @@ def _rank_loss(llm_params, batch, s, rng, m: Models) -> tuple[jax.Array, dict]:
                   "doc_loss_spread": jnp.mean(jnp.max(l, 1) - jnp.min(l, 1))}
 
 
-def train_step(state: dict[str, Any], batch: dict, *, models: Models, tx: optax.GradientTransformation):
+def train_step(state: dict[str, Any], batch: dict, *, models: StepConfigs, tx: optax.GradientTransformation):
     """state = {"step", "params", "opt_state", "rng"} -> (new state, metrics). Pure; jit it with shardings."""
     rng = jax.random.fold_in(state["rng"], state["step"])
     grad_fn = jax.value_and_grad(functools.partial(jmlr_loss, m=models), has_aux=True)

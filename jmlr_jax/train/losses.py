@@ -1,4 +1,5 @@
-"""Language-model losses that never hold a [B, L, vocab] fp32 logits tensor.
+"""The losses: the retriever's rank losses over LLM-scored documents, the answer NLL of assembled sequences,
+and language-model cross-entropy that never holds a [B, L, vocab] fp32 logits tensor.
 
 With Llama-3's 128k vocabulary, fp32 logits for 8 x 8192 tokens are 34 GB (more than an 8B model in bf16),
 and autodiff keeps them plus the softmax for the backward pass. `chunked_cross_entropy` projects `chunk`
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from jmlr_jax.data.templates import assemble, compact_sequence
+from jmlr_jax.models.llama import Llama, LlamaConfig
 
 
 def output_kernel(cfg, llm_params) -> jax.Array:
@@ -44,3 +49,66 @@ def chunked_cross_entropy(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL
 
     total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, t, wt))
     return total, jnp.sum(wt)
+
+
+# ----------------------------------------------------------------------------------- rank losses
+
+def normalize_scores(s_BxC: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Min-max rescale each row to [-1, 1]; a row whose scores are all equal maps to zeros."""
+    lo = jnp.min(s_BxC, axis=-1, keepdims=True)
+    span = jnp.max(s_BxC, axis=-1, keepdims=True) - lo
+    safe = jnp.where(span > eps, span, 1.0)
+    return jnp.where(span > eps, 2.0 * (s_BxC - lo) / safe - 1.0, 0.0)
+
+
+def ranknet_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array) -> jax.Array:
+    """Mean over ordered pairs i != j of BCE(sigmoid(s_i - s_j), [l_j > l_i]); per example [B]."""
+    diff = s_hat_BxS[:, :, None] - s_hat_BxS[:, None, :]
+    target = (l_BxS[:, None, :] > l_BxS[:, :, None]).astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(diff, target)
+    S = s_hat_BxS.shape[1]
+    off_diag = 1.0 - jnp.eye(S)
+    return jnp.sum(bce * off_diag, axis=(1, 2)) / max(S * (S - 1), 1)
+
+
+def kl_rank_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array, tau: float, beta: float) -> jax.Array:
+    """KL(LLM posterior || retriever distribution) over the sampled docs; per example [B]."""
+    target = jax.nn.softmax(-l_BxS / beta, axis=-1)
+    log_p = jax.nn.log_softmax(s_hat_BxS / tau, axis=-1)
+    return jnp.sum(target * (jnp.log(jnp.maximum(target, 1e-12)) - log_p), axis=-1)
+
+
+# ------------------------------------------------------------------------------------- answer NLL
+
+def lm_logits(cfg: LlamaConfig, llm_params, hidden: jax.Array) -> jax.Array:
+    """Output projection for selected hidden states only (the loss needs La positions, not the sequence)."""
+    w = output_kernel(cfg, llm_params)
+    return jnp.einsum("...d,dv->...v", hidden.astype(cfg.dtype), w.astype(cfg.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def answer_nll(cfg: LlamaConfig, llm_params, blocks: list[tuple[jax.Array, jax.Array]], answer, answer_valid,
+               train: bool, compact: bool = True) -> jax.Array:
+    """Mean NLL of the answer tokens for sequences `blocks + [answer]`; per sequence [N].
+
+    compact: run the model on the compacted sequence (padding gathered to the end) instead of the
+    block layout with interior padding; the same values either way (tested), one is faster per backend.
+    """
+    tokens, valid, pos = assemble([b[0] for b in blocks] + [answer], [b[1] for b in blocks] + [answer_valid])
+    La = answer.shape[-1]
+    model = Llama(cfg)
+    if compact:
+        c_tokens, c_valid, c_pos = compact_sequence(tokens, valid, pos)
+        hidden = model.apply({"params": llm_params}, c_tokens, positions_BxL=c_pos, segment_ids_BxL=c_valid,
+                             train=train, return_hidden=True, right_padded=True)
+        # Index L-La-1 (the last question token) .. L-2 of the block layout sit at their positions when compact.
+        hidden = jnp.take_along_axis(hidden, pos[:, -La - 1: -1, None], axis=1)
+    else:
+        hidden = model.apply({"params": llm_params}, tokens, positions_BxL=pos, segment_ids_BxL=valid,
+                             train=train, return_hidden=True)[:, -La - 1: -1]
+    # The question block is right-aligned, so positions L-La-1 .. L-2 predict answer tokens 0 .. La-1.
+    logits = lm_logits(cfg, llm_params, hidden)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, answer[..., None], axis=-1)[..., 0]
+    w = answer_valid.astype(jnp.float32)
+    return jnp.sum(nll * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)

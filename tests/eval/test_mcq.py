@@ -11,6 +11,7 @@ from jmlr_jax.convert import load_preset
 from jmlr_jax.data.sources import QARecord
 from jmlr_jax.data.templates import Budgets, PromptTemplate
 from jmlr_jax.errors import InputError
+from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.eval import EvalConfig, evaluate, eval_sets, option_ids, parse_choice, prompt_ids, score_options
 from jmlr_jax.eval.harness import markdown, summarize
 from jmlr_jax.retrieval.corpus import Passage
@@ -71,8 +72,8 @@ def test_evaluate_loglik_with_retrieval_matches_reference(tiny):
     tpl, budgets = PromptTemplate(), Budgets(doc=12, question=64, answer=8)
     recs = records()
     ecfg = EvalConfig(retrieval=True, num_docs=2, batch_size=2)
-    preds = evaluate({"medqa": recs[:2], "mmlu_med": recs[2:]}, cfg, params, tok, ecfg, FakeRetriever(), tpl, budgets,
-                     progress=False)
+    preds = evaluate({"medqa": recs[:2], "mmlu_med": recs[2:]}, cfg, params, tok, ecfg, tpl, budgets, FakeRetriever(),
+                     num_docs=2, progress=False)
     passages = FakeRetriever.index.passages
     for r, p in zip(recs, preds):
         assert p["docs"] == ["p0#0", "p2#0"]  # top-2 is [2, 0]: best (2) last
@@ -94,7 +95,8 @@ def test_evaluate_loglik_with_retrieval_matches_reference(tiny):
 def test_evaluate_generate_parses_and_counts_unparsed(tiny):
     cfg, params, tok, _ = tiny
     preds = evaluate({"medqa": records()}, cfg, params, tok, EvalConfig(mode="generate", max_new_tokens=6,
-                                                                        batch_size=2), progress=False)
+                                                                        batch_size=2), PromptTemplate(), Budgets(),
+                     progress=False)
     for r, p in zip(records(), preds):
         expected = parse_choice(p["output"], r.options)
         assert p["unparsed"] == (expected is None) and p["pred"] == (-1 if expected is None else expected)
@@ -105,15 +107,18 @@ def test_eval_sets_from_fixture_files(tmp_path):
     medqa = tmp_path / "test.jsonl"
     medqa.write_text("\n".join(json.dumps({"question": f"Q{i}?", "options": {"A": "x", "B": "y", "C": "z", "D": "w"},
                                            "answer_idx": "B"}) for i in range(10)) + "\n")
-    sets = eval_sets(data_dir=str(tmp_path), names=("medqa",), medqa_path=str(medqa))
+    data = DataConfig(data_dir=str(tmp_path))
+    sets = eval_sets(data, names=("medqa",), medqa_path="test.jsonl")  # relative to the data directory
     assert len(sets["medqa"]) == 10 and sets["medqa"][0].answer_letter == "B"
-    a = eval_sets(data_dir=str(tmp_path), names=("medqa",), medqa_path=str(medqa), max_per_set=4)["medqa"]
-    b = eval_sets(data_dir=str(tmp_path), names=("medqa",), medqa_path=str(medqa), max_per_set=4)["medqa"]
+    a = eval_sets(data, names=("medqa",), medqa_path=str(medqa), max_per_set=4)["medqa"]
+    b = eval_sets(data, names=("medqa",), medqa_path=str(medqa), max_per_set=4)["medqa"]
     assert [r.id for r in a] == [r.id for r in b] and len(a) == 4 and [r.id for r in a] != ["0", "1", "2", "3"]
     with pytest.raises(InputError, match="unknown evaluation set"):
-        eval_sets(names=("medqa_usmle",))
+        eval_sets(data, names=("medqa_usmle",))
     with pytest.raises(InputError, match="medqa_path"):
-        eval_sets(names=("medqa",))
+        eval_sets(data, names=("medqa",))
+    with pytest.raises(InputError, match="DataConfig.data_dir is not set"):
+        eval_sets(DataConfig(), names=("medqa",), medqa_path=str(medqa))
     with pytest.raises(ValueError, match="mode"):
         EvalConfig(mode="vote")
     assert dataclasses.asdict(EvalConfig())["mode"] == "loglik"

@@ -10,7 +10,9 @@ import pytest
 from jmlr_jax.models import ColBERTTokenizer, maxsim
 from jmlr_jax.retrieval import load_corpus
 from jmlr_jax.retrieval import index as index_lib
-from jmlr_jax.retrieval.index import IndexConfig, IndexMismatchError, Retriever, build_index, load_index
+from jmlr_jax.retrieval.encode import encode_passages
+from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, build_index, search_all
+from jmlr_jax.retrieval.store import IndexMismatchError, load_index, save_index
 from tests.conftest import DATA_DIR, require
 
 
@@ -42,7 +44,7 @@ def real_subset(minilm):
 @pytest.fixture(scope="module")
 def brute_index(real_subset):
     corpus, cfg, params, ctok, _, _ = real_subset
-    return build_index(corpus, cfg, params, ctok, IndexConfig(encode_batch=32), progress=False)
+    return build_index(corpus, cfg, params, ctok, IndexConfig(encode_batch=32), SearchConfig(), progress=False)
 
 
 def test_stored_tokens_and_exact_search_match_model_maxsim(real_subset, brute_index):
@@ -82,9 +84,10 @@ def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tr
     corpus, cfg, params, ctok, questions, gold = real_subset
     idx = brute_index
     if tree:  # force the partitioned + AH + reorder path on this small index
-        icfg = IndexConfig(brute_force_below=0, num_leaves=200, leaves_to_search=40, training_sample=50_000,
-                           token_k=64, rerank_docs=128)  # and prune candidates by approximate MaxSim
-        idx = dataclasses.replace(idx, icfg=icfg, searcher=index_lib._scann_searcher(idx.emb.astype(np.float32), icfg))
+        icfg = IndexConfig(brute_force_below=0, num_leaves=200, training_sample=50_000)
+        scfg = SearchConfig(leaves_to_search=40, token_k=64, rerank_docs=128)  # and prune by approximate MaxSim
+        idx = dataclasses.replace(idx, icfg=icfg, search=scfg,
+                                  searcher=index_lib._scann_searcher(idx.emb.astype(np.float32), icfg, scfg))
     r = Retriever(cfg, params, ctok, idx)
     Q = r.encode_queries(questions)
     approx, a_scores = idx.search_embeddings(Q, k=30)
@@ -92,9 +95,9 @@ def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tr
     recall = np.mean([len(set(a) & set(e)) / 30 for a, e in zip(approx, exact)])
     assert recall >= 0.95, recall
     # one query per thread, and fp32-resident embeddings: the same results as one thread over fp16
-    for variant in (dataclasses.replace(idx, icfg=dataclasses.replace(idx.icfg, num_threads=1)),
-                    dataclasses.replace(idx, emb=idx.emb.astype(np.float32), icfg=dataclasses.replace(
-                        idx.icfg, num_threads=3, resident_dtype="float32"))):
+    for variant in (dataclasses.replace(idx, search=dataclasses.replace(idx.search, num_threads=1)),
+                    dataclasses.replace(idx, emb=idx.emb.astype(np.float32), search=dataclasses.replace(
+                        idx.search, num_threads=3, resident_dtype="float32"))):
         for a, b in zip(variant.search_embeddings(Q, k=30), (approx, a_scores)):
             np.testing.assert_array_equal(a, b)
     with pytest.MonkeyPatch.context() as mp:  # exact MaxSim in blocks of 7 passages: the same ranking and scores
@@ -104,7 +107,7 @@ def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tr
     np.testing.assert_allclose(blocked_scores, a_scores, rtol=1e-6)
     if tree:  # token_k above reorder is honoured: ScaNN alone returns at most `reorder` neighbours per token
         spy = _NeighbourCount(idx.searcher)
-        dataclasses.replace(idx, searcher=spy, icfg=dataclasses.replace(idx.icfg, reorder=16)).search_embeddings(Q, 30)
+        dataclasses.replace(idx, searcher=spy, search=dataclasses.replace(idx.search, reorder=16)).search_embeddings(Q, 30)
         assert spy.k == 64
     found = approx[0][approx[0] >= 0]
     np.testing.assert_allclose(a_scores[0][: len(found)], np.sort(a_scores[0][: len(found)])[::-1])
@@ -116,7 +119,7 @@ def test_scann_recall_at_30_vs_exact_on_real_subset(real_subset, brute_index, tr
 def test_save_load_round_trip_and_version_checks(tmp_path, real_subset, brute_index):
     corpus, cfg, params, ctok, questions, _ = real_subset
     d = str(tmp_path / "index")
-    brute_index.save(d)
+    save_index(brute_index, d)
     loaded = load_index(d, corpus=corpus, params=params)
     assert loaded.version == brute_index.version
     np.testing.assert_array_equal(loaded.emb, brute_index.emb)
@@ -131,22 +134,24 @@ def test_save_load_round_trip_and_version_checks(tmp_path, real_subset, brute_in
         load_index(d, params=moved)
     # fp32 in memory, fp16 on disk; loading restores the resident dtype the index was built with
     wide = dataclasses.replace(brute_index, emb=brute_index.emb.astype(np.float32),
-                               icfg=dataclasses.replace(brute_index.icfg, resident_dtype="float32"))
-    wide.save(str(tmp_path / "wide"))
+                               search=dataclasses.replace(brute_index.search, resident_dtype="float32"))
+    save_index(wide, str(tmp_path / "wide"))
     assert np.load(str(tmp_path / "wide" / "embeddings.npy")).dtype == np.float16
     reloaded = load_index(str(tmp_path / "wide"))
     assert reloaded.emb.dtype == np.float32 and np.array_equal(reloaded.emb, wide.emb)
     # search-time settings are outside the version and follow the caller's config on load: no rebuild to tune them
-    tuned_cfg = dataclasses.replace(brute_index.icfg, token_k=7, rerank_docs=5, num_threads=1,
-                                    resident_dtype="float32")
-    assert index_lib.index_version("c", "e", cfg, tuned_cfg) == index_lib.index_version("c", "e", cfg,
-                                                                                      brute_index.icfg)
-    assert index_lib.index_version("c", "e", cfg, dataclasses.replace(tuned_cfg, num_leaves=64)) != \
-        index_lib.index_version("c", "e", cfg, tuned_cfg)  # a build setting is part of it
+    tuned_cfg = SearchConfig(token_k=7, rerank_docs=5, num_threads=1, resident_dtype="float32")
+    assert index_lib.index_version("c", "e", cfg, dataclasses.replace(brute_index.icfg, num_leaves=64)) != \
+        index_lib.index_version("c", "e", cfg, brute_index.icfg)  # a build setting is part of it
     tuned = load_index(d, search=tuned_cfg)
-    assert (tuned.icfg.token_k, tuned.icfg.rerank_docs, tuned.version) == (7, 5, brute_index.version)
-    assert tuned.emb.dtype == np.float32 and load_index(str(tmp_path / "wide"), search=IndexConfig()).emb.dtype \
+    assert (tuned.search.token_k, tuned.search.rerank_docs, tuned.version) == (7, 5, brute_index.version)
+    assert tuned.emb.dtype == np.float32 and load_index(str(tmp_path / "wide"), search=SearchConfig()).emb.dtype \
         == np.float16
+    # search_all batches queries: the same as one call
+    r = Retriever(cfg, params, ctok, brute_index)
+    (ids, scores), (ids1, scores1) = search_all(r, questions[:5], 10, batch=2), r.search(questions[:5], 10)
+    np.testing.assert_array_equal(ids, ids1)
+    np.testing.assert_allclose(scores, scores1, rtol=1e-5)  # batch size changes the encoder's float rounding
     os.remove(os.path.join(d, "offsets.npy"))
     with pytest.raises(IndexMismatchError, match="corrupt or incomplete"):
         load_index(d)
@@ -183,4 +188,4 @@ def test_empty_inputs_are_errors(real_subset, brute_index):
     with pytest.raises(ValueError, match="no questions"):
         Retriever(cfg, params, ctok, brute_index).search([], 5)
     with pytest.raises(ValueError, match="no passages"):
-        index_lib.encode_passages(cfg, params, ctok, [], IndexConfig())
+        encode_passages(cfg, params, ctok, [])

@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from jmlr_jax.data import templates
 from jmlr_jax.data.templates import assemble
 from jmlr_jax.models import BertConfig, ColBERTConfig, LlamaConfig
 from jmlr_jax.models import colbert as colbert_lib, llama as llama_lib
-from jmlr_jax.train import jmlr_step as js
+from jmlr_jax.train import jmlr_step as js, losses
 from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, init_train_state, make_optimizer
 
 LLM = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
@@ -44,13 +45,13 @@ def params():
 
 
 def models(**kw):
-    return js.Models(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3, **kw))
+    return js.StepConfigs(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3, **kw))
 
 
 def test_normalize_scores_guarded():
     s = jnp.asarray([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])
-    np.testing.assert_allclose(js.normalize_scores(s), [[-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-    g = jax.grad(lambda x: js.normalize_scores(x).sum())(s)
+    np.testing.assert_allclose(losses.normalize_scores(s), [[-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    g = jax.grad(lambda x: losses.normalize_scores(x).sum())(s)
     assert np.all(np.isfinite(g))
 
 
@@ -68,11 +69,11 @@ def test_ranknet_and_kl_match_numpy():
                     t = float(l[b, j] > l[b, i])
                     terms.append(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
         ref[b] = np.mean(terms)
-    np.testing.assert_allclose(js.ranknet_loss(s, l), ref, rtol=1e-5)
+    np.testing.assert_allclose(losses.ranknet_loss(s, l), ref, rtol=1e-5)
     tau, beta = 0.5, 0.3
     q = np.exp(-l / beta) / np.exp(-l / beta).sum(1, keepdims=True)
     logp = s / tau - np.log(np.exp(s / tau).sum(1, keepdims=True))
-    np.testing.assert_allclose(js.kl_rank_loss(s, l, tau, beta), (q * (np.log(q) - logp)).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(losses.kl_rank_loss(s, l, tau, beta), (q * (np.log(q) - logp)).sum(1), rtol=1e-5)
 
 
 def test_loss_gradients_reach_what_they_should(params):
@@ -106,7 +107,7 @@ def test_generator_sees_top_docs_best_last(params):
         blocks = [(batch["bos"][b:b + 1], batch["bos_valid"][b:b + 1])]
         blocks += [(batch["docs"][b:b + 1, c], batch["docs_valid"][b:b + 1, c]) for c in order]
         blocks += [(batch["question"][b:b + 1], batch["question_valid"][b:b + 1])]
-        expected.append(js.answer_nll(LLM, params["llm"], blocks, batch["answer"][b:b + 1],
+        expected.append(losses.answer_nll(LLM, params["llm"], blocks, batch["answer"][b:b + 1],
                                       batch["answer_valid"][b:b + 1], train=True)[0])
         # the same text as one compact sequence gives the same loss (padding is invisible)
         toks, valid, _ = assemble([x[0] for x in blocks] + [batch["answer"][b:b + 1]],
@@ -140,7 +141,7 @@ def test_train_step_with_grad_accumulation_and_lora(params):
     state = init_train_state(params, tx)
     step1 = jax.jit(functools.partial(js.train_step, models=m1, tx=tx))
     s1, met1 = step1(state, batch)
-    m2 = js.Models(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3, grad_accum=2))
+    m2 = js.StepConfigs(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3, grad_accum=2))
     step2 = jax.jit(functools.partial(js.train_step, models=m2, tx=tx))
     s2, met2 = step2(state, jax.tree_util.tree_map(lambda x: x.reshape(2, 1, *x.shape[1:]), batch))
     np.testing.assert_allclose(met1["loss"], met2["loss"], rtol=1e-5)
@@ -152,7 +153,7 @@ def test_train_step_with_grad_accumulation_and_lora(params):
     # LoRA: only adapters (and the retriever) move; the adapted model starts equal to the base model
     lcfg = LoraConfig(rank=2, alpha=4.0)
     lp = dict(params, lora=init_lora(params["llm"], lcfg, jax.random.PRNGKey(9)))
-    mlora = js.Models(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3), lcfg)
+    mlora = js.StepConfigs(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3), lcfg)
     base_loss = js.jmlr_loss(params, batch, jax.random.PRNGKey(0), m1)[0]
     np.testing.assert_allclose(js.jmlr_loss(lp, batch, jax.random.PRNGKey(0), mlora)[0], base_loss, rtol=1e-6)
     txl = make_optimizer(lp, ocfg)
@@ -164,7 +165,7 @@ def test_train_step_with_grad_accumulation_and_lora(params):
 def test_candidate_count_mismatch_is_an_error(params):
     with pytest.raises(ValueError, match="num_candidates=5"):
         js.jmlr_loss(params, make_batch(C=6), jax.random.PRNGKey(0),
-                     js.Models(LLM, RET, js.JMLRConfig(num_candidates=5, num_sampled=4, num_docs=3)))
+                     js.StepConfigs(LLM, RET, js.JMLRConfig(num_candidates=5, num_sampled=4, num_docs=3)))
     with pytest.raises(ValueError, match="num_sampled"):
         js.JMLRConfig(num_candidates=5, num_sampled=6)
 
@@ -181,9 +182,9 @@ def test_baseline_modes_rag_and_plain_finetuning(params):
     g = jax.grad(lambda p: js.jmlr_loss(p, batch, rng, rag)[0])(params)
     assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree_util.tree_leaves(g["retriever"]))
     # Plain fine-tuning (num_docs=0): the generator reads bos + question only.
-    plain = js.Models(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=0, rank_weight=0.0))
+    plain = js.StepConfigs(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=0, rank_weight=0.0))
     loss_plain, _ = js.jmlr_loss(params, batch, rng, plain)
-    ref = js.answer_nll(LLM, params["llm"], [(batch["bos"], batch["bos_valid"]),
+    ref = losses.answer_nll(LLM, params["llm"], [(batch["bos"], batch["bos_valid"]),
                                              (batch["question"], batch["question_valid"])],
                         batch["answer"], batch["answer_valid"], train=True)
     np.testing.assert_allclose(loss_plain, np.mean(ref), rtol=1e-6)
@@ -201,7 +202,7 @@ def test_compaction_gives_the_same_losses_and_grads(params, s2):
     rng = jax.random.PRNGKey(7)
     llm = LLM.replace(s2_group_size=s2)
     run = lambda compact, impl: jax.jit(jax.value_and_grad(  # noqa: E731
-        lambda p: js.jmlr_loss(p, batch, rng, js.Models(llm.replace(attention=impl), RET, js.JMLRConfig(
+        lambda p: js.jmlr_loss(p, batch, rng, js.StepConfigs(llm.replace(attention=impl), RET, js.JMLRConfig(
             num_candidates=6, num_sampled=4, num_docs=3, compact=compact)))[0]))(params)
     if s2:  # groups are over sequence indices: only the compact layout matches the oracle's groups
         (l_ref, g_ref), (l_c, g_c) = run(True, "reference"), run(True, "blockwise")
@@ -223,7 +224,7 @@ def test_compact_sequence_is_a_stable_gather():
     tokens = jnp.asarray([[5, 0, 6, 7, 0, 0, 8], [1, 2, 3, 4, 5, 6, 7]])
     valid = jnp.asarray([[1, 0, 1, 1, 0, 0, 1], [1] * 7])
     _, _, pos = assemble([tokens], [valid])
-    t, v, p = js.compact_sequence(tokens, valid, pos)
+    t, v, p = templates.compact_sequence(tokens, valid, pos)
     np.testing.assert_array_equal(t[0, :4], [5, 6, 7, 8])
     np.testing.assert_array_equal(v[0], [1, 1, 1, 1, 0, 0, 0])
     np.testing.assert_array_equal(p[0, :4], [0, 1, 2, 3])

@@ -1,16 +1,18 @@
 """The training loop end to end on tiny models and real data: resume, multi-device, bad input."""
 import json
 import os
+import signal
 
 import gin
 import jax
 import numpy as np
 import pytest
 
-from jmlr_jax import checkpoint, config
+from jmlr_jax import config, experiment
+from jmlr_jax.errors import InputError
 from jmlr_jax.eval import harness
-from jmlr_jax.retrieval.index import IndexMismatchError
-from jmlr_jax.train import loop
+from jmlr_jax.retrieval.store import IndexMismatchError
+from jmlr_jax.train import loop, weights
 from tests.conftest import DATA_DIR, require
 from tests.helpers import save_tiny_llama_dir
 
@@ -31,9 +33,9 @@ def assets(tmp_path_factory, minilm):
 def bindings(llm, corpus, workdir, **extra):
     b = {"RunConfig.llm": repr(llm), "RunConfig.workdir": repr(str(workdir)), "RunConfig.progress": "False",
          "RunConfig.llm_overrides": "()", "RunConfig.num_steps": "4", "RunConfig.batch_size": "2",
-         "RunConfig.checkpoint_every": "2", "load_corpus.sources": f"[('documents', {corpus!r})]",
-         "training_records.data_dir": repr(DATA_DIR), "training_records.max_examples": "8",
-         "retriever_preset.doc_maxlen": "48", "retriever_preset.query_maxlen": "16",
+         "RunConfig.checkpoint_every": "2", "CorpusConfig.sources": f"[('documents', {corpus!r})]",
+         "DataConfig.data_dir": repr(DATA_DIR), "DataConfig.max_examples": "8",
+         "RetrieverConfig.doc_maxlen": "48", "RetrieverConfig.query_maxlen": "16",
          "JMLRConfig.num_candidates": "4", "JMLRConfig.num_sampled": "3", "JMLRConfig.num_docs": "2",
          "Budgets.doc": "24", "Budgets.question": "48", "Budgets.answer": "8",
          "OptimConfig.llm_lr": "1e-3", "OptimConfig.retriever_lr": "1e-3"}
@@ -43,7 +45,7 @@ def bindings(llm, corpus, workdir, **extra):
 
 def trainer(assets, workdir, **extra):
     config.parse(["quickstart_cpu.gin"], bindings(*assets, workdir, **extra))
-    return loop.Trainer()
+    return loop.Trainer(experiment.for_training())
 
 
 def params_of(t):
@@ -73,21 +75,35 @@ def test_resume_is_exact(assets, tmp_path):
     assert os.path.isfile(tmp_path / "b" / "operative_config.gin")
     assert any(n.startswith("events") for n in os.listdir(tmp_path / "b" / "tb"))
 
-    # Evaluation restores exactly the trained weights and retrieves with the trained retriever.
-    config.parse(["quickstart_cpu.gin", "compare/eval.gin"], bindings(*assets, tmp_path / "a") + [
-        "EvalConfig.retrieval = True", "EvalConfig.num_docs = 2", "eval_sets.max_per_set = 3",
-        f"eval_sets.data_dir = {DATA_DIR!r}", f"EvalConfig.output_dir = {str(tmp_path / 'eval')!r}",
-        "EvalConfig.gold_recall_ks = (1, 2)"])
-    restored = loop.restore_params()
-    for a, b in zip(jax.tree_util.tree_leaves(restored[2]), jax.tree_util.tree_leaves(straight.state["params"]["llm"])):
+    saved = json.load(open(tmp_path / "b" / "config.json"))
+    assert saved["run"]["num_steps"] == 4 and saved["budgets"]["doc"] == 24 and saved["data"]["max_examples"] == 8
+
+    # Evaluation from the workdir alone (no training gin file): exactly the trained weights, the trained retriever.
+    gin.clear_config()
+    restored = weights.restore_params(str(tmp_path / "a"))
+    for a, b in zip(jax.tree_util.tree_leaves(restored.llm_params),
+                    jax.tree_util.tree_leaves(straight.state["params"]["llm"])):
         np.testing.assert_array_equal(a, b)
-    result = harness.evaluate_main()
+    config.parse(["compare/eval.gin"], ["EvalConfig.retrieval = True", "EvalConfig.num_docs = 2",
+                                        "EvalConfig.max_per_set = 3", f"EvalConfig.output_dir = {str(tmp_path / 'eval')!r}",
+                                        "EvalConfig.gold_recall_ks = (1, 2)", "SearchConfig.token_k = 16"])
+    exp = experiment.for_evaluation(str(tmp_path / "a"))
+    assert exp.budgets.doc == 24 and exp.search.token_k == 16  # the run's budgets; search settings may change
+    result = harness.evaluate_main(exp, harness.EvalConfig())
     assert result["source"]["step"] == 4 and len(result["predictions"]) == 9
     assert all(len(p["docs"]) == 2 and len(p["logliks"]) == (3 if p["set"] == "pubmedqa_test" else 4)
                for p in result["predictions"])
     assert {r["set"] for r in result["summary"]} == {"mmlu_med", "pubmedqa_test", "medmcqa_heldout"}
     assert result["gold_recall"]["top1"] == 0.0  # this corpus holds no PubMedQA abstract
     assert os.path.isfile(tmp_path / "eval" / "eval.json") and os.path.isfile(tmp_path / "eval" / "eval.md")
+    # a binding that contradicts the saved run is an error, for evaluation and for resume
+    config.parse([], ["Budgets.doc = 99"])
+    with pytest.raises(config.ConfigError, match="Budgets.doc: run has 24, given 99"):
+        experiment.for_evaluation(str(tmp_path / "a"))
+    with pytest.raises(config.ConfigError, match="OptimConfig.llm_lr: run has 0.001, given 0.5"):
+        trainer(assets, tmp_path / "a", **{"OptimConfig.llm_lr": "0.5"})
+    with pytest.raises(config.ConfigError, match="no config.json"):
+        experiment.for_evaluation(str(tmp_path))
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
@@ -98,6 +114,13 @@ def test_eight_devices_match_one(assets, tmp_path):
                                                 "RunConfig.checkpoint_every": "100"})
         t.run()
         losses[name] = [json.loads(x)["loss"] for x in open(tmp_path / name / "metrics.jsonl")]
+        if name == "one":  # resumed on 8 devices: the same parameters, now sharded
+            final = params_of(t)
+            t.close()
+            t = trainer(assets, tmp_path / name, **{"RunConfig.num_steps": "3", "RunConfig.mesh_shape": "(2, 2, 2)"})
+            assert int(t.state["step"]) == 3 and len(t.state["params"]["llm"]["embed"]["embedding"].devices()) == 8
+            for a, b in zip(final, params_of(t)):
+                np.testing.assert_array_equal(a, b)
         if name == "mesh":  # FSDP really shards params and the optimizer state
             q = t.state["params"]["llm"]["layers"]["attn"]["q"]["kernel"]
             assert q.sharding.spec[1] == "fsdp" and q.addressable_shards[0].data.shape[1] == q.shape[1] // 2
@@ -108,21 +131,56 @@ def test_eight_devices_match_one(assets, tmp_path):
 
 
 def test_nan_loss_stops_with_checkpoint_intact(assets, tmp_path):
-    t = trainer(assets, tmp_path / "nan", **{"RunConfig.num_steps": "2"})
-    t.run()
-    t.close()
-    t = trainer(assets, tmp_path / "nan", **{"OptimConfig.llm_lr": "1e30"})
-    with pytest.raises(loop.NonFiniteLossError, match="latest checkpoint|Latest checkpoint"):
+    nan = {"OptimConfig.llm_lr": "1e30", "RunConfig.checkpoint_every": "1"}  # step 1 finite, step 2 overflows
+    t = trainer(assets, tmp_path / "nan", **nan)
+    with pytest.raises(loop.NonFiniteLossError, match="Latest checkpoint .step 1"):
         t.run()
     t.close()
-    t = trainer(assets, tmp_path / "nan")
-    assert int(t.state["step"]) == 2 and all(np.all(np.isfinite(x)) for x in params_of(t))
+    t = trainer(assets, tmp_path / "nan", **nan)
+    assert int(t.state["step"]) == 1 and all(np.all(np.isfinite(x)) for x in params_of(t))
     t.close()
+
+
+def test_sigterm_during_final_save_and_corrupt_latest_checkpoint(assets, tmp_path, capfd):
+    """Two SIGTERMs while the final checkpoint is being written: it completes and restores. Then a damaged
+    latest checkpoint: the run resumes from the previous one with a warning, and the damaged one is kept aside."""
+    run = {"RunConfig.num_steps": "3", "RunConfig.checkpoint_every": "1"}
+    t = trainer(assets, tmp_path / "f", **run)
+    save = t.ckpt.save
+
+    def save_under_sigterm(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # the first stops the run after this save
+        save(*args)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second while the asynchronous save is still writing
+
+    t.ckpt.save = save_under_sigterm
+    t.run()
+    t.close()
+    assert "SIGTERM: saved checkpoint 1" in capfd.readouterr().out
+    t = trainer(assets, tmp_path / "f", **run)
+    assert int(t.state["step"]) == 1
+    t.run()
+    t.close()
+    ckpts = tmp_path / "f" / "checkpoints"
+    assert sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) == [1, 2, 3]
+    for root, _, files in os.walk(ckpts / "3" / "state"):  # damage every array file of the latest
+        for f in files:
+            if not f.endswith(".json") and "METADATA" not in f:
+                open(os.path.join(root, f), "wb").close()
+    t = trainer(assets, tmp_path / "f", **run)
+    assert int(t.state["step"]) == 2
+    assert "checkpoint 3 is corrupt" in capfd.readouterr().err
+    assert any(d.startswith("corrupt-3-") for d in os.listdir(ckpts))
+    t.run()  # trains step 3 again and saves it where the damaged one was
+    t.close()
+    assert 3 in [int(d) for d in os.listdir(ckpts) if d.isdigit()]
 
 
 def test_bad_inputs(assets, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found: " + str(tmp_path)):
-        trainer(assets, tmp_path / "x", **{"training_records.data_dir": repr(str(tmp_path))})
+        trainer(assets, tmp_path / "x", **{"DataConfig.data_dir": repr(str(tmp_path))})
+    with pytest.raises(InputError, match="DataConfig.data_dir is not set"):
+        trainer(assets, tmp_path / "x2", **{"DataConfig.data_dir": "''"})
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"id": "z", "title": "", "text": "unrelated text " * 40}) + "\n")
     t = trainer(assets, tmp_path / "y", **{"RunConfig.num_steps": "1"})
@@ -130,15 +188,15 @@ def test_bad_inputs(assets, tmp_path):
     t.close()
     with pytest.raises(IndexMismatchError, match="built from corpus"):
         trainer(assets, tmp_path / "z", **{"RunConfig.initial_index": repr(index_dir),
-                                           "load_corpus.sources": f"[('documents', {str(other)!r})]"})
+                                           "CorpusConfig.sources": f"[('documents', {str(other)!r})]"})
     with pytest.raises(config.ConfigError, match="no_such_field"):
         config.parse(["quickstart_cpu.gin"], ["RunConfig.no_such_field = 1"])
     gin.clear_config()
 
 
 def test_index_refresh_rebuilds_logs_recall_and_resumes(assets, tmp_path):
-    t = trainer(assets, tmp_path / "r", **{"RunConfig.num_steps": "3", "RunConfig.refresh_every": "2",
-                                           "RunConfig.recall_queries": "4"})
+    run = {"RunConfig.num_steps": "3", "RunConfig.refresh_every": "2", "RunConfig.recall_queries": "4"}
+    t = trainer(assets, tmp_path / "r", **run)
     first_version = t.index.version
     t.run()
     t.close()
@@ -148,6 +206,6 @@ def test_index_refresh_rebuilds_logs_recall_and_resumes(assets, tmp_path):
     logged = [json.loads(x) for x in open(tmp_path / "r" / "metrics.jsonl")]
     recall = [x["refresh_recall_vs_exact"] for x in logged if "refresh_recall_vs_exact" in x]
     assert len(recall) == 1 and 0.5 <= recall[0] <= 1.0
-    again = trainer(assets, tmp_path / "r", **{"RunConfig.num_steps": "3"})  # resumes with the refreshed index
+    again = trainer(assets, tmp_path / "r", **run)  # resumes with the refreshed index
     assert int(again.state["step"]) == 3 and again.index.version == t.index.version
     again.close()

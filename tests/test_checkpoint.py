@@ -1,0 +1,71 @@
+"""Checkpoint faults without a model: a process killed during a save, damaged and incomplete checkpoints."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jmlr_jax.checkpoint import CheckpointError, Checkpointer
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _state(step: int) -> dict:
+    return {"w": np.full((2048, 2048), float(step), np.float32), "step": np.int32(step)}
+
+
+def _abstract():
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _state(0))
+
+
+def test_killed_during_save_keeps_previous_checkpoint(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {ROOT!r})
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_checkpoint import _state
+        from jmlr_jax.checkpoint import Checkpointer
+        c = Checkpointer({str(tmp_path)!r})
+        c.save(1, _state(1), {{"i": 1}}, {{"step": 1}})
+        c.wait()
+        c.save(2, _state(2), {{"i": 2}}, {{"step": 2}})  # asynchronous: still writing when the process dies
+        os._exit(9)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 9, out.stderr[-2000:]
+    c = Checkpointer(str(tmp_path))
+    state, data, meta = c.restore(_abstract())  # the newest complete checkpoint: 1, or 2 if it finished in time
+    step = meta["step"]
+    assert step in (1, 2) and data == {"i": step} and np.all(np.asarray(state["w"]) == step)
+    c.save(3, _state(3), {"i": 3}, {"step": 3})  # the run goes on in the same directory
+    c.close()
+    assert Checkpointer(str(tmp_path)).restore(_abstract())[2]["step"] == 3
+
+
+def test_unreadable_checkpoints(tmp_path, capfd):
+    c = Checkpointer(str(tmp_path))
+    for s in (1, 2):
+        c.save(s, _state(s), {"i": s}, {"step": s})
+    c.close()
+    os.remove(tmp_path / "2" / "meta" / "metadata")  # partially written latest: no metadata
+    c = Checkpointer(str(tmp_path))
+    _, _, meta = c.restore(_abstract())
+    assert meta["step"] == 1 and "checkpoint 2 is" in capfd.readouterr().err
+    assert c.latest_step() == 1 and any(d.startswith("corrupt-2-") for d in os.listdir(tmp_path))
+    c.close()
+    for name in os.listdir(tmp_path / "1" / "state"):  # nothing readable left: an error, nothing moved
+        if not name.startswith("_"):
+            p = tmp_path / "1" / "state" / name
+            if p.is_dir():
+                for root, _, files in os.walk(p):
+                    for f in files:
+                        open(os.path.join(root, f), "wb").close()
+    c = Checkpointer(str(tmp_path))
+    with pytest.raises(CheckpointError, match="checkpoint 1 is corrupt"):
+        c.restore(_abstract())
+    assert os.path.isdir(tmp_path / "1")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        Checkpointer(str(tmp_path / "empty")).restore(_abstract())
