@@ -37,7 +37,7 @@ def training_minutes(result: dict) -> str:
         return "?"
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return f"{sum(r['data_s'] + r['device_s'] for r in rows) / 60:.1f}"
+    return f"{sum(r['step_s'] if 'step_s' in r else r['data_s'] + r['device_s'] for r in rows) / 60:.1f}"
 
 
 def letter_bias(result: dict, set_name: str) -> str:
@@ -88,7 +88,7 @@ def tables(eval_dir: str) -> str:
         cells = [f"{by_set[k]['accuracy']:.3f} ± {by_set[k]['se']:.3f}" if k in by_set else "-" for k, _ in SETS]
         mean = sum(by_set[k]["accuracy"] for k, _ in SETS if k in by_set) / max(sum(k in by_set for k, _ in SETS), 1)
         out.append(f"| {arm} | {docs} | " + " | ".join(cells) + f" | {mean:.3f} | {training_minutes(r)} |")
-    out += ["", "*Sum of the logged step times (data + device) of the training run. Other jobs shared the two CPU "
+    out += ["", "*Sum of the logged step times of the training run. Other jobs shared the two CPU "
                 "cores during some runs, so these are not a clean cost comparison; bench/jmlr_step.py is."]
     gold = [(label, results[n]["gold_recall"]) for n, label in (("a_base_rag", "base MiniLM retriever (before)"),
                                                                 ("d_jmlr_rag", "JMLR-trained retriever (after)"))
