@@ -55,7 +55,11 @@ def test_unreadable_checkpoints(tmp_path, capfd):
     _, _, meta = c.restore(_abstract())
     assert meta["step"] == 1 and "checkpoint 2 is" in capfd.readouterr().err
     assert c.latest_step() == 1 and any(d.startswith("corrupt-2-") for d in os.listdir(tmp_path))
+    c.save(2, _state(2), {"i": 2}, {"step": 2})  # the resumed run saves step 2 again, where the damaged one was
+    c.wait()
+    assert c.restore(_abstract())[2]["step"] == 2
     c.close()
+    os.remove(tmp_path / "2" / "meta" / "metadata")
     for name in os.listdir(tmp_path / "1" / "state"):  # nothing readable left: an error, nothing moved
         if not name.startswith("_"):
             p = tmp_path / "1" / "state" / name
@@ -64,8 +68,8 @@ def test_unreadable_checkpoints(tmp_path, capfd):
                     for f in files:
                         open(os.path.join(root, f), "wb").close()
     c = Checkpointer(str(tmp_path))
-    with pytest.raises(CheckpointError, match="checkpoint 1 is corrupt"):
+    with pytest.raises(CheckpointError, match="checkpoint 2 is"):
         c.restore(_abstract())
-    assert os.path.isdir(tmp_path / "1")
+    assert os.path.isdir(tmp_path / "1") and os.path.isdir(tmp_path / "2")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         Checkpointer(str(tmp_path / "empty")).restore(_abstract())

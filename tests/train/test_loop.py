@@ -52,7 +52,7 @@ def params_of(t):
     return jax.tree_util.tree_leaves(jax.device_get(t.state["params"]))
 
 
-def test_resume_is_exact(assets, tmp_path):
+def test_resume_is_exact(assets, tmp_path, capfd):
     straight = trainer(assets, tmp_path / "a")
     # gin-bound prompt budgets reach the data (a default instance built at import time once hid them)
     assert {k: straight.examples(0)[k].shape[-1] for k in ("docs", "question", "answer")} == \
@@ -60,9 +60,19 @@ def test_resume_is_exact(assets, tmp_path):
     straight.run()
     straight.close()
 
-    first = trainer(assets, tmp_path / "b", **{"RunConfig.num_steps": "2"})
+    # Preempted: SIGTERM during the step-2 checkpoint, and a second one while that (final) save is written.
+    first = trainer(assets, tmp_path / "b")
+    save = first.ckpt.save
+
+    def save_under_sigterm(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # stops the run after this save
+        save(*args)
+        os.kill(os.getpid(), signal.SIGTERM)  # while the asynchronous save is still writing
+
+    first.ckpt.save = save_under_sigterm
     first.run()
     first.close()
+    assert "SIGTERM: saved checkpoint 2" in capfd.readouterr().out
     second = trainer(assets, tmp_path / "b")  # same workdir, 4 steps: restores step 2
     assert int(second.state["step"]) == 2
     second.run()
@@ -75,6 +85,16 @@ def test_resume_is_exact(assets, tmp_path):
     assert os.path.isfile(tmp_path / "b" / "operative_config.gin")
     assert any(n.startswith("events") for n in os.listdir(tmp_path / "b" / "tb"))
 
+    # A damaged latest checkpoint: resume from the previous one with a warning; the damaged one is kept aside.
+    ckpts = tmp_path / "b" / "checkpoints"
+    for root, _, files in os.walk(ckpts / "4" / "state"):
+        for f in files:
+            if not f.endswith(".json") and "METADATA" not in f:
+                open(os.path.join(root, f), "wb").close()
+    third = trainer(assets, tmp_path / "b")
+    assert int(third.state["step"]) == 2 and "checkpoint 4 is corrupt" in capfd.readouterr().err
+    assert any(d.startswith("corrupt-4-") for d in os.listdir(ckpts))
+    third.close()
     saved = json.load(open(tmp_path / "b" / "config.json"))
     assert saved["run"]["num_steps"] == 4 and saved["budgets"]["doc"] == 24 and saved["data"]["max_examples"] == 8
 
@@ -139,41 +159,6 @@ def test_nan_loss_stops_with_checkpoint_intact(assets, tmp_path):
     t = trainer(assets, tmp_path / "nan", **nan)
     assert int(t.state["step"]) == 1 and all(np.all(np.isfinite(x)) for x in params_of(t))
     t.close()
-
-
-def test_sigterm_during_final_save_and_corrupt_latest_checkpoint(assets, tmp_path, capfd):
-    """Two SIGTERMs while the final checkpoint is being written: it completes and restores. Then a damaged
-    latest checkpoint: the run resumes from the previous one with a warning, and the damaged one is kept aside."""
-    run = {"RunConfig.num_steps": "3", "RunConfig.checkpoint_every": "1"}
-    t = trainer(assets, tmp_path / "f", **run)
-    save = t.ckpt.save
-
-    def save_under_sigterm(*args):
-        os.kill(os.getpid(), signal.SIGTERM)  # the first stops the run after this save
-        save(*args)
-        os.kill(os.getpid(), signal.SIGTERM)  # a second while the asynchronous save is still writing
-
-    t.ckpt.save = save_under_sigterm
-    t.run()
-    t.close()
-    assert "SIGTERM: saved checkpoint 1" in capfd.readouterr().out
-    t = trainer(assets, tmp_path / "f", **run)
-    assert int(t.state["step"]) == 1
-    t.run()
-    t.close()
-    ckpts = tmp_path / "f" / "checkpoints"
-    assert sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) == [1, 2, 3]
-    for root, _, files in os.walk(ckpts / "3" / "state"):  # damage every array file of the latest
-        for f in files:
-            if not f.endswith(".json") and "METADATA" not in f:
-                open(os.path.join(root, f), "wb").close()
-    t = trainer(assets, tmp_path / "f", **run)
-    assert int(t.state["step"]) == 2
-    assert "checkpoint 3 is corrupt" in capfd.readouterr().err
-    assert any(d.startswith("corrupt-3-") for d in os.listdir(ckpts))
-    t.run()  # trains step 3 again and saves it where the damaged one was
-    t.close()
-    assert 3 in [int(d) for d in os.listdir(ckpts) if d.isdigit()]
 
 
 def test_bad_inputs(assets, tmp_path):
