@@ -13,37 +13,36 @@ else is needed, the run's config.json says the rest.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 
-import dataclasses
-
+import gin
 import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from jmlr_jax import config  # noqa: E402
 from jmlr_jax.convert import load_preset  # noqa: E402
-from jmlr_jax.generate import generate  # noqa: E402
 from jmlr_jax.models import ColBERTTokenizer  # noqa: E402
 from jmlr_jax.data.sources import QARecord  # noqa: E402
 from jmlr_jax.errors import InputError  # noqa: E402
 from jmlr_jax.eval.mcq import prompt_ids  # noqa: E402
-from jmlr_jax.generate import SamplingConfig, generate_ids  # noqa: E402
+from jmlr_jax.generate import SamplingConfig, generate, generate_ids  # noqa: E402
 from jmlr_jax.retrieval import load_corpus  # noqa: E402
 from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, build_index  # noqa: E402
 from jmlr_jax.retrieval.store import cached_index, load_index  # noqa: E402
 from jmlr_jax.train.weights import restore_params  # noqa: E402
 
-DEFAULT_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                              "guidelines", "ngc_open.jsonl")
+GUIDELINES = "guidelines/ngc_open.jsonl"  # under DATA (configs/data/paths.gin), the one place the data location is set
 SYSTEM = "You are a careful medical assistant. Answer the question using the reference guideline."
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--question", default="How often should adults be screened for high blood pressure?")
-    ap.add_argument("--corpus", default=DEFAULT_CORPUS, help="guideline JSONL (id, title, text)")
+    ap.add_argument("--corpus", default="", help=f"guideline JSONL (id, title, text); default: DATA/{GUIDELINES}")
     ap.add_argument("--max_passages", type=int, default=0, help="encode only the first N passages (0 = all)")
     ap.add_argument("--index_dir", default="", help="use a saved index instead of encoding --corpus")
     ap.add_argument("--k", type=int, default=1, help="passages put in the prompt")
@@ -65,7 +64,7 @@ def main(argv=None) -> None:
     if args.index_dir:  # a saved index (launch/build_index.py); checked against this retriever's weights
         index = load_index(args.index_dir, params=r_params)
     else:
-        corpus = load_corpus([("guidelines", args.corpus)])
+        corpus = load_corpus([("guidelines", args.corpus or default_corpus())])
         if args.max_passages:
             corpus = dataclasses.replace(corpus, passages=corpus.passages[: args.max_passages])
         index = build_index(corpus, r_cfg, r_params, ctok, IndexConfig(), SearchConfig())
@@ -79,6 +78,11 @@ def main(argv=None) -> None:
               f"Question: {args.question}<|im_end|>\n<|im_start|>assistant\n")
     answer = generate(g_cfg, g_params, g_tok, [prompt], max_new_tokens=args.max_new_tokens)[0]
     report(args.question, answer, passages, top, scores, "exact MaxSim", t0)
+
+
+def default_corpus() -> str:
+    config.parse(["data/paths.gin"])
+    return os.path.join(gin.query_parameter("%DATA"), GUIDELINES)
 
 
 def answer_from_run(args, t0: float) -> None:

@@ -21,10 +21,9 @@ def output_kernel(cfg, llm_params) -> jax.Array:
     return llm_params["embed"]["embedding"].T if cfg.tie_word_embeddings else llm_params["lm_head"]["kernel"]
 
 
-def chunked_cross_entropy(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array,
-                          weights_BxL: jax.Array, *, chunk: int = 2048,
-                          dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
-    """Weighted next-token NLL: (sum of weight * nll, sum of weights); logits in fp32, `chunk` tokens at a time.
+def chunked_token_nll(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array,
+                      *, chunk: int = 2048, dtype=jnp.float32) -> jax.Array:
+    """Per-token next-token NLL [B, L] (0 where weights are 0); logits in fp32, `chunk` tokens at a time.
 
     hidden is the final-norm output at the positions that predict `targets` (shift before calling).
     Matmul inputs are cast to `dtype` (the model's compute dtype) with fp32 accumulation.
@@ -40,15 +39,35 @@ def chunked_cross_entropy(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL
     w = w_DxV.astype(dtype)
 
     @jax.checkpoint  # the backward pass recomputes this chunk's logits instead of storing them
-    def body(total, xs):
+    def body(carry, xs):
         h_c, t_c, wt_c = xs
         logits = jnp.einsum("nd,dv->nv", h_c.astype(dtype), w, preferred_element_type=jnp.float32)
         lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, t_c[:, None], axis=-1)[:, 0]
-        return total + jnp.sum((lse - picked) * wt_c), None
+        return carry, (lse - picked) * wt_c
 
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, t, wt))
-    return total, jnp.sum(wt)
+    _, nll = jax.lax.scan(body, None, (h, t, wt))
+    return nll.reshape(-1)[:N].reshape(B, L)
+
+
+def chunked_cross_entropy(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array,
+                          weights_BxL: jax.Array, *, chunk: int = 2048,
+                          dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """Weighted next-token NLL: (sum of weight * nll, sum of weights); see `chunked_token_nll`."""
+    nll = chunked_token_nll(hidden_BxLxD, w_DxV, targets_BxL, weights_BxL, chunk=chunk, dtype=dtype)
+    return jnp.sum(nll), jnp.sum(weights_BxL.astype(jnp.float32))
+
+
+def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array,
+             beta: float) -> tuple[jax.Array, dict]:
+    """DPO's sigmoid loss per pair [B] (Rafailov et al. 2023, eq. 7) from summed response log-probs, and the
+    implicit rewards beta * (log pi - log pi_ref) of both responses, their margin and the reward accuracy."""
+    chosen = beta * (policy_chosen - ref_chosen)
+    rejected = beta * (policy_rejected - ref_rejected)
+    loss = -jax.nn.log_sigmoid(chosen - rejected)
+    return loss, {"reward_chosen": chosen, "reward_rejected": rejected, "reward_margin": chosen - rejected,
+                  "reward_accuracy": (chosen > rejected).astype(jnp.float32), "logp_chosen": policy_chosen,
+                  "logp_rejected": policy_rejected}
 
 
 # ----------------------------------------------------------------------------------- rank losses

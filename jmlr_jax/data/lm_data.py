@@ -1,0 +1,296 @@
+"""Data of the seed pipelines (PMC-LLaMA, Qilin-Med): continued pre-training text packed into fixed-length rows,
+instruction records with a loss on the response only, and DPO preference pairs.
+
+CPT text: guideline summaries, MedQuAD answers and PubMedQA abstracts, minus everything evaluation is built
+from: the PubMedQA test abstracts, the answers of held-out MedQuAD focuses (the generation evaluation), and a
+held-out slice of documents (fixed by id) for perplexity. Documents are tokenised, end with EOS, cut into
+pieces of at most seq_len tokens, and packed by grain's first-fit packing: each document its own segment id, so
+no token attends to another document, and no loss on a document's first token or on padding.
+
+SFT records (instruction, input, response): MedMCQA training questions (answer + explanation), the PubMedQA
+training half (question + abstract -> long answer + decision), MedQuAD training focuses (question -> answer).
+Templates: PMC-LLaMA's (Alpaca-style "### Instruction / ### Input / ### Response") or the model's chat template
+(ChatML, as SmolLM2's GGUF carries it).
+
+DPO pairs (stated honestly): MedMCQA training questions; chosen = the gold option, rejected = a wrong option
+(picked by a hash of the id), both written the same way ("The answer is C. text").
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Sequence
+
+import gin
+import grain
+import grain.experimental as grain_exp
+import numpy as np
+
+from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
+from jmlr_jax.data.splits import DataConfig, heldout_bucket, pubmedqa_test_ids, split_medmcqa, split_pubmedqa
+from jmlr_jax.errors import InputError
+from jmlr_jax.retrieval.corpus import read_guidelines, read_pubmedqa, resolve_path
+from jmlr_jax.tokenizers import Tokenizer
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LMDataConfig:
+    seq_len: int = 512
+    guidelines: str = "guidelines/ngc_open.jsonl"  # relative paths: under DataConfig.data_dir; "" = not used
+    medquad: str = "medquad/medquad.jsonl"
+    pubmedqa: str = "pubmedqa/ori_pqal.json"
+    medquad_heldout_fraction: float = 0.1  # of MedQuAD focuses (diseases, drugs), for generation evaluation
+    text_heldout_fraction: float = 0.02  # of CPT documents, for held-out perplexity
+    template: str = "pmc_llama"  # or "chat"
+    system: str = "You are a careful medical assistant."  # chat template only
+    max_records: int = 0  # > 0: the first N of each record list (fixed order)
+
+    def __post_init__(self):
+        if self.template not in TEMPLATES:
+            raise ValueError(f"LMDataConfig.template must be one of {sorted(TEMPLATES)}, got {self.template!r}")
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+@dataclasses.dataclass(frozen=True)
+class SFTRecord:
+    id: str
+    instruction: str
+    input: str
+    response: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferencePair:
+    id: str
+    instruction: str
+    input: str
+    chosen: str
+    rejected: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MedQuADRecord:
+    id: str
+    focus: str
+    question: str
+    answer: str
+
+
+def read_medquad_qa(path: str) -> list[MedQuADRecord]:
+    """MedQuAD question-answer pairs with their focus (JSONL: id, question, answer, focus or question_focus)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+            focus = r.get("focus") or r.get("question_focus")
+            missing = [k for k, v in (("question", r.get("question")), ("answer", r.get("answer")), ("focus", focus))
+                       if not isinstance(v, str) or not v.strip()]
+            if missing:
+                raise InputError(f"{path}:{n}: MedQuAD record lacks non-empty {', '.join(missing)}")
+            out.append(MedQuADRecord(str(r.get("id", n)), focus.strip(), r["question"].strip(), r["answer"].strip()))
+    return out
+
+
+def split_medquad(records: Sequence[MedQuADRecord], fraction: float):
+    """(training, held-out) by focus: every question of a held-out focus is held out."""
+    held = [r for r in records if heldout_bucket(r.focus.lower(), fraction)]
+    keep = {id(r) for r in held}
+    return [r for r in records if id(r) not in keep], held
+
+
+def _mcq_input(r: QARecord) -> str:
+    return r.question + "\n" + "".join(f"{LETTERS[i]}. {t}\n" for i, t in enumerate(r.options)).rstrip()
+
+
+MCQ_INSTRUCTION = "Answer the multiple-choice medical question and explain the answer."
+PQA_INSTRUCTION = "Answer the biomedical research question from the abstract, then give a yes / no / maybe decision."
+
+
+def sft_records(data: DataConfig, cfg: LMDataConfig) -> list[SFTRecord]:
+    """MedMCQA + PubMedQA training halves + MedQuAD training focuses, interleaved by a hash of the id."""
+    d = data.require_dir()
+    train_mcq, _ = split_medmcqa(read_qa("medmcqa", os.path.join(d, "medmcqa", "dev.jsonl")), data.heldout_fraction)
+    out = [SFTRecord(f"medmcqa/{r.id}", MCQ_INSTRUCTION, _mcq_input(r), f"The answer is {r.answer_letter}. "
+                     f"{r.answer_text}" + (f"\nExplanation: {r.rationale}" if r.rationale else ""))
+           for r in train_mcq]
+    if cfg.pubmedqa:
+        path = resolve_path(cfg.pubmedqa, d)
+        test = pubmedqa_test_ids(os.path.join(d, "pubmedqa", "test_ground_truth.json"))
+        train_pqa, _ = split_pubmedqa(read_qa("pubmedqa", path), test)
+        out += [SFTRecord(f"pubmedqa/{r.id}", PQA_INSTRUCTION, f"Abstract: {r.context}\nQuestion: {r.question}",
+                          f"{r.rationale}\nDecision: {r.answer_text}") for r in train_pqa if r.rationale]
+    if cfg.medquad:
+        train_mq, _ = split_medquad(read_medquad_qa(resolve_path(cfg.medquad, d)), cfg.medquad_heldout_fraction)
+        out += [SFTRecord(f"medquad/{r.id}", r.question, "", r.answer) for r in train_mq]
+    out.sort(key=lambda r: hashlib.sha1(r.id.encode()).hexdigest())
+    return out[: cfg.max_records] if cfg.max_records else out
+
+
+def preference_pairs(records: Sequence[QARecord]) -> list[PreferencePair]:
+    """Gold option vs a wrong option (chosen by a hash of the id), both as "The answer is X. text"."""
+    out = []
+    for r in records:
+        if r.answer_idx < 0 or len(r.options) < 2:
+            continue
+        h = int(hashlib.sha1(r.id.encode()).hexdigest()[:8], 16)
+        wrong = [i for i in range(len(r.options)) if i != r.answer_idx][h % (len(r.options) - 1)]
+        out.append(PreferencePair(r.id, MCQ_INSTRUCTION, _mcq_input(r), f"The answer is {r.answer_letter}. {r.answer_text}",
+                                  f"The answer is {LETTERS[wrong]}. {r.options[wrong]}"))
+    return out
+
+
+def dpo_pairs(data: DataConfig, cfg: LMDataConfig, heldout: bool = False) -> list[PreferencePair]:
+    """Pairs from MedMCQA's training part (heldout=True: its held-out part, for evaluation)."""
+    d = data.require_dir()
+    train, held = split_medmcqa(read_qa("medmcqa", os.path.join(d, "medmcqa", "dev.jsonl")), data.heldout_fraction)
+    pairs = preference_pairs(held if heldout else train)
+    return pairs[: cfg.max_records] if cfg.max_records else pairs
+
+
+# ---------------------------------------------------------------------------------------------- templates
+
+def _pmc_llama(instruction: str, inp: str) -> str:
+    if inp:
+        return ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                "Write a response that appropriately completes the request.\n\n"
+                f"### Instruction:\n{instruction}\n\n### Input:\n{inp}\n\n### Response:\n")
+    return ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+            f"request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+TEMPLATES = {"pmc_llama", "chat"}
+
+
+def render_prompt(cfg: LMDataConfig, instruction: str, inp: str) -> str:
+    """The prompt text (everything before the response) in the configured template."""
+    if cfg.template == "pmc_llama":
+        return _pmc_llama(instruction, inp)
+    user = instruction + (f"\n\n{inp}" if inp else "")
+    return f"<|im_start|>system\n{cfg.system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def response_end(cfg: LMDataConfig, tok: Tokenizer) -> list[int]:
+    """Tokens that close a response: <|im_end|> for the chat template (then EOS if different), else EOS."""
+    ids = []
+    if cfg.template == "chat":
+        end = tok.token_to_id("<|im_end|>")
+        if end is None:
+            raise InputError("template 'chat' needs a tokenizer with <|im_end|> (a ChatML model); use 'pmc_llama'")
+        ids.append(end)
+    if tok.eos_id is not None and tok.eos_id not in ids:
+        ids.append(tok.eos_id)
+    return ids
+
+
+def encode_pair(tok: Tokenizer, cfg: LMDataConfig, prompt: str, response: str, where: str) -> dict[str, np.ndarray]:
+    """One row of seq_len: [BOS] prompt response <end>, right-padded; weights on response and end tokens only.
+    A prompt too long for the row is cut from the front; the response keeps at least half the row."""
+    if not response.strip():
+        raise InputError(f"{where}: empty response (nothing to learn)")
+    L = cfg.seq_len
+    bos = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+    resp = tok.encode(response) + response_end(cfg, tok)
+    resp = resp[: max(L // 2, L - len(bos) - 1)]
+    p = tok.encode(prompt)
+    p = p[max(0, len(p) - (L - len(bos) - len(resp))):]
+    ids = bos + p + resp
+    n = len(ids)
+    tokens = np.zeros(L, np.int32)
+    tokens[:n] = ids
+    seg = (np.arange(L) < n).astype(np.int32)
+    weights = np.zeros(L, np.int32)
+    weights[n - len(resp): n] = 1
+    return {"tokens": tokens, "segment_ids": seg, "positions": np.where(seg > 0, np.arange(L), 0).astype(np.int32),
+            "weights": weights}
+
+
+def sft_example(tok: Tokenizer, cfg: LMDataConfig, r: SFTRecord) -> dict[str, np.ndarray]:
+    return encode_pair(tok, cfg, render_prompt(cfg, r.instruction, r.input), r.response, r.id)
+
+
+def dpo_example(tok: Tokenizer, cfg: LMDataConfig, p: PreferencePair) -> dict[str, np.ndarray]:
+    if p.chosen.strip() == p.rejected.strip():
+        raise InputError(f"{p.id}: chosen and rejected responses are the same")
+    prompt = render_prompt(cfg, p.instruction, p.input)
+    c, r = encode_pair(tok, cfg, prompt, p.chosen, p.id), encode_pair(tok, cfg, prompt, p.rejected, p.id)
+    return {**{f"chosen_{k}": v for k, v in c.items()}, **{f"rejected_{k}": v for k, v in r.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------- CPT
+
+def cpt_documents(data: DataConfig, cfg: LMDataConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(training, held-out) documents as (id, text): everything evaluation is built from is left out of both."""
+    d = data.require_dir()
+    docs: list[tuple[str, str]] = []
+    if cfg.guidelines:
+        for doc in read_guidelines(resolve_path(cfg.guidelines, d)):
+            if isinstance(doc, Exception):
+                raise doc
+            docs.append((doc.id, f"{doc.title}\n{doc.text}"))
+    if cfg.medquad:
+        train_mq, _ = split_medquad(read_medquad_qa(resolve_path(cfg.medquad, d)), cfg.medquad_heldout_fraction)
+        docs += [(f"medquad-{r.id}", r.answer) for r in train_mq]
+    if cfg.pubmedqa:
+        test = pubmedqa_test_ids(os.path.join(d, "pubmedqa", "test_ground_truth.json"))
+        for doc in read_pubmedqa(resolve_path(cfg.pubmedqa, d), exclude_ids=test):
+            if isinstance(doc, Exception):
+                raise doc
+            docs.append((doc.id, doc.text))
+    if not docs:
+        raise InputError("the CPT corpus is empty: set LMDataConfig.guidelines / medquad / pubmedqa")
+    held = [x for x in docs if heldout_bucket(x[0], cfg.text_heldout_fraction)]
+    held_ids = {x[0] for x in held}
+    return [x for x in docs if x[0] not in held_ids], held
+
+
+def cpt_pieces(tok: Tokenizer, texts: Sequence[str], seq_len: int) -> list[np.ndarray]:
+    """Each text tokenised with [BOS] ... EOS and cut into pieces of at most seq_len tokens."""
+    if not texts:
+        raise InputError("no CPT text to train on")
+    bos = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+    eos = [tok.eos_id] if tok.eos_id is not None else []
+    out = []
+    for ids in tok.encode_batch(list(texts)):
+        ids = bos + ids + eos
+        out += [np.asarray(ids[i: i + seq_len], np.int32) for i in range(0, len(ids), seq_len) if len(ids[i: i + seq_len]) > 1]
+    return out
+
+
+def packed_weights(segment_ids: np.ndarray) -> np.ndarray:
+    """1 where a token is predicted from the previous token of the same document (not a first token, not padding)."""
+    w = np.zeros_like(segment_ids)
+    w[..., 1:] = (segment_ids[..., 1:] > 0) & (segment_ids[..., 1:] == segment_ids[..., :-1])
+    return w.astype(np.int32)
+
+
+def cpt_dataset(pieces: Sequence[np.ndarray], seq_len: int, batch_size: int, seed: int,
+                num_bins: int = 16) -> grain.IterDataset:
+    """Shuffled (per epoch), packed (first fit; one segment per piece), batched rows with weights."""
+    ds = (grain.MapDataset.source(list(pieces)).shuffle(seed=seed).repeat(None)
+          .map(lambda x: {"tokens": x}).to_iter_dataset())
+    packed = grain_exp.FirstFitPackIterDataset(ds, length_struct={"tokens": seq_len}, num_packing_bins=num_bins,
+                                               seed=seed, shuffle_bins=True)
+
+    def row(e: dict) -> dict:
+        seg = e["tokens_segment_ids"].astype(np.int32)
+        return {"tokens": e["tokens"].astype(np.int32), "segment_ids": seg,
+                "positions": e["tokens_positions"].astype(np.int32), "weights": packed_weights(seg)}
+
+    return packed.map(row).batch(batch_size, drop_remainder=True)
+
+
+def example_dataset(examples, batch_size: int, seed: int) -> grain.IterDataset:
+    """SFT / DPO: an indexable of examples (index -> dict of arrays), shuffled per epoch, batched."""
+    if len(examples) < batch_size:
+        raise InputError(f"{len(examples)} examples < one batch of {batch_size}")
+    return (grain.MapDataset.range(len(examples)).shuffle(seed=seed).repeat(None).map(examples)
+            .batch(batch_size, drop_remainder=True).to_iter_dataset())

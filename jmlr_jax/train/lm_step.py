@@ -1,0 +1,84 @@
+"""Train steps of the seed pipelines, on the same state, optimizer and sharding as the JMLR step:
+next-token training (continued pre-training on packed text, instruction tuning on response tokens) and DPO.
+
+Batches (numpy / jax arrays, B rows of L tokens):
+  lm:  tokens, segment_ids (0 = padding; packing gives each document its own id), positions, weights
+       (1 where the token is a target: a document's tokens after its first for CPT, the response for SFT)
+  dpo: chosen_* and rejected_* with the same four fields (prompt + response; weights on the response)
+State: {"step", "params", "opt_state", "rng"} as in train/state.py. DPO's frozen reference is a separate,
+never-updated parameter tree passed to the step (not part of the state, so it is never checkpointed or
+trained); its log-probs are computed in the same jitted step under stop_gradient.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jmlr_jax.models.llama import Llama, LlamaConfig
+from jmlr_jax.train.losses import chunked_token_nll, dpo_loss, output_kernel
+from jmlr_jax.train.state import LoraConfig, llm_params_of
+
+
+@dataclasses.dataclass(frozen=True)
+class LMStepConfigs:
+    """The static configs the jitted step is specialised on (hashable)."""
+
+    llm: LlamaConfig
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    dpo_beta: float = 0.1
+
+
+def token_nll(cfg: LlamaConfig, llm_params, seq: dict, prefix: str = "") -> jax.Array:
+    """[B, L-1] NLL of tokens 1.. given their prefix (0 where weights are 0), never a [B, L, V] logits tensor."""
+    g = lambda k: seq[prefix + k]  # noqa: E731
+    hidden = Llama(cfg).apply({"params": llm_params}, g("tokens"), positions_BxL=g("positions"),
+                              segment_ids_BxL=g("segment_ids"), train=True, return_hidden=True)
+    return chunked_token_nll(hidden[:, :-1], output_kernel(cfg, llm_params), g("tokens")[:, 1:],
+                             g("weights")[:, 1:], dtype=cfg.dtype)
+
+
+def lm_loss(params, batch: dict, m: LMStepConfigs) -> tuple[jax.Array, dict]:
+    """Mean NLL over the batch's target tokens (token-weighted: long documents count by their length)."""
+    nll = token_nll(m.llm, llm_params_of(params, m.lora), batch)
+    n = jnp.sum(batch["weights"][:, 1:])
+    loss = jnp.sum(nll) / jnp.maximum(n, 1.0)
+    return loss, {"loss": loss, "lm_loss": loss, "target_tokens": n}
+
+
+def sequence_logprob(cfg: LlamaConfig, llm_params, batch: dict, prefix: str) -> jax.Array:
+    """[B] sum of log p over each row's weighted (response) tokens."""
+    return -jnp.sum(token_nll(cfg, llm_params, batch, prefix), axis=-1)
+
+
+def dpo_step_loss(params, batch: dict, ref_params, m: LMStepConfigs) -> tuple[jax.Array, dict]:
+    """DPO (sigmoid loss, beta from config): policy vs the frozen reference on chosen and rejected responses."""
+    policy = llm_params_of(params, m.lora)
+    ref = jax.lax.stop_gradient(ref_params)
+    pc, pr = sequence_logprob(m.llm, policy, batch, "chosen_"), sequence_logprob(m.llm, policy, batch, "rejected_")
+    rc = sequence_logprob(m.llm, ref, batch, "chosen_")
+    rr = sequence_logprob(m.llm, ref, batch, "rejected_")
+    losses, metrics = dpo_loss(pc, pr, rc, rr, m.dpo_beta)
+    loss = jnp.mean(losses)
+    return loss, {"loss": loss, **{k: jnp.mean(v) for k, v in metrics.items()}}
+
+
+def lm_train_step(state: dict[str, Any], batch: dict, ref_params=None, *, models: LMStepConfigs,
+                  tx: optax.GradientTransformation, kind: str = "lm"):
+    """One update: kind "lm" (CPT / SFT) or "dpo" (needs ref_params). Pure; jit it with shardings."""
+    if kind == "lm":
+        loss_fn = lambda p: lm_loss(p, batch, models)  # noqa: E731
+    elif kind == "dpo":
+        if ref_params is None:
+            raise ValueError("a DPO step needs the reference model's params")
+        loss_fn = lambda p: dpo_step_loss(p, batch, ref_params, models)  # noqa: E731
+    else:
+        raise ValueError(f"step kind must be 'lm' or 'dpo', got {kind!r}")
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), metrics
