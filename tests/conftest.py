@@ -1,5 +1,8 @@
 """Test setup: 8 fake CPU devices, offline Hugging Face, fp32-exact matmuls for parity checks."""
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -11,6 +14,12 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Trainers in the loop tests compile the same step again and again (a new jit per trainer): a persistent
+# compilation cache for the session turns the repeats into disk hits.
+_XLA_CACHE = tempfile.mkdtemp(prefix="jmlr_jax_test_xla_cache_")
+atexit.register(shutil.rmtree, _XLA_CACHE, True)
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 DATA_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 
@@ -44,6 +53,16 @@ def minilm():
     except FileNotFoundError as e:
         require(False, str(e))
     return (*presets.load_preset("all-minilm-l6-v2"), path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Compiled executables of earlier modules are not reused later: freeing them keeps the suite's memory flat."""
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,10 @@ from jmlr_jax.models import colbert as colbert_lib, llama as llama_lib
 from jmlr_jax.train import jmlr_step as js, losses
 from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, init_train_state, make_optimizer
 
+# jitted once per static config: eager op-by-op dispatch of the decoder is what made these tests slow
+jloss = jax.jit(js.jmlr_loss, static_argnames=("m",))
+jnll = jax.jit(losses.answer_nll, static_argnums=(0,), static_argnames=("train", "compact"))
+
 LLM = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
 RET = ColBERTConfig(bert=BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
                                     max_position_embeddings=32), dim=16, query_maxlen=8, doc_maxlen=12)
@@ -82,7 +86,7 @@ def test_loss_gradients_reach_what_they_should(params):
     rng = jax.random.PRNGKey(3)
 
     def part(name):
-        return jax.grad(lambda p: js.jmlr_loss(p, batch, rng, m)[1][name])(params)
+        return jax.jit(jax.grad(lambda p: js.jmlr_loss(p, batch, rng, m)[1][name]))(params)
 
     norm = lambda t: float(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(t)))  # noqa: E731
     g_lm, g_rank = part("lm_loss"), part("rank_loss")
@@ -99,7 +103,7 @@ def test_loss_gradients_reach_what_they_should(params):
 def test_generator_sees_top_docs_best_last(params):
     batch = make_batch()
     m = models(rank_weight=0.0)
-    _, metrics = js.jmlr_loss(params, batch, jax.random.PRNGKey(0), m)
+    _, metrics = jloss(params, batch, jax.random.PRNGKey(0), m)
     s = np.asarray(js.retriever_scores(RET, params["retriever"], batch))
     expected = []
     for b in range(2):
@@ -107,7 +111,7 @@ def test_generator_sees_top_docs_best_last(params):
         blocks = [(batch["bos"][b:b + 1], batch["bos_valid"][b:b + 1])]
         blocks += [(batch["docs"][b:b + 1, c], batch["docs_valid"][b:b + 1, c]) for c in order]
         blocks += [(batch["question"][b:b + 1], batch["question_valid"][b:b + 1])]
-        expected.append(losses.answer_nll(LLM, params["llm"], blocks, batch["answer"][b:b + 1],
+        expected.append(jnll(LLM, params["llm"], blocks, batch["answer"][b:b + 1],
                                       batch["answer_valid"][b:b + 1], train=True)[0])
         # the same text as one compact sequence gives the same loss (padding is invisible)
         toks, valid, _ = assemble([x[0] for x in blocks] + [batch["answer"][b:b + 1]],
@@ -154,8 +158,8 @@ def test_train_step_with_grad_accumulation_and_lora(params):
     lcfg = LoraConfig(rank=2, alpha=4.0)
     lp = dict(params, lora=init_lora(params["llm"], lcfg, jax.random.PRNGKey(9)))
     mlora = js.StepConfigs(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3), lcfg)
-    base_loss = js.jmlr_loss(params, batch, jax.random.PRNGKey(0), m1)[0]
-    np.testing.assert_allclose(js.jmlr_loss(lp, batch, jax.random.PRNGKey(0), mlora)[0], base_loss, rtol=1e-6)
+    base_loss = jloss(params, batch, jax.random.PRNGKey(0), m1)[0]
+    np.testing.assert_allclose(jloss(lp, batch, jax.random.PRNGKey(0), mlora)[0], base_loss, rtol=1e-6)
     txl = make_optimizer(lp, ocfg)
     s3, _ = jax.jit(functools.partial(js.train_step, models=mlora, tx=txl))(init_train_state(lp, txl), batch)
     jax.tree_util.tree_map(np.testing.assert_array_equal, s3["params"]["llm"], lp["llm"])
@@ -175,16 +179,16 @@ def test_baseline_modes_rag_and_plain_finetuning(params):
     rng = jax.random.PRNGKey(0)
     # Classic RAG (rank_weight=0): same generator loss as JMLR, no retriever gradient, no rank metrics.
     rag = models(rank_weight=0.0)
-    loss_rag, met_rag = js.jmlr_loss(params, batch, rng, rag)
-    _, met_jmlr = js.jmlr_loss(params, batch, rng, models())
+    loss_rag, met_rag = jloss(params, batch, rng, rag)
+    _, met_jmlr = jloss(params, batch, rng, models())
     np.testing.assert_allclose(met_rag["lm_loss"], met_jmlr["lm_loss"], rtol=1e-6)
     assert float(met_rag["rank_loss"]) == 0.0 and "agreement" not in met_rag
-    g = jax.grad(lambda p: js.jmlr_loss(p, batch, rng, rag)[0])(params)
+    g = jax.jit(jax.grad(lambda p: js.jmlr_loss(p, batch, rng, rag)[0]))(params)
     assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree_util.tree_leaves(g["retriever"]))
     # Plain fine-tuning (num_docs=0): the generator reads bos + question only.
     plain = js.StepConfigs(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=0, rank_weight=0.0))
-    loss_plain, _ = js.jmlr_loss(params, batch, rng, plain)
-    ref = losses.answer_nll(LLM, params["llm"], [(batch["bos"], batch["bos_valid"]),
+    loss_plain, _ = jloss(params, batch, rng, plain)
+    ref = jnll(LLM, params["llm"], [(batch["bos"], batch["bos_valid"]),
                                              (batch["question"], batch["question_valid"])],
                         batch["answer"], batch["answer_valid"], train=True)
     np.testing.assert_allclose(loss_plain, np.mean(ref), rtol=1e-6)

@@ -33,11 +33,16 @@ def seq(rng, B=2, L=10, prompt=4):
 
 def reference_logprob(params, s):
     """Sum of response-token log-probs from full logits (the straightforward way)."""
+    return np.asarray(_reference_logprob(params, s))
+
+
+@jax.jit
+def _reference_logprob(params, s):
     logits = llama_lib.Llama(LLM).apply({"params": params["llm"]}, jnp.asarray(s["tokens"]),
                                         positions_BxL=jnp.asarray(s["positions"]), segment_ids_BxL=jnp.asarray(s["segment_ids"]))
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     picked = jnp.take_along_axis(logp, jnp.asarray(s["tokens"])[:, 1:, None], axis=-1)[..., 0]
-    return np.asarray(jnp.sum(picked * s["weights"][:, 1:], axis=1))
+    return jnp.sum(picked * s["weights"][:, 1:], axis=1)
 
 
 def test_dpo_loss_matches_the_paper_formula():
@@ -55,9 +60,9 @@ def test_dpo_loss_matches_the_paper_formula():
 def test_response_only_loss_and_sequence_logprob(params):
     rng = np.random.RandomState(1)
     s = seq(rng)
-    got = lm_step.sequence_logprob(LLM, params["llm"], s, "")
+    got = jax.jit(lambda p: lm_step.sequence_logprob(LLM, p, s, ""))(params["llm"])
     np.testing.assert_allclose(got, reference_logprob(params, s), rtol=1e-5)
-    loss, metrics = lm_step.lm_loss(params, s, M)
+    loss, metrics = jax.jit(lambda p: lm_step.lm_loss(p, s, M))(params)
     assert float(metrics["target_tokens"]) == s["weights"][:, 1:].sum()
     np.testing.assert_allclose(loss, -reference_logprob(params, s).sum() / s["weights"][:, 1:].sum(), rtol=1e-5)
     # the loss reads targets only where weights are 1: the prompt's tokens never are
@@ -70,14 +75,14 @@ def test_dpo_step_trains_the_policy_only(params):
     c, r = seq(rng), seq(rng)
     batch = {**{f"chosen_{k}": v for k, v in c.items()}, **{f"rejected_{k}": v for k, v in r.items()}}
     ref = jax.tree_util.tree_map(lambda x: x + 0.01, params["llm"])  # a reference that differs from the policy
-    g_pol, g_ref = jax.grad(lambda p, q: lm_step.dpo_step_loss(p, batch, q, M)[0], argnums=(0, 1))(params, ref)
+    g_pol, g_ref = jax.jit(jax.grad(lambda p, q: lm_step.dpo_step_loss(p, batch, q, M)[0], argnums=(0, 1)))(params, ref)
     assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree_util.tree_leaves(g_ref))
     assert any(float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree_util.tree_leaves(g_pol))
     # the loss is the formula applied to the two models' summed response log-probs
     pc, pr = reference_logprob(params, c), reference_logprob(params, r)
     rc, rr = reference_logprob({"llm": ref}, c), reference_logprob({"llm": ref}, r)
     z = 0.1 * ((pc - rc) - (pr - rr))
-    loss, metrics = lm_step.dpo_step_loss(params, batch, ref, M)
+    loss, metrics = jax.jit(lambda p, q: lm_step.dpo_step_loss(p, batch, q, M))(params, ref)
     np.testing.assert_allclose(loss, np.mean(np.log1p(np.exp(-z))), rtol=1e-4)
     # a jitted step: policy moves, the reference passed in is untouched
     tx = make_optimizer(params, OptimConfig(llm_lr=1e-3, retriever_lr=0.0))
