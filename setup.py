@@ -27,6 +27,9 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     # TensorBoard event files without TensorFlow (deps: numpy, packaging, protobuf, already required).
     "tensorboardX==2.6.5",
+    # Generation metrics of the seed pipelines (BLEU-1, ROUGE-1/L): the maintained reference implementations.
+    "sacrebleu==2.6.0",
+    "rouge-score==0.1.2",
 ]
 
 TEST_REQUIRES = [

@@ -124,6 +124,21 @@ def load_tokenizer(path: str) -> Tokenizer:
     return HFTokenizer.from_file(path, **special)
 
 
+def save_tokenizer(tok: Tokenizer, directory: str) -> None:
+    """Writes `tok` into a model directory so that `load_tokenizer(directory)` gives the same tokenizer
+    (tokenizer.json + tokenizer_config.json, or the sentencepiece model)."""
+    os.makedirs(directory, exist_ok=True)
+    if isinstance(tok, SentencePieceTokenizer):
+        with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+            f.write(tok.sp.serialized_model_proto())
+        return
+    tok.tok.save(os.path.join(directory, "tokenizer.json"))
+    name = lambda i: tok.tok.id_to_token(i) if i is not None else None  # noqa: E731
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": name(tok.bos_id), "eos_token": name(tok.eos_id), "pad_token": name(tok.pad_id),
+                   "add_bos_token": tok.add_bos}, f, indent=1)
+
+
 def _special_tokens(directory: str) -> dict:
     """bos/eos/pad strings and add_bos from a HF tokenizer_config.json / special_tokens_map.json, when present."""
     out: dict = {}

@@ -29,14 +29,14 @@ from jmlr_jax import checkpoint, parallel
 from jmlr_jax.config import save_operative_config
 from jmlr_jax.data.pipeline import JMLRExamples, make_dataset, retrieval_query
 from jmlr_jax.data.splits import training_records
-from jmlr_jax.experiment import Experiment
+from jmlr_jax.experiment import Experiment, RunConfig
 from jmlr_jax.models import colbert as colbert_lib, llama as llama_lib
 from jmlr_jax.retrieval.index import Retriever
 from jmlr_jax.retrieval.store import cached_index, load_index
 from jmlr_jax.train import jmlr_step, refresh
 from jmlr_jax.train.metrics import MetricWriter, step_flops
 from jmlr_jax.train.state import describe_groups, init_train_state, make_optimizer
-from jmlr_jax.train.weights import abstract_state, base_params
+from jmlr_jax.train.weights import base_params
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,42 +52,147 @@ def _shardings(params, llm_cfg, rcfg, mesh):
     return out
 
 
-class Trainer:
+def state_shardings(params, tx, param_sh, mesh) -> dict:
+    """Shardings of the train state: params as given, optimizer moments like their params, the rest replicated."""
+    replicated = NamedSharding(mesh, P())
+    opt_sh = parallel.like_params_shardings(jax.eval_shape(tx.init, params), param_sh, jax.eval_shape(lambda: params),
+                                            mesh)
+    return {"step": replicated, "params": param_sh, "opt_state": opt_sh, "rng": replicated}
+
+
+class StepLoop:
+    """The loop every run shares (JMLR and the seed pipelines' stages): steps, metrics, checks, checkpoints,
+    SIGTERM. A subclass sets run_cfg, mesh, state, step_fn (state, batch) -> (state, metrics), data_iter (a grain
+    iterator) and ckpt, and says what a step costs and what a checkpoint records."""
+
+    run_cfg: RunConfig
+    progress_keys: tuple[str, ...] = ("loss",)
+    _stop = False
+
+    def step_stats(self, batch: dict) -> tuple[float, int]:
+        """(model FLOPs, tokens) of one step on `batch`, for MFU and tokens/s."""
+        raise NotImplementedError
+
+    def checkpoint_meta(self, step: int) -> dict:
+        raise NotImplementedError
+
+    def refresh_due(self, step: int) -> bool:
+        return False
+
+    def refresh(self, step: int, log) -> None:
+        pass
+
+    def init_or_restore(self, params, tx, seed: int, shardings) -> tuple[dict | None, dict | None]:
+        """A fresh state from `params` (no checkpoint yet) or the newest readable checkpoint, placed on
+        `shardings` (any mesh) -> (data iterator state, checkpoint meta); both None when fresh."""
+        if self.ckpt.latest_step() is None:
+            self.state = jax.jit(functools.partial(init_train_state, tx=tx, seed=seed),
+                                 out_shardings=shardings)(jax.device_put(params, shardings["params"]))
+            return None, None
+        shapes = jax.eval_shape(functools.partial(init_train_state, tx=tx, seed=seed), params)
+        abstract = jax.tree_util.tree_map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                                          shapes, shardings)
+        self.state, data_state, meta = self.ckpt.restore(abstract)
+        return data_state, meta
+
+    def _save(self, step: int) -> None:
+        self.ckpt.save(step, self.state, self.data_iter.get_state(), self.checkpoint_meta(step))
+
+    # --------------------------------------------------------------------------------------------- run
+    def run(self) -> dict:
+        """Trains to run.num_steps from the current state (see module doc: metrics, checks, checkpoints)."""
+        run = self.run_cfg
+        start = int(self.state["step"])
+        self._stop = False
+        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+        writer = MetricWriter(run.workdir)
+        bar = tqdm.tqdm(total=run.num_steps, initial=start, desc="training", disable=not run.progress)
+        last: dict = {}
+        pending = None  # the dispatched step whose metrics are not fetched yet
+        t_prev = time.time()
+
+        def finish(p) -> None:
+            """Fetch a dispatched step's metrics (blocks until it is done), check the loss, log."""
+            nonlocal last, t_prev
+            step, metrics, flops, tokens, data_s = p
+            metrics = jax.device_get(metrics)
+            now = time.time()
+            if not np.isfinite(metrics["loss"]):
+                self.ckpt.wait()
+                raise NonFiniteLossError(
+                    f"step {step}: loss is {metrics['loss']}; not saved. Latest checkpoint "
+                    f"(step {self.ckpt.latest_step()}) in {self.ckpt.directory} is intact")
+            step_s, t_prev = now - t_prev, now
+            last = {k: float(v) for k, v in metrics.items()}
+            last.update(data_s=data_s, step_s=step_s, tokens_per_s=tokens / step_s,
+                        mfu=flops / (step_s * run.peak_flops_per_device * jax.device_count()))
+            if (step + 1) % run.log_every == 0 or step == start:
+                writer(last, step + 1)
+            bar.update(1)
+            bar.set_postfix({k: f"{last[k]:.3f}" for k in self.progress_keys if k in last})
+
+        try:
+            for step in range(start, run.num_steps):
+                t0 = time.time()
+                batch = next(self.data_iter)
+                data_s = time.time() - t0
+                self.state, metrics = self.step_fn(self.state, batch)  # dispatched; runs while we fetch below
+                flops, tokens = self.step_stats(batch)
+                if pending is not None:
+                    finish(pending)
+                pending = (step, metrics, flops, tokens, data_s)
+                done = step + 1 == run.num_steps
+                do_refresh = self.refresh_due(step + 1) and not done
+                if do_refresh or (step + 1) % run.checkpoint_every == 0 or done or self._stop:
+                    finish(pending)  # never checkpoint a state whose loss was not checked
+                    pending = None
+                    if do_refresh:
+                        self.refresh(step + 1, writer)
+                    self._save(step + 1)
+                if self._stop:
+                    print(f"SIGTERM: saved checkpoint {step + 1}, exiting", flush=True)
+                    break
+            if pending is not None:
+                finish(pending)
+        finally:
+            bar.close()
+            writer.close()
+            self.ckpt.wait()  # SIGTERMs during this wait only set the flag again: the save completes
+            signal.signal(signal.SIGTERM, previous)
+        return last
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+
+class Trainer(StepLoop):
     """Everything one run needs, built from its root config; `run()` trains to run.num_steps (resuming)."""
+
+    progress_keys = ("loss", "lm_loss", "rank_loss")
 
     def __init__(self, exp: Experiment):
         self.exp = exp
-        run = exp.run
+        self.run_cfg = run = exp.run
         os.makedirs(run.workdir, exist_ok=True)
         parallel.maybe_initialize_distributed()
         self.mesh = parallel.make_mesh(run.mesh_shape)
-        self._stop = False
 
         self.llm_cfg, self.tok, self.rcfg, self.ctok, params = base_params(exp)
         r_params = params["retriever"]
-        data_dir = exp.data.require_dir()
-        self.corpus = exp.corpus.load(data_dir)
+        self.corpus = exp.corpus.load(exp.data.require_dir())
         self.records = training_records(exp.data)
         self.queries = [retrieval_query(r) for r in self.records]
 
         self.groups = describe_groups(params, exp.optim)
         self.tx = make_optimizer(params, exp.optim)
-        param_sh = _shardings(params, self.llm_cfg, self.rcfg, self.mesh)
-        replicated = NamedSharding(self.mesh, P())
-        opt_sh = parallel.like_params_shardings(jax.eval_shape(self.tx.init, params), param_sh,
-                                                jax.eval_shape(lambda: params), self.mesh)
-        self.state_sh = {"step": replicated, "params": param_sh, "opt_state": opt_sh, "rng": replicated}
+        self.state_sh = state_shardings(params, self.tx, _shardings(params, self.llm_cfg, self.rcfg, self.mesh),
+                                        self.mesh)
         self.ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints)
-
-        if self.ckpt.latest_step() is None:
-            params = jax.device_put(params, param_sh)
-            self.state = jax.jit(functools.partial(init_train_state, tx=self.tx, seed=run.seed),
-                                 out_shardings=self.state_sh)(params)
+        data_state, meta = self.init_or_restore(params, self.tx, run.seed, self.state_sh)
+        if meta is None:
             index = cached_index(self.corpus, self.rcfg, r_params, self.ctok, exp.index, exp.search, run.workdir,
                                  fallback=run.initial_index, progress=run.progress)
-            data_state = None
         else:
-            self.state, data_state, meta = self.ckpt.restore(abstract_state(exp, params, self.tx, self.state_sh))
             index = load_index(meta["index_dir"], corpus=self.corpus, search=exp.search)
             if index.version != meta["index_version"]:
                 raise checkpoint.CheckpointError(f"{meta['index_dir']} holds index {index.version}, the "
@@ -98,6 +203,8 @@ class Trainer:
         self.step_fn = jax.jit(functools.partial(jmlr_step.train_step, models=self.step_configs, tx=self.tx),
                                in_shardings=(self.state_sh, self.batch_sh), out_shardings=(self.state_sh, None),
                                donate_argnums=0)
+        self._n = {k: sum(x.size for x in jax.tree_util.tree_leaves(self.state["params"][k]))
+                   for k in ("llm", "retriever")}
         exp.save(run.workdir)
         save_operative_config(run.workdir)
 
@@ -132,86 +239,25 @@ class Trainer:
                                                       (jcfg.grad_accum, run.batch_size)[-lead:] + v.shape,
                                                       self.mesh) for k, v in example.items()}
 
-    def _refresh(self, step: int, log) -> None:
-        run = self.exp.run
+    def step_stats(self, batch: dict) -> tuple[float, int]:
+        flops = step_flops(self.llm_cfg, self.rcfg, self.exp.jmlr, {k: v.shape for k, v in batch.items()},
+                           self._n["llm"], self._n["retriever"])
+        return flops, int(sum(np.sum(batch[k]) for k in ("docs_valid", "question_valid", "answer_valid")))
+
+    def refresh_due(self, step: int) -> bool:
+        return bool(self.run_cfg.refresh_every) and step % self.run_cfg.refresh_every == 0
+
+    def refresh(self, step: int, log) -> None:
+        run = self.run_cfg
         self.retriever, metrics = refresh.refresh(self.retriever, self._retriever_params(), run.workdir,
                                                   self.queries[: run.recall_queries], self.exp.jmlr.num_candidates,
                                                   run.progress)
         self._make_data(self.data_iter.get_state())
         log(metrics, step)
 
-    def _save(self, step: int) -> None:
-        meta = {"index_version": self.index.version, "index_dir": self._index_dir(), "step": step,
+    def checkpoint_meta(self, step: int) -> dict:
+        return {"index_version": self.index.version, "index_dir": self._index_dir(), "step": step,
                 "config": self.exp.to_dict()}
-        self.ckpt.save(step, self.state, self.data_iter.get_state(), meta)
-
-    # --------------------------------------------------------------------------------------------- run
-    def run(self) -> dict:
-        run = self.exp.run
-        start = int(self.state["step"])
-        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
-        writer = MetricWriter(run.workdir)
-        n_llm = sum(x.size for x in jax.tree_util.tree_leaves(self.state["params"]["llm"]))
-        n_ret = sum(x.size for x in jax.tree_util.tree_leaves(self.state["params"]["retriever"]))
-        bar = tqdm.tqdm(total=run.num_steps, initial=start, desc="training", disable=not run.progress)
-        last: dict = {}
-        pending = None  # the dispatched step whose metrics are not fetched yet
-        t_prev = time.time()
-
-        def finish(p) -> None:
-            """Fetch a dispatched step's metrics (blocks until it is done), check the loss, log."""
-            nonlocal last, t_prev
-            step, metrics, flops, tokens, data_s = p
-            metrics = jax.device_get(metrics)
-            now = time.time()
-            if not np.isfinite(metrics["loss"]):
-                self.ckpt.wait()
-                raise NonFiniteLossError(
-                    f"step {step}: loss is {metrics['loss']}; not saved. Latest checkpoint "
-                    f"(step {self.ckpt.latest_step()}) in {self.ckpt.directory} is intact")
-            step_s, t_prev = now - t_prev, now
-            last = {k: float(v) for k, v in metrics.items()}
-            last.update(data_s=data_s, step_s=step_s, tokens_per_s=tokens / step_s,
-                        mfu=flops / (step_s * run.peak_flops_per_device * jax.device_count()))
-            if (step + 1) % run.log_every == 0 or step == start:
-                writer(last, step + 1)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", lm=f"{last['lm_loss']:.3f}", rank=f"{last['rank_loss']:.3f}")
-
-        try:
-            for step in range(start, run.num_steps):
-                t0 = time.time()
-                batch = next(self.data_iter)
-                data_s = time.time() - t0
-                self.state, metrics = self.step_fn(self.state, batch)  # dispatched; runs while we fetch below
-                flops = step_flops(self.llm_cfg, self.rcfg, self.exp.jmlr, {k: v.shape for k, v in batch.items()},
-                                   n_llm, n_ret)
-                tokens = int(sum(np.sum(batch[k]) for k in ("docs_valid", "question_valid", "answer_valid")))
-                if pending is not None:
-                    finish(pending)
-                pending = (step, metrics, flops, tokens, data_s)
-                done = step + 1 == run.num_steps
-                do_refresh = run.refresh_every and (step + 1) % run.refresh_every == 0 and not done
-                if do_refresh or (step + 1) % run.checkpoint_every == 0 or done or self._stop:
-                    finish(pending)  # never checkpoint a state whose loss was not checked
-                    pending = None
-                    if do_refresh:
-                        self._refresh(step + 1, writer)
-                    self._save(step + 1)
-                if self._stop:
-                    print(f"SIGTERM: saved checkpoint {step + 1}, exiting", flush=True)
-                    break
-            if pending is not None:
-                finish(pending)
-        finally:
-            bar.close()
-            writer.close()
-            self.ckpt.wait()  # SIGTERMs during this wait only set the flag again: the save completes
-            signal.signal(signal.SIGTERM, previous)
-        return last
-
-    def close(self) -> None:
-        self.ckpt.close()
 
 
 def train_main(exp: Experiment) -> dict:

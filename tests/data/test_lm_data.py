@@ -45,9 +45,10 @@ def test_packing_keeps_documents_apart():
     cfg = LlamaConfig(vocab_size=260, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
     params = llama_lib.init_params(cfg, jax.random.PRNGKey(0))
     row = int(np.argmax(seg.max(axis=1)))
-    run = lambda t: np.asarray(llama_lib.Llama(cfg).apply(  # noqa: E731
-        {"params": params}, jnp.asarray(t[None]), positions_BxL=jnp.asarray(batch["positions"][row][None]),
+    apply = jax.jit(lambda t: llama_lib.Llama(cfg).apply(
+        {"params": params}, t[None], positions_BxL=jnp.asarray(batch["positions"][row][None]),
         segment_ids_BxL=jnp.asarray(seg[row][None]))[0])
+    run = lambda t: np.asarray(apply(jnp.asarray(t)))  # noqa: E731
     base = run(batch["tokens"][row])
     other = batch["tokens"][row].copy()
     other[seg[row] == 1] = 7  # rewrite document 1 entirely

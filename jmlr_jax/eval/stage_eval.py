@@ -1,0 +1,149 @@
+"""Per-stage evaluation of the seed pipelines: held-out perplexity on medical text, answers generated for held-out
+MedQuAD questions scored with BLEU-1 (sacrebleu) and ROUGE-1 / ROUGE-L (rouge-score), and DPO reward accuracy on
+held-out preference pairs. (Multiple-choice accuracy with standard errors: eval/harness.py.)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jmlr_jax.data import lm_data
+from jmlr_jax.data.splits import DataConfig
+from jmlr_jax.errors import InputError
+from jmlr_jax.generate import SamplingConfig, generate_ids
+from jmlr_jax.models.llama import LlamaConfig
+from jmlr_jax.retrieval.corpus import resolve_path
+from jmlr_jax.tokenizers import Tokenizer
+from jmlr_jax.train.lm_step import sequence_logprob, token_nll
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _batch_nll(params, batch, *, cfg: LlamaConfig):
+    return jnp.sum(token_nll(cfg, params, batch)), jnp.sum(batch["weights"][:, 1:])
+
+
+def _batches(rows: Sequence[dict], batch_size: int):
+    """Stacked batches; the last is padded with weightless copies of a row (fixed shapes: one compilation)."""
+    for i in range(0, len(rows), batch_size):
+        chunk = list(rows[i: i + batch_size])
+        pad = [{k: np.zeros_like(v) if k.endswith("weights") else v for k, v in chunk[0].items()}] * (batch_size - len(chunk))
+        yield {k: np.stack([r[k] for r in chunk + pad]) for k in chunk[0]}
+
+
+def heldout_perplexity(cfg: LlamaConfig, params, tok: Tokenizer, texts: Sequence[str], seq_len: int,
+                       batch_size: int = 4) -> dict:
+    """Token-level perplexity of held-out documents (each cut into seq_len pieces, one row per piece)."""
+    pieces = lm_data.cpt_pieces(tok, texts, seq_len)
+    rows = []
+    for p in pieces:
+        t = np.zeros(seq_len, np.int32)
+        t[: len(p)] = p
+        seg = (np.arange(seq_len) < len(p)).astype(np.int32)
+        rows.append({"tokens": t, "segment_ids": seg, "positions": np.where(seg > 0, np.arange(seq_len), 0).astype(np.int32),
+                     "weights": lm_data.packed_weights(seg)})
+    total, n = 0.0, 0.0
+    for b in _batches(rows, batch_size):
+        s, c = _batch_nll(params, b, cfg=cfg)
+        total, n = total + float(s), n + float(c)
+    return {"perplexity": math.exp(total / n), "nll": total / n, "tokens": int(n), "documents": len(texts)}
+
+
+def generation_scores(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig,
+                      records: Sequence[lm_data.MedQuADRecord], max_new_tokens: int = 64, batch_size: int = 8) -> dict:
+    """Greedy answers (KV cache) to MedQuAD questions in the stage's template; BLEU-1, ROUGE-1/L F1 vs the answers."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if not records:
+        raise InputError("no MedQuAD questions to answer (no held-out focus in this data?)")
+
+    bos = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+    eos = tuple(lm_data.response_end(lm, tok))
+    outputs = []
+    for i in range(0, len(records), batch_size):
+        prompts = [bos + tok.encode(lm_data.render_prompt(lm, r.question, ""))[-(lm.seq_len - max_new_tokens):]
+                   for r in records[i: i + batch_size]]
+        outputs += [tok.decode(ids).strip() for ids in
+                    generate_ids(cfg, params, prompts, SamplingConfig(max_new_tokens, eos_ids=eos), pad_multiple=64)]
+    refs = [r.answer for r in records]
+    bleu1 = sacrebleu.metrics.BLEU(max_ngram_order=1).corpus_score(outputs, [refs]).score / 100
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    scores = [scorer.score(ref, out) for ref, out in zip(refs, outputs)]
+    r1 = [s["rouge1"].fmeasure for s in scores]
+    rl = [s["rougeL"].fmeasure for s in scores]
+    se = lambda x: float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0  # noqa: E731
+    return {"n": len(records), "bleu1": bleu1, "rouge1": float(np.mean(r1)), "rouge1_se": se(r1),
+            "rougeL": float(np.mean(rl)), "rougeL_se": se(rl),
+            "predictions": [{"id": r.id, "output": o} for r, o in zip(records, outputs)]}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _pair_logps(params, batch, *, cfg: LlamaConfig):
+    return sequence_logprob(cfg, params, batch, "chosen_"), sequence_logprob(cfg, params, batch, "rejected_")
+
+
+def reward_accuracy(cfg: LlamaConfig, policy, reference, tok: Tokenizer, lm: lm_data.LMDataConfig,
+                    pairs: Sequence[lm_data.PreferencePair], beta: float = 0.1, batch_size: int = 4) -> dict:
+    """DPO's implicit reward beta * (log pi - log pi_ref) on held-out pairs: how often chosen > rejected, the mean
+    margin, and the policy's mean summed log-probs of chosen and rejected responses."""
+    rows = [lm_data.dpo_example(tok, lm, p) for p in pairs]
+    pc, pr, rc, rr = [], [], [], []
+    for b in _batches(rows, batch_size):
+        n = len(pc)
+        a, c = _pair_logps(policy, b, cfg=cfg)
+        x, y = _pair_logps(reference, b, cfg=cfg)
+        keep = min(batch_size, len(rows) - n)
+        pc += list(np.asarray(a)[:keep])
+        pr += list(np.asarray(c)[:keep])
+        rc += list(np.asarray(x)[:keep])
+        rr += list(np.asarray(y)[:keep])
+    margin = beta * ((np.array(pc) - np.array(rc)) - (np.array(pr) - np.array(rr)))
+    acc = margin > 0
+    return {"n": len(pairs), "reward_accuracy": float(acc.mean()),
+            "reward_accuracy_se": float(math.sqrt(acc.mean() * (1 - acc.mean()) / len(acc))),
+            "reward_margin": float(margin.mean()), "logp_chosen": float(np.mean(pc)),
+            "logp_rejected": float(np.mean(pr))}
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class StageEvalConfig:
+    text_docs: int = 100  # held-out documents for perplexity
+    medquad_questions: int = 50  # held-out MedQuAD questions for generation
+    max_new_tokens: int = 64
+    pairs: int = 100  # held-out preference pairs
+    mcq_per_set: int = 100  # MCQ sample per set (fixed by id hash); 0 = none
+    mcq_sets: tuple[str, ...] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout")
+    batch_size: int = 8
+
+
+def evaluate_model(name: str, cfg: LlamaConfig, params, tok: Tokenizer, data: DataConfig, lm: lm_data.LMDataConfig,
+                   ecfg: StageEvalConfig, reference=None, beta: float = 0.1) -> dict:
+    """Every per-stage measure for one model (reference: the DPO stage's frozen model, for reward accuracy)."""
+    from jmlr_jax.data.templates import Budgets, PromptTemplate
+    from jmlr_jax.eval import harness
+
+    _, held_docs = lm_data.cpt_documents(data, lm)
+    out = {"model": name, "perplexity": heldout_perplexity(cfg, params, tok, [t for _, t in held_docs[: ecfg.text_docs]],
+                                                           lm.seq_len, ecfg.batch_size)}
+    _, held_mq = lm_data.split_medquad(lm_data.read_medquad_qa(resolve_path(lm.medquad, data.require_dir())),
+                                       lm.medquad_heldout_fraction)
+    out["medquad"] = generation_scores(cfg, params, tok, lm, held_mq[: ecfg.medquad_questions], ecfg.max_new_tokens,
+                                       ecfg.batch_size)
+    pairs = lm_data.dpo_pairs(data, dataclasses.replace(lm, max_records=0), heldout=True)[: ecfg.pairs]
+    out["pairs"] = reward_accuracy(cfg, params, params if reference is None else reference, tok, lm, pairs, beta,
+                                   ecfg.batch_size)
+    out["pairs"]["logp_margin"] = out["pairs"]["logp_chosen"] - out["pairs"]["logp_rejected"]
+    if ecfg.mcq_per_set:
+        sets = harness.eval_sets(data, ecfg.mcq_sets, max_per_set=ecfg.mcq_per_set)
+        preds = harness.evaluate(sets, cfg, params, tok, harness.EvalConfig(batch_size=ecfg.batch_size),
+                                 PromptTemplate(), Budgets(), progress=False)
+        out["mcq"] = [r for r in harness.summarize(preds) if r["subject"] == "all"]
+    return out

@@ -1,0 +1,69 @@
+"""Evaluate a seed pipeline's base model and every finished stage: python launch/pipeline_eval.py
+--gin_file=pipelines/qilin_med.gin [--gin.StageEvalConfig.medquad_questions=50]
+
+Writes <workdir>/eval/<model>.json as each model finishes (a rerun skips those) and <workdir>/eval/table.md.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+os.environ.setdefault("GLOG_minloglevel", "1")
+
+from jmlr_jax import config  # noqa: E402
+from jmlr_jax.convert import load_preset  # noqa: E402
+from jmlr_jax.data.lm_data import LMDataConfig  # noqa: E402
+from jmlr_jax.data.splits import DataConfig  # noqa: E402
+from jmlr_jax.eval.stage_eval import StageEvalConfig, evaluate_model  # noqa: E402
+from jmlr_jax.train import stages  # noqa: E402
+
+
+def table(results: list[dict]) -> str:
+    mcq_sets = [r["set"] for r in results[0].get("mcq", [])]
+    head = ("| model | held-out ppl | MedQuAD BLEU-1 | ROUGE-1 | ROUGE-L | pairs: logp chosen - rejected | "
+            "reward acc. vs reference | " + " | ".join(mcq_sets) + " |")
+    lines = [head, "|" + "---|" * (7 + len(mcq_sets))]
+    for r in results:
+        p, g, pr = r["perplexity"], r["medquad"], r["pairs"]
+        acc = f"{pr['reward_accuracy']:.3f} ± {pr['reward_accuracy_se']:.3f}" if r.get("reference") else "-"
+        mcq = [f"{m['accuracy']:.3f} ± {m['se']:.3f}" for m in r.get("mcq", [])]
+        lines.append(f"| {r['model']} | {p['perplexity']:.2f} | {g['bleu1']:.3f} | {g['rouge1']:.3f} | "
+                     f"{g['rougeL']:.3f} ± {g['rougeL_se']:.3f} | {pr['logp_margin']:.2f} | {acc} | " + " | ".join(mcq) + " |")
+    r0 = results[0]
+    lines += ["", f"Held-out text: {r0['perplexity']['documents']} documents ({r0['perplexity']['tokens']} target "
+                  f"tokens); MedQuAD: {r0['medquad']['n']} questions of held-out focuses, greedy, "
+                  f"{StageEvalConfig().max_new_tokens} new tokens; pairs: {r0['pairs']['n']} held-out MedMCQA pairs; "
+                  "MCQ: option log-likelihood, fixed samples, accuracy ± standard error."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    pipe, data, lm, ecfg = stages.PipelineConfig(), DataConfig(), LMDataConfig(), StageEvalConfig()
+    out_dir = os.path.join(pipe.workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    models = [("base", pipe.llm, None, 0.1)]
+    for i, s in enumerate(pipe.stages):
+        if os.path.isfile(os.path.join(pipe.stage_dir(i), "done.json")):
+            ref = models[-1][1] if s.kind == "dpo" else None
+            models.append((s.name, os.path.join(pipe.stage_dir(i), "final"), ref, s.dpo_beta))
+    results = []
+    for name, path, ref, beta in models:
+        dest = os.path.join(out_dir, f"{name}.json")
+        if not os.path.isfile(dest):
+            cfg, params, tok = load_preset(path, **dict(pipe.llm_overrides))
+            reference = load_preset(ref, **dict(pipe.llm_overrides))[1] if ref else None
+            r = dict(evaluate_model(name, cfg, params, tok, data, lm, ecfg, reference, beta), path=path, reference=ref)
+            with open(dest + ".tmp", "w") as f:
+                json.dump(r, f, indent=1)
+            os.replace(dest + ".tmp", dest)
+            print(f"{name}: done", flush=True)
+        with open(dest) as f:
+            results.append(json.load(f))
+    text = table(results)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    config.run_main(main)

@@ -1,0 +1,122 @@
+"""Seed pipelines end to end on a tiny model and slices of the real data: chaining, skipping, resuming, errors."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jmlr_jax.config import ConfigError
+from jmlr_jax.convert import load_preset
+from jmlr_jax.data import lm_data
+from jmlr_jax.data.splits import DataConfig
+from jmlr_jax.errors import InputError
+from jmlr_jax.eval import stage_eval
+from jmlr_jax.train import stages
+from tests.conftest import DATA_DIR, require
+from tests.helpers import save_tiny_llama_dir
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A small data directory in the real layout (slices of ../shared/data) and a tiny Llama directory."""
+    require(os.path.isdir(DATA_DIR), DATA_DIR)
+    d = tmp_path_factory.mktemp("stage_data")
+    for sub in ("guidelines", "medquad", "pubmedqa", "medmcqa"):
+        os.makedirs(d / sub)
+    head = lambda src, dst, n: (d / dst).write_text("".join(open(os.path.join(DATA_DIR, src)).readlines()[:n]))  # noqa: E731
+    head("guidelines/ngc_open.jsonl", "guidelines/ngc_open.jsonl", 3)
+    (d / "medquad" / "medquad.jsonl").write_text(  # 40 questions spread over many focuses
+        "".join(open(os.path.join(DATA_DIR, "medquad", "medquad.jsonl")).readlines()[::300][:40]))
+    head("medmcqa/dev.jsonl", "medmcqa/dev.jsonl", 40)
+    pq = json.load(open(os.path.join(DATA_DIR, "pubmedqa", "ori_pqal.json")))
+    test = json.load(open(os.path.join(DATA_DIR, "pubmedqa", "test_ground_truth.json")))
+    keys = [k for k in pq if k in test][:5] + [k for k in pq if k not in test][:10]
+    (d / "pubmedqa" / "ori_pqal.json").write_text(json.dumps({k: pq[k] for k in keys}))
+    (d / "pubmedqa" / "test_ground_truth.json").write_text(json.dumps({k: test[k] for k in keys if k in test}))
+    llm = save_tiny_llama_dir(str(tmp_path_factory.mktemp("tiny") / "llm"))
+    return DataConfig(data_dir=str(d)), lm_data.LMDataConfig(seq_len=96), llm
+
+
+def pipeline(workdir, llm, steps=(2, 2, 2)):
+    return stages.PipelineConfig(
+        name="t", workdir=str(workdir), llm=llm, progress=False, checkpoint_every=1, stages=(
+            stages.StageConfig("cpt", "cpt", num_steps=steps[0], batch_size=2, lr=1e-3),
+            stages.StageConfig("sft", "sft", num_steps=steps[1], batch_size=2, lr=1e-3, lora_rank=2),
+            stages.StageConfig("dpo", "dpo", num_steps=steps[2], batch_size=2, lr=1e-3)))
+
+
+def test_cpt_text_leaves_out_what_evaluation_uses(setup):
+    data, lm, _ = setup
+    train, held = lm_data.cpt_documents(data, lm)
+    ids = {i for i, _ in train} | {i for i, _ in held}
+    test = json.load(open(os.path.join(data.data_dir, "pubmedqa", "test_ground_truth.json")))
+    assert test and not {f"pmid-{k}" for k in test} & ids  # PubMedQA test abstracts: in neither
+    _, mq_held = lm_data.split_medquad(lm_data.read_medquad_qa(os.path.join(data.data_dir, "medquad", "medquad.jsonl")),
+                                       lm.medquad_heldout_fraction)
+    assert not {f"medquad-{r.id}" for r in mq_held} & ids  # held-out MedQuAD answers: in neither
+    assert not {i for i, _ in train} & {i for i, _ in held}
+    with pytest.raises(InputError, match="CPT corpus is empty"):
+        lm_data.cpt_documents(data, lm_data.LMDataConfig(guidelines="", medquad="", pubmedqa=""))
+
+
+def test_stages_chain_skip_and_resume(setup, tmp_path):
+    data, lm, llm = setup
+    pipe = pipeline(tmp_path / "p", llm)
+    with pytest.raises(InputError, match="starts from stage 'cpt', which has not finished"):
+        stages.run_pipeline(pipe, data, lm, only="sft")
+
+    # CPT stopped by a SIGTERM-like flag after step 1: not done, resumes to step 2
+    t = stages.StageTrainer(pipe, 0, data, lm, stages.stage_init(pipe, 0))
+    t.step_fn = (lambda f: lambda s, b: (setattr(t, "_stop", True), f(s, b))[1])(t.step_fn)
+    t.run()
+    t.close()
+    assert not os.path.exists(os.path.join(pipe.stage_dir(0), "done.json"))
+    out = stages.run_pipeline(pipe, data, lm)
+    assert [o["stage"] for o in out] == ["cpt", "sft", "dpo"] and not any(o.get("skipped") for o in out)
+    metrics = [json.loads(x) for x in open(os.path.join(pipe.stage_dir(0), "metrics.jsonl"))]
+    assert [m["step"] for m in metrics] == [1, 2]
+    dpo_metrics = [json.loads(x) for x in open(os.path.join(pipe.stage_dir(2), "metrics.jsonl"))]
+    assert all(k in dpo_metrics[-1] for k in ("reward_accuracy", "reward_margin", "logp_chosen", "logp_rejected"))
+
+    # stage 2 started from stage 1's final weights, bitwise; stage 1's export is its final state (LoRA merged)
+    cpt_final = load_preset(os.path.join(pipe.stage_dir(0), "final"))[1]
+    t = stages.StageTrainer(pipe, 1, data, lm, stages.stage_init(pipe, 1))  # restores SFT's last checkpoint
+    for a, b in zip(jax.tree_util.tree_leaves(cpt_final), jax.tree_util.tree_leaves(jax.device_get(t.state["params"]["llm"]))):
+        np.testing.assert_array_equal(a, b)
+    sft_final = load_preset(os.path.join(pipe.stage_dir(1), "final"))[1]
+    for a, b in zip(jax.tree_util.tree_leaves(sft_final), jax.tree_util.tree_leaves(t.final_params())):
+        np.testing.assert_array_equal(a, b)
+    t.close()
+
+    # per-stage evaluation: the DPO model against its frozen reference (the SFT model), on held-out pairs
+    dpo_cfg, dpo_params, tok = load_preset(os.path.join(pipe.stage_dir(2), "final"))
+    ecfg = stage_eval.StageEvalConfig(text_docs=2, medquad_questions=2, max_new_tokens=4, pairs=3, mcq_per_set=0,
+                                      batch_size=2)
+    r = stage_eval.evaluate_model("dpo", dpo_cfg, dpo_params, tok, data, lm, ecfg, reference=sft_final)
+    assert r["perplexity"]["perplexity"] > 1 and r["perplexity"]["documents"] == 2
+    assert r["medquad"]["n"] >= 1 and 0 <= r["medquad"]["bleu1"] <= 1 and 0 <= r["medquad"]["rougeL"] <= 1
+    assert r["pairs"]["n"] == 3 and r["pairs"]["reward_margin"] != 0
+    same = stage_eval.reward_accuracy(dpo_cfg, dpo_params, dpo_params, tok, lm, lm_data.dpo_pairs(data, lm, True)[:2])
+    assert same["reward_accuracy"] == 0.0 and same["reward_margin"] == 0.0  # a model against itself: no preference
+
+    again = stages.run_pipeline(pipe, data, lm)  # everything finished: skipped
+    assert all(o.get("skipped") for o in again)
+    changed = pipeline(tmp_path / "p", llm)
+    changed = stages.PipelineConfig(**{**vars(changed), "stages": (
+        changed.stages[0], stages.StageConfig("sft", "sft", num_steps=2, batch_size=2, lr=5e-4, lora_rank=2),
+        changed.stages[2])})
+    with pytest.raises(ConfigError, match="stage.lr: run has 0.001, given 0.0005"):
+        stages.run_pipeline(changed, data, lm)
+    with pytest.raises(ValueError, match="kind"):
+        stages.StageConfig("x", "rlhf")
+
+
+def test_pipeline_configs_parse():
+    from jmlr_jax import config
+
+    for name, kinds in (("qilin_med", ["cpt", "sft", "dpo"]), ("pmc_llama", ["cpt", "sft"])):
+        config.parse([f"pipelines/{name}.gin"])
+        pipe = stages.PipelineConfig()
+        assert pipe.name == name and [s.kind for s in pipe.stages] == kinds
+        assert DataConfig().data_dir and lm_data.LMDataConfig().template == ("chat" if name == "qilin_med" else "pmc_llama")
