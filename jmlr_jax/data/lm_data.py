@@ -81,7 +81,8 @@ class MedQuADRecord:
 
 
 def read_medquad_qa(path: str) -> list[MedQuADRecord]:
-    """MedQuAD question-answer pairs with their focus (JSONL: id, question, answer, focus or question_focus)."""
+    """MedQuAD question-answer pairs with their focus (JSONL: id, question, answer, focus or question_focus;
+    without a focus, the source document's id stands in)."""
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -91,12 +92,13 @@ def read_medquad_qa(path: str) -> list[MedQuADRecord]:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-            focus = r.get("focus") or r.get("question_focus")
-            missing = [k for k, v in (("question", r.get("question")), ("answer", r.get("answer")), ("focus", focus))
+            # a few real records have no focus: their source document (the id before "-") stands in for it
+            focus = (r.get("focus") or r.get("question_focus") or "").strip() or f"doc:{str(r.get('id', n)).split('-')[0]}"
+            missing = [k for k, v in (("question", r.get("question")), ("answer", r.get("answer")))
                        if not isinstance(v, str) or not v.strip()]
             if missing:
                 raise InputError(f"{path}:{n}: MedQuAD record lacks non-empty {', '.join(missing)}")
-            out.append(MedQuADRecord(str(r.get("id", n)), focus.strip(), r["question"].strip(), r["answer"].strip()))
+            out.append(MedQuADRecord(str(r.get("id", n)), focus, r["question"].strip(), r["answer"].strip()))
     return out
 
 
