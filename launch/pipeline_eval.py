@@ -14,26 +14,28 @@ from jmlr_jax import config  # noqa: E402
 from jmlr_jax.convert import load_preset  # noqa: E402
 from jmlr_jax.data.lm_data import LMDataConfig  # noqa: E402
 from jmlr_jax.data.splits import DataConfig  # noqa: E402
-from jmlr_jax.eval.stage_eval import StageEvalConfig, evaluate_model  # noqa: E402
+from jmlr_jax.eval.stage_eval import StageEvalConfig, evaluate_model, held_medquad, text_scores  # noqa: E402
 from jmlr_jax.train import stages  # noqa: E402
 
 
 def table(results: list[dict]) -> str:
     mcq_sets = [r["set"] for r in results[0].get("mcq", [])]
-    head = ("| model | held-out ppl | MedQuAD BLEU-1 | ROUGE-1 | ROUGE-L | pairs: logp chosen - rejected | "
+    head = ("| model | held-out ppl | MedQuAD BLEU-1 unigram precision | ROUGE-1 | ROUGE-L | pairs: logp chosen - rejected | "
             "reward acc. vs reference | " + " | ".join(mcq_sets) + " |")
     lines = [head, "|" + "---|" * (7 + len(mcq_sets))]
     for r in results:
         p, g, pr = r["perplexity"], r["medquad"], r["pairs"]
         acc = f"{pr['reward_accuracy']:.3f} ± {pr['reward_accuracy_se']:.3f}" if r.get("reference") else "-"
         mcq = [f"{m['accuracy']:.3f} ± {m['se']:.3f}" for m in r.get("mcq", [])]
-        lines.append(f"| {r['model']} | {p['perplexity']:.2f} | {g['bleu1']:.3f} | {g['rouge1']:.3f} | "
+        lines.append(f"| {r['model']} | {p['perplexity']:.2f} | {g['bleu1_precision']:.3f} | {g['rouge1']:.3f} | "
                      f"{g['rougeL']:.3f} ± {g['rougeL_se']:.3f} | {pr['logp_margin']:.2f} | {acc} | " + " | ".join(mcq) + " |")
     r0 = results[0]
     lines += ["", f"Held-out text: {r0['perplexity']['documents']} documents ({r0['perplexity']['tokens']} target "
                   f"tokens); MedQuAD: {r0['medquad']['n']} questions of held-out focuses, greedy, "
                   f"{StageEvalConfig().max_new_tokens} new tokens; pairs: {r0['pairs']['n']} held-out MedMCQA pairs; "
-                  "MCQ: option log-likelihood, fixed samples, accuracy ± standard error."]
+                  "MCQ: option log-likelihood, fixed samples, accuracy ± standard error. BLEU-1 with its brevity "
+                  "penalty (answers cut at the token budget, references hundreds of words): "
+                  + ", ".join(f"{r['model']} {r['medquad']['bleu1']:.2g}" for r in results) + "."]
     return "\n".join(lines)
 
 
@@ -58,7 +60,13 @@ def main() -> None:
             os.replace(dest + ".tmp", dest)
             print(f"{name}: done", flush=True)
         with open(dest) as f:
-            results.append(json.load(f))
+            r = json.load(f)
+        if "bleu1_precision" not in r["medquad"]:  # written before the precision was stored: rescore its outputs
+            refs = {q.id: q.answer for q in held_medquad(data, lm)}
+            preds = r["medquad"]["predictions"]
+            r["medquad"] = dict(text_scores([p["output"] for p in preds], [refs[p["id"]] for p in preds]),
+                                predictions=preds)
+        results.append(r)
     text = table(results)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(text + "\n")

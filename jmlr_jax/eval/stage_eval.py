@@ -58,9 +58,6 @@ def heldout_perplexity(cfg: LlamaConfig, params, tok: Tokenizer, texts: Sequence
 def generation_scores(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig,
                       records: Sequence[lm_data.MedQuADRecord], max_new_tokens: int = 64, batch_size: int = 8) -> dict:
     """Greedy answers (KV cache) to MedQuAD questions in the stage's template; BLEU-1, ROUGE-1/L F1 vs the answers."""
-    import sacrebleu
-    from rouge_score import rouge_scorer
-
     if not records:
         raise InputError("no MedQuAD questions to answer (no held-out focus in this data?)")
 
@@ -72,16 +69,26 @@ def generation_scores(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDa
                    for r in records[i: i + batch_size]]
         outputs += [tok.decode(ids).strip() for ids in
                     generate_ids(cfg, params, prompts, SamplingConfig(max_new_tokens, eos_ids=eos), pad_multiple=64)]
-    refs = [r.answer for r in records]
-    bleu1 = sacrebleu.metrics.BLEU(max_ngram_order=1).corpus_score(outputs, [refs]).score / 100
+    return dict(text_scores(outputs, [r.answer for r in records]),
+                predictions=[{"id": r.id, "output": o} for r, o in zip(records, outputs)])
+
+
+def text_scores(outputs: Sequence[str], refs: Sequence[str]) -> dict:
+    """BLEU-1 (sacrebleu corpus BLEU of order 1) with its unigram precision and brevity penalty reported apart
+    (generated answers are cut at max_new_tokens while MedQuAD answers run to hundreds of words, so the penalty
+    alone drives BLEU-1 to ~0), and mean ROUGE-1 / ROUGE-L F1 (rouge-score, stemmed) with standard errors."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    bleu = sacrebleu.metrics.BLEU(max_ngram_order=1).corpus_score(list(outputs), [list(refs)])
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     scores = [scorer.score(ref, out) for ref, out in zip(refs, outputs)]
     r1 = [s["rouge1"].fmeasure for s in scores]
     rl = [s["rougeL"].fmeasure for s in scores]
     se = lambda x: float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0  # noqa: E731
-    return {"n": len(records), "bleu1": bleu1, "rouge1": float(np.mean(r1)), "rouge1_se": se(r1),
-            "rougeL": float(np.mean(rl)), "rougeL_se": se(rl),
-            "predictions": [{"id": r.id, "output": o} for r, o in zip(records, outputs)]}
+    return {"n": len(outputs), "bleu1": bleu.score / 100, "bleu1_precision": bleu.precisions[0] / 100,
+            "bleu_brevity_penalty": bleu.bp, "rouge1": float(np.mean(r1)), "rouge1_se": se(r1),
+            "rougeL": float(np.mean(rl)), "rougeL_se": se(rl)}
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -124,6 +131,12 @@ class StageEvalConfig:
     batch_size: int = 8
 
 
+def held_medquad(data: DataConfig, lm: lm_data.LMDataConfig) -> list[lm_data.MedQuADRecord]:
+    """The MedQuAD questions of held-out focuses (never in CPT or SFT data)."""
+    return lm_data.split_medquad(lm_data.read_medquad_qa(resolve_path(lm.medquad, data.require_dir())),
+                                 lm.medquad_heldout_fraction)[1]
+
+
 def evaluate_model(name: str, cfg: LlamaConfig, params, tok: Tokenizer, data: DataConfig, lm: lm_data.LMDataConfig,
                    ecfg: StageEvalConfig, reference=None, beta: float = 0.1) -> dict:
     """Every per-stage measure for one model (reference: the DPO stage's frozen model, for reward accuracy)."""
@@ -133,9 +146,7 @@ def evaluate_model(name: str, cfg: LlamaConfig, params, tok: Tokenizer, data: Da
     _, held_docs = lm_data.cpt_documents(data, lm)
     out = {"model": name, "perplexity": heldout_perplexity(cfg, params, tok, [t for _, t in held_docs[: ecfg.text_docs]],
                                                            lm.seq_len, ecfg.batch_size)}
-    _, held_mq = lm_data.split_medquad(lm_data.read_medquad_qa(resolve_path(lm.medquad, data.require_dir())),
-                                       lm.medquad_heldout_fraction)
-    out["medquad"] = generation_scores(cfg, params, tok, lm, held_mq[: ecfg.medquad_questions], ecfg.max_new_tokens,
+    out["medquad"] = generation_scores(cfg, params, tok, lm, held_medquad(data, lm)[: ecfg.medquad_questions], ecfg.max_new_tokens,
                                        ecfg.batch_size)
     pairs = lm_data.dpo_pairs(data, dataclasses.replace(lm, max_records=0), heldout=True)[: ecfg.pairs]
     out["pairs"] = reward_accuracy(cfg, params, params if reference is None else reference, tok, lm, pairs, beta,
