@@ -36,7 +36,7 @@ from jmlr_jax.retrieval.store import cached_index, load_index
 from jmlr_jax.train import jmlr_step, refresh
 from jmlr_jax.train.metrics import MetricWriter, step_flops
 from jmlr_jax.train.state import describe_groups, init_train_state, make_optimizer
-from jmlr_jax.train.weights import base_params
+from jmlr_jax.train.weights import abstract_state, base_params
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,10 +89,7 @@ class StepLoop:
             self.state = jax.jit(functools.partial(init_train_state, tx=tx, seed=seed),
                                  out_shardings=shardings)(jax.device_put(params, shardings["params"]))
             return None, None
-        shapes = jax.eval_shape(functools.partial(init_train_state, tx=tx, seed=seed), params)
-        abstract = jax.tree_util.tree_map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                                          shapes, shardings)
-        self.state, data_state, meta = self.ckpt.restore(abstract)
+        self.state, data_state, meta = self.ckpt.restore(abstract_state(params, tx, seed, shardings))
         return data_state, meta
 
     def _save(self, step: int) -> None:

@@ -26,9 +26,9 @@ def base_params(exp: Experiment, lora: bool = True):
     return llm_cfg, tok, rcfg, ctok, params
 
 
-def abstract_state(exp: Experiment, params, tx, shardings=None):
-    """ShapeDtypeStructs of the train state (with shardings when given): the restore target."""
-    shapes = jax.eval_shape(functools.partial(init_train_state, tx=tx, seed=exp.run.seed), params)
+def abstract_state(params, tx, seed: int, shardings=None):
+    """ShapeDtypeStructs of the train state on `shardings` (default: the first device): the restore target."""
+    shapes = jax.eval_shape(functools.partial(init_train_state, tx=tx, seed=seed), params)
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree_util.tree_map(lambda _: device, shapes)
@@ -57,7 +57,7 @@ def restore_params(workdir: str, step: int | None = None, exp: Experiment | None
     tx = make_optimizer(params, exp.optim)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
-        state, _, meta = ckpt.restore(abstract_state(exp, params, tx), step)
+        state, _, meta = ckpt.restore(abstract_state(params, tx, exp.run.seed), step)
     finally:
         ckpt.close()
     trained = state["params"]
