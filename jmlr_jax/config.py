@@ -14,7 +14,10 @@ import gin
 
 from jmlr_jax.errors import InputError
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# A checkout's configs/; an installed wheel carries the same files as jmlr_jax/configs (pyproject.toml).
+_CHECKOUT_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_DIR = _CHECKOUT_CONFIGS if os.path.isdir(_CHECKOUT_CONFIGS) else \
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 gin.add_config_file_search_path(CONFIG_DIR)  # `include 'model/x.gin'` works from any working directory
 # gin also tries every include as a Python package resource and logs "Path not found" at ERROR level for
 # each relative include it then finds under CONFIG_DIR; a real missing file is still our ConfigError.

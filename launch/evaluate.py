@@ -11,17 +11,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-os.environ.setdefault("GLOG_minloglevel", "1")
 
-from jmlr_jax import config, experiment  # noqa: E402
-from jmlr_jax.eval import harness  # noqa: E402
-
-
-def main(workdir: str = "") -> None:
-    if not workdir:
-        raise config.ConfigError("--workdir=DIR (a training run's workdir) is required")
-    harness.evaluate_main(experiment.for_evaluation(workdir), harness.EvalConfig())
-
+from jmlr_jax import cli  # noqa: E402
 
 if __name__ == "__main__":
-    config.run_main(main, flags=("workdir",))
+    cli.evaluate()

@@ -9,17 +9,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-os.environ.setdefault("GLOG_minloglevel", "1")
 
-from jmlr_jax import config, experiment  # noqa: E402
-from jmlr_jax.train import loop  # noqa: E402
-
-
-def main(workdir: str = "") -> None:
-    last = loop.train_main(experiment.for_training(workdir))
-    if last:
-        print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
-
+from jmlr_jax import cli  # noqa: E402
 
 if __name__ == "__main__":
-    config.run_main(main, flags=("workdir",))
+    cli.train()

@@ -21,3 +21,35 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_main_command_runs_the_quickstart_training():
     assert _bash_blocks()[0].strip().endswith("python launch/tpu_train.py --gin_file=quickstart_cpu.gin")
     assert os.path.isfile(os.path.join(ROOT, "configs", "quickstart_cpu.gin"))
+
+
+def test_every_dependency_is_pinned_in_the_constraints_file():
+    """pyproject.toml holds ranges; constraints.txt (which CI and the README install with) pins each exactly."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    with open(os.path.join(ROOT, "constraints.txt")) as f:
+        pins = [Requirement(ln) for ln in f.read().splitlines() if ln and not ln.startswith("#")]
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    for python in ("3.11", "3.12", "3.13"):
+        env = {"python_version": python}
+        exact = {norm(p.name): p.specifier for p in pins if p.marker is None or p.marker.evaluate(env)}
+        for r in wanted:
+            spec = exact.get(norm(r.name))
+            assert spec is not None and str(spec).startswith("=="), f"{r.name}: no exact pin for Python {python}"
+            assert r.specifier.contains(str(spec)[2:], prereleases=True), f"{r.name}{spec} outside {r.specifier}"
+
+
+def test_configs_ship_with_the_package():
+    """Installed entry points find the gin files: configs/ is mapped into the wheel as jmlr_jax/configs."""
+    import glob
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        setuptools = tomllib.load(f)["tool"]["setuptools"]
+    assert setuptools["package-dir"]["jmlr_jax.configs"] == "configs" and "jmlr_jax.configs" in setuptools["packages"]
+    assert glob.glob(os.path.join(ROOT, "configs", "**", "*.gin"), recursive=True)

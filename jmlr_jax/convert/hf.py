@@ -222,7 +222,52 @@ def bert_params_from_hf(cfg: colbert.BertConfig, tensors: dict[str, np.ndarray],
     return params
 
 
-def load_hf_bert(path: str, **overrides) -> tuple[colbert.BertConfig, dict]:
-    """A Hugging Face BERT directory -> (BertConfig, BertEncoder params)."""
+def bert_params_to_hf(cfg: colbert.BertConfig, params: dict) -> dict[str, np.ndarray]:
+    """BertEncoder params -> HF BertModel tensor names and layouts (the inverse of `bert_params_from_hf`)."""
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+    lay = p["layers"]
+    out = {"embeddings.word_embeddings.weight": p["word_embed"]["embedding"],
+           "embeddings.position_embeddings.weight": p["pos_embed"]["embedding"],
+           "embeddings.token_type_embeddings.weight": p["type_embed"]["embedding"],
+           "embeddings.LayerNorm.weight": p["embed_norm"]["scale"], "embeddings.LayerNorm.bias": p["embed_norm"]["bias"]}
+    for i in range(cfg.num_layers):
+        pre = f"encoder.layer.{i}."
+        for ours, theirs in (("q", "query"), ("k", "key"), ("v", "value")):
+            k_DxHxK = lay[ours]["kernel"][i]
+            out[pre + f"attention.self.{theirs}.weight"] = k_DxHxK.reshape(k_DxHxK.shape[0], -1).T
+            out[pre + f"attention.self.{theirs}.bias"] = lay[ours]["bias"][i].reshape(-1)
+        o_HxKxD = lay["o"]["kernel"][i]
+        out[pre + "attention.output.dense.weight"] = o_HxKxD.reshape(-1, o_HxKxD.shape[-1]).T
+        out[pre + "attention.output.dense.bias"] = lay["o"]["bias"][i]
+        for ours, theirs in (("attn_norm", "attention.output.LayerNorm"), ("mlp_norm", "output.LayerNorm")):
+            out[pre + theirs + ".weight"], out[pre + theirs + ".bias"] = lay[ours]["scale"][i], lay[ours]["bias"][i]
+        for ours, theirs in (("up", "intermediate.dense"), ("down", "output.dense")):
+            out[pre + theirs + ".weight"], out[pre + theirs + ".bias"] = lay[ours]["kernel"][i].T, lay[ours]["bias"][i]
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+# ColBERT fields kept in config.json under this key, so a saved retriever loads back with its own settings.
+COLBERT_KEY = "colbert"
+
+
+def save_hf_colbert(path: str, cfg: colbert.ColBERTConfig, params: dict) -> None:
+    """Writes a ColBERT retriever the way ColBERT's own checkpoints are laid out: a BERT directory whose
+    model.safetensors holds `bert.*` (transformers' BertModel loads it) plus `linear.weight` [dim, hidden],
+    the projection (ColBERT loads it; transformers ignores it)."""
+    os.makedirs(path, exist_ok=True)
+    tensors = {"bert." + k: v for k, v in bert_params_to_hf(cfg.bert, params["bert"]).items()}
+    tensors["linear.weight"] = np.ascontiguousarray(np.asarray(params["proj"]["kernel"], np.float32).T)
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    fields = {f: getattr(cfg, f) for f in ("dim", "query_maxlen", "doc_maxlen", "attend_to_mask_tokens",
+                                           "q_marker", "d_marker")}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({**cfg.bert.to_hf_dict(), COLBERT_KEY: fields}, f, indent=2)
+
+
+def load_hf_bert(path: str, **overrides) -> tuple[colbert.BertConfig, dict, np.ndarray | None]:
+    """A Hugging Face BERT directory -> (BertConfig, BertEncoder params, ColBERT projection [hidden, dim] when the
+    directory holds one as `linear.weight`, as ColBERT checkpoints do, else None)."""
     cfg = colbert.BertConfig.from_hf_dict(read_config(path), **overrides)
-    return cfg, bert_params_from_hf(cfg, read_safetensors(path), where=path)
+    tensors = read_safetensors(path)
+    linear = tensors.get("linear.weight")
+    return cfg, bert_params_from_hf(cfg, tensors, where=path), None if linear is None else linear.T.astype(np.float32)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from jmlr_jax.convert.gguf import load_gguf_llama
-from jmlr_jax.convert.hf import load_hf_bert, load_hf_llama, read_config
+from jmlr_jax.convert.hf import COLBERT_KEY, WeightsError, load_hf_bert, load_hf_llama, read_config
 from jmlr_jax.models.colbert import ColBERTConfig
 from jmlr_jax.tokenizers import check_vocab, load_tokenizer
 
@@ -76,9 +76,13 @@ def load_preset(name_or_path: str, **overrides: Any):
         check_vocab(tok, cfg.vocab_size)
         return cfg, params, tok
     bert_fields = {k: v for k, v in overrides.items() if k in ("dtype", "param_dtype")}
-    bert_cfg, bert_params = load_hf_bert(path, **bert_fields)
-    cfg = ColBERTConfig(bert=bert_cfg, **{k: v for k, v in overrides.items() if k not in bert_fields})
+    bert_cfg, bert_params, proj = load_hf_bert(path, **bert_fields)
+    saved = read_config(path).get(COLBERT_KEY, {})  # a retriever saved by save_hf_colbert keeps its settings
+    cfg = ColBERTConfig(bert=bert_cfg, **{**saved, **{k: v for k, v in overrides.items() if k not in bert_fields}})
     tok = load_tokenizer(path)
     check_vocab(tok, bert_cfg.vocab_size, what="BERT encoder")
-    proj = jax.nn.initializers.orthogonal()(jax.random.PRNGKey(PROJECTION_SEED), (bert_cfg.hidden_size, cfg.dim))
+    if proj is None:
+        proj = jax.nn.initializers.orthogonal()(jax.random.PRNGKey(PROJECTION_SEED), (bert_cfg.hidden_size, cfg.dim))
+    elif proj.shape != (bert_cfg.hidden_size, cfg.dim):
+        raise WeightsError(f"{path}: linear.weight projects to {proj.shape[1]} dims, config asks for {cfg.dim}")
     return cfg, {"bert": bert_params, "proj": {"kernel": np.asarray(proj, np.float32)}}, tok

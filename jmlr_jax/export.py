@@ -1,0 +1,53 @@
+"""Export a trained run for the Hugging Face world (`jmlr-export --workdir=W --out=DIR`).
+
+    DIR/generator/  Llama directory (LoRA merged into the weights) + tokenizer: `LlamaForCausalLM.from_pretrained`
+    DIR/retriever/  BERT directory + ColBERT projection (`linear.weight`, ColBERT's own layout) + tokenizer:
+                    `BertModel.from_pretrained`; `jmlr_jax.convert.load_preset(DIR/retriever)` restores the ColBERT
+    DIR/README.md   model card: the run's training config, the checkpoint step and its evaluation tables
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from jmlr_jax.convert import save_hf_colbert, save_hf_llama
+from jmlr_jax.tokenizers import save_tokenizer
+from jmlr_jax.train.weights import Restored, restore_params
+
+
+def export_run(workdir: str, out_dir: str, step: int | None = None) -> Restored:
+    """Writes the run's latest (or given) checkpoint to `out_dir`; returns the restored weights."""
+    w = restore_params(workdir, step)
+    gen, ret = os.path.join(out_dir, "generator"), os.path.join(out_dir, "retriever")
+    save_hf_llama(gen, w.llm_cfg, w.llm_params)
+    save_tokenizer(w.tok, gen)
+    save_hf_colbert(ret, w.rcfg, w.r_params)
+    save_tokenizer(w.ctok.tok, ret)
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(model_card(workdir, w))
+    return w
+
+
+def model_card(workdir: str, w: Restored) -> str:
+    """Markdown: what was trained from what, with which settings, and how it scored (when evaluated)."""
+    exp = w.exp
+    lines = [
+        f"# JMLR run `{os.path.basename(os.path.normpath(workdir))}` (step {w.meta['step']})", "",
+        "A generator (Llama) and a ColBERT retriever trained together with jmlr_jax (JMLR, arXiv 2402.17887).", "",
+        f"- generator: `generator/`, from `{exp.run.llm}`; "
+        + (f"LoRA rank {exp.lora.rank} merged into the weights" if exp.lora.rank else "full fine-tuning"),
+        f"- retriever: `retriever/`, from `{exp.retriever.name}`; {w.rcfg.dim}-d ColBERT projection as `linear.weight`",
+        f"- prompt: {exp.jmlr.num_docs} retrieved passages of <= {exp.budgets.doc} tokens, question <= "
+        f"{exp.budgets.question}, answer <= {exp.budgets.answer}", "",
+    ]
+    tables = sorted(glob.glob(os.path.join(workdir, "eval", "*.md")))
+    lines += ["## Evaluation", ""]
+    if tables:
+        for t in tables:
+            with open(t) as f:
+                lines += [f"From `{os.path.relpath(t, workdir)}`:", "", f.read().strip(), ""]
+    else:
+        lines += ["Not evaluated (run `launch/evaluate.py --workdir=...`, then export again).", ""]
+    lines += ["## Training config", "", "```json", json.dumps(exp.to_dict(), indent=1), "```", ""]
+    return "\n".join(lines)

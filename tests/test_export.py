@@ -1,0 +1,61 @@
+"""Exporting a trained run: both directories load in `transformers` and compute what jmlr_jax computes."""
+import os
+import subprocess
+import sys
+
+import gin
+import jax
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+from jmlr_jax.convert import load_preset
+from jmlr_jax.models import ColBERT, Llama
+from jmlr_jax.train.weights import base_params, restore_params
+from tests.helpers import hf_logits
+from tests.train.test_loop import assets, trainer  # noqa: F401  (module fixture, reused)
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_exported_run_loads_in_transformers(assets, tmp_path):  # noqa: F811
+    from transformers import BertModel, LlamaForCausalLM
+
+    t = trainer(assets, tmp_path / "run", **{"RunConfig.num_steps": "2", "LoraConfig.rank": "4"})
+    t.run()
+    t.close()
+    gin.clear_config()
+    out = tmp_path / "hf"
+    proc = subprocess.run([sys.executable, "launch/export.py", f"--workdir={tmp_path / 'run'}", f"--out={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    w = restore_params(str(tmp_path / "run"))  # what it exported
+
+    # Generator: LoRA merged (the weights moved from the base), same logits in transformers.
+    base = base_params(w.exp, lora=False)[-1]["llm"]  # the model LoRA adapted
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(w.llm_params),
+                                                        jax.tree_util.tree_leaves(base))]
+    assert any(moved)
+    model = LlamaForCausalLM.from_pretrained(out / "generator", attn_implementation="eager").eval()
+    tokens = np.asarray([w.tok.encode("Metformin lowers blood glucose.")])
+    ours = jax.jit(Llama(w.llm_cfg).apply)({"params": w.llm_params}, tokens)
+    np.testing.assert_allclose(np.asarray(ours), hf_logits(model, tokens), rtol=2e-4, atol=2e-4)
+
+    # Retriever: BertModel's hidden states through the exported projection = our ColBERT document embeddings.
+    ids, attn, keep = w.ctok.docs(["Thiazide diuretics are first-line agents for hypertension."])
+    ours = ColBERT(w.rcfg).apply({"params": w.r_params}, ids, attn, keep, method="encode_doc")
+    bert = BertModel.from_pretrained(out / "retriever").eval()
+    with torch.no_grad():
+        h = bert(input_ids=torch.as_tensor(np.asarray(ids)), attention_mask=torch.as_tensor(np.asarray(attn)),
+                 token_type_ids=torch.zeros_like(torch.as_tensor(np.asarray(ids)))).last_hidden_state.numpy()
+    e = h @ load_file(out / "retriever" / "model.safetensors")["linear.weight"].T
+    e = e / np.linalg.norm(e, axis=-1, keepdims=True) * np.asarray(keep)[..., None]
+    np.testing.assert_allclose(np.asarray(ours), e, atol=1e-4)
+
+    # ...and back into jmlr_jax with its ColBERT settings and the trained projection (not a fresh init).
+    cfg, params, _ = load_preset(str(out / "retriever"))
+    assert cfg == w.rcfg
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(w.r_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    card = (out / "README.md").read_text()
+    assert "(step 2)" in card and "LoRA rank 4 merged" in card and '"num_steps": 2' in card
