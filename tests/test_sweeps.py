@@ -1,0 +1,77 @@
+"""Sweeps: expansion, workdir naming, the local executor (failures, resume of a half-finished sweep), the table."""
+import json
+import os
+import textwrap
+
+import pytest
+
+from jmlr_jax import sweeps
+from jmlr_jax.errors import InputError
+
+# Stands in for launch/tpu_train.py: writes metrics.jsonl into its workdir; fails while FAIL_FLAG exists for lr=0.1.
+FAKE = textwrap.dedent("""
+    import json, os, sys
+    args = dict(a[len("--gin."):].split("=", 1) for a in sys.argv[1:] if a.startswith("--gin."))
+    workdir = args["RunConfig.workdir"].strip("'")
+    with open(os.path.join(os.path.dirname(__file__), "calls.txt"), "a") as f:
+        f.write(workdir + "\\n")
+    if args["OptimConfig.llm_lr"] == "0.1" and os.path.exists(os.path.join(os.path.dirname(__file__), "FAIL_FLAG")):
+        sys.exit(3)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        for step in range(1, 4):
+            f.write(json.dumps({"step": step, "loss": float(args["OptimConfig.llm_lr"]) * step + int(args["RunConfig.seed"])}) + "\\n")
+""")
+
+
+def test_product_and_zipit():
+    pts = sweeps.product(sweeps.sweep("a", [1, 2]), sweeps.sweep("b", ["x", "y", "z"]))
+    assert len(pts) == 6 and pts[0] == {"a": 1, "b": "x"} and pts[1] == {"a": 1, "b": "y"}
+    assert sweeps.zipit(sweeps.sweep("a", [1, 2]), sweeps.sweep("b", [3, 4])) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    with pytest.raises(InputError, match="different lengths"):
+        sweeps.zipit(sweeps.sweep("a", [1]), sweeps.sweep("b", [3, 4]))
+    with pytest.raises(InputError, match="no values"):
+        sweeps.sweep("a", [])
+
+
+def test_shipped_sweeps_expand(tmp_path):
+    for name, n in (("jmlr_rank", 24), ("quickstart_4", 4)):
+        s = sweeps.load_sweep(name)
+        jobs = sweeps.expand(s, str(tmp_path))
+        assert len(jobs) == n and len({j.workdir for j in jobs}) == n
+        for j in jobs:
+            assert j.workdir.startswith(os.path.join(str(tmp_path), name) + os.sep)
+            assert f"--gin.RunConfig.workdir={j.workdir!r}" in j.argv and "--gin_file=quickstart_cpu.gin" in j.argv
+            assert all(any(a.startswith(f"--gin.{k}=") for a in j.argv) for k in j.params)
+    assert os.path.basename(jobs[1].workdir) == "001-rank_weight=0.5,retriever_lr=0.0003"
+    with pytest.raises(InputError, match="not found"):
+        sweeps.load_sweep("no_such_sweep")
+    clash = sweeps.Sweep("c", ("x.gin",), sweeps.sweep("RunConfig.seed", [0]), fixed={"RunConfig.seed": 1})
+    with pytest.raises(InputError, match="both fixed and swept"):
+        sweeps.expand(clash, str(tmp_path))
+
+
+def test_local_executor_resumes_a_half_finished_sweep(tmp_path):
+    (tmp_path / "fake_train.py").write_text(FAKE)
+    (tmp_path / "FAIL_FLAG").touch()
+    s = sweeps.Sweep("t", ("quickstart_cpu.gin",), launcher=str(tmp_path / "fake_train.py"),
+                     points=sweeps.product(sweeps.sweep("OptimConfig.llm_lr", [0.1, 0.2]), sweeps.sweep("RunConfig.seed", [0, 1])))
+    jobs = sweeps.expand(s, str(tmp_path / "root"))
+    first = sweeps.run_local(jobs, log=lambda *_: None)
+    assert [r["returncode"] for r in first] == [3, 3, 0, 0]
+    assert len((tmp_path / "calls.txt").read_text().split()) == 4
+
+    os.remove(tmp_path / "FAIL_FLAG")
+    second = sweeps.run_local(jobs, log=lambda *_: None)
+    calls = (tmp_path / "calls.txt").read_text().split()
+    assert len(calls) == 6 and calls[4:] == [jobs[0].workdir, jobs[1].workdir]  # only the failed ones ran again
+    assert [r.get("skipped", False) for r in second] == [False, False, True, True]
+    assert all(json.load(open(os.path.join(j.workdir, sweeps.JOB_FILE)))["returncode"] == 0 for j in jobs)
+
+    rows = sweeps.collect(jobs, keys=("loss",))
+    assert [r["steps"] for r in rows] == [3, 3, 3, 3] and all(r["finished"] for r in rows)
+    assert rows[3]["loss"] == pytest.approx((0.2 * 1 + 0.2 * 2 + 0.2 * 3) / 3 + 1)  # mean of the logged steps
+    table = sweeps.table_markdown(rows)
+    assert table.count("\n") == 6 and "| OptimConfig.llm_lr | RunConfig.seed |" in table
+    png = sweeps.plot(jobs, str(tmp_path / "curves.png"), keys=("loss",))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
