@@ -9,23 +9,44 @@ restored instead; when none can be read, the error names the latest and nothing 
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from typing import Any
 
+import grain
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jmlr_jax.errors import InputError
+from jmlr_jax.workdir import is_remote
 
 
 class CheckpointError(InputError):
     """A checkpoint that cannot be restored (corrupt, incomplete, or from an incompatible run)."""
 
 
+class _DataState:
+    """One host's data-iterator state, written by grain's orbax handler as process_<i>-of-<n>.json: every host
+    saves and restores its own (multi-host runs read different rows)."""
+
+    def __init__(self, state: dict | None = None):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state).encode()
+
+    def set_state(self, raw: bytes) -> None:
+        self.state = json.loads(raw)
+
+    def start_prefetch(self) -> None:  # the handler calls it on restored iterators
+        pass
+
+
 class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 3):
-        self.directory = os.path.abspath(directory)
+        self.directory = directory if is_remote(directory) else os.path.abspath(directory)  # orbax: gs:// too
         self.mngr = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
@@ -34,19 +55,20 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
         self.mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)))
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(_DataState(data_state)),
+            meta=ocp.args.JsonSave(meta)))
 
     def _restore(self, abstract_state: Any, step: int) -> tuple[Any, dict, dict]:
         try:
             out = self.mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+                state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(_DataState()),
                 meta=ocp.args.JsonRestore()))
         except Exception as e:  # orbax/tensorstore raise many types for missing or damaged files
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{self.directory}: checkpoint {step} is corrupt or incompatible ({msg})") from None
-        if out.meta is None or out.data is None:
+        if out.meta is None or out.data is None or out.data.state is None:
             raise CheckpointError(f"{self.directory}: checkpoint {step} is incomplete (no metadata)")
-        return out.state, out.data, out.meta
+        return out.state, out.data.state, out.meta
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, dict]:
         """-> (state placed per abstract_state's shardings, data iterator state, meta).
@@ -67,7 +89,7 @@ class Checkpointer:
                 continue
             for bad, e in errors:
                 aside = os.path.join(self.directory, f"corrupt-{bad}-{int(time.time())}")
-                os.rename(os.path.join(self.directory, str(bad)), aside)
+                epath.Path(self.directory, str(bad)).rename(aside)
                 print(f"warning: {e}; moved to {aside}; resuming from checkpoint {s}", file=sys.stderr, flush=True)
             if errors:
                 self.mngr.reload()

@@ -94,10 +94,10 @@ def pop_flag(rest: list[str], name: str) -> str:
 
 def save_operative_config(workdir: str, name: str = "operative_config.gin") -> str:
     """Writes the config the run actually used (call after the configurables have run)."""
-    os.makedirs(workdir, exist_ok=True)
+    from jmlr_jax.workdir import write_text
+
     path = os.path.join(workdir, name)
-    with open(path, "w") as f:
-        f.write(gin.operative_config_str())
+    write_text(path, gin.operative_config_str())
     return path
 
 

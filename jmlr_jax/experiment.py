@@ -19,6 +19,7 @@ from typing import Any
 
 import gin
 
+from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.config import ConfigError
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.data.templates import Budgets, PromptTemplate
@@ -99,12 +100,9 @@ class Experiment:
         return cls(**out)
 
     def save(self, workdir: str) -> str:
-        """Writes <workdir>/config.json atomically."""
-        os.makedirs(workdir, exist_ok=True)
+        """Writes <workdir>/config.json (atomically on a local disk; workdir may be a cloud path)."""
         path = os.path.join(workdir, CONFIG_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(path + ".tmp", path)
+        workdir_lib.write_text(path, json.dumps(self.to_dict(), indent=1))
         return path
 
 
@@ -131,11 +129,10 @@ def _normalised(cfg):
 def load(workdir: str) -> Experiment | None:
     """The run saved in `workdir`, or None when it holds none."""
     path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not workdir_lib.exists(path):
         return None
     try:
-        with open(path) as f:
-            return Experiment.from_dict(json.load(f), path)
+        return Experiment.from_dict(json.loads(workdir_lib.read_text(path)), path)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
 

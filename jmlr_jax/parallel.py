@@ -112,3 +112,35 @@ def like_params_shardings(abstract_tree, params_shardings, params_abstract, mesh
         return replicated
 
     return jax.tree_util.tree_map_with_path(pick, abstract_tree)
+
+
+# ------------------------------------------------------------------------------------------- multi-host data
+
+def host_shard() -> tuple[int, int]:
+    """(this process's index, process count): each host reads only rows index, index + count, ... of the
+    global example order, so the hosts together read every global batch exactly once."""
+    return jax.process_index(), jax.process_count()
+
+
+def host_rows(global_rows: int, count: int) -> int:
+    """Rows of a global batch that one of `count` hosts reads."""
+    if global_rows % count:
+        raise ValueError(f"global batch of {global_rows} rows does not split over {count} hosts")
+    return global_rows // count
+
+
+def global_batch(local: dict, mesh: Mesh, batch_axis: int = 0) -> dict:
+    """This host's rows -> global jax.Arrays sharded over the batch on the mesh's data axes (every host calls
+    this with its own rows; on one host it is a device_put). Leading [A] micro-batch axis: batch_axis=1."""
+    count = jax.process_count()
+
+    def put(x: np.ndarray) -> jax.Array:
+        shape = list(x.shape)
+        shape[batch_axis] *= count
+        sharding = logical_sharding(P(*([None] * batch_axis), "batch"), shape, mesh)
+        if count > 1 and sharding.spec[batch_axis] is None:
+            raise ValueError(f"batch of {shape[batch_axis]} rows cannot be sharded over mesh {dict(mesh.shape)}; "
+                             "with several hosts every host must hold distinct rows")
+        return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
+
+    return {k: put(np.asarray(v)) for k, v in local.items()}

@@ -31,6 +31,7 @@ import numpy as np
 from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
 from jmlr_jax.data.splits import DataConfig, heldout_bucket, pubmedqa_test_ids, split_medmcqa, split_pubmedqa
 from jmlr_jax.errors import InputError
+from jmlr_jax.parallel import host_rows
 from jmlr_jax.retrieval.corpus import read_guidelines, read_pubmedqa, resolve_path
 from jmlr_jax.tokenizers import Tokenizer
 
@@ -275,9 +276,14 @@ def packed_weights(segment_ids: np.ndarray) -> np.ndarray:
 
 
 def cpt_dataset(pieces: Sequence[np.ndarray], seq_len: int, batch_size: int, seed: int,
-                num_bins: int = 16) -> grain.IterDataset:
-    """Shuffled (per epoch), packed (first fit; one segment per piece), batched rows with weights."""
-    ds = (grain.MapDataset.source(list(pieces)).shuffle(seed=seed).repeat(None)
+                num_bins: int = 16, shard: tuple[int, int] = (0, 1)) -> grain.IterDataset:
+    """Shuffled (per epoch), packed (first fit; one segment per piece), batched rows with weights.
+    shard = (index, count): this host packs only its pieces (index::count) into batch_size / count rows."""
+    index, count = shard
+    batch_size = host_rows(batch_size, count)
+    if len(pieces) < count:
+        raise InputError(f"{len(pieces)} CPT pieces cannot be shared by {count} hosts")
+    ds = (grain.MapDataset.source(list(pieces)[index::count]).shuffle(seed=seed).repeat(None)
           .map(lambda x: {"tokens": x}).to_iter_dataset())
     packed = grain_exp.FirstFitPackIterDataset(ds, length_struct={"tokens": seq_len}, num_packing_bins=num_bins,
                                                seed=seed, shuffle_bins=True)
@@ -290,9 +296,12 @@ def cpt_dataset(pieces: Sequence[np.ndarray], seq_len: int, batch_size: int, see
     return packed.map(row).batch(batch_size, drop_remainder=True)
 
 
-def example_dataset(examples, batch_size: int, seed: int) -> grain.IterDataset:
-    """SFT / DPO: an indexable of examples (index -> dict of arrays), shuffled per epoch, batched."""
+def example_dataset(examples, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)) -> grain.IterDataset:
+    """SFT / DPO: an indexable of examples (index -> dict of arrays), shuffled per epoch, batched.
+    shard = (index, count): this host reads rows index::count of the global order (see data.pipeline)."""
     if len(examples) < batch_size:
         raise InputError(f"{len(examples)} examples < one batch of {batch_size}")
-    return (grain.MapDataset.range(len(examples)).shuffle(seed=seed).repeat(None).map(examples)
-            .batch(batch_size, drop_remainder=True).to_iter_dataset())
+    index, count = shard
+    ds = grain.MapDataset.range(len(examples)).shuffle(seed=seed).repeat(None)
+    return ((ds[index::count] if count > 1 else ds).map(examples)
+            .batch(host_rows(batch_size, count), drop_remainder=True).to_iter_dataset())

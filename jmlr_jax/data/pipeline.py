@@ -16,6 +16,7 @@ import numpy as np
 from jmlr_jax.data.sources import QARecord
 from jmlr_jax.data.templates import Budgets, PromptTemplate, bos_block, encode_answer, encode_docs, encode_question
 from jmlr_jax.models.colbert import ColBERTTokenizer
+from jmlr_jax.parallel import host_rows
 from jmlr_jax.retrieval.corpus import Passage
 from jmlr_jax.tokenizers import Tokenizer
 
@@ -66,12 +67,18 @@ class JMLRExamples:
                 "answer_valid": answer_valid, "bos": bos, "bos_valid": bos_valid}
 
 
-def make_dataset(examples: JMLRExamples, batch_size: int, seed: int, grad_accum: int = 1) -> grain.IterDataset:
-    """Shuffled (seeded, reshuffled every epoch), repeated, batched; [A, B, ...] leaves when grad_accum > 1."""
+def make_dataset(examples: JMLRExamples, batch_size: int, seed: int, grad_accum: int = 1,
+                 shard: tuple[int, int] = (0, 1)) -> grain.IterDataset:
+    """Shuffled (seeded, reshuffled every epoch), repeated, batched; [A, B, ...] leaves when grad_accum > 1.
+
+    `batch_size` is global; with shard = (index, count) this host reads only its rows (index::count of the
+    global order), batch_size / count per batch, and the hosts' rows together form the one-host batch."""
     if len(examples) < batch_size * grad_accum:
         raise ValueError(f"{len(examples)} training examples < one batch of {batch_size} x {grad_accum}")
-    ds = (grain.MapDataset.range(len(examples)).shuffle(seed=seed).repeat(None).map(examples)
-          .batch(batch_size * grad_accum, drop_remainder=True))
+    index, count = shard
+    rows = host_rows(batch_size, count)
+    ds = grain.MapDataset.range(len(examples)).shuffle(seed=seed).repeat(None)
+    ds = (ds[index::count] if count > 1 else ds).map(examples).batch(rows * grad_accum, drop_remainder=True)
     if grad_accum > 1:
-        ds = ds.map(lambda b: {k: v.reshape(grad_accum, batch_size, *v.shape[1:]) for k, v in b.items()})
+        ds = ds.map(lambda b: {k: v.reshape(grad_accum, rows, *v.shape[1:]) for k, v in b.items()})
     return ds.to_iter_dataset()

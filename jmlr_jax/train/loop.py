@@ -25,7 +25,7 @@ import numpy as np
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jmlr_jax import checkpoint, parallel
+from jmlr_jax import checkpoint, parallel, workdir as workdir_lib
 from jmlr_jax.config import save_operative_config
 from jmlr_jax.data.pipeline import JMLRExamples, make_dataset, retrieval_query
 from jmlr_jax.data.splits import training_records
@@ -67,10 +67,11 @@ class StepLoop:
 
     run_cfg: RunConfig
     progress_keys: tuple[str, ...] = ("loss",)
+    batch_axis = 0  # the rows axis of a batch's leaves (1 under a leading micro-batch axis)
     _stop = False
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
-        """(model FLOPs, tokens) of one step on `batch`, for MFU and tokens/s."""
+        """(model FLOPs, tokens) of one step on this host's rows of the batch (scaled by the host count)."""
         raise NotImplementedError
 
     def checkpoint_meta(self, step: int) -> dict:
@@ -94,6 +95,7 @@ class StepLoop:
 
     def _save(self, step: int) -> None:
         self.ckpt.save(step, self.state, self.data_iter.get_state(), self.checkpoint_meta(step))
+        workdir_lib.upload(self.run_cfg.workdir)  # a cloud workdir gets the local files (metrics, index) too
 
     # --------------------------------------------------------------------------------------------- run
     def run(self) -> dict:
@@ -102,7 +104,7 @@ class StepLoop:
         start = int(self.state["step"])
         self._stop = False
         previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
-        writer = MetricWriter(run.workdir)
+        writer = MetricWriter(workdir_lib.local_dir(run.workdir))
         bar = tqdm.tqdm(total=run.num_steps, initial=start, desc="training", disable=not run.progress)
         last: dict = {}
         pending = None  # the dispatched step whose metrics are not fetched yet
@@ -131,10 +133,11 @@ class StepLoop:
         try:
             for step in range(start, run.num_steps):
                 t0 = time.time()
-                batch = next(self.data_iter)
+                local = next(self.data_iter)  # this host's rows of the global batch
+                batch = parallel.global_batch(local, self.mesh, batch_axis=self.batch_axis)
                 data_s = time.time() - t0
                 self.state, metrics = self.step_fn(self.state, batch)  # dispatched; runs while we fetch below
-                flops, tokens = self.step_stats(batch)
+                flops, tokens = (x * jax.process_count() for x in self.step_stats(local))
                 if pending is not None:
                     finish(pending)
                 pending = (step, metrics, flops, tokens, data_s)
@@ -170,7 +173,9 @@ class Trainer(StepLoop):
     def __init__(self, exp: Experiment):
         self.exp = exp
         self.run_cfg = run = exp.run
-        os.makedirs(run.workdir, exist_ok=True)
+        self.local = workdir_lib.local_dir(run.workdir)  # index, candidates, metrics (the workdir unless cloud)
+        os.makedirs(self.local, exist_ok=True)
+        workdir_lib.download(run.workdir)  # resuming a cloud run on this machine: fetch what it lacks
         parallel.maybe_initialize_distributed()
         self.mesh = parallel.make_mesh(run.mesh_shape)
 
@@ -187,10 +192,10 @@ class Trainer(StepLoop):
         self.ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints)
         data_state, meta = self.init_or_restore(params, self.tx, run.seed, self.state_sh)
         if meta is None:
-            index = cached_index(self.corpus, self.rcfg, r_params, self.ctok, exp.index, exp.search, run.workdir,
+            index = cached_index(self.corpus, self.rcfg, r_params, self.ctok, exp.index, exp.search, self.local,
                                  fallback=run.initial_index, progress=run.progress)
         else:
-            index = load_index(meta["index_dir"], corpus=self.corpus, search=exp.search)
+            index = load_index(os.path.join(self.local, meta["index_dir"]), corpus=self.corpus, search=exp.search)
             if index.version != meta["index_version"]:
                 raise checkpoint.CheckpointError(f"{meta['index_dir']} holds index {index.version}, the "
                                                  f"checkpoint expects {meta['index_version']}")
@@ -218,16 +223,18 @@ class Trainer(StepLoop):
         return jax.device_get(self.state["params"]["retriever"])
 
     def _index_dir(self) -> str:
-        d = os.path.join(self.exp.run.workdir, f"index-{self.index.version}")
+        d = os.path.join(self.local, f"index-{self.index.version}")
         return d if os.path.isdir(d) else self.exp.run.initial_index
 
     def _make_data(self, data_state):
         run, jcfg = self.exp.run, self.exp.jmlr
-        cands = refresh.training_candidates(self.retriever, self.queries, jcfg.num_candidates, run.workdir,
+        cands = refresh.training_candidates(self.retriever, self.queries, jcfg.num_candidates, self.local,
                                             run.progress)
         self.examples = JMLRExamples(self.records, cands, self.index.passages, self.tok, self.ctok,
                                      self.exp.template, self.exp.budgets)
-        self.data_iter = iter(make_dataset(self.examples, run.batch_size, run.seed, jcfg.grad_accum))
+        self.data_iter = iter(make_dataset(self.examples, run.batch_size, run.seed, jcfg.grad_accum,
+                                           shard=parallel.host_shard()))
+        self.batch_axis = 1 if jcfg.grad_accum > 1 else 0  # [A, B, ...] micro-batches
         if data_state is not None:
             self.data_iter.set_state(data_state)
         lead = 2 if jcfg.grad_accum > 1 else 1
@@ -246,14 +253,16 @@ class Trainer(StepLoop):
 
     def refresh(self, step: int, log) -> None:
         run = self.run_cfg
-        self.retriever, metrics = refresh.refresh(self.retriever, self._retriever_params(), run.workdir,
+        self.retriever, metrics = refresh.refresh(self.retriever, self._retriever_params(), self.local,
                                                   self.queries[: run.recall_queries], self.exp.jmlr.num_candidates,
                                                   run.progress)
         self._make_data(self.data_iter.get_state())
         log(metrics, step)
 
     def checkpoint_meta(self, step: int) -> dict:
-        return {"index_version": self.index.version, "index_dir": self._index_dir(), "step": step,
+        d = self._index_dir()  # recorded relative to the run's local dir when inside it (portable)
+        return {"index_version": self.index.version, "step": step,
+                "index_dir": os.path.basename(d) if os.path.dirname(d) == self.local else d,
                 "config": self.exp.to_dict()}
 
 

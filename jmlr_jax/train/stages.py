@@ -141,12 +141,12 @@ class StageTrainer(StepLoop):
         if kind == "cpt":
             train, _ = lm_data.cpt_documents(data, lm)
             pieces = lm_data.cpt_pieces(self.tok, [t for _, t in train], lm.seq_len)
-            return lm_data.cpt_dataset(pieces, lm.seq_len, run.batch_size, run.seed)
+            return lm_data.cpt_dataset(pieces, lm.seq_len, run.batch_size, run.seed, shard=parallel.host_shard())
         if kind == "sft":
             ex = _Examples(lm_data.sft_records(data, lm), functools.partial(lm_data.sft_example, self.tok, lm), "SFT")
         else:
             ex = _Examples(lm_data.dpo_pairs(data, lm), functools.partial(lm_data.dpo_example, self.tok, lm), "DPO")
-        return lm_data.example_dataset(ex, run.batch_size, run.seed)
+        return lm_data.example_dataset(ex, run.batch_size, run.seed, shard=parallel.host_shard())
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
         tokens = int(sum(np.sum(v > 0) for k, v in batch.items() if k.endswith("segment_ids")))

@@ -108,3 +108,16 @@ def test_medquad_split_by_focus_and_bad_records(tmp_path):
     path.write_text(json.dumps({"id": "1", "focus": "X", "question": "Q?", "answer": ""}) + "\n")
     with pytest.raises(InputError, match="mq.jsonl:1: MedQuAD record lacks non-empty answer"):
         lm_data.read_medquad_qa(str(path))
+
+
+def test_cpt_hosts_pack_only_their_own_documents():
+    pieces = [np.full(5, i + 1, np.int32) for i in range(20)]  # piece i is made of token i + 1
+    for host in range(2):
+        it = iter(lm_data.cpt_dataset(pieces, 16, 4, seed=0, shard=(host, 2)))
+        for _ in range(3):
+            rows = next(it)
+            assert rows["tokens"].shape == (2, 16)  # half of the global batch of 4
+            toks = set(rows["tokens"][rows["segment_ids"] > 0].tolist())
+            assert toks and all((t - 1) % 2 == host for t in toks)  # pieces host, host + 2, ...
+    with pytest.raises(ValueError, match="does not split over 3 hosts"):
+        lm_data.cpt_dataset(pieces, 16, 4, seed=0, shard=(0, 3))

@@ -1,0 +1,83 @@
+"""Workdirs on local or cloud paths (gs://bucket/run), through etils epath, the path API orbax uses.
+
+Checkpoints (orbax) and a run's small files (config.json, operative_config.gin) are read and written at the
+workdir's own path. Files that need a local filesystem (ScaNN index directories, the candidate cache,
+metrics.jsonl appended line by line, TensorBoard events) live in `local_dir(workdir)`: the workdir itself when it
+is local; for a cloud workdir a local mirror, uploaded after every checkpoint (`upload`) and fetched when a run
+resumes on another machine (`download`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from etils import epath
+
+CHECKPOINTS = "checkpoints"  # orbax writes these at the workdir directly; never mirrored
+
+
+def is_remote(path: str) -> bool:
+    """A cloud path (gs://, s3://, ...): no local filesystem semantics (no append, no mmap)."""
+    return "://" in str(path)
+
+
+def local_dir(workdir: str) -> str:
+    """Where a run keeps the files that need a local filesystem."""
+    if not is_remote(workdir):
+        return workdir
+    root = os.environ.get("JMLR_LOCAL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jmlr_jax"))
+    return os.path.join(root, hashlib.sha1(str(workdir).encode()).hexdigest()[:16])
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes a small file (atomically on local disks: a temporary file renamed over it)."""
+    p = epath.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(path):  # object stores replace whole objects anyway
+        p.write_text(text)
+        return
+    tmp = p.parent / (p.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+
+
+def read_text(path: str) -> str:
+    return epath.Path(path).read_text()
+
+
+def exists(path: str) -> bool:
+    return epath.Path(path).exists()
+
+
+def _copy_tree(src: epath.Path, dst: epath.Path, skip: str = "") -> int:
+    """Copies files under src that dst lacks or holds with another size; returns how many were copied.
+    (Walks with iterdir: epath refuses recursive globs on cloud paths.)"""
+    n = 0
+    for f in src.iterdir():
+        if f.name == skip or f.name.endswith(".tmp"):
+            continue
+        target = dst / f.name
+        if f.is_dir():
+            n += _copy_tree(f, target)
+            continue
+        if target.exists() and target.stat().length == f.stat().length:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        f.copy(target, overwrite=True)
+        n += 1
+    return n
+
+
+def upload(workdir: str) -> int:
+    """Local mirror -> cloud workdir (new or changed files); nothing to do for a local workdir."""
+    if not is_remote(workdir) or not os.path.isdir(local_dir(workdir)):
+        return 0
+    return _copy_tree(epath.Path(local_dir(workdir)), epath.Path(workdir), skip=CHECKPOINTS)
+
+
+def download(workdir: str) -> int:
+    """Cloud workdir -> local mirror (what this machine lacks), before a run resumes here."""
+    if not is_remote(workdir) or not epath.Path(workdir).exists():
+        return 0
+    os.makedirs(local_dir(workdir), exist_ok=True)
+    return _copy_tree(epath.Path(workdir), epath.Path(local_dir(workdir)), skip=CHECKPOINTS)
