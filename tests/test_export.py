@@ -1,6 +1,4 @@
 """Exporting a trained run: both directories load in `transformers` and compute what jmlr_jax computes."""
-import os
-import subprocess
 import sys
 
 import gin
@@ -9,26 +7,24 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
+from jmlr_jax import cli
 from jmlr_jax.convert import load_preset
 from jmlr_jax.models import ColBERT, Llama
 from jmlr_jax.train.weights import base_params, restore_params
 from tests.helpers import hf_logits
 from tests.train.test_loop import assets, trainer  # noqa: F401  (module fixture, reused)
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 
-
-def test_exported_run_loads_in_transformers(assets, tmp_path):  # noqa: F811
+def test_exported_run_loads_in_transformers(assets, tmp_path, monkeypatch):  # noqa: F811
     from transformers import BertModel, LlamaForCausalLM
 
-    t = trainer(assets, tmp_path / "run", **{"RunConfig.num_steps": "2", "LoraConfig.rank": "4"})
+    t = trainer(assets, tmp_path / "run", **{"RunConfig.num_steps": "1", "LoraConfig.rank": "4"})
     t.run()
     t.close()
     gin.clear_config()
     out = tmp_path / "hf"
-    proc = subprocess.run([sys.executable, "launch/export.py", f"--workdir={tmp_path / 'run'}", f"--out={out}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.setattr(sys, "argv", ["jmlr-export", f"--workdir={tmp_path / 'run'}", f"--out={out}"])
+    cli.export()  # the console entry point (launch/export.py calls the same)
     w = restore_params(str(tmp_path / "run"))  # what it exported
 
     # Generator: LoRA merged (the weights moved from the base), same logits in transformers.
@@ -58,4 +54,4 @@ def test_exported_run_loads_in_transformers(assets, tmp_path):  # noqa: F811
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(w.r_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     card = (out / "README.md").read_text()
-    assert "(step 2)" in card and "LoRA rank 4 merged" in card and '"num_steps": 2' in card
+    assert "(step 1)" in card and "LoRA rank 4 merged" in card and '"num_steps": 1' in card

@@ -52,7 +52,7 @@ def corpus(tmp_path_factory, minilm):
 
 def test_quickstart_notebook(corpus, tmp_path, monkeypatch):
     llm = save_tiny_llama_dir(str(tmp_path / "tiny_llama"))
-    settings = {"data": DATA_DIR, "llm": llm, "corpus": [["documents", corpus]], "passages": 0, "steps": 2,
+    settings = {"data": DATA_DIR, "llm": llm, "corpus": [["documents", corpus]], "passages": 0, "steps": 1,
                 "workdir": str(tmp_path / "run"), "eval_questions": 2,
                 "gin": {"DataConfig.max_examples": 8, "RunConfig.llm_overrides": "()", "Budgets.doc": 24,
                         "Budgets.question": 48, "Budgets.answer": 8, "RetrieverConfig.doc_maxlen": 48,
@@ -63,7 +63,7 @@ def test_quickstart_notebook(corpus, tmp_path, monkeypatch):
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in nb.cells for o in c.get("outputs", []))
     rows = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1]
 
 
 def test_retrieval_notebook(corpus, tmp_path, monkeypatch):
