@@ -6,6 +6,7 @@ axes. A dimension that a mesh axis does not divide is replicated along that axis
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Sequence
 
@@ -129,6 +130,12 @@ def host_rows(global_rows: int, count: int) -> int:
     return global_rows // count
 
 
+@functools.lru_cache(maxsize=None)
+def batch_sharding(global_shape: tuple[int, ...], mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
+    """A global batch leaf's sharding: rows over the mesh's data axes (cached: asked for every leaf every step)."""
+    return logical_sharding(P(*([None] * batch_axis), "batch"), global_shape, mesh)
+
+
 def global_batch(local: dict, mesh: Mesh, batch_axis: int = 0) -> dict:
     """This host's rows -> global jax.Arrays sharded over the batch on the mesh's data axes (every host calls
     this with its own rows; on one host it is a device_put). Leading [A] micro-batch axis: batch_axis=1."""
@@ -137,7 +144,7 @@ def global_batch(local: dict, mesh: Mesh, batch_axis: int = 0) -> dict:
     def put(x: np.ndarray) -> jax.Array:
         shape = list(x.shape)
         shape[batch_axis] *= count
-        sharding = logical_sharding(P(*([None] * batch_axis), "batch"), shape, mesh)
+        sharding = batch_sharding(tuple(shape), mesh, batch_axis)
         if count > 1 and sharding.spec[batch_axis] is None:
             raise ValueError(f"batch of {shape[batch_axis]} rows cannot be sharded over mesh {dict(mesh.shape)}; "
                              "with several hosts every host must hold distinct rows")

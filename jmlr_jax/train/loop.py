@@ -237,11 +237,9 @@ class Trainer(StepLoop):
         self.batch_axis = 1 if jcfg.grad_accum > 1 else 0  # [A, B, ...] micro-batches
         if data_state is not None:
             self.data_iter.set_state(data_state)
-        lead = 2 if jcfg.grad_accum > 1 else 1
-        example = self.examples(0)
-        self.batch_sh = {k: parallel.logical_sharding(P(*([None] * (lead - 1)), "batch"),
-                                                      (jcfg.grad_accum, run.batch_size)[-lead:] + v.shape,
-                                                      self.mesh) for k, v in example.items()}
+        lead = (jcfg.grad_accum, run.batch_size)[1 - self.batch_axis:]
+        self.batch_sh = {k: parallel.batch_sharding(lead + v.shape, self.mesh, self.batch_axis)
+                         for k, v in self.examples(0).items()}
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
         flops = step_flops(self.llm_cfg, self.rcfg, self.exp.jmlr, {k: v.shape for k, v in batch.items()},
