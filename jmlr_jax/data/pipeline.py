@@ -8,7 +8,7 @@ a restored iterator continues exactly where it stopped.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import grain
 import numpy as np
@@ -39,10 +39,18 @@ class JMLRExamples:
     template: PromptTemplate = dataclasses.field(default_factory=PromptTemplate)
     budgets: Budgets = dataclasses.field(default_factory=Budgets)
     query_with_options: bool = False
+    # Frozen document side: candidates' token vectors [C, Ld, dim] from this index (TokenIndex over `passages`)
+    # instead of their token ids, so the step encodes only the query.
+    doc_index: Any = None
+    doc_losses: np.ndarray | None = None  # [N, C] the frozen generator's answer loss per candidate
 
     def __post_init__(self):
         if len(self.candidates) != len(self.records):
             raise ValueError(f"{len(self.candidates)} candidate rows for {len(self.records)} records")
+        if self.doc_losses is not None and self.doc_losses.shape != self.candidates.shape:
+            raise ValueError(f"doc_losses {self.doc_losses.shape} do not match candidates {self.candidates.shape}")
+        if self.doc_index is not None and len(self.doc_index.passages) != len(self.passages):
+            raise ValueError(f"index holds {len(self.doc_index.passages)} passages, the corpus {len(self.passages)}")
         if (self.candidates < 0).any() or (self.candidates >= len(self.passages)).any():
             raise ValueError("candidate passage indices outside the corpus: index and corpus do not match")
 
@@ -56,15 +64,20 @@ class JMLRExamples:
         r = self.records[int(i)]
         texts = [self.passages[c].with_title for c in self.candidates[i]]
         q_ids, q_mask = self.ctok.queries([retrieval_query(r, self.query_with_options)])
-        d_ids, d_mask, d_keep = self.ctok.docs(texts)
+        if self.doc_index is None:
+            d_ids, d_mask, d_keep = self.ctok.docs(texts)
+            retriever_docs = {"r_d_ids": d_ids, "r_d_mask": d_mask, "r_d_keep": d_keep}
+        else:
+            d_emb, d_keep = self.doc_index.padded_embeddings(self.candidates[i], self.ctok.cfg.doc_maxlen)
+            retriever_docs = {"r_d_emb": d_emb, "r_d_keep": d_keep}
+        extra = {} if self.doc_losses is None else {"doc_losses": self.doc_losses[i].astype(np.float32)}
         docs, docs_valid = encode_docs(self.tok, self.template, texts, self.budgets.doc)
         question, question_valid = encode_question(self.tok, self.template, r, self.budgets.question)
         answer, answer_valid = encode_answer(self.tok, self.template, r, self.budgets.answer)
         bos, bos_valid = bos_block(self.tok)
-        return {"example_id": np.int32(i), "r_q_ids": q_ids[0], "r_q_mask": q_mask[0], "r_d_ids": d_ids,
-                "r_d_mask": d_mask, "r_d_keep": d_keep, "docs": docs, "docs_valid": docs_valid,
-                "question": question, "question_valid": question_valid, "answer": answer,
-                "answer_valid": answer_valid, "bos": bos, "bos_valid": bos_valid}
+        return {"example_id": np.int32(i), "r_q_ids": q_ids[0], "r_q_mask": q_mask[0], **retriever_docs,
+                "docs": docs, "docs_valid": docs_valid, "question": question, "question_valid": question_valid,
+                "answer": answer, "answer_valid": answer_valid, "bos": bos, "bos_valid": bos_valid, **extra}
 
 
 def make_dataset(examples: JMLRExamples, batch_size: int, seed: int, grad_accum: int = 1,

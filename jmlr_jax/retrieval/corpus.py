@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import xml.etree.ElementTree as ET
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import gin
 
@@ -245,36 +245,52 @@ def load_corpus(sources: Sequence[tuple[str, str]], *, chunk_size: int = 100, ov
             exclude = set(map(str, json.load(f)))
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    skipped = 0
+
+    def documents() -> Iterator[Document]:
+        nonlocal skipped
+        for kind, path in sources:
+            if kind not in READERS:
+                raise ValueError(f"unknown corpus source kind {kind!r}; known: {sorted(READERS)}")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"corpus source {kind!r} not found: {path}")
+            kw = {"exclude_ids": exclude} if kind == "pubmedqa" else {}
+            for doc in READERS[kind](path, **kw):
+                if isinstance(doc, CorpusError):
+                    if on_error == "raise":
+                        raise doc
+                    skipped += 1
+                    continue
+                yield doc
+
+    corpus = corpus_from_documents(documents(), chunk_size=chunk_size, overlap=overlap, dedupe=dedupe,
+                                   where=str([p for _, p in sources]))
+    corpus.skipped = skipped
+    return corpus
+
+
+def corpus_from_documents(docs: Iterable[Document], *, chunk_size: int = 100, overlap: int = 20, dedupe: bool = True,
+                          where: str = "the documents") -> Corpus:
+    """Chunks documents (in order) into passages, dropping passages whose text an earlier one had."""
     passages: list[Passage] = []
     seen: set[str] = set()
     doc_ids: collections.Counter = collections.Counter()
-    skipped = duplicates = 0
-    for kind, path in sources:
-        if kind not in READERS:
-            raise ValueError(f"unknown corpus source kind {kind!r}; known: {sorted(READERS)}")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"corpus source {kind!r} not found: {path}")
-        kw = {"exclude_ids": exclude} if kind == "pubmedqa" else {}
-        for doc in READERS[kind](path, **kw):
-            if isinstance(doc, CorpusError):
-                if on_error == "raise":
-                    raise doc
-                skipped += 1
+    duplicates = 0
+    for doc in docs:
+        # Real data repeats ids (MedQuAD reuses question ids across focuses): suffix "~N" in file order.
+        doc_ids[doc.id] += 1
+        doc_id = doc.id if doc_ids[doc.id] == 1 else f"{doc.id}~{doc_ids[doc.id]}"
+        for i, chunk in enumerate(chunk_words(doc.text, chunk_size, overlap)):
+            key = hashlib.sha1(chunk.encode()).hexdigest()
+            if dedupe and key in seen:
+                duplicates += 1
                 continue
-            # Real data repeats ids (MedQuAD reuses question ids across focuses): suffix "~N" in file order.
-            doc_ids[doc.id] += 1
-            doc_id = doc.id if doc_ids[doc.id] == 1 else f"{doc.id}~{doc_ids[doc.id]}"
-            for i, chunk in enumerate(chunk_words(doc.text, chunk_size, overlap)):
-                key = hashlib.sha1(chunk.encode()).hexdigest()
-                if dedupe and key in seen:
-                    duplicates += 1
-                    continue
-                seen.add(key)
-                passages.append(Passage(f"{doc_id}#{i}", doc_id, doc.title, chunk, doc.source, doc.licence))
+            seen.add(key)
+            passages.append(Passage(f"{doc_id}#{i}", doc_id, doc.title, chunk, doc.source, doc.licence))
     if not passages:
-        raise CorpusError(f"no passages in {[p for _, p in sources]} (empty corpus)")
+        raise CorpusError(f"no passages in {where} (empty corpus)")
     dup = next((i for i, n in collections.Counter(p.id for p in passages).items() if n > 1), None)
     if dup is not None:
         raise CorpusError(f"passage id {dup!r} occurs twice (a document id ends in '~N'?); rename that document")
     settings = {"chunk_size": chunk_size, "overlap": overlap, "dedupe": dedupe}  # exclusions: in the passages
-    return Corpus(passages, settings, skipped, duplicates)
+    return Corpus(passages, settings, 0, duplicates)

@@ -97,6 +97,15 @@ class TokenIndex:
     def token_doc(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.passages), dtype=np.int32), np.diff(self.offsets))
 
+    def padded_embeddings(self, docs: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token vectors of passages `docs` [K] as [K, length, dim] fp32 (zero padded) and keep masks [K, length]."""
+        out = np.zeros((len(docs), length, self.emb.shape[1]), np.float32)
+        keep = np.zeros((len(docs), length), np.int32)
+        for j, d in enumerate(docs):
+            e = self.emb[self.offsets[d]: self.offsets[d + 1]][:length]
+            out[j, : len(e)], keep[j, : len(e)] = e, 1
+        return out, keep
+
     # ------------------------------------------------------------------------------------- search
     def search_embeddings(self, Q_NxLxE: np.ndarray, k: int = 30) -> tuple[np.ndarray, np.ndarray]:
         """ScaNN candidates + exact MaxSim rerank. Returns passage indices [N, k] (-1 pads) and scores."""

@@ -20,6 +20,8 @@ Batch (numpy/jax arrays; B examples, C candidates):
   r_q_ids, r_q_mask [B, Lqr]; r_d_ids, r_d_mask, r_d_keep [B, C, Ldr]    retriever inputs
   docs, docs_valid [B, C, Ld]; question, question_valid [B, Lq] (right-aligned); answer, answer_valid [B, La]
   bos, bos_valid [B, 0 or 1]                                              generator blocks (data/templates.py)
+  optional: r_d_emb [B, C, Ldr, dim] (frozen document side, replaces r_d_ids / r_d_mask);
+            doc_losses [B, C] (JMLRConfig.cached_doc_losses)
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ class JMLRConfig:
     kl_beta: float = 1.0  # temperature of the LLM posterior softmax(-l / beta) for rank_loss="kl"
     grad_accum: int = 1  # micro-batches per update (the batch carries a leading [grad_accum] axis)
     compact: bool = True  # gather valid tokens to the front before the LLM (bench/train_throughput.py measures)
+    # Generator frozen, its answer loss with each candidate precomputed (batch["doc_losses"] [B, C]): the step
+    # trains only the retriever and runs no LLM (retriever-only JMLR, the RePlug-style ablation).
+    cached_doc_losses: bool = False
 
     def __post_init__(self):
         if not 1 <= self.num_sampled <= self.num_candidates or not 0 <= self.num_docs <= self.num_candidates:
@@ -57,6 +62,8 @@ class JMLRConfig:
         if self.num_docs == 0 and self.rank_weight:
             raise ValueError("num_docs=0 (no retrieval) needs rank_weight=0: the rank loss trains the retriever "
                              "for documents the generator reads")
+        if self.cached_doc_losses and not self.rank_weight:
+            raise ValueError("cached_doc_losses trains only the retriever: it needs rank_weight > 0")
         if self.rank_loss not in ("ranknet", "kl"):
             raise ValueError(f"rank_loss must be 'ranknet' or 'kl', got {self.rank_loss!r}")
 
@@ -72,9 +79,15 @@ class StepConfigs:
 
 
 def retriever_scores(rcfg: ColBERTConfig, rparams, batch) -> jax.Array:
-    """Live MaxSim of each question against its candidates: [B, C]."""
+    """Live MaxSim of each question against its candidates: [B, C].
+
+    With `r_d_emb` [B, C, Ld, dim] in the batch the document side is frozen: the candidates' token vectors come
+    from the index (built by the base encoder) and only the query encoder is live, so the index never goes stale.
+    """
     model = ColBERT(rcfg)
     Q = model.apply({"params": rparams}, batch["r_q_ids"], batch["r_q_mask"], method="encode_query")
+    if "r_d_emb" in batch:
+        return maxsim(Q, batch["r_d_emb"], batch["r_d_keep"])
     B, C, Ld = batch["r_d_ids"].shape
     flat = lambda x: x.reshape(B * C, Ld)  # noqa: E731
     D = model.apply({"params": rparams}, flat(batch["r_d_ids"]), flat(batch["r_d_mask"]), flat(batch["r_d_keep"]),
@@ -105,6 +118,9 @@ def jmlr_loss(params, batch, rng, m: StepConfigs) -> tuple[jax.Array, dict]:
     if j.rank_weight:
         rank, rank_metrics = _rank_loss(llm_params, batch, s, rng, m)
         metrics.update(rank_metrics)
+    if j.cached_doc_losses:  # the generator is frozen: no LM loss to train
+        loss = jnp.mean(rank)
+        return loss, {"loss": loss, "rank_loss": loss, **metrics}
     if j.num_docs:
         # 6: generator on the top-K docs by live retriever score, best doc last.
         _, top = jax.lax.top_k(jax.lax.stop_gradient(s), j.num_docs)  # descending
@@ -128,13 +144,16 @@ def _rank_loss(llm_params, batch, s, rng, m: StepConfigs) -> tuple[jax.Array, di
 
     # 4: per-document answer losses with the LLM frozen for this pass; S sequences per example in one batch.
     S = j.num_sampled
-    rep = lambda x: jnp.repeat(x, S, axis=0)  # noqa: E731  [B, ...] -> [B*S, ...]
-    sd = _take(batch["docs"], sampled).reshape(B * S, -1)
-    sv = _take(batch["docs_valid"], sampled).reshape(B * S, -1)
-    l = answer_nll(m.llm, jax.lax.stop_gradient(llm_params),
-                   [(rep(batch["bos"]), rep(batch["bos_valid"])), (sd, sv),
-                    (rep(batch["question"]), rep(batch["question_valid"]))],
-                   rep(batch["answer"]), rep(batch["answer_valid"]), train=True, compact=j.compact).reshape(B, S)
+    if j.cached_doc_losses:
+        l = jnp.take_along_axis(batch["doc_losses"], sampled, axis=1)
+    else:
+        rep = lambda x: jnp.repeat(x, S, axis=0)  # noqa: E731  [B, ...] -> [B*S, ...]
+        sd = _take(batch["docs"], sampled).reshape(B * S, -1)
+        sv = _take(batch["docs_valid"], sampled).reshape(B * S, -1)
+        l = answer_nll(m.llm, jax.lax.stop_gradient(llm_params),
+                       [(rep(batch["bos"]), rep(batch["bos_valid"])), (sd, sv),
+                        (rep(batch["question"]), rep(batch["question_valid"]))],
+                       rep(batch["answer"]), rep(batch["answer_valid"]), train=True, compact=j.compact).reshape(B, S)
     l = jax.lax.stop_gradient(l)
 
     # 5: rank loss on the sampled docs' normalised scores.

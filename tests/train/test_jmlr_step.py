@@ -232,3 +232,60 @@ def test_compact_sequence_is_a_stable_gather():
     np.testing.assert_array_equal(v[0], [1, 1, 1, 1, 0, 0, 0])
     np.testing.assert_array_equal(p[0, :4], [0, 1, 2, 3])
     np.testing.assert_array_equal(t[1], tokens[1])
+
+
+def _frozen_doc_side(params, batch):
+    """The batch with the candidates' token vectors (as an index stores them, fp16) instead of their ids."""
+    model = colbert_lib.ColBERT(RET)
+    B, C, L = batch["r_d_ids"].shape
+    D = model.apply({"params": params["retriever"]}, batch["r_d_ids"].reshape(B * C, L),
+                    batch["r_d_mask"].reshape(B * C, L), batch["r_d_keep"].reshape(B * C, L), method="encode_doc")
+    out = {k: v for k, v in batch.items() if k not in ("r_d_ids", "r_d_mask")}
+    out["r_d_emb"] = np.asarray(D, np.float16).astype(np.float32).reshape(B, C, L, -1)
+    return out
+
+
+def test_frozen_document_side_scores_like_live_encoding(params):
+    batch = make_batch()
+    frozen = _frozen_doc_side(params, batch)
+    live = js.retriever_scores(RET, params["retriever"], batch)
+    np.testing.assert_allclose(js.retriever_scores(RET, params["retriever"], frozen), live, atol=2e-2)
+    # The document side no longer depends on the params: changing the query changes scores, the docs' ids do not.
+    scrambled = dict(frozen, r_q_ids=np.roll(frozen["r_q_ids"], 1, axis=1))
+    assert not np.allclose(js.retriever_scores(RET, params["retriever"], scrambled), live, atol=2e-2)
+
+
+def test_cached_doc_losses_give_the_fused_steps_rank_loss(params):
+    """With the LLM's own per-candidate losses as the cache, the retriever-only step has the same rank loss and
+    retriever gradient as the fused step's scoring pass."""
+    batch = make_batch()
+    B, C = batch["docs"].shape[:2]
+    blocks = lambda c: [(batch["bos"], batch["bos_valid"]), (batch["docs"][:, c], batch["docs_valid"][:, c]),  # noqa: E731
+                        (batch["question"], batch["question_valid"])]
+    doc_losses = np.stack([np.asarray(jnll(LLM, params["llm"], blocks(c), batch["answer"], batch["answer_valid"],
+                                           train=True)) for c in range(C)], axis=1)
+    rng = jax.random.PRNGKey(3)
+    fused = models(rank_weight=1.0, compact=False)
+    cached = models(rank_weight=1.0, compact=False, cached_doc_losses=True)
+    _, m_fused = jloss(params, batch, rng, m=fused)
+    _, m_cached = jloss(params, dict(batch, doc_losses=doc_losses), rng, m=cached)
+    np.testing.assert_allclose(m_cached["rank_loss"], m_fused["rank_loss"], rtol=1e-5)
+    np.testing.assert_allclose(m_cached["agreement"], m_fused["agreement"], rtol=1e-6)
+    assert "lm_loss" not in m_cached
+    with pytest.raises(ValueError, match="rank_weight"):
+        js.JMLRConfig(rank_weight=0.0, cached_doc_losses=True)
+
+
+def test_retriever_only_arm_leaves_the_generator_bitwise_unchanged(params):
+    batch = dict(_frozen_doc_side(params, make_batch()), doc_losses=np.random.RandomState(0).rand(2, 6).astype(np.float32))
+    cfg = OptimConfig(llm_lr=1e-2, retriever_lr=1e-2, llm_trainable="", retriever_trainable=".*")
+    tx = make_optimizer(params, cfg)
+    state = init_train_state(params, tx)
+    step = jax.jit(functools.partial(js.train_step, models=models(rank_weight=1.0, cached_doc_losses=True), tx=tx))
+    for _ in range(2):
+        state, m = step(state, batch)
+    for a, b in zip(jax.tree_util.tree_leaves(state["params"]["llm"]), jax.tree_util.tree_leaves(params["llm"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree_util.tree_leaves(state["params"]["retriever"]), jax.tree_util.tree_leaves(params["retriever"]))]
+    assert any(moved) and np.isfinite(float(m["loss"]))

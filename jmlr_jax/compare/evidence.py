@@ -1,0 +1,469 @@
+"""The JMLR comparison on evidence-dependent tasks (MedQuAD by focus, PubMedQA long answers), sized for 2 CPU cores.
+
+    python launch/compare_evidence.py --gin_file=compare/evidence.gin            # everything, resumable
+    python launch/compare_evidence.py --gin_file=compare/evidence.gin --parts=d_s0   # one seed of JMLR alone
+
+Arms (same training questions, steps, budgets and learning rates):
+  a       base generator, no retrieval          frozen  base generator + the base retriever's top-K (no training)
+  b       generator fine-tuned, no retrieval    c_s*    RAG: generator fine-tuned on the frozen retriever's top-K
+  d_s*    JMLR: generator + retriever trained together (rank loss from the live generator's losses)
+  e_s*    retriever-only JMLR: generator frozen, its loss per (question, candidate) computed once and cached
+Retriever training moves the query encoder only: the candidates' token vectors come from the index built by the
+base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches the
+whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
+
+Parts run in order; each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
+skipped when that file exists. Heavy intermediates (index, candidates, cached losses, trained weights) live in
+work_dir and are rebuilt when missing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from jmlr_jax.compare.report import text_scores_per_question
+from jmlr_jax.convert import load_preset
+from jmlr_jax.data import evidence as ev
+from jmlr_jax.data.pipeline import JMLRExamples, make_dataset
+from jmlr_jax.data.splits import DataConfig
+from jmlr_jax.data.templates import Budgets, PromptTemplate
+from jmlr_jax.errors import InputError
+from jmlr_jax.eval.harness import EvalConfig, eval_sets, evaluate
+from jmlr_jax.eval.mcq import generate_answers, prompt_ids, score_options
+from jmlr_jax.retrieval.corpus import corpus_from_documents
+from jmlr_jax.retrieval.encode import RetrieverConfig, retriever_preset
+from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, TokenIndex, build_index, search_all
+from jmlr_jax.retrieval.store import load_index, save_index
+from jmlr_jax.train.jmlr_step import JMLRConfig, StepConfigs, train_step
+from jmlr_jax.train.losses import answer_nll
+from jmlr_jax.train.state import OptimConfig, init_train_state, make_optimizer
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class EvidenceConfig:
+    data_dir: str = ""
+    out_dir: str = "results/comparison"  # per-part JSON (committed)
+    work_dir: str = "workdir/evidence"  # index, candidates, cached losses, trained weights (not committed)
+    llm: str = "smollm2-135m-instruct"
+    retriever: str = "all-minilm-l6-v2"
+    # data
+    train_focuses: int = 120
+    dev_focuses: int = 30
+    heldout_focuses: int = 100
+    train_medquad: int = 160
+    train_pubmedqa: int = 40
+    dev_questions: int = 60
+    eval_heldout_focus: int = 150
+    eval_heldout_doc: int = 100
+    eval_pubmedqa: int = 100
+    eval_generate: int = 80  # held-out-focus questions answered by greedy decoding
+    mcq_per_set: int = 300  # MMLU-Med and MedQA-US dev, a fixed sample each (no-harm check)
+    mcq_seeds: tuple = (0,)  # seeds of the trained arms whose generator also takes the MCQ check
+    chunk_size: int = 100
+    overlap: int = 20
+    # the step
+    num_candidates: int = 16
+    num_sampled: int = 8
+    num_docs: int = 1
+    doc_tokens: int = 128
+    question_tokens: int = 48
+    answer_tokens: int = 64
+    batch_size: int = 1
+    epochs: int = 1
+    llm_lr: float = 2e-5
+    retriever_lr: float = 3e-5
+    rank_loss: str = "ranknet"
+    warmup_fraction: float = 0.1
+    seeds: tuple = (0, 1, 2)
+    # the retriever settings sweep (arm e on the dev focuses); "" = use retriever_lr / rank_loss as bound
+    sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
+    sweep_losses: tuple = ("ranknet", "kl")
+    eval_batch: int = 8
+
+
+TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
+
+
+def _sha(s: str) -> str:
+    return hashlib.sha1(s.encode()).hexdigest()
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=None, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything the parts share, deterministic from the config."""
+
+    train: list
+    dev: list
+    sets: dict  # name -> records
+    corpus: object  # all passages; the PubMedQA test abstracts last
+    n_main: int  # passages [0, n_main) are the corpus; the rest are test abstracts (recall measure only)
+    gold: dict  # set name / "train" / "dev" -> [[passage indices]]
+    skipped: list  # malformed MedQuAD records left out (file:line: why)
+
+
+def build_setup(cfg: EvidenceConfig) -> Setup:
+    """Splits, corpus and gold passages (seconds; recomputed on every run, so parts never disagree)."""
+    if not cfg.data_dir:
+        raise InputError("EvidenceConfig.data_dir is not set: bind DATA in gin (configs/data/paths.gin)")
+
+    mq, skipped = ev.read_medquad_qa(os.path.join(cfg.data_dir, "medquad", "medquad.jsonl"), on_error="skip")
+    split = ev.split_by_focus(mq, train_focuses=cfg.train_focuses, dev_focuses=cfg.dev_focuses,
+                              heldout_focuses=cfg.heldout_focuses)
+    pm_train, pm_test = ev.pubmedqa_long_answer(cfg.data_dir)
+    by_hash = lambda rs: sorted(rs, key=lambda r: _sha(f"{r.task}/{r.id}"))  # noqa: E731
+    train = by_hash(split.train[: cfg.train_medquad] + by_hash(pm_train)[: cfg.train_pubmedqa])
+    seen_focus = {r.focus.lower() for r in train if r.task == "medquad"}
+    sets = {"heldout_focus": split.heldout_focus[: cfg.eval_heldout_focus],
+            "heldout_doc": [r for r in split.heldout_doc if r.focus.lower() in seen_focus][: cfg.eval_heldout_doc],
+            "pubmedqa_test": by_hash(pm_test)[: cfg.eval_pubmedqa]}
+    # Only the evaluated test questions' abstracts are appended (for their recall measure; never searched otherwise).
+    test_ids = {r.evidence_id for r in sets["pubmedqa_test"]}
+    main_docs = list(ev.evidence_documents(split.corpus_docs + pm_train))
+    test_docs = list(ev.evidence_documents(sets["pubmedqa_test"]))
+    corpus = corpus_from_documents(main_docs + test_docs, chunk_size=cfg.chunk_size, overlap=cfg.overlap)
+    n_main = sum(p.doc_id not in test_ids for p in corpus.passages)
+    if any(p.doc_id in test_ids for p in corpus.passages[:n_main]):
+        raise AssertionError("test abstracts must come last in the corpus")
+    dev = split.dev[: cfg.dev_questions]
+    gold = {name: ev.gold_passages(corpus, recs) for name, recs in [("train", train), ("dev", dev), *sets.items()]}
+    return Setup(train, dev, sets, corpus, n_main, gold, skipped)
+
+
+def _flatten(tree) -> dict[str, np.ndarray]:
+    from flax.traverse_util import flatten_dict
+
+    return {k: np.asarray(v) for k, v in flatten_dict(tree, sep="/").items()}
+
+
+def save_tree(path: str, tree) -> None:
+    """A parameter tree as safetensors ("/"-joined keys), written atomically."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file(_flatten(tree), path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_tree(path: str):
+    from flax.traverse_util import unflatten_dict
+    from safetensors.numpy import load_file
+
+    return unflatten_dict(load_file(path), sep="/")
+
+
+class Comparison:
+    """The parts of the comparison (see module doc); `run(parts)` runs the named ones, skipping finished parts."""
+
+    def __init__(self, cfg: EvidenceConfig, progress: bool = True, log: Callable[[str], None] = print):
+        self.cfg, self.progress, self.log = cfg, progress, log
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        os.makedirs(cfg.work_dir, exist_ok=True)
+        self.setup = build_setup(cfg)
+        self.template = ev.GENERATIVE_TEMPLATE
+        self.budgets = Budgets(doc=cfg.doc_tokens, question=cfg.question_tokens, answer=cfg.answer_tokens)
+        self._models = None
+        self._index = None
+
+    # ------------------------------------------------------------------------------------------ parts
+    def part_names(self) -> list[str]:
+        c = self.cfg
+        names = ["data", "sweep", "a", "frozen"]
+        for s in c.seeds:
+            names += [f"e_s{s}", f"d_s{s}", f"c_s{s}"] + (["b"] if s == c.seeds[0] else [])
+        return names
+
+    def run(self, parts: Sequence[str] | None = None) -> None:
+        for name in parts or self.part_names():
+            path = os.path.join(self.cfg.out_dir, f"{name}.json")
+            if os.path.exists(path):
+                self.log(f"[compare] {name}: done ({path}), skipped")
+                continue
+            t0 = time.time()
+            self.log(f"[compare] {name}: running")
+            out = self._part(name)
+            out["seconds"] = round(time.time() - t0, 1)
+            _write_json(path, out)
+            self.log(f"[compare] {name}: {out['seconds']:.0f} s -> {path}")
+
+    def _part(self, name: str) -> dict:
+        if name == "data":
+            return self.data_part()
+        if name == "sweep":
+            return self.sweep_part()
+        if name in ("a", "frozen", "b"):
+            return self.arm_part(name, 0)
+        arm, _, seed = name.partition("_s")
+        if arm in ("c", "d", "e") and seed.isdigit():
+            return self.arm_part(arm, int(seed))
+        raise InputError(f"unknown part {name!r}; parts: {self.part_names()}")
+
+    # ------------------------------------------------------------------------------------------ models
+    def models(self):
+        """(llm cfg, llm params, tokenizer, retriever cfg, retriever params, ColBERT tokenizer), loaded once."""
+        if self._models is None:
+
+            llm_cfg, llm_params, tok = load_preset(self.cfg.llm)
+            rcfg, rparams, ctok = retriever_preset(RetrieverConfig(name=self.cfg.retriever))
+            self._models = (llm_cfg, llm_params, tok, rcfg, rparams, ctok)
+        return self._models
+
+    def index(self):
+        """(whole index incl. test abstracts, the corpus view without them); built by the base encoder once."""
+        if self._index is None:
+
+            _, _, _, rcfg, rparams, ctok = self.models()
+            path = os.path.join(self.cfg.work_dir, "index")
+            if os.path.isfile(os.path.join(path, "manifest.json")):
+                full = load_index(path, self.setup.corpus, rparams)
+            else:
+                full = build_index(self.setup.corpus, rcfg, rparams, ctok, IndexConfig(), SearchConfig(),
+                                   progress=self.progress)
+                save_index(full, path)
+            n = self.setup.n_main
+            main = TokenIndex(full.passages[:n], full.emb[: full.offsets[n]], full.offsets[: n + 1], full.icfg,
+                              full.search, full.version, full.meta)
+            self._index = (full, main)
+        return self._index
+
+    def search(self, rparams, records: Sequence[ev.EvidenceQA], k: int, with_test: bool = False) -> np.ndarray:
+        """Exact MaxSim top-k passage indices [N, k] over the corpus (plus the test abstracts when with_test)."""
+
+        _, _, _, rcfg, _, ctok = self.models()
+        full, main = self.index()
+        r = Retriever(rcfg, rparams, ctok, full if with_test else main)
+        return search_all(r, [x.question for x in records], k, exact=True)[0]
+
+    def candidates(self) -> np.ndarray:
+        """The base retriever's top-C for every training question [N, C] (cached in work_dir)."""
+        path = os.path.join(self.cfg.work_dir, f"candidates-C{self.cfg.num_candidates}.npy")
+        if not os.path.exists(path):
+            np.save(path, self.search(self.models()[4], self.setup.train, self.cfg.num_candidates))
+        return np.load(path)
+
+    def examples(self, doc_losses: np.ndarray | None = None) -> JMLRExamples:
+        _, _, tok, _, _, ctok = self.models()
+        _, main = self.index()
+        return JMLRExamples([r.as_record() for r in self.setup.train], self.candidates(), main.passages, tok, ctok,
+                            self.template, self.budgets, doc_index=main, doc_losses=doc_losses)
+
+    def doc_losses(self) -> np.ndarray:
+        """The base generator's answer loss with each candidate alone in context [N, C], exactly as the fused
+        step computes it; cached in work_dir, written every few questions so an interrupted run resumes."""
+
+
+        path = os.path.join(self.cfg.work_dir, f"doc_losses-C{self.cfg.num_candidates}.npy")
+        examples = self.examples()
+        N, C = examples.candidates.shape
+        out = np.load(path) if os.path.exists(path) else np.full((N, C), np.nan, np.float32)
+        todo = [i for i in range(N) if np.isnan(out[i]).any()]
+        if not todo:
+            return out
+        llm_cfg, llm_params = self.models()[:2]
+
+        @jax.jit
+        def losses(params, ex):
+            rep = lambda x: jnp.repeat(x[None], C, axis=0)  # noqa: E731
+            return answer_nll(llm_cfg, params, [(rep(ex["bos"]), rep(ex["bos_valid"])), (ex["docs"], ex["docs_valid"]),
+                                                (rep(ex["question"]), rep(ex["question_valid"]))],
+                              rep(ex["answer"]), rep(ex["answer_valid"]), train=True)
+
+
+        for n, i in enumerate(tqdm.tqdm(todo, desc="caching generator losses", disable=not self.progress)):
+            ex = examples(i)
+            out[i] = np.asarray(losses(llm_params, {k: ex[k] for k in ("bos", "bos_valid", "docs", "docs_valid",
+                                                                       "question", "question_valid", "answer",
+                                                                       "answer_valid")}))
+            if n % 10 == 9 or n == len(todo) - 1:
+                np.save(path + ".tmp.npy", out)
+                os.replace(path + ".tmp.npy", path)
+        return out
+
+    # ------------------------------------------------------------------------------------------ training
+    def settings(self) -> dict:
+        """The retriever settings the sweep chose (lr, rank loss), or the configured ones without a sweep."""
+        path = os.path.join(self.cfg.out_dir, "sweep.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)["chosen"]
+        return {"retriever_lr": self.cfg.retriever_lr, "rank_loss": self.cfg.rank_loss}
+
+    def train(self, arm: str, seed: int, settings: dict | None = None) -> tuple[dict, list[dict]]:
+        """Trains one arm from the base weights; returns (params, per-step metrics)."""
+
+        c = self.cfg
+        settings = settings or self.settings()
+        llm_cfg, llm_params, _, rcfg, rparams, _ = self.models()
+        trains_llm, trains_retriever = arm in ("b", "c", "d"), arm in ("d", "e")
+        jcfg = JMLRConfig(num_candidates=c.num_candidates, num_sampled=c.num_sampled,
+                          num_docs=0 if arm == "b" else c.num_docs, rank_weight=1.0 if trains_retriever else 0.0,
+                          rank_loss=settings["rank_loss"], cached_doc_losses=arm == "e", compact=True)
+        steps = c.epochs * len(self.setup.train) // c.batch_size
+        optim = OptimConfig(llm_lr=c.llm_lr, retriever_lr=settings["retriever_lr"],
+                            warmup_steps=max(1, int(c.warmup_fraction * steps)), decay_steps=steps,
+                            llm_trainable=".*" if trains_llm else "", retriever_trainable=".*" if trains_retriever else "")
+        params = {"llm": llm_params, "retriever": rparams}
+        tx = make_optimizer(params, optim)
+        state = init_train_state(params, tx, seed)
+        step_fn = jax.jit(functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg), tx=tx))
+        examples = self.examples(self.doc_losses() if arm == "e" else None)
+        it = iter(make_dataset(examples, c.batch_size, seed))
+        history = []
+
+        for i in tqdm.trange(steps, desc=f"train {arm} seed {seed}", disable=not self.progress):
+            state, m = step_fn(state, next(it))
+            m = {k: round(float(v), 5) for k, v in jax.device_get(m).items()}
+            if not np.isfinite(m["loss"]):
+                raise FloatingPointError(f"{arm} seed {seed}: non-finite loss at step {i}")
+            history.append(m)
+        return jax.device_get(state["params"]), history
+
+    # ------------------------------------------------------------------------------------------ parts
+    def data_part(self) -> dict:
+        s = self.setup
+        full, main = self.index()
+        leaks = ev.question_leaks(s.corpus, s.train + s.dev + [r for v in s.sets.values() for r in v])
+        by_source: dict[str, int] = {}
+        for p in s.corpus.passages[: s.n_main]:
+            by_source[p.source] = by_source.get(p.source, 0) + 1
+        return {"config": dataclasses.asdict(self.cfg), "passages": s.n_main, "test_abstract_passages":
+                len(s.corpus) - s.n_main, "passages_by_source": by_source, "tokens": int(main.offsets[-1]),
+                "encode_s": full.meta.get("encode_s"), "question_leaks": leaks, "medquad_skipped": s.skipped,
+                "splits": {"train": [r.id for r in s.train], "dev": [r.id for r in s.dev],
+                           **{k: [r.id for r in v] for k, v in s.sets.items()}},
+                "focuses": {"train": sorted({r.focus for r in s.train if r.task == "medquad"}),
+                            "dev": sorted({r.focus for r in s.dev}),
+                            "heldout": sorted({r.focus for r in s.sets["heldout_focus"]})},
+                "gold_missing": {k: sum(not g for g in v) for k, v in s.gold.items()}}
+
+    def recall(self, rparams, records, gold, with_test=False, k: int = 30) -> list[dict]:
+        """Per question: the top-10 passage ids and the gold evidence's rank (1-based; None beyond k)."""
+        ids = self.search(rparams, records, k, with_test)
+        passages = self.index()[0].passages
+        out = []
+        for row, g in zip(ids, gold):
+            hits = np.flatnonzero(np.isin(row, g))
+            out.append({"top10": [passages[j].id for j in row[:10]], "gold_rank": int(hits[0]) + 1 if len(hits) else None,
+                        "_top": row})
+        return out
+
+    def sweep_part(self) -> dict:
+        """Arm e (cheap: cached generator losses) for each lr x rank loss; dev-focus recall@1 chooses."""
+        c = self.cfg
+        rows = []
+        base = self.recall(self.models()[4], self.setup.dev, self.setup.gold["dev"])
+        base_r1 = float(np.mean([q["gold_rank"] == 1 for q in base]))
+        for loss in c.sweep_losses:
+            for lr in c.sweep_lrs:
+                t0 = time.time()
+                params, hist = self.train("e", c.seeds[0], {"retriever_lr": lr, "rank_loss": loss})
+                rec = self.recall(params["retriever"], self.setup.dev, self.setup.gold["dev"])
+                ranks = [q["gold_rank"] for q in rec]
+                rows.append({"rank_loss": loss, "retriever_lr": lr, "dev_recall@1": float(np.mean([r == 1 for r in ranks])),
+                             "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])),
+                             "train_agreement_last50": float(np.mean([h["agreement"] for h in hist[-50:]])),
+                             "seconds": round(time.time() - t0, 1)})
+                self.log(f"[sweep] {rows[-1]}")
+        best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
+        return {"dev_questions": len(self.setup.dev), "base_dev_recall@1": base_r1, "rows": rows,
+                "chosen": {"retriever_lr": best["retriever_lr"], "rank_loss": best["rank_loss"]}}
+
+    def arm_part(self, arm: str, seed: int) -> dict:
+        c = self.cfg
+        llm_cfg, llm_params, tok, rcfg, rparams, ctok = self.models()
+        history: list[dict] = []
+        if arm in ("b", "c", "d", "e"):
+            path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.safetensors")
+            if os.path.exists(path):
+                trained = load_tree(path)
+            else:
+                t0 = time.time()
+                params, history = self.train(arm, seed)
+                trained = {k: params[k] for k in (["llm"] if arm in ("b", "c") else []) +
+                           (["retriever"] if arm in ("d", "e") else [])}
+                save_tree(path, trained)
+                _write_json(os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json"),
+                            {"history": history, "seconds": round(time.time() - t0, 1)})
+            llm_params = trained.get("llm", llm_params)
+            rparams = trained.get("retriever", rparams)
+        retrieval = arm not in ("a", "b")
+        out = {"arm": arm, "seed": seed, "settings": self.settings(), "train_history": history, "sets": {}}
+        hist_path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json")
+        if not history and os.path.exists(hist_path):
+            with open(hist_path) as f:
+                h = json.load(f)
+            out["train_history"], out["train_seconds"] = h["history"], h["seconds"]
+        for name, recs in self.setup.sets.items():
+            out["sets"][name] = self.measure(name, recs, llm_params, rparams if retrieval else None,
+                                             generate=c.eval_generate if name == "heldout_focus" else 0)
+        if arm in ("a", "b") or (arm in ("c", "d") and seed in c.mcq_seeds):
+            out["mcq"] = self.mcq(llm_params)
+        return out
+
+    # ------------------------------------------------------------------------------------------ measures
+    def measure(self, name: str, records, llm_params, rparams, generate: int = 0) -> list[dict]:
+        """Per question: retrieval (gold rank, top ids), target NLL with the top-K fed, generation scores,
+        and for PubMedQA the decision read off the likelihood of Yes / No / Maybe."""
+
+        c = self.cfg
+        llm_cfg, _, tok = self.models()[:3]
+        rows = [{"id": r.id} for r in records]
+        docs: list[list[int]] = [[] for _ in records]
+        if rparams is not None:
+            gold = self.setup.gold[name]
+            rec = self.recall(rparams, records, gold, with_test=name == "pubmedqa_test")
+            fed = self.search(rparams, records, c.num_docs) if name == "pubmedqa_test" else [q["_top"] for q in rec]
+            for row, q, f in zip(rows, rec, fed):
+                row.update(gold_rank=q["gold_rank"], top10=q["top10"])
+            docs = [list(np.asarray(f)[: c.num_docs][::-1]) for f in fed]  # best last
+        passages = self.index()[1].passages
+        for row, d in zip(rows, docs):
+            row["fed"] = [passages[j].id for j in d]
+        prompts = [prompt_ids(tok, self.template, self.budgets, r.as_record(), [passages[j].with_title for j in d])
+                   for r, d in zip(records, docs)]
+        targets = [tok.encode(self.template.answer.format(text=r.answer))[: c.answer_tokens] for r in records]
+        ll = score_options(llm_cfg, llm_params, prompts, [[t] for t in targets], c.eval_batch, tok.pad_id or 0)
+        for row, x, t in zip(rows, ll, targets):
+            row["nll"] = round(float(-x[0] / len(t)), 5)
+        if name == "pubmedqa_test":
+            opts = [[tok.encode(f" {w}") for w in ("Yes", "No", "Maybe")]] * len(records)
+            ll = score_options(llm_cfg, llm_params, prompts, opts, c.eval_batch, tok.pad_id or 0)
+            for row, x, r in zip(rows, ll, records):
+                pred = ("yes", "no", "maybe")[int(np.argmax(x))]
+                row.update(decision=pred, correct=pred == r.decision)
+        if generate:
+
+            outs = generate_answers(llm_cfg, llm_params, tok, prompts[:generate], c.answer_tokens, c.eval_batch)
+            refs = [tok.decode(t) for t in targets[:generate]]
+            for row, o, s in zip(rows, outs, text_scores_per_question(outs, refs)):
+                row.update(output=o, **s)
+        return rows
+
+    def mcq(self, llm_params) -> list[dict]:
+        """MMLU-Med and MedQA-US dev (fixed samples), log-likelihood of the options, no retrieval."""
+
+        llm_cfg, _, tok = self.models()[:3]
+        sets = eval_sets(DataConfig(data_dir=self.cfg.data_dir), ("mmlu_med", "medqa"),
+                         medqa_path="medqa/us_4_options_dev.jsonl", max_per_set=self.cfg.mcq_per_set)
+        preds = evaluate(sets, llm_cfg, llm_params, tok, EvalConfig(name="mcq", batch_size=self.cfg.eval_batch),
+                         PromptTemplate(), Budgets(), progress=self.progress)
+        return [{"set": p["set"], "id": p["id"], "pred": p["pred_letter"], "correct": bool(p["correct"])}
+                for p in preds]

@@ -1,0 +1,281 @@
+"""Tables and plots of the evidence comparison, regenerated from the per-question JSON in results/comparison/.
+
+    python launch/compare_evidence.py --report_only          # rewrites the README section and the plots
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+
+from jmlr_jax.compare.stats import mcnemar, paired_bootstrap
+
+BEGIN, END = "<!-- evidence-comparison:begin -->", "<!-- evidence-comparison:end -->"
+SETS = {"heldout_focus": "MedQuAD held-out focuses", "heldout_doc": "MedQuAD held-out questions of training focuses",
+        "pubmedqa_test": "PubMedQA test"}
+ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen: base + frozen retriever",
+        "c": "(c) RAG", "d": "(d) JMLR", "e": "(e) retriever-only JMLR"}
+PAIRS = (("d", "c"), ("e", "frozen"))  # (arm, its comparator) -> JMLR - RAG, retriever-only - frozen
+
+
+def text_scores_per_question(outputs: Sequence[str], refs: Sequence[str]) -> list[dict]:
+    """ROUGE-L F1 (rouge-score, stemmed) and sentence BLEU-1 (sacrebleu, brevity penalty included) per answer."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    bleu = sacrebleu.metrics.BLEU(max_ngram_order=1, effective_order=True)
+    return [{"rougeL": round(scorer.score(r, o)["rougeL"].fmeasure, 5),
+             "bleu1": round(bleu.sentence_score(o, [r]).score / 100, 5)} for o, r in zip(outputs, refs)]
+
+
+def load(out_dir: str) -> dict[str, dict]:
+    out = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "*.json"))):
+        with open(path) as f:
+            out[os.path.basename(path)[:-5]] = json.load(f)
+    return out
+
+
+def _arm_runs(results: dict, arm: str) -> dict[int, dict]:
+    """seed -> part for an arm ("a", "b", "frozen" have one, seed 0)."""
+    if arm in results:
+        return {0: results[arm]}
+    return {int(k.split("_s")[1]): v for k, v in results.items() if re.fullmatch(rf"{arm}_s\d+", k)}
+
+
+# Per-question measures: name -> (set, extractor of a value from a row or None when absent, binary?)
+def _recall(k):
+    return lambda row: None if "gold_rank" not in row else float(row["gold_rank"] is not None and row["gold_rank"] <= k)
+
+
+MEASURES = {
+    **{f"recall@{k} {s}": (s, _recall(k), True) for s in SETS for k in (1, 7, 30)},
+    **{f"NLL {s}": (s, lambda row: row.get("nll"), False) for s in SETS},
+    "ROUGE-L heldout_focus": ("heldout_focus", lambda row: row.get("rougeL"), False),
+    "BLEU-1 heldout_focus": ("heldout_focus", lambda row: row.get("bleu1"), False),
+    "decision acc pubmedqa_test": ("pubmedqa_test", lambda row: None if "correct" not in row else float(row["correct"]),
+                                   True),
+}
+
+
+def values(part: dict, measure: str) -> tuple[list[str], np.ndarray] | None:
+    s, get, _ = MEASURES[measure]
+    rows = part["sets"][s]
+    vals = [get(r) for r in rows]
+    if any(v is None for v in vals):
+        return None
+    return [r["id"] for r in rows], np.asarray(vals, np.float64)
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}"
+
+
+def summary_table(results: dict) -> str:
+    """Mean of each measure per arm (over seeds: mean ± spread of the seed means)."""
+    cols = [m for m in MEASURES if not m.startswith("recall@30")]
+    lines = ["| arm | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for arm, label in ARMS.items():
+        runs = _arm_runs(results, arm)
+        if not runs:
+            continue
+        cells = []
+        for m in cols:
+            means = [v[1].mean() for v in (values(p, m) for p in runs.values()) if v is not None]
+            cells.append("-" if not means else _fmt(np.mean(means)) + (f" ± {_fmt(np.std(means))}" if len(means) > 1
+                                                                       else ""))
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def recall_table(results: dict) -> str:
+    lines = ["| arm | " + " | ".join(f"{SETS[s]} r@{k}" for s in SETS for k in (1, 7, 30)) + " |",
+             "|---|" + "---|" * 9]
+    for arm in ("frozen", "d", "e"):
+        runs = _arm_runs(results, arm)
+        if not runs:
+            continue
+        cells = []
+        for s in SETS:
+            for k in (1, 7, 30):
+                means = [values(p, f"recall@{k} {s}")[1].mean() for p in runs.values()]
+                cells.append(_fmt(np.mean(means)) + (f" ± {_fmt(np.std(means))}" if len(means) > 1 else ""))
+        lines.append(f"| {ARMS[arm]} ({len(runs)} seed{'s' if len(runs) > 1 else ''}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired(results: dict, arm: str, base: str, measure: str) -> dict | None:
+    """Per seed and pooled paired differences arm - base on one measure (same questions in the same order).
+
+    Pooled: each question's value averaged over the seeds both arms have, then one bootstrap over questions.
+    Accuracy-like measures also get McNemar per seed."""
+    runs, base_runs = _arm_runs(results, arm), _arm_runs(results, base)
+    if not runs or not base_runs:
+        return None
+    binary = MEASURES[measure][2]
+    out, per_a, per_b = {"per_seed": {}}, [], []
+    for seed, part in sorted(runs.items()):
+        bpart = base_runs.get(seed, base_runs.get(0)) if base != "frozen" else base_runs[0]
+        if bpart is None:
+            continue
+        va, vb = values(part, measure), values(bpart, measure)
+        if va is None or vb is None:
+            return None
+        if va[0] != vb[0]:
+            raise ValueError(f"{arm} seed {seed} and {base} were measured on different questions ({measure})")
+        r = paired_bootstrap(va[1], vb[1], seed=seed)
+        if binary:
+            r["mcnemar_p"] = mcnemar(va[1] > 0.5, vb[1] > 0.5)["p"]
+        out["per_seed"][seed] = r
+        per_a.append(va[1])
+        per_b.append(vb[1])
+    if not per_a:
+        return None
+    out["pooled"] = paired_bootstrap(np.mean(per_a, axis=0), np.mean(per_b, axis=0))
+    return out
+
+
+def paired_table(results: dict) -> str:
+    lines = ["| measure | difference | per seed: diff [95% CI] (McNemar p) | pooled over seeds: diff [95% CI] |",
+             "|---|---|---|---|"]
+    for arm, base in PAIRS:
+        for m in MEASURES:
+            r = paired(results, arm, base, m)
+            if r is None:
+                continue
+            seeds = "; ".join(f"s{s}: {x['diff']:+.3f} [{x['lo']:+.3f}, {x['hi']:+.3f}]" +
+                              (f" (p={x['mcnemar_p']:.2g})" if "mcnemar_p" in x else "")
+                              for s, x in r["per_seed"].items())
+            p = r["pooled"]
+            lines.append(f"| {m} | {ARMS[arm]} - {ARMS[base]} | {seeds} | **{p['diff']:+.3f} [{p['lo']:+.3f}, "
+                         f"{p['hi']:+.3f}]** |")
+    return "\n".join(lines)
+
+
+def mcq_table(results: dict) -> str:
+    lines = ["| arm | MMLU-Med acc ± s.e. | MedQA-US dev acc ± s.e. |", "|---|---|---|"]
+    for name, part in results.items():
+        if "mcq" not in part:
+            continue
+        cells = []
+        for s in ("mmlu_med", "medqa"):
+            x = np.asarray([r["correct"] for r in part["mcq"] if r["set"] == s], np.float64)
+            cells.append(f"{x.mean():.3f} ± {x.std(ddof=1) / math.sqrt(len(x)):.3f} (n={len(x)})" if len(x) else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(results: dict) -> str:
+    sw = results.get("sweep")
+    if not sw:
+        return ""
+    lines = [f"Base retriever on the dev focuses ({sw['dev_questions']} questions): recall@1 "
+             f"{sw['base_dev_recall@1']:.3f}. Chosen: {sw['chosen']}.", "",
+             "| rank loss | retriever lr | dev recall@1 | dev recall@7 | train agreement (last 50 steps) | s |",
+             "|---|---|---|---|---|---|"]
+    for r in sw["rows"]:
+        lines.append(f"| {r['rank_loss']} | {r['retriever_lr']:g} | {r['dev_recall@1']:.3f} | {r['dev_recall@7']:.3f} "
+                     f"| {r['train_agreement_last50']:.3f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def timing_table(results: dict) -> str:
+    lines = ["| part | minutes |", "|---|---|"]
+    for name, part in results.items():
+        lines.append(f"| {name} | {part.get('seconds', 0) / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def plots(results: dict, img_dir: str) -> list[str]:
+    """recall@k per arm with seed error bars; training curves; paired differences with intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(img_dir, exist_ok=True)
+    written = []
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    for ax, s in zip(axes, SETS):
+        for j, arm in enumerate(("frozen", "d", "e")):
+            runs = _arm_runs(results, arm)
+            if not runs:
+                continue
+            m = np.array([[values(p, f"recall@{k} {s}")[1].mean() for k in (1, 7, 30)] for p in runs.values()])
+            ax.bar(np.arange(3) + 0.27 * (j - 1), m.mean(0), 0.27, yerr=m.std(0) if len(m) > 1 else None,
+                   label=ARMS[arm], capsize=3)
+        ax.set_xticks(range(3), ["@1", "@7", "@30"])
+        ax.set_title(SETS[s], fontsize=9)
+    axes[0].set_ylabel("gold-evidence recall")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    written.append(os.path.join(img_dir, "evidence_recall.png"))
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    smooth = lambda x: np.convolve(x, np.ones(20) / 20, mode="valid") if len(x) >= 20 else np.asarray(x)  # noqa: E731
+    for name, part in results.items():
+        h = part.get("train_history") or []
+        if h and "lm_loss" in h[0]:
+            axes[0].plot(smooth([x["lm_loss"] for x in h]), label=name, lw=1)
+        if h and "agreement" in h[0]:
+            axes[1].plot(smooth([x["agreement"] for x in h]), label=name, lw=1)
+    axes[0].set_title("generator answer NLL (training, 20-step mean)", fontsize=9)
+    axes[1].set_title("retriever / LLM pairwise agreement (training, 20-step mean)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    written.append(os.path.join(img_dir, "evidence_training.png"))
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    rows = []
+    for arm, base in PAIRS:
+        for m in MEASURES:
+            if m.startswith("recall@30"):
+                continue
+            r = paired(results, arm, base, m)
+            if r is not None:
+                rows.append((f"{arm} - {base}: {m}", r["pooled"]))
+    if rows:
+        fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1))
+        y = np.arange(len(rows))[::-1]
+        d = np.array([p["diff"] for _, p in rows])
+        ax.errorbar(d, y, xerr=[d - [p["lo"] for _, p in rows], [p["hi"] for _, p in rows] - d], fmt="o", ms=3)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(y, [n for n, _ in rows], fontsize=7)
+        ax.set_title("paired differences, pooled over seeds (95% bootstrap CI)", fontsize=9)
+        fig.tight_layout()
+        written.append(os.path.join(img_dir, "evidence_paired.png"))
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def markdown(results: dict) -> str:
+    parts = ["### Gold-evidence recall (exact MaxSim over the whole corpus; mean ± s.d. over seeds)", "",
+             recall_table(results), "", "### Every measure per arm", "", summary_table(results), "",
+             "### Paired differences (bootstrap over questions, 10,000 resamples; McNemar for 0/1 measures)", "",
+             paired_table(results), "", "### MCQ no-harm check (no retrieval)", "", mcq_table(results), "",
+             "### Retriever settings chosen on the dev focuses (arm e)", "", sweep_table(results), "",
+             "### Time per part (2 CPU cores)", "", timing_table(results)]
+    return "\n".join(parts)
+
+
+def write_readme(readme: str, md: str) -> None:
+    with open(readme) as f:
+        text = f.read()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{readme} has no {BEGIN} ... {END} section")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with open(readme, "w") as f:
+        f.write(head + BEGIN + "\n" + md + "\n" + END + tail)

@@ -1,0 +1,36 @@
+"""The evidence comparison (issue 17): python launch/compare_evidence.py --gin_file=compare/evidence.gin
+
+Runs every part in order (data, sweep, a, frozen, then per seed e, d, c, and b once), skipping finished parts
+(their JSON is in results/comparison/), then rewrites the README section and the plots from that JSON.
+  --parts=d_s0        only these parts (comma-separated); one seed of JMLR with its evaluation: ~30 min here
+  --report_only=1     only the tables and plots
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+os.environ.setdefault("GLOG_minloglevel", "1")
+
+from jmlr_jax import config  # noqa: E402
+from jmlr_jax.compare import report  # noqa: E402
+from jmlr_jax.compare.evidence import Comparison, EvidenceConfig  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def main(parts: str = "", report_only: str = "", readme: str = "") -> None:
+    cfg = EvidenceConfig()
+    if not report_only:
+        Comparison(cfg).run([p for p in parts.split(",") if p] or None)
+    results = report.load(cfg.out_dir)
+    for path in report.plots(results, os.path.join(ROOT, "docs", "img")):
+        print("wrote", path)
+    md = report.markdown(results)
+    print(md)
+    readme = readme or os.path.join(ROOT, "README.md")
+    if readme != "none":
+        report.write_readme(readme, md)
+
+
+if __name__ == "__main__":
+    config.run_main(main, flags=("parts", "report_only", "readme"))

@@ -1,0 +1,64 @@
+"""The comparison driver: finished parts are skipped, each part's JSON is written when it ends, bad part names."""
+import json
+import os
+
+import pytest
+
+from jmlr_jax.compare.evidence import Comparison, EvidenceConfig, build_setup
+from jmlr_jax.errors import InputError
+from tests.data.test_evidence import write_medquad
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    (d / "medquad").mkdir(parents=True)
+    (d / "pubmedqa").mkdir()
+    write_medquad(d / "medquad" / "medquad.jsonl", n_focus=10, per_focus=4)
+    pq = {str(1000 + i): {"QUESTION": f"Does treatment {i} work?", "CONTEXTS": [f"Abstract {i} " + "x " * 40],
+                          "LONG_ANSWER": f"Treatment {i} worked.", "final_decision": ["yes", "no", "maybe"][i % 3]}
+          for i in range(8)}
+    (d / "pubmedqa" / "ori_pqal.json").write_text(json.dumps(pq))
+    (d / "pubmedqa" / "test_ground_truth.json").write_text(json.dumps({"1000": "yes", "1001": "no", "1002": "maybe"}))
+    return str(d)
+
+
+def tiny(data_dir, tmp_path, **kw):
+    return EvidenceConfig(data_dir=data_dir, out_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"),
+                          train_focuses=4, dev_focuses=2, heldout_focuses=3, train_medquad=8, train_pubmedqa=3,
+                          dev_questions=4, eval_heldout_focus=5, eval_heldout_doc=3, eval_pubmedqa=2, **kw)
+
+
+def test_setup_keeps_test_abstracts_out_of_the_searched_corpus(data_dir, tmp_path):
+    s = build_setup(tiny(data_dir, tmp_path))
+    test_docs = {f"pmid-{r.id}" for r in s.sets["pubmedqa_test"]}
+    assert len(test_docs) == 2 and {p.doc_id for p in s.corpus.passages[s.n_main:]} == test_docs
+    assert not test_docs & {p.doc_id for p in s.corpus.passages[: s.n_main]}
+    assert not {r.id for r in s.train} & {r.id for v in s.sets.values() for r in v}
+    # every evaluated question's gold evidence is in the corpus (test abstracts: in the appended part)
+    assert all(g for v in s.gold.values() for g in v)
+    assert all(min(g) >= s.n_main for g in s.gold["pubmedqa_test"])
+
+
+def test_driver_skips_finished_parts_and_writes_each_part(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path)
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    with open(os.path.join(cfg.out_dir, "data.json"), "w") as f:
+        json.dump({"done": True}, f)
+    ran = []
+    monkeypatch.setattr(comp, "_part", lambda name: ran.append(name) or {"part": name})
+    comp.run(["data", "a", "d_s1"])
+    assert ran == ["a", "d_s1"]
+    with open(os.path.join(cfg.out_dir, "d_s1.json")) as f:
+        assert json.load(f)["part"] == "d_s1"
+    comp.run(["data", "a", "d_s1"])
+    assert ran == ["a", "d_s1"]  # nothing reran
+    assert comp.part_names()[:4] == ["data", "sweep", "a", "frozen"] and "e_s2" in comp.part_names()
+
+
+def test_unknown_part_is_an_error(data_dir, tmp_path):
+    comp = Comparison(tiny(data_dir, tmp_path), progress=False, log=lambda _: None)
+    with pytest.raises(InputError, match="unknown part 'x_s0'"):
+        comp.run(["x_s0"])
+    with pytest.raises(InputError, match="data_dir is not set"):
+        Comparison(EvidenceConfig(out_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w")))
