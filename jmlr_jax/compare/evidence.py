@@ -12,7 +12,7 @@ Retriever training moves the query encoder only: the candidates' token vectors c
 base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches the
 whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
 
-Parts run in order; each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
+Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per seed, b once); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
 skipped when that file exists. Heavy intermediates (index, candidates, cached losses, trained weights) live in
 work_dir and are rebuilt when missing.
 """
@@ -186,9 +186,9 @@ class Comparison:
     # ------------------------------------------------------------------------------------------ parts
     def part_names(self) -> list[str]:
         c = self.cfg
-        names = ["data", "sweep", "a", "frozen"]
+        names = ["data", "sweep", "a", "frozen"] + [f"e_s{s}" for s in c.seeds]  # e is cheap: all seeds first
         for s in c.seeds:
-            names += [f"e_s{s}", f"d_s{s}", f"c_s{s}"] + (["b"] if s == c.seeds[0] else [])
+            names += [f"d_s{s}", f"c_s{s}"] + (["b"] if s == c.seeds[0] else [])
         return names
 
     def run(self, parts: Sequence[str] | None = None) -> None:
