@@ -53,3 +53,13 @@ def test_configs_ship_with_the_package():
         setuptools = tomllib.load(f)["tool"]["setuptools"]
     assert setuptools["package-dir"]["jmlr_jax.configs"] == "configs" and "jmlr_jax.configs" in setuptools["packages"]
     assert glob.glob(os.path.join(ROOT, "configs", "**", "*.gin"), recursive=True)
+
+
+def test_every_subpackage_is_in_the_wheel():
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        packages = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = {os.path.relpath(d, ROOT).replace(os.sep, ".") for d, _, files in os.walk(os.path.join(ROOT, "jmlr_jax"))
+             if "__init__.py" in files}
+    assert found <= packages, f"missing from pyproject.toml [tool.setuptools] packages: {sorted(found - packages)}"

@@ -407,7 +407,7 @@ class Comparison:
         retrieval = arm not in ("a", "b")
         out = {"arm": arm, "seed": seed, "settings": self.settings(), "train_history": history, "sets": {}}
         hist_path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json")
-        if not history and os.path.exists(hist_path):
+        if os.path.exists(hist_path):
             with open(hist_path) as f:
                 h = json.load(f)
             out["train_history"], out["train_seconds"] = h["history"], h["seconds"]

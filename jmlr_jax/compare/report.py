@@ -65,12 +65,14 @@ MEASURES = {
 
 
 def values(part: dict, measure: str) -> tuple[list[str], np.ndarray] | None:
+    """(question ids, values) of the questions that have this measure (generation: the first eval_generate), or
+    None when none has it (e.g. recall for an arm without retrieval)."""
     s, get, _ = MEASURES[measure]
-    rows = part["sets"][s]
-    vals = [get(r) for r in rows]
-    if any(v is None for v in vals):
+    rows = [(r["id"], get(r)) for r in part["sets"][s]]
+    rows = [(i, v) for i, v in rows if v is not None]
+    if not rows:
         return None
-    return [r["id"] for r in rows], np.asarray(vals, np.float64)
+    return [i for i, _ in rows], np.asarray([v for _, v in rows], np.float64)
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -186,9 +188,10 @@ def sweep_table(results: dict) -> str:
 
 
 def timing_table(results: dict) -> str:
-    lines = ["| part | minutes |", "|---|---|"]
+    lines = ["| part | minutes (training part) |", "|---|---|"]
     for name, part in results.items():
-        lines.append(f"| {name} | {part.get('seconds', 0) / 60:.1f} |")
+        train = f" ({part['train_seconds'] / 60:.1f})" if part.get("train_seconds") else ""
+        lines.append(f"| {name} | {part.get('seconds', 0) / 60:.1f}{train} |")
     return "\n".join(lines)
 
 
@@ -213,7 +216,8 @@ def plots(results: dict, img_dir: str) -> list[str]:
         ax.set_xticks(range(3), ["@1", "@7", "@30"])
         ax.set_title(SETS[s], fontsize=9)
     axes[0].set_ylabel("gold-evidence recall")
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     written.append(os.path.join(img_dir, "evidence_recall.png"))
     fig.savefig(written[-1], dpi=110)
@@ -231,7 +235,8 @@ def plots(results: dict, img_dir: str) -> list[str]:
     axes[1].set_title("retriever / LLM pairwise agreement (training, 20-step mean)", fontsize=9)
     for ax in axes:
         ax.set_xlabel("step")
-        ax.legend(fontsize=6, ncol=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     written.append(os.path.join(img_dir, "evidence_training.png"))
     fig.savefig(written[-1], dpi=110)
