@@ -94,6 +94,8 @@ class EvidenceConfig:
 
 
 TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
+# What each trained arm trains (and therefore saves and evaluates with): one table, read by train and arm_part.
+TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",)}
 
 
 def _sha(s: str) -> str:
@@ -312,7 +314,7 @@ class Comparison:
         c = self.cfg
         settings = settings or self.settings()
         llm_cfg, llm_params, _, rcfg, rparams, _ = self.models()
-        trains_llm, trains_retriever = arm in ("b", "c", "d"), arm in ("d", "e")
+        trains_llm, trains_retriever = "llm" in TRAINED[arm], "retriever" in TRAINED[arm]
         jcfg = JMLRConfig(num_candidates=c.num_candidates, num_sampled=c.num_sampled,
                           num_docs=0 if arm == "b" else c.num_docs, rank_weight=1.0 if trains_retriever else 0.0,
                           rank_loss=settings["rank_loss"], cached_doc_losses=arm == "e", compact=True)
@@ -390,18 +392,19 @@ class Comparison:
         c = self.cfg
         llm_cfg, llm_params, tok, rcfg, rparams, ctok = self.models()
         history: list[dict] = []
-        if arm in ("b", "c", "d", "e"):
+        if arm in TRAINED:
             path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.safetensors")
             if os.path.exists(path):
                 trained = load_tree(path)
             else:
                 t0 = time.time()
                 params, history = self.train(arm, seed)
-                trained = {k: params[k] for k in (["llm"] if arm in ("b", "c") else []) +
-                           (["retriever"] if arm in ("d", "e") else [])}
+                trained = {k: params[k] for k in TRAINED[arm]}
                 save_tree(path, trained)
                 _write_json(os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json"),
                             {"history": history, "seconds": round(time.time() - t0, 1)})
+            if set(trained) != set(TRAINED[arm]):
+                raise InputError(f"{path} holds {sorted(trained)}, arm {arm} trains {list(TRAINED[arm])}; delete it")
             llm_params = trained.get("llm", llm_params)
             rparams = trained.get("retriever", rparams)
         retrieval = arm not in ("a", "b")

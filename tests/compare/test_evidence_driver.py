@@ -62,3 +62,10 @@ def test_unknown_part_is_an_error(data_dir, tmp_path):
         comp.run(["x_s0"])
     with pytest.raises(InputError, match="data_dir is not set"):
         Comparison(EvidenceConfig(out_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w")))
+
+
+def test_jmlr_arm_trains_and_keeps_both_models():
+    """Arm d is evaluated with its trained generator *and* retriever (a first run kept only the retriever)."""
+    from jmlr_jax.compare.evidence import TRAINED
+
+    assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",)}

@@ -1,0 +1,46 @@
+"""The README's evidence-comparison tables come from the committed per-question JSON."""
+import os
+import re
+
+import pytest
+
+from jmlr_jax.compare import report
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+RESULTS = os.path.join(ROOT, "results", "comparison")
+
+
+def _part(arm, seed, nlls, ranks):
+    rows = [{"id": f"q{i}", "nll": n, "gold_rank": r} for i, (n, r) in enumerate(zip(nlls, ranks))]
+    return {"arm": arm, "seed": seed, "sets": {"heldout_focus": rows, "heldout_doc": rows, "pubmedqa_test": rows}}
+
+
+def test_paired_differences_pool_seeds_per_question():
+    results = {"c_s0": _part("c", 0, [1.0, 2.0, 3.0], [1, 2, None]), "c_s1": _part("c", 1, [1.0, 2.0, 3.0], [1, 1, 1]),
+               "d_s0": _part("d", 0, [0.5, 1.5, 2.5], [1, 1, 1]), "d_s1": _part("d", 1, [1.5, 2.5, 3.5], [1, 1, 1])}
+    r = report.paired(results, "d", "c", "NLL heldout_focus")
+    assert r["per_seed"][0]["diff"] == pytest.approx(-0.5) and r["per_seed"][1]["diff"] == pytest.approx(0.5)
+    assert r["pooled"]["diff"] == pytest.approx(0.0) and r["pooled"]["lo"] == pytest.approx(0.0)
+    r1 = report.paired(results, "d", "c", "recall@1 heldout_focus")
+    assert r1["per_seed"][0]["diff"] == pytest.approx(2 / 3) and "mcnemar_p" in r1["per_seed"][0]
+    shuffled = dict(results, d_s0=_part("d", 0, [0.5, 1.5, 2.5], [1, 1, 1]))
+    shuffled["d_s0"]["sets"]["heldout_focus"] = shuffled["d_s0"]["sets"]["heldout_focus"][::-1]
+    with pytest.raises(ValueError, match="different questions"):
+        report.paired(shuffled, "d", "c", "NLL heldout_focus")
+    assert "(d) JMLR" in report.markdown(results)
+
+
+def test_readme_interval_recomputed_from_committed_json():
+    results = report.load(RESULTS)
+    measure = "recall@1 heldout_focus"
+    r = report.paired(results, "e", "frozen", measure)
+    if r is None:
+        pytest.fail(f"{RESULTS} lacks the retriever-only and frozen parts the README's paired table reports")
+    p = r["pooled"]
+    cell = f"**{p['diff']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}]**"
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    rows = [line for line in readme.splitlines() if line.startswith(f"| {measure} | (e) retriever-only")]
+    assert rows, "README has no paired row for " + measure
+    assert cell in rows[0], (cell, rows[0])
+    assert re.search(r"\| s0: [+-]\d", rows[0])
