@@ -184,6 +184,7 @@ class Comparison:
         self.budgets = Budgets(doc=cfg.doc_tokens, question=cfg.question_tokens, answer=cfg.answer_tokens)
         self._models = None
         self._index = None
+        self._retrievers: dict[bool, Retriever] = {}
 
     # ------------------------------------------------------------------------------------------ parts
     def part_names(self) -> list[str]:
@@ -248,10 +249,12 @@ class Comparison:
 
     def search(self, rparams, records: Sequence[ev.EvidenceQA], k: int, with_test: bool = False) -> np.ndarray:
         """Exact MaxSim top-k passage indices [N, k] over the corpus (plus the test abstracts when with_test)."""
-
-        _, _, _, rcfg, _, ctok = self.models()
-        full, main = self.index()
-        r = Retriever(rcfg, rparams, ctok, full if with_test else main)
+        if with_test not in self._retrievers:  # one per index: its jitted query encoder compiles once
+            _, _, _, rcfg, _, ctok = self.models()
+            full, main = self.index()
+            self._retrievers[with_test] = Retriever(rcfg, rparams, ctok, full if with_test else main)
+        r = self._retrievers[with_test]
+        r.params = rparams  # the encoder takes params as an argument: new params, same compiled function
         return search_all(r, [x.question for x in records], k, exact=True)[0]
 
     def candidates(self) -> np.ndarray:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from typing import Iterator, Sequence
 
-from jmlr_jax.data.sources import DataError, QARecord, read_qa
+from jmlr_jax.data.sources import DataError, QARecord, jsonl_objects, read_qa
 from jmlr_jax.data.splits import pubmedqa_test_ids, split_pubmedqa
 from jmlr_jax.data.templates import PromptTemplate
 from jmlr_jax.retrieval.corpus import MEDQUAD_LICENCE, Corpus, Document, chunk_words
@@ -58,28 +57,18 @@ def read_medquad_qa(path: str, on_error: str = "raise") -> tuple[list[EvidenceQA
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MedQuAD file not found: {path}")
     out, skipped = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            bad = [k for k in ("question", "answer", "focus") if not isinstance(rec.get(k), str) or not rec[k].strip()]
-            if bad:
-                what = ", ".join("empty focus" if k == "focus" else f"missing {k}" for k in bad)
-                err = f"{where}: {what} (MedQuAD records need question, answer and focus)"
-                if on_error == "raise":
-                    raise DataError(err)
-                skipped.append(err)
-                continue
-            doc = f"medquad-{n}"
-            out.append(EvidenceQA(doc, "medquad", rec["question"].strip(), rec["answer"].strip(), rec["answer"].strip(),
-                                  doc, rec["focus"].strip()))
+    for n, where, rec in jsonl_objects(path):
+        bad = [k for k in ("question", "answer", "focus") if not isinstance(rec.get(k), str) or not rec[k].strip()]
+        if bad:
+            what = ", ".join("empty focus" if k == "focus" else f"missing {k}" for k in bad)
+            err = f"{where}: {what} (MedQuAD records need question, answer and focus)"
+            if on_error == "raise":
+                raise DataError(err)
+            skipped.append(err)
+            continue
+        doc = f"medquad-{n}"
+        out.append(EvidenceQA(doc, "medquad", rec["question"].strip(), rec["answer"].strip(), rec["answer"].strip(),
+                              doc, rec["focus"].strip()))
     if not out:
         raise DataError(f"{path}: no MedQuAD records")
     return out, skipped

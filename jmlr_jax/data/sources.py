@@ -54,7 +54,8 @@ def _text(v) -> str:
     return v.strip() if isinstance(v, str) else ""
 
 
-def _jsonl(path: str) -> Iterator[tuple[str, dict]]:
+def jsonl_objects(path: str) -> Iterator[tuple[int, str, dict]]:
+    """(line number, "file:line", object) for each non-blank line; malformed JSON or a non-object is a DataError."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -66,11 +67,11 @@ def _jsonl(path: str) -> Iterator[tuple[str, dict]]:
                 raise DataError(f"{where}: malformed JSON ({e.msg})") from None
             if not isinstance(rec, dict):
                 raise DataError(f"{where}: expected a JSON object")
-            yield where, rec
+            yield n, where, rec
 
 
 def read_medqa(path: str) -> Iterator[QARecord]:
-    for n, (where, rec) in enumerate(_jsonl(path)):
+    for n, (_, where, rec) in enumerate(jsonl_objects(path)):
         q, opts = _text(rec.get("question")), rec.get("options")
         if not q:
             raise DataError(f"{where}: empty or missing question")
@@ -95,7 +96,7 @@ def read_medqa(path: str) -> Iterator[QARecord]:
 
 
 def read_medmcqa(path: str, cop_base: int = 1, allow_unlabelled: bool = False) -> Iterator[QARecord]:
-    for n, (where, rec) in enumerate(_jsonl(path)):
+    for n, (_, where, rec) in enumerate(jsonl_objects(path)):
         q = _text(rec.get("question"))
         options = tuple(_text(rec.get(k)) for k in ("opa", "opb", "opc", "opd"))
         if not q:
