@@ -44,6 +44,22 @@ class _DataState:
         pass
 
 
+def _drop_aborted_read_callbacks(previous):
+    """An unraisablehook that drops the errors an aborted orbax restore leaves behind, passing on the rest.
+
+    Orbax stops a restore at the first unreadable file and closes its event loop while other tensorstore reads
+    are still in flight; each of those then calls `loop.call_soon_threadsafe` on the closed loop from a
+    tensorstore thread, and every call would print an "Exception ignored" traceback (under pytest on Python
+    3.11 two such threads formatting tracebacks at once crash the test session: CPython's AST state is shared).
+    """
+    def hook(u: Any) -> None:
+        if u.object is None and isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+            return
+        previous(u)
+    hook.previous = previous
+    return hook
+
+
 class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 3):
         self.directory = directory if is_remote(directory) else os.path.abspath(directory)  # orbax: gs:// too
@@ -59,11 +75,15 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta)))
 
     def _restore(self, abstract_state: Any, step: int) -> tuple[Any, dict, dict]:
+        quiet = _drop_aborted_read_callbacks(sys.unraisablehook)
+        sys.unraisablehook = quiet  # installed before the reads start: the stray callbacks come within microseconds
         try:
             out = self.mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(_DataState()),
                 meta=ocp.args.JsonRestore()))
-        except Exception as e:  # orbax/tensorstore raise many types for missing or damaged files
+            if sys.unraisablehook is quiet:  # a complete restore leaves no reads in flight
+                sys.unraisablehook = quiet.previous
+        except Exception as e:  # orbax/tensorstore raise many types for missing or damaged files; the hook stays
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{self.directory}: checkpoint {step} is corrupt or incompatible ({msg})") from None
         if out.meta is None or out.data is None or out.data.state is None:
