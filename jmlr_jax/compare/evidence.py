@@ -8,11 +8,13 @@ Arms (same training questions, steps, budgets and learning rates):
   b       generator fine-tuned, no retrieval    c_s*    RAG: generator fine-tuned on the frozen retriever's top-K
   d_s*    JMLR: generator + retriever trained together (rank loss from the live generator's losses)
   e_s*    retriever-only JMLR: generator frozen, its loss per (question, candidate) computed once and cached
+  dg_s*   diagnostic: d_s*'s generator with the frozen retriever (no training; splits d - c into the generator's
+          part, dg - c, and the trained retriever's part, d - dg)
 Retriever training moves the query encoder only: the candidates' token vectors come from the index built by the
 base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches the
 whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
 
-Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per seed, b once); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
+Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per seed, b once, dg per seed); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
 skipped when that file exists. Heavy intermediates (index, candidates, cached losses, trained weights) live in
 work_dir and are rebuilt when missing.
 """
@@ -192,7 +194,7 @@ class Comparison:
         names = ["data", "sweep", "a", "frozen"] + [f"e_s{s}" for s in c.seeds]  # e is cheap: all seeds first
         for s in c.seeds:
             names += [f"d_s{s}", f"c_s{s}"] + (["b"] if s == c.seeds[0] else [])
-        return names
+        return names + [f"dg_s{s}" for s in c.seeds]
 
     def run(self, parts: Sequence[str] | None = None) -> None:
         for name in parts or self.part_names():
@@ -215,7 +217,7 @@ class Comparison:
         if name in ("a", "frozen", "b"):
             return self.arm_part(name, 0)
         arm, _, seed = name.partition("_s")
-        if arm in ("c", "d", "e") and seed.isdigit():
+        if arm in ("c", "d", "e", "dg") and seed.isdigit():
             return self.arm_part(arm, int(seed))
         raise InputError(f"unknown part {name!r}; parts: {self.part_names()}")
 
@@ -393,9 +395,14 @@ class Comparison:
 
     def arm_part(self, arm: str, seed: int) -> dict:
         c = self.cfg
+        d_path = os.path.join(c.work_dir, "params", f"d_s{seed}.safetensors")
+        if arm == "dg" and not os.path.exists(d_path):
+            raise InputError(f"part dg_s{seed} needs JMLR's trained weights {d_path}: run part d_s{seed} first")
         llm_cfg, llm_params, tok, rcfg, rparams, ctok = self.models()
         history: list[dict] = []
-        if arm in TRAINED:
+        if arm == "dg":  # JMLR's trained generator, evaluated with the frozen base retriever
+            llm_params = load_tree(d_path)["llm"]
+        elif arm in TRAINED:
             path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.safetensors")
             if os.path.exists(path):
                 trained = load_tree(path)

@@ -19,8 +19,11 @@ BEGIN, END = "<!-- evidence-comparison:begin -->", "<!-- evidence-comparison:end
 SETS = {"heldout_focus": "MedQuAD held-out focuses", "heldout_doc": "MedQuAD held-out questions of training focuses",
         "pubmedqa_test": "PubMedQA test"}
 ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen: base + frozen retriever",
-        "c": "(c) RAG", "d": "(d) JMLR", "e": "(e) retriever-only JMLR"}
-PAIRS = (("d", "c"), ("e", "frozen"))  # (arm, its comparator) -> JMLR - RAG, retriever-only - frozen
+        "c": "(c) RAG", "d": "(d) JMLR", "e": "(e) retriever-only JMLR",
+        "dg": "(d)'s generator + frozen retriever"}
+# (arm, its comparator, measures): JMLR - RAG, retriever-only - frozen; and JMLR - RAG split into the trained
+# generator's part (same frozen retrieval, so no recall rows) and the trained retriever's part (same generator).
+PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"))
 
 
 def text_scores_per_question(outputs: Sequence[str], refs: Sequence[str]) -> list[dict]:
@@ -146,8 +149,10 @@ def paired(results: dict, arm: str, base: str, measure: str) -> dict | None:
 def paired_table(results: dict) -> str:
     lines = ["| measure | difference | per seed: diff [95% CI] (McNemar p) | pooled over seeds: diff [95% CI] |",
              "|---|---|---|---|"]
-    for arm, base in PAIRS:
+    for arm, base, which in PAIRS:
         for m in MEASURES:
+            if which == "generator" and m.startswith("recall@"):
+                continue
             r = paired(results, arm, base, m)
             if r is None:
                 continue
@@ -243,9 +248,9 @@ def plots(results: dict, img_dir: str) -> list[str]:
     plt.close(fig)
 
     rows = []
-    for arm, base in PAIRS:
+    for arm, base, which in PAIRS:
         for m in MEASURES:
-            if m.startswith("recall@30"):
+            if m.startswith("recall@30") or (which == "generator" and m.startswith("recall@")):
                 continue
             r = paired(results, arm, base, m)
             if r is not None:

@@ -54,12 +54,15 @@ def test_driver_skips_finished_parts_and_writes_each_part(data_dir, tmp_path, mo
     comp.run(["data", "a", "d_s1"])
     assert ran == ["a", "d_s1"]  # nothing reran
     assert comp.part_names()[:4] == ["data", "sweep", "a", "frozen"] and "e_s2" in comp.part_names()
+    assert comp.part_names()[-1] == f"dg_s{cfg.seeds[-1]}"  # the diagnostic runs after every d it reads
 
 
 def test_unknown_part_is_an_error(data_dir, tmp_path):
     comp = Comparison(tiny(data_dir, tmp_path), progress=False, log=lambda _: None)
     with pytest.raises(InputError, match="unknown part 'x_s0'"):
         comp.run(["x_s0"])
+    with pytest.raises(InputError, match="part dg_s0 needs JMLR's trained weights .*run part d_s0 first"):
+        comp.run(["dg_s0"])
     with pytest.raises(InputError, match="data_dir is not set"):
         Comparison(EvidenceConfig(out_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w")))
 

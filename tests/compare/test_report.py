@@ -28,6 +28,12 @@ def test_paired_differences_pool_seeds_per_question():
     with pytest.raises(ValueError, match="different questions"):
         report.paired(shuffled, "d", "c", "NLL heldout_focus")
     assert "(d) JMLR" in report.markdown(results)
+    # the diagnostic arm splits d - c: dg (d's generator, frozen retrieval) - c has no recall rows, d - dg has them
+    results["dg_s0"] = _part("dg", 0, [0.8, 1.8, 2.8], [1, 2, None])
+    table = report.paired_table(results)
+    assert "| NLL heldout_focus | (d)'s generator + frozen retriever - (c) RAG | s0: -0.200" in table
+    assert "| recall@1 heldout_focus | (d)'s generator + frozen retriever - (c) RAG" not in table
+    assert "| recall@1 heldout_focus | (d) JMLR - (d)'s generator + frozen retriever | s0: +0.667" in table
 
 
 def test_readme_interval_recomputed_from_committed_json():
