@@ -67,6 +67,11 @@ MEASURES = {
 }
 
 
+def _pair_measures(which: str) -> list[str]:
+    """The measures a PAIRS entry compares ("generator": both arms retrieve alike, so no recall)."""
+    return [m for m in MEASURES if not (which == "generator" and m.startswith("recall@"))]
+
+
 def values(part: dict, measure: str) -> tuple[list[str], np.ndarray] | None:
     """(question ids, values) of the questions that have this measure (generation: the first eval_generate), or
     None when none has it (e.g. recall for an arm without retrieval)."""
@@ -150,9 +155,7 @@ def paired_table(results: dict) -> str:
     lines = ["| measure | difference | per seed: diff [95% CI] (McNemar p) | pooled over seeds: diff [95% CI] |",
              "|---|---|---|---|"]
     for arm, base, which in PAIRS:
-        for m in MEASURES:
-            if which == "generator" and m.startswith("recall@"):
-                continue
+        for m in _pair_measures(which):
             r = paired(results, arm, base, m)
             if r is None:
                 continue
@@ -249,8 +252,8 @@ def plots(results: dict, img_dir: str) -> list[str]:
 
     rows = []
     for arm, base, which in PAIRS:
-        for m in MEASURES:
-            if m.startswith("recall@30") or (which == "generator" and m.startswith("recall@")):
+        for m in _pair_measures(which):
+            if m.startswith("recall@30"):
                 continue
             r = paired(results, arm, base, m)
             if r is not None:
