@@ -49,60 +49,64 @@ def _fori(lo, hi, body, init, unroll: bool):
     return jax.lax.fori_loop(lo, hi, body, init)
 
 
-def _block_mask(i, j, bq, bk, seg_q_Bxq, seg_k_Bxk):
-    """[B, 1, 1, bq, bk]: causal by index and same segment."""
-    qi = i * bq + jnp.arange(bq)
-    kj = j * bk + jnp.arange(bk)
+def _block_mask(i, j, b, G, seg_q_Bxb, seg_k_Bxb):
+    """[B, 1, G * b, b]: causal by index and same segment; query row r is token i * b + r % b (head r // b)."""
+    qi = jnp.tile(i * b + jnp.arange(b), G)
+    kj = j * b + jnp.arange(b)
     causal = kj[None, :] <= qi[:, None]
-    same = seg_q_Bxq[:, :, None] == seg_k_Bxk[:, None, :]
-    return (causal[None] & same)[:, None, None]
+    same = jnp.tile(seg_q_Bxb, (1, G))[:, :, None] == seg_k_Bxb[:, None, :]
+    return (causal[None] & same)[:, None]
 
 
 def _layout(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, block):
-    """Pad L to whole blocks and lay out blocks first: q [nq, B, K, G, bq, D], k/v [nk, B, K, bk, D]."""
+    """Pad L to whole blocks and lay out blocks first: q [nq, B, K, G * b, D] (the G query heads that share a KV
+    head stacked as rows, so every matmul of the backward pass contracts over one dim: with two, XLA:CPU writes
+    the operand transposed), k/v [nk, B, K, b, D]."""
     B, L, H, D = q_BxLxHxD.shape
     K = k_BxLxKxD.shape[2]
+    G = H // K
     b = _blocks(L, block)
     Lp = _round_up(L, b)
     pad = lambda x, value=0: jnp.pad(x, [(0, 0), (0, Lp - L)] + [(0, 0)] * (x.ndim - 2),  # noqa: E731
                                      constant_values=value)
     n = Lp // b
-    q = pad(q_BxLxHxD).reshape(B, n, b, K, H // K, D).transpose(1, 0, 3, 4, 2, 5)
+    q = pad(q_BxLxHxD).reshape(B, n, b, K, G, D).transpose(1, 0, 3, 4, 2, 5).reshape(n, B, K, G * b, D)
     k = pad(k_BxLxKxD).reshape(B, n, b, K, D).transpose(1, 0, 3, 2, 4)
     v = pad(v_BxLxKxD).reshape(B, n, b, K, D).transpose(1, 0, 3, 2, 4)
     seg = pad(seg_BxL, -1).reshape(B, n, b).transpose(1, 0, 2)  # padding: its own segment, seen by no token
     return q, k, v, seg, b
 
 
-def _unlayout(x_nxBxKxGxbxD, L):
-    n, B, K, G, b, D = x_nxBxKxGxbxD.shape
-    return x_nxBxKxGxbxD.transpose(1, 0, 4, 2, 3, 5).reshape(B, n * b, K * G, D)[:, :L]
+def _unlayout(x_nxBxKxRxD, b, L):
+    n, B, K, R, D = x_nxBxKxRxD.shape
+    G = R // b
+    return x_nxBxKxRxD.reshape(n, B, K, G, b, D).transpose(1, 0, 4, 2, 3, 5).reshape(B, n * b, K * G, D)[:, :L]
 
 
 def _forward(q, k, v, seg, nblk, b, unroll):
-    """q pre-scaled; blocks >= nblk hold only padding and are skipped. Returns out [nq, B, K, G, b, D] (q dtype)
-    and lse [nq, B, K, G, b] (fp32)."""
-    n, B, K, G, _, D = q.shape
+    """q pre-scaled; blocks >= nblk hold only padding and are skipped. Returns out [nq, B, K, G * b, D] (q dtype)
+    and lse [nq, B, K, G * b] (fp32)."""
+    n, B, K, R, D = q.shape
+    G = R // b
     sched = causal_schedule(n, n, b, b)
 
     def q_block(i, q_i):
         def body(j, carry):
             o, m, l = carry
-            s = jnp.einsum("bkgqd,bksd->bkgqs", q_i, k[j], preferred_element_type=jnp.float32)
-            mask = _block_mask(i, j, b, b, seg[i], seg[j])
-            s = jnp.where(mask, s, _NEG)
+            s = jnp.einsum("bkrd,bksd->bkrs", q_i, k[j], preferred_element_type=jnp.float32)
+            s = jnp.where(_block_mask(i, j, b, G, seg[i], seg[j]), s, _NEG)
             m_new = jnp.maximum(m, jnp.max(s, axis=-1))
             # Masked logits are _NEG: their exp underflows to exactly 0 once the row has seen a visible key;
             # until then (a block with nothing visible) the row's garbage is erased by corr = exp(_NEG - m) = 0.
             p = jnp.exp(s - m_new[..., None])
             corr = jnp.exp(m - m_new)
             l = l * corr + jnp.sum(p, axis=-1)
-            o = o * corr[..., None] + jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v.dtype), v[j],
+            o = o * corr[..., None] + jnp.einsum("bkrs,bksd->bkrd", p.astype(v.dtype), v[j],
                                                  preferred_element_type=jnp.float32)
             return o, m_new, l
 
-        init = (jnp.zeros((B, K, G, b, D), jnp.float32), jnp.full((B, K, G, b), _NEG, jnp.float32),
-                jnp.zeros((B, K, G, b), jnp.float32))
+        init = (jnp.zeros((B, K, R, D), jnp.float32), jnp.full((B, K, R), _NEG, jnp.float32),
+                jnp.zeros((B, K, R), jnp.float32))
         hi = sched[i][1] if unroll else jnp.where(i < nblk, i + 1, 0)  # causal: key blocks 0..i
         o, m, l = _fori(0, hi, body, init, unroll)
         safe = jnp.where(l > 0, l, 1.0)
@@ -115,21 +119,22 @@ def _forward(q, k, v, seg, nblk, b, unroll):
 
 
 def _backward(q, k, v, seg, nblk, out, lse, do, b, unroll):
-    """dq [nq, B, K, G, b, D], dk / dv [nk, B, K, b, D] in fp32 (q pre-scaled)."""
-    n, B, K, G, _, D = q.shape
-    delta = jnp.sum(do.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [n, B, K, G, b]
+    """dq [nq, B, K, G * b, D], dk / dv [nk, B, K, b, D] in fp32 (q pre-scaled)."""
+    n, B, K, R, D = q.shape
+    G = R // b
+    delta = jnp.sum(do.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [n, B, K, G * b]
 
     def k_block(j, dq):
         def body(i, carry):
             dq, dk, dv = carry
-            s = jnp.einsum("bkgqd,bksd->bkgqs", q[i], k[j], preferred_element_type=jnp.float32)
-            mask = _block_mask(i, j, b, b, seg[i], seg[j])
+            s = jnp.einsum("bkrd,bksd->bkrs", q[i], k[j], preferred_element_type=jnp.float32)
+            mask = _block_mask(i, j, b, G, seg[i], seg[j])
             p = jnp.exp(jnp.where(mask, s, _NEG) - lse[i][..., None])  # lse is finite: every row sees itself
-            dv = dv + jnp.einsum("bkgqs,bkgqd->bksd", p.astype(do.dtype), do[i], preferred_element_type=jnp.float32)
-            dp = jnp.einsum("bkgqd,bksd->bkgqs", do[i], v[j], preferred_element_type=jnp.float32)
+            dv = dv + jnp.einsum("bkrs,bkrd->bksd", p.astype(do.dtype), do[i], preferred_element_type=jnp.float32)
+            dp = jnp.einsum("bkrd,bksd->bkrs", do[i], v[j], preferred_element_type=jnp.float32)
             ds = (p * (dp - delta[i][..., None])).astype(q.dtype)
-            dk = dk + jnp.einsum("bkgqs,bkgqd->bksd", ds, q[i], preferred_element_type=jnp.float32)
-            dq_i = jnp.einsum("bkgqs,bksd->bkgqd", ds, k[j], preferred_element_type=jnp.float32)
+            dk = dk + jnp.einsum("bkrs,bkrd->bksd", ds, q[i], preferred_element_type=jnp.float32)
+            dq_i = jnp.einsum("bkrs,bksd->bkrd", ds, k[j], preferred_element_type=jnp.float32)
             if unroll:
                 dq = dq.at[i].add(dq_i)
             else:
@@ -171,17 +176,19 @@ def _flash_fwd(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, valid_len, block, unrol
     out, lse = _forward(q, k, v, seg, nblk, b, unroll)
     # Named so that remat policies can keep them ("dots_attn"): then the backward pass never reruns this loop.
     q, k, v, out, lse = (checkpoint_name(x, "attention") for x in (q, k, v, out, lse))
-    return _unlayout(out, L), (q, k, v, seg, nblk, out, lse)
+    return _unlayout(out, b, L), (q, k, v, seg, nblk, out, lse)
 
 
 def _flash_bwd(block, unroll, res, do_BxLxHxD):
     q, k, v, seg, nblk, out, lse = res
-    n, B, K, G, b, D = q.shape
+    n, B, K, R, D = q.shape
+    b = k.shape[3]
+    G = R // b
     L = do_BxLxHxD.shape[1]
     do = jnp.pad(do_BxLxHxD, [(0, 0), (0, n * b - L), (0, 0), (0, 0)])
-    do = do.reshape(B, n, b, K, G, D).transpose(1, 0, 3, 4, 2, 5).astype(q.dtype)
+    do = do.reshape(B, n, b, K, G, D).transpose(1, 0, 3, 4, 2, 5).reshape(n, B, K, R, D).astype(q.dtype)
     dq, dk, dv = _backward(q, k, v, seg, nblk, out, lse, do, b, unroll)
-    dq = _unlayout(dq * D**-0.5, L).astype(q.dtype)
+    dq = _unlayout(dq * D**-0.5, b, L).astype(q.dtype)
     kv = lambda x: x.transpose(1, 0, 3, 2, 4).reshape(B, n * b, K, D)[:, :L].astype(k.dtype)  # noqa: E731
     return dq, kv(dk), kv(dv), None, None
 

@@ -17,6 +17,7 @@ Parameter tree (N = num_layers):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -152,6 +153,50 @@ def _kernel(axes: tuple[str, ...], std: float = 0.02):
     return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
 
 
+def tokens_first(x_BxLx: jax.Array) -> jax.Array:
+    """[B, L, ...] -> [B * L, ...] (a free reshape; "length" is never sharded, so the merged dim keeps the batch
+    sharding). Dense layers take their input this way so that the weight gradients contract over one token
+    dim: with two (batch, length), XLA:CPU lays the gradient operand out transposed and fuses the transpose into
+    the elementwise backward (SwiGLU's derivative written column by column), 3.6 s of an 18.5 s SmolLM2 step."""
+    return x_BxLx.reshape(x_BxLx.shape[0] * x_BxLx.shape[1], *x_BxLx.shape[2:])
+
+
+def _mean_last(x_NxD: jax.Array) -> jax.Array:
+    """Mean over the last dim as a matrix-vector product (fp32 on every backend): XLA:CPU's reduce fusions
+    take ~6x longer here."""
+    ones = jnp.full((x_NxD.shape[-1],), 1.0 / x_NxD.shape[-1], x_NxD.dtype)
+    return jnp.matmul(x_NxD, ones, precision=jax.lax.Precision.HIGHEST)[..., None]
+
+
+def _rms_norm_fwd(x, scale, eps: float, dtype):
+    x32 = x.astype(jnp.float32)
+    r = jax.lax.rsqrt(_mean_last(x32 * x32) + eps)
+    return ((x32 * r).astype(dtype) * scale.astype(dtype)).astype(dtype), (x, scale, r)
+
+
+def _rms_norm_bwd(eps: float, dtype, res, dy):
+    del eps, dtype
+    x, scale, r = res
+    xn = x.astype(jnp.float32) * r
+    dy32 = dy.astype(jnp.float32)
+    g = dy32 * scale.astype(jnp.float32)
+    dx = r * (g - xn * _mean_last(g * xn))
+    N = xn.size // xn.shape[-1]
+    dscale = jnp.matmul(jnp.ones((N,), jnp.float32), (dy32 * xn).reshape(N, -1),  # sum over tokens, a matmul too
+                        precision=jax.lax.Precision.HIGHEST)
+    return dx.astype(x.dtype), dscale.astype(scale.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype: Any) -> jax.Array:
+    """x / rms(x) * scale, computed in fp32, returned in `dtype`. Custom VJP: the same gradient as autodiff's,
+    with its three reductions written as matrix-vector products (1.3 s of a 13 s SmolLM2 step on CPU)."""
+    return _rms_norm_fwd(x, scale, eps, dtype)[0]
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
 class RMSNorm(nn.Module):
     eps: float
     dtype: Any
@@ -163,9 +208,7 @@ class RMSNorm(nn.Module):
             "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],),
             self.param_dtype,
         )
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
+        return rms_norm(x, scale, self.eps, self.dtype)
 
 
 def apply_rope(x_BxLxHxD: jax.Array, pos_BxL: jax.Array, theta: float, scaling_factor: float) -> jax.Array:
@@ -194,9 +237,11 @@ class Attention(nn.Module):
             feats, axis=axis, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
             kernel_init=_kernel(axes), name=name,
         )
-        q = dense((H, Dh), ("embed", "heads", "head_dim"), "q")(x_BxLxD)
-        k = dense((K, Dh), ("embed", "kv_heads", "head_dim"), "k")(x_BxLxD)
-        v = dense((K, Dh), ("embed", "kv_heads", "head_dim"), "v")(x_BxLxD)
+        B, L, D = x_BxLxD.shape
+        x_NxD = tokens_first(x_BxLxD)
+        q = dense((H, Dh), ("embed", "heads", "head_dim"), "q")(x_NxD).reshape(B, L, H, Dh)
+        k = dense((K, Dh), ("embed", "kv_heads", "head_dim"), "k")(x_NxD).reshape(B, L, K, Dh)
+        v = dense((K, Dh), ("embed", "kv_heads", "head_dim"), "v")(x_NxD).reshape(B, L, K, Dh)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
         q = apply_rope(q, pos_BxL, cfg.rope_theta, cfg.rope_scaling_factor)
@@ -214,7 +259,8 @@ class Attention(nn.Module):
         else:  # decoding / prefill into a cache: a few query rows against cache slots
             out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), info)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
-        return dense(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", axis=(-2, -1))(out), new_cache
+        o = dense(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", axis=(-2, -1))(tokens_first(out))
+        return o.reshape(B, L, D), new_cache
 
 
 class MLP(nn.Module):
@@ -227,10 +273,11 @@ class MLP(nn.Module):
             feats, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
             kernel_init=_kernel(axes), name=name,
         )
-        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(x_BxLxD)
-        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(x_BxLxD)
-        h_BxLxF = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return dense(cfg.hidden_size, ("mlp", "embed"), "down")(h_BxLxF)
+        x_NxD = tokens_first(x_BxLxD)
+        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(x_NxD)
+        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(x_NxD)
+        h_NxF = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "mlp"))
+        return dense(cfg.hidden_size, ("mlp", "embed"), "down")(h_NxF).reshape(x_BxLxD.shape)
 
 
 class Block(nn.Module):

@@ -7,7 +7,8 @@ One function of (state, batch) under one `jax.jit`:
  4. l [B, S]: the LLM's mean answer-token loss with each sampled document alone as context: one batched
     forward pass under stop_gradient.
  5. Rank loss. "ranknet": over ordered pairs i != j of sampled docs, BCE(sigmoid(s_hat_i - s_hat_j),
-    [l_j > l_i]); "kl": KL(softmax(-l / beta) || softmax(s_hat / tau)) over the sampled docs (Atlas PDist).
+    [l_j > l_i], 1/2 for ties within 1e-5 nats); "kl": KL(softmax(-l / beta) || softmax(s_hat / tau)) over
+    the sampled docs (Atlas PDist).
  6. Generator: the top-K docs by s, best last (right before the question); LM loss on answer tokens only.
  7. loss = lm + lambda * rank; one optax update over both models (groups in train/state.py).
 Losses are per-example means, averaged over the batch, so a batch of 2 gives the mean of two batch-1

@@ -80,10 +80,13 @@ def normalize_scores(s_BxC: jax.Array, eps: float = 1e-6) -> jax.Array:
     return jnp.where(span > eps, 2.0 * (s_BxC - lo) / safe - 1.0, 0.0)
 
 
-def ranknet_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array) -> jax.Array:
-    """Mean over ordered pairs i != j of BCE(sigmoid(s_i - s_j), [l_j > l_i]); per example [B]."""
+def ranknet_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array, tie_tol: float = 1e-5) -> jax.Array:
+    """Mean over ordered pairs i != j of BCE(sigmoid(s_i - s_j), target); per example [B]. target is
+    [l_j > l_i], and 1/2 when |l_i - l_j| <= tie_tol nats (Burges et al. 2005's target for equal relevance):
+    losses equal up to fp32 rounding are ties, so the loss does not depend on summation order (device count)."""
     diff = s_hat_BxS[:, :, None] - s_hat_BxS[:, None, :]
-    target = (l_BxS[:, None, :] > l_BxS[:, :, None]).astype(jnp.float32)
+    gap = l_BxS[:, None, :] - l_BxS[:, :, None]  # l_j - l_i
+    target = jnp.where(jnp.abs(gap) <= tie_tol, 0.5, (gap > 0).astype(jnp.float32))
     bce = optax.sigmoid_binary_cross_entropy(diff, target)
     S = s_hat_BxS.shape[1]
     off_diag = 1.0 - jnp.eye(S)

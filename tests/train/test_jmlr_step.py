@@ -63,6 +63,7 @@ def test_ranknet_and_kl_match_numpy():
     rng = np.random.RandomState(0)
     s, l = rng.randn(3, 5).astype(np.float32), rng.rand(3, 5).astype(np.float32)
     l[0, 1] = l[0, 2]  # a tie
+    l[1, 3] = l[1, 0] + 4e-6  # equal up to rounding: a tie too
     ref = np.zeros(3)
     for b in range(3):
         terms = []
@@ -70,7 +71,7 @@ def test_ranknet_and_kl_match_numpy():
             for j in range(5):
                 if i != j:
                     p = 1 / (1 + np.exp(-(s[b, i] - s[b, j])))
-                    t = float(l[b, j] > l[b, i])
+                    t = 0.5 if abs(l[b, j] - l[b, i]) <= 1e-5 else float(l[b, j] > l[b, i])
                     terms.append(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
         ref[b] = np.mean(terms)
     np.testing.assert_allclose(losses.ranknet_loss(s, l), ref, rtol=1e-5)
