@@ -263,6 +263,30 @@ class Attention(nn.Module):
         return o.reshape(B, L, D), new_cache
 
 
+@jax.custom_vjp
+def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """silu(gate) * up. Custom VJP: the backward pass keeps only gate and up (autodiff keeps six [L, F] arrays
+    per layer: sigmoid, silu and products) and recomputes the sigmoid; the same gradient."""
+    return nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+    return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(res, dh):
+    gate, up = res
+    g = gate.astype(jnp.float32)
+    sig = jax.nn.sigmoid(g)
+    dh_up = dh.astype(jnp.float32) * up.astype(jnp.float32)
+    dgate = dh_up * sig * (1.0 + g * (1.0 - sig))
+    dup = dh.astype(jnp.float32) * g * sig
+    return dgate.astype(gate.dtype), dup.astype(up.dtype)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 class MLP(nn.Module):
     cfg: LlamaConfig
 
@@ -276,7 +300,7 @@ class MLP(nn.Module):
         x_NxD = tokens_first(x_BxLxD)
         gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(x_NxD)
         up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(x_NxD)
-        h_NxF = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "mlp"))
+        h_NxF = nn.with_logical_constraint(swiglu(gate, up), ("batch", "mlp"))
         return dense(cfg.hidden_size, ("mlp", "embed"), "down")(h_NxF).reshape(x_BxLxD.shape)
 
 
