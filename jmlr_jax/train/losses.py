@@ -8,11 +8,8 @@ hold one [chunk, vocab] block; the cost is one extra projection matmul in the ba
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jmlr_jax.data.templates import assemble, compact_sequence
@@ -24,24 +21,6 @@ def output_kernel(cfg, llm_params) -> jax.Array:
     return llm_params["embed"]["embedding"].T if cfg.tie_word_embeddings else llm_params["lm_head"]["kernel"]
 
 
-def _chunks(hidden_BxLxD, targets_BxL, weights_BxL, chunk: int):
-    """Flatten tokens and cut them into [n, chunk] blocks; padding tokens get weight 0."""
-    B, L, D = hidden_BxLxD.shape
-    N = B * L
-    chunk = min(chunk, N)
-    pad = -N % chunk
-    flat = lambda x: jnp.pad(x.reshape(N, *x.shape[2:]), [(0, pad)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
-    return (flat(hidden_BxLxD).reshape(-1, chunk, D), flat(targets_BxL.astype(jnp.int32)).reshape(-1, chunk),
-            flat(weights_BxL.astype(jnp.float32)).reshape(-1, chunk))
-
-
-def _chunk_nll(h_c, w, t_c, dtype):
-    """Logits [chunk, V] in fp32, their log-sum-exp and the targets' NLL."""
-    logits = jnp.einsum("nd,dv->nv", h_c.astype(dtype), w, preferred_element_type=jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    return logits, lse, lse - jnp.take_along_axis(logits, t_c[:, None], axis=-1)[:, 0]
-
-
 def chunked_token_nll(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array,
                       *, chunk: int = 2048, dtype=jnp.float32) -> jax.Array:
     """Per-token next-token NLL [B, L] (0 where weights are 0); logits in fp32, `chunk` tokens at a time.
@@ -49,68 +28,34 @@ def chunked_token_nll(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: ja
     hidden is the final-norm output at the positions that predict `targets` (shift before calling).
     Matmul inputs are cast to `dtype` (the model's compute dtype) with fp32 accumulation.
     """
-    B, L, _ = hidden_BxLxD.shape
-    h, t, wt = _chunks(hidden_BxLxD, targets_BxL, weights_BxL, chunk)
+    B, L, D = hidden_BxLxD.shape
+    N = B * L
+    chunk = min(chunk, N)
+    pad = -N % chunk
+    flat = lambda x: jnp.pad(x.reshape(N, *x.shape[2:]), [(0, pad)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    h = flat(hidden_BxLxD).reshape(-1, chunk, D)
+    t = flat(targets_BxL.astype(jnp.int32)).reshape(-1, chunk)
+    wt = flat(weights_BxL.astype(jnp.float32)).reshape(-1, chunk)  # padding has weight 0
     w = w_DxV.astype(dtype)
 
     @jax.checkpoint  # the backward pass recomputes this chunk's logits instead of storing them
     def body(carry, xs):
         h_c, t_c, wt_c = xs
-        return carry, _chunk_nll(h_c, w, t_c, dtype)[2] * wt_c
+        logits = jnp.einsum("nd,dv->nv", h_c.astype(dtype), w, preferred_element_type=jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, t_c[:, None], axis=-1)[:, 0]
+        return carry, (lse - picked) * wt_c
 
     _, nll = jax.lax.scan(body, None, (h, t, wt))
-    return nll.reshape(-1)[:B * L].reshape(B, L)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _weighted_nll_sum(hidden_BxLxD, w_DxV, targets_BxL, weights_BxL, chunk: int, dtype):
-    return _weighted_nll_sum_fwd(hidden_BxLxD, w_DxV, targets_BxL, weights_BxL, chunk, dtype)[0]
-
-
-def _weighted_nll_sum_fwd(hidden_BxLxD, w_DxV, targets_BxL, weights_BxL, chunk, dtype):
-    """The loss and, in the same pass over the chunks, its gradients (the loss is a sum, so they only need
-    scaling by the incoming cotangent): three projection matmuls per chunk instead of autodiff's four."""
-    B, L, D = hidden_BxLxD.shape
-    h, t, wt = _chunks(hidden_BxLxD, targets_BxL, weights_BxL, chunk)
-    w = w_DxV.astype(dtype)
-
-    def body(dw_DxV, xs):
-        h_c, t_c, wt_c = xs
-        logits, lse, nll = _chunk_nll(h_c, w, t_c, dtype)
-        dlogits = jnp.exp(logits - lse[:, None]).at[jnp.arange(t_c.shape[0]), t_c].add(-1.0) * wt_c[:, None]
-        dlogits = dlogits.astype(dtype)
-        dh_c = jnp.einsum("nv,dv->nd", dlogits, w, preferred_element_type=jnp.float32)
-        dw_DxV = dw_DxV + jnp.einsum("nd,nv->dv", h_c.astype(dtype), dlogits, preferred_element_type=jnp.float32)
-        return dw_DxV, (nll, dh_c)
-
-    dw, (nll, dh) = jax.lax.scan(body, jnp.zeros(w_DxV.shape, jnp.float32), (h, t, wt))
-    unflat = lambda x: x.reshape(-1, *x.shape[2:])[:B * L].reshape(B, L, *x.shape[2:])  # noqa: E731
-    nll, dh = unflat(nll), unflat(dh)
-    w32 = weights_BxL.astype(jnp.float32)
-    # residuals in the inputs' dtypes (the cotangent is a scalar: scaling them is all the backward pass does)
-    return jnp.sum(nll * w32), (dh.astype(hidden_BxLxD.dtype), dw.astype(w_DxV.dtype),
-                                nll.astype(weights_BxL.dtype), targets_BxL)
-
-
-def _weighted_nll_sum_bwd(chunk, dtype, res, g):
-    dh, dw, nll, targets = res
-    scale = lambda x: (g * x).astype(x.dtype)  # noqa: E731
-    return scale(dh), scale(dw), np.zeros(targets.shape, jax.dtypes.float0), scale(nll)
-
-
-_weighted_nll_sum.defvjp(_weighted_nll_sum_fwd, _weighted_nll_sum_bwd)
+    return nll.reshape(-1)[:N].reshape(B, L)
 
 
 def chunked_cross_entropy(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array,
                           weights_BxL: jax.Array, *, chunk: int = 2048,
                           dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
-    """Weighted next-token NLL: (sum of weight * nll, sum of weights); the values of `chunked_token_nll`.
-
-    For training losses that are this sum: its gradients are computed chunk by chunk in the forward pass
-    (fused linear cross-entropy), so there is no recomputed projection and never a [B, L, V] tensor.
-    """
-    weights_BxL = weights_BxL.astype(jnp.float32)
-    return _weighted_nll_sum(hidden_BxLxD, w_DxV, targets_BxL, weights_BxL, chunk, dtype), jnp.sum(weights_BxL)
+    """Weighted next-token NLL: (sum of weight * nll, sum of weights); see `chunked_token_nll`."""
+    nll = chunked_token_nll(hidden_BxLxD, w_DxV, targets_BxL, weights_BxL, chunk=chunk, dtype=dtype)
+    return jnp.sum(nll), jnp.sum(weights_BxL.astype(jnp.float32))
 
 
 def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array,

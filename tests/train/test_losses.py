@@ -1,5 +1,4 @@
-"""Chunked cross-entropy (fused: gradients in the forward pass) equals the full-logits loss in value and
-gradients, and never holds [B, L, V] logits."""
+"""Chunked cross-entropy equals the full-logits loss in value and gradients, and never holds [B, L, V] logits."""
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,6 @@ def test_chunked_equals_full_in_value_and_grads(chunk):
     out, n = chunked_cross_entropy(h, w, t, wt, chunk=chunk)
     np.testing.assert_allclose(float(out), float(ref), rtol=1e-5)
     assert float(n) == float(n_ref)
-    # the loss is scaled after the call (as a mean is): the fused backward pass must use its cotangent
     g_ref = jax.grad(lambda h, w, wt: 0.37 * _full(h, w, t, wt)[0], argnums=(0, 1, 2))(h, w, wt)
     g = jax.grad(lambda h, w, wt: 0.37 * chunked_cross_entropy(h, w, t, wt, chunk=chunk)[0],
                  argnums=(0, 1, 2))(h, w, wt)
