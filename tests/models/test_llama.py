@@ -34,7 +34,7 @@ def test_logits_match_transformers(tie, rope_factor, kv_heads):
 @pytest.mark.parametrize("tie", [False, True])
 def test_grads_match_transformers(tie):
     """Gradients of every parameter equal torch autograd's through transformers' model (the custom VJPs: RMSNorm,
-    the blockwise kernel, and the dense layers' token-flattened matmuls), with padding-free and ragged blocks."""
+    SwiGLU, the blockwise kernel; the dense layers' token-flattened matmuls), with padding-free and ragged blocks."""
     import torch
 
     model = tiny_hf_llama(tie=tie, kv_heads=2)
