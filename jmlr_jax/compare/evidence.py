@@ -89,9 +89,12 @@ class EvidenceConfig:
     rank_loss: str = "ranknet"
     warmup_fraction: float = 0.1
     seeds: tuple = (0, 1, 2)
-    # the retriever settings sweep (arm e on the dev focuses); "" = use retriever_lr / rank_loss as bound
+    # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
+    # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
     sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
     sweep_losses: tuple = ("ranknet", "kl")
+    sweep_sampled: tuple = (8, 16)
+    sweep_epochs: tuple = (1, 3)
     eval_batch: int = 8
 
 
@@ -306,24 +309,27 @@ class Comparison:
 
     # ------------------------------------------------------------------------------------------ training
     def settings(self) -> dict:
-        """The retriever settings the sweep chose (lr, rank loss), or the configured ones without a sweep."""
-        path = os.path.join(self.cfg.out_dir, "sweep.json")
+        """The settings the sweep chose (retriever lr, rank loss, num_sampled, epochs), else the configured ones."""
+        c = self.cfg
+        out = {"retriever_lr": c.retriever_lr, "rank_loss": c.rank_loss, "num_sampled": c.num_sampled,
+               "epochs": c.epochs}
+        path = os.path.join(c.out_dir, "sweep.json")
         if os.path.exists(path):
             with open(path) as f:
-                return json.load(f)["chosen"]
-        return {"retriever_lr": self.cfg.retriever_lr, "rank_loss": self.cfg.rank_loss}
+                out.update(json.load(f)["chosen"])  # a sweep from before S / epochs were swept chose only lr, loss
+        return out
 
     def train(self, arm: str, seed: int, settings: dict | None = None) -> tuple[dict, list[dict]]:
         """Trains one arm from the base weights; returns (params, per-step metrics)."""
 
         c = self.cfg
-        settings = settings or self.settings()
+        settings = {**self.settings(), **(settings or {})}
         llm_cfg, llm_params, _, rcfg, rparams, _ = self.models()
         trains_llm, trains_retriever = "llm" in TRAINED[arm], "retriever" in TRAINED[arm]
-        jcfg = JMLRConfig(num_candidates=c.num_candidates, num_sampled=c.num_sampled,
+        jcfg = JMLRConfig(num_candidates=c.num_candidates, num_sampled=settings["num_sampled"],
                           num_docs=0 if arm == "b" else c.num_docs, rank_weight=1.0 if trains_retriever else 0.0,
                           rank_loss=settings["rank_loss"], cached_doc_losses=arm == "e", compact=True)
-        steps = c.epochs * len(self.setup.train) // c.batch_size
+        steps = settings["epochs"] * len(self.setup.train) // c.batch_size
         optim = OptimConfig(llm_lr=c.llm_lr, retriever_lr=settings["retriever_lr"],
                             warmup_steps=max(1, int(c.warmup_fraction * steps)), decay_steps=steps,
                             llm_trainable=".*" if trains_llm else "", retriever_trainable=".*" if trains_retriever else "")
@@ -373,25 +379,36 @@ class Comparison:
         return out
 
     def sweep_part(self) -> dict:
-        """Arm e (cheap: cached generator losses) for each lr x rank loss; dev-focus recall@1 chooses."""
+        """Arm e (cheap: cached generator losses) on the dev focuses; dev recall@1 chooses. Stage 1: rank loss x lr
+        at the configured num_sampled / epochs; stage 2: num_sampled x epochs at stage 1's best loss and lr."""
         c = self.cfg
         rows = []
         base = self.recall(self.models()[4], self.setup.dev, self.setup.gold["dev"])
         base_r1 = float(np.mean([q["gold_rank"] == 1 for q in base]))
+        key = lambda r: (r["dev_recall@1"], r["dev_recall@7"])  # noqa: E731
+
+        def row(stage: int, **settings) -> None:
+            t0 = time.time()
+            params, hist = self.train("e", c.seeds[0], settings)
+            ranks = [q["gold_rank"] for q in self.recall(params["retriever"], self.setup.dev, self.setup.gold["dev"])]
+            rows.append({"stage": stage, **settings,
+                         "dev_recall@1": float(np.mean([r == 1 for r in ranks])),
+                         "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])),
+                         "train_agreement_last50": float(np.mean([h["agreement"] for h in hist[-50:]])),
+                         "seconds": round(time.time() - t0, 1)})
+            self.log(f"[sweep] {rows[-1]}")
+
         for loss in c.sweep_losses:
             for lr in c.sweep_lrs:
-                t0 = time.time()
-                params, hist = self.train("e", c.seeds[0], {"retriever_lr": lr, "rank_loss": loss})
-                rec = self.recall(params["retriever"], self.setup.dev, self.setup.gold["dev"])
-                ranks = [q["gold_rank"] for q in rec]
-                rows.append({"rank_loss": loss, "retriever_lr": lr, "dev_recall@1": float(np.mean([r == 1 for r in ranks])),
-                             "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])),
-                             "train_agreement_last50": float(np.mean([h["agreement"] for h in hist[-50:]])),
-                             "seconds": round(time.time() - t0, 1)})
-                self.log(f"[sweep] {rows[-1]}")
-        best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
+                row(1, retriever_lr=lr, rank_loss=loss, num_sampled=c.num_sampled, epochs=c.epochs)
+        best = max(rows, key=key)
+        for S in c.sweep_sampled:
+            for epochs in c.sweep_epochs:
+                if (S, epochs) != (c.num_sampled, c.epochs):
+                    row(2, retriever_lr=best["retriever_lr"], rank_loss=best["rank_loss"], num_sampled=S, epochs=epochs)
+        best = max(rows, key=key)
         return {"dev_questions": len(self.setup.dev), "base_dev_recall@1": base_r1, "rows": rows,
-                "chosen": {"retriever_lr": best["retriever_lr"], "rank_loss": best["rank_loss"]}}
+                "chosen": {k: best[k] for k in ("retriever_lr", "rank_loss", "num_sampled", "epochs")}}
 
     def arm_part(self, arm: str, seed: int) -> dict:
         c = self.cfg

@@ -187,10 +187,12 @@ def sweep_table(results: dict) -> str:
         return ""
     lines = [f"Base retriever on the dev focuses ({sw['dev_questions']} questions): recall@1 "
              f"{sw['base_dev_recall@1']:.3f}. Chosen: {sw['chosen']}.", "",
-             "| rank loss | retriever lr | dev recall@1 | dev recall@7 | train agreement (last 50 steps) | s |",
-             "|---|---|---|---|---|---|"]
+             "| stage | rank loss | retriever lr | S scored | epochs | dev recall@1 | dev recall@7 "
+             "| train agreement (last 50 steps) | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sw["rows"]:
-        lines.append(f"| {r['rank_loss']} | {r['retriever_lr']:g} | {r['dev_recall@1']:.3f} | {r['dev_recall@7']:.3f} "
+        lines.append(f"| {r.get('stage', 1)} | {r['rank_loss']} | {r['retriever_lr']:g} | {r.get('num_sampled', '-')} "
+                     f"| {r.get('epochs', '-')} | {r['dev_recall@1']:.3f} | {r['dev_recall@7']:.3f} "
                      f"| {r['train_agreement_last50']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 

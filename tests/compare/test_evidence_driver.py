@@ -72,3 +72,28 @@ def test_jmlr_arm_trains_and_keeps_both_models():
     from jmlr_jax.compare.evidence import TRAINED
 
     assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",)}
+
+
+def test_sweep_second_stage_varies_sampled_and_epochs_at_the_best_loss_and_lr(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, sweep_lrs=(1e-5, 3e-5), sweep_losses=("ranknet", "kl"))
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    n = len(comp.setup.dev)
+    # dev recall@1 each setting reaches (in quarters of the dev set): kl at 3e-5 wins stage 1, S=16 x 3 epochs overall
+    quarters = {("kl", 3e-5, 8, 1): 2, ("kl", 3e-5, 16, 3): 3, ("ranknet", 1e-5, 16, 1): 4}
+    calls = []
+
+    def train(arm, seed, settings):
+        key = (settings["rank_loss"], settings["retriever_lr"], settings["num_sampled"], settings["epochs"])
+        calls.append(key)
+        return {"retriever": quarters.get(key, 1) * n // 4}, [{"agreement": 0.5}]
+
+    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + (0,) + (None,))
+    monkeypatch.setattr(comp, "train", train)
+    monkeypatch.setattr(comp, "recall", lambda hits, recs, gold: [{"gold_rank": 1 if i < hits else 2}
+                                                                   for i in range(len(recs))])
+    assert comp.settings() == {"retriever_lr": cfg.retriever_lr, "rank_loss": cfg.rank_loss, "num_sampled": 8,
+                               "epochs": 1}
+    comp.run(["sweep"])
+    assert calls[:4] == [("ranknet", 1e-5, 8, 1), ("ranknet", 3e-5, 8, 1), ("kl", 1e-5, 8, 1), ("kl", 3e-5, 8, 1)]
+    assert calls[4:] == [("kl", 3e-5, 8, 3), ("kl", 3e-5, 16, 1), ("kl", 3e-5, 16, 3)]  # (8, 1) is not rerun
+    assert comp.settings() == {"retriever_lr": 3e-5, "rank_loss": "kl", "num_sampled": 16, "epochs": 3}
