@@ -10,8 +10,9 @@ Workloads (random init; timing does not depend on weights or text):
             platform's default precision (CPU fp32; GPU/TPU bf16 compute, fp32 master weights), chunked
             cross-entropy; transformers LlamaForCausalLM with SDPA attention (bf16 autocast on GPU), AdamW.
             CPU: SmolLM2-135M at 512 and 2048. GPU: SmolLM2-135M at 16 x 2048, the 1B shape at 8 x 2048.
-  attention causal self-attention fwd + bwd alone, the 1B head shape (32 query / 8 KV heads, head_dim 64),
-            batch 1 at 8k and 16k: jmlr_jax dense and S2-Attn (G = L/4) vs torch SDPA dense.
+  attention causal self-attention fwd + bwd alone, head_dim 64, batch 1: the 1B head shape (32 query / 8 KV
+            heads) at 8k and 16k, and on CPU SmolLM2's (9 / 3) at 2048 (one layer of the CPU train rows):
+            jmlr_jax dense and S2-Attn (G = L/4) vs torch SDPA dense.
   jmlr      the fused JMLR step at the paper's setting (C=30 / S=10 / K=7; doc 128 / question 192 /
             answer 32 tokens; realistic padding): compacted sequences vs the block layout, and the mask
             oracle. CPU: SmolLM2-135M + MiniLM-shape ColBERT, batch 1. GPU: Llama-2-7B shape with LoRA r=128
@@ -185,9 +186,10 @@ def torch_llama(args) -> dict:
     return _torch_measure(run, dev, args.reps)
 
 
-def _attn_shapes(seq: int) -> list[tuple[int, ...]]:
-    """q, k, v as [B, L, heads, head_dim]: the 1B shape's 32 query / 8 KV heads."""
-    return [(1, seq, 32, 64), (1, seq, 8, 64), (1, seq, 8, 64)]
+def _attn_shapes(seq: int, heads: str) -> list[tuple[int, ...]]:
+    """q, k, v as [B, L, heads, head_dim 64]; heads "H/K" (the 1B shape: 32/8, SmolLM2-135M: 9/3)."""
+    H, K = (int(x) for x in heads.split("/"))
+    return [(1, seq, H, 64), (1, seq, K, 64), (1, seq, K, 64)]
 
 
 def jax_attention(args) -> dict:
@@ -197,7 +199,7 @@ def jax_attention(args) -> dict:
     from jmlr_jax.models import attention
 
     dtype = jnp.bfloat16 if _accel() else jnp.float32
-    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), s, dtype) for i, s in enumerate(_attn_shapes(args.seq)))
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), s, dtype) for i, s in enumerate(_attn_shapes(args.seq, args.heads)))
     pos = jnp.arange(args.seq)[None]
     seg = jnp.ones((1, args.seq), jnp.int32)
     f = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attention.self_attention(
@@ -215,7 +217,7 @@ def torch_attention(args) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     q, k, v = (torch.randn(s[0], s[2], s[1], s[3], device=dev, dtype=dtype, requires_grad=True)
-               for s in _attn_shapes(args.seq))
+               for s in _attn_shapes(args.seq, args.heads))
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def run():
@@ -320,7 +322,9 @@ def workloads(accel: bool, quick: bool) -> dict[str, list[dict]]:
         llama = [dict(shape="SmolLM2-135M", batch=b, seq=s, mode=m) for m in ("forward", "train")
                  for s in seqs for b in (1, 4)]
         jmlr = [dict(batch=1, shape="SmolLM2-135M")]
-    attn = [dict(seq=L) for L in ((8192,) if quick else (8192, 16384))]
+    # 32/8 heads at long context (S2's case); SmolLM2's 9/3 at 2048, the CPU train rows' length (x 30 layers)
+    attn = [dict(seq=L, heads="32/8") for L in ((8192,) if quick else (8192, 16384))]
+    attn += [] if accel or quick else [dict(seq=2048, heads="9/3")]
     return {"llama": llama, "attention": attn, "jmlr": [] if quick and not accel else jmlr}
 
 
@@ -336,6 +340,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--mode", default="train")
     ap.add_argument("--s2", type=int, default=0)
+    ap.add_argument("--heads", default="32/8")
     ap.add_argument("--remat", default="none")
     ap.add_argument("--impl", default="auto")
     ap.add_argument("--compact", type=lambda s: s == "True", default=True)
@@ -377,16 +382,16 @@ def main() -> None:
             print(f"| {name} | {w['mode']} | {w['batch']} x {w['seq']} | {js_} | {ts_} | {ratio} | {util} | "
                   f"{fmt_mem(j)} | {fmt_mem(t)} |", flush=True)
     if "attention" in only:
-        print("\nattention fwd+bwd alone, 32 query / 8 KV heads, head_dim 64, batch 1 (S2: G = L/4)\n\n"
-              "| L | jax dense ms | jax S2 ms | S2 / dense | torch SDPA dense ms | jax dense time / torch | jax dense GiB | "
-              "jax S2 GiB |\n|---|---|---|---|---|---|---|---|", flush=True)
+        print("\nattention fwd+bwd alone, head_dim 64, batch 1 (S2: G = L/4)\n\n"
+              "| query / KV heads | L | jax dense ms | jax S2 ms | S2 / dense | torch SDPA dense ms | jax dense time / torch "
+              "| jax dense GiB | jax S2 GiB |\n|---|---|---|---|---|---|---|---|---|", flush=True)
         for w in W["attention"]:
             d = child(run="jax_attention", reps=reps, **w)
             s = child(run="jax_attention", reps=reps, s2=w["seq"] // 4, **w)
             t = child(run="torch_attention", reps=reps, **w)
             ms = lambda r: f"{r['seconds'] * 1e3:.0f}" if "seconds" in r else r.get("error", "-")  # noqa: E731
             rat = lambda a, b: f"{a['seconds'] / b['seconds']:.2f}" if "seconds" in a and "seconds" in b else "-"  # noqa: E731
-            print(f"| {w['seq']} | {ms(d)} | {ms(s)} | {rat(s, d)} | {ms(t)} | {rat(d, t)} | {fmt_mem(d)} | "
+            print(f"| {w['heads']} | {w['seq']} | {ms(d)} | {ms(s)} | {rat(s, d)} | {ms(t)} | {rat(d, t)} | {fmt_mem(d)} | "
                   f"{fmt_mem(s)} |", flush=True)
     if "jmlr" in only and W["jmlr"]:
         print("\nfused JMLR train step, C=30 / S=10 / K=7, doc 128 / question 192 / answer 32 tokens\n\n"

@@ -57,12 +57,19 @@ def minilm():
 
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_code():
-    """Compiled executables of earlier modules are not reused later: freeing them keeps the suite's memory flat."""
+    """Compiled executables of earlier modules are not reused later: freeing them keeps the suite's memory flat.
+    glibc keeps freed heap pages mapped (XLA's compiler threads fragment it: GBs after a training test), so they
+    are handed back to the OS as well."""
     yield
+    import ctypes
+    import ctypes.util
     import gc
 
     jax.clear_caches()
     gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc only
+        ctypes.CDLL(libc).malloc_trim(0)
 
 
 @pytest.fixture(autouse=True)

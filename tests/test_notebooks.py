@@ -29,6 +29,9 @@ def _run(path: str, settings: dict, tmp_path, monkeypatch) -> nbformat.NotebookN
     for var in ("IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))  # kernel state out of HOME (STACK.md gotcha 12)
     monkeypatch.setenv("JMLR_NOTEBOOK", json.dumps(settings))
+    # The kernel sees the machine as a user's does (one CPU device), not the suite's 8 forced host devices, on
+    # which the default mesh would replicate the run eight times.
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
     return nb

@@ -38,7 +38,10 @@ def bindings(llm, corpus, workdir, **extra):
          "RetrieverConfig.doc_maxlen": "48", "RetrieverConfig.query_maxlen": "16",
          "JMLRConfig.num_candidates": "4", "JMLRConfig.num_sampled": "3", "JMLRConfig.num_docs": "2",
          "Budgets.doc": "24", "Budgets.question": "48", "Budgets.answer": "8",
-         "OptimConfig.llm_lr": "1e-3", "OptimConfig.retriever_lr": "1e-3"}
+         "OptimConfig.llm_lr": "1e-3", "OptimConfig.retriever_lr": "1e-3",
+         # One device: on the 8 forced host devices the default mesh would replicate the state and the batch of 2
+         # eight times (8x the memory and compute). test_eight_devices_match_one covers the multi-device mesh.
+         "RunConfig.mesh_shape": "(1, 1, 1)"}
     b.update(extra)
     return [f"{k} = {v}" for k, v in b.items()]
 
