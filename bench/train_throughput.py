@@ -387,7 +387,7 @@ def main() -> None:
               "| jax dense GiB | jax S2 GiB |\n|---|---|---|---|---|---|---|---|---|", flush=True)
         for w in W["attention"]:
             d = child(run="jax_attention", reps=reps, **w)
-            even = int(w["heads"].split("/")[0]) % 2 == 0  # S2 splits the heads in two halves
+            even = _attn_shapes(w["seq"], w["heads"])[0][2] % 2 == 0  # S2 splits the query heads in two halves
             s = child(run="jax_attention", reps=reps, s2=w["seq"] // 4, **w) if even else {}
             t = child(run="torch_attention", reps=reps, **w)
             ms = lambda r: f"{r['seconds'] * 1e3:.0f}" if "seconds" in r else r.get("error", "-")  # noqa: E731

@@ -191,8 +191,8 @@ def sweep_table(results: dict) -> str:
              "| train agreement (last 50 steps) | s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in sw["rows"]:
-        lines.append(f"| {r.get('stage', 1)} | {r['rank_loss']} | {r['retriever_lr']:g} | {r.get('num_sampled', '-')} "
-                     f"| {r.get('epochs', '-')} | {r['dev_recall@1']:.3f} | {r['dev_recall@7']:.3f} "
+        lines.append(f"| {r['stage']} | {r['rank_loss']} | {r['retriever_lr']:g} | {r['num_sampled']} | {r['epochs']} "
+                     f"| {r['dev_recall@1']:.3f} | {r['dev_recall@7']:.3f} "
                      f"| {r['train_agreement_last50']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
