@@ -9,7 +9,9 @@ Workloads (random init; timing does not depend on weights or text):
   llama     train step (fwd + bwd + AdamW) and forward of a Llama shape at batch x length; jmlr_jax with the
             platform's default precision (CPU fp32; GPU/TPU bf16 compute, fp32 master weights), chunked
             cross-entropy; transformers LlamaForCausalLM with SDPA attention (bf16 autocast on GPU), AdamW.
-            CPU: SmolLM2-135M at 512 and 2048. GPU: SmolLM2-135M at 16 x 2048, the 1B shape at 8 x 2048.
+            CPU: SmolLM2-135M at 512 and 2048, and train rows at 2048 with bf16 compute on both sides (jax bf16
+            activations / matmuls with fp32 weights, torch bf16 autocast).
+            GPU: SmolLM2-135M at 16 x 2048, the 1B shape at 8 x 2048.
   attention causal self-attention fwd + bwd alone, head_dim 64, batch 1: the 1B head shape (32 query / 8 KV
             heads) at 8k and 16k, and on CPU SmolLM2's (9 / 3) at 2048 (one layer of the CPU train rows):
             jmlr_jax dense and S2-Attn (G = L/4) vs torch SDPA dense.
@@ -18,9 +20,10 @@ Workloads (random init; timing does not depend on weights or text):
             oracle. CPU: SmolLM2-135M + MiniLM-shape ColBERT, batch 1. GPU: Llama-2-7B shape with LoRA r=128
             on all projections, bf16, batch 4 and 8.
 Utilisation = model FLOPs (6N per trained token + causal attention; forward 2N) / the matmul peak measured
-at the start of the run (CPU fp32 2048^3; accelerators bf16 8192^3). Memory: accelerators report the peak
-bytes in use; on CPU, XLA's compiled buffer sizes (arguments + temporaries) for JAX and the process's peak
-RSS for PyTorch (different measures: compare each framework with itself across rows).
+at the start of the run (CPU fp32 2048^3, and bf16 -> fp32 for the CPU bf16 rows; accelerators bf16 8192^3).
+Memory: accelerators report the peak bytes in use; on CPU, XLA's compiled buffer sizes (arguments +
+temporaries) for JAX and the process's peak RSS for PyTorch (different measures: compare each framework with
+itself across rows).
 """
 from __future__ import annotations
 
@@ -89,10 +92,14 @@ def peak(_args) -> dict:
     import jax.numpy as jnp
 
     n, dtype = (8192, jnp.bfloat16) if _accel() else (2048, jnp.float32)
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
-    f = jax.jit(lambda x: x @ x)
-    return {"flops": 2 * n**3 / timeit(lambda: f(a).block_until_ready(), 10), "dtype": jnp.dtype(dtype).name,
-            "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+
+    def rate(dt):
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dt)
+        return 2 * n**3 / timeit(lambda: f(a).block_until_ready(), 10)
+
+    return {"flops": rate(dtype), "bf16_flops": rate(jnp.bfloat16) if dtype != jnp.bfloat16 else None,
+            "dtype": jnp.dtype(dtype).name, "device": jax.devices()[0].device_kind, "jax": jax.__version__}
 
 
 def jax_llama(args) -> dict:
@@ -104,7 +111,7 @@ def jax_llama(args) -> dict:
     from jmlr_jax.models.llama import init_params
     from jmlr_jax.train.losses import chunked_cross_entropy, output_kernel
 
-    cfg = LlamaConfig(**SHAPES[args.shape], remat_policy=args.remat, s2_group_size=args.s2)
+    cfg = LlamaConfig(**SHAPES[args.shape], remat_policy=args.remat, s2_group_size=args.s2, dtype=args.dtype)
     params = init_params(cfg, jax.random.PRNGKey(0))
     tokens = jax.random.randint(jax.random.PRNGKey(1), (args.batch, args.seq), 0, cfg.vocab_size)
     model = Llama(cfg)
@@ -163,7 +170,7 @@ def torch_llama(args) -> dict:
     model = transformers.LlamaForCausalLM(hf).to(dev)
     model.config.use_cache = False
     tokens = torch.randint(0, hf.vocab_size, (args.batch, args.seq), device=dev)
-    autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda")
+    autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda" or args.dtype == "bfloat16")
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     if args.mode == "forward":
         model.eval()
@@ -321,6 +328,8 @@ def workloads(accel: bool, quick: bool) -> dict[str, list[dict]]:
         seqs = (512,) if quick else (512, 2048)
         llama = [dict(shape="SmolLM2-135M", batch=b, seq=s, mode=m) for m in ("forward", "train")
                  for s in seqs for b in (1, 4)]
+        # bf16 compute on both sides (jax: bf16 activations / matmuls, fp32 weights; torch: bf16 autocast)
+        llama += [] if quick else [dict(shape="SmolLM2-135M", batch=b, seq=2048, dtype="bfloat16") for b in (1, 4)]
         jmlr = [dict(batch=1, shape="SmolLM2-135M")]
     # 32/8 heads at long context (S2's case); SmolLM2's 9/3 at 2048, the CPU train rows' length (x 30 layers)
     attn = [dict(seq=L, heads="32/8") for L in ((8192,) if quick else (8192, 16384))]
@@ -345,6 +354,7 @@ def main() -> None:
     ap.add_argument("--impl", default="auto")
     ap.add_argument("--compact", type=lambda s: s == "True", default=True)
     ap.add_argument("--lora", type=int, default=0)
+    ap.add_argument("--dtype", default="auto")  # llama rows: "bfloat16" = jax bf16 compute, torch bf16 autocast
     args = ap.parse_args()
     if args.child:
         print(json.dumps(RUNNERS[args.run](args)))
@@ -361,14 +371,16 @@ def main() -> None:
     W = workloads(accel, args.quick)
     print(f"device: {pk['device']} ({os.cpu_count()} host cores); jax {jax.__version__}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}; measured {pk['dtype']} matmul peak {pk['flops'] / 1e12:.2f} "
-          f"TFLOP/s; one run, {reps} timed repetitions after a warm-up (fastest shown)\n", flush=True)
+          f"TFLOP/s" + (f" (bf16 -> fp32: {pk['bf16_flops'] / 1e12:.2f}, the bf16 rows' peak)"
+                        if pk.get("bf16_flops") else "")
+          + f"; one run, {reps} timed repetitions after a warm-up (fastest shown)\n", flush=True)
     fmt_mem = lambda r: f"{r['mem_gib']:.2f}" if "mem_gib" in r else "-"  # noqa: E731
 
     if "llama" in only:
-        print("| model | pass | batch x seq | jmlr_jax tok/s | transformers tok/s | jax / torch | jax of peak | "
-              "jax GiB | torch GiB |\n|---|---|---|---|---|---|---|---|---|", flush=True)
+        print("| model | pass | precision | batch x seq | jmlr_jax tok/s | transformers tok/s | jax / torch | jax of peak | "
+              "jax GiB | torch GiB |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for w in W["llama"]:
-            w = dict(dict(mode="train", s2=0), **w)
+            w = dict(dict(mode="train", s2=0, dtype="auto"), **w)
             j = child(run="jax_llama", reps=reps, **w)
             t = child(run="torch_llama", reps=reps, **{k: v for k, v in w.items() if k != "s2"}) \
                 if not w["s2"] else {}
@@ -377,9 +389,11 @@ def main() -> None:
             js_ = f"{tokens / j['seconds']:.0f}" if "seconds" in j else j.get("error", "-")
             ts_ = f"{tokens / t['seconds']:.0f}" if "seconds" in t else t.get("error", "-")
             ratio = f"{t['seconds'] / j['seconds']:.2f}x" if "seconds" in j and "seconds" in t else "-"
-            util = (f"{flops_per_token(SHAPES[w['shape']], w['seq'], w['mode'] == 'train') * tokens / j['seconds'] / pk['flops']:.0%}"
+            peak_w = pk["bf16_flops"] if w["dtype"] == "bfloat16" and pk.get("bf16_flops") else pk["flops"]
+            util = (f"{flops_per_token(SHAPES[w['shape']], w['seq'], w['mode'] == 'train') * tokens / j['seconds'] / peak_w:.0%}"
                     if "seconds" in j else "-")
-            print(f"| {name} | {w['mode']} | {w['batch']} x {w['seq']} | {js_} | {ts_} | {ratio} | {util} | "
+            prec = "bf16" if accel or w["dtype"] == "bfloat16" else "fp32"
+            print(f"| {name} | {w['mode']} | {prec} | {w['batch']} x {w['seq']} | {js_} | {ts_} | {ratio} | {util} | "
                   f"{fmt_mem(j)} | {fmt_mem(t)} |", flush=True)
     if "attention" in only:
         print("\nattention fwd+bwd alone, head_dim 64, batch 1 (S2: G = L/4)\n\n"

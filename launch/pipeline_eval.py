@@ -1,9 +1,10 @@
 """Evaluate a seed pipeline's base model and every finished stage: python launch/pipeline_eval.py
 --gin_file=pipelines/qilin_med.gin [--gin.StageEvalConfig.medquad_questions=50]
 
-Writes <workdir>/eval/<model>.json as each model finishes (a rerun skips those) and <workdir>/eval/table.md.
+Writes <workdir>/eval/<model>.json as each model finishes (`train.stages.evaluate_pipeline`: a rerun skips those,
+evaluates a retrained stage again, and rescores only the preference pairs when their kind or number changed) and
+<workdir>/eval/table.md.
 """
-import json
 import os
 import sys
 
@@ -11,10 +12,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 os.environ.setdefault("GLOG_minloglevel", "1")
 
 from jmlr_jax import config  # noqa: E402
-from jmlr_jax.convert import load_preset  # noqa: E402
 from jmlr_jax.data.lm_data import LMDataConfig  # noqa: E402
 from jmlr_jax.data.splits import DataConfig  # noqa: E402
-from jmlr_jax.eval.stage_eval import StageEvalConfig, evaluate_model, held_medquad, text_scores  # noqa: E402
+from jmlr_jax.eval.stage_eval import StageEvalConfig  # noqa: E402
 from jmlr_jax.train import stages  # noqa: E402
 
 
@@ -32,7 +32,8 @@ def table(results: list[dict]) -> str:
     r0 = results[0]
     lines += ["", f"Held-out text: {r0['perplexity']['documents']} documents ({r0['perplexity']['tokens']} target "
                   f"tokens); MedQuAD: {r0['medquad']['n']} questions of held-out focuses, greedy, "
-                  f"{StageEvalConfig().max_new_tokens} new tokens; pairs: {r0['pairs']['n']} held-out MedMCQA pairs; "
+                  f"{StageEvalConfig().max_new_tokens} new tokens; pairs: {r0['pairs']['n']} held-out MedMCQA pairs "
+                  f"({stages.PAIR_TEXT[r0['pairs'].get('kind', 'options')]}); "
                   "MCQ: option log-likelihood, fixed samples, accuracy ± standard error. BLEU-1 with its brevity "
                   "penalty (answers cut at the token budget, references hundreds of words): "
                   + ", ".join(f"{r['model']} {r['medquad']['bleu1']:.2g}" for r in results) + "."]
@@ -41,34 +42,8 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     pipe, data, lm, ecfg = stages.PipelineConfig(), DataConfig(), LMDataConfig(), StageEvalConfig()
-    out_dir = os.path.join(pipe.workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    models = [("base", pipe.llm, None, 0.1)]
-    for i, s in enumerate(pipe.stages):
-        if os.path.isfile(os.path.join(pipe.stage_dir(i), "done.json")):
-            ref = models[-1][1] if s.kind == "dpo" else None
-            models.append((s.name, os.path.join(pipe.stage_dir(i), "final"), ref, s.dpo_beta))
-    results = []
-    for name, path, ref, beta in models:
-        dest = os.path.join(out_dir, f"{name}.json")
-        if not os.path.isfile(dest):
-            cfg, params, tok = load_preset(path, **dict(pipe.llm_overrides))
-            reference = load_preset(ref, **dict(pipe.llm_overrides))[1] if ref else None
-            r = dict(evaluate_model(name, cfg, params, tok, data, lm, ecfg, reference, beta), path=path, reference=ref)
-            with open(dest + ".tmp", "w") as f:
-                json.dump(r, f, indent=1)
-            os.replace(dest + ".tmp", dest)
-            print(f"{name}: done", flush=True)
-        with open(dest) as f:
-            r = json.load(f)
-        if "bleu1_precision" not in r["medquad"]:  # written before the precision was stored: rescore its outputs
-            refs = {q.id: q.answer for q in held_medquad(data, lm)}
-            preds = r["medquad"]["predictions"]
-            r["medquad"] = dict(text_scores([p["output"] for p in preds], [refs[p["id"]] for p in preds]),
-                                predictions=preds)
-        results.append(r)
-    text = table(results)
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
+    text = table(stages.evaluate_pipeline(pipe, data, lm, ecfg))
+    with open(os.path.join(pipe.workdir, "eval", "table.md"), "w") as f:
         f.write(text + "\n")
     print(text)
 

@@ -12,8 +12,10 @@ training half (question + abstract -> long answer + decision), MedQuAD training 
 Templates: PMC-LLaMA's (Alpaca-style "### Instruction / ### Input / ### Response") or the model's chat template
 (ChatML, as SmolLM2's GGUF carries it).
 
-DPO pairs (stated honestly): MedMCQA training questions; chosen = the gold option, rejected = a wrong option
-(picked by a hash of the id), both written the same way ("The answer is C. text").
+DPO pairs (stated honestly), MedMCQA training questions, two kinds: "options": chosen = the gold option, rejected
+= a wrong option (picked by a hash of the id), both written the same way ("The answer is C. text");
+"generated": chosen = the gold answer with its explanation (the SFT response), rejected = the starting model's
+own greedy answer to the question, kept only when the letter it gives is not the gold one (`generated_pairs`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
-from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
+from jmlr_jax.data.sources import LETTERS, QARecord, jsonl_objects, read_qa
 from jmlr_jax.data.splits import DataConfig, heldout_bucket, pubmedqa_test_ids, split_medmcqa, split_pubmedqa
 from jmlr_jax.errors import InputError
 from jmlr_jax.parallel import host_rows
@@ -85,21 +87,14 @@ def read_medquad_qa(path: str) -> list[MedQuADRecord]:
     """MedQuAD question-answer pairs with their focus (JSONL: id, question, answer, focus or question_focus;
     without a focus, the source document's id stands in)."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-            # a few real records have no focus: their source document (the id before "-") stands in for it
-            focus = (r.get("focus") or r.get("question_focus") or "").strip() or f"doc:{str(r.get('id', n)).split('-')[0]}"
-            missing = [k for k, v in (("question", r.get("question")), ("answer", r.get("answer")))
-                       if not isinstance(v, str) or not v.strip()]
-            if missing:
-                raise InputError(f"{path}:{n}: MedQuAD record lacks non-empty {', '.join(missing)}")
-            out.append(MedQuADRecord(str(r.get("id", n)), focus, r["question"].strip(), r["answer"].strip()))
+    for n, where, r in jsonl_objects(path):
+        # a few real records have no focus: their source document (the id before "-") stands in for it
+        focus = (r.get("focus") or r.get("question_focus") or "").strip() or f"doc:{str(r.get('id', n)).split('-')[0]}"
+        missing = [k for k, v in (("question", r.get("question")), ("answer", r.get("answer")))
+                   if not isinstance(v, str) or not v.strip()]
+        if missing:
+            raise InputError(f"{where}: MedQuAD record lacks non-empty {', '.join(missing)}")
+        out.append(MedQuADRecord(str(r.get("id", n)), focus, r["question"].strip(), r["answer"].strip()))
     return out
 
 
@@ -118,13 +113,21 @@ MCQ_INSTRUCTION = "Answer the multiple-choice medical question and explain the a
 PQA_INSTRUCTION = "Answer the biomedical research question from the abstract, then give a yes / no / maybe decision."
 
 
+def mcq_request(r: QARecord) -> tuple[str, str]:
+    """(instruction, input) of a multiple-choice question, as SFT and DPO records ask it."""
+    return MCQ_INSTRUCTION, _mcq_input(r)
+
+
+def mcq_response(r: QARecord) -> str:
+    """The gold answer with its explanation, as SFT teaches it (and generated DPO pairs prefer it)."""
+    return f"The answer is {r.answer_letter}. {r.answer_text}" + (f"\nExplanation: {r.rationale}" if r.rationale else "")
+
+
 def sft_records(data: DataConfig, cfg: LMDataConfig) -> list[SFTRecord]:
     """MedMCQA + PubMedQA training halves + MedQuAD training focuses, interleaved by a hash of the id."""
     d = data.require_dir()
     train_mcq, _ = split_medmcqa(read_qa("medmcqa", os.path.join(d, "medmcqa", "dev.jsonl")), data.heldout_fraction)
-    out = [SFTRecord(f"medmcqa/{r.id}", MCQ_INSTRUCTION, _mcq_input(r), f"The answer is {r.answer_letter}. "
-                     f"{r.answer_text}" + (f"\nExplanation: {r.rationale}" if r.rationale else ""))
-           for r in train_mcq]
+    out = [SFTRecord(f"medmcqa/{r.id}", *mcq_request(r), mcq_response(r)) for r in train_mcq]
     if cfg.pubmedqa:
         path = resolve_path(cfg.pubmedqa, d)
         test = pubmedqa_test_ids(os.path.join(d, "pubmedqa", "test_ground_truth.json"))
@@ -146,17 +149,57 @@ def preference_pairs(records: Sequence[QARecord]) -> list[PreferencePair]:
             continue
         h = int(hashlib.sha1(r.id.encode()).hexdigest()[:8], 16)
         wrong = [i for i in range(len(r.options)) if i != r.answer_idx][h % (len(r.options) - 1)]
-        out.append(PreferencePair(r.id, MCQ_INSTRUCTION, _mcq_input(r), f"The answer is {r.answer_letter}. {r.answer_text}",
+        out.append(PreferencePair(r.id, *mcq_request(r), f"The answer is {r.answer_letter}. {r.answer_text}",
                                   f"The answer is {LETTERS[wrong]}. {r.options[wrong]}"))
     return out
 
 
+PAIR_KINDS = ("options", "generated")
+
+
+def generated_pairs(records: Sequence[QARecord], outputs: Sequence[str]) -> list[PreferencePair]:
+    """Gold answer with explanation (chosen) vs the model's own answer (rejected), for the questions whose answer
+    names a letter other than the gold one or none at all (`eval.parse.parse_choice`); empty answers are dropped."""
+    from jmlr_jax.eval.parse import parse_choice  # here: jmlr_jax.eval imports the data modules
+
+    if len(records) != len(outputs):
+        raise ValueError(f"{len(records)} questions but {len(outputs)} answers")
+    return [PreferencePair(r.id, *mcq_request(r), mcq_response(r), out)
+            for r, out in zip(records, outputs)
+            if r.answer_idx >= 0 and out.strip() and parse_choice(out, r.options) != r.answer_idx]
+
+
+def medmcqa_questions(data: DataConfig, heldout: bool = False) -> list[QARecord]:
+    """MedMCQA's training part (heldout=True: its held-out part), in file order."""
+    train, held = split_medmcqa(read_qa("medmcqa", os.path.join(data.require_dir(), "medmcqa", "dev.jsonl")),
+                                data.heldout_fraction)
+    return held if heldout else train
+
+
 def dpo_pairs(data: DataConfig, cfg: LMDataConfig, heldout: bool = False) -> list[PreferencePair]:
-    """Pairs from MedMCQA's training part (heldout=True: its held-out part, for evaluation)."""
-    d = data.require_dir()
-    train, held = split_medmcqa(read_qa("medmcqa", os.path.join(d, "medmcqa", "dev.jsonl")), data.heldout_fraction)
-    pairs = preference_pairs(held if heldout else train)
+    """Pairs of kind "options" from MedMCQA's training part (heldout=True: its held-out part, for evaluation)."""
+    pairs = preference_pairs(medmcqa_questions(data, heldout))
     return pairs[: cfg.max_records] if cfg.max_records else pairs
+
+
+def save_pairs(path: str, pairs: Sequence[PreferencePair]) -> None:
+    """Preference pairs as JSONL (written whole, then renamed: a crash never leaves half a file)."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for p in pairs:
+            f.write(json.dumps(dataclasses.asdict(p)) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def load_pairs(path: str) -> list[PreferencePair]:
+    """Preference pairs from JSONL (id, instruction, input, chosen, rejected per line)."""
+    fields = [f.name for f in dataclasses.fields(PreferencePair)]
+    out = []
+    for _, where, r in jsonl_objects(path):
+        bad = [k for k in fields if not isinstance(r.get(k), str)]
+        if bad:
+            raise InputError(f"{where}: preference pair lacks {', '.join(bad)}")
+        out.append(PreferencePair(*(r[k] for k in fields)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- templates

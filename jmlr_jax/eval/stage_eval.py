@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Sequence
 
 import gin
@@ -55,22 +56,46 @@ def heldout_perplexity(cfg: LlamaConfig, params, tok: Tokenizer, texts: Sequence
     return {"perplexity": math.exp(total / n), "nll": total / n, "tokens": int(n), "documents": len(texts)}
 
 
-def generation_scores(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig,
-                      records: Sequence[lm_data.MedQuADRecord], max_new_tokens: int = 64, batch_size: int = 8) -> dict:
-    """Greedy answers (KV cache) to MedQuAD questions in the stage's template; BLEU-1, ROUGE-1/L F1 vs the answers."""
-    if not records:
-        raise InputError("no MedQuAD questions to answer (no held-out focus in this data?)")
-
+def greedy_answers(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig,
+                   requests: Sequence[tuple[str, str]], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
+    """Greedy responses (KV cache) to (instruction, input) requests in the configured template."""
     bos = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
     eos = tuple(lm_data.response_end(lm, tok))
     outputs = []
-    for i in range(0, len(records), batch_size):
-        prompts = [bos + tok.encode(lm_data.render_prompt(lm, r.question, ""))[-(lm.seq_len - max_new_tokens):]
-                   for r in records[i: i + batch_size]]
+    for i in range(0, len(requests), batch_size):
+        prompts = [bos + tok.encode(lm_data.render_prompt(lm, ins, inp))[-(lm.seq_len - max_new_tokens):]
+                   for ins, inp in requests[i: i + batch_size]]
         outputs += [tok.decode(ids).strip() for ids in
                     generate_ids(cfg, params, prompts, SamplingConfig(max_new_tokens, eos_ids=eos), pad_multiple=64)]
+    return outputs
+
+
+def generation_scores(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig,
+                      records: Sequence[lm_data.MedQuADRecord], max_new_tokens: int = 64, batch_size: int = 8) -> dict:
+    """Greedy answers to MedQuAD questions in the stage's template; BLEU-1, ROUGE-1/L F1 vs the answers."""
+    if not records:
+        raise InputError("no MedQuAD questions to answer (no held-out focus in this data?)")
+    outputs = greedy_answers(cfg, params, tok, lm, [(r.question, "") for r in records], max_new_tokens, batch_size)
     return dict(text_scores(outputs, [r.answer for r in records]),
                 predictions=[{"id": r.id, "output": o} for r, o in zip(records, outputs)])
+
+
+def model_pairs(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig, records, path: str,
+                max_new_tokens: int = 96, batch_size: int = 8) -> list[lm_data.PreferencePair]:
+    """Preference pairs of kind "generated": the model answers the MedMCQA questions greedily and every wrong
+    answer becomes the rejected side against the gold explanation (`lm_data.generated_pairs`). Written to `path`
+    (JSONL) once; a rerun or a resumed stage reads the same pairs back."""
+    if os.path.isfile(path):
+        return lm_data.load_pairs(path)
+    if not records:
+        raise InputError("no MedMCQA questions to build preference pairs from")
+    outputs = greedy_answers(cfg, params, tok, lm, [lm_data.mcq_request(r) for r in records], max_new_tokens,
+                             batch_size)
+    pairs = lm_data.generated_pairs(records, outputs)
+    if not pairs:
+        raise InputError(f"the model answered all {len(records)} questions correctly: no generated pairs")
+    lm_data.save_pairs(path, pairs)
+    return pairs
 
 
 def text_scores(outputs: Sequence[str], refs: Sequence[str]) -> dict:
@@ -125,7 +150,7 @@ class StageEvalConfig:
     text_docs: int = 100  # held-out documents for perplexity
     medquad_questions: int = 50  # held-out MedQuAD questions for generation
     max_new_tokens: int = 64
-    pairs: int = 100  # held-out preference pairs
+    pairs: int = 100  # held-out MedMCQA questions made into preference pairs ("generated": its wrong answers only)
     mcq_per_set: int = 100  # MCQ sample per set (fixed by id hash); 0 = none
     mcq_sets: tuple[str, ...] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout")
     batch_size: int = 8
@@ -137,9 +162,29 @@ def held_medquad(data: DataConfig, lm: lm_data.LMDataConfig) -> list[lm_data.Med
                                  lm.medquad_heldout_fraction)[1]
 
 
+def heldout_pairs(kind: str, data: DataConfig, lm: lm_data.LMDataConfig, n: int, model=None,
+                  path: str = "") -> list[lm_data.PreferencePair]:
+    """Held-out MedMCQA preference pairs of a kind: "options" (the first n), or "generated": `model` (cfg, params,
+    tokenizer; the DPO stage's reference) answers the first n held-out questions, its wrong answers become pairs
+    (cached at `path`)."""
+    if kind == "options":
+        return lm_data.dpo_pairs(data, dataclasses.replace(lm, max_records=0), heldout=True)[:n]
+    cfg, params, tok = model
+    return model_pairs(cfg, params, tok, lm, lm_data.medmcqa_questions(data, heldout=True)[:n], path)
+
+
+def pair_scores(cfg: LlamaConfig, params, reference, tok: Tokenizer, lm: lm_data.LMDataConfig,
+                pairs: Sequence[lm_data.PreferencePair], kind: str, beta: float, batch_size: int) -> dict:
+    """`reward_accuracy` (against `reference`, or the model itself) with the pairs' kind and logp margin."""
+    out = reward_accuracy(cfg, params, params if reference is None else reference, tok, lm, pairs, beta, batch_size)
+    return dict(out, kind=kind, logp_margin=out["logp_chosen"] - out["logp_rejected"])
+
+
 def evaluate_model(name: str, cfg: LlamaConfig, params, tok: Tokenizer, data: DataConfig, lm: lm_data.LMDataConfig,
-                   ecfg: StageEvalConfig, reference=None, beta: float = 0.1) -> dict:
-    """Every per-stage measure for one model (reference: the DPO stage's frozen model, for reward accuracy)."""
+                   ecfg: StageEvalConfig, reference=None, beta: float = 0.1,
+                   pairs: tuple[str, Sequence[lm_data.PreferencePair]] | None = None) -> dict:
+    """Every per-stage measure for one model (reference: the DPO stage's frozen model, for reward accuracy;
+    pairs: (kind, held-out pairs), by default the first `ecfg.pairs` of kind "options")."""
     from jmlr_jax.data.templates import Budgets, PromptTemplate
     from jmlr_jax.eval import harness
 
@@ -148,10 +193,8 @@ def evaluate_model(name: str, cfg: LlamaConfig, params, tok: Tokenizer, data: Da
                                                            lm.seq_len, ecfg.batch_size)}
     out["medquad"] = generation_scores(cfg, params, tok, lm, held_medquad(data, lm)[: ecfg.medquad_questions], ecfg.max_new_tokens,
                                        ecfg.batch_size)
-    pairs = lm_data.dpo_pairs(data, dataclasses.replace(lm, max_records=0), heldout=True)[: ecfg.pairs]
-    out["pairs"] = reward_accuracy(cfg, params, params if reference is None else reference, tok, lm, pairs, beta,
-                                   ecfg.batch_size)
-    out["pairs"]["logp_margin"] = out["pairs"]["logp_chosen"] - out["pairs"]["logp_rejected"]
+    kind, pair_list = pairs or ("options", heldout_pairs("options", data, lm, ecfg.pairs))
+    out["pairs"] = pair_scores(cfg, params, reference, tok, lm, pair_list, kind, beta, ecfg.batch_size)
     if ecfg.mcq_per_set:
         sets = harness.eval_sets(data, ecfg.mcq_sets, max_per_set=ecfg.mcq_per_set)
         preds = harness.evaluate(sets, cfg, params, tok, harness.EvalConfig(batch_size=ecfg.batch_size),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 
@@ -28,6 +29,7 @@ from jmlr_jax.convert.hf import save_hf_llama
 from jmlr_jax.data import lm_data
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.errors import InputError
+from jmlr_jax.eval import stage_eval
 from jmlr_jax.experiment import RunConfig
 from jmlr_jax.models import llama as llama_lib
 from jmlr_jax.tokenizers import save_tokenizer
@@ -51,10 +53,16 @@ class StageConfig:
     lora_rank: int = 0  # 0 = full fine-tuning
     lora_alpha: float = 16.0
     dpo_beta: float = 0.1
+    # DPO pairs (lm_data): "options" (gold vs a wrong option, same wording) or "generated" (gold explanation vs the
+    # starting model's own wrong greedy answer to the first `pair_questions` MedMCQA training questions)
+    pairs: str = "options"
+    pair_questions: int = 200
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"StageConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.pairs not in lm_data.PAIR_KINDS:
+            raise ValueError(f"StageConfig.pairs must be one of {lm_data.PAIR_KINDS}, got {self.pairs!r}")
 
 
 @gin.configurable
@@ -128,7 +136,7 @@ class StageTrainer(StepLoop):
         ref = jax.device_put(llm_params, param_sh["llm"]) if stage.kind == "dpo" else None
         data_state, _ = self.init_or_restore(params, self.tx, run.seed, self.state_sh)
         del params, llm_params
-        self.data_iter = iter(self._dataset(data, lm))
+        self.data_iter = iter(self._dataset(data, lm, ref))
         if data_state is not None:
             self.data_iter.set_state(data_state)
         step = jax.jit(functools.partial(lm_train_step, models=LMStepConfigs(self.llm_cfg, self.lora, stage.dpo_beta),
@@ -136,7 +144,7 @@ class StageTrainer(StepLoop):
         self.step_fn = (lambda s, b: step(s, b, ref)) if ref is not None else step
         self.n_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state["params"]["llm"]))
 
-    def _dataset(self, data: DataConfig, lm: lm_data.LMDataConfig):
+    def _dataset(self, data: DataConfig, lm: lm_data.LMDataConfig, start_params=None):
         kind, run = self.stage.kind, self.run_cfg
         if kind == "cpt":
             train, _ = lm_data.cpt_documents(data, lm)
@@ -145,8 +153,16 @@ class StageTrainer(StepLoop):
         if kind == "sft":
             ex = _Examples(lm_data.sft_records(data, lm), functools.partial(lm_data.sft_example, self.tok, lm), "SFT")
         else:
-            ex = _Examples(lm_data.dpo_pairs(data, lm), functools.partial(lm_data.dpo_example, self.tok, lm), "DPO")
+            ex = _Examples(self._pairs(data, lm, start_params), functools.partial(lm_data.dpo_example, self.tok, lm),
+                           "DPO")
         return lm_data.example_dataset(ex, run.batch_size, run.seed, shard=parallel.host_shard())
+
+    def _pairs(self, data: DataConfig, lm: lm_data.LMDataConfig, start_params) -> list[lm_data.PreferencePair]:
+        if self.stage.pairs == "options":
+            return lm_data.dpo_pairs(data, lm)
+        questions = lm_data.medmcqa_questions(data)[: self.stage.pair_questions]
+        return stage_eval.model_pairs(self.llm_cfg, start_params, self.tok, lm, questions,
+                           os.path.join(self.run_cfg.workdir, "pairs.jsonl"))
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
         tokens = int(sum(np.sum(v > 0) for k, v in batch.items() if k.endswith("segment_ids")))
@@ -175,8 +191,13 @@ def check_stage_dir(workdir: str, stage: StageConfig, init: str, data: DataConfi
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
-        diff = [f"{sec}.{k}: run has {saved.get(sec, {}).get(k)!r}, given {v!r}" for sec in ("stage", "data", "lm_data")
-                for k, v in cur[sec].items() if saved.get(sec, {}).get(k) != v and k != "num_steps"]
+        # a field added after the run was saved counts as its default there
+        default = {sec: {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(cls)
+                         if f.default is not dataclasses.MISSING}
+                   for sec, cls in (("stage", StageConfig), ("data", DataConfig), ("lm_data", lm_data.LMDataConfig))}
+        was = lambda sec, k: saved.get(sec, {}).get(k, default[sec].get(k))  # noqa: E731
+        diff = [f"{sec}.{k}: run has {was(sec, k)!r}, given {v!r}" for sec in ("stage", "data", "lm_data")
+                for k, v in cur[sec].items() if was(sec, k) != v and k != "num_steps"]
         if saved.get("init") != cur["init"]:
             diff.append(f"init: run has {saved.get('init')!r}, given {cur['init']!r}")
         if diff:
@@ -239,3 +260,79 @@ def run_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfi
         if "stopped_at" in out[-1]:
             break
     return out
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+PAIR_TEXT = {"options": "gold option vs a wrong option, same wording",
+             "generated": "gold answer with explanation vs the SFT model's own wrong greedy answer"}
+
+
+def pipeline_pairs(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfig, n: int) -> tuple[str, list]:
+    """(kind, held-out pairs) of the kind the pipeline's DPO stage trains on: "options" when it has none, or
+    while a "generated" stage's reference model (the stage before it) has not finished."""
+    dpo = [i for i, s in enumerate(pipe.stages) if s.kind == "dpo"]
+    kind = pipe.stages[dpo[0]].pairs if dpo else "options"
+    if kind == "options":
+        return kind, stage_eval.heldout_pairs(kind, data, lm, n)
+    try:
+        ref = stage_init(pipe, dpo[0])
+    except InputError as e:
+        print(f"held-out pairs of kind 'options': {e}", flush=True)
+        return "options", stage_eval.heldout_pairs("options", data, lm, n)
+    return kind, stage_eval.heldout_pairs(kind, data, lm, n, load_preset(ref, **dict(pipe.llm_overrides)),
+                                          os.path.join(pipe.stage_dir(dpo[0]), f"pairs_heldout_{n}.jsonl"))
+
+
+def _write_json(path: str, r: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(r, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfig,
+                      ecfg: stage_eval.StageEvalConfig) -> list[dict]:
+    """`stage_eval.evaluate_model` for the base model and every finished stage, each written to
+    <workdir>/eval/<model>.json as it ends. A rerun reads those back; a stage retrained since (another done.json)
+    is evaluated again, and results of other preference pairs (kind or number) get their pairs rescored only."""
+    out_dir = os.path.join(pipe.workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    models = [("base", pipe.llm, None, 0.1, pipe.llm)]
+    for i, s in enumerate(pipe.stages):
+        done = os.path.join(pipe.stage_dir(i), "done.json")
+        if os.path.isfile(done):
+            with open(done, "rb") as f:
+                trained = hashlib.sha1(f.read()).hexdigest()
+            models.append((s.name, os.path.join(pipe.stage_dir(i), "final"), models[-1][1] if s.kind == "dpo" else None,
+                           s.dpo_beta, trained))
+    kind, pairs = pipeline_pairs(pipe, data, lm, ecfg.pairs)
+    load = lambda path: load_preset(path, **dict(pipe.llm_overrides)) if path else (None, None, None)  # noqa: E731
+    results = []
+    for name, path, ref, beta, trained in models:
+        dest = os.path.join(out_dir, f"{name}.json")
+        r = None
+        if os.path.isfile(dest):
+            with open(dest) as f:
+                r = json.load(f)
+            if r.get("trained", trained) != trained:  # results written before this field count as current
+                r = None
+        if r is None:
+            cfg, params, tok = load(path)
+            r = dict(stage_eval.evaluate_model(name, cfg, params, tok, data, lm, ecfg, load(ref)[1], beta,
+                                               (kind, pairs)), path=path, reference=ref, trained=trained)
+            _write_json(dest, r)
+            print(f"{name}: done", flush=True)
+        elif r["pairs"].get("kind", "options") != kind or r["pairs"]["n"] != len(pairs):
+            cfg, params, tok = load(path)
+            r.update(pairs=stage_eval.pair_scores(cfg, params, load(ref)[1], tok, lm, pairs, kind, beta,
+                                                  ecfg.batch_size), trained=trained)
+            _write_json(dest, r)
+            print(f"{name}: pairs rescored", flush=True)
+        if "bleu1_precision" not in r["medquad"]:  # written before the precision was stored: rescore its outputs
+            refs = {q.id: q.answer for q in stage_eval.held_medquad(data, lm)}
+            preds = r["medquad"]["predictions"]
+            r["medquad"] = dict(stage_eval.text_scores([p["output"] for p in preds], [refs[p["id"]] for p in preds]),
+                                predictions=preds)
+            _write_json(dest, r)
+        results.append(r)
+    return results

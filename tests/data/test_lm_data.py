@@ -121,3 +121,26 @@ def test_cpt_hosts_pack_only_their_own_documents():
             assert toks and all((t - 1) % 2 == host for t in toks)  # pieces host, host + 2, ...
     with pytest.raises(ValueError, match="does not split over 3 hosts"):
         lm_data.cpt_dataset(pieces, 16, 4, seed=0, shard=(0, 3))
+
+
+def test_generated_pairs_keep_only_wrong_answers_and_round_trip(tmp_path):
+    recs = [QARecord(f"q{i}", "medmcqa", f"Question {i}?", ("alpha", "beta", "gamma", "delta"), 0,
+                     rationale=f"because {i}") for i in range(4)]
+    outputs = ["The answer is A. alpha", "The answer is C. gamma, since...", "", "I would say it depends."]
+    pairs = lm_data.generated_pairs(recs, outputs)
+    assert [p.id for p in pairs] == ["q1", "q3"]  # right (q0) and empty (q2) answers make no pair
+    for p, r in zip(pairs, (recs[1], recs[3])):
+        assert p.chosen == lm_data.mcq_response(r) == f"The answer is A. alpha\nExplanation: {r.rationale}"
+        assert p.rejected == outputs[int(r.id[1:])] and (p.instruction, p.input) == lm_data.mcq_request(r)
+    path = str(tmp_path / "pairs.jsonl")
+    lm_data.save_pairs(path, pairs)
+    assert lm_data.load_pairs(path) == pairs
+    with open(path, "a") as f:
+        f.write('{"id": "x", "instruction": "I", "input": "", "chosen": "c"}\n')
+    with pytest.raises(InputError, match=r"pairs.jsonl:3: preference pair lacks rejected"):
+        lm_data.load_pairs(path)
+    (tmp_path / "bad.jsonl").write_text('{"id": \n')
+    with pytest.raises(InputError, match=r"bad.jsonl:1: malformed JSON"):
+        lm_data.load_pairs(str(tmp_path / "bad.jsonl"))
+    with pytest.raises(ValueError, match="4 questions but 3 answers"):
+        lm_data.generated_pairs(recs, outputs[:3])

@@ -1,4 +1,5 @@
 """Seed pipelines end to end on a tiny model and slices of the real data: chaining, skipping, resuming, errors."""
+import dataclasses
 import json
 import os
 
@@ -60,7 +61,7 @@ def test_cpt_text_leaves_out_what_evaluation_uses(setup):
         lm_data.cpt_documents(data, lm_data.LMDataConfig(guidelines="", medquad="", pubmedqa=""))
 
 
-def test_stages_chain_skip_and_resume(setup, tmp_path):
+def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch):
     data, lm, llm = setup
     pipe = pipeline(tmp_path / "p", llm)
     with pytest.raises(InputError, match="starts from stage 'cpt', which has not finished"):
@@ -102,6 +103,26 @@ def test_stages_chain_skip_and_resume(setup, tmp_path):
 
     again = stages.run_pipeline(pipe, data, lm)  # everything finished: skipped
     assert all(o.get("skipped") for o in again)
+
+    # the evaluation driver: every model once, then read back; other pairs are rescored alone; a retrained stage
+    # (another done.json) is evaluated again
+    results = stages.evaluate_pipeline(pipe, data, lm, ecfg)
+    assert [r["model"] for r in results] == ["base", "cpt", "sft", "dpo"]
+    assert results[3]["reference"].endswith("2-sft/final")
+    calls = []
+    real_eval, real_pairs = stage_eval.evaluate_model, stage_eval.pair_scores
+    monkeypatch.setattr(stage_eval, "evaluate_model",
+                        lambda name, *a, **k: calls.append(("eval", name)) or real_eval(name, *a, **k))
+    monkeypatch.setattr(stage_eval, "pair_scores", lambda *a, **k: calls.append(("pairs",)) or real_pairs(*a, **k))
+    assert stages.evaluate_pipeline(pipe, data, lm, ecfg) == results and not calls
+    fewer = stages.evaluate_pipeline(pipe, data, lm, dataclasses.replace(ecfg, pairs=2))
+    assert calls == [("pairs",)] * 4 and all(r["pairs"]["n"] == 2 for r in fewer)
+    assert [r["perplexity"] for r in fewer] == [r["perplexity"] for r in results]
+    calls.clear()
+    done = os.path.join(pipe.stage_dir(2), "done.json")
+    json.dump(dict(json.load(open(done)), retrained=True), open(done, "w"))
+    stages.evaluate_pipeline(pipe, data, lm, dataclasses.replace(ecfg, pairs=2))
+    assert calls == [("eval", "dpo"), ("pairs",)]  # evaluate_model scores its pairs with pair_scores
     changed = pipeline(tmp_path / "p", llm)
     changed = stages.PipelineConfig(**{**vars(changed), "stages": (
         changed.stages[0], stages.StageConfig("sft", "sft", num_steps=2, batch_size=2, lr=5e-4, lora_rank=2),
@@ -119,4 +140,30 @@ def test_pipeline_configs_parse():
         config.parse([f"pipelines/{name}.gin"])
         pipe = stages.PipelineConfig()
         assert pipe.name == name and [s.kind for s in pipe.stages] == kinds
+        assert all(s.pairs == "generated" for s in pipe.stages if s.kind == "dpo")
         assert DataConfig().data_dir and lm_data.LMDataConfig().template == ("chat" if name == "qilin_med" else "pmc_llama")
+
+
+def test_dpo_on_the_starting_models_own_wrong_answers(setup, tmp_path):
+    data, lm, llm = setup
+    stage = stages.StageConfig("dpo", "dpo", num_steps=1, batch_size=2, lr=1e-3, pairs="generated", pair_questions=3)
+    pipe = stages.PipelineConfig(name="g", workdir=str(tmp_path / "g"), llm=llm, progress=False, stages=(stage,))
+    stages.run_pipeline(pipe, data, lm)
+    pairs = lm_data.load_pairs(os.path.join(pipe.stage_dir(0), "pairs.jsonl"))
+    questions = lm_data.medmcqa_questions(data)[:3]
+    cfg, params, tok = load_preset(llm)
+    answers = stage_eval.greedy_answers(cfg, params, tok, lm, [lm_data.mcq_request(q) for q in questions], 96)
+    assert pairs == lm_data.generated_pairs(questions, answers) and pairs  # the starting model's own answers
+    held = stage_eval.heldout_pairs("generated", data, lm, 2, (cfg, params, tok), str(tmp_path / "held.jsonl"))
+    assert {p.id for p in held} <= {q.id for q in lm_data.medmcqa_questions(data, heldout=True)[:2]}
+    assert not {p.id for p in held} & {q.id for q in questions}
+
+    # a stage directory saved before a field existed holds that field's default
+    path = os.path.join(pipe.stage_dir(0), "stage.json")
+    saved = json.load(open(path))
+    del saved["stage"]["pairs"]
+    json.dump(saved, open(path, "w"))
+    with pytest.raises(ConfigError, match="stage.pairs: run has 'options', given 'generated'"):
+        stages.check_stage_dir(pipe.stage_dir(0), stage, llm, data, lm)
+    with pytest.raises(ValueError, match="StageConfig.pairs"):
+        stages.StageConfig("dpo", "dpo", pairs="sampled")
