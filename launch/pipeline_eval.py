@@ -20,20 +20,24 @@ from jmlr_jax.train import stages  # noqa: E402
 
 def table(results: list[dict]) -> str:
     mcq_sets = [r["set"] for r in results[0].get("mcq", [])]
-    head = ("| model | held-out ppl | MedQuAD BLEU-1 unigram precision | ROUGE-1 | ROUGE-L | pairs: logp chosen - rejected | "
-            "reward acc. vs reference | " + " | ".join(mcq_sets) + " |")
-    lines = [head, "|" + "---|" * (7 + len(mcq_sets))]
+    head = ("| model | held-out ppl | MedQuAD BLEU-1 unigram precision | ROUGE-1 | ROUGE-L | ROUGE-L - base [95% CI] | "
+            "pairs: logp chosen - rejected | reward acc. vs reference | " + " | ".join(mcq_sets) + " |")
+    lines = [head, "|" + "---|" * (8 + len(mcq_sets))]
     for r in results:
         p, g, pr = r["perplexity"], r["medquad"], r["pairs"]
         acc = f"{pr['reward_accuracy']:.3f} ± {pr['reward_accuracy_se']:.3f}" if r.get("reference") else "-"
         mcq = [f"{m['accuracy']:.3f} ± {m['se']:.3f}" for m in r.get("mcq", [])]
+        d = g.get("rougeL_vs_base")
+        vs = f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d else "-"
         lines.append(f"| {r['model']} | {p['perplexity']:.2f} | {g['bleu1_precision']:.3f} | {g['rouge1']:.3f} | "
-                     f"{g['rougeL']:.3f} ± {g['rougeL_se']:.3f} | {pr['logp_margin']:.2f} | {acc} | " + " | ".join(mcq) + " |")
+                     f"{g['rougeL']:.3f} ± {g['rougeL_se']:.3f} | {vs} | {pr['logp_margin']:.2f} | {acc} | "
+                     + " | ".join(mcq) + " |")
     r0 = results[0]
     lines += ["", f"Held-out text: {r0['perplexity']['documents']} documents ({r0['perplexity']['tokens']} target "
                   f"tokens); MedQuAD: {r0['medquad']['n']} questions of held-out focuses, greedy, "
                   f"{StageEvalConfig().max_new_tokens} new tokens; pairs: {r0['pairs']['n']} held-out MedMCQA pairs "
                   f"({stages.PAIR_TEXT[r0['pairs'].get('kind', 'options')]}); "
+                  "ROUGE-L - base: paired over the same questions, percentile bootstrap; "
                   "MCQ: option log-likelihood, fixed samples, accuracy ± standard error. BLEU-1 with its brevity "
                   "penalty (answers cut at the token budget, references hundreds of words): "
                   + ", ".join(f"{r['model']} {r['medquad']['bleu1']:.2g}" for r in results) + "."]

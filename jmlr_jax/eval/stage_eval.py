@@ -101,7 +101,8 @@ def model_pairs(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConf
 def text_scores(outputs: Sequence[str], refs: Sequence[str]) -> dict:
     """BLEU-1 (sacrebleu corpus BLEU of order 1) with its unigram precision and brevity penalty reported apart
     (generated answers are cut at max_new_tokens while MedQuAD answers run to hundreds of words, so the penalty
-    alone drives BLEU-1 to ~0), and mean ROUGE-1 / ROUGE-L F1 (rouge-score, stemmed) with standard errors."""
+    alone drives BLEU-1 to ~0), and mean ROUGE-1 / ROUGE-L F1 (rouge-score, stemmed) with standard errors and
+    each answer's ROUGE-L (for paired comparisons between models)."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
@@ -113,7 +114,7 @@ def text_scores(outputs: Sequence[str], refs: Sequence[str]) -> dict:
     se = lambda x: float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0  # noqa: E731
     return {"n": len(outputs), "bleu1": bleu.score / 100, "bleu1_precision": bleu.precisions[0] / 100,
             "bleu_brevity_penalty": bleu.bp, "rouge1": float(np.mean(r1)), "rouge1_se": se(r1),
-            "rougeL": float(np.mean(rl)), "rougeL_se": se(rl)}
+            "rougeL": float(np.mean(rl)), "rougeL_se": se(rl), "rougeL_each": [float(x) for x in rl]}
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

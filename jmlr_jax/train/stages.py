@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jmlr_jax import checkpoint, parallel
+from jmlr_jax.compare.stats import paired_bootstrap
 from jmlr_jax.config import ConfigError
 from jmlr_jax.convert import load_preset
 from jmlr_jax.convert.hf import save_hf_llama
@@ -328,11 +329,16 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
                                                   ecfg.batch_size), trained=trained)
             _write_json(dest, r)
             print(f"{name}: pairs rescored", flush=True)
-        if "bleu1_precision" not in r["medquad"]:  # written before the precision was stored: rescore its outputs
+        if "rougeL_each" not in r["medquad"]:  # written before per-answer scores were stored: rescore its outputs
             refs = {q.id: q.answer for q in stage_eval.held_medquad(data, lm)}
             preds = r["medquad"]["predictions"]
             r["medquad"] = dict(stage_eval.text_scores([p["output"] for p in preds], [refs[p["id"]] for p in preds]),
                                 predictions=preds)
             _write_json(dest, r)
         results.append(r)
+    base = {p["id"]: x for p, x in zip(results[0]["medquad"]["predictions"], results[0]["medquad"]["rougeL_each"])}
+    for r in results[1:]:  # paired over the same questions: each model's ROUGE-L minus the base model's
+        mine = dict(zip((p["id"] for p in r["medquad"]["predictions"]), r["medquad"]["rougeL_each"]))
+        ids = [i for i in mine if i in base]
+        r["medquad"]["rougeL_vs_base"] = paired_bootstrap([mine[i] for i in ids], [base[i] for i in ids])
     return results

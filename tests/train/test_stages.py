@@ -109,6 +109,11 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch):
     results = stages.evaluate_pipeline(pipe, data, lm, ecfg)
     assert [r["model"] for r in results] == ["base", "cpt", "sft", "dpo"]
     assert results[3]["reference"].endswith("2-sft/final")
+    for r in results[1:]:  # ROUGE-L against the base model's, paired over the same questions
+        d, each = r["medquad"]["rougeL_vs_base"], r["medquad"]["rougeL_each"]
+        base_each = results[0]["medquad"]["rougeL_each"]
+        assert d["n"] == len(each) == len(base_each) >= 1
+        assert d["diff"] == pytest.approx(np.mean(each) - np.mean(base_each)) and d["lo"] <= d["diff"] <= d["hi"]
     calls = []
     real_eval, real_pairs = stage_eval.evaluate_model, stage_eval.pair_scores
     monkeypatch.setattr(stage_eval, "evaluate_model",
