@@ -186,9 +186,6 @@ def evaluate_model(name: str, cfg: LlamaConfig, params, tok: Tokenizer, data: Da
                    pairs: tuple[str, Sequence[lm_data.PreferencePair]] | None = None) -> dict:
     """Every per-stage measure for one model (reference: the DPO stage's frozen model, for reward accuracy;
     pairs: (kind, held-out pairs), by default the first `ecfg.pairs` of kind "options")."""
-    from jmlr_jax.data.templates import Budgets, PromptTemplate
-    from jmlr_jax.eval import harness
-
     _, held_docs = lm_data.cpt_documents(data, lm)
     out = {"model": name, "perplexity": heldout_perplexity(cfg, params, tok, [t for _, t in held_docs[: ecfg.text_docs]],
                                                            lm.seq_len, ecfg.batch_size)}
@@ -197,8 +194,18 @@ def evaluate_model(name: str, cfg: LlamaConfig, params, tok: Tokenizer, data: Da
     kind, pair_list = pairs or ("options", heldout_pairs("options", data, lm, ecfg.pairs))
     out["pairs"] = pair_scores(cfg, params, reference, tok, lm, pair_list, kind, beta, ecfg.batch_size)
     if ecfg.mcq_per_set:
-        sets = harness.eval_sets(data, ecfg.mcq_sets, max_per_set=ecfg.mcq_per_set)
-        preds = harness.evaluate(sets, cfg, params, tok, harness.EvalConfig(batch_size=ecfg.batch_size),
-                                 PromptTemplate(), Budgets(), progress=False)
-        out["mcq"] = [r for r in harness.summarize(preds) if r["subject"] == "all"]
+        out.update(mcq_scores(cfg, params, tok, data, ecfg))
     return out
+
+
+def mcq_scores(cfg: LlamaConfig, params, tok: Tokenizer, data: DataConfig, ecfg: StageEvalConfig) -> dict:
+    """MCQ accuracy (option log-likelihood) per set with standard errors ("mcq") and each question's predicted
+    and gold letters ("mcq_predictions", for paired comparisons between models)."""
+    from jmlr_jax.data.templates import Budgets, PromptTemplate
+    from jmlr_jax.eval import harness
+
+    sets = harness.eval_sets(data, ecfg.mcq_sets, max_per_set=ecfg.mcq_per_set)
+    preds = harness.evaluate(sets, cfg, params, tok, harness.EvalConfig(batch_size=ecfg.batch_size),
+                             PromptTemplate(), Budgets(), progress=False)
+    return {"mcq": [r for r in harness.summarize(preds) if r["subject"] == "all"],
+            "mcq_predictions": [{k: p[k] for k in ("set", "id", "pred_letter", "answer", "correct")} for p in preds]}

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jmlr_jax import checkpoint, parallel
-from jmlr_jax.compare.stats import paired_bootstrap
+from jmlr_jax.compare.stats import mcnemar, paired_bootstrap
 from jmlr_jax.config import ConfigError
 from jmlr_jax.convert import load_preset
 from jmlr_jax.convert.hf import save_hf_llama
@@ -291,11 +291,56 @@ def _write_json(path: str, r: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _refresh(r: dict, dest: str, path: str, ref: str | None, beta: float, trained: str, kind: str, pairs: list,
+             data: DataConfig, lm: lm_data.LMDataConfig, ecfg: stage_eval.StageEvalConfig, load) -> None:
+    """Brings a stored result up to date without evaluating it again: pairs of another kind or number are
+    rescored, MCQ predictions stored before they were kept are rerun, answers get their per-answer ROUGE-L."""
+    changed = []
+    if r["pairs"].get("kind", "options") != kind or r["pairs"]["n"] != len(pairs):
+        cfg, params, tok = load(path)
+        r["pairs"] = stage_eval.pair_scores(cfg, params, load(ref)[1], tok, lm, pairs, kind, beta, ecfg.batch_size)
+        changed.append("pairs")
+    if ecfg.mcq_per_set and "mcq_predictions" not in r:
+        cfg, params, tok = load(path)
+        r.update(stage_eval.mcq_scores(cfg, params, tok, data, ecfg))
+        changed.append("MCQ")
+    if "rougeL_each" not in r["medquad"]:
+        refs = {q.id: q.answer for q in stage_eval.held_medquad(data, lm)}
+        preds = r["medquad"]["predictions"]
+        r["medquad"] = dict(stage_eval.text_scores([p["output"] for p in preds], [refs[p["id"]] for p in preds]),
+                            predictions=preds)
+        changed.append("ROUGE")
+    if changed:
+        r["trained"] = trained
+        _write_json(dest, r)
+        print(f"{r['model']}: {', '.join(changed)} rescored", flush=True)
+
+
+def _against_base(results: list[dict]) -> None:
+    """Each model against the base, paired over the same questions: ROUGE-L (bootstrap interval) and MCQ
+    accuracy per set (McNemar)."""
+    base = results[0]
+    b_rouge = dict(zip((p["id"] for p in base["medquad"]["predictions"]), base["medquad"]["rougeL_each"]))
+    b_mcq = {(p["set"], p["id"]): p["correct"] for p in base.get("mcq_predictions", [])}
+    for r in results[1:]:
+        mine = dict(zip((p["id"] for p in r["medquad"]["predictions"]), r["medquad"]["rougeL_each"]))
+        ids = [i for i in mine if i in b_rouge]
+        r["medquad"]["rougeL_vs_base"] = paired_bootstrap([mine[i] for i in ids], [b_rouge[i] for i in ids])
+        by_set: dict[str, tuple[list, list]] = {}
+        for p in r.get("mcq_predictions", []):
+            if (p["set"], p["id"]) in b_mcq:
+                a, b = by_set.setdefault(p["set"], ([], []))
+                a.append(p["correct"])
+                b.append(b_mcq[(p["set"], p["id"])])
+        r["mcq_vs_base"] = {name: mcnemar(a, b) for name, (a, b) in by_set.items()}
+
+
 def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfig,
                       ecfg: stage_eval.StageEvalConfig) -> list[dict]:
     """`stage_eval.evaluate_model` for the base model and every finished stage, each written to
     <workdir>/eval/<model>.json as it ends. A rerun reads those back; a stage retrained since (another done.json)
-    is evaluated again, and results of other preference pairs (kind or number) get their pairs rescored only."""
+    is evaluated again, and a stored result is brought up to date part by part (`_refresh`). Each model is
+    compared with the base over the same questions (`_against_base`)."""
     out_dir = os.path.join(pipe.workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     models = [("base", pipe.llm, None, 0.1, pipe.llm)]
@@ -323,22 +368,8 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
                                                (kind, pairs)), path=path, reference=ref, trained=trained)
             _write_json(dest, r)
             print(f"{name}: done", flush=True)
-        elif r["pairs"].get("kind", "options") != kind or r["pairs"]["n"] != len(pairs):
-            cfg, params, tok = load(path)
-            r.update(pairs=stage_eval.pair_scores(cfg, params, load(ref)[1], tok, lm, pairs, kind, beta,
-                                                  ecfg.batch_size), trained=trained)
-            _write_json(dest, r)
-            print(f"{name}: pairs rescored", flush=True)
-        if "rougeL_each" not in r["medquad"]:  # written before per-answer scores were stored: rescore its outputs
-            refs = {q.id: q.answer for q in stage_eval.held_medquad(data, lm)}
-            preds = r["medquad"]["predictions"]
-            r["medquad"] = dict(stage_eval.text_scores([p["output"] for p in preds], [refs[p["id"]] for p in preds]),
-                                predictions=preds)
-            _write_json(dest, r)
+        else:
+            _refresh(r, dest, path, ref, beta, trained, kind, pairs, data, lm, ecfg, load)
         results.append(r)
-    base = {p["id"]: x for p, x in zip(results[0]["medquad"]["predictions"], results[0]["medquad"]["rougeL_each"])}
-    for r in results[1:]:  # paired over the same questions: each model's ROUGE-L minus the base model's
-        mine = dict(zip((p["id"] for p in r["medquad"]["predictions"]), r["medquad"]["rougeL_each"]))
-        ids = [i for i in mine if i in base]
-        r["medquad"]["rougeL_vs_base"] = paired_bootstrap([mine[i] for i in ids], [base[i] for i in ids])
+    _against_base(results)
     return results

@@ -128,6 +128,13 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch):
     json.dump(dict(json.load(open(done)), retrained=True), open(done, "w"))
     stages.evaluate_pipeline(pipe, data, lm, dataclasses.replace(ecfg, pairs=2))
     assert calls == [("eval", "dpo"), ("pairs",)]  # evaluate_model scores its pairs with pair_scores
+    calls.clear()
+    mcq = dataclasses.replace(ecfg, pairs=2, mcq_per_set=2, mcq_sets=("medmcqa_heldout",))
+    out = stages.evaluate_pipeline(pipe, data, lm, mcq)  # MCQ predictions added to the stored results, nothing else
+    assert not calls and all(len(r["mcq_predictions"]) == 2 for r in out)
+    for r in out[1:]:
+        m = r["mcq_vs_base"]["medmcqa_heldout"]
+        assert m["n"] == 2 and (m["acc_a"], m["acc_b"]) == (r["mcq"][0]["accuracy"], out[0]["mcq"][0]["accuracy"])
     changed = pipeline(tmp_path / "p", llm)
     changed = stages.PipelineConfig(**{**vars(changed), "stages": (
         changed.stages[0], stages.StageConfig("sft", "sft", num_steps=2, batch_size=2, lr=5e-4, lora_rank=2),
