@@ -1,8 +1,8 @@
 """Evaluate a seed pipeline's base model and every finished stage: python launch/pipeline_eval.py
 --gin_file=pipelines/qilin_med.gin [--gin.StageEvalConfig.medquad_questions=50]
 
-Writes <workdir>/eval/<model>.json as each model finishes (`train.stages.evaluate_pipeline`: a rerun skips those,
-evaluates a retrained stage again, and rescores only the preference pairs when their kind or number changed) and
+Writes <workdir>/eval/<model>.json as each model finishes (`train.stages.evaluate_pipeline`: a rerun reads those
+back, evaluates a retrained stage again and brings a stored result up to date part by part) and
 <workdir>/eval/table.md.
 """
 import os

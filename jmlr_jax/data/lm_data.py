@@ -36,6 +36,7 @@ from jmlr_jax.errors import InputError
 from jmlr_jax.parallel import host_rows
 from jmlr_jax.retrieval.corpus import read_guidelines, read_pubmedqa, resolve_path
 from jmlr_jax.tokenizers import Tokenizer
+from jmlr_jax.workdir import write_text
 
 
 @gin.configurable
@@ -184,10 +185,7 @@ def dpo_pairs(data: DataConfig, cfg: LMDataConfig, heldout: bool = False) -> lis
 
 def save_pairs(path: str, pairs: Sequence[PreferencePair]) -> None:
     """Preference pairs as JSONL (written whole, then renamed: a crash never leaves half a file)."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps(dataclasses.asdict(p)) + "\n")
-    os.replace(path + ".tmp", path)
+    write_text(path, "".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in pairs))
 
 
 def load_pairs(path: str) -> list[PreferencePair]:

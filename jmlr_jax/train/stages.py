@@ -34,6 +34,7 @@ from jmlr_jax.eval import stage_eval
 from jmlr_jax.experiment import RunConfig
 from jmlr_jax.models import llama as llama_lib
 from jmlr_jax.tokenizers import save_tokenizer
+from jmlr_jax.workdir import write_text
 from jmlr_jax.train.lm_step import LMStepConfigs, lm_train_step
 from jmlr_jax.train.loop import StepLoop, state_shardings
 from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, llm_params_of, make_optimizer
@@ -163,7 +164,7 @@ class StageTrainer(StepLoop):
             return lm_data.dpo_pairs(data, lm)
         questions = lm_data.medmcqa_questions(data)[: self.stage.pair_questions]
         return stage_eval.model_pairs(self.llm_cfg, start_params, self.tok, lm, questions,
-                           os.path.join(self.run_cfg.workdir, "pairs.jsonl"))
+                                      os.path.join(self.run_cfg.workdir, "pairs.jsonl"))
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
         tokens = int(sum(np.sum(v > 0) for k, v in batch.items() if k.endswith("segment_ids")))
@@ -238,9 +239,7 @@ def run_stage(pipe: PipelineConfig, index: int, data: DataConfig, lm: lm_data.LM
         trainer.close()
     summary = {"stage": trainer.stage.name, "kind": trainer.stage.kind, "steps": trainer.run_cfg.num_steps,
                "final": final, "last_metrics": last}
-    with open(done + ".tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(done + ".tmp", done)
+    write_text(done, json.dumps(summary, indent=1))
     return summary
 
 
@@ -285,23 +284,18 @@ def pipeline_pairs(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataCon
                                           os.path.join(pipe.stage_dir(dpo[0]), f"pairs_heldout_{n}.jsonl"))
 
 
-def _write_json(path: str, r: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(r, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def _refresh(r: dict, dest: str, path: str, ref: str | None, beta: float, trained: str, kind: str, pairs: list,
              data: DataConfig, lm: lm_data.LMDataConfig, ecfg: stage_eval.StageEvalConfig, load) -> None:
     """Brings a stored result up to date without evaluating it again: pairs of another kind or number are
     rescored, MCQ predictions stored before they were kept are rerun, answers get their per-answer ROUGE-L."""
     changed = []
+    model = functools.cache(lambda: load(path))  # loaded once, and only when a part needs the model
     if r["pairs"].get("kind", "options") != kind or r["pairs"]["n"] != len(pairs):
-        cfg, params, tok = load(path)
+        cfg, params, tok = model()
         r["pairs"] = stage_eval.pair_scores(cfg, params, load(ref)[1], tok, lm, pairs, kind, beta, ecfg.batch_size)
         changed.append("pairs")
     if ecfg.mcq_per_set and "mcq_predictions" not in r:
-        cfg, params, tok = load(path)
+        cfg, params, tok = model()
         r.update(stage_eval.mcq_scores(cfg, params, tok, data, ecfg))
         changed.append("MCQ")
     if "rougeL_each" not in r["medquad"]:
@@ -312,7 +306,7 @@ def _refresh(r: dict, dest: str, path: str, ref: str | None, beta: float, traine
         changed.append("ROUGE")
     if changed:
         r["trained"] = trained
-        _write_json(dest, r)
+        write_text(dest, json.dumps(r, indent=1))
         print(f"{r['model']}: {', '.join(changed)} rescored", flush=True)
 
 
@@ -366,7 +360,7 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
             cfg, params, tok = load(path)
             r = dict(stage_eval.evaluate_model(name, cfg, params, tok, data, lm, ecfg, load(ref)[1], beta,
                                                (kind, pairs)), path=path, reference=ref, trained=trained)
-            _write_json(dest, r)
+            write_text(dest, json.dumps(r, indent=1))
             print(f"{name}: done", flush=True)
         else:
             _refresh(r, dest, path, ref, beta, trained, kind, pairs, data, lm, ecfg, load)
