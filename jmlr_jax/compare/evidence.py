@@ -10,6 +10,8 @@ Arms (same training questions, steps, budgets and learning rates):
   e_s*    retriever-only JMLR: generator frozen, its loss per (question, candidate) computed once and cached
   dg_s*   diagnostic: d_s*'s generator with the frozen retriever (no training; splits d - c into the generator's
           part, dg - c, and the trained retriever's part, d - dg)
+With a pool (compare/evidence_more_data.gin), two more: scale (arm e on the first n pool questions, dev recall per
+n) and eL_s* (arm e trained on the whole pool; only arm e grows, its generator losses are cached once).
 Retriever training moves the query encoder only: the candidates' token vectors come from the index built by the
 base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches the
 whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
@@ -89,6 +91,12 @@ class EvidenceConfig:
     rank_loss: str = "ranknet"
     warmup_fraction: float = 0.1
     seeds: tuple = (0, 1, 2)
+    # More training data for the retriever (compare/evidence_more_data.gin): a pool of the training focuses' MedQuAD
+    # questions (the training set first, then further questions of the same 120 focuses; 0 = no pool). Part "scale"
+    # trains arm e on the first n of the pool for each n in scale_sizes (seed 0; recall on every dev-focus
+    # question); parts eL_s* train arm e on the whole pool, evaluated like the other arms.
+    pool_medquad: int = 0
+    scale_sizes: tuple = ()
     # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
     # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
     sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
@@ -100,7 +108,7 @@ class EvidenceConfig:
 
 TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
 # What each trained arm trains (and therefore saves and evaluates with): one table, read by train and arm_part.
-TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",)}
+TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",), "eL": ("retriever",)}
 
 
 def _sha(s: str) -> str:
@@ -120,6 +128,8 @@ class Setup:
 
     train: list
     dev: list
+    pool: list  # training set + further questions of the training focuses (EvidenceConfig.pool_medquad); or train
+    dev_all: list  # every dev-focus question (the scaling curve's evaluation)
     sets: dict  # name -> records
     corpus: object  # all passages; the PubMedQA test abstracts last
     n_main: int  # passages [0, n_main) are the corpus; the rest are test abstracts (recall measure only)
@@ -151,8 +161,13 @@ def build_setup(cfg: EvidenceConfig) -> Setup:
     if any(p.doc_id in test_ids for p in corpus.passages[:n_main]):
         raise AssertionError("test abstracts must come last in the corpus")
     dev = split.dev[: cfg.dev_questions]
-    gold = {name: ev.gold_passages(corpus, recs) for name, recs in [("train", train), ("dev", dev), *sets.items()]}
-    return Setup(train, dev, sets, corpus, n_main, gold, skipped)
+    if cfg.pool_medquad and cfg.pool_medquad < cfg.train_medquad:
+        raise InputError(f"pool_medquad={cfg.pool_medquad} must be 0 or >= train_medquad={cfg.train_medquad}")
+    # Nested: the pool starts with the training set (its cached generator losses are reused).
+    pool = train + by_hash(split.train[cfg.train_medquad: cfg.pool_medquad])
+    gold = {name: ev.gold_passages(corpus, recs)
+            for name, recs in [("train", train), ("dev", dev), ("pool", pool), ("dev_all", split.dev), *sets.items()]}
+    return Setup(train, dev, pool, split.dev, sets, corpus, n_main, gold, skipped)
 
 
 def _flatten(tree) -> dict[str, np.ndarray]:
@@ -197,7 +212,10 @@ class Comparison:
         names = ["data", "sweep", "a", "frozen"] + [f"e_s{s}" for s in c.seeds]  # e is cheap: all seeds first
         for s in c.seeds:
             names += [f"d_s{s}", f"c_s{s}"] + (["b"] if s == c.seeds[0] else [])
-        return names + [f"dg_s{s}" for s in c.seeds]
+        names += [f"dg_s{s}" for s in c.seeds]
+        if len(self.setup.pool) > len(self.setup.train):  # the more-data extension
+            names += (["scale"] if c.scale_sizes else []) + [f"eL_s{s}" for s in c.seeds]
+        return names
 
     def run(self, parts: Sequence[str] | None = None) -> None:
         for name in parts or self.part_names():
@@ -217,10 +235,12 @@ class Comparison:
             return self.data_part()
         if name == "sweep":
             return self.sweep_part()
+        if name == "scale":
+            return self.scale_part()
         if name in ("a", "frozen", "b"):
             return self.arm_part(name, 0)
         arm, _, seed = name.partition("_s")
-        if arm in ("c", "d", "e", "dg") and seed.isdigit():
+        if arm in ("c", "d", "e", "dg", "eL") and seed.isdigit():
             return self.arm_part(arm, int(seed))
         raise InputError(f"unknown part {name!r}; parts: {self.part_names()}")
 
@@ -262,28 +282,41 @@ class Comparison:
         r.params = rparams  # the encoder takes params as an argument: new params, same compiled function
         return search_all(r, [x.question for x in records], k, exact=True)[0]
 
-    def candidates(self) -> np.ndarray:
-        """The base retriever's top-C for every training question [N, C] (cached in work_dir)."""
-        path = os.path.join(self.cfg.work_dir, f"candidates-C{self.cfg.num_candidates}.npy")
+    def _records(self, pool: bool) -> list:
+        return self.setup.pool if pool else self.setup.train
+
+    def _cache(self, stem: str, pool: bool) -> str:
+        tag = f"-pool{len(self.setup.pool)}" if pool else ""
+        return os.path.join(self.cfg.work_dir, f"{stem}-C{self.cfg.num_candidates}{tag}.npy")
+
+    def candidates(self, pool: bool = False) -> np.ndarray:
+        """The base retriever's top-C for every training (or pool) question [N, C] (cached in work_dir)."""
+        path = self._cache("candidates", pool)
         if not os.path.exists(path):
-            np.save(path, self.search(self.models()[4], self.setup.train, self.cfg.num_candidates))
+            np.save(path, self.search(self.models()[4], self._records(pool), self.cfg.num_candidates))
         return np.load(path)
 
-    def examples(self, doc_losses: np.ndarray | None = None) -> JMLRExamples:
+    def examples(self, doc_losses: np.ndarray | None = None, pool: bool = False, n: int | None = None) -> JMLRExamples:
+        """The first n training (or pool) questions as fused-step examples."""
         _, _, tok, _, _, ctok = self.models()
         _, main = self.index()
-        return JMLRExamples([r.as_record() for r in self.setup.train], self.candidates(), main.passages, tok, ctok,
-                            self.template, self.budgets, doc_index=main, doc_losses=doc_losses)
+        n = n or len(self._records(pool))
+        return JMLRExamples([r.as_record() for r in self._records(pool)[:n]], self.candidates(pool)[:n],
+                            main.passages, tok, ctok, self.template, self.budgets, doc_index=main,
+                            doc_losses=None if doc_losses is None else doc_losses[:n])
 
-    def doc_losses(self) -> np.ndarray:
+    def doc_losses(self, pool: bool = False) -> np.ndarray:
         """The base generator's answer loss with each candidate alone in context [N, C], exactly as the fused
-        step computes it; cached in work_dir, written every few questions so an interrupted run resumes."""
-
-
-        path = os.path.join(self.cfg.work_dir, f"doc_losses-C{self.cfg.num_candidates}.npy")
-        examples = self.examples()
+        step computes it; cached in work_dir, written every few questions so an interrupted run resumes. The
+        pool's cache starts from the training set's rows (the pool begins with the same questions)."""
+        path = self._cache("doc_losses", pool)
+        examples = self.examples(pool=pool)
         N, C = examples.candidates.shape
         out = np.load(path) if os.path.exists(path) else np.full((N, C), np.nan, np.float32)
+        main_path, n_train = self._cache("doc_losses", False), len(self.setup.train)
+        if pool and np.isnan(out[:n_train]).any() and os.path.exists(main_path) \
+                and np.array_equal(self.candidates(True)[:n_train], self.candidates()):
+            out[:n_train] = np.load(main_path)
         todo = [i for i in range(N) if np.isnan(out[i]).any()]
         if not todo:
             return out
@@ -295,7 +328,6 @@ class Comparison:
             return answer_nll(llm_cfg, params, [(rep(ex["bos"]), rep(ex["bos_valid"])), (ex["docs"], ex["docs_valid"]),
                                                 (rep(ex["question"]), rep(ex["question_valid"]))],
                               rep(ex["answer"]), rep(ex["answer_valid"]), train=True)
-
 
         for n, i in enumerate(tqdm.tqdm(todo, desc="caching generator losses", disable=not self.progress)):
             ex = examples(i)
@@ -319,17 +351,27 @@ class Comparison:
                 out.update(json.load(f)["chosen"])  # a sweep from before S / epochs were swept chose only lr, loss
         return out
 
-    def train(self, arm: str, seed: int, settings: dict | None = None) -> tuple[dict, list[dict]]:
-        """Trains one arm from the base weights; returns (params, per-step metrics)."""
+    def train(self, arm: str, seed: int, settings: dict | None = None,
+              questions: int | None = None) -> tuple[dict, list[dict]]:
+        """Trains one arm from the base weights; returns (params, per-step metrics). Arm eL, or `questions` given
+        (arm e only), trains on the first `questions` of the pool (default: all of it) instead of the training set."""
 
         c = self.cfg
         settings = {**self.settings(), **(settings or {})}
         llm_cfg, llm_params, _, rcfg, rparams, _ = self.models()
         trains_llm, trains_retriever = "llm" in TRAINED[arm], "retriever" in TRAINED[arm]
+        cached = arm in ("e", "eL")
+        pool = arm == "eL" or questions is not None
+        if pool and not cached:
+            raise InputError(f"arm {arm} trains on the training set only; the pool is for arm e")
+        n = questions or len(self._records(pool))
+        if n > len(self._records(pool)):
+            raise InputError(f"{n} training questions asked, the pool has {len(self._records(pool))} "
+                             "(EvidenceConfig.pool_medquad)")
         jcfg = JMLRConfig(num_candidates=c.num_candidates, num_sampled=settings["num_sampled"],
                           num_docs=0 if arm == "b" else c.num_docs, rank_weight=1.0 if trains_retriever else 0.0,
-                          rank_loss=settings["rank_loss"], cached_doc_losses=arm == "e", compact=True)
-        steps = settings["epochs"] * len(self.setup.train) // c.batch_size
+                          rank_loss=settings["rank_loss"], cached_doc_losses=cached, compact=True)
+        steps = settings["epochs"] * n // c.batch_size
         optim = OptimConfig(llm_lr=c.llm_lr, retriever_lr=settings["retriever_lr"],
                             warmup_steps=max(1, int(c.warmup_fraction * steps)), decay_steps=steps,
                             llm_trainable=".*" if trains_llm else "", retriever_trainable=".*" if trains_retriever else "")
@@ -337,7 +379,7 @@ class Comparison:
         tx = make_optimizer(params, optim)
         state = init_train_state(params, tx, seed)
         step_fn = jax.jit(functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg), tx=tx))
-        examples = self.examples(self.doc_losses() if arm == "e" else None)
+        examples = self.examples(self.doc_losses(pool) if cached else None, pool=pool, n=n)
         it = iter(make_dataset(examples, c.batch_size, seed))
         history = []
 
@@ -410,6 +452,24 @@ class Comparison:
         return {"dev_questions": len(self.setup.dev), "base_dev_recall@1": base_r1, "rows": rows,
                 "chosen": {k: best[k] for k in ("retriever_lr", "rank_loss", "num_sampled", "epochs")}}
 
+    def scale_part(self) -> dict:
+        """Arm e (seed 0, the chosen settings) trained on the first n pool questions for each n in scale_sizes;
+        recall on every dev-focus question. A curve to read, not a choice: nothing is selected from it."""
+        c, s = self.cfg, self.setup
+
+        def dev_recall(rparams) -> dict:
+            ranks = [q["gold_rank"] for q in self.recall(rparams, s.dev_all, s.gold["dev_all"])]
+            return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])),
+                    "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])), "dev_ranks": ranks}
+
+        rows = [{"questions": 0, **dev_recall(self.models()[4]), "seconds": 0.0}]
+        for n in c.scale_sizes:
+            t0 = time.time()
+            params, hist = self.train("e", c.seeds[0], questions=n)
+            rows.append({"questions": n, **dev_recall(params["retriever"]), "seconds": round(time.time() - t0, 1)})
+            self.log(f"[scale] {n} questions: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
+        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.settings(), "rows": rows}
+
     def arm_part(self, arm: str, seed: int) -> dict:
         c = self.cfg
         d_path = os.path.join(c.work_dir, "params", f"d_s{seed}.safetensors")
@@ -435,7 +495,8 @@ class Comparison:
             llm_params = trained.get("llm", llm_params)
             rparams = trained.get("retriever", rparams)
         retrieval = arm not in ("a", "b")
-        out = {"arm": arm, "seed": seed, "settings": self.settings(), "train_history": history, "sets": {}}
+        out = {"arm": arm, "seed": seed, "settings": self.settings(), "train_history": history, "sets": {},
+               "train_questions": len(self._records(arm == "eL")) if arm in TRAINED else 0}
         hist_path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json")
         if os.path.exists(hist_path):
             with open(hist_path) as f:

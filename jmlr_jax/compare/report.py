@@ -20,10 +20,13 @@ SETS = {"heldout_focus": "MedQuAD held-out focuses", "heldout_doc": "MedQuAD hel
         "pubmedqa_test": "PubMedQA test"}
 ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen: base + frozen retriever",
         "c": "(c) RAG", "d": "(d) JMLR", "e": "(e) retriever-only JMLR",
-        "dg": "(d)'s generator + frozen retriever"}
+        "dg": "(d)'s generator + frozen retriever", "eL": "(eL) retriever-only JMLR, larger training pool"}
+RETRIEVER_ARMS = ("frozen", "d", "e", "eL")
 # (arm, its comparator, measures): JMLR - RAG, retriever-only - frozen; and JMLR - RAG split into the trained
-# generator's part (same frozen retrieval, so no recall rows) and the trained retriever's part (same generator).
-PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"))
+# generator's part (same frozen retrieval, so no recall rows) and the trained retriever's part (same generator);
+# the larger pool against the frozen retriever and against the comparison's arm e (retrieval and NLL only).
+PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"),
+         ("eL", "frozen", "retrieval"), ("eL", "e", "retrieval"))
 
 
 def text_scores_per_question(outputs: Sequence[str], refs: Sequence[str]) -> list[dict]:
@@ -68,7 +71,10 @@ MEASURES = {
 
 
 def _pair_measures(which: str) -> list[str]:
-    """The measures a PAIRS entry compares ("generator": both arms retrieve alike, so no recall)."""
+    """The measures a PAIRS entry compares ("generator": both arms retrieve alike, so no recall; "retrieval":
+    recall and NLL only, for two retrievers under the same frozen generator)."""
+    if which == "retrieval":
+        return [m for m in MEASURES if m.startswith(("recall@", "NLL"))]
     return [m for m in MEASURES if not (which == "generator" and m.startswith("recall@"))]
 
 
@@ -107,7 +113,7 @@ def summary_table(results: dict) -> str:
 def recall_table(results: dict) -> str:
     lines = ["| arm | " + " | ".join(f"{SETS[s]} r@{k}" for s in SETS for k in (1, 7, 30)) + " |",
              "|---|" + "---|" * 9]
-    for arm in ("frozen", "d", "e"):
+    for arm in RETRIEVER_ARMS:
         runs = _arm_runs(results, arm)
         if not runs:
             continue
@@ -197,6 +203,24 @@ def sweep_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def scale_table(results: dict) -> str:
+    """Arm e's dev recall by training-set size (part "scale"), each row against the base retriever (McNemar)."""
+    sc = results.get("scale")
+    if not sc:
+        return ""
+    hit = lambda row, k: np.asarray([r is not None and r <= k for r in row["dev_ranks"]])  # noqa: E731
+    base = sc["rows"][0]
+    lines = [f"Arm e (seed 0, settings {sc['settings']}) trained on the first n of a pool of {sc['pool']} training "
+             f"questions; recall on all {sc['dev_questions']} dev-focus questions (n = 0: the base retriever).", "",
+             "| training questions | dev recall@1 ± s.e. | McNemar p vs base | dev recall@7 | s |", "|---|---|---|---|---|"]
+    for row in sc["rows"]:
+        h1 = hit(row, 1)
+        p = "-" if row is base else f"{mcnemar(h1, hit(base, 1))['p']:.2g}"
+        lines.append(f"| {row['questions']} | {h1.mean():.3f} ± {h1.std(ddof=1) / math.sqrt(len(h1)):.3f} | {p} "
+                     f"| {hit(row, 7).mean():.3f} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def timing_table(results: dict) -> str:
     lines = ["| part | minutes (training part) |", "|---|---|"]
     for name, part in results.items():
@@ -216,13 +240,13 @@ def plots(results: dict, img_dir: str) -> list[str]:
     written = []
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
     for ax, s in zip(axes, SETS):
-        for j, arm in enumerate(("frozen", "d", "e")):
+        arms = [a for a in RETRIEVER_ARMS if _arm_runs(results, a)]
+        w = 0.8 / max(len(arms), 1)
+        for j, arm in enumerate(arms):
             runs = _arm_runs(results, arm)
-            if not runs:
-                continue
             m = np.array([[values(p, f"recall@{k} {s}")[1].mean() for k in (1, 7, 30)] for p in runs.values()])
-            ax.bar(np.arange(3) + 0.27 * (j - 1), m.mean(0), 0.27, yerr=m.std(0) if len(m) > 1 else None,
-                   label=ARMS[arm], capsize=3)
+            ax.bar(np.arange(3) + w * (j - (len(arms) - 1) / 2), m.mean(0), w,
+                   yerr=m.std(0) if len(m) > 1 else None, label=ARMS[arm], capsize=3)
         ax.set_xticks(range(3), ["@1", "@7", "@30"])
         ax.set_title(SETS[s], fontsize=9)
     axes[0].set_ylabel("gold-evidence recall")
@@ -281,6 +305,8 @@ def markdown(results: dict) -> str:
              "### Paired differences (bootstrap over questions, 10,000 resamples; McNemar for 0/1 measures)", "",
              paired_table(results), "", "### MCQ no-harm check (no retrieval)", "", mcq_table(results), "",
              "### Retriever settings chosen on the dev focuses (arm e)", "", sweep_table(results), "",
+             *(["### More training questions for the retriever (arm e, dev focuses)", "", scale_table(results), ""]
+               if "scale" in results else []),
              "### Time per part (2 CPU cores)", "", timing_table(results)]
     return "\n".join(parts)
 

@@ -71,7 +71,46 @@ def test_jmlr_arm_trains_and_keeps_both_models():
     """Arm d is evaluated with its trained generator *and* retriever (a first run kept only the retriever)."""
     from jmlr_jax.compare.evidence import TRAINED
 
-    assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",)}
+    assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",),
+                       "eL": ("retriever",)}
+
+
+def test_pool_extends_the_training_set_within_the_training_focuses(data_dir, tmp_path):
+    s0 = build_setup(tiny(data_dir, tmp_path))
+    assert s0.pool == s0.train  # no pool configured: the extension's parts are not listed
+    s = build_setup(tiny(data_dir, tmp_path, pool_medquad=100))
+    assert s.pool[: len(s.train)] == s.train and len(s.pool) > len(s.train)  # nested: cached losses reused
+    train_focuses = {r.focus.lower() for r in s.train if r.task == "medquad"}
+    extra = s.pool[len(s.train):]
+    assert {r.focus.lower() for r in extra} <= {r.focus.lower() for r in s.pool}
+    evaluated = {r.id for v in s.sets.values() for r in v} | {r.id for r in s.dev_all}
+    assert not {r.id for r in s.pool} & evaluated  # no held-out or dev question in the pool
+    held_out_focuses = {r.focus.lower() for r in s.sets["heldout_focus"]} | {r.focus.lower() for r in s.dev_all}
+    assert not {r.focus.lower() for r in extra} & held_out_focuses
+    assert train_focuses and all(s.gold["pool"])
+    with pytest.raises(InputError, match="pool_medquad=4 must be 0 or >= train_medquad=8"):
+        build_setup(tiny(data_dir, tmp_path, pool_medquad=4))
+
+
+def test_scale_part_trains_arm_e_on_nested_prefixes_of_the_pool(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(5, 11))
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    assert comp.part_names()[-4:] == ["scale", "eL_s0", "eL_s1", "eL_s2"]
+    calls = []
+    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
+    monkeypatch.setattr(comp, "train", lambda arm, seed, questions: calls.append((arm, seed, questions))
+                        or ({"retriever": questions}, []))
+    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold: [{"gold_rank": 1 if rp != "base" and i < rp else 3}
+                                                               for i in range(len(recs))])
+    comp.run(["scale"])
+    assert calls == [("e", 0, 5), ("e", 0, 11)]
+    with open(os.path.join(cfg.out_dir, "scale.json")) as f:
+        rows = json.load(f)["rows"]
+    n = len(comp.setup.dev_all)
+    assert [r["questions"] for r in rows] == [0, 5, 11]
+    assert [r["dev_recall@1"] for r in rows] == [0.0, min(5, n) / n, min(11, n) / n]
+    with pytest.raises(InputError, match="trains on the training set only"):
+        Comparison.train(comp, "d", 0, questions=5)
 
 
 def test_sweep_second_stage_varies_sampled_and_epochs_at_the_best_loss_and_lr(data_dir, tmp_path, monkeypatch):

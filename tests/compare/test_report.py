@@ -36,6 +36,27 @@ def test_paired_differences_pool_seeds_per_question():
     assert "| recall@1 heldout_focus | (d) JMLR - (d)'s generator + frozen retriever | s0: +0.667" in table
 
 
+def test_larger_pool_arm_pairs_on_retrieval_only_and_scale_table():
+    results = {"frozen": _part("frozen", 0, [2.0, 2.0, 2.0, 2.0], [2, 2, 1, None]),
+               "e_s0": _part("e", 0, [1.5, 1.5, 1.5, 1.5], [1, 2, 1, None]),
+               "eL_s0": _part("eL", 0, [1.0, 1.0, 1.0, 1.0], [1, 1, 1, 2])}
+    for part in results.values():  # generation scores exist but are not compared for the pool arm
+        part["sets"]["heldout_focus"] = [dict(r, rougeL=0.5) for r in part["sets"]["heldout_focus"]]
+    table = report.paired_table(results)
+    assert "| recall@1 heldout_focus | (eL) retriever-only JMLR, larger training pool - (e) retriever-only JMLR " \
+           "| s0: +0.250" in table
+    assert "| NLL heldout_focus | (eL) retriever-only JMLR, larger training pool - frozen: base + frozen " \
+           "retriever | s0: -1.000" in table
+    assert "ROUGE-L heldout_focus | (eL)" not in table
+    results["scale"] = {"dev_questions": 4, "pool": 9, "settings": {}, "rows": [
+        {"questions": 0, "dev_ranks": [1, 2, 3, None], "seconds": 0},
+        {"questions": 9, "dev_ranks": [1, 1, 1, 1], "seconds": 5}]}
+    scale = report.scale_table(results)
+    assert "| 0 | 0.250 ± 0.250 | - | 0.750 | 0 |" in scale
+    assert "| 9 | 1.000 ± 0.000 | 0.25 | 1.000 | 5 |" in scale  # McNemar: 3 discordant pairs, all one way
+    assert scale in report.markdown(results)
+
+
 def test_readme_interval_recomputed_from_committed_json():
     results = report.load(RESULTS)
     measure = "recall@1 heldout_focus"
