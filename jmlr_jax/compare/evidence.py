@@ -94,9 +94,11 @@ class EvidenceConfig:
     # More training data for the retriever (compare/evidence_more_data.gin): a pool of the training focuses' MedQuAD
     # questions (the training set first, then further questions of the same 120 focuses; 0 = no pool). Part "scale"
     # trains arm e on the first n of the pool for each n in scale_sizes (seed 0; recall on every dev-focus
-    # question); parts eL_s* train arm e on the whole pool, evaluated like the other arms.
+    # question) and each retriever lr in scale_lrs (empty: the sweep's); parts eL_s* train arm e on the whole pool at
+    # the lr with the best dev recall@1 there, evaluated like the other arms.
     pool_medquad: int = 0
     scale_sizes: tuple = ()
+    scale_lrs: tuple = ()
     # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
     # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
     sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
@@ -357,7 +359,7 @@ class Comparison:
         (arm e only), trains on the first `questions` of the pool (default: all of it) instead of the training set."""
 
         c = self.cfg
-        settings = {**self.settings(), **(settings or {})}
+        settings = {**(self.pool_settings() if arm == "eL" else self.settings()), **(settings or {})}
         llm_cfg, llm_params, _, rcfg, rparams, _ = self.models()
         trains_llm, trains_retriever = "llm" in TRAINED[arm], "retriever" in TRAINED[arm]
         cached = arm in ("e", "eL")
@@ -453,8 +455,9 @@ class Comparison:
                 "chosen": {k: best[k] for k in ("retriever_lr", "rank_loss", "num_sampled", "epochs")}}
 
     def scale_part(self) -> dict:
-        """Arm e (seed 0, the chosen settings) trained on the first n pool questions for each n in scale_sizes;
-        recall on every dev-focus question. A curve to read, not a choice: nothing is selected from it."""
+        """Arm e (seed 0, the sweep's settings) trained on the first n pool questions for each n in scale_sizes and
+        each lr in scale_lrs; recall on every dev-focus question. Chooses arm eL's lr: the best dev recall@1 (then
+        @7) on the whole pool."""
         c, s = self.cfg, self.setup
 
         def dev_recall(rparams) -> dict:
@@ -462,13 +465,28 @@ class Comparison:
             return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])),
                     "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])), "dev_ranks": ranks}
 
-        rows = [{"questions": 0, **dev_recall(self.models()[4]), "seconds": 0.0}]
-        for n in c.scale_sizes:
-            t0 = time.time()
-            params, hist = self.train("e", c.seeds[0], questions=n)
-            rows.append({"questions": n, **dev_recall(params["retriever"]), "seconds": round(time.time() - t0, 1)})
-            self.log(f"[scale] {n} questions: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
-        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.settings(), "rows": rows}
+        self.doc_losses(pool=True)  # cached once, before any row is timed
+        rows = [{"questions": 0, "retriever_lr": 0.0, **dev_recall(self.models()[4]), "seconds": 0.0}]
+        for lr in c.scale_lrs or (self.settings()["retriever_lr"],):
+            for n in c.scale_sizes:
+                t0 = time.time()
+                params, _ = self.train("e", c.seeds[0], {"retriever_lr": lr}, questions=n)
+                rows.append({"questions": n, "retriever_lr": lr, **dev_recall(params["retriever"]),
+                             "seconds": round(time.time() - t0, 1)})
+                self.log(f"[scale] {n} questions, lr {lr:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
+        whole = [r for r in rows if r["questions"] == len(s.pool)] or rows[1:]
+        best = max(whole, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
+        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.settings(), "rows": rows,
+                "chosen_lr": best["retriever_lr"]}
+
+    def pool_settings(self) -> dict:
+        """Arm eL's settings: the sweep's, with the retriever lr the scale part chose on the whole pool (dev)."""
+        out = self.settings()
+        path = os.path.join(self.cfg.out_dir, "scale.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                out["retriever_lr"] = json.load(f).get("chosen_lr", out["retriever_lr"])
+        return out
 
     def arm_part(self, arm: str, seed: int) -> dict:
         c = self.cfg
@@ -495,7 +513,8 @@ class Comparison:
             llm_params = trained.get("llm", llm_params)
             rparams = trained.get("retriever", rparams)
         retrieval = arm not in ("a", "b")
-        out = {"arm": arm, "seed": seed, "settings": self.settings(), "train_history": history, "sets": {},
+        out = {"arm": arm, "seed": seed, "settings": self.pool_settings() if arm == "eL" else self.settings(),
+               "train_history": history, "sets": {},
                "train_questions": len(self._records(arm == "eL")) if arm in TRAINED else 0}
         hist_path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json")
         if os.path.exists(hist_path):

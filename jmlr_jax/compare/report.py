@@ -210,14 +210,17 @@ def scale_table(results: dict) -> str:
         return ""
     hit = lambda row, k: np.asarray([r is not None and r <= k for r in row["dev_ranks"]])  # noqa: E731
     base = sc["rows"][0]
-    lines = [f"Arm e (seed 0, settings {sc['settings']}) trained on the first n of a pool of {sc['pool']} training "
-             f"questions; recall on all {sc['dev_questions']} dev-focus questions (n = 0: the base retriever).", "",
-             "| training questions | dev recall@1 ± s.e. | McNemar p vs base | dev recall@7 | s |", "|---|---|---|---|---|"]
+    lines = [f"Arm e (seed 0, settings {sc['settings']} but the lr) trained on the first n of a pool of {sc['pool']} "
+             f"training questions; recall on all {sc['dev_questions']} dev-focus questions (n = 0: the base "
+             f"retriever). Chosen for (eL), on the whole pool: lr {sc.get('chosen_lr', '-'):g}.", "",
+             "| training questions | retriever lr | dev recall@1 ± s.e. | McNemar p vs base | dev recall@7 | s |",
+             "|---|---|---|---|---|---|"]
     for row in sc["rows"]:
         h1 = hit(row, 1)
         p = "-" if row is base else f"{mcnemar(h1, hit(base, 1))['p']:.2g}"
-        lines.append(f"| {row['questions']} | {h1.mean():.3f} ± {h1.std(ddof=1) / math.sqrt(len(h1)):.3f} | {p} "
-                     f"| {hit(row, 7).mean():.3f} | {row['seconds']:.0f} |")
+        lr = f"{row['retriever_lr']:g}" if row.get("retriever_lr") else "-"
+        lines.append(f"| {row['questions']} | {lr} | {h1.mean():.3f} ± {h1.std(ddof=1) / math.sqrt(len(h1)):.3f} "
+                     f"| {p} | {hit(row, 7).mean():.3f} | {row['seconds']:.0f} |")
     return "\n".join(lines)
 
 

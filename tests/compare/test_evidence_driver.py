@@ -92,23 +92,28 @@ def test_pool_extends_the_training_set_within_the_training_focuses(data_dir, tmp
         build_setup(tiny(data_dir, tmp_path, pool_medquad=4))
 
 
-def test_scale_part_trains_arm_e_on_nested_prefixes_of_the_pool(data_dir, tmp_path, monkeypatch):
-    cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(5, 11))
+def test_scale_part_trains_arm_e_on_nested_prefixes_of_the_pool_and_chooses_eL_lr(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(5, 15), scale_lrs=(1e-5, 3e-5))
     comp = Comparison(cfg, progress=False, log=lambda _: None)
-    assert comp.part_names()[-4:] == ["scale", "eL_s0", "eL_s1", "eL_s2"]
+    assert len(comp.setup.pool) == 15 and comp.part_names()[-4:] == ["scale", "eL_s0", "eL_s1", "eL_s2"]
     calls = []
+    # dev hits per (questions, lr): on the whole pool (15) the lower lr wins
+    hits = {(5, 1e-5): 1, (15, 1e-5): 3, (5, 3e-5): 4, (15, 3e-5): 2}
     monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
-    monkeypatch.setattr(comp, "train", lambda arm, seed, questions: calls.append((arm, seed, questions))
-                        or ({"retriever": questions}, []))
+    monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
+    monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
+        (arm, seed, settings["retriever_lr"], questions)) or ({"retriever": hits[questions, settings["retriever_lr"]]}, []))
     monkeypatch.setattr(comp, "recall", lambda rp, recs, gold: [{"gold_rank": 1 if rp != "base" and i < rp else 3}
                                                                for i in range(len(recs))])
+    assert comp.pool_settings()["retriever_lr"] == cfg.retriever_lr  # before the scale part: the sweep's
     comp.run(["scale"])
-    assert calls == [("e", 0, 5), ("e", 0, 11)]
+    assert calls == [("e", 0, 1e-5, 5), ("e", 0, 1e-5, 15), ("e", 0, 3e-5, 5), ("e", 0, 3e-5, 15)]
     with open(os.path.join(cfg.out_dir, "scale.json")) as f:
         rows = json.load(f)["rows"]
     n = len(comp.setup.dev_all)
-    assert [r["questions"] for r in rows] == [0, 5, 11]
-    assert [r["dev_recall@1"] for r in rows] == [0.0, min(5, n) / n, min(11, n) / n]
+    assert [(r["questions"], r["dev_recall@1"]) for r in rows] == [(0, 0.0)] + [
+        (q, min(hits[q, lr], n) / n) for lr in (1e-5, 3e-5) for q in (5, 15)]
+    assert comp.pool_settings()["retriever_lr"] == 1e-5 and comp.settings()["retriever_lr"] == cfg.retriever_lr
     with pytest.raises(InputError, match="trains on the training set only"):
         Comparison.train(comp, "d", 0, questions=5)
 

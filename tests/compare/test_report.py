@@ -48,12 +48,12 @@ def test_larger_pool_arm_pairs_on_retrieval_only_and_scale_table():
     assert "| NLL heldout_focus | (eL) retriever-only JMLR, larger training pool - frozen: base + frozen " \
            "retriever | s0: -1.000" in table
     assert "ROUGE-L heldout_focus | (eL)" not in table
-    results["scale"] = {"dev_questions": 4, "pool": 9, "settings": {}, "rows": [
-        {"questions": 0, "dev_ranks": [1, 2, 3, None], "seconds": 0},
-        {"questions": 9, "dev_ranks": [1, 1, 1, 1], "seconds": 5}]}
+    results["scale"] = {"dev_questions": 4, "pool": 9, "settings": {}, "chosen_lr": 1e-5, "rows": [
+        {"questions": 0, "retriever_lr": 0.0, "dev_ranks": [1, 2, 3, None], "seconds": 0},
+        {"questions": 9, "retriever_lr": 1e-5, "dev_ranks": [1, 1, 1, 1], "seconds": 5}]}
     scale = report.scale_table(results)
-    assert "| 0 | 0.250 ± 0.250 | - | 0.750 | 0 |" in scale
-    assert "| 9 | 1.000 ± 0.000 | 0.25 | 1.000 | 5 |" in scale  # McNemar: 3 discordant pairs, all one way
+    assert "| 0 | - | 0.250 ± 0.250 | - | 0.750 | 0 |" in scale and "lr 1e-05." in scale
+    assert "| 9 | 1e-05 | 1.000 ± 0.000 | 0.25 | 1.000 | 5 |" in scale  # McNemar: 3 discordant, all one way
     assert scale in report.markdown(results)
 
 
