@@ -422,22 +422,27 @@ class Comparison:
                         "_top": row})
         return out
 
+    def dev_recall(self, rparams, which: str = "dev") -> dict:
+        """Recall@1 / @7 on the dev questions (which="dev_all": every dev-focus question) and each gold rank."""
+        recs = self.setup.dev if which == "dev" else self.setup.dev_all
+        ranks = [q["gold_rank"] for q in self.recall(rparams, recs, self.setup.gold[which])]
+        return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])),
+                "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])), "dev_ranks": ranks}
+
     def sweep_part(self) -> dict:
         """Arm e (cheap: cached generator losses) on the dev focuses; dev recall@1 chooses. Stage 1: rank loss x lr
         at the configured num_sampled / epochs; stage 2: num_sampled x epochs at stage 1's best loss and lr."""
         c = self.cfg
         rows = []
-        base = self.recall(self.models()[4], self.setup.dev, self.setup.gold["dev"])
-        base_r1 = float(np.mean([q["gold_rank"] == 1 for q in base]))
+        base_r1 = self.dev_recall(self.models()[4])["dev_recall@1"]
         key = lambda r: (r["dev_recall@1"], r["dev_recall@7"])  # noqa: E731
 
         def row(stage: int, **settings) -> None:
             t0 = time.time()
             params, hist = self.train("e", c.seeds[0], settings)
-            ranks = [q["gold_rank"] for q in self.recall(params["retriever"], self.setup.dev, self.setup.gold["dev"])]
-            rows.append({"stage": stage, **settings,
-                         "dev_recall@1": float(np.mean([r == 1 for r in ranks])),
-                         "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])),
+            dev = self.dev_recall(params["retriever"])
+            rows.append({"stage": stage, **settings, "dev_recall@1": dev["dev_recall@1"],
+                         "dev_recall@7": dev["dev_recall@7"],
                          "train_agreement_last50": float(np.mean([h["agreement"] for h in hist[-50:]])),
                          "seconds": round(time.time() - t0, 1)})
             self.log(f"[sweep] {rows[-1]}")
@@ -459,12 +464,7 @@ class Comparison:
         each lr in scale_lrs; recall on every dev-focus question. Chooses arm eL's lr: the best dev recall@1 (then
         @7) on the whole pool."""
         c, s = self.cfg, self.setup
-
-        def dev_recall(rparams) -> dict:
-            ranks = [q["gold_rank"] for q in self.recall(rparams, s.dev_all, s.gold["dev_all"])]
-            return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])),
-                    "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])), "dev_ranks": ranks}
-
+        dev_recall = functools.partial(self.dev_recall, which="dev_all")
         self.doc_losses(pool=True)  # cached once, before any row is timed
         rows = [{"questions": 0, "retriever_lr": 0.0, **dev_recall(self.models()[4]), "seconds": 0.0}]
         for lr in c.scale_lrs or (self.settings()["retriever_lr"],):
