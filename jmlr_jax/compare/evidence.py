@@ -10,8 +10,9 @@ Arms (same training questions, steps, budgets and learning rates):
   e_s*    retriever-only JMLR: generator frozen, its loss per (question, candidate) computed once and cached
   dg_s*   diagnostic: d_s*'s generator with the frozen retriever (no training; splits d - c into the generator's
           part, dg - c, and the trained retriever's part, d - dg)
-With a pool (compare/evidence_more_data.gin), two more: scale (arm e on the first n pool questions, dev recall per
-n) and eL_s* (arm e trained on the whole pool; only arm e grows, its generator losses are cached once).
+With a pool (compare/evidence_more_data.gin), more: scale (arm e on the first n pool questions, dev recall per n and
+lr), passes (arm e on the whole pool, dev recall per number of passes) and eL_s* (arm e trained on the whole pool
+at the lr and passes those chose; only arm e grows, its generator losses are cached once).
 Retriever training moves the query encoder only: the candidates' token vectors come from the index built by the
 base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches the
 whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
@@ -95,10 +96,12 @@ class EvidenceConfig:
     # questions (the training set first, then further questions of the same 120 focuses; 0 = no pool). Part "scale"
     # trains arm e on the first n of the pool for each n in scale_sizes (seed 0; recall on every dev-focus
     # question) and each retriever lr in scale_lrs (empty: the sweep's); parts eL_s* train arm e on the whole pool at
-    # the lr with the best dev recall@1 there, evaluated like the other arms.
+    # the lr with the best dev recall@1 there, evaluated like the other arms. Part "passes" (pool_epochs given) trains
+    # arm e on the whole pool at that lr for each number of passes; eL takes the best (fewer passes on a tie).
     pool_medquad: int = 0
     scale_sizes: tuple = ()
     scale_lrs: tuple = ()
+    pool_epochs: tuple = ()
     # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
     # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
     sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
@@ -216,7 +219,8 @@ class Comparison:
             names += [f"d_s{s}", f"c_s{s}"] + (["b"] if s == c.seeds[0] else [])
         names += [f"dg_s{s}" for s in c.seeds]
         if len(self.setup.pool) > len(self.setup.train):  # the more-data extension
-            names += (["scale"] if c.scale_sizes else []) + [f"eL_s{s}" for s in c.seeds]
+            names += (["scale"] if c.scale_sizes else []) + (["passes"] if c.pool_epochs else []) + \
+                [f"eL_s{s}" for s in c.seeds]
         return names
 
     def run(self, parts: Sequence[str] | None = None) -> None:
@@ -239,6 +243,8 @@ class Comparison:
             return self.sweep_part()
         if name == "scale":
             return self.scale_part()
+        if name == "passes":
+            return self.passes_part()
         if name in ("a", "frozen", "b"):
             return self.arm_part(name, 0)
         arm, _, seed = name.partition("_s")
@@ -479,13 +485,32 @@ class Comparison:
         return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.settings(), "rows": rows,
                 "chosen_lr": best["retriever_lr"]}
 
+    def passes_part(self) -> dict:
+        """Arm e (seed 0) on the whole pool at the scale part's lr, once for each number of passes in pool_epochs;
+        recall on every dev-focus question. Chooses arm eL's epochs: the best dev recall@1 (then @7; fewer passes on
+        a tie)."""
+        c, s = self.cfg, self.setup
+        lr = self.pool_settings()["retriever_lr"]
+        self.doc_losses(pool=True)
+        rows = []
+        for epochs in sorted(c.pool_epochs):
+            t0 = time.time()
+            params, _ = self.train("e", c.seeds[0], {"retriever_lr": lr, "epochs": epochs}, questions=len(s.pool))
+            rows.append({"questions": len(s.pool), "retriever_lr": lr, "epochs": epochs,
+                         **self.dev_recall(params["retriever"], "dev_all"), "seconds": round(time.time() - t0, 1)})
+            self.log(f"[passes] {epochs} passes, lr {lr:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
+        best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))  # the first best: fewest passes
+        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "rows": rows, "chosen_epochs": best["epochs"]}
+
     def pool_settings(self) -> dict:
-        """Arm eL's settings: the sweep's, with the retriever lr the scale part chose on the whole pool (dev)."""
+        """Arm eL's settings: the sweep's, with the retriever lr the scale part and the number of passes the passes
+        part chose on the whole pool (dev)."""
         out = self.settings()
-        path = os.path.join(self.cfg.out_dir, "scale.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                out["retriever_lr"] = json.load(f).get("chosen_lr", out["retriever_lr"])
+        for part, key, name in (("scale", "chosen_lr", "retriever_lr"), ("passes", "chosen_epochs", "epochs")):
+            path = os.path.join(self.cfg.out_dir, f"{part}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    out[name] = json.load(f).get(key, out[name])
         return out
 
     def arm_part(self, arm: str, seed: int) -> dict:

@@ -118,6 +118,26 @@ def test_scale_part_trains_arm_e_on_nested_prefixes_of_the_pool_and_chooses_eL_l
         Comparison.train(comp, "d", 0, questions=5)
 
 
+def test_passes_part_trains_on_the_whole_pool_at_the_chosen_lr_and_sets_eL_epochs(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(15,), pool_epochs=(3, 1, 2))
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    assert comp.part_names()[-5:] == ["scale", "passes", "eL_s0", "eL_s1", "eL_s2"]
+    with open(os.path.join(cfg.out_dir, "scale.json"), "w") as f:
+        json.dump({"chosen_lr": 1e-5}, f)
+    calls = []
+    hits = {1: 1, 2: 3, 3: 3}  # dev hits per number of passes: 2 and 3 tie, the fewer passes win
+    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
+    monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
+    monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
+        (arm, settings, questions)) or ({"retriever": hits[settings["epochs"]]}, []))
+    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold: [{"gold_rank": 1 if i < rp else 3}
+                                                               for i in range(len(recs))])
+    assert comp.pool_settings()["epochs"] == cfg.epochs
+    comp.run(["passes"])
+    assert calls == [("e", {"retriever_lr": 1e-5, "epochs": e}, 15) for e in (1, 2, 3)]
+    assert comp.pool_settings() == {**comp.settings(), "retriever_lr": 1e-5, "epochs": 2}
+
+
 def test_sweep_second_stage_varies_sampled_and_epochs_at_the_best_loss_and_lr(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, sweep_lrs=(1e-5, 3e-5), sweep_losses=("ranknet", "kl"))
     comp = Comparison(cfg, progress=False, log=lambda _: None)

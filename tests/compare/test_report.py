@@ -52,9 +52,13 @@ def test_larger_pool_arm_pairs_on_retrieval_only_and_scale_table():
         {"questions": 0, "retriever_lr": 0.0, "dev_ranks": [1, 2, 3, None], "seconds": 0},
         {"questions": 9, "retriever_lr": 1e-5, "dev_ranks": [1, 1, 1, 1], "seconds": 5}]}
     scale = report.scale_table(results)
-    assert "| 0 | - | 0.250 ± 0.250 | - | 0.750 | 0 |" in scale and "lr 1e-05." in scale
-    assert "| 9 | 1e-05 | 1.000 ± 0.000 | 0.25 | 1.000 | 5 |" in scale  # McNemar: 3 discordant, all one way
+    assert "| 0 | - | - | 0.250 ± 0.250 | - | 0.750 | 0 |" in scale and "lr 1e-05." in scale
+    assert "| 9 | 1e-05 | 1 | 1.000 ± 0.000 | 0.25 | 1.000 | 5 |" in scale  # McNemar: 3 discordant, all one way
     assert scale in report.markdown(results)
+    results["passes"] = {"dev_questions": 4, "pool": 9, "chosen_epochs": 2, "rows": [
+        {"questions": 9, "retriever_lr": 1e-5, "epochs": 2, "dev_ranks": [1, 1, 1, None], "seconds": 9}]}
+    scale = report.scale_table(results)
+    assert "| 9 | 1e-05 | 2 | 0.750 ± 0.250 | 0.5 | 0.750 | 9 |" in scale and "lr 1e-05, 2 passes." in scale
 
 
 def test_readme_interval_recomputed_from_committed_json():
