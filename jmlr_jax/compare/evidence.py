@@ -97,7 +97,8 @@ class EvidenceConfig:
     # trains arm e on the first n of the pool for each n in scale_sizes (seed 0; recall on every dev-focus
     # question) and each retriever lr in scale_lrs (empty: the sweep's); parts eL_s* train arm e on the whole pool at
     # the lr with the best dev recall@1 there, evaluated like the other arms. Part "passes" (pool_epochs given) trains
-    # arm e on the whole pool at that lr for each number of passes; eL takes the best (fewer passes on a tie).
+    # arm e on the whole pool at that lr for each further number of passes; eL takes the best of those and the scale
+    # part's whole-pool row (fewer passes on a tie).
     pool_medquad: int = 0
     scale_sizes: tuple = ()
     scale_lrs: tuple = ()
@@ -487,19 +488,26 @@ class Comparison:
 
     def passes_part(self) -> dict:
         """Arm e (seed 0) on the whole pool at the scale part's lr, once for each number of passes in pool_epochs;
-        recall on every dev-focus question. Chooses arm eL's epochs: the best dev recall@1 (then @7; fewer passes on
-        a tie)."""
+        recall on every dev-focus question. Chooses arm eL's epochs among these and the scale part's whole-pool row
+        at that lr (the sweep's passes): the best dev recall@1, then @7, fewer passes on a tie."""
         c, s = self.cfg, self.setup
-        lr = self.pool_settings()["retriever_lr"]
+        path = os.path.join(c.out_dir, "scale.json")
+        if not os.path.exists(path):
+            raise InputError(f"part passes starts from the scale part's choice: run part scale first ({path})")
+        with open(path) as f:
+            scale = json.load(f)
+        lr, epochs = scale["chosen_lr"], self.settings()["epochs"]
+        done = [{**r, "epochs": epochs} for r in scale["rows"] if r["questions"] == len(s.pool)
+                and r["retriever_lr"] == lr]
         self.doc_losses(pool=True)
         rows = []
-        for epochs in sorted(c.pool_epochs):
+        for e in sorted(set(c.pool_epochs) - {epochs}):
             t0 = time.time()
-            params, _ = self.train("e", c.seeds[0], {"retriever_lr": lr, "epochs": epochs}, questions=len(s.pool))
-            rows.append({"questions": len(s.pool), "retriever_lr": lr, "epochs": epochs,
+            params, _ = self.train("e", c.seeds[0], {"retriever_lr": lr, "epochs": e}, questions=len(s.pool))
+            rows.append({"questions": len(s.pool), "retriever_lr": lr, "epochs": e,
                          **self.dev_recall(params["retriever"], "dev_all"), "seconds": round(time.time() - t0, 1)})
-            self.log(f"[passes] {epochs} passes, lr {lr:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
-        best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))  # the first best: fewest passes
+            self.log(f"[passes] {e} passes, lr {lr:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
+        best = max(done + rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"], -r["epochs"]))
         return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "rows": rows, "chosen_epochs": best["epochs"]}
 
     def pool_settings(self) -> dict:

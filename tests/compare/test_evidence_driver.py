@@ -122,19 +122,23 @@ def test_passes_part_trains_on_the_whole_pool_at_the_chosen_lr_and_sets_eL_epoch
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(15,), pool_epochs=(3, 1, 2))
     comp = Comparison(cfg, progress=False, log=lambda _: None)
     assert comp.part_names()[-5:] == ["scale", "passes", "eL_s0", "eL_s1", "eL_s2"]
+    with pytest.raises(InputError, match="run part scale first"):
+        comp.run(["passes"])
+    n = len(comp.setup.dev_all)
+    scale_row = {"questions": 15, "retriever_lr": 1e-5, "dev_recall@1": 1 / n, "dev_recall@7": 1.0}
     with open(os.path.join(cfg.out_dir, "scale.json"), "w") as f:
-        json.dump({"chosen_lr": 1e-5}, f)
+        json.dump({"chosen_lr": 1e-5, "rows": [scale_row, {**scale_row, "retriever_lr": 3e-5, "dev_recall@1": 1.0}]}, f)
     calls = []
-    hits = {1: 1, 2: 3, 3: 3}  # dev hits per number of passes: 2 and 3 tie, the fewer passes win
+    hits = {2: 3, 3: 3}  # dev hits per number of passes (the scale part's one pass: 1); 2 and 3 tie, fewer passes win
     monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
     monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
     monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
         (arm, settings, questions)) or ({"retriever": hits[settings["epochs"]]}, []))
     monkeypatch.setattr(comp, "recall", lambda rp, recs, gold: [{"gold_rank": 1 if i < rp else 3}
                                                                for i in range(len(recs))])
-    assert comp.pool_settings()["epochs"] == cfg.epochs
+    assert comp.pool_settings()["epochs"] == cfg.epochs == 1
     comp.run(["passes"])
-    assert calls == [("e", {"retriever_lr": 1e-5, "epochs": e}, 15) for e in (1, 2, 3)]
+    assert calls == [("e", {"retriever_lr": 1e-5, "epochs": e}, 15) for e in (2, 3)]  # one pass: the scale part's
     assert comp.pool_settings() == {**comp.settings(), "retriever_lr": 1e-5, "epochs": 2}
 
 
