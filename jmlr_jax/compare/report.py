@@ -212,7 +212,7 @@ def scale_table(results: dict) -> str:
     hit = lambda row, k: np.asarray([r is not None and r <= k for r in row["dev_ranks"]])  # noqa: E731
     base = sc["rows"][0]
     epochs = sc["settings"].get("epochs", 1)
-    chosen = f"lr {sc.get('chosen_lr', '-'):g}" + (f", {ps['chosen_epochs']} passes" if ps else "")
+    chosen = f"lr {sc.get('chosen_lr', '-'):g}" + (f", {ps['chosen_epochs']} pass" + "es" * (ps["chosen_epochs"] != 1) if ps else "")
     lines = [f"Arm e (seed 0, settings {sc['settings']} but the lr and passes) trained on the first n of a pool of "
              f"{sc['pool']} training questions; recall on all {sc['dev_questions']} dev-focus questions (n = 0: the "
              f"base retriever)" + ("; the last rows (part passes) make more passes over the whole pool at the lr "
