@@ -466,20 +466,24 @@ class Comparison:
         return {"dev_questions": len(self.setup.dev), "base_dev_recall@1": base_r1, "rows": rows,
                 "chosen": {k: best[k] for k in ("retriever_lr", "rank_loss", "num_sampled", "epochs")}}
 
+    def _pool_row(self, questions: int, settings: dict) -> dict:
+        """Arm e (seed 0) trained on the first `questions` of the pool with `settings`: its dev recall (every
+        dev-focus question), gold ranks and seconds, as a row of the scale / passes tables."""
+        t0 = time.time()
+        params, _ = self.train("e", self.cfg.seeds[0], settings, questions=questions)
+        return {"questions": questions, **settings, **self.dev_recall(params["retriever"], "dev_all"),
+                "seconds": round(time.time() - t0, 1)}
+
     def scale_part(self) -> dict:
         """Arm e (seed 0, the sweep's settings) trained on the first n pool questions for each n in scale_sizes and
         each lr in scale_lrs; recall on every dev-focus question. Chooses arm eL's lr: the best dev recall@1 (then
         @7) on the whole pool."""
         c, s = self.cfg, self.setup
-        dev_recall = functools.partial(self.dev_recall, which="dev_all")
         self.doc_losses(pool=True)  # cached once, before any row is timed
-        rows = [{"questions": 0, "retriever_lr": 0.0, **dev_recall(self.models()[4]), "seconds": 0.0}]
+        rows = [{"questions": 0, "retriever_lr": 0.0, **self.dev_recall(self.models()[4], "dev_all"), "seconds": 0.0}]
         for lr in c.scale_lrs or (self.settings()["retriever_lr"],):
             for n in c.scale_sizes:
-                t0 = time.time()
-                params, _ = self.train("e", c.seeds[0], {"retriever_lr": lr}, questions=n)
-                rows.append({"questions": n, "retriever_lr": lr, **dev_recall(params["retriever"]),
-                             "seconds": round(time.time() - t0, 1)})
+                rows.append(self._pool_row(n, {"retriever_lr": lr}))
                 self.log(f"[scale] {n} questions, lr {lr:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
         whole = [r for r in rows if r["questions"] == len(s.pool)] or rows[1:]
         best = max(whole, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
@@ -499,13 +503,10 @@ class Comparison:
         lr, epochs = scale["chosen_lr"], self.settings()["epochs"]
         done = [{**r, "epochs": epochs} for r in scale["rows"] if r["questions"] == len(s.pool)
                 and r["retriever_lr"] == lr]
-        self.doc_losses(pool=True)
+        self.doc_losses(pool=True)  # cached once, before any row is timed
         rows = []
         for e in sorted(set(c.pool_epochs) - {epochs}):
-            t0 = time.time()
-            params, _ = self.train("e", c.seeds[0], {"retriever_lr": lr, "epochs": e}, questions=len(s.pool))
-            rows.append({"questions": len(s.pool), "retriever_lr": lr, "epochs": e,
-                         **self.dev_recall(params["retriever"], "dev_all"), "seconds": round(time.time() - t0, 1)})
+            rows.append(self._pool_row(len(s.pool), {"retriever_lr": lr, "epochs": e}))
             self.log(f"[passes] {e} passes, lr {lr:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
         best = max(done + rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"], -r["epochs"]))
         return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "rows": rows, "chosen_epochs": best["epochs"]}

@@ -212,20 +212,23 @@ def scale_table(results: dict) -> str:
     hit = lambda row, k: np.asarray([r is not None and r <= k for r in row["dev_ranks"]])  # noqa: E731
     base = sc["rows"][0]
     epochs = sc["settings"].get("epochs", 1)
-    chosen = f"lr {sc.get('chosen_lr', '-'):g}" + (f", {ps['chosen_epochs']} pass" + "es" * (ps["chosen_epochs"] != 1) if ps else "")
+    chosen = f"lr {sc.get('chosen_lr', '-'):g}"
+    if ps:
+        chosen += f", {ps['chosen_epochs']} pass" + "es" * (ps["chosen_epochs"] != 1)
     lines = [f"Arm e (seed 0, settings {sc['settings']} but the lr and passes) trained on the first n of a pool of "
              f"{sc['pool']} training questions; recall on all {sc['dev_questions']} dev-focus questions (n = 0: the "
              f"base retriever)" + ("; the last rows (part passes) make more passes over the whole pool at the lr "
                                    "chosen on it" if ps else "") + f". Chosen for (eL), on the whole pool: {chosen}.",
-             "", "| training questions | retriever lr | passes | dev recall@1 ± s.e. | McNemar p vs base | dev recall@7 "
-             "| s |", "|---|---|---|---|---|---|---|"]
+             "", "| training questions | retriever lr | passes | dev recall@1 ± s.e. | McNemar p vs base "
+             "| dev recall@7 | s |", "|---|---|---|---|---|---|---|"]
     for row in sc["rows"] + (ps["rows"] if ps else []):
         h1 = hit(row, 1)
         p = "-" if row is base else f"{mcnemar(h1, hit(base, 1))['p']:.2g}"
         lr = f"{row['retriever_lr']:g}" if row.get("retriever_lr") else "-"
         passes = "-" if row is base else row.get("epochs", epochs)
-        lines.append(f"| {row['questions']} | {lr} | {passes} | {h1.mean():.3f} ± {h1.std(ddof=1) / math.sqrt(len(h1)):.3f} "
-                     f"| {p} | {hit(row, 7).mean():.3f} | {row['seconds']:.0f} |")
+        se = h1.std(ddof=1) / math.sqrt(len(h1))
+        lines.append(f"| {row['questions']} | {lr} | {passes} | {h1.mean():.3f} ± {se:.3f} | {p} "
+                     f"| {hit(row, 7).mean():.3f} | {row['seconds']:.0f} |")
     return "\n".join(lines)
 
 
