@@ -12,7 +12,8 @@ Arms (same training questions, steps, budgets and learning rates):
           part, dg - c, and the trained retriever's part, d - dg)
 With a pool (compare/evidence_more_data.gin), more: scale (arm e on the first n pool questions, dev recall per n and
 lr), passes (arm e on the whole pool, dev recall per number of passes) and eL_s* (arm e trained on the whole pool
-at the lr and passes those chose; only arm e grows, its generator losses are cached once).
+at the lr and passes those chose; only arm e grows, its generator losses are cached once); negatives (arm e on the
+whole pool in batches, without and with in-batch negatives) may change eL's batch.
 Retriever training moves the query encoder only: the candidates' token vectors come from the index built by the
 base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches the
 whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
@@ -103,6 +104,10 @@ class EvidenceConfig:
     scale_sizes: tuple = ()
     scale_lrs: tuple = ()
     pool_epochs: tuple = ()
+    # Part "negatives" (negatives_batch > 0): arm e on the whole pool at eL's lr and passes in batches of this many
+    # questions, without and with in-batch negatives (JMLRConfig.in_batch_negatives: the other questions'
+    # candidates); eL takes the best of those and its batch-1 row (the scale / passes part's).
+    negatives_batch: int = 0
     # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
     # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
     sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
@@ -221,7 +226,7 @@ class Comparison:
         names += [f"dg_s{s}" for s in c.seeds]
         if len(self.setup.pool) > len(self.setup.train):  # the more-data extension
             names += (["scale"] if c.scale_sizes else []) + (["passes"] if c.pool_epochs else []) + \
-                [f"eL_s{s}" for s in c.seeds]
+                (["negatives"] if c.negatives_batch else []) + [f"eL_s{s}" for s in c.seeds]
         return names
 
     def run(self, parts: Sequence[str] | None = None) -> None:
@@ -246,6 +251,8 @@ class Comparison:
             return self.scale_part()
         if name == "passes":
             return self.passes_part()
+        if name == "negatives":
+            return self.negatives_part()
         if name in ("a", "frozen", "b"):
             return self.arm_part(name, 0)
         arm, _, seed = name.partition("_s")
@@ -377,10 +384,12 @@ class Comparison:
         if n > len(self._records(pool)):
             raise InputError(f"{n} training questions asked, the pool has {len(self._records(pool))} "
                              "(EvidenceConfig.pool_medquad)")
+        batch_size = settings.get("batch_size", c.batch_size)
         jcfg = JMLRConfig(num_candidates=c.num_candidates, num_sampled=settings["num_sampled"],
                           num_docs=0 if arm == "b" else c.num_docs, rank_weight=1.0 if trains_retriever else 0.0,
-                          rank_loss=settings["rank_loss"], cached_doc_losses=cached, compact=True)
-        steps = settings["epochs"] * n // c.batch_size
+                          rank_loss=settings["rank_loss"], cached_doc_losses=cached, compact=True,
+                          in_batch_negatives=settings.get("in_batch_negatives", False))
+        steps = settings["epochs"] * n // batch_size
         optim = OptimConfig(llm_lr=c.llm_lr, retriever_lr=settings["retriever_lr"],
                             warmup_steps=max(1, int(c.warmup_fraction * steps)), decay_steps=steps,
                             llm_trainable=".*" if trains_llm else "", retriever_trainable=".*" if trains_retriever else "")
@@ -389,7 +398,7 @@ class Comparison:
         state = init_train_state(params, tx, seed)
         step_fn = jax.jit(functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg), tx=tx))
         examples = self.examples(self.doc_losses(pool) if cached else None, pool=pool, n=n)
-        it = iter(make_dataset(examples, c.batch_size, seed))
+        it = iter(make_dataset(examples, batch_size, seed))
         history = []
 
         for i in tqdm.trange(steps, desc=f"train {arm} seed {seed}", disable=not self.progress):
@@ -511,15 +520,50 @@ class Comparison:
         best = max(done + rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"], -r["epochs"]))
         return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "rows": rows, "chosen_epochs": best["epochs"]}
 
+    def negatives_part(self) -> dict:
+        """Arm e (seed 0) on the whole pool at eL's lr and passes, in batches of negatives_batch questions, without
+        and with in-batch negatives; recall on every dev-focus question. Chooses eL's batch among these and the
+        batch-1 row at that lr and passes (the scale or passes part's): the best dev recall@1, then @7, then the
+        earlier row (batch 1, no negatives) on a tie."""
+        c, s = self.cfg, self.setup
+        settings = self.pool_settings()
+        lr, epochs = settings["retriever_lr"], settings["epochs"]
+        done = []
+        for part in ("scale", "passes"):
+            path = os.path.join(c.out_dir, f"{part}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    done += [r for r in json.load(f)["rows"] if r["questions"] == len(s.pool)
+                             and r["retriever_lr"] == lr and r.get("epochs", self.settings()["epochs"]) == epochs]
+        if not done:
+            raise InputError(f"part negatives compares with the batch-1 row at eL's lr {lr:g} and {epochs} passes: "
+                             "run parts scale (and passes) first")
+        base = {**done[0], "epochs": epochs, "batch_size": c.batch_size, "in_batch_negatives": False}
+        self.doc_losses(pool=True)  # cached once, before any row is timed
+        rows = []
+        for neg in (False, True):
+            rows.append(self._pool_row(len(s.pool), {"retriever_lr": lr, "epochs": epochs,
+                                                     "batch_size": c.negatives_batch, "in_batch_negatives": neg}))
+            self.log(f"[negatives] batch {c.negatives_batch}, in-batch negatives {neg}: "
+                     f"dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
+        ranked = [base] + rows
+        best = max(range(len(ranked)), key=lambda i: (ranked[i]["dev_recall@1"], ranked[i]["dev_recall@7"], -i))
+        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "baseline": base, "rows": rows,
+                "chosen": {k: ranked[best][k] for k in ("batch_size", "in_batch_negatives")}}
+
     def pool_settings(self) -> dict:
-        """Arm eL's settings: the sweep's, with the retriever lr the scale part and the number of passes the passes
-        part chose on the whole pool (dev)."""
+        """Arm eL's settings: the sweep's, with the retriever lr the scale part, the number of passes the passes
+        part and the batch (with or without in-batch negatives) the negatives part chose on the whole pool (dev)."""
         out = self.settings()
         for part, key, name in (("scale", "chosen_lr", "retriever_lr"), ("passes", "chosen_epochs", "epochs")):
             path = os.path.join(self.cfg.out_dir, f"{part}.json")
             if os.path.exists(path):
                 with open(path) as f:
                     out[name] = json.load(f).get(key, out[name])
+        path = os.path.join(self.cfg.out_dir, "negatives.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                out.update(json.load(f)["chosen"])
         return out
 
     def arm_part(self, arm: str, seed: int) -> dict:

@@ -232,6 +232,32 @@ def scale_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def negatives_table(results: dict) -> str:
+    """Arm e on the whole pool in batches, without and with in-batch negatives (part "negatives"), against the
+    batch-1 row at the same lr and passes (McNemar)."""
+    ng = results.get("negatives")
+    if not ng:
+        return ""
+    hit = lambda row, k: np.asarray([r is not None and r <= k for r in row["dev_ranks"]])  # noqa: E731
+    base = ng["baseline"]
+    chosen = ng["chosen"]
+    lines = [f"Arm e (seed 0) on the whole pool of {ng['pool']} questions at lr {base['retriever_lr']:g} and "
+             f"{base['epochs']} pass(es), batch 1 (the row above) against batches of several questions, without and "
+             "with in-batch negatives (each question's KL also spans the other questions' candidates in the batch, "
+             "with target probability 0); recall on all "
+             f"{ng['dev_questions']} dev-focus questions. Chosen for (eL): batch {chosen['batch_size']}, "
+             f"in-batch negatives {'yes' if chosen['in_batch_negatives'] else 'no'}.", "",
+             "| batch | in-batch negatives | dev recall@1 ± s.e. | McNemar p vs batch 1 | dev recall@7 | s |",
+             "|---|---|---|---|---|---|"]
+    for row in [base] + ng["rows"]:
+        h1 = hit(row, 1)
+        p = "-" if row is base else f"{mcnemar(h1, hit(base, 1))['p']:.2g}"
+        se = h1.std(ddof=1) / math.sqrt(len(h1))
+        lines.append(f"| {row['batch_size']} | {'yes' if row['in_batch_negatives'] else 'no'} | {h1.mean():.3f} ± "
+                     f"{se:.3f} | {p} | {hit(row, 7).mean():.3f} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def timing_table(results: dict) -> str:
     lines = ["| part | minutes (training part) |", "|---|---|"]
     for name, part in results.items():
@@ -318,6 +344,8 @@ def markdown(results: dict) -> str:
              "### Retriever settings chosen on the dev focuses (arm e)", "", sweep_table(results), "",
              *(["### More training questions for the retriever (arm e, dev focuses)", "", scale_table(results), ""]
                if "scale" in results else []),
+             *(["### In-batch negatives (arm e, dev focuses)", "", negatives_table(results), ""]
+               if "negatives" in results else []),
              "### Time per part (2 CPU cores)", "", timing_table(results)]
     return "\n".join(parts)
 

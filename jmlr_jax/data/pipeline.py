@@ -75,7 +75,8 @@ class JMLRExamples:
         question, question_valid = encode_question(self.tok, self.template, r, self.budgets.question)
         answer, answer_valid = encode_answer(self.tok, self.template, r, self.budgets.answer)
         bos, bos_valid = bos_block(self.tok)
-        return {"example_id": np.int32(i), "r_q_ids": q_ids[0], "r_q_mask": q_mask[0], **retriever_docs,
+        return {"example_id": np.int32(i), "candidates": self.candidates[i].astype(np.int32), "r_q_ids": q_ids[0],
+                "r_q_mask": q_mask[0], **retriever_docs,
                 "docs": docs, "docs_valid": docs_valid, "question": question, "question_valid": question_valid,
                 "answer": answer, "answer_valid": answer_valid, "bos": bos, "bos_valid": bos_valid, **extra}
 

@@ -8,7 +8,9 @@ One function of (state, batch) under one `jax.jit`:
     forward pass under stop_gradient.
  5. Rank loss. "ranknet": over ordered pairs i != j of sampled docs, BCE(sigmoid(s_hat_i - s_hat_j),
     [l_j > l_i], 1/2 for ties within 1e-5 nats); "kl": KL(softmax(-l / beta) || softmax(s_hat / tau)) over
-    the sampled docs (Atlas PDist).
+    the sampled docs (Atlas PDist); with in_batch_negatives the retriever's softmax also spans the other
+    questions' candidates in the batch (target 0; none of the question's own candidates), rescaled by the
+    question's own min and span.
  6. Generator: the top-K docs by s, best last (right before the question); LM loss on answer tokens only.
  7. loss = lm + lambda * rank; one optax update over both models (groups in train/state.py).
 Losses are per-example means, averaged over the batch, so a batch of 2 gives the mean of two batch-1
@@ -23,6 +25,7 @@ Batch (numpy/jax arrays; B examples, C candidates):
   bos, bos_valid [B, 0 or 1]                                              generator blocks (data/templates.py)
   optional: r_d_emb [B, C, Ldr, dim] (frozen document side, replaces r_d_ids / r_d_mask);
             doc_losses [B, C] (JMLRConfig.cached_doc_losses)
+            candidates [B, C] int (corpus index of each candidate; JMLRConfig.in_batch_negatives)
 """
 from __future__ import annotations
 
@@ -56,6 +59,9 @@ class JMLRConfig:
     # Generator frozen, its answer loss with each candidate precomputed (batch["doc_losses"] [B, C]): the step
     # trains only the retriever and runs no LLM (retriever-only JMLR, the RePlug-style ablation).
     cached_doc_losses: bool = False
+    # Rank loss only: the other questions' candidates in the batch as negatives of each question (target 0 in the
+    # KL; a passage among the question's own candidates never is one). Needs batch["candidates"].
+    in_batch_negatives: bool = False
 
     def __post_init__(self):
         if not 1 <= self.num_sampled <= self.num_candidates or not 0 <= self.num_docs <= self.num_candidates:
@@ -67,6 +73,8 @@ class JMLRConfig:
             raise ValueError("cached_doc_losses trains only the retriever: it needs rank_weight > 0")
         if self.rank_loss not in ("ranknet", "kl"):
             raise ValueError(f"rank_loss must be 'ranknet' or 'kl', got {self.rank_loss!r}")
+        if self.in_batch_negatives and (self.rank_loss != "kl" or not self.rank_weight):
+            raise ValueError("in_batch_negatives extends the KL rank loss: it needs rank_loss='kl' and rank_weight > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,21 +87,27 @@ class StepConfigs:
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 
 
-def retriever_scores(rcfg: ColBERTConfig, rparams, batch) -> jax.Array:
-    """Live MaxSim of each question against its candidates: [B, C].
+def retriever_scores(rcfg: ColBERTConfig, rparams, batch, all_pairs: bool = False) -> jax.Array:
+    """Live MaxSim of each question against its candidates: [B, C]; with all_pairs against every question's
+    candidates in the batch: [B, B, C] (row b, block b' = question b against b''s candidates).
 
     With `r_d_emb` [B, C, Ld, dim] in the batch the document side is frozen: the candidates' token vectors come
     from the index (built by the base encoder) and only the query encoder is live, so the index never goes stale.
     """
     model = ColBERT(rcfg)
     Q = model.apply({"params": rparams}, batch["r_q_ids"], batch["r_q_mask"], method="encode_query")
+    keep = batch["r_d_keep"]
+    B, C, Ld = keep.shape
     if "r_d_emb" in batch:
-        return maxsim(Q, batch["r_d_emb"], batch["r_d_keep"])
-    B, C, Ld = batch["r_d_ids"].shape
-    flat = lambda x: x.reshape(B * C, Ld)  # noqa: E731
-    D = model.apply({"params": rparams}, flat(batch["r_d_ids"]), flat(batch["r_d_mask"]), flat(batch["r_d_keep"]),
-                    method="encode_doc")
-    return maxsim(Q, D.reshape(B, C, Ld, -1), batch["r_d_keep"])
+        D = batch["r_d_emb"]
+    else:
+        flat = lambda x: x.reshape(B * C, Ld)  # noqa: E731
+        D = model.apply({"params": rparams}, flat(batch["r_d_ids"]), flat(batch["r_d_mask"]), flat(keep),
+                        method="encode_doc").reshape(B, C, Ld, -1)
+    if not all_pairs:
+        return maxsim(Q, D, keep)
+    every = lambda x: jnp.broadcast_to(x.reshape(1, B * C, *x.shape[2:]), (B, B * C, *x.shape[2:]))  # noqa: E731
+    return maxsim(Q, every(D), every(keep)).reshape(B, B, C)
 
 
 def _take(x_BxCx, idx_BxK):
@@ -112,12 +126,13 @@ def jmlr_loss(params, batch, rng, m: StepConfigs) -> tuple[jax.Array, dict]:
     rank = jnp.zeros((B,), jnp.float32)
     if j.num_docs or j.rank_weight:
         # 1: live retriever scores (no gradient unless the rank loss trains the retriever).
-        s = retriever_scores(m.retriever, params["retriever"], batch)
+        s = retriever_scores(m.retriever, params["retriever"], batch, all_pairs=j.in_batch_negatives)
         if not j.rank_weight:
             s = jax.lax.stop_gradient(s)
+        s_all, s = (s, s[jnp.arange(B), jnp.arange(B)]) if j.in_batch_negatives else (None, s)
         metrics["retriever_score_mean"] = jnp.mean(s)
     if j.rank_weight:
-        rank, rank_metrics = _rank_loss(llm_params, batch, s, rng, m)
+        rank, rank_metrics = _rank_loss(llm_params, batch, s, rng, m, s_all)
         metrics.update(rank_metrics)
     if j.cached_doc_losses:  # the generator is frozen: no LM loss to train
         loss = jnp.mean(rank)
@@ -134,8 +149,9 @@ def jmlr_loss(params, batch, rng, m: StepConfigs) -> tuple[jax.Array, dict]:
     return loss, {"loss": loss, "lm_loss": jnp.mean(lm), "rank_loss": jnp.mean(rank), **metrics}
 
 
-def _rank_loss(llm_params, batch, s, rng, m: StepConfigs) -> tuple[jax.Array, dict]:
-    """Steps 2-5: normalise, sample S candidates, score them with the frozen LLM, rank loss [B] + metrics."""
+def _rank_loss(llm_params, batch, s, rng, m: StepConfigs, s_all=None) -> tuple[jax.Array, dict]:
+    """Steps 2-5: normalise, sample S candidates, score them with the frozen LLM, rank loss [B] + metrics.
+    s_all [B, B, C]: every question against every candidate in the batch (in_batch_negatives)."""
     j = m.jmlr
     B, C = batch["docs"].shape[:2]
     s_hat = normalize_scores(s)
@@ -159,13 +175,25 @@ def _rank_loss(llm_params, batch, s, rng, m: StepConfigs) -> tuple[jax.Array, di
 
     # 5: rank loss on the sampled docs' normalised scores.
     s_hat_S = jnp.take_along_axis(s_hat, sampled, axis=1)
+    negatives = {}
+    if j.in_batch_negatives:
+        if "candidates" not in batch:
+            raise ValueError("in_batch_negatives needs batch['candidates'] [B, C] (each candidate's corpus index)")
+        cand = batch["candidates"]
+        own = jnp.any(cand[None, :, :, None] == cand[:, None, None, :], axis=-1)  # [B, B', C]: in b's own list
+        valid = ~jnp.eye(B, dtype=bool)[:, :, None] & ~own
+        negatives = {"neg_BxN": normalize_scores(s_all.reshape(B, B * C), ref_BxR=s),
+                     "neg_valid_BxN": valid.reshape(B, B * C)}
     rank = (ranknet_loss(s_hat_S, l) if j.rank_loss == "ranknet"
-            else kl_rank_loss(s_hat_S, l, j.tau, j.kl_beta))
+            else kl_rank_loss(s_hat_S, l, j.tau, j.kl_beta, **negatives))
     # Agreement: fraction of sampled pairs the retriever orders like the LLM (lower loss = better doc).
     pair = (l[:, None, :] != l[:, :, None]) & ~jnp.eye(S, dtype=bool)
     agree = (jnp.sign(s_hat_S[:, :, None] - s_hat_S[:, None, :]) == jnp.sign(l[:, None, :] - l[:, :, None])) & pair
-    return rank, {"agreement": jnp.sum(agree) / jnp.maximum(jnp.sum(pair), 1),
-                  "doc_loss_spread": jnp.mean(jnp.max(l, 1) - jnp.min(l, 1))}
+    metrics = {"agreement": jnp.sum(agree) / jnp.maximum(jnp.sum(pair), 1),
+               "doc_loss_spread": jnp.mean(jnp.max(l, 1) - jnp.min(l, 1))}
+    if j.in_batch_negatives:
+        metrics["negatives"] = jnp.sum(negatives["neg_valid_BxN"]) / B
+    return rank, metrics
 
 
 def train_step(state: dict[str, Any], batch: dict, *, models: StepConfigs, tx: optax.GradientTransformation):

@@ -72,10 +72,13 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
 
 # ----------------------------------------------------------------------------------- rank losses
 
-def normalize_scores(s_BxC: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """Min-max rescale each row to [-1, 1]; a row whose scores are all equal maps to zeros."""
-    lo = jnp.min(s_BxC, axis=-1, keepdims=True)
-    span = jnp.max(s_BxC, axis=-1, keepdims=True) - lo
+def normalize_scores(s_BxC: jax.Array, eps: float = 1e-6, ref_BxR: jax.Array | None = None) -> jax.Array:
+    """Min-max rescale each row to [-1, 1]; a row whose scores are all equal maps to zeros. With ref, each row is
+    rescaled by the min and span of ref's row instead (other passages' scores on the candidates' scale: they may
+    fall outside [-1, 1])."""
+    ref = s_BxC if ref_BxR is None else ref_BxR
+    lo = jnp.min(ref, axis=-1, keepdims=True)
+    span = jnp.max(ref, axis=-1, keepdims=True) - lo
     safe = jnp.where(span > eps, span, 1.0)
     return jnp.where(span > eps, 2.0 * (s_BxC - lo) / safe - 1.0, 0.0)
 
@@ -93,10 +96,16 @@ def ranknet_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array, tie_tol: float = 1e-5) 
     return jnp.sum(bce * off_diag, axis=(1, 2)) / max(S * (S - 1), 1)
 
 
-def kl_rank_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array, tau: float, beta: float) -> jax.Array:
-    """KL(LLM posterior || retriever distribution) over the sampled docs; per example [B]."""
+def kl_rank_loss(s_hat_BxS: jax.Array, l_BxS: jax.Array, tau: float, beta: float,
+                 neg_BxN: jax.Array | None = None, neg_valid_BxN: jax.Array | None = None) -> jax.Array:
+    """KL(LLM posterior || retriever distribution) over the sampled docs; per example [B]. With negatives
+    (rescaled scores of passages the LLM did not score, e.g. other questions' candidates), the retriever's
+    distribution also spans the valid ones and the LLM posterior gives them probability 0."""
     target = jax.nn.softmax(-l_BxS / beta, axis=-1)
-    log_p = jax.nn.log_softmax(s_hat_BxS / tau, axis=-1)
+    logits = s_hat_BxS / tau
+    if neg_BxN is not None:
+        logits = jnp.concatenate([logits, jnp.where(neg_valid_BxN, neg_BxN / tau, -jnp.inf)], axis=-1)
+    log_p = jax.nn.log_softmax(logits, axis=-1)[:, : s_hat_BxS.shape[1]]
     return jnp.sum(target * (jnp.log(jnp.maximum(target, 1e-12)) - log_p), axis=-1)
 
 

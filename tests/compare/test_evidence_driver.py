@@ -142,6 +142,36 @@ def test_passes_part_trains_on_the_whole_pool_at_the_chosen_lr_and_sets_eL_epoch
     assert comp.pool_settings() == {**comp.settings(), "retriever_lr": 1e-5, "epochs": 2}
 
 
+def test_negatives_part_compares_batches_with_and_without_in_batch_negatives(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(15,), negatives_batch=4)
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    assert comp.part_names()[-5:] == ["scale", "negatives", "eL_s0", "eL_s1", "eL_s2"]
+    with pytest.raises(InputError, match="run parts scale"):
+        comp.run(["negatives"])
+    n = len(comp.setup.dev_all)
+    scale_row = {"questions": 15, "retriever_lr": 1e-5, "dev_recall@1": 2 / n, "dev_recall@7": 1.0, "dev_ranks": []}
+    with open(os.path.join(cfg.out_dir, "scale.json"), "w") as f:
+        json.dump({"chosen_lr": 1e-5, "rows": [scale_row, {**scale_row, "retriever_lr": 3e-5, "dev_recall@1": 1.0}]}, f)
+    calls = []
+    hits = {False: 2, True: 3}  # dev hits: batch 4 without negatives ties the batch-1 row (kept), with them wins
+    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
+    monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
+    monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
+        (arm, settings, questions)) or ({"retriever": hits[settings["in_batch_negatives"]]}, []))
+    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold: [{"gold_rank": 1 if i < rp else 3}
+                                                               for i in range(len(recs))])
+    comp.run(["negatives"])
+    assert calls == [("e", {"retriever_lr": 1e-5, "epochs": 1, "batch_size": 4, "in_batch_negatives": neg}, 15)
+                     for neg in (False, True)]
+    assert comp.pool_settings() == {**comp.settings(), "retriever_lr": 1e-5, "batch_size": 4,
+                                    "in_batch_negatives": True}
+    hits[True] = 1  # neither batch-4 row beats batch 1 now: eL keeps it
+    os.remove(os.path.join(cfg.out_dir, "negatives.json"))
+    comp.run(["negatives"])
+    assert comp.pool_settings()["batch_size"] == cfg.batch_size == 1
+    assert comp.pool_settings()["in_batch_negatives"] is False
+
+
 def test_sweep_second_stage_varies_sampled_and_epochs_at_the_best_loss_and_lr(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, sweep_lrs=(1e-5, 3e-5), sweep_losses=("ranknet", "kl"))
     comp = Comparison(cfg, progress=False, log=lambda _: None)

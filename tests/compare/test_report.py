@@ -59,6 +59,15 @@ def test_larger_pool_arm_pairs_on_retrieval_only_and_scale_table():
         {"questions": 9, "retriever_lr": 1e-5, "epochs": 2, "dev_ranks": [1, 1, 1, None], "seconds": 9}]}
     scale = report.scale_table(results)
     assert "| 9 | 1e-05 | 2 | 0.750 ± 0.250 | 0.5 | 0.750 | 9 |" in scale and "lr 1e-05, 2 passes." in scale
+    base = {**results["scale"]["rows"][1], "epochs": 1, "batch_size": 1, "in_batch_negatives": False}
+    results["negatives"] = {"dev_questions": 4, "pool": 9, "baseline": base, "chosen": {
+        "batch_size": 1, "in_batch_negatives": False}, "rows": [
+        {**base, "batch_size": 4, "dev_ranks": [1, 1, 2, 2], "seconds": 3},
+        {**base, "batch_size": 4, "in_batch_negatives": True, "dev_ranks": [2, 3, None, None], "seconds": 4}]}
+    neg = report.negatives_table(results)
+    assert "| 1 | no | 1.000 ± 0.000 | - | 1.000 | 5 |" in neg and "batch 1, in-batch negatives no." in neg
+    assert "| 4 | yes | 0.000 ± 0.000 | 0.12 | 0.500 | 4 |" in neg  # McNemar vs batch 1: 4 discordant, 2 x 0.5^4
+    assert neg in report.markdown(results)
 
 
 def test_readme_interval_recomputed_from_committed_json():

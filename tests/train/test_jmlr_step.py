@@ -290,3 +290,62 @@ def test_retriever_only_arm_leaves_the_generator_bitwise_unchanged(params):
     moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
              zip(jax.tree_util.tree_leaves(state["params"]["retriever"]), jax.tree_util.tree_leaves(params["retriever"]))]
     assert any(moved) and np.isfinite(float(m["loss"]))
+
+
+def _negatives_batch(params, B=3, C=6):
+    batch = make_batch(B=B, C=C)
+    batch["doc_losses"] = np.random.RandomState(1).rand(B, C).astype(np.float32) * 3
+    batch["candidates"] = np.arange(B * C, dtype=np.int32).reshape(B, C)
+    batch["candidates"][2, 1] = batch["candidates"][0, 4]  # a passage both of questions 0 and 2 retrieved
+    return batch
+
+
+def test_in_batch_negatives_kl_matches_numpy(params):
+    """KL over the LLM-scored candidates with the other questions' candidates as target-0 negatives, against numpy
+    on scores computed question by question (each question against one other question's candidates at a time)."""
+    B, C, tau, beta = 3, 6, 0.7, 0.5
+    batch = _negatives_batch(params, B, C)
+    cfg = lambda neg: js.StepConfigs(LLM, RET, js.JMLRConfig(  # noqa: E731
+        num_candidates=C, num_sampled=C, num_docs=1, rank_loss="kl", tau=tau, kl_beta=beta, cached_doc_losses=True,
+        in_batch_negatives=neg))
+    rng = jax.random.PRNGKey(0)
+    _, m = jloss(params, batch, rng, m=cfg(True))
+    docs = ("r_d_ids", "r_d_mask", "r_d_keep")
+    S = np.stack([np.asarray(js.retriever_scores(RET, params["retriever"], dict(
+        batch, **{k: np.repeat(batch[k][o:o + 1], B, axis=0) for k in docs}))) for o in range(B)], axis=1)  # [B, B', C]
+    ref, negatives = [], 0
+    for b in range(B):
+        own = S[b, b]
+        lo, span = own.min(), own.max() - own.min()
+        logits = [2 * (own - lo) / span - 1]
+        for o in range(B):
+            if o != b:
+                valid = ~np.isin(batch["candidates"][o], batch["candidates"][b])
+                logits.append((2 * (S[b, o] - lo) / span - 1)[valid])
+                negatives += valid.sum()
+        z = np.concatenate(logits) / tau
+        logp = z - np.log(np.exp(z - z.max()).sum()) - z.max()
+        q = np.exp(-batch["doc_losses"][b] / beta)
+        q /= q.sum()
+        ref.append(np.sum(q * (np.log(q) - logp[:C])))
+    assert negatives == B * (B - 1) * C - 2  # the shared passage is a negative of neither question 0 nor 2
+    np.testing.assert_allclose(m["negatives"], negatives / B, rtol=1e-6)
+    np.testing.assert_allclose(m["rank_loss"], np.mean(ref), rtol=2e-5)
+    # Without any valid negative (every question retrieved the same passages) the loss is the plain KL.
+    same = dict(batch, candidates=np.repeat(batch["candidates"][:1], B, axis=0))
+    _, m_same = jloss(params, same, rng, m=cfg(True))
+    _, m_plain = jloss(params, batch, rng, m=cfg(False))
+    assert float(m_same["negatives"]) == 0
+    np.testing.assert_allclose(m_same["rank_loss"], m_plain["rank_loss"], rtol=1e-6)
+    assert float(m["rank_loss"]) > float(m_plain["rank_loss"])  # the negatives take probability from the scored
+
+
+def test_in_batch_negatives_bad_settings(params):
+    with pytest.raises(ValueError, match="rank_loss='kl'"):
+        js.JMLRConfig(rank_loss="ranknet", in_batch_negatives=True)
+    batch = _negatives_batch(params)
+    del batch["candidates"]
+    m = js.StepConfigs(LLM, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=1, rank_loss="kl",
+                                               cached_doc_losses=True, in_batch_negatives=True))
+    with pytest.raises(ValueError, match="candidates"):
+        jloss(params, batch, jax.random.PRNGKey(0), m=m)
