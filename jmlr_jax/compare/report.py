@@ -174,6 +174,35 @@ def paired_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+TOP1 = ("gold", "same focus, not gold", "another focus", "PubMedQA abstract")
+
+
+def top1_table(results: dict, focus_of: dict[str, str]) -> str:
+    """Where each retriever arm's top passage comes from on the MedQuAD held-out sets: the gold evidence, another
+    answer about the question's own focus, an answer about another focus, or a PubMedQA abstract (fractions, mean ±
+    s.d. over seeds). focus_of: MedQuAD record id -> focus (passage ids are '<record id>#<chunk>')."""
+    sets = ("heldout_focus", "heldout_doc")
+    lines = ["| arm | " + " | ".join(f"{SETS[s]}: {k}" for s in sets for k in TOP1) + " |", "|---|" + "---|" * 8]
+    for arm in RETRIEVER_ARMS:
+        runs = _arm_runs(results, arm)
+        if not runs:
+            continue
+        cells = []
+        for s in sets:
+            fractions = []
+            for part in runs.values():
+                kinds = []
+                for row in part["sets"][s]:
+                    doc = row["top10"][0].split("#")[0]
+                    kinds.append(0 if row["gold_rank"] == 1 else 3 if doc not in focus_of else
+                                 1 if focus_of[doc] == focus_of[row["id"]] else 2)
+                fractions.append(np.bincount(kinds, minlength=4) / len(kinds))
+            mean, sd = np.mean(fractions, 0), np.std(fractions, 0)
+            cells += [_fmt(m) + (f" ± {_fmt(d)}" if len(runs) > 1 else "") for m, d in zip(mean, sd)]
+        lines.append(f"| {ARMS[arm]} ({len(runs)} seed{'s' if len(runs) > 1 else ''}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def mcq_table(results: dict) -> str:
     lines = ["| arm | MMLU-Med acc ± s.e. | MedQA-US dev acc ± s.e. |", "|---|---|---|"]
     for name, part in results.items():
@@ -336,9 +365,13 @@ def plots(results: dict, img_dir: str) -> list[str]:
     return written
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict, focus_of: dict[str, str] | None = None) -> str:
+    """The README section; with focus_of (MedQuAD record id -> focus) also where each top passage comes from."""
     parts = ["### Gold-evidence recall (exact MaxSim over the whole corpus; mean ± s.d. over seeds)", "",
-             recall_table(results), "", "### Every measure per arm", "", summary_table(results), "",
+             recall_table(results), "",
+             *(["### Where the top passage comes from (MedQuAD held-out sets; fractions of questions)", "",
+                top1_table(results, focus_of), ""] if focus_of else []),
+             "### Every measure per arm", "", summary_table(results), "",
              "### Paired differences (bootstrap over questions, 10,000 resamples; McNemar for 0/1 measures)", "",
              paired_table(results), "", "### MCQ no-harm check (no retrieval)", "", mcq_table(results), "",
              "### Retriever settings chosen on the dev focuses (arm e)", "", sweep_table(results), "",

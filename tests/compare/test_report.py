@@ -84,3 +84,19 @@ def test_readme_interval_recomputed_from_committed_json():
     assert rows, "README has no paired row for " + measure
     assert cell in rows[0], (cell, rows[0])
     assert re.search(r"\| s0: [+-]\d", rows[0])
+
+
+def test_top1_table_sorts_each_top_passage_by_its_focus():
+    focus_of = {"q0": "flu", "q1": "flu", "q2": "gout", "q3": "gout"}
+    tops = [["q0#0", "q1#2"], ["q0#1"], ["pubmedqa-7#0"], ["q1#0"]]  # gold, same focus, PubMedQA, other focus
+    results = {}
+    for seed, ranks in ((0, [1, 3, None, 2]), (1, [1, 1, None, 2])):
+        part = _part("e", seed, [1.0] * 4, ranks)
+        part["sets"] = {s: [dict(r, top10=t) for r, t in zip(part["sets"][s], tops)] for s in part["sets"]}
+        results[f"e_s{seed}"] = part
+    table = report.top1_table(results, focus_of)
+    # seed 0: gold, same focus, PubMedQA, other focus; seed 1: q1's top is now gold
+    row = "| (e) retriever-only JMLR (2 seeds) | 0.375 ± 0.125 | 0.125 ± 0.125 | 0.250 ± 0.000 | 0.250 ± 0.000 |"
+    assert row in table
+    assert "Where the top passage comes from" in report.markdown(results, focus_of)
+    assert "Where the top passage comes from" not in report.markdown(results)
