@@ -361,10 +361,7 @@ class Comparison:
         c = self.cfg
         out = {"retriever_lr": c.retriever_lr, "rank_loss": c.rank_loss, "num_sampled": c.num_sampled,
                "epochs": c.epochs}
-        path = os.path.join(c.out_dir, "sweep.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                out.update(json.load(f)["chosen"])  # a sweep from before S / epochs were swept chose only lr, loss
+        out.update((self._saved("sweep") or {}).get("chosen", {}))  # an older sweep chose only lr and loss
         return out
 
     def train(self, arm: str, seed: int, settings: dict | None = None,
@@ -475,9 +472,24 @@ class Comparison:
         return {"dev_questions": len(self.setup.dev), "base_dev_recall@1": base_r1, "rows": rows,
                 "chosen": {k: best[k] for k in ("retriever_lr", "rank_loss", "num_sampled", "epochs")}}
 
+    def _saved(self, part: str) -> dict | None:
+        """A finished part's JSON (None before it has run)."""
+        path = os.path.join(self.cfg.out_dir, f"{part}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def _whole_pool_rows(self, lr: float, epochs: int) -> list[dict]:
+        """The saved scale / passes rows of arm e (batch 1) on the whole pool at this lr and number of passes."""
+        sweep_epochs = self.settings()["epochs"]  # a scale row makes the sweep's passes
+        rows = [r for part in ("scale", "passes") for r in (self._saved(part) or {"rows": []})["rows"]]
+        return [{**r, "epochs": r.get("epochs", sweep_epochs)} for r in rows if r["questions"] == len(self.setup.pool)
+                and r["retriever_lr"] == lr and r.get("epochs", sweep_epochs) == epochs]
+
     def _pool_row(self, questions: int, settings: dict) -> dict:
         """Arm e (seed 0) trained on the first `questions` of the pool with `settings`: its dev recall (every
-        dev-focus question), gold ranks and seconds, as a row of the scale / passes tables."""
+        dev-focus question), gold ranks and seconds, as a row of the scale / passes / negatives tables."""
         t0 = time.time()
         params, _ = self.train("e", self.cfg.seeds[0], settings, questions=questions)
         return {"questions": questions, **settings, **self.dev_recall(params["retriever"], "dev_all"),
@@ -504,14 +516,12 @@ class Comparison:
         recall on every dev-focus question. Chooses arm eL's epochs among these and the scale part's whole-pool row
         at that lr (the sweep's passes): the best dev recall@1, then @7, fewer passes on a tie."""
         c, s = self.cfg, self.setup
-        path = os.path.join(c.out_dir, "scale.json")
-        if not os.path.exists(path):
-            raise InputError(f"part passes starts from the scale part's choice: run part scale first ({path})")
-        with open(path) as f:
-            scale = json.load(f)
+        scale = self._saved("scale")
+        if scale is None:
+            raise InputError("part passes starts from the scale part's choice: run part scale first "
+                             f"({os.path.join(c.out_dir, 'scale.json')})")
         lr, epochs = scale["chosen_lr"], self.settings()["epochs"]
-        done = [{**r, "epochs": epochs} for r in scale["rows"] if r["questions"] == len(s.pool)
-                and r["retriever_lr"] == lr]
+        done = self._whole_pool_rows(lr, epochs)
         self.doc_losses(pool=True)  # cached once, before any row is timed
         rows = []
         for e in sorted(set(c.pool_epochs) - {epochs}):
@@ -528,17 +538,11 @@ class Comparison:
         c, s = self.cfg, self.setup
         settings = self.pool_settings()
         lr, epochs = settings["retriever_lr"], settings["epochs"]
-        done = []
-        for part in ("scale", "passes"):
-            path = os.path.join(c.out_dir, f"{part}.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    done += [r for r in json.load(f)["rows"] if r["questions"] == len(s.pool)
-                             and r["retriever_lr"] == lr and r.get("epochs", self.settings()["epochs"]) == epochs]
+        done = self._whole_pool_rows(lr, epochs)
         if not done:
             raise InputError(f"part negatives compares with the batch-1 row at eL's lr {lr:g} and {epochs} passes: "
                              "run parts scale (and passes) first")
-        base = {**done[0], "epochs": epochs, "batch_size": c.batch_size, "in_batch_negatives": False}
+        base = {**done[0], "batch_size": c.batch_size, "in_batch_negatives": False}
         self.doc_losses(pool=True)  # cached once, before any row is timed
         rows = []
         for neg in (False, True):
@@ -556,14 +560,8 @@ class Comparison:
         part and the batch (with or without in-batch negatives) the negatives part chose on the whole pool (dev)."""
         out = self.settings()
         for part, key, name in (("scale", "chosen_lr", "retriever_lr"), ("passes", "chosen_epochs", "epochs")):
-            path = os.path.join(self.cfg.out_dir, f"{part}.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    out[name] = json.load(f).get(key, out[name])
-        path = os.path.join(self.cfg.out_dir, "negatives.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                out.update(json.load(f)["chosen"])
+            out[name] = (self._saved(part) or {}).get(key, out[name])
+        out.update((self._saved("negatives") or {}).get("chosen", {}))
         return out
 
     def arm_part(self, arm: str, seed: int) -> dict:

@@ -232,13 +232,20 @@ def sweep_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _dev_cells(row: dict, base: dict) -> str:
+    """A dev-recall row's cells: recall@1 ± s.e. | McNemar p against `base` ("-" for base itself) | recall@7."""
+    hit = lambda r, k: np.asarray([x is not None and x <= k for x in r["dev_ranks"]])  # noqa: E731
+    h1 = hit(row, 1)
+    p = "-" if row is base else f"{mcnemar(h1, hit(base, 1))['p']:.2g}"
+    return f"{h1.mean():.3f} ± {h1.std(ddof=1) / math.sqrt(len(h1)):.3f} | {p} | {hit(row, 7).mean():.3f}"
+
+
 def scale_table(results: dict) -> str:
     """Arm e's dev recall by training-set size and lr (part "scale"), then by passes over the whole pool (part
     "passes"), each row against the base retriever (McNemar)."""
     sc, ps = results.get("scale"), results.get("passes")
     if not sc:
         return ""
-    hit = lambda row, k: np.asarray([r is not None and r <= k for r in row["dev_ranks"]])  # noqa: E731
     base = sc["rows"][0]
     epochs = sc["settings"].get("epochs", 1)
     chosen = f"lr {sc.get('chosen_lr', '-'):g}"
@@ -251,13 +258,9 @@ def scale_table(results: dict) -> str:
              "", "| training questions | retriever lr | passes | dev recall@1 ± s.e. | McNemar p vs base "
              "| dev recall@7 | s |", "|---|---|---|---|---|---|---|"]
     for row in sc["rows"] + (ps["rows"] if ps else []):
-        h1 = hit(row, 1)
-        p = "-" if row is base else f"{mcnemar(h1, hit(base, 1))['p']:.2g}"
         lr = f"{row['retriever_lr']:g}" if row.get("retriever_lr") else "-"
         passes = "-" if row is base else row.get("epochs", epochs)
-        se = h1.std(ddof=1) / math.sqrt(len(h1))
-        lines.append(f"| {row['questions']} | {lr} | {passes} | {h1.mean():.3f} ± {se:.3f} | {p} "
-                     f"| {hit(row, 7).mean():.3f} | {row['seconds']:.0f} |")
+        lines.append(f"| {row['questions']} | {lr} | {passes} | {_dev_cells(row, base)} | {row['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -267,7 +270,6 @@ def negatives_table(results: dict) -> str:
     ng = results.get("negatives")
     if not ng:
         return ""
-    hit = lambda row, k: np.asarray([r is not None and r <= k for r in row["dev_ranks"]])  # noqa: E731
     base = ng["baseline"]
     chosen = ng["chosen"]
     lines = [f"Arm e (seed 0) on the whole pool of {ng['pool']} questions at lr {base['retriever_lr']:g} and "
@@ -279,11 +281,8 @@ def negatives_table(results: dict) -> str:
              "| batch | in-batch negatives | dev recall@1 ± s.e. | McNemar p vs batch 1 | dev recall@7 | s |",
              "|---|---|---|---|---|---|"]
     for row in [base] + ng["rows"]:
-        h1 = hit(row, 1)
-        p = "-" if row is base else f"{mcnemar(h1, hit(base, 1))['p']:.2g}"
-        se = h1.std(ddof=1) / math.sqrt(len(h1))
-        lines.append(f"| {row['batch_size']} | {'yes' if row['in_batch_negatives'] else 'no'} | {h1.mean():.3f} ± "
-                     f"{se:.3f} | {p} | {hit(row, 7).mean():.3f} | {row['seconds']:.0f} |")
+        lines.append(f"| {row['batch_size']} | {'yes' if row['in_batch_negatives'] else 'no'} | "
+                     f"{_dev_cells(row, base)} | {row['seconds']:.0f} |")
     return "\n".join(lines)
 
 
