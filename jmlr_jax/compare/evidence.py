@@ -13,8 +13,9 @@ Arms (same training questions, steps, budgets and learning rates):
 With a pool (compare/evidence_more_data.gin), more: scale (arm e on the first n pool questions, dev recall per n and
 lr), passes (arm e on the whole pool, dev recall per number of passes) and eL_s* (arm e trained on the whole pool
 at the lr and passes those chose; only arm e grows, its generator losses are cached once); negatives (arm e on the
-whole pool in batches, without and with in-batch negatives) may change eL's batch.
-Retriever training moves the query encoder only: the candidates' token vectors come from the index built by the
+whole pool in batches, without and with in-batch negatives) may change eL's batch; eB_s* (both_sides) train arm eL
+with the document side too and are evaluated on the corpus re-encoded by their trained encoder (index refresh).
+Retriever training moves the query encoder only (except eB): the candidates' token vectors come from the index built by the
 base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches the
 whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
 
@@ -108,6 +109,11 @@ class EvidenceConfig:
     # questions, without and with in-batch negatives (JMLRConfig.in_batch_negatives: the other questions'
     # candidates); eL takes the best of those and its batch-1 row (the scale / passes part's).
     negatives_batch: int = 0
+    # Parts eB_s* (both_sides, with a pool): arm eL's settings with both encoder sides trained (the candidates'
+    # tokens encoded live in the step instead of read from the index), evaluated on an index re-encoded by the
+    # trained encoder (work_dir/index-eB_s*, the stale-index remedy "refresh"); also its recall on every dev-focus
+    # question, against eL's seed-0 row there.
+    both_sides: bool = False
     # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
     # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
     sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
@@ -119,7 +125,9 @@ class EvidenceConfig:
 
 TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
 # What each trained arm trains (and therefore saves and evaluates with): one table, read by train and arm_part.
-TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",), "eL": ("retriever",)}
+TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",), "eL": ("retriever",),
+           "eB": ("retriever",)}
+POOL_ARMS = ("eL", "eB")  # arm e on the whole pool at the settings chosen there (eB: document side trained too)
 
 
 def _sha(s: str) -> str:
@@ -214,8 +222,8 @@ class Comparison:
         self.template = ev.GENERATIVE_TEMPLATE
         self.budgets = Budgets(doc=cfg.doc_tokens, question=cfg.question_tokens, answer=cfg.answer_tokens)
         self._models = None
-        self._index = None
-        self._retrievers: dict[bool, Retriever] = {}
+        self._indexes: dict[str, tuple[TokenIndex, TokenIndex]] = {}
+        self._retrievers: dict[tuple[str, bool], Retriever] = {}
 
     # ------------------------------------------------------------------------------------------ parts
     def part_names(self) -> list[str]:
@@ -226,7 +234,8 @@ class Comparison:
         names += [f"dg_s{s}" for s in c.seeds]
         if len(self.setup.pool) > len(self.setup.train):  # the more-data extension
             names += (["scale"] if c.scale_sizes else []) + (["passes"] if c.pool_epochs else []) + \
-                (["negatives"] if c.negatives_batch else []) + [f"eL_s{s}" for s in c.seeds]
+                (["negatives"] if c.negatives_batch else []) + [f"eL_s{s}" for s in c.seeds] + \
+                ([f"eB_s{s}" for s in c.seeds] if c.both_sides else [])
         return names
 
     def run(self, parts: Sequence[str] | None = None) -> None:
@@ -256,7 +265,7 @@ class Comparison:
         if name in ("a", "frozen", "b"):
             return self.arm_part(name, 0)
         arm, _, seed = name.partition("_s")
-        if arm in ("c", "d", "e", "dg", "eL") and seed.isdigit():
+        if arm in ("c", "d", "e", "dg", *POOL_ARMS) and seed.isdigit():
             return self.arm_part(arm, int(seed))
         raise InputError(f"unknown part {name!r}; parts: {self.part_names()}")
 
@@ -270,31 +279,43 @@ class Comparison:
             self._models = (llm_cfg, llm_params, tok, rcfg, rparams, ctok)
         return self._models
 
-    def index(self):
-        """(whole index incl. test abstracts, the corpus view without them); built by the base encoder once."""
-        if self._index is None:
+    def index(self, docs: str = "base"):
+        """(whole index incl. test abstracts, the corpus view without them), encoded by the base encoder (docs
+        "base", built once) or by an arm's trained encoder (a tag registered by refresh_index)."""
+        if docs not in self._indexes:
+            if docs != "base":
+                raise KeyError(f"no index encoded by {docs!r}: call refresh_index first")
+            self.refresh_index("base", self.models()[4])
+        return self._indexes[docs]
 
-            _, _, _, rcfg, rparams, ctok = self.models()
-            path = os.path.join(self.cfg.work_dir, "index")
-            if os.path.isfile(os.path.join(path, "manifest.json")):
-                full = load_index(path, self.setup.corpus, rparams)
-            else:
-                full = build_index(self.setup.corpus, rcfg, rparams, ctok, IndexConfig(), SearchConfig(),
-                                   progress=self.progress)
-                save_index(full, path)
-            n = self.setup.n_main
-            main = TokenIndex(full.passages[:n], full.emb[: full.offsets[n]], full.offsets[: n + 1], full.icfg,
-                              full.search, full.version, full.meta)
-            self._index = (full, main)
-        return self._index
+    def refresh_index(self, docs: str, rparams) -> str:
+        """Encodes the whole corpus (test abstracts too) with `rparams`' document encoder, saved in
+        work_dir/index[-docs] and loaded from there on a rerun (checked against the corpus and the encoder);
+        returns `docs`, the tag that search / measure take."""
+        _, _, _, rcfg, _, ctok = self.models()
+        path = os.path.join(self.cfg.work_dir, "index" if docs == "base" else f"index-{docs}")
+        if os.path.isfile(os.path.join(path, "manifest.json")):
+            full = load_index(path, self.setup.corpus, rparams)
+        else:
+            full = build_index(self.setup.corpus, rcfg, rparams, ctok, IndexConfig(), SearchConfig(),
+                               progress=self.progress)
+            save_index(full, path)
+        n = self.setup.n_main
+        main = TokenIndex(full.passages[:n], full.emb[: full.offsets[n]], full.offsets[: n + 1], full.icfg,
+                          full.search, full.version, full.meta)
+        self._indexes[docs] = (full, main)
+        self._retrievers = {k: v for k, v in self._retrievers.items() if k[0] != docs}
+        return docs
 
-    def search(self, rparams, records: Sequence[ev.EvidenceQA], k: int, with_test: bool = False) -> np.ndarray:
-        """Exact MaxSim top-k passage indices [N, k] over the corpus (plus the test abstracts when with_test)."""
-        if with_test not in self._retrievers:  # one per index: its jitted query encoder compiles once
+    def search(self, rparams, records: Sequence[ev.EvidenceQA], k: int, with_test: bool = False,
+               docs: str = "base") -> np.ndarray:
+        """Exact MaxSim top-k passage indices [N, k] over the corpus (plus the test abstracts when with_test),
+        the passages encoded as `docs` says (see index)."""
+        if (docs, with_test) not in self._retrievers:  # one per index: its jitted query encoder compiles once
             _, _, _, rcfg, _, ctok = self.models()
-            full, main = self.index()
-            self._retrievers[with_test] = Retriever(rcfg, rparams, ctok, full if with_test else main)
-        r = self._retrievers[with_test]
+            full, main = self.index(docs)
+            self._retrievers[docs, with_test] = Retriever(rcfg, rparams, ctok, full if with_test else main)
+        r = self._retrievers[docs, with_test]
         r.params = rparams  # the encoder takes params as an argument: new params, same compiled function
         return search_all(r, [x.question for x in records], k, exact=True)[0]
 
@@ -312,13 +333,16 @@ class Comparison:
             np.save(path, self.search(self.models()[4], self._records(pool), self.cfg.num_candidates))
         return np.load(path)
 
-    def examples(self, doc_losses: np.ndarray | None = None, pool: bool = False, n: int | None = None) -> JMLRExamples:
-        """The first n training (or pool) questions as fused-step examples."""
+    def examples(self, doc_losses: np.ndarray | None = None, pool: bool = False, n: int | None = None,
+                 live_docs: bool = False) -> JMLRExamples:
+        """The first n training (or pool) questions as fused-step examples; the candidates' token vectors come
+        from the base index (frozen document side) unless live_docs (their tokens, encoded in the step)."""
         _, _, tok, _, _, ctok = self.models()
         _, main = self.index()
         n = n or len(self._records(pool))
         return JMLRExamples([r.as_record() for r in self._records(pool)[:n]], self.candidates(pool)[:n],
-                            main.passages, tok, ctok, self.template, self.budgets, doc_index=main,
+                            main.passages, tok, ctok, self.template, self.budgets,
+                            doc_index=None if live_docs else main,
                             doc_losses=None if doc_losses is None else doc_losses[:n])
 
     def doc_losses(self, pool: bool = False) -> np.ndarray:
@@ -366,15 +390,16 @@ class Comparison:
 
     def train(self, arm: str, seed: int, settings: dict | None = None,
               questions: int | None = None) -> tuple[dict, list[dict]]:
-        """Trains one arm from the base weights; returns (params, per-step metrics). Arm eL, or `questions` given
-        (arm e only), trains on the first `questions` of the pool (default: all of it) instead of the training set."""
+        """Trains one arm from the base weights; returns (params, per-step metrics). Arms eL / eB, or `questions`
+        given (arm e only), train on the first `questions` of the pool (default: all of it) instead of the training
+        set; arm eB trains the document side too (its candidates encoded live)."""
 
         c = self.cfg
-        settings = {**(self.pool_settings() if arm == "eL" else self.settings()), **(settings or {})}
+        settings = {**(self.pool_settings() if arm in POOL_ARMS else self.settings()), **(settings or {})}
         llm_cfg, llm_params, _, rcfg, rparams, _ = self.models()
         trains_llm, trains_retriever = "llm" in TRAINED[arm], "retriever" in TRAINED[arm]
-        cached = arm in ("e", "eL")
-        pool = arm == "eL" or questions is not None
+        cached = arm in ("e", *POOL_ARMS)
+        pool = arm in POOL_ARMS or questions is not None
         if pool and not cached:
             raise InputError(f"arm {arm} trains on the training set only; the pool is for arm e")
         n = questions or len(self._records(pool))
@@ -394,7 +419,7 @@ class Comparison:
         tx = make_optimizer(params, optim)
         state = init_train_state(params, tx, seed)
         step_fn = jax.jit(functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg), tx=tx))
-        examples = self.examples(self.doc_losses(pool) if cached else None, pool=pool, n=n)
+        examples = self.examples(self.doc_losses(pool) if cached else None, pool=pool, n=n, live_docs=arm == "eB")
         it = iter(make_dataset(examples, batch_size, seed))
         history = []
 
@@ -424,9 +449,9 @@ class Comparison:
                             "heldout": sorted({r.focus for r in s.sets["heldout_focus"]})},
                 "gold_missing": {k: sum(not g for g in v) for k, v in s.gold.items()}}
 
-    def recall(self, rparams, records, gold, with_test=False, k: int = 30) -> list[dict]:
+    def recall(self, rparams, records, gold, with_test=False, k: int = 30, docs: str = "base") -> list[dict]:
         """Per question: the top-10 passage ids and the gold evidence's rank (1-based; None beyond k)."""
-        ids = self.search(rparams, records, k, with_test)
+        ids = self.search(rparams, records, k, with_test, docs)
         passages = self.index()[0].passages
         out = []
         for row, g in zip(ids, gold):
@@ -435,10 +460,10 @@ class Comparison:
                         "_top": row})
         return out
 
-    def dev_recall(self, rparams, which: str = "dev") -> dict:
+    def dev_recall(self, rparams, which: str = "dev", docs: str = "base") -> dict:
         """Recall@1 / @7 on the dev questions (which="dev_all": every dev-focus question) and each gold rank."""
         recs = self.setup.dev if which == "dev" else self.setup.dev_all
-        ranks = [q["gold_rank"] for q in self.recall(rparams, recs, self.setup.gold[which])]
+        ranks = [q["gold_rank"] for q in self.recall(rparams, recs, self.setup.gold[which], docs=docs)]
         return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])),
                 "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])), "dev_ranks": ranks}
 
@@ -589,9 +614,15 @@ class Comparison:
             llm_params = trained.get("llm", llm_params)
             rparams = trained.get("retriever", rparams)
         retrieval = arm not in ("a", "b")
-        out = {"arm": arm, "seed": seed, "settings": self.pool_settings() if arm == "eL" else self.settings(),
+        out = {"arm": arm, "seed": seed, "settings": self.pool_settings() if arm in POOL_ARMS else self.settings(),
                "train_history": history, "sets": {},
-               "train_questions": len(self._records(arm == "eL")) if arm in TRAINED else 0}
+               "train_questions": len(self._records(arm in POOL_ARMS)) if arm in TRAINED else 0}
+        docs = "base"
+        if arm == "eB":  # its document encoder moved: search a corpus it re-encoded (and dev, to compare with eL)
+            t0 = time.time()
+            docs = self.refresh_index(f"{arm}_s{seed}", rparams)
+            out["refresh_seconds"] = round(time.time() - t0, 1)
+            out["dev_all"] = self.dev_recall(rparams, "dev_all", docs=docs)
         hist_path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json")
         if os.path.exists(hist_path):
             with open(hist_path) as f:
@@ -599,32 +630,33 @@ class Comparison:
             out["train_history"], out["train_seconds"] = h["history"], h["seconds"]
         for name, recs in self.setup.sets.items():
             out["sets"][name] = self.measure(name, recs, llm_params, rparams if retrieval else None,
-                                             generate=c.eval_generate if name == "heldout_focus" else 0)
+                                             generate=c.eval_generate if name == "heldout_focus" else 0, docs=docs)
         if arm in ("a", "b") or (arm in ("c", "d") and seed in c.mcq_seeds):
             out["mcq"] = self.mcq(llm_params)
         return out
 
     # ------------------------------------------------------------------------------------------ measures
-    def measure(self, name: str, records, llm_params, rparams, generate: int = 0) -> list[dict]:
+    def measure(self, name: str, records, llm_params, rparams, generate: int = 0, docs: str = "base") -> list[dict]:
         """Per question: retrieval (gold rank, top ids), target NLL with the top-K fed, generation scores,
-        and for PubMedQA the decision read off the likelihood of Yes / No / Maybe."""
+        and for PubMedQA the decision read off the likelihood of Yes / No / Maybe; passages encoded as `docs`."""
 
         c = self.cfg
         llm_cfg, _, tok = self.models()[:3]
         rows = [{"id": r.id} for r in records]
-        docs: list[list[int]] = [[] for _ in records]
+        fed_idx: list[list[int]] = [[] for _ in records]
         if rparams is not None:
             gold = self.setup.gold[name]
-            rec = self.recall(rparams, records, gold, with_test=name == "pubmedqa_test")
-            fed = self.search(rparams, records, c.num_docs) if name == "pubmedqa_test" else [q["_top"] for q in rec]
+            rec = self.recall(rparams, records, gold, with_test=name == "pubmedqa_test", docs=docs)
+            fed = (self.search(rparams, records, c.num_docs, docs=docs) if name == "pubmedqa_test"
+                   else [q["_top"] for q in rec])
             for row, q, f in zip(rows, rec, fed):
                 row.update(gold_rank=q["gold_rank"], top10=q["top10"])
-            docs = [list(np.asarray(f)[: c.num_docs][::-1]) for f in fed]  # best last
+            fed_idx = [list(np.asarray(f)[: c.num_docs][::-1]) for f in fed]  # best last
         passages = self.index()[1].passages
-        for row, d in zip(rows, docs):
+        for row, d in zip(rows, fed_idx):
             row["fed"] = [passages[j].id for j in d]
         prompts = [prompt_ids(tok, self.template, self.budgets, r.as_record(), [passages[j].with_title for j in d])
-                   for r, d in zip(records, docs)]
+                   for r, d in zip(records, fed_idx)]
         targets = [tok.encode(self.template.answer.format(text=r.answer))[: c.answer_tokens] for r in records]
         ll = score_options(llm_cfg, llm_params, prompts, [[t] for t in targets], c.eval_batch, tok.pad_id or 0)
         for row, x, t in zip(rows, ll, targets):

@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from jmlr_jax.compare.evidence import Comparison, EvidenceConfig, build_setup
@@ -72,7 +73,7 @@ def test_jmlr_arm_trains_and_keeps_both_models():
     from jmlr_jax.compare.evidence import TRAINED
 
     assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",),
-                       "eL": ("retriever",)}
+                       "eL": ("retriever",), "eB": ("retriever",)}
 
 
 def test_pool_extends_the_training_set_within_the_training_focuses(data_dir, tmp_path):
@@ -103,7 +104,7 @@ def test_scale_part_trains_arm_e_on_nested_prefixes_of_the_pool_and_chooses_eL_l
     monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
     monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
         (arm, seed, settings["retriever_lr"], questions)) or ({"retriever": hits[questions, settings["retriever_lr"]]}, []))
-    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold: [{"gold_rank": 1 if rp != "base" and i < rp else 3}
+    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold, **_: [{"gold_rank": 1 if rp != "base" and i < rp else 3}
                                                                for i in range(len(recs))])
     assert comp.pool_settings()["retriever_lr"] == cfg.retriever_lr  # before the scale part: the sweep's
     comp.run(["scale"])
@@ -134,7 +135,7 @@ def test_passes_part_trains_on_the_whole_pool_at_the_chosen_lr_and_sets_eL_epoch
     monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
     monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
         (arm, settings, questions)) or ({"retriever": hits[settings["epochs"]]}, []))
-    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold: [{"gold_rank": 1 if i < rp else 3}
+    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold, **_: [{"gold_rank": 1 if i < rp else 3}
                                                                for i in range(len(recs))])
     assert comp.pool_settings()["epochs"] == cfg.epochs == 1
     comp.run(["passes"])
@@ -158,7 +159,7 @@ def test_negatives_part_compares_batches_with_and_without_in_batch_negatives(dat
     monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
     monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
         (arm, settings, questions)) or ({"retriever": hits[settings["in_batch_negatives"]]}, []))
-    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold: [{"gold_rank": 1 if i < rp else 3}
+    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold, **_: [{"gold_rank": 1 if i < rp else 3}
                                                                for i in range(len(recs))])
     comp.run(["negatives"])
     assert calls == [("e", {"retriever_lr": 1e-5, "epochs": 1, "batch_size": 4, "in_batch_negatives": neg}, 15)
@@ -187,7 +188,7 @@ def test_sweep_second_stage_varies_sampled_and_epochs_at_the_best_loss_and_lr(da
 
     monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + (0,) + (None,))
     monkeypatch.setattr(comp, "train", train)
-    monkeypatch.setattr(comp, "recall", lambda hits, recs, gold: [{"gold_rank": 1 if i < hits else 2}
+    monkeypatch.setattr(comp, "recall", lambda hits, recs, gold, **_: [{"gold_rank": 1 if i < hits else 2}
                                                                    for i in range(len(recs))])
     assert comp.settings() == {"retriever_lr": cfg.retriever_lr, "rank_loss": cfg.rank_loss, "num_sampled": 8,
                                "epochs": 1}
@@ -195,3 +196,46 @@ def test_sweep_second_stage_varies_sampled_and_epochs_at_the_best_loss_and_lr(da
     assert calls[:4] == [("ranknet", 1e-5, 8, 1), ("ranknet", 3e-5, 8, 1), ("kl", 1e-5, 8, 1), ("kl", 3e-5, 8, 1)]
     assert calls[4:] == [("kl", 3e-5, 8, 3), ("kl", 3e-5, 16, 1), ("kl", 3e-5, 16, 3)]  # (8, 1) is not rerun
     assert comp.settings() == {"retriever_lr": 3e-5, "rank_loss": "kl", "num_sampled": 16, "epochs": 3}
+
+
+def test_both_sides_arm_trains_the_document_side_and_searches_a_corpus_its_encoder_reencoded(data_dir, tmp_path,
+                                                                                              monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, both_sides=True)
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    assert comp.part_names()[-6:] == ["eL_s0", "eL_s1", "eL_s2", "eB_s0", "eB_s1", "eB_s2"]
+    base_llm, base_r, trained_r = {"w": np.zeros(2, np.float32)}, {"r": np.zeros(2, np.float32)}, \
+        {"r": np.ones(2, np.float32)}
+    monkeypatch.setattr(comp, "models", lambda: ("llm_cfg", base_llm, None, "rcfg", base_r, None))
+
+    # Training: eB's examples carry the candidates' tokens (encoded live), eL's the base index's vectors.
+    class Built(Exception):
+        pass
+
+    def examples(doc_losses, pool, n, live_docs):
+        raise Built(pool, n, live_docs)
+
+    monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
+    monkeypatch.setattr(comp, "examples", examples)
+    for arm, live in (("eB", True), ("eL", False)):
+        with pytest.raises(Built) as e:
+            comp.train(arm, 0)
+        assert e.value.args == (True, len(comp.setup.pool), live)
+
+    # Evaluation: every measure of eB searches the index its trained encoder re-encoded; eL the base index.
+    calls = []
+    monkeypatch.setattr(comp, "train", lambda arm, seed: ({"llm": base_llm, "retriever": trained_r}, [{"loss": 1.0}]))
+    monkeypatch.setattr(comp, "refresh_index", lambda docs, rp: calls.append(("refresh", docs, rp["r"].sum())) or docs)
+    monkeypatch.setattr(comp, "dev_recall", lambda rp, which, docs: calls.append(("dev", which, docs)) or
+                        {"dev_recall@1": 0.5})
+    monkeypatch.setattr(comp, "measure", lambda name, recs, llm, rp, generate, docs: calls.append(
+        ("measure", name, docs, llm is base_llm, rp["r"].sum())) or [])
+    comp.run(["eB_s1", "eL_s1"])
+    sets = ("heldout_focus", "heldout_doc", "pubmedqa_test")
+    assert calls == [("refresh", "eB_s1", 2.0), ("dev", "dev_all", "eB_s1")] + \
+        [("measure", s, "eB_s1", True, 2.0) for s in sets] + [("measure", s, "base", True, 2.0) for s in sets]
+    with open(os.path.join(cfg.out_dir, "eB_s1.json")) as f:
+        out = json.load(f)
+    assert out["dev_all"] == {"dev_recall@1": 0.5} and "refresh_seconds" in out
+    assert out["settings"] == comp.pool_settings() and out["train_questions"] == len(comp.setup.pool)
+    with pytest.raises(KeyError, match="no index encoded by 'eB_s2'"):
+        Comparison.index(comp, "eB_s2")

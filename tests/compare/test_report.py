@@ -70,6 +70,26 @@ def test_larger_pool_arm_pairs_on_retrieval_only_and_scale_table():
     assert neg in report.markdown(results)
 
 
+def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
+    results = {"frozen": _part("frozen", 0, [2.0] * 4, [2, 2, 1, None]),
+               "eL_s0": _part("eL", 0, [1.0] * 4, [1, 1, 2, 2]), "eB_s0": _part("eB", 0, [0.5] * 4, [1, 1, 1, 2])}
+    results["eB_s0"].update(dev_all={"dev_ranks": [1, 1, 1, None]}, refresh_seconds=361.0)
+    table = report.paired_table(results)
+    assert "| recall@1 heldout_focus | (eB) eL with both encoder sides trained, index refreshed - (eL) retriever-only " \
+           "JMLR, larger training pool | s0: +0.250" in table
+    assert "| NLL heldout_focus | (eB) eL with both encoder sides trained, index refreshed - frozen: base + frozen " \
+           "retriever | s0: -1.500" in table
+    assert report.both_sides_table(results) == ""  # no scale part: no eL dev row to compare with
+    results["scale"] = {"dev_questions": 4, "pool": 9, "settings": {}, "chosen_lr": 1e-5, "rows": [
+        {"questions": 0, "retriever_lr": 0.0, "dev_ranks": [2, 2, 3, None], "seconds": 0},
+        {"questions": 9, "retriever_lr": 3e-5, "dev_ranks": [1, 1, 1, 1], "seconds": 5},
+        {"questions": 9, "retriever_lr": 1e-5, "dev_ranks": [1, 2, 3, None], "seconds": 5}]}
+    dev = report.both_sides_table(results)
+    assert "| (eL) query side only | 0 | 0.250 ± 0.250 | - | 0.750 | - |" in dev  # the row at the chosen lr
+    assert "| (eB) both sides, refreshed | 0 | 0.750 ± 0.250 | 0.5 | 0.750 | 361 |" in dev  # 2 discordant, one way
+    assert dev in report.markdown(results)
+
+
 def test_readme_interval_recomputed_from_committed_json():
     results = report.load(RESULTS)
     measure = "recall@1 heldout_focus"
