@@ -15,9 +15,9 @@ lr), passes (arm e on the whole pool, dev recall per number of passes) and eL_s*
 at the lr and passes those chose; only arm e grows, its generator losses are cached once); negatives (arm e on the
 whole pool in batches, without and with in-batch negatives) may change eL's batch; eB_s* (both_sides) train arm eL
 with the document side too and are evaluated on the corpus re-encoded by their trained encoder (index refresh).
-Retriever training moves the query encoder only (except eB): the candidates' token vectors come from the index built by the
-base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches the
-whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
+Retriever training moves the query encoder only (except eB): the candidates' token vectors come from the index built
+by the base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches
+the whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
 
 Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per seed, b once, dg per seed); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
 skipped when that file exists. Heavy intermediates (index, candidates, cached losses, trained weights) live in
