@@ -14,8 +14,9 @@ With a pool (compare/evidence_more_data.gin), more: scale (arm e on the first n 
 lr), passes (arm e on the whole pool, dev recall per number of passes) and eL_s* (arm e trained on the whole pool
 at the lr and passes those chose; only arm e grows, its generator losses are cached once); negatives (arm e on the
 whole pool in batches, without and with in-batch negatives) may change eL's batch; eB_s* (both_sides) train arm eL
-with the document side too and are evaluated on the corpus re-encoded by their trained encoder (index refresh).
-Retriever training moves the query encoder only (except eB): the candidates' token vectors come from the index built
+with the document side too and are evaluated on the corpus re-encoded by their trained encoder (index refresh);
+eR_s* (second_round) continue each eB for one more pass on the candidates its retriever re-mined from that corpus.
+Retriever training moves the query encoder only (except eB, eR): the candidates' token vectors come from the index built
 by the base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches
 the whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -35,7 +37,6 @@ from typing import Callable, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -114,6 +115,11 @@ class EvidenceConfig:
     # trained encoder (work_dir/index-eB_s*, the stale-index remedy "refresh"); also its recall on every dev-focus
     # question, against eL's seed-0 row there.
     both_sides: bool = False
+    # Parts eR_s* (second_round, with both_sides): arm eB's second round. Each seed's eB retriever re-mines the pool's
+    # top-C candidates from the corpus it re-encoded (so they hold the passages it now ranks high, gold or not), the
+    # generator's loss is cached for every (question, candidate) pair not cached before, and training continues from
+    # eB's weights for the same passes at the same lr; evaluated on an index re-encoded again (index-eR_s*).
+    second_round: bool = False
     # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
     # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
     sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
@@ -126,8 +132,9 @@ class EvidenceConfig:
 TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
 # What each trained arm trains (and therefore saves and evaluates with): one table, read by train and arm_part.
 TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",), "eL": ("retriever",),
-           "eB": ("retriever",)}
-POOL_ARMS = ("eL", "eB")  # arm e on the whole pool at the settings chosen there (eB: document side trained too)
+           "eB": ("retriever",), "eR": ("retriever",)}
+POOL_ARMS = ("eL", "eB", "eR")  # arm e on the whole pool at the settings chosen there (eB, eR: both sides trained)
+REFRESHED = ("eB", "eR")  # arms whose document encoder moved: evaluated on the corpus it re-encoded
 
 
 def _sha(s: str) -> str:
@@ -235,7 +242,8 @@ class Comparison:
         if len(self.setup.pool) > len(self.setup.train):  # the more-data extension
             names += (["scale"] if c.scale_sizes else []) + (["passes"] if c.pool_epochs else []) + \
                 (["negatives"] if c.negatives_batch else []) + [f"eL_s{s}" for s in c.seeds] + \
-                ([f"eB_s{s}" for s in c.seeds] if c.both_sides else [])
+                ([f"eB_s{s}" for s in c.seeds] if c.both_sides else []) + \
+                ([f"eR_s{s}" for s in c.seeds] if c.both_sides and c.second_round else [])
         return names
 
     def run(self, parts: Sequence[str] | None = None) -> None:
@@ -322,62 +330,108 @@ class Comparison:
     def _records(self, pool: bool) -> list:
         return self.setup.pool if pool else self.setup.train
 
-    def _cache(self, stem: str, pool: bool) -> str:
-        tag = f"-pool{len(self.setup.pool)}" if pool else ""
+    def _cache(self, stem: str, pool: bool, mined_by: str = "") -> str:
+        tag = (f"-pool{len(self.setup.pool)}" if pool else "") + (f"-{mined_by}" if mined_by else "")
         return os.path.join(self.cfg.work_dir, f"{stem}-C{self.cfg.num_candidates}{tag}.npy")
 
-    def candidates(self, pool: bool = False) -> np.ndarray:
-        """The base retriever's top-C for every training (or pool) question [N, C] (cached in work_dir)."""
-        path = self._cache("candidates", pool)
+    def candidates(self, pool: bool = False, mined_by: str = "", rparams=None) -> np.ndarray:
+        """The top-C for every training (or pool) question [N, C] (cached in work_dir): the base retriever's, or
+        (mined_by = an index tag registered by refresh_index) `rparams`' over the corpus that tag's encoder encoded."""
+        path = self._cache("candidates", pool, mined_by)
         if not os.path.exists(path):
-            np.save(path, self.search(self.models()[4], self._records(pool), self.cfg.num_candidates))
+            if mined_by and rparams is None:
+                raise InputError(f"{path} is missing: candidates mined by {mined_by} need its retriever")
+            np.save(path, self.search(self.models()[4] if rparams is None else rparams, self._records(pool),
+                                      self.cfg.num_candidates, docs=mined_by or "base"))
         return np.load(path)
 
     def examples(self, doc_losses: np.ndarray | None = None, pool: bool = False, n: int | None = None,
-                 live_docs: bool = False) -> JMLRExamples:
-        """The first n training (or pool) questions as fused-step examples; the candidates' token vectors come
-        from the base index (frozen document side) unless live_docs (their tokens, encoded in the step)."""
+                 live_docs: bool = False, candidates: np.ndarray | None = None) -> JMLRExamples:
+        """The first n training (or pool) questions as fused-step examples (candidates: the base retriever's unless
+        given); the candidates' token vectors come from the base index (frozen document side) unless live_docs
+        (their tokens, encoded in the step)."""
         _, _, tok, _, _, ctok = self.models()
         _, main = self.index()
         n = n or len(self._records(pool))
-        return JMLRExamples([r.as_record() for r in self._records(pool)[:n]], self.candidates(pool)[:n],
+        cands = self.candidates(pool) if candidates is None else candidates
+        return JMLRExamples([r.as_record() for r in self._records(pool)[:n]], cands[:n],
                             main.passages, tok, ctok, self.template, self.budgets,
                             doc_index=None if live_docs else main,
                             doc_losses=None if doc_losses is None else doc_losses[:n])
 
-    def doc_losses(self, pool: bool = False) -> np.ndarray:
-        """The base generator's answer loss with each candidate alone in context [N, C], exactly as the fused
-        step computes it; cached in work_dir, written every few questions so an interrupted run resumes. The
-        pool's cache starts from the training set's rows (the pool begins with the same questions)."""
-        path = self._cache("doc_losses", pool)
-        examples = self.examples(pool=pool)
-        N, C = examples.candidates.shape
-        out = np.load(path) if os.path.exists(path) else np.full((N, C), np.nan, np.float32)
-        main_path, n_train = self._cache("doc_losses", False), len(self.setup.train)
-        if pool and np.isnan(out[:n_train]).any() and os.path.exists(main_path) \
-                and np.array_equal(self.candidates(True)[:n_train], self.candidates()):
-            out[:n_train] = np.load(main_path)
-        todo = [i for i in range(N) if np.isnan(out[i]).any()]
-        if not todo:
-            return out
-        llm_cfg, llm_params = self.models()[:2]
+    def _known_losses(self, n: int) -> dict[tuple[int, int], float]:
+        """Every cached generator loss of the first n questions, keyed by (question row, passage): from the
+        training set's and the pool's caches, base candidates or re-mined (rows are the pool's order, which starts
+        with the training set)."""
+        known: dict[tuple[int, int], float] = {}
+        stem = os.path.join(self.cfg.work_dir, f"doc_losses-C{self.cfg.num_candidates}")
+        for lpath in sorted(glob.glob(glob.escape(stem) + "*.npy")):
+            cpath = os.path.join(self.cfg.work_dir, "candidates" + os.path.basename(lpath)[len("doc_losses"):])
+            if ".tmp" in lpath or not os.path.exists(cpath):
+                continue
+            losses, cands = np.load(lpath)[:n], np.load(cpath)[:n]
+            for i, j in zip(*np.nonzero(np.isfinite(losses))):
+                known[int(i), int(cands[i, j])] = float(losses[i, j])
+        return known
+
+    def _loss_fn(self):
+        """jit(params, batch of C rows) -> each row's answer loss with its one document, as the fused step has it."""
+        llm_cfg = self.models()[0]
 
         @jax.jit
-        def losses(params, ex):
-            rep = lambda x: jnp.repeat(x[None], C, axis=0)  # noqa: E731
-            return answer_nll(llm_cfg, params, [(rep(ex["bos"]), rep(ex["bos_valid"])), (ex["docs"], ex["docs_valid"]),
-                                                (rep(ex["question"]), rep(ex["question_valid"]))],
-                              rep(ex["answer"]), rep(ex["answer_valid"]), train=True)
+        def losses(params, b):
+            return answer_nll(llm_cfg, params, [(b["bos"], b["bos_valid"]), (b["docs"], b["docs_valid"]),
+                                                (b["question"], b["question_valid"])],
+                              b["answer"], b["answer_valid"], train=True)
+        return losses
 
-        for n, i in enumerate(tqdm.tqdm(todo, desc="caching generator losses", disable=not self.progress)):
-            ex = examples(i)
-            out[i] = np.asarray(losses(llm_params, {k: ex[k] for k in ("bos", "bos_valid", "docs", "docs_valid",
-                                                                       "question", "question_valid", "answer",
-                                                                       "answer_valid")}))
-            if n % 10 == 9 or n == len(todo) - 1:
+    def doc_losses(self, pool: bool = False, candidates: np.ndarray | None = None, mined_by: str = "") -> np.ndarray:
+        """The base generator's answer loss with each candidate alone in context [N, C] (candidates: the base
+        retriever's unless given, then cached under mined_by), exactly as the fused step computes it; cached in
+        work_dir and written every few batches so an interrupted run resumes. A (question, passage) pair cached
+        for any candidate set of the same questions is reused, so re-mined candidates cost only their new pairs."""
+        path = self._cache("doc_losses", pool, mined_by)
+        examples = self.examples(pool=pool, candidates=candidates)
+        cands = examples.candidates
+        N, C = cands.shape
+        out = np.load(path) if os.path.exists(path) else np.full((N, C), np.nan, np.float32)
+        if out.shape != (N, C):
+            raise InputError(f"{path} holds losses {out.shape}, the candidates are {(N, C)}: delete it")
+        if np.isnan(out).any():
+            known = self._known_losses(N)
+            for i, j in zip(*np.nonzero(np.isnan(out))):
+                out[i, j] = known.get((int(i), int(cands[i, j])), np.nan)
+        todo = list(zip(*np.nonzero(np.isnan(out))))
+        if not todo:
+            return out
+        losses, llm_params = self._loss_fn(), self.models()[1]
+        keys = ("bos", "bos_valid", "docs", "docs_valid", "question", "question_valid", "answer", "answer_valid")
+        chunks = [todo[k: k + C] for k in range(0, len(todo), C)]  # C rows a call: one compiled shape
+        for n, chunk in enumerate(tqdm.tqdm(chunks, desc=f"caching generator losses ({len(todo)} pairs)",
+                                            disable=not self.progress)):
+            rows = [(examples(int(i)), int(j)) for i, j in chunk]
+            rows += [rows[-1]] * (C - len(rows))
+            batch = {k: np.stack([ex[k][j] if k.startswith("docs") else ex[k] for ex, j in rows]) for k in keys}
+            vals = np.asarray(losses(llm_params, batch))
+            for (i, j), v in zip(chunk, vals):
+                out[i, j] = v
+            if n % 10 == 9 or n == len(chunks) - 1:
                 np.save(path + ".tmp.npy", out)
                 os.replace(path + ".tmp.npy", path)
         return out
+
+    def second_round(self, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Arm eR's start: eB's trained retriever for this seed, the pool's top-C it mines from the corpus it
+        re-encoded (index-eB_s*), and the generator's losses for those candidates."""
+        tag = f"eB_s{seed}"
+        path = os.path.join(self.cfg.work_dir, "params", f"{tag}.safetensors")
+        if not os.path.exists(path):
+            raise InputError(f"part eR_s{seed} continues arm eB's training from {path}: run part {tag} first")
+        rparams = load_tree(path)["retriever"]
+        if not os.path.exists(self._cache("candidates", True, tag)):
+            self.refresh_index(tag, rparams)
+        cands = self.candidates(True, tag, rparams)
+        return rparams, cands, self.doc_losses(True, cands, tag)
 
     # ------------------------------------------------------------------------------------------ training
     def settings(self) -> dict:
@@ -390,9 +444,10 @@ class Comparison:
 
     def train(self, arm: str, seed: int, settings: dict | None = None,
               questions: int | None = None) -> tuple[dict, list[dict]]:
-        """Trains one arm from the base weights; returns (params, per-step metrics). Arms eL / eB, or `questions`
-        given (arm e only), train on the first `questions` of the pool (default: all of it) instead of the training
-        set; arm eB trains the document side too (its candidates encoded live)."""
+        """Trains one arm from the base weights (eR: from eB's); returns (params, per-step metrics). Arms eL / eB /
+        eR, or `questions` given (arm e only), train on the first `questions` of the pool (default: all of it)
+        instead of the training set; arms eB and eR train the document side too (their candidates encoded live),
+        eR on the candidates eB's retriever re-mined (second_round)."""
 
         c = self.cfg
         settings = {**(self.pool_settings() if arm in POOL_ARMS else self.settings()), **(settings or {})}
@@ -415,11 +470,16 @@ class Comparison:
         optim = OptimConfig(llm_lr=c.llm_lr, retriever_lr=settings["retriever_lr"],
                             warmup_steps=max(1, int(c.warmup_fraction * steps)), decay_steps=steps,
                             llm_trainable=".*" if trains_llm else "", retriever_trainable=".*" if trains_retriever else "")
+        if arm == "eR":  # a second round: from eB's retriever, on the candidates it mined
+            rparams, cands, losses = self.second_round(seed)
+            examples = self.examples(losses, pool=True, live_docs=True, candidates=cands)
+        else:
+            examples = self.examples(self.doc_losses(pool) if cached else None, pool=pool, n=n,
+                                     live_docs=arm == "eB")
         params = {"llm": llm_params, "retriever": rparams}
         tx = make_optimizer(params, optim)
         state = init_train_state(params, tx, seed)
         step_fn = jax.jit(functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg), tx=tx))
-        examples = self.examples(self.doc_losses(pool) if cached else None, pool=pool, n=n, live_docs=arm == "eB")
         it = iter(make_dataset(examples, batch_size, seed))
         history = []
 
@@ -618,7 +678,7 @@ class Comparison:
                "train_history": history, "sets": {},
                "train_questions": len(self._records(arm in POOL_ARMS)) if arm in TRAINED else 0}
         docs = "base"
-        if arm == "eB":  # its document encoder moved: search a corpus it re-encoded (and dev, to compare with eL)
+        if arm in REFRESHED:  # its document encoder moved: search a corpus it re-encoded (and dev, to compare)
             t0 = time.time()
             docs = self.refresh_index(f"{arm}_s{seed}", rparams)
             out["refresh_seconds"] = round(time.time() - t0, 1)

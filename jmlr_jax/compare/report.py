@@ -21,15 +21,17 @@ SETS = {"heldout_focus": "MedQuAD held-out focuses", "heldout_doc": "MedQuAD hel
 ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen: base + frozen retriever",
         "c": "(c) RAG", "d": "(d) JMLR", "e": "(e) retriever-only JMLR",
         "dg": "(d)'s generator + frozen retriever", "eL": "(eL) retriever-only JMLR, larger training pool",
-        "eB": "(eB) eL with both encoder sides trained, index refreshed"}
-RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB")
+        "eB": "(eB) eL with both encoder sides trained, index refreshed",
+        "eR": "(eR) eB's second round on candidates it re-mined"}
+RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR")
 # (arm, its comparator, measures): JMLR - RAG, retriever-only - frozen; and JMLR - RAG split into the trained
 # generator's part (same frozen retrieval, so no recall rows) and the trained retriever's part (same generator);
 # the larger pool against the frozen retriever and against the comparison's arm e (retrieval and NLL only); the
-# document side trained too against the frozen retriever and against the query side alone (eL).
+# document side trained too against the frozen retriever and against the query side alone (eL); its second round
+# against the frozen retriever and against its first (eB).
 PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"),
          ("eL", "frozen", "retrieval"), ("eL", "e", "retrieval"), ("eB", "frozen", "retrieval"),
-         ("eB", "eL", "retrieval"))
+         ("eB", "eL", "retrieval"), ("eR", "frozen", "retrieval"), ("eR", "eB", "retrieval"))
 
 
 def text_scores_per_question(outputs: Sequence[str], refs: Sequence[str]) -> list[dict]:
@@ -290,8 +292,9 @@ def negatives_table(results: dict) -> str:
 
 
 def both_sides_table(results: dict) -> str:
-    """Arm eB's recall on every dev-focus question per seed (each on the corpus its trained encoder re-encoded)
-    against the base retriever and arm eL's seed-0 run (the scale part's whole-pool row at eL's lr; McNemar)."""
+    """Arms eB's and eR's recall on every dev-focus question per seed (each on the corpus its trained encoder
+    re-encoded) against the base retriever and arm eL's seed-0 run (the scale part's whole-pool row at eL's lr;
+    McNemar)."""
     runs, sc = _arm_runs(results, "eB"), results.get("scale")
     if not runs or not sc:
         return ""
@@ -306,9 +309,10 @@ def both_sides_table(results: dict) -> str:
     lines.append(f"| base (frozen) | - | {_dev_cells(base, ref)} | - |")
     if eL:
         lines.append(f"| (eL) query side only | 0 | {_dev_cells(eL, eL)} | - |")
-    for seed, part in sorted(runs.items()):
-        lines.append(f"| (eB) both sides, refreshed | {seed} | {_dev_cells(part['dev_all'], ref)} "
-                     f"| {part.get('refresh_seconds', 0):.0f} |")
+    for arm, label in (("eB", "(eB) both sides, refreshed"), ("eR", "(eR) second round, re-mined")):
+        for seed, part in sorted(_arm_runs(results, arm).items()):
+            lines.append(f"| {label} | {seed} | {_dev_cells(part['dev_all'], ref)} "
+                         f"| {part.get('refresh_seconds', 0):.0f} |")
     return "\n".join(lines)
 
 
@@ -404,7 +408,7 @@ def markdown(results: dict, focus_of: dict[str, str] | None = None) -> str:
                if "scale" in results else []),
              *(["### In-batch negatives (arm e, dev focuses)", "", negatives_table(results), ""]
                if "negatives" in results else []),
-             *(["### Both encoder sides trained, index refreshed (arm eB, dev focuses)", "",
+             *(["### Both encoder sides trained, index refreshed (arms eB and eR, dev focuses)", "",
                 both_sides_table(results), ""] if _arm_runs(results, "eB") else []),
              "### Time per part (2 CPU cores)", "", timing_table(results)]
     return "\n".join(parts)

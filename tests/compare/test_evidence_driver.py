@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from jmlr_jax.compare.evidence import Comparison, EvidenceConfig, build_setup
+from jmlr_jax.compare.evidence import Comparison, EvidenceConfig, build_setup, save_tree
 from jmlr_jax.errors import InputError
 from tests.data.test_evidence import write_medquad
 
@@ -73,7 +73,7 @@ def test_jmlr_arm_trains_and_keeps_both_models():
     from jmlr_jax.compare.evidence import TRAINED
 
     assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",),
-                       "eL": ("retriever",), "eB": ("retriever",)}
+                       "eL": ("retriever",), "eB": ("retriever",), "eR": ("retriever",)}
 
 
 def test_pool_extends_the_training_set_within_the_training_focuses(data_dir, tmp_path):
@@ -239,3 +239,87 @@ def test_both_sides_arm_trains_the_document_side_and_searches_a_corpus_its_encod
     assert out["settings"] == comp.pool_settings() and out["train_questions"] == len(comp.setup.pool)
     with pytest.raises(KeyError, match="no index encoded by 'eB_s2'"):
         Comparison.index(comp, "eB_s2")
+
+
+def test_second_round_mines_with_eB_and_caches_only_new_pairs(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, both_sides=True, second_round=True, num_candidates=4)
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    assert comp.part_names()[-6:] == ["eB_s0", "eB_s1", "eB_s2", "eR_s0", "eR_s1", "eR_s2"]
+    with pytest.raises(InputError, match="part eR_s1 continues arm eB's training from .*eB_s1.safetensors: run part "
+                                         "eB_s1 first"):
+        comp.second_round(1)
+    N = len(comp.setup.pool)
+    rng = np.random.RandomState(0)
+    base = np.stack([rng.choice(50, 4, replace=False) for _ in range(N)])
+    mined = base.copy()
+    mined[:, 2:] += 100  # two new passages per question, two cached ones
+    np.save(os.path.join(cfg.work_dir, f"candidates-C4-pool{N}.npy"), base)
+    np.save(os.path.join(cfg.work_dir, f"doc_losses-C4-pool{N}.npy"), -base.astype(np.float32))  # cached: -passage
+    save_tree(os.path.join(cfg.work_dir, "params", "eB_s1.safetensors"), {"retriever": {"w": np.ones(2, np.float32)}})
+
+    class Ex:  # one question's blocks: its row index in the question block, its candidates' ids in the doc block
+        candidates = None
+
+        def __call__(self, i):
+            return {"bos": np.zeros(1), "bos_valid": np.ones(1), "question": np.full(2, i), "question_valid": np.ones(2),
+                    "answer": np.zeros(2), "answer_valid": np.ones(2), "docs": self.candidates[i][:, None] * 1.0,
+                    "docs_valid": np.ones((4, 1))}
+
+    def examples(pool, candidates=None, **_):
+        ex = Ex()
+        ex.candidates = candidates
+        return ex
+
+    computed = []
+
+    def loss_fn():  # a made-up loss that names its (question, passage); counts the rows it is given
+        return lambda params, b: computed.append(len(b["docs"])) or 1000.0 * b["question"][:, 0] + b["docs"][:, 0]
+
+    calls = []
+    monkeypatch.setattr(comp, "models", lambda: (None, "llm", None, None, "base", None))
+    monkeypatch.setattr(comp, "examples", examples)
+    monkeypatch.setattr(comp, "_loss_fn", loss_fn)
+    monkeypatch.setattr(comp, "refresh_index", lambda docs, rp: calls.append(("refresh", docs)) or docs)
+    monkeypatch.setattr(comp, "search", lambda rp, recs, k, docs: calls.append(("search", docs, rp["w"].sum(), k))
+                        or mined)
+    rparams, cands, losses = comp.second_round(1)
+    assert calls == [("refresh", "eB_s1"), ("search", "eB_s1", 2.0, 4)] and rparams["w"].sum() == 2.0
+    np.testing.assert_array_equal(cands, mined)
+    np.testing.assert_array_equal(losses[:, :2], -base[:, :2])  # reused, not recomputed
+    np.testing.assert_array_equal(losses[:, 2:], 1000.0 * np.arange(N)[:, None] + mined[:, 2:])
+    assert computed == [4] * ((2 * N + 3) // 4)  # only the new pairs, 4 rows a call
+    calls.clear()
+    comp.second_round(1)  # mined and cached: nothing searched or computed again
+    assert calls == [] and len(computed) == (2 * N + 3) // 4
+
+
+def test_second_round_arm_trains_from_eB_on_its_mined_candidates(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, both_sides=True, second_round=True)
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    eB_r, mined, losses = {"r": np.ones(2, np.float32)}, np.zeros((3, 16), int), np.zeros((3, 16), np.float32)
+    monkeypatch.setattr(comp, "models", lambda: ("llm_cfg", {"w": np.zeros(2)}, None, "rcfg", {"r": np.zeros(2)}, None))
+    monkeypatch.setattr(comp, "second_round", lambda seed: (eB_r, mined, losses))
+
+    class Built(Exception):
+        pass
+
+    def init_state(params, tx, seed):
+        raise Built(params["retriever"])
+
+    def examples(doc_losses, pool, live_docs, candidates, **_):
+        assert doc_losses is losses and pool and live_docs and candidates is mined
+        return "examples"
+
+    monkeypatch.setattr(comp, "examples", examples)
+    monkeypatch.setattr("jmlr_jax.compare.evidence.make_optimizer", lambda params, optim: None)
+    monkeypatch.setattr("jmlr_jax.compare.evidence.init_train_state", init_state)
+    with pytest.raises(Built) as e:
+        comp.train("eR", 0)
+    assert e.value.args[0] is eB_r  # training starts from eB's retriever
+    calls = []
+    monkeypatch.setattr(comp, "train", lambda arm, seed: ({"retriever": eB_r}, [{"loss": 1.0}]))
+    monkeypatch.setattr(comp, "refresh_index", lambda docs, rp: calls.append(("refresh", docs)) or docs)
+    monkeypatch.setattr(comp, "dev_recall", lambda rp, which, docs: calls.append(("dev", docs)) or {})
+    monkeypatch.setattr(comp, "measure", lambda name, recs, llm, rp, generate, docs: calls.append(("measure", docs)) or [])
+    comp.run(["eR_s0"])
+    assert calls == [("refresh", "eR_s0"), ("dev", "eR_s0")] + [("measure", "eR_s0")] * 3

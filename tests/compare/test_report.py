@@ -88,6 +88,15 @@ def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
     assert "| (eL) query side only | 0 | 0.250 ± 0.250 | - | 0.750 | - |" in dev  # the row at the chosen lr
     assert "| (eB) both sides, refreshed | 0 | 0.750 ± 0.250 | 0.5 | 0.750 | 361 |" in dev  # 2 discordant, one way
     assert dev in report.markdown(results)
+    # the second round pairs with the frozen retriever and with its first round; its dev row follows eB's
+    results["eR_s0"] = _part("eR", 0, [0.25] * 4, [1, 1, 1, 1])
+    results["eR_s0"].update(dev_all={"dev_ranks": [1, 1, 1, 1]}, refresh_seconds=300.0)
+    table = report.paired_table(results)
+    assert "| recall@1 heldout_focus | (eR) eB's second round on candidates it re-mined - (eB) eL with both encoder " \
+           "sides trained, index refreshed | s0: +0.250" in table
+    dev = report.both_sides_table(results)
+    assert dev.index("| (eB) both sides") < dev.index("| (eR) second round, re-mined | 0 | 1.000 ± 0.000 | 0.25 | "
+                                                     "1.000 | 300 |")  # 3 discordant, one way: 2 x 0.5^3
 
 
 def test_readme_interval_recomputed_from_committed_json():
