@@ -317,10 +317,11 @@ def both_sides_table(results: dict) -> str:
 
 
 def timing_table(results: dict) -> str:
-    lines = ["| part | minutes (training part) |", "|---|---|"]
+    """Minutes per part, with its training and (arm eR) its candidate mining + loss caching in parentheses."""
+    lines = ["| part | minutes (training part; mining + loss cache) |", "|---|---|"]
     for name, part in results.items():
-        train = f" ({part['train_seconds'] / 60:.1f})" if part.get("train_seconds") else ""
-        lines.append(f"| {name} | {part.get('seconds', 0) / 60:.1f}{train} |")
+        inner = "; ".join(f"{part[k] / 60:.1f}" for k in ("train_seconds", "mine_seconds") if part.get(k))
+        lines.append(f"| {name} | {part.get('seconds', 0) / 60:.1f}{f' ({inner})' if inner else ''} |")
     return "\n".join(lines)
 
 

@@ -317,9 +317,15 @@ def test_second_round_arm_trains_from_eB_on_its_mined_candidates(data_dir, tmp_p
         comp.train("eR", 0)
     assert e.value.args[0] is eB_r  # training starts from eB's retriever
     calls = []
-    monkeypatch.setattr(comp, "train", lambda arm, seed: ({"retriever": eB_r}, [{"loss": 1.0}]))
+    monkeypatch.setattr(comp, "second_round", lambda seed: calls.append(("mine", seed)))
+    monkeypatch.setattr(comp, "train", lambda arm, seed: calls.append(("train", arm)) or ({"retriever": eB_r},
+                                                                                          [{"loss": 1.0}]))
     monkeypatch.setattr(comp, "refresh_index", lambda docs, rp: calls.append(("refresh", docs)) or docs)
     monkeypatch.setattr(comp, "dev_recall", lambda rp, which, docs: calls.append(("dev", docs)) or {})
     monkeypatch.setattr(comp, "measure", lambda name, recs, llm, rp, generate, docs: calls.append(("measure", docs)) or [])
     comp.run(["eR_s0"])
-    assert calls == [("refresh", "eR_s0"), ("dev", "eR_s0")] + [("measure", "eR_s0")] * 3
+    # mining and caching first (timed on their own), then training, the refreshed index, dev and the measures
+    assert calls == [("mine", 0), ("train", "eR"), ("refresh", "eR_s0"), ("dev", "eR_s0")] + [("measure", "eR_s0")] * 3
+    with open(os.path.join(cfg.out_dir, "eR_s0.json")) as f:
+        out = json.load(f)
+    assert {"mine_seconds", "train_seconds", "refresh_seconds"} <= set(out)

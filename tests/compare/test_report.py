@@ -90,7 +90,9 @@ def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
     assert dev in report.markdown(results)
     # the second round pairs with the frozen retriever and with its first round; its dev row follows eB's
     results["eR_s0"] = _part("eR", 0, [0.25] * 4, [1, 1, 1, 1])
-    results["eR_s0"].update(dev_all={"dev_ranks": [1, 1, 1, 1]}, refresh_seconds=300.0)
+    results["eR_s0"].update(dev_all={"dev_ranks": [1, 1, 1, 1]}, refresh_seconds=300.0, seconds=3000.0,
+                            train_seconds=1800.0, mine_seconds=600.0)
+    assert "| eR_s0 | 50.0 (30.0; 10.0) |" in report.timing_table(results)
     table = report.paired_table(results)
     assert "| recall@1 heldout_focus | (eR) eB's second round on candidates it re-mined - (eB) eL with both encoder " \
            "sides trained, index refreshed | s0: +0.250" in table
