@@ -231,6 +231,7 @@ class Comparison:
         self._models = None
         self._indexes: dict[str, tuple[TokenIndex, TokenIndex]] = {}
         self._retrievers: dict[tuple[str, bool], Retriever] = {}
+        self._second_rounds: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}  # seed -> second_round's result
 
     # ------------------------------------------------------------------------------------------ parts
     def part_names(self) -> list[str]:
@@ -422,7 +423,10 @@ class Comparison:
 
     def second_round(self, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
         """Arm eR's start: eB's trained retriever for this seed, the pool's top-C it mines from the corpus it
-        re-encoded (index-eB_s*), and the generator's losses for those candidates."""
+        re-encoded (index-eB_s*), and the generator's losses for those candidates (computed once per seed: arm_part
+        times this step apart from the training that reads it)."""
+        if seed in self._second_rounds:
+            return self._second_rounds[seed]
         tag = f"eB_s{seed}"
         path = os.path.join(self.cfg.work_dir, "params", f"{tag}.safetensors")
         if not os.path.exists(path):
@@ -431,7 +435,8 @@ class Comparison:
         if not os.path.exists(self._cache("candidates", True, tag)):
             self.refresh_index(tag, rparams)
         cands = self.candidates(True, tag, rparams)
-        return rparams, cands, self.doc_losses(True, cands, tag)
+        self._second_rounds[seed] = rparams, cands, self.doc_losses(True, cands, tag)
+        return self._second_rounds[seed]
 
     # ------------------------------------------------------------------------------------------ training
     def settings(self) -> dict:

@@ -289,6 +289,7 @@ def test_second_round_mines_with_eB_and_caches_only_new_pairs(data_dir, tmp_path
     np.testing.assert_array_equal(losses[:, 2:], 1000.0 * np.arange(N)[:, None] + mined[:, 2:])
     assert computed == [4] * ((2 * N + 3) // 4)  # only the new pairs, 4 rows a call
     calls.clear()
+    comp._second_rounds.clear()  # a new run: only the files in the work dir remain
     comp.second_round(1)  # mined and cached: nothing searched or computed again
     assert calls == [] and len(computed) == (2 * N + 3) // 4
 
