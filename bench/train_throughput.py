@@ -111,15 +111,18 @@ def jax_llama(args) -> dict:
     from jmlr_jax.models.llama import init_params
     from jmlr_jax.train.losses import chunked_cross_entropy, output_kernel
 
-    cfg = LlamaConfig(**SHAPES[args.shape], remat_policy=args.remat, s2_group_size=args.s2, dtype=args.dtype)
+    cfg = LlamaConfig(**SHAPES[args.shape], remat_policy=args.remat, s2_group_size=args.s2, dtype=args.dtype,
+                      attention=args.impl)
     params = init_params(cfg, jax.random.PRNGKey(0))
+    backend = _backend(args.impl, cfg.dtype, cfg.head_dim)
+    extra = _kernel_gib(backend, args.batch, args.seq, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (args.batch, args.seq), 0, cfg.vocab_size)
     model = Llama(cfg)
     if args.mode == "forward":
         f = jax.jit(lambda p, t: model.apply({"params": p}, t, return_hidden=True))
         compiled = f.lower(params, tokens).compile()
         t = timeit(lambda: jax.block_until_ready(compiled(params, tokens)), args.reps)
-        return {"seconds": t, "mem_gib": jax_memory(compiled)}
+        return {"seconds": t, "mem_gib": jax_memory(compiled) + extra, "backend": backend}
     tx = optax.adamw(1e-4)
     state = (params, tx.init(params))
 
@@ -143,7 +146,22 @@ def jax_llama(args) -> dict:
         box[0], v = compiled(box[0], tokens)
         v.block_until_ready()
 
-    return {"seconds": timeit(run, args.reps), "mem_gib": jax_memory(compiled)}
+    return {"seconds": timeit(run, args.reps), "mem_gib": jax_memory(compiled) + extra, "backend": backend}
+
+
+def _kernel_gib(backend: str, batch: int, seq: int, heads: int, kv_heads: int, head_dim: int) -> float:
+    """The C++ CPU kernel's scratch (outside XLA's buffer total): added to the jax memory column."""
+    if backend != "cpu":
+        return 0.0
+    from jmlr_jax.models import cpu_kernel
+
+    return cpu_kernel.scratch_bytes(batch, seq, heads, kv_heads, head_dim) / 2**30
+
+
+def _backend(impl: str, dtype, head_dim: int) -> str:
+    from jmlr_jax.models import attention
+
+    return attention.resolve_implementation(impl, dtype=dtype, head_dim=head_dim, right_padded=True)
 
 
 def _torch_measure(run, dev: str, reps: int) -> dict:
@@ -214,7 +232,10 @@ def jax_attention(args) -> dict:
         argnums=(0, 1, 2)))
     compiled = f.lower(q, k, v).compile()
     t = timeit(lambda: jax.block_until_ready(compiled(q, k, v)), args.reps)
-    return {"seconds": t, "mem_gib": jax_memory(compiled)}
+    backend = _backend(args.impl, dtype, 64)
+    H, K = (int(x) for x in args.heads.split("/"))
+    return {"seconds": t, "mem_gib": jax_memory(compiled) + _kernel_gib(backend, 1, args.seq, H, K, 64),
+            "backend": backend}
 
 
 def torch_attention(args) -> dict:
@@ -330,10 +351,13 @@ def workloads(accel: bool, quick: bool) -> dict[str, list[dict]]:
                  for s in seqs for b in (1, 4)]
         # bf16 compute on both sides (jax: bf16 activations / matmuls, fp32 weights; torch: bf16 autocast)
         llama += [] if quick else [dict(shape="SmolLM2-135M", batch=b, seq=2048, dtype="bfloat16") for b in (1, 4)]
+        # the plain-JAX kernel the C++ one replaced on CPU, for the before / after in one run
+        llama += [] if quick else [dict(shape="SmolLM2-135M", batch=b, seq=2048, impl="blockwise") for b in (1, 4)]
         jmlr = [dict(batch=1, shape="SmolLM2-135M")]
     # 32/8 heads at long context (S2's case); SmolLM2's 9/3 at 2048, the CPU train rows' length (x 30 layers)
     attn = [dict(seq=L, heads="32/8") for L in ((8192,) if quick else (8192, 16384))]
     attn += [] if accel or quick else [dict(seq=2048, heads="9/3")]
+    attn = [dict(w, impl=impl) for w in attn for impl in (("auto",) if accel else ("auto", "blockwise"))]
     return {"llama": llama, "attention": attn, "jmlr": [] if quick and not accel else jmlr}
 
 
@@ -342,6 +366,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="llama,attention,jmlr")
     ap.add_argument("--reps", type=int, default=3)
+    # e.g. --where="seq=2048 mode=train": only the workloads whose settings match (defaults count)
+    ap.add_argument("--where", default="")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--run", default="")
     ap.add_argument("--shape", default="SmolLM2-135M")
@@ -369,6 +395,11 @@ def main() -> None:
     reps = args.reps
     only = set(args.only.split(","))
     W = workloads(accel, args.quick)
+    if args.where:
+        want = dict(kv.split("=", 1) for kv in args.where.split())
+        defaults = dict(mode="train", s2=0, dtype="auto", impl="auto", batch=1)
+        W = {part: [w for w in ws if all(str(dict(defaults, **w).get(k)) == v for k, v in want.items())]
+             for part, ws in W.items()}
     print(f"device: {pk['device']} ({os.cpu_count()} host cores); jax {jax.__version__}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}; measured {pk['dtype']} matmul peak {pk['flops'] / 1e12:.2f} "
           f"TFLOP/s" + (f" (bf16 -> fp32: {pk['bf16_flops'] / 1e12:.2f}, the bf16 rows' peak)"
@@ -377,12 +408,13 @@ def main() -> None:
     fmt_mem = lambda r: f"{r['mem_gib']:.2f}" if "mem_gib" in r else "-"  # noqa: E731
 
     if "llama" in only:
-        print("| model | pass | precision | batch x seq | jmlr_jax tok/s | transformers tok/s | jax / torch | jax of peak | "
-              "jax GiB | torch GiB |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        print("| model | pass | precision | batch x seq | jax attention | jmlr_jax tok/s | transformers tok/s | "
+              "jax / torch | jax of peak | jax GiB | torch GiB |\n|---|---|---|---|---|---|---|---|---|---|---|",
+              flush=True)
         for w in W["llama"]:
-            w = dict(dict(mode="train", s2=0, dtype="auto"), **w)
+            w = dict(dict(mode="train", s2=0, dtype="auto", impl="auto"), **w)
             j = child(run="jax_llama", reps=reps, **w)
-            t = child(run="torch_llama", reps=reps, **{k: v for k, v in w.items() if k != "s2"}) \
+            t = child(run="torch_llama", reps=reps, **{k: v for k, v in w.items() if k not in ("s2", "impl")}) \
                 if not w["s2"] else {}
             tokens = w["batch"] * w["seq"]
             name = w["shape"] + (f" S2 G={w['s2']}" if w["s2"] else "")
@@ -393,20 +425,20 @@ def main() -> None:
             util = (f"{flops_per_token(SHAPES[w['shape']], w['seq'], w['mode'] == 'train') * tokens / j['seconds'] / peak_w:.0%}"
                     if "seconds" in j else "-")
             prec = "bf16" if accel or w["dtype"] == "bfloat16" else "fp32"
-            print(f"| {name} | {w['mode']} | {prec} | {w['batch']} x {w['seq']} | {js_} | {ts_} | {ratio} | {util} | "
-                  f"{fmt_mem(j)} | {fmt_mem(t)} |", flush=True)
+            print(f"| {name} | {w['mode']} | {prec} | {w['batch']} x {w['seq']} | {j.get('backend', '-')} | {js_} | "
+                  f"{ts_} | {ratio} | {util} | {fmt_mem(j)} | {fmt_mem(t)} |", flush=True)
     if "attention" in only:
         print("\nattention fwd+bwd alone, head_dim 64, batch 1 (S2: G = L/4)\n\n"
-              "| query / KV heads | L | jax dense ms | jax S2 ms | S2 / dense | torch SDPA dense ms | jax dense time / torch "
-              "| jax dense GiB | jax S2 GiB |\n|---|---|---|---|---|---|---|---|---|", flush=True)
+              "| query / KV heads | L | jax attention | jax dense ms | jax S2 ms | S2 / dense | torch SDPA dense ms | "
+              "jax dense time / torch | jax dense GiB | jax S2 GiB |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for w in W["attention"]:
             d = child(run="jax_attention", reps=reps, **w)
             even = _attn_shapes(w["seq"], w["heads"])[0][2] % 2 == 0  # S2 splits the query heads in two halves
             s = child(run="jax_attention", reps=reps, s2=w["seq"] // 4, **w) if even else {}
-            t = child(run="torch_attention", reps=reps, **w)
+            t = child(run="torch_attention", reps=reps, **{k: v for k, v in w.items() if k != "impl"})
             ms = lambda r: f"{r['seconds'] * 1e3:.0f}" if "seconds" in r else r.get("error", "-")  # noqa: E731
             rat = lambda a, b: f"{a['seconds'] / b['seconds']:.2f}" if "seconds" in a and "seconds" in b else "-"  # noqa: E731
-            print(f"| {w['heads']} | {w['seq']} | {ms(d)} | {ms(s)} | {rat(s, d)} | {ms(t)} | {rat(d, t)} | {fmt_mem(d)} | "
+            print(f"| {w['heads']} | {w['seq']} | {d.get('backend', '-')} | {ms(d)} | {ms(s)} | {rat(s, d)} | {ms(t)} | {rat(d, t)} | {fmt_mem(d)} | "
                   f"{fmt_mem(s)} |", flush=True)
     if "jmlr" in only and W["jmlr"]:
         print("\nfused JMLR train step, C=30 / S=10 / K=7, doc 128 / question 192 / answer 32 tokens\n\n"

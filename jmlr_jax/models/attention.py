@@ -3,12 +3,17 @@
 `self_attention(q, k, v, pos, seg, impl=...)` is what the decoder calls for training and prefill:
   "reference"   the oracle: einsum over the full [L, L] logits with a boolean mask built from positions,
                 segment ids and S2 block ids (`build_mask`); O(L^2) memory. Tests compare everything to it.
-  "blockwise"   online-softmax flash attention in plain JAX (`flash.py`): O(L x block) memory; CPU default.
+  "blockwise"   online-softmax flash attention in plain JAX (`flash.py`): O(L x block) memory; the portable
+                fallback.
+  "cpu"         the same algorithm as a threaded C++ custom call (`cpu_kernel.py`), compiled on first use:
+                heads and query blocks spread over the cores, as PyTorch's CPU kernel does.
   "cudnn"       cuDNN fused flash attention (GPU, bf16/fp16, right-padded rows only).
   "pallas_gpu"  Pallas/Triton flash attention with segment ids (GPU, packed rows).
   "splash"      Pallas splash attention (TPU; also CPU in interpret mode for tests).
   "auto"        by platform: TPU -> splash; GPU -> cudnn for right-padded bf16/fp16 rows, else pallas_gpu;
-                CPU -> blockwise. (MaxText's "autoselected" falls back to O(L^2) dot-product on CPU.)
+                CPU -> cpu when the kernel builds (a C++ compiler is present), head_dim is a multiple of 16 and
+                the process has one device, else blockwise (an opaque custom call would be gathered whole
+                onto every device of a sharded jit). (MaxText's "autoselected" falls back to O(L^2) on CPU.)
 Decoding with a KV cache always uses `dot_product_attention` (one or a few query rows).
 
 S2-Attn (LongLoRA), training only, with group size G over sequence indices: heads [0, H/2) attend causally
@@ -121,11 +126,11 @@ def dot_product_attention(
 
 
 
-IMPLEMENTATIONS = ("auto", "reference", "blockwise", "cudnn", "pallas_gpu", "splash")
+IMPLEMENTATIONS = ("auto", "reference", "blockwise", "cpu", "cudnn", "pallas_gpu", "splash")
 
 
 def resolve_implementation(impl: str, *, dtype, head_dim: int, right_padded: bool,
-                           platform: str | None = None) -> str:
+                           platform: str | None = None, num_devices: int | None = None) -> str:
     """The backend `impl` names; "auto" picks by platform (see the module docstring)."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {impl!r} not in {IMPLEMENTATIONS}")
@@ -139,7 +144,10 @@ def resolve_implementation(impl: str, *, dtype, head_dim: int, right_padded: boo
         if half and right_padded and head_dim % 8 == 0 and head_dim <= 128:
             return "cudnn"
         return "pallas_gpu"
-    return "blockwise"
+    from jmlr_jax.models import cpu_kernel
+
+    one_device = (num_devices or jax.device_count()) == 1
+    return "cpu" if one_device and head_dim % 16 == 0 and cpu_kernel.available() else "blockwise"
 
 
 def _s2_pieces(L: int, G: int, shifted: bool) -> list[tuple[int, int]]:
@@ -164,9 +172,10 @@ def _fold_apply(kernel, q, k, v, seg, pieces):
 
 
 def _kernel_fn(impl: str, block: int, right_padded: bool, interpret: bool, unroll: bool):
-    from jmlr_jax.models import flash, kernels
+    from jmlr_jax.models import cpu_kernel, flash, kernels
 
     return {
+        "cpu": cpu_kernel.cpu_attention,
         "blockwise": lambda q, k, v, s: flash.flash_attention(q, k, v, s, block=block, right_padded=right_padded,
                                                               unroll=unroll),
         "cudnn": kernels.cudnn_attention,

@@ -7,6 +7,7 @@ import pytest
 
 from jmlr_jax.models import Llama, LlamaConfig
 from jmlr_jax.models import attention, llama as llama_lib
+from tests.conftest import require
 
 
 def brute_force_s2_mask(L: int, H: int, G: int) -> np.ndarray:
@@ -107,11 +108,19 @@ def _case(name: str, L: int):
     return pos, seg, (128 if name == "s2" else 0)
 
 
-@pytest.mark.parametrize("impl", ["blockwise", "splash", "pallas_gpu"])
+def _need(impl: str) -> None:
+    if impl == "cpu":
+        from jmlr_jax.models import cpu_kernel
+
+        require(cpu_kernel.available(), f"the C++ attention kernel ({cpu_kernel.unavailable_reason()})")
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "cpu", "splash", "pallas_gpu"])
 @pytest.mark.parametrize("case", ["causal", "packed_padded", "s2"])
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
 def test_backend_equals_oracle(impl, case, kv_heads):
     """Outputs and gradients of q, k, v equal the mask oracle's on every real (non-padding) token."""
+    _need(impl)
     B, L, H, D = 2, 256, 4, 16
     q, k, v = _qkv(B, L, H, kv_heads, D)
     pos, seg, s2 = _case(case, L)
@@ -132,14 +141,16 @@ def test_backend_equals_oracle(impl, case, kv_heads):
     np.testing.assert_allclose(np.asarray(o)[real], np.asarray(r)[real], atol=2e-6)
 
 
+@pytest.mark.parametrize("impl", ["blockwise", "cpu"])
 @pytest.mark.parametrize("L,G", [(64, 16), (70, 16), (40, 64)])
-def test_blockwise_s2_gradients_are_causal(L, G):
+def test_s2_gradients_are_causal(impl, L, G):
     """Through the folded S2 layout (ragged last groups too): d out[t] / d (q, k, v)[t' > t] == 0."""
-    B, H, K, D = 1, 4, 2, 8
+    _need(impl)
+    B, H, K, D = 1, 4, 2, 16
     q, k, v = _qkv(B, L, H, K, D)
     pos, seg = jnp.arange(L)[None], jnp.ones((B, L), jnp.int32)
     f = lambda q, k, v: attention.self_attention(  # noqa: E731
-        q, k, v, pos, seg, impl="blockwise", s2_group_size=G, block=16)[0].sum(axis=(1, 2))
+        q, k, v, pos, seg, impl=impl, s2_group_size=G, block=16)[0].sum(axis=(1, 2))
     out, vjp = jax.vjp(f, q, k, v)
     ts = jnp.asarray([0, G // 2 - 1, G // 2, L - 1])
     grads = jax.jit(jax.vmap(vjp))(jax.nn.one_hot(ts, L))  # d out[t] / d (q, k, v) for each t
@@ -151,7 +162,13 @@ def test_blockwise_s2_gradients_are_causal(L, G):
 
 def test_auto_picks_backend_by_platform():
     pick = lambda **kw: attention.resolve_implementation("auto", head_dim=64, **kw)  # noqa: E731
-    assert pick(dtype=jnp.float32, right_padded=True, platform="cpu") == "blockwise"
+    assert pick(dtype=jnp.float32, right_padded=True, platform="cpu") == "blockwise"  # 8 devices: no custom call
+    from jmlr_jax.models import cpu_kernel
+
+    one = "cpu" if cpu_kernel.available() else "blockwise"
+    assert pick(dtype=jnp.float32, right_padded=True, platform="cpu", num_devices=1) == one
+    assert attention.resolve_implementation("auto", head_dim=8, dtype=jnp.float32, right_padded=True,
+                                            platform="cpu", num_devices=1) == "blockwise"  # not a multiple of 16
     assert pick(dtype=jnp.bfloat16, right_padded=False, platform="tpu") == "splash"
     assert pick(dtype=jnp.bfloat16, right_padded=True, platform="gpu") == "cudnn"
     assert pick(dtype=jnp.bfloat16, right_padded=False, platform="gpu") == "pallas_gpu"  # packed rows
@@ -167,9 +184,10 @@ def test_auto_picks_backend_by_platform():
         attention.self_attention(q, k, v, jnp.arange(8)[None], jnp.ones((1, 8), jnp.int32), impl="cudnn")
 
 
-@pytest.mark.parametrize("impl", ["blockwise", "splash"])
+@pytest.mark.parametrize("impl", ["blockwise", "cpu", "splash"])
 def test_model_backends_give_the_oracle_logits(impl):
     """A whole decoder (S2 at training, dense at inference, packed rows) with each backend vs the oracle."""
+    _need(impl)
     cfg = LlamaConfig(vocab_size=40, hidden_size=64, intermediate_size=48, num_layers=2, num_heads=4,
                       num_kv_heads=2, s2_group_size=64, attention="reference")
     params = llama_lib.init_params(cfg, jax.random.PRNGKey(0))
@@ -181,7 +199,7 @@ def test_model_backends_give_the_oracle_logits(impl):
         kw = dict(positions_BxL=pos, segment_ids_BxL=seg, train=train)
         ref = Llama(cfg).apply({"params": params}, tokens, **kw)
         out = jax.jit(Llama(fast).apply, static_argnames="train")({"params": params}, tokens, **kw) \
-            if impl == "blockwise" else \
+            if impl != "splash" else \
             _interpret_splash(fast, params, tokens, kw)
         np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=1e-5)
 
