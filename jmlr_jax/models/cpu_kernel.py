@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import pathlib
 import platform
@@ -49,8 +50,9 @@ def _cpu_id() -> str:
 
 def _build() -> pathlib.Path:
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if not cxx:
-        raise KernelUnavailable("no C++ compiler found (set $CXX or install g++)")
+    if not cxx or not shutil.which(cxx):
+        raise KernelUnavailable(f"no C++ compiler found ({'$CXX=' + cxx if cxx else 'c++, g++, clang++'}; set "
+                                "$CXX or install g++)")
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     include = jax.ffi.include_dir()
     key = hashlib.sha256("\0".join([_SOURCE.read_text(), cxx, version, " ".join(_FLAGS), _cpu_id(),
@@ -79,11 +81,12 @@ def _register() -> None:
 
 @functools.cache
 def available() -> bool:
-    """Whether the kernel builds and loads here (compiled once per machine, then cached)."""
+    """Whether the kernel builds and loads here (compiled once per machine, then cached). Logs why not, once."""
     try:
         _register()
         return True
-    except (KernelUnavailable, OSError):
+    except (KernelUnavailable, OSError) as e:
+        logging.warning("C++ CPU attention kernel unavailable, using the blockwise JAX kernel: %s", e)
         return False
 
 

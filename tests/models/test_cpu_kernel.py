@@ -86,3 +86,24 @@ def test_remat_keeps_the_kernel_residuals():
 def test_scratch_is_linear_in_length():
     a, b = (cpu_kernel.scratch_bytes(1, L, 32, 8, 64) for L in (8192, 16384))
     assert b == pytest.approx(2 * a, rel=0.02)
+
+
+def test_without_a_compiler_auto_falls_back(monkeypatch, tmp_path):
+    """No compiler (and nothing cached): 'auto' picks the blockwise kernel; asking for 'cpu' is one clear error."""
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("JMLR_JAX_CACHE", str(tmp_path))
+    for f in (cpu_kernel.available, cpu_kernel._register):
+        f.cache_clear()
+    try:
+        assert not cpu_kernel.available()
+        assert "no C++ compiler" in cpu_kernel.unavailable_reason()
+        assert attention.resolve_implementation("auto", dtype=jnp.float32, head_dim=64, right_padded=False,
+                                                platform="cpu", num_devices=1) == "blockwise"
+        q, k, v, _ = _inputs(1, 8, 2, 1, 16)
+        with pytest.raises(cpu_kernel.KernelUnavailable, match="no C\\+\\+ compiler"):
+            cpu_kernel.cpu_attention(q, k, v, jnp.ones((1, 8), jnp.int32))
+    finally:
+        monkeypatch.undo()
+        for f in (cpu_kernel.available, cpu_kernel._register):
+            f.cache_clear()
+    assert cpu_kernel.available()  # registers the same targets again
