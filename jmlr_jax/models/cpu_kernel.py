@@ -73,30 +73,26 @@ def _build() -> pathlib.Path:
 
 
 @functools.cache
-def _register() -> None:
-    lib = ctypes.cdll.LoadLibrary(str(_build()))
-    for name in ("JmlrAttentionFwd", "JmlrAttentionBwd"):
-        jax.ffi.register_ffi_target(f"jmlr_{name}", jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
-
-
-@functools.cache
-def available() -> bool:
-    """Whether the kernel builds and loads here (compiled once per machine, then cached). Logs why not, once."""
+def _load_error() -> str:
+    """Build, load and register the kernel once per process; '' on success, else why it failed."""
     try:
-        _register()
-        return True
+        lib = ctypes.cdll.LoadLibrary(str(_build()))
+        for name in ("JmlrAttentionFwd", "JmlrAttentionBwd"):
+            jax.ffi.register_ffi_target(f"jmlr_{name}", jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     except (KernelUnavailable, OSError) as e:
         logging.warning("C++ CPU attention kernel unavailable, using the blockwise JAX kernel: %s", e)
-        return False
+        return str(e)
+    return ""
+
+
+def available() -> bool:
+    """Whether the kernel builds and loads here (compiled once per machine, then cached). Logs why not, once."""
+    return not _load_error()
 
 
 def unavailable_reason() -> str:
     """Why `available()` is False ('' when it is True)."""
-    try:
-        _register()
-        return ""
-    except (KernelUnavailable, OSError) as e:
-        return str(e)
+    return _load_error()
 
 
 def threads() -> int:

@@ -92,8 +92,7 @@ def test_without_a_compiler_auto_falls_back(monkeypatch, tmp_path):
     """No compiler (and nothing cached): 'auto' picks the blockwise kernel; asking for 'cpu' is one clear error."""
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("JMLR_JAX_CACHE", str(tmp_path))
-    for f in (cpu_kernel.available, cpu_kernel._register):
-        f.cache_clear()
+    cpu_kernel._load_error.cache_clear()
     try:
         assert not cpu_kernel.available()
         assert "no C++ compiler" in cpu_kernel.unavailable_reason()
@@ -104,6 +103,5 @@ def test_without_a_compiler_auto_falls_back(monkeypatch, tmp_path):
             cpu_kernel.cpu_attention(q, k, v, jnp.ones((1, 8), jnp.int32))
     finally:
         monkeypatch.undo()
-        for f in (cpu_kernel.available, cpu_kernel._register):
-            f.cache_clear()
+        cpu_kernel._load_error.cache_clear()
     assert cpu_kernel.available()  # registers the same targets again

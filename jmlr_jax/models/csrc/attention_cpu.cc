@@ -76,7 +76,7 @@ inline v16 vexp(v16 x) {
   p = p * y + splat(1.f);
   p = p * y + splat(1.f);
   v16i e = (__builtin_convertvector(n, v16i) + 127) << 23;
-  v16 r = p * reinterpret_cast<v16&>(e);
+  v16 r = p * (v16)e;  // a vector cast reinterprets the bits (no aliasing through a reference)
   return x < lo ? v16{} : r;
 }
 
@@ -279,7 +279,7 @@ void unpack_rows(const float* src, const Shape& s, long u, long width, float* x)
 
 // Per-thread scratch, grown on demand.
 struct Scratch {
-  std::vector<float> a, b, c, d;
+  std::vector<float> a, b;
 };
 Scratch& scratch() {
   thread_local Scratch s;
