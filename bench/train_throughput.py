@@ -7,8 +7,8 @@
 Each measurement runs in its own process (clean peak memory; an out-of-memory case fails alone).
 Workloads (random init; timing does not depend on weights or text):
   llama     train step (fwd + bwd + AdamW) and forward of a Llama shape at batch x length; jmlr_jax with the
-            platform's default precision (CPU fp32; GPU/TPU bf16 compute, fp32 master weights), chunked
-            cross-entropy; transformers LlamaForCausalLM with SDPA attention (bf16 autocast on GPU), AdamW.
+            platform's default precision (CPU fp32; GPU/TPU bf16 compute, fp32 master weights), the fused
+            chunked cross-entropy (CPU: also a row with the rematerialised per-token one); transformers LlamaForCausalLM with SDPA attention (bf16 autocast on GPU), AdamW.
             CPU: SmolLM2-135M at 512 and 2048, and train rows at 2048 with bf16 compute on both sides (jax bf16
             activations / matmuls with fp32 weights, torch bf16 autocast).
             GPU: SmolLM2-135M at 16 x 2048, the 1B shape at 8 x 2048.
@@ -109,7 +109,7 @@ def jax_llama(args) -> dict:
 
     from jmlr_jax.models import Llama, LlamaConfig
     from jmlr_jax.models.llama import init_params
-    from jmlr_jax.train.losses import chunked_cross_entropy, output_kernel
+    from jmlr_jax.train.losses import chunked_cross_entropy, chunked_token_nll, output_kernel
 
     cfg = LlamaConfig(**SHAPES[args.shape], remat_policy=args.remat, s2_group_size=args.s2, dtype=args.dtype,
                       attention=args.impl)
@@ -126,10 +126,14 @@ def jax_llama(args) -> dict:
     tx = optax.adamw(1e-4)
     state = (params, tx.init(params))
 
+    def per_token(*a, dtype):  # the rematerialised per-token loss, summed (4 projection matmuls, not 3)
+        return jnp.sum(chunked_token_nll(*a, dtype=dtype)), jnp.sum(a[3])
+
+    ce = chunked_cross_entropy if args.loss == "fused" else per_token
+
     def loss(p, t):
         h = model.apply({"params": p}, t, train=True, return_hidden=True)
-        total, n = chunked_cross_entropy(h[:, :-1], output_kernel(cfg, p), t[:, 1:], jnp.ones(t[:, 1:].shape),
-                                         dtype=cfg.dtype)
+        total, n = ce(h[:, :-1], output_kernel(cfg, p), t[:, 1:], jnp.ones(t[:, 1:].shape), dtype=cfg.dtype)
         return total / n
 
     def step(state, t):
@@ -353,6 +357,8 @@ def workloads(accel: bool, quick: bool) -> dict[str, list[dict]]:
         llama += [] if quick else [dict(shape="SmolLM2-135M", batch=b, seq=2048, dtype="bfloat16") for b in (1, 4)]
         # the plain-JAX kernel the C++ one replaced on CPU, for the before / after in one run
         llama += [] if quick else [dict(shape="SmolLM2-135M", batch=b, seq=2048, impl="blockwise") for b in (1, 4)]
+        # the rematerialised per-token cross-entropy the fused one replaced in the LM loss
+        llama += [] if quick else [dict(shape="SmolLM2-135M", batch=1, seq=2048, loss="per_token")]
         jmlr = [dict(batch=1, shape="SmolLM2-135M")]
     # 32/8 heads at long context (S2's case); SmolLM2's 9/3 at 2048, the CPU train rows' length (x 30 layers)
     attn = [dict(seq=L, heads="32/8") for L in ((8192,) if quick else (8192, 16384))]
@@ -378,6 +384,7 @@ def main() -> None:
     ap.add_argument("--heads", default="32/8")
     ap.add_argument("--remat", default="none")
     ap.add_argument("--impl", default="auto")
+    ap.add_argument("--loss", default="fused", choices=("fused", "per_token"))  # llama train rows
     ap.add_argument("--compact", type=lambda s: s == "True", default=True)
     ap.add_argument("--lora", type=int, default=0)
     ap.add_argument("--dtype", default="auto")  # llama rows: "bfloat16" = jax bf16 compute, torch bf16 autocast
@@ -397,7 +404,7 @@ def main() -> None:
     W = workloads(accel, args.quick)
     if args.where:
         want = dict(kv.split("=", 1) for kv in args.where.split())
-        defaults = dict(mode="train", s2=0, dtype="auto", impl="auto", batch=1)
+        defaults = dict(mode="train", s2=0, dtype="auto", impl="auto", batch=1, loss="fused")
         W = {part: [w for w in ws if all(str(dict(defaults, **w).get(k)) == v for k, v in want.items())]
              for part, ws in W.items()}
     print(f"device: {pk['device']} ({os.cpu_count()} host cores); jax {jax.__version__}, torch {torch.__version__}, "
@@ -408,13 +415,13 @@ def main() -> None:
     fmt_mem = lambda r: f"{r['mem_gib']:.2f}" if "mem_gib" in r else "-"  # noqa: E731
 
     if "llama" in only:
-        print("| model | pass | precision | batch x seq | jax attention | jmlr_jax tok/s | transformers tok/s | "
-              "jax / torch | jax of peak | jax GiB | torch GiB |\n|---|---|---|---|---|---|---|---|---|---|---|",
+        print("| model | pass | precision | batch x seq | jax attention | jax loss | jmlr_jax tok/s | transformers tok/s | "
+              "jax / torch | jax of peak | jax GiB | torch GiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|",
               flush=True)
         for w in W["llama"]:
-            w = dict(dict(mode="train", s2=0, dtype="auto", impl="auto"), **w)
+            w = dict(dict(mode="train", s2=0, dtype="auto", impl="auto", loss="fused"), **w)
             j = child(run="jax_llama", reps=reps, **w)
-            t = child(run="torch_llama", reps=reps, **{k: v for k, v in w.items() if k not in ("s2", "impl")}) \
+            t = child(run="torch_llama", reps=reps, **{k: v for k, v in w.items() if k not in ("s2", "impl", "loss")}) \
                 if not w["s2"] else {}
             tokens = w["batch"] * w["seq"]
             name = w["shape"] + (f" S2 G={w['s2']}" if w["s2"] else "")
@@ -425,7 +432,8 @@ def main() -> None:
             util = (f"{flops_per_token(SHAPES[w['shape']], w['seq'], w['mode'] == 'train') * tokens / j['seconds'] / peak_w:.0%}"
                     if "seconds" in j else "-")
             prec = "bf16" if accel or w["dtype"] == "bfloat16" else "fp32"
-            print(f"| {name} | {w['mode']} | {prec} | {w['batch']} x {w['seq']} | {j.get('backend', '-')} | {js_} | "
+            jloss = w["loss"] if w["mode"] == "train" else "-"
+            print(f"| {name} | {w['mode']} | {prec} | {w['batch']} x {w['seq']} | {j.get('backend', '-')} | {jloss} | {js_} | "
                   f"{ts_} | {ratio} | {util} | {fmt_mem(j)} | {fmt_mem(t)} |", flush=True)
     if "attention" in only:
         print("\nattention fwd+bwd alone, head_dim 64, batch 1 (S2: G = L/4)\n\n"

@@ -2,11 +2,18 @@
 and language-model cross-entropy that never holds a [B, L, vocab] fp32 logits tensor.
 
 With Llama-3's 128k vocabulary, fp32 logits for 8 x 8192 tokens are 34 GB (more than an 8B model in bf16),
-and autodiff keeps them plus the softmax for the backward pass. `chunked_cross_entropy` projects `chunk`
-tokens at a time inside a `lax.scan` whose body is rematerialised, so the forward and the backward pass each
-hold one [chunk, vocab] block; the cost is one extra projection matmul in the backward pass.
+and autodiff keeps them plus the softmax for the backward pass. Both cross-entropies here project `chunk`
+tokens at a time inside a `lax.scan`, so no pass holds more than one [chunk, vocab] block:
+- `chunked_token_nll` (per-token NLL, any downstream use) rematerialises each chunk's logits in the backward
+  pass: 4 projection matmuls per chunk (forward, recompute, d hidden, d kernel).
+- `chunked_cross_entropy` (a weighted sum: the LM loss) knows its cotangent is one scalar, so its forward pass
+  under autodiff also computes the gradients (a fused linear cross-entropy, as Liger-Kernel's) and the
+  backward pass only scales them: 3 matmuls and one softmax per chunk; it keeps d hidden and a [D, V] fp32
+  d kernel between the passes instead of nothing.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +28,28 @@ def output_kernel(cfg, llm_params) -> jax.Array:
     return llm_params["embed"]["embedding"].T if cfg.tie_word_embeddings else llm_params["lm_head"]["kernel"]
 
 
+def _chunked(hidden_BxLxD: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array, chunk: int):
+    """[n, chunk, D] hidden, [n, chunk] int32 targets and fp32 weights over the flattened tokens; the ragged
+    end is padded with weight 0."""
+    B, L, D = hidden_BxLxD.shape
+    N = B * L
+    chunk = min(chunk, N)
+    pad = -N % chunk
+    flat = lambda x: jnp.pad(x.reshape(N, *x.shape[2:]), [(0, pad)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    return (flat(hidden_BxLxD).reshape(-1, chunk, D), flat(targets_BxL.astype(jnp.int32)).reshape(-1, chunk),
+            flat(weights_BxL.astype(jnp.float32)).reshape(-1, chunk))
+
+
+def _chunk_logits(h_c: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    return jnp.einsum("nd,dv->nv", h_c.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _chunk_nll(logits: jax.Array, t_c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(unweighted NLL of each row's target, logsumexp of each row)."""
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return lse - jnp.take_along_axis(logits, t_c[:, None], axis=-1)[:, 0], lse
+
+
 def chunked_token_nll(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array,
                       *, chunk: int = 2048, dtype=jnp.float32) -> jax.Array:
     """Per-token next-token NLL [B, L] (0 where weights are 0); logits in fp32, `chunk` tokens at a time.
@@ -28,34 +57,63 @@ def chunked_token_nll(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: ja
     hidden is the final-norm output at the positions that predict `targets` (shift before calling).
     Matmul inputs are cast to `dtype` (the model's compute dtype) with fp32 accumulation.
     """
-    B, L, D = hidden_BxLxD.shape
-    N = B * L
-    chunk = min(chunk, N)
-    pad = -N % chunk
-    flat = lambda x: jnp.pad(x.reshape(N, *x.shape[2:]), [(0, pad)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
-    h = flat(hidden_BxLxD).reshape(-1, chunk, D)
-    t = flat(targets_BxL.astype(jnp.int32)).reshape(-1, chunk)
-    wt = flat(weights_BxL.astype(jnp.float32)).reshape(-1, chunk)  # padding has weight 0
-    w = w_DxV.astype(dtype)
+    B, L, _ = hidden_BxLxD.shape
+    h, t, wt = _chunked(hidden_BxLxD, targets_BxL, weights_BxL, chunk)
 
     @jax.checkpoint  # the backward pass recomputes this chunk's logits instead of storing them
     def body(carry, xs):
         h_c, t_c, wt_c = xs
-        logits = jnp.einsum("nd,dv->nv", h_c.astype(dtype), w, preferred_element_type=jnp.float32)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        picked = jnp.take_along_axis(logits, t_c[:, None], axis=-1)[:, 0]
-        return carry, (lse - picked) * wt_c
+        return carry, _chunk_nll(_chunk_logits(h_c, w_DxV, dtype), t_c)[0] * wt_c
 
     _, nll = jax.lax.scan(body, None, (h, t, wt))
-    return nll.reshape(-1)[:N].reshape(B, L)
+    return nll.reshape(-1)[:B * L].reshape(B, L)
 
 
 def chunked_cross_entropy(hidden_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array,
                           weights_BxL: jax.Array, *, chunk: int = 2048,
                           dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
-    """Weighted next-token NLL: (sum of weight * nll, sum of weights); see `chunked_token_nll`."""
-    nll = chunked_token_nll(hidden_BxLxD, w_DxV, targets_BxL, weights_BxL, chunk=chunk, dtype=dtype)
-    return jnp.sum(nll), jnp.sum(weights_BxL.astype(jnp.float32))
+    """Weighted next-token NLL: (sum of weight * nll, sum of weights), arguments as `chunked_token_nll`'s.
+    Differentiable in hidden, the kernel and the weights, with the gradients computed in the forward pass."""
+    h, t, wt = _chunked(hidden_BxLxD, targets_BxL, weights_BxL, chunk)
+    return _fused_ce(h, w_DxV, t, wt, jnp.dtype(dtype)), jnp.sum(weights_BxL.astype(jnp.float32))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _fused_ce(h, w, t, wt, dtype):
+    """Sum of wt * nll over [n, chunk] tokens (without autodiff: no gradient work)."""
+    def body(total, xs):
+        h_c, t_c, wt_c = xs
+        return total + jnp.sum(_chunk_nll(_chunk_logits(h_c, w, dtype), t_c)[0] * wt_c), None
+
+    return jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, t, wt))[0]
+
+
+def _fused_ce_fwd(h, w, t, wt, dtype):
+    V = w.shape[1]
+
+    def body(carry, xs):
+        total, dw = carry
+        h_c, t_c, wt_c = xs
+        logits = _chunk_logits(h_c, w, dtype)
+        nll, lse = _chunk_nll(logits, t_c)
+        # d(sum wt * nll)/d logits = wt * (softmax - onehot(target))
+        dlogits = (jnp.exp(logits - lse[:, None]) - jax.nn.one_hot(t_c, V, dtype=jnp.float32)) * wt_c[:, None]
+        dlogits = dlogits.astype(dtype)
+        dh_c = jnp.einsum("nv,dv->nd", dlogits, w.astype(dtype), preferred_element_type=jnp.float32)
+        dw = dw + jnp.einsum("nd,nv->dv", h_c.astype(dtype), dlogits, preferred_element_type=jnp.float32)
+        return (total + jnp.sum(nll * wt_c), dw), (dh_c.astype(h.dtype), nll)
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros(w.shape, jnp.float32))
+    (total, dw), (dh, nll) = jax.lax.scan(body, init, (h, t, wt))
+    return total, (dh, dw.astype(w.dtype), nll)
+
+
+def _fused_ce_bwd(dtype, res, g):
+    dh, dw, nll = res
+    return g * dh, g * dw, None, g * nll
+
+
+_fused_ce.defvjp(_fused_ce_fwd, _fused_ce_bwd)
 
 
 def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array,

@@ -224,6 +224,13 @@ inline bool any_visible(long q0, long nqt, BlockSegs qs, long k0, BlockSegs ks) 
   return !qs.empty() && !ks.empty() && k0 <= q0 + nqt - 1 && ks.lo <= qs.hi && qs.lo <= ks.hi;
 }
 
+// Columns of a key block worth computing for queries [q0, q0 + nqt): causally visible ones, rounded up to the
+// 16-float vector (the rest of the diagonal block is masked anyway; apply_mask fills it with -inf).
+inline long visible_cols(long q0, long nqt, long k0, long nkt) {
+  long n = std::min(nkt, q0 + nqt - k0);
+  return std::min<long>((n + 15) / 16 * 16, (nkt + 15) / 16 * 16);
+}
+
 // Set the logits of invisible (query row, key) pairs to -inf. When both blocks are one segment without padding
 // only the causal edge is masked (a fill per row); otherwise every pair is checked.
 void apply_mask(float* S, long R, long bk, const Shape& s, const int32_t* seg_b, long q0, long nqt, BlockSegs qs,
@@ -322,24 +329,25 @@ void forward(const float* q, const float* k, const float* v, const int32_t* seg,
       long k0 = j * bk, nkt = std::min(bk, s.L - k0);
       BlockSegs ks = ksegs[b * nk + j];
       if (!any_visible(q0, nqt, qs, k0, ks)) continue;
-      gemm(R, bk, D, Q, D, 1, kt.data() + (u * nk + j) * D * bk, bk, S, bk, false);
+      const long nc = visible_cols(q0, nqt, k0, nkt);
+      gemm(R, nc, D, Q, D, 1, kt.data() + (u * nk + j) * D * bk, bk, S, bk, false);
       apply_mask(S, R, bk, s, seg_b, q0, nqt, qs, k0, nkt, ks);
       for (long r = 0; r < R; ++r) {
         float* row = S + r * bk;
         v16 mx = splat(-kInf);
-        for (long c = 0; c < bk; c += 16) {
+        for (long c = 0; c < nc; c += 16) {
           v16 x = load(row + c);
           mx = x > mx ? x : mx;
         }
         float m_new = std::max(m[r], hmax(mx));
         if (m_new == -kInf) {  // nothing visible yet in this row
-          std::fill(row, row + bk, 0.f);
+          std::fill(row, row + nc, 0.f);
           continue;
         }
         float corr = std::exp(m[r] - m_new);
         v16 sum{};
         v16 mv = splat(m_new);
-        for (long c = 0; c < bk; c += 16) {
+        for (long c = 0; c < nc; c += 16) {
           v16 p = vexp(load(row + c) - mv);
           store(row + c, p);
           sum += p;
@@ -349,7 +357,7 @@ void forward(const float* q, const float* k, const float* v, const int32_t* seg,
         if (corr != 1.f)
           for (long d = 0; d < D; ++d) O[r * D + d] *= corr;
       }
-      gemm(R, D, bk, S, bk, 1, vr.data() + (u * Lk + k0) * D, D, O, D, true);
+      gemm(R, D, nc, S, bk, 1, vr.data() + (u * Lk + k0) * D, D, O, D, true);
     }
     for (long r = 0; r < R; ++r) {
       float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
@@ -402,21 +410,22 @@ void backward(const float* q, const float* k, const float* v, const int32_t* seg
       const long row0 = (u * s.L + q0) * s.G;
       const float *Q = qp.data() + row0 * D, *dO = dop.data() + row0 * D;
       const float *lse_i = lp.data() + row0, *delta_i = dp.data() + row0;
-      gemm(R, bk, D, Q, D, 1, Kt, bk, P, bk, false);                  // S = (scale q) K^T
+      const long nc = visible_cols(q0, nqt, k0, nkt);                 // key rows [nc, bk) get nothing here
+      gemm(R, nc, D, Q, D, 1, Kt, bk, P, bk, false);                  // S = (scale q) K^T
       apply_mask(P, R, bk, s, seg_b, q0, nqt, qs, k0, nkt, ks);
       for (long r = 0; r < R; ++r) {                                   // P = exp(S - lse)
         v16 lv = splat(lse_i[r]);
-        for (long c = 0; c < bk; c += 16) store(P + r * bk + c, vexp(load(P + r * bk + c) - lv));
+        for (long c = 0; c < nc; c += 16) store(P + r * bk + c, vexp(load(P + r * bk + c) - lv));
       }
-      gemm(bk, D, R, P, 1, bk, dO, D, dV, D, true);                   // dV += P^T dO
-      gemm(R, bk, D, dO, D, 1, Vt, bk, dS, bk, false);                // dP = dO V^T
+      gemm(nc, D, R, P, 1, bk, dO, D, dV, D, true);                   // dV += P^T dO
+      gemm(R, nc, D, dO, D, 1, Vt, bk, dS, bk, false);                // dP = dO V^T
       for (long r = 0; r < R; ++r) {                                   // dS = P (dP - delta)
         v16 dl = splat(delta_i[r]);
-        for (long c = 0; c < bk; c += 16)
+        for (long c = 0; c < nc; c += 16)
           store(dS + r * bk + c, load(P + r * bk + c) * (load(dS + r * bk + c) - dl));
       }
-      gemm(bk, D, R, dS, 1, bk, Q, D, dK, D, true);                   // dK += dS^T (scale q)
-      gemm(R, D, bk, dS, bk, 1, Kr, D, dQ + row0 * D, D, true);       // dQ += dS K  (scaled at the end)
+      gemm(nc, D, R, dS, 1, bk, Q, D, dK, D, true);                   // dK += dS^T (scale q)
+      gemm(R, D, nc, dS, bk, 1, Kr, D, dQ + row0 * D, D, true);       // dQ += dS K  (scaled at the end)
     }
     const long h = u % s.K;
     for (long c = 0; c < nkt; ++c) {
