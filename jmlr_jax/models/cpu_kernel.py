@@ -134,10 +134,9 @@ def _attention_fwd(q, k, v, seg):
 
 def _attention_bwd(res, dout):
     q, k, v, seg, out, lse = res
-    delta = jnp.sum(dout * out, axis=-1)  # [B, L, H]
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
     dq, dk, dv = jax.ffi.ffi_call("jmlr_JmlrAttentionBwd", out_types, vmap_method="sequential")(
-        q, k, v, seg, lse, delta, dout, **_attrs(q.shape[-1]))
+        q, k, v, seg, lse, out, dout.astype(jnp.float32), **_attrs(q.shape[-1]))
     return dq, dk, dv, None
 
 
