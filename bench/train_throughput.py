@@ -8,7 +8,8 @@ Each measurement runs in its own process (clean peak memory; an out-of-memory ca
 Workloads (random init; timing does not depend on weights or text):
   llama     train step (fwd + bwd + AdamW) and forward of a Llama shape at batch x length; jmlr_jax with the
             platform's default precision (CPU fp32; GPU/TPU bf16 compute, fp32 master weights), the fused
-            chunked cross-entropy (CPU: also a row with the rematerialised per-token one); transformers LlamaForCausalLM with SDPA attention (bf16 autocast on GPU), AdamW.
+            chunked cross-entropy (CPU: also a row with the rematerialised per-token one); transformers
+            LlamaForCausalLM with SDPA attention (bf16 autocast on GPU), AdamW.
             CPU: SmolLM2-135M at 512 and 2048, and train rows at 2048 with bf16 compute on both sides (jax bf16
             activations / matmuls with fp32 weights, torch bf16 autocast).
             GPU: SmolLM2-135M at 16 x 2048, the 1B shape at 8 x 2048.
