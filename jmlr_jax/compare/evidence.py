@@ -110,6 +110,11 @@ class EvidenceConfig:
     # questions, without and with in-batch negatives (JMLRConfig.in_batch_negatives: the other questions'
     # candidates); eL takes the best of those and its batch-1 row (the scale / passes part's).
     negatives_batch: int = 0
+    # Part "posterior" (posterior_betas given): arm e on the whole pool at eL's settings with each temperature beta of
+    # the KL's target, the LLM posterior softmax(-l / beta) over the scored candidates (l: mean NLL per answer token;
+    # beta 1 everywhere else), against eL's own dev row (beta 1). RePlug's posterior uses the sequence likelihood,
+    # i.e. beta = 1 / answer tokens here: far sharper.
+    posterior_betas: tuple = ()
     # Parts eB_s* (both_sides, with a pool): arm eL's settings with both encoder sides trained (the candidates'
     # tokens encoded live in the step instead of read from the index), evaluated on an index re-encoded by the
     # trained encoder (work_dir/index-eB_s*, the stale-index remedy "refresh"); also its recall on every dev-focus
@@ -244,7 +249,8 @@ class Comparison:
             names += (["scale"] if c.scale_sizes else []) + (["passes"] if c.pool_epochs else []) + \
                 (["negatives"] if c.negatives_batch else []) + [f"eL_s{s}" for s in c.seeds] + \
                 ([f"eB_s{s}" for s in c.seeds] if c.both_sides else []) + \
-                ([f"eR_s{s}" for s in c.seeds] if c.both_sides and c.second_round else [])
+                ([f"eR_s{s}" for s in c.seeds] if c.both_sides and c.second_round else []) + \
+                (["posterior"] if c.posterior_betas else [])
         return names
 
     def run(self, parts: Sequence[str] | None = None) -> None:
@@ -271,6 +277,8 @@ class Comparison:
             return self.passes_part()
         if name == "negatives":
             return self.negatives_part()
+        if name == "posterior":
+            return self.posterior_part()
         if name in ("a", "frozen", "b"):
             return self.arm_part(name, 0)
         arm, _, seed = name.partition("_s")
@@ -470,7 +478,8 @@ class Comparison:
         jcfg = JMLRConfig(num_candidates=c.num_candidates, num_sampled=settings["num_sampled"],
                           num_docs=0 if arm == "b" else c.num_docs, rank_weight=1.0 if trains_retriever else 0.0,
                           rank_loss=settings["rank_loss"], cached_doc_losses=cached, compact=True,
-                          in_batch_negatives=settings.get("in_batch_negatives", False))
+                          in_batch_negatives=settings.get("in_batch_negatives", False),
+                          kl_beta=settings.get("kl_beta", 1.0))
         steps = settings["epochs"] * n // batch_size
         optim = OptimConfig(llm_lr=c.llm_lr, retriever_lr=settings["retriever_lr"],
                             warmup_steps=max(1, int(c.warmup_fraction * steps)), decay_steps=steps,
@@ -644,6 +653,30 @@ class Comparison:
         best = max(range(len(ranked)), key=lambda i: (ranked[i]["dev_recall@1"], ranked[i]["dev_recall@7"], -i))
         return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "baseline": base, "rows": rows,
                 "chosen": {k: ranked[best][k] for k in ("batch_size", "in_batch_negatives")}}
+
+    def posterior_part(self) -> dict:
+        """Arm e (seed 0) on the whole pool at eL's settings with each KL target temperature in posterior_betas;
+        recall on every dev-focus question, against eL's own row there (beta 1, from the scale / passes /
+        negatives part). Dev only: it reports the best beta, it does not change eL's settings."""
+        c, s = self.cfg, self.setup
+        keys = ("retriever_lr", "epochs", "batch_size", "in_batch_negatives")
+        defaults = {"epochs": self.settings()["epochs"], "batch_size": c.batch_size, "in_batch_negatives": False}
+        want = {k: self.pool_settings().get(k, defaults.get(k)) for k in keys}  # eL's settings
+        saved = [r for part in ("scale", "passes", "negatives") for r in (self._saved(part) or {"rows": []})["rows"]]
+        base = [{**r, **want, "kl_beta": 1.0} for r in saved if r["questions"] == len(s.pool)
+                and all(r.get(k, defaults.get(k)) == want[k] for k in keys)]
+        if not base:
+            raise InputError(f"part posterior compares with eL's dev row ({want}): run parts scale (and passes, "
+                             "negatives) first")
+        self.doc_losses(pool=True)  # cached once, before any row is timed
+        rows = []
+        for beta in sorted(set(c.posterior_betas) - {1.0}):
+            rows.append(self._pool_row(len(s.pool), {**want, "kl_beta": beta}))
+            self.log(f"[posterior] beta {beta:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
+        ranked = base[:1] + rows
+        best = max(range(len(ranked)), key=lambda i: (ranked[i]["dev_recall@1"], ranked[i]["dev_recall@7"], -i))
+        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "baseline": base[0], "rows": rows,
+                "best_beta": ranked[best]["kl_beta"]}
 
     def pool_settings(self) -> dict:
         """Arm eL's settings: the sweep's, with the retriever lr the scale part, the number of passes the passes

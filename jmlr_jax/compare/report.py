@@ -291,6 +291,24 @@ def negatives_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def posterior_table(results: dict) -> str:
+    """Arm e on the whole pool at eL's settings with other temperatures of the KL's target (part "posterior"),
+    against eL's own dev row (beta 1; McNemar)."""
+    po = results.get("posterior")
+    if not po:
+        return ""
+    base = po["baseline"]
+    lines = [f"Arm e (seed 0) on the whole pool of {po['pool']} questions at eL's settings (lr "
+             f"{base['retriever_lr']:g}, {base['epochs']} pass(es), batch {base['batch_size']}), the KL's target "
+             "softmax(-l / beta) over the scored candidates (l: the generator's mean NLL per answer token) at other "
+             f"temperatures than beta = 1 (eL's: its scale-table row); recall on all {po['dev_questions']} dev-focus "
+             f"questions. Best on dev: beta {po['best_beta']:g} (dev only: eL's settings are unchanged).", "",
+             "| beta | dev recall@1 ± s.e. | McNemar p vs beta 1 | dev recall@7 | s |", "|---|---|---|---|---|"]
+    for row in [base] + po["rows"]:
+        lines.append(f"| {row['kl_beta']:g} | {_dev_cells(row, base)} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def both_sides_table(results: dict) -> str:
     """Arms eB's and eR's recall on every dev-focus question per seed (each on the corpus its trained encoder
     re-encoded) against the base retriever and arm eL's seed-0 run (the scale part's whole-pool row at eL's lr;
@@ -411,6 +429,8 @@ def markdown(results: dict, focus_of: dict[str, str] | None = None) -> str:
                if "negatives" in results else []),
              *(["### Both encoder sides trained, index refreshed (arms eB and eR, dev focuses)", "",
                 both_sides_table(results), ""] if _arm_runs(results, "eB") else []),
+             *(["### Temperature of the LLM posterior (arm e, dev focuses)", "", posterior_table(results), ""]
+               if "posterior" in results else []),
              "### Time per part (2 CPU cores)", "", timing_table(results)]
     return "\n".join(parts)
 

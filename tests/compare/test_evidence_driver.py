@@ -173,6 +173,34 @@ def test_negatives_part_compares_batches_with_and_without_in_batch_negatives(dat
     assert comp.pool_settings()["in_batch_negatives"] is False
 
 
+def test_posterior_part_varies_the_kl_target_temperature_against_eL_row(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(15,), posterior_betas=(0.3, 1.0, 0.1))
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    assert comp.part_names()[-5:] == ["scale", "eL_s0", "eL_s1", "eL_s2", "posterior"]
+    with pytest.raises(InputError, match="run parts scale"):
+        comp.run(["posterior"])
+    n = len(comp.setup.dev_all)
+    scale_row = {"questions": 15, "retriever_lr": 1e-5, "dev_recall@1": 2 / n, "dev_recall@7": 1.0, "dev_ranks": []}
+    with open(os.path.join(cfg.out_dir, "scale.json"), "w") as f:  # eL's row is the whole pool at the chosen lr
+        json.dump({"chosen_lr": 1e-5, "rows": [{**scale_row, "questions": 5, "dev_recall@1": 1.0}, scale_row,
+                                               {**scale_row, "retriever_lr": 3e-5, "dev_recall@1": 1.0}]}, f)
+    calls, hits = [], {0.1: 3, 0.3: 1}  # dev hits: beta 0.1 beats eL's row (2), 0.3 does not
+    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
+    monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
+    monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
+        (arm, settings, questions)) or ({"retriever": hits[settings["kl_beta"]]}, []))
+    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold, **_: [{"gold_rank": 1 if i < rp else 3}
+                                                               for i in range(len(recs))])
+    eL = comp.pool_settings()
+    comp.run(["posterior"])
+    assert calls == [("e", {"retriever_lr": 1e-5, "epochs": 1, "batch_size": 1, "in_batch_negatives": False,
+                            "kl_beta": beta}, 15) for beta in (0.1, 0.3)]  # beta 1 is eL's saved row, not rerun
+    with open(os.path.join(cfg.out_dir, "posterior.json")) as f:
+        out = json.load(f)
+    assert out["baseline"]["dev_recall@1"] == 2 / n and out["baseline"]["kl_beta"] == 1.0
+    assert out["best_beta"] == 0.1 and comp.pool_settings() == eL  # dev only: eL's settings stay
+
+
 def test_sweep_second_stage_varies_sampled_and_epochs_at_the_best_loss_and_lr(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, sweep_lrs=(1e-5, 3e-5), sweep_losses=("ranknet", "kl"))
     comp = Comparison(cfg, progress=False, log=lambda _: None)

@@ -68,6 +68,11 @@ def test_larger_pool_arm_pairs_on_retrieval_only_and_scale_table():
     assert "| 1 | no | 1.000 ± 0.000 | - | 1.000 | 5 |" in neg and "batch 1, in-batch negatives no." in neg
     assert "| 4 | yes | 0.000 ± 0.000 | 0.12 | 0.500 | 4 |" in neg  # McNemar vs batch 1: 4 discordant, 2 x 0.5^4
     assert neg in report.markdown(results)
+    results["posterior"] = {"dev_questions": 4, "pool": 9, "best_beta": 1.0, "baseline": {**base, "kl_beta": 1.0},
+                            "rows": [{**base, "kl_beta": 0.1, "dev_ranks": [1, None, None, None], "seconds": 6}]}
+    post = report.posterior_table(results)
+    assert "| 1 | 1.000 ± 0.000 | - | 1.000 | 5 |" in post and "| 0.1 | 0.250 ± 0.250 | 0.25 | 0.250 | 6 |" in post
+    assert "Best on dev: beta 1 " in post and post in report.markdown(results)
 
 
 def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
