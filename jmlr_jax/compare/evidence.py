@@ -579,12 +579,17 @@ class Comparison:
         with open(path) as f:
             return json.load(f)
 
-    def _whole_pool_rows(self, lr: float, epochs: int) -> list[dict]:
-        """The saved scale / passes rows of arm e (batch 1) on the whole pool at this lr and number of passes."""
-        sweep_epochs = self.settings()["epochs"]  # a scale row makes the sweep's passes
-        rows = [r for part in ("scale", "passes") for r in (self._saved(part) or {"rows": []})["rows"]]
-        return [{**r, "epochs": r.get("epochs", sweep_epochs)} for r in rows if r["questions"] == len(self.setup.pool)
-                and r["retriever_lr"] == lr and r.get("epochs", sweep_epochs) == epochs]
+    def _whole_pool_rows(self, retriever_lr: float, epochs: int, batch_size: int | None = None,
+                         in_batch_negatives: bool = False) -> list[dict]:
+        """The saved scale / passes / negatives rows of arm e on the whole pool at these settings (batch: the
+        configured one unless given), with every one of these settings filled in."""
+        # a scale row makes the sweep's passes; scale and passes rows use the configured batch without negatives
+        defaults = {"epochs": self.settings()["epochs"], "batch_size": self.cfg.batch_size, "in_batch_negatives": False}
+        want = {"retriever_lr": retriever_lr, "epochs": epochs, "batch_size": batch_size or self.cfg.batch_size,
+                "in_batch_negatives": in_batch_negatives}
+        rows = [{**defaults, **r} for part in ("scale", "passes", "negatives")
+                for r in (self._saved(part) or {"rows": []})["rows"]]
+        return [r for r in rows if r["questions"] == len(self.setup.pool) and all(r[k] == v for k, v in want.items())]
 
     def _pool_row(self, questions: int, settings: dict) -> dict:
         """Arm e (seed 0) trained on the first `questions` of the pool with `settings`: its dev recall (every
@@ -641,7 +646,7 @@ class Comparison:
         if not done:
             raise InputError(f"part negatives compares with the batch-1 row at eL's lr {lr:g} and {epochs} passes: "
                              "run parts scale (and passes) first")
-        base = {**done[0], "batch_size": c.batch_size, "in_batch_negatives": False}
+        base = done[0]
         self.doc_losses(pool=True)  # cached once, before any row is timed
         rows = []
         for neg in (False, True):
@@ -659,12 +664,11 @@ class Comparison:
         recall on every dev-focus question, against eL's own row there (beta 1, from the scale / passes /
         negatives part). Dev only: it reports the best beta, it does not change eL's settings."""
         c, s = self.cfg, self.setup
-        keys = ("retriever_lr", "epochs", "batch_size", "in_batch_negatives")
-        defaults = {"epochs": self.settings()["epochs"], "batch_size": c.batch_size, "in_batch_negatives": False}
-        want = {k: self.pool_settings().get(k, defaults.get(k)) for k in keys}  # eL's settings
-        saved = [r for part in ("scale", "passes", "negatives") for r in (self._saved(part) or {"rows": []})["rows"]]
-        base = [{**r, **want, "kl_beta": 1.0} for r in saved if r["questions"] == len(s.pool)
-                and all(r.get(k, defaults.get(k)) == want[k] for k in keys)]
+        settings = self.pool_settings()  # eL's
+        want = {"retriever_lr": settings["retriever_lr"], "epochs": settings["epochs"],
+                "batch_size": settings.get("batch_size", c.batch_size),
+                "in_batch_negatives": settings.get("in_batch_negatives", False)}
+        base = [{**r, "kl_beta": 1.0} for r in self._whole_pool_rows(**want)]
         if not base:
             raise InputError(f"part posterior compares with eL's dev row ({want}): run parts scale (and passes, "
                              "negatives) first")

@@ -30,6 +30,19 @@ def tiny(data_dir, tmp_path, **kw):
                           dev_questions=4, eval_heldout_focus=5, eval_heldout_doc=3, eval_pubmedqa=2, **kw)
 
 
+def fake_pool_training(comp, monkeypatch, hits_of):
+    """Arm e's training and recall faked: train records (arm, settings, questions) in the returned list and gives a
+    retriever that ranks gold first for the first hits_of(settings) dev questions; the base retriever never does."""
+    calls = []
+    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
+    monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
+    monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
+        (arm, settings, questions)) or ({"retriever": hits_of(settings)}, []))
+    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold, **_: [{"gold_rank": 1 if rp != "base" and i < rp else 3}
+                                                               for i in range(len(recs))])
+    return calls
+
+
 def test_setup_keeps_test_abstracts_out_of_the_searched_corpus(data_dir, tmp_path):
     s = build_setup(tiny(data_dir, tmp_path))
     test_docs = {f"pmid-{r.id}" for r in s.sets["pubmedqa_test"]}
@@ -129,14 +142,8 @@ def test_passes_part_trains_on_the_whole_pool_at_the_chosen_lr_and_sets_eL_epoch
     scale_row = {"questions": 15, "retriever_lr": 1e-5, "dev_recall@1": 1 / n, "dev_recall@7": 1.0}
     with open(os.path.join(cfg.out_dir, "scale.json"), "w") as f:
         json.dump({"chosen_lr": 1e-5, "rows": [scale_row, {**scale_row, "retriever_lr": 3e-5, "dev_recall@1": 1.0}]}, f)
-    calls = []
     hits = {2: 3, 3: 3}  # dev hits per number of passes (the scale part's one pass: 1); 2 and 3 tie, fewer passes win
-    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
-    monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
-    monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
-        (arm, settings, questions)) or ({"retriever": hits[settings["epochs"]]}, []))
-    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold, **_: [{"gold_rank": 1 if i < rp else 3}
-                                                               for i in range(len(recs))])
+    calls = fake_pool_training(comp, monkeypatch, lambda settings: hits[settings["epochs"]])
     assert comp.pool_settings()["epochs"] == cfg.epochs == 1
     comp.run(["passes"])
     assert calls == [("e", {"retriever_lr": 1e-5, "epochs": e}, 15) for e in (2, 3)]  # one pass: the scale part's
@@ -153,14 +160,8 @@ def test_negatives_part_compares_batches_with_and_without_in_batch_negatives(dat
     scale_row = {"questions": 15, "retriever_lr": 1e-5, "dev_recall@1": 2 / n, "dev_recall@7": 1.0, "dev_ranks": []}
     with open(os.path.join(cfg.out_dir, "scale.json"), "w") as f:
         json.dump({"chosen_lr": 1e-5, "rows": [scale_row, {**scale_row, "retriever_lr": 3e-5, "dev_recall@1": 1.0}]}, f)
-    calls = []
     hits = {False: 2, True: 3}  # dev hits: batch 4 without negatives ties the batch-1 row (kept), with them wins
-    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
-    monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
-    monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
-        (arm, settings, questions)) or ({"retriever": hits[settings["in_batch_negatives"]]}, []))
-    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold, **_: [{"gold_rank": 1 if i < rp else 3}
-                                                               for i in range(len(recs))])
+    calls = fake_pool_training(comp, monkeypatch, lambda settings: hits[settings["in_batch_negatives"]])
     comp.run(["negatives"])
     assert calls == [("e", {"retriever_lr": 1e-5, "epochs": 1, "batch_size": 4, "in_batch_negatives": neg}, 15)
                      for neg in (False, True)]
@@ -184,13 +185,8 @@ def test_posterior_part_varies_the_kl_target_temperature_against_eL_row(data_dir
     with open(os.path.join(cfg.out_dir, "scale.json"), "w") as f:  # eL's row is the whole pool at the chosen lr
         json.dump({"chosen_lr": 1e-5, "rows": [{**scale_row, "questions": 5, "dev_recall@1": 1.0}, scale_row,
                                                {**scale_row, "retriever_lr": 3e-5, "dev_recall@1": 1.0}]}, f)
-    calls, hits = [], {0.1: 3, 0.3: 1}  # dev hits: beta 0.1 beats eL's row (2), 0.3 does not
-    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
-    monkeypatch.setattr(comp, "doc_losses", lambda pool: None)
-    monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
-        (arm, settings, questions)) or ({"retriever": hits[settings["kl_beta"]]}, []))
-    monkeypatch.setattr(comp, "recall", lambda rp, recs, gold, **_: [{"gold_rank": 1 if i < rp else 3}
-                                                               for i in range(len(recs))])
+    hits = {0.1: 3, 0.3: 1}  # dev hits: beta 0.1 beats eL's row (2), 0.3 does not
+    calls = fake_pool_training(comp, monkeypatch, lambda settings: hits[settings["kl_beta"]])
     eL = comp.pool_settings()
     comp.run(["posterior"])
     assert calls == [("e", {"retriever_lr": 1e-5, "epochs": 1, "batch_size": 1, "in_batch_negatives": False,

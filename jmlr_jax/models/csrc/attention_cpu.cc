@@ -227,8 +227,7 @@ inline bool any_visible(long q0, long nqt, BlockSegs qs, long k0, BlockSegs ks) 
 // Columns of a key block worth computing for queries [q0, q0 + nqt): causally visible ones, rounded up to the
 // 16-float vector (the rest of the diagonal block is masked anyway; apply_mask fills it with -inf).
 inline long visible_cols(long q0, long nqt, long k0, long nkt) {
-  long n = std::min(nkt, q0 + nqt - k0);
-  return std::min<long>((n + 15) / 16 * 16, (nkt + 15) / 16 * 16);
+  return (std::min(nkt, q0 + nqt - k0) + 15) / 16 * 16;
 }
 
 // Set the logits of invisible (query row, key) pairs to -inf. When both blocks are one segment without padding
