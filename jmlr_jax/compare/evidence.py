@@ -125,6 +125,15 @@ class EvidenceConfig:
     # generator's loss is cached for every (question, candidate) pair not cached before, and training continues from
     # eB's weights for the same passes at the same lr; evaluated on an index re-encoded again (index-eR_s*).
     second_round: bool = False
+    # Parts focuses and eF_s* (extra_train_focuses > 0, with a pool; compare/evidence_more_focuses.gin): more
+    # training focuses, taken after the held-out ones (no other split moves). All their questions join the pool
+    # (last); their answers are a training-only extension of the corpus: training candidates are mined from the
+    # corpus plus those passages, every evaluation searches the corpus without them (as for every other arm). Part
+    # "focuses" trains arm e (seed 0, eL's settings) on the first n pool questions, n = the pool without the extra
+    # focuses and the whole pool, at each lr in focus_lrs (dev recall on every dev-focus question), and chooses the
+    # lr on the whole pool; eF_s* train arm e there with it (eL's settings otherwise), evaluated like every arm.
+    extra_train_focuses: int = 0
+    focus_lrs: tuple = ()
     # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
     # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
     sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
@@ -137,8 +146,9 @@ class EvidenceConfig:
 TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
 # What each trained arm trains (and therefore saves and evaluates with): one table, read by train and arm_part.
 TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",), "eL": ("retriever",),
-           "eB": ("retriever",), "eR": ("retriever",)}
-POOL_ARMS = ("eL", "eB", "eR")  # arm e on the whole pool at the settings chosen there (eB, eR: both sides trained)
+           "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",)}
+# arm e on the whole pool at the settings chosen there (eB, eR: both sides trained; eF: the pool with extra focuses)
+POOL_ARMS = ("eL", "eB", "eR", "eF")
 REFRESHED = ("eB", "eR")  # arms whose document encoder moved: evaluated on the corpus it re-encoded
 
 
@@ -162,10 +172,12 @@ class Setup:
     pool: list  # training set + further questions of the training focuses (EvidenceConfig.pool_medquad); or train
     dev_all: list  # every dev-focus question (the scaling curve's evaluation)
     sets: dict  # name -> records
-    corpus: object  # all passages; the PubMedQA test abstracts last
-    n_main: int  # passages [0, n_main) are the corpus; the rest are test abstracts (recall measure only)
+    corpus: object  # all passages: the corpus, the PubMedQA test abstracts, the extra focuses' answers
+    n_main: int  # passages [0, n_main) are the corpus that evaluations search
+    n_eval: int  # [n_main, n_eval): test abstracts (recall measure only); [n_eval, end): extra focuses' (training only)
     gold: dict  # set name / "train" / "dev" -> [[passage indices]]
     skipped: list  # malformed MedQuAD records left out (file:line: why)
+    n_extra: int = 0  # the pool's last n_extra questions are the extra focuses' (EvidenceConfig.extra_train_focuses)
 
 
 def build_setup(cfg: EvidenceConfig) -> Setup:
@@ -175,7 +187,7 @@ def build_setup(cfg: EvidenceConfig) -> Setup:
 
     mq, skipped = ev.read_medquad_qa(os.path.join(cfg.data_dir, "medquad", "medquad.jsonl"), on_error="skip")
     split = ev.split_by_focus(mq, train_focuses=cfg.train_focuses, dev_focuses=cfg.dev_focuses,
-                              heldout_focuses=cfg.heldout_focuses)
+                              heldout_focuses=cfg.heldout_focuses, extra_train_focuses=cfg.extra_train_focuses)
     pm_train, pm_test = ev.pubmedqa_long_answer(cfg.data_dir)
     by_hash = lambda rs: sorted(rs, key=lambda r: _sha(f"{r.task}/{r.id}"))  # noqa: E731
     train = by_hash(split.train[: cfg.train_medquad] + by_hash(pm_train)[: cfg.train_pubmedqa])
@@ -187,18 +199,40 @@ def build_setup(cfg: EvidenceConfig) -> Setup:
     test_ids = {r.evidence_id for r in sets["pubmedqa_test"]}
     main_docs = list(ev.evidence_documents(split.corpus_docs + pm_train))
     test_docs = list(ev.evidence_documents(sets["pubmedqa_test"]))
-    corpus = corpus_from_documents(main_docs + test_docs, chunk_size=cfg.chunk_size, overlap=cfg.overlap)
-    n_main = sum(p.doc_id not in test_ids for p in corpus.passages)
+    extra_docs = list(ev.evidence_documents(split.extra_train))
+    chunking = dict(chunk_size=cfg.chunk_size, overlap=cfg.overlap)
+    corpus = corpus_from_documents(main_docs + test_docs + extra_docs, **chunking)
+    # passages keep document order and drop texts seen earlier, so the eval part is this prefix of the whole
+    n_eval = len(corpus_from_documents(main_docs + test_docs, **chunking)) if extra_docs else len(corpus)
+    n_main = sum(p.doc_id not in test_ids for p in corpus.passages[:n_eval])
     if any(p.doc_id in test_ids for p in corpus.passages[:n_main]):
-        raise AssertionError("test abstracts must come last in the corpus")
+        raise AssertionError("test abstracts must come after the corpus")
     dev = split.dev[: cfg.dev_questions]
     if cfg.pool_medquad and cfg.pool_medquad < cfg.train_medquad:
         raise InputError(f"pool_medquad={cfg.pool_medquad} must be 0 or >= train_medquad={cfg.train_medquad}")
-    # Nested: the pool starts with the training set (its cached generator losses are reused).
-    pool = train + by_hash(split.train[cfg.train_medquad: cfg.pool_medquad])
+    if cfg.extra_train_focuses and not cfg.pool_medquad:
+        raise InputError("extra_train_focuses grows the pool: set EvidenceConfig.pool_medquad too")
+    # Nested: the pool starts with the training set, then the training focuses' other questions, then the extra
+    # focuses' (focus by focus), so a smaller pool is a prefix of a larger one (cached generator losses are reused).
+    pool = train + by_hash(split.train[cfg.train_medquad: cfg.pool_medquad]) + split.extra_train
     gold = {name: ev.gold_passages(corpus, recs)
             for name, recs in [("train", train), ("dev", dev), ("pool", pool), ("dev_all", split.dev), *sets.items()]}
-    return Setup(train, dev, pool, split.dev, sets, corpus, n_main, gold, skipped)
+    return Setup(train, dev, pool, split.dev, sets, corpus, n_main, n_eval, gold, skipped, len(split.extra_train))
+
+
+def index_view(full: TokenIndex, ranges: Sequence[tuple[int, int]]) -> TokenIndex:
+    """Passages [start, end) of each range, in order, as an index of their own (for exact search: no searcher)."""
+    if len(ranges) == 1 and ranges[0][0] == 0:  # a prefix: array views, no copy
+        n = ranges[0][1]
+        return TokenIndex(full.passages[:n], full.emb[: full.offsets[n]], full.offsets[: n + 1], full.icfg,
+                          full.search, full.version, full.meta)
+    passages, embs, offsets = [], [], [np.zeros(1, full.offsets.dtype)]
+    for a, b in ranges:
+        passages += full.passages[a:b]
+        embs.append(full.emb[full.offsets[a]: full.offsets[b]])
+        offsets.append(full.offsets[a + 1: b + 1] - full.offsets[a] + offsets[-1][-1])
+    return TokenIndex(passages, np.concatenate(embs), np.concatenate(offsets), full.icfg, full.search, full.version,
+                      full.meta)
 
 
 def _flatten(tree) -> dict[str, np.ndarray]:
@@ -234,8 +268,8 @@ class Comparison:
         self.template = ev.GENERATIVE_TEMPLATE
         self.budgets = Budgets(doc=cfg.doc_tokens, question=cfg.question_tokens, answer=cfg.answer_tokens)
         self._models = None
-        self._indexes: dict[str, tuple[TokenIndex, TokenIndex]] = {}
-        self._retrievers: dict[tuple[str, bool], Retriever] = {}
+        self._indexes: dict[str, dict[str, TokenIndex]] = {}  # docs tag -> view name (VIEWS) -> index
+        self._retrievers: dict[tuple[str, str], Retriever] = {}
         self._second_rounds: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}  # seed -> second_round's result
 
     # ------------------------------------------------------------------------------------------ parts
@@ -245,7 +279,9 @@ class Comparison:
         for s in c.seeds:
             names += [f"d_s{s}", f"c_s{s}"] + (["b"] if s == c.seeds[0] else [])
         names += [f"dg_s{s}" for s in c.seeds]
-        if len(self.setup.pool) > len(self.setup.train):  # the more-data extension
+        if c.extra_train_focuses:  # the more-focuses extension (a pool of its own: the more-data parts do not apply)
+            names += ["focuses"] + [f"eF_s{s}" for s in c.seeds]
+        elif len(self.setup.pool) > len(self.setup.train):  # the more-data extension
             names += (["scale"] if c.scale_sizes else []) + (["passes"] if c.pool_epochs else []) + \
                 (["negatives"] if c.negatives_batch else []) + [f"eL_s{s}" for s in c.seeds] + \
                 ([f"eB_s{s}" for s in c.seeds] if c.both_sides else []) + \
@@ -279,9 +315,14 @@ class Comparison:
             return self.negatives_part()
         if name == "posterior":
             return self.posterior_part()
+        if name == "focuses":
+            return self.focuses_part()
         if name in ("a", "frozen", "b"):
             return self.arm_part(name, 0)
         arm, _, seed = name.partition("_s")
+        if arm in POOL_ARMS and (arm == "eF") != bool(self.cfg.extra_train_focuses):
+            raise InputError(f"part {name}: arm eF trains on the pool with extra focuses (compare/evidence_more_focuses"
+                             ".gin), arms eL / eB / eR on the pool without them (compare/evidence_more_data.gin)")
         if arm in ("c", "d", "e", "dg", *POOL_ARMS) and seed.isdigit():
             return self.arm_part(arm, int(seed))
         raise InputError(f"unknown part {name!r}; parts: {self.part_names()}")
@@ -296,43 +337,46 @@ class Comparison:
             self._models = (llm_cfg, llm_params, tok, rcfg, rparams, ctok)
         return self._models
 
-    def index(self, docs: str = "base"):
-        """(whole index incl. test abstracts, the corpus view without them), encoded by the base encoder (docs
-        "base", built once) or by an arm's trained encoder (a tag registered by refresh_index)."""
+    def index(self, docs: str = "base", view: str = "main") -> TokenIndex:
+        """One view of the corpus: "main" (what evaluations search), "eval" (main + the test abstracts: PubMedQA
+        recall) or "train" (main + the extra focuses' passages: training candidates), encoded by the base encoder
+        (docs "base", built once) or by an arm's trained encoder (a tag registered by refresh_index)."""
         if docs not in self._indexes:
             if docs != "base":
                 raise KeyError(f"no index encoded by {docs!r}: call refresh_index first")
             self.refresh_index("base", self.models()[4])
-        return self._indexes[docs]
+        return self._indexes[docs][view]
 
     def refresh_index(self, docs: str, rparams) -> str:
         """Encodes the whole corpus (test abstracts too) with `rparams`' document encoder, saved in
         work_dir/index[-docs] and loaded from there on a rerun (checked against the corpus and the encoder);
         returns `docs`, the tag that search / measure take."""
         _, _, _, rcfg, _, ctok = self.models()
-        path = os.path.join(self.cfg.work_dir, "index" if docs == "base" else f"index-{docs}")
+        # the corpus with extra focuses' passages differs: its own directory, so both configs share one work_dir
+        tag = ("" if docs == "base" else f"-{docs}") + (f"-extra{self.cfg.extra_train_focuses}"
+                                                        if self.cfg.extra_train_focuses else "")
+        path = os.path.join(self.cfg.work_dir, "index" + tag)
         if os.path.isfile(os.path.join(path, "manifest.json")):
             full = load_index(path, self.setup.corpus, rparams)
         else:
             full = build_index(self.setup.corpus, rcfg, rparams, ctok, IndexConfig(), SearchConfig(),
                                progress=self.progress)
             save_index(full, path)
-        n = self.setup.n_main
-        main = TokenIndex(full.passages[:n], full.emb[: full.offsets[n]], full.offsets[: n + 1], full.icfg,
-                          full.search, full.version, full.meta)
-        self._indexes[docs] = (full, main)
+        n, m, end = self.setup.n_main, self.setup.n_eval, len(self.setup.corpus)
+        self._indexes[docs] = {"full": full, "main": index_view(full, [(0, n)]), "eval": index_view(full, [(0, m)]),
+                               "train": index_view(full, [(0, n), (m, end)] if end > m else [(0, n)])}
         self._retrievers = {k: v for k, v in self._retrievers.items() if k[0] != docs}
         return docs
 
     def search(self, rparams, records: Sequence[ev.EvidenceQA], k: int, with_test: bool = False,
-               docs: str = "base") -> np.ndarray:
-        """Exact MaxSim top-k passage indices [N, k] over the corpus (plus the test abstracts when with_test),
-        the passages encoded as `docs` says (see index)."""
-        if (docs, with_test) not in self._retrievers:  # one per index: its jitted query encoder compiles once
+               docs: str = "base", view: str = "") -> np.ndarray:
+        """Exact MaxSim top-k passage indices [N, k] into a view of the corpus (see index): "main", or "eval" when
+        with_test; the passages encoded as `docs` says."""
+        view = view or ("eval" if with_test else "main")
+        if (docs, view) not in self._retrievers:  # one per index: its jitted query encoder compiles once
             _, _, _, rcfg, _, ctok = self.models()
-            full, main = self.index(docs)
-            self._retrievers[docs, with_test] = Retriever(rcfg, rparams, ctok, full if with_test else main)
-        r = self._retrievers[docs, with_test]
+            self._retrievers[docs, view] = Retriever(rcfg, rparams, ctok, self.index(docs, view))
+        r = self._retrievers[docs, view]
         r.params = rparams  # the encoder takes params as an argument: new params, same compiled function
         return search_all(r, [x.question for x in records], k, exact=True)[0]
 
@@ -351,21 +395,21 @@ class Comparison:
             if mined_by and rparams is None:
                 raise InputError(f"{path} is missing: candidates mined by {mined_by} need its retriever")
             np.save(path, self.search(self.models()[4] if rparams is None else rparams, self._records(pool),
-                                      self.cfg.num_candidates, docs=mined_by or "base"))
+                                      self.cfg.num_candidates, docs=mined_by or "base", view="train"))
         return np.load(path)
 
     def examples(self, doc_losses: np.ndarray | None = None, pool: bool = False, n: int | None = None,
                  live_docs: bool = False, candidates: np.ndarray | None = None) -> JMLRExamples:
-        """The first n training (or pool) questions as fused-step examples (candidates: the base retriever's unless
-        given); the candidates' token vectors come from the base index (frozen document side) unless live_docs
-        (their tokens, encoded in the step)."""
+        """The first n training (or pool) questions as fused-step examples (candidates: indices into the "train"
+        view, the base retriever's unless given); the candidates' token vectors come from the base index (frozen
+        document side) unless live_docs (their tokens, encoded in the step)."""
         _, _, tok, _, _, ctok = self.models()
-        _, main = self.index()
+        train_view = self.index(view="train")
         n = n or len(self._records(pool))
         cands = self.candidates(pool) if candidates is None else candidates
         return JMLRExamples([r.as_record() for r in self._records(pool)[:n]], cands[:n],
-                            main.passages, tok, ctok, self.template, self.budgets,
-                            doc_index=None if live_docs else main,
+                            train_view.passages, tok, ctok, self.template, self.budgets,
+                            doc_index=None if live_docs else train_view,
                             doc_losses=None if doc_losses is None else doc_losses[:n])
 
     def _known_losses(self, n: int) -> dict[tuple[int, int], float]:
@@ -508,13 +552,13 @@ class Comparison:
     # ------------------------------------------------------------------------------------------ parts
     def data_part(self) -> dict:
         s = self.setup
-        full, main = self.index()
+        full, main = self.index(view="full"), self.index()
         leaks = ev.question_leaks(s.corpus, s.train + s.dev + [r for v in s.sets.values() for r in v])
         by_source: dict[str, int] = {}
         for p in s.corpus.passages[: s.n_main]:
             by_source[p.source] = by_source.get(p.source, 0) + 1
         return {"config": dataclasses.asdict(self.cfg), "passages": s.n_main, "test_abstract_passages":
-                len(s.corpus) - s.n_main, "passages_by_source": by_source, "tokens": int(main.offsets[-1]),
+                s.n_eval - s.n_main, "training_only_passages": len(s.corpus) - s.n_eval, "passages_by_source": by_source, "tokens": int(main.offsets[-1]),
                 "encode_s": full.meta.get("encode_s"), "question_leaks": leaks, "medquad_skipped": s.skipped,
                 "splits": {"train": [r.id for r in s.train], "dev": [r.id for r in s.dev],
                            **{k: [r.id for r in v] for k, v in s.sets.items()}},
@@ -526,7 +570,7 @@ class Comparison:
     def recall(self, rparams, records, gold, with_test=False, k: int = 30, docs: str = "base") -> list[dict]:
         """Per question: the top-10 passage ids and the gold evidence's rank (1-based; None beyond k)."""
         ids = self.search(rparams, records, k, with_test, docs)
-        passages = self.index()[0].passages
+        passages = self.index(docs, "eval").passages  # main is its prefix
         out = []
         for row, g in zip(ids, gold):
             hits = np.flatnonzero(np.isin(row, g))
@@ -603,17 +647,37 @@ class Comparison:
         """Arm e (seed 0, the sweep's settings) trained on the first n pool questions for each n in scale_sizes and
         each lr in scale_lrs; recall on every dev-focus question. Chooses arm eL's lr: the best dev recall@1 (then
         @7) on the whole pool."""
-        c, s = self.cfg, self.setup
+        c = self.cfg
+        lrs = c.scale_lrs or (self.settings()["retriever_lr"],)
+        return {**self._size_rows("scale", [(n, lr) for lr in lrs for n in c.scale_sizes]), "settings": self.settings()}
+
+    def _size_rows(self, part: str, runs: Sequence[tuple[int, float]], settings: dict | None = None) -> dict:
+        """Arm e (seed 0) on the first n pool questions at lr, for each (n, lr) in runs (other settings: the sweep's,
+        updated by `settings`), after the base retriever's row; recall on every dev-focus question. The lr with the
+        best dev recall@1 (then @7) on the whole pool is chosen."""
+        s = self.setup
         self.doc_losses(pool=True)  # cached once, before any row is timed
         rows = [{"questions": 0, "retriever_lr": 0.0, **self.dev_recall(self.models()[4], "dev_all"), "seconds": 0.0}]
-        for lr in c.scale_lrs or (self.settings()["retriever_lr"],):
-            for n in c.scale_sizes:
-                rows.append(self._pool_row(n, {"retriever_lr": lr}))
-                self.log(f"[scale] {n} questions, lr {lr:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
+        for n, lr in runs:
+            rows.append(self._pool_row(n, {**(settings or {}), "retriever_lr": lr}))
+            self.log(f"[{part}] {n} questions, lr {lr:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
         whole = [r for r in rows if r["questions"] == len(s.pool)] or rows[1:]
         best = max(whole, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
-        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.settings(), "rows": rows,
-                "chosen_lr": best["retriever_lr"]}
+        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "rows": rows, "chosen_lr": best["retriever_lr"]}
+
+    def focuses_part(self) -> dict:
+        """Arm e (seed 0, eL's settings) on the pool without the extra training focuses (eL's, at eL's lr; its
+        candidates mined from the training view), then on the whole pool at each lr in focus_lrs (default: eL's);
+        recall on every dev-focus question. Chooses arm eF's lr on the whole pool."""
+        c, s = self.cfg, self.setup
+        el = self.pool_settings(extra=False)
+        keep = {k: el[k] for k in ("epochs", "batch_size", "in_batch_negatives") if k in el}
+        runs = [(len(s.pool) - s.n_extra, el["retriever_lr"])] + [(len(s.pool), lr)
+                                                                   for lr in c.focus_lrs or (el["retriever_lr"],)]
+        out = self._size_rows("focuses", runs, keep)
+        leaks = ev.question_leaks(s.corpus, s.pool)
+        return {**out, "settings": {**el, **keep}, "extra_focuses": c.extra_train_focuses, "extra_questions": s.n_extra,
+                "training_only_passages": len(s.corpus) - s.n_eval, "question_leaks": leaks}
 
     def passes_part(self) -> dict:
         """Arm e (seed 0) on the whole pool at the scale part's lr, once for each number of passes in pool_epochs;
@@ -682,13 +746,16 @@ class Comparison:
         return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "baseline": base[0], "rows": rows,
                 "best_beta": ranked[best]["kl_beta"]}
 
-    def pool_settings(self) -> dict:
+    def pool_settings(self, extra: bool | None = None) -> dict:
         """Arm eL's settings: the sweep's, with the retriever lr the scale part, the number of passes the passes
-        part and the batch (with or without in-batch negatives) the negatives part chose on the whole pool (dev)."""
+        part and the batch (with or without in-batch negatives) the negatives part chose on the whole pool (dev).
+        With extra focuses (default: when configured), arm eF's: eL's with the lr the focuses part chose."""
         out = self.settings()
         for part, key, name in (("scale", "chosen_lr", "retriever_lr"), ("passes", "chosen_epochs", "epochs")):
             out[name] = (self._saved(part) or {}).get(key, out[name])
         out.update((self._saved("negatives") or {}).get("chosen", {}))
+        if self.cfg.extra_train_focuses if extra is None else extra:
+            out["retriever_lr"] = (self._saved("focuses") or {}).get("chosen_lr", out["retriever_lr"])
         return out
 
     def arm_part(self, arm: str, seed: int) -> dict:
@@ -760,7 +827,7 @@ class Comparison:
             for row, q, f in zip(rows, rec, fed):
                 row.update(gold_rank=q["gold_rank"], top10=q["top10"])
             fed_idx = [list(np.asarray(f)[: c.num_docs][::-1]) for f in fed]  # best last
-        passages = self.index()[1].passages
+        passages = self.index().passages
         for row, d in zip(rows, fed_idx):
             row["fed"] = [passages[j].id for j in d]
         prompts = [prompt_ids(tok, self.template, self.budgets, r.as_record(), [passages[j].with_title for j in d])

@@ -81,20 +81,25 @@ class FocusSplit:
     heldout_focus: list[EvidenceQA]  # questions of held-out focuses (unseen diseases)
     heldout_doc: list[EvidenceQA]  # unseen questions of training focuses, kept out of training
     corpus_docs: list[EvidenceQA]  # every answer of every selected focus (the corpus's MedQuAD part)
+    extra_train: list[EvidenceQA] = dataclasses.field(default_factory=list)  # every question of the extra focuses
 
 
 def split_by_focus(records: Sequence[EvidenceQA], *, train_focuses: int, dev_focuses: int, heldout_focuses: int,
-                   min_questions: int = 3, seed: int = 0) -> FocusSplit:
+                   min_questions: int = 3, seed: int = 0, extra_train_focuses: int = 0) -> FocusSplit:
     """Focuses with >= min_questions answers, ordered by sha1(seed/focus), are cut into train / dev / held-out.
 
-    Of each training focus, the question with the smallest hash goes to `heldout_doc`, the rest to `train`."""
+    Of each training focus, the question with the smallest hash goes to `heldout_doc`, the rest to `train`.
+    `extra_train_focuses` more focuses, taken after the held-out ones (so the other splits do not move), give
+    `extra_train`: all their questions, focus by focus (so fewer extra focuses give a prefix of it); their answers
+    are not in `corpus_docs` (the caller decides where they may be searched)."""
     by_focus: dict[str, list[EvidenceQA]] = {}
     for r in records:
         by_focus.setdefault(r.focus.lower(), []).append(r)
     eligible = sorted((f for f, rs in by_focus.items() if len(rs) >= min_questions), key=lambda f: _sha(f"{seed}/{f}"))
     need = train_focuses + dev_focuses + heldout_focuses
-    if len(eligible) < need:
-        raise DataError(f"{len(eligible)} focuses have >= {min_questions} answered questions; the split needs {need}")
+    if len(eligible) < need + extra_train_focuses:
+        raise DataError(f"{len(eligible)} focuses have >= {min_questions} answered questions; the split needs "
+                        f"{need + extra_train_focuses}")
     tr, dv, ho = (eligible[:train_focuses], eligible[train_focuses: train_focuses + dev_focuses],
                   eligible[train_focuses + dev_focuses: need])
     order = lambda rs: sorted(rs, key=lambda r: _sha(f"{seed}/{r.id}"))  # noqa: E731
@@ -104,8 +109,9 @@ def split_by_focus(records: Sequence[EvidenceQA], *, train_focuses: int, dev_foc
         heldout_doc.append(rs[0])
         train += rs[1:]
     pick = lambda fs: order([r for f in fs for r in by_focus[f]])  # noqa: E731
+    extra = [r for f in eligible[need: need + extra_train_focuses] for r in order(by_focus[f])]
     return FocusSplit(order(train), pick(dv), pick(ho), order(heldout_doc), [r for f in tr + dv + ho
-                                                                            for r in by_focus[f]])
+                                                                            for r in by_focus[f]], extra)
 
 
 DECISION_TEXT = {"yes": "Yes", "no": "No", "maybe": "Maybe"}

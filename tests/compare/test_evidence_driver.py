@@ -86,7 +86,7 @@ def test_jmlr_arm_trains_and_keeps_both_models():
     from jmlr_jax.compare.evidence import TRAINED
 
     assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",),
-                       "eL": ("retriever",), "eB": ("retriever",), "eR": ("retriever",)}
+                       "eL": ("retriever",), "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",)}
 
 
 def test_pool_extends_the_training_set_within_the_training_focuses(data_dir, tmp_path):
@@ -304,10 +304,10 @@ def test_second_round_mines_with_eB_and_caches_only_new_pairs(data_dir, tmp_path
     monkeypatch.setattr(comp, "examples", examples)
     monkeypatch.setattr(comp, "_loss_fn", loss_fn)
     monkeypatch.setattr(comp, "refresh_index", lambda docs, rp: calls.append(("refresh", docs)) or docs)
-    monkeypatch.setattr(comp, "search", lambda rp, recs, k, docs: calls.append(("search", docs, rp["w"].sum(), k))
-                        or mined)
+    monkeypatch.setattr(comp, "search", lambda rp, recs, k, docs, view: calls.append(
+        ("search", docs, view, rp["w"].sum(), k)) or mined)
     rparams, cands, losses = comp.second_round(1)
-    assert calls == [("refresh", "eB_s1"), ("search", "eB_s1", 2.0, 4)] and rparams["w"].sum() == 2.0
+    assert calls == [("refresh", "eB_s1"), ("search", "eB_s1", "train", 2.0, 4)] and rparams["w"].sum() == 2.0
     np.testing.assert_array_equal(cands, mined)
     np.testing.assert_array_equal(losses[:, :2], -base[:, :2])  # reused, not recomputed
     np.testing.assert_array_equal(losses[:, 2:], 1000.0 * np.arange(N)[:, None] + mined[:, 2:])
@@ -354,3 +354,83 @@ def test_second_round_arm_trains_from_eB_on_its_mined_candidates(data_dir, tmp_p
     with open(os.path.join(cfg.out_dir, "eR_s0.json")) as f:
         out = json.load(f)
     assert {"mine_seconds", "train_seconds", "refresh_seconds"} <= set(out)
+
+
+def test_extra_focuses_join_the_pool_and_only_the_training_view_of_the_corpus(data_dir, tmp_path, monkeypatch):
+    from jmlr_jax.compare import evidence as E
+    from jmlr_jax.retrieval.index import IndexConfig, SearchConfig, TokenIndex
+
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, extra_train_focuses=1)
+    s0, s = build_setup(tiny(data_dir, tmp_path, pool_medquad=100)), build_setup(cfg)
+    # the pool grows at its end; the corpus evaluations search, its test abstracts and every gold do not move
+    assert s.pool[: len(s0.pool)] == s0.pool and s.n_extra == len(s.pool) - len(s0.pool) == 4
+    assert s.corpus.passages[: s.n_eval] == s0.corpus.passages and (s.n_main, s.n_eval) == (s0.n_main, s0.n_eval)
+    extra_ids = {r.evidence_id for r in s.pool[len(s0.pool):]}
+    assert len(s.corpus) > s.n_eval and {p.doc_id for p in s.corpus.passages[s.n_eval:]} == extra_ids
+    assert all(s.gold[k] == s0.gold[k] for k in s0.gold if k != "pool")
+    assert all(min(g) >= s.n_eval for g in s.gold["pool"][len(s0.pool):])
+    with pytest.raises(InputError, match="set EvidenceConfig.pool_medquad too"):
+        build_setup(tiny(data_dir, tmp_path, extra_train_focuses=1))
+
+    def build(corpus, *_, **__):  # every token vector holds its passage's index in the whole corpus
+        lens = np.arange(len(corpus)) % 3 + 1
+        return TokenIndex(corpus.passages, np.repeat(np.arange(len(corpus)), lens)[:, None].astype(np.float16),
+                          np.r_[0, np.cumsum(lens)], IndexConfig(), SearchConfig(), "v", {})
+
+    monkeypatch.setattr(E, "build_index", build)
+    monkeypatch.setattr(E, "save_index", lambda index, path: None)
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base", None))
+    n, m, end = s.n_main, s.n_eval, len(s.corpus)
+    for view, ids in (("main", range(n)), ("eval", range(m)), ("train", [*range(n), *range(m, end)])):
+        idx = comp.index(view=view)
+        assert idx.passages == [s.corpus.passages[i] for i in ids]
+        assert [idx.emb[idx.offsets[j]: idx.offsets[j + 1], 0].tolist() for j in range(len(ids))] == \
+            [[i] * (i % 3 + 1) for i in ids]
+    # training candidates are mined from the training view, evaluations search main (or eval)
+    views = []
+    monkeypatch.setattr(comp, "search", lambda rp, recs, k, docs, view: views.append((len(recs), view)) or
+                        np.zeros((len(recs), k), int))
+    comp.candidates(pool=True)
+    assert views == [(len(s.pool), "train")]
+
+
+def test_focuses_part_compares_the_pool_without_and_with_extra_focuses_and_chooses_eF_lr(data_dir, tmp_path,
+                                                                                        monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, extra_train_focuses=1, focus_lrs=(1e-5, 3e-5))
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    assert comp.part_names()[-4:] == ["focuses", "eF_s0", "eF_s1", "eF_s2"] and "eL_s0" not in comp.part_names()
+    N = len(comp.setup.pool)
+    hits = {(N - 4, cfg.retriever_lr): 4, (N, 1e-5): 2, (N, 3e-5): 3}  # whole pool: 3e-5 is best
+    calls = fake_pool_training(comp, monkeypatch, lambda st: st["hits"])
+    monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
+        (arm, settings["retriever_lr"], questions)) or ({"retriever": hits[questions, settings["retriever_lr"]]}, []))
+    assert comp.pool_settings()["retriever_lr"] == cfg.retriever_lr
+    comp.run(["focuses"])
+    assert calls == [("e", cfg.retriever_lr, N - 4), ("e", 1e-5, N), ("e", 3e-5, N)]  # eL's pool at eL's lr first
+    with open(os.path.join(cfg.out_dir, "focuses.json")) as f:
+        out = json.load(f)
+    assert out["chosen_lr"] == 3e-5 and out["extra_questions"] == 4 and out["question_leaks"] == []
+    assert comp.pool_settings()["retriever_lr"] == 3e-5 and comp.pool_settings(extra=False)["retriever_lr"] == \
+        cfg.retriever_lr
+    with pytest.raises(InputError, match="arm eF trains on the pool with extra focuses"):
+        comp.run(["eL_s0"])
+    with pytest.raises(InputError, match="arm eF trains on the pool with extra focuses"):
+        Comparison(tiny(data_dir, tmp_path, pool_medquad=100), progress=False, log=lambda _: None).run(["eF_s0"])
+
+
+@pytest.mark.parametrize("gin_file, pool, extra", [("compare/evidence.gin", 0, 0),
+                                                   ("compare/evidence_more_data.gin", 630, 0),
+                                                   ("compare/evidence_more_focuses.gin", 630, 120)])
+def test_comparison_configs_parse(gin_file, pool, extra):
+    import gin
+
+    from jmlr_jax import config
+
+    try:
+        config.parse([gin_file])
+        cfg = EvidenceConfig()
+    finally:
+        gin.clear_config()
+    assert (cfg.pool_medquad, cfg.extra_train_focuses, cfg.rank_loss) == (pool, extra, "kl")
+    assert not (extra and cfg.both_sides)  # eF's extension does not train the document side

@@ -75,6 +75,24 @@ def test_larger_pool_arm_pairs_on_retrieval_only_and_scale_table():
     assert "Best on dev: beta 1 " in post and post in report.markdown(results)
 
 
+def test_more_focuses_arm_pairs_with_eL_and_its_dev_table():
+    results = {"frozen": _part("frozen", 0, [2.0] * 4, [2, 2, 1, None]),
+               "eL_s0": _part("eL", 0, [1.0] * 4, [1, 2, 1, None]), "eF_s0": _part("eF", 0, [0.5] * 4, [1, 1, 1, 2])}
+    table = report.paired_table(results)
+    assert "| recall@1 heldout_focus | (eF) eL's settings, pool with more training focuses - (eL) retriever-only " \
+           "JMLR, larger training pool | s0: +0.250" in table
+    results["focuses"] = {"dev_questions": 4, "pool": 12, "extra_questions": 5, "extra_focuses": 2,
+                          "training_only_passages": 7, "question_leaks": [], "chosen_lr": 3e-6,
+                          "settings": {"rank_loss": "kl", "num_sampled": 8, "epochs": 1}, "rows": [
+                              {"questions": 0, "retriever_lr": 0.0, "dev_ranks": [1, 2, 3, None], "seconds": 0},
+                              {"questions": 7, "retriever_lr": 3e-6, "dev_ranks": [1, 1, 3, None], "seconds": 4},
+                              {"questions": 12, "retriever_lr": 3e-6, "dev_ranks": [1, 1, 1, 1], "seconds": 8}]}
+    fo = report.focuses_table(results)
+    assert "the 7 of eL's pool, then the 5 questions of 2 more training focuses, whose 7 answer" in fo
+    assert "| 7 | 3e-06 | 0.500 ± 0.289 | 1 | 0.750 | 4 |" in fo and "lr 3e-06." in fo
+    assert "| 12 | 3e-06 | 1.000 ± 0.000 | 0.25 | 1.000 | 8 |" in fo and fo in report.markdown(results)
+
+
 def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
     results = {"frozen": _part("frozen", 0, [2.0] * 4, [2, 2, 1, None]),
                "eL_s0": _part("eL", 0, [1.0] * 4, [1, 1, 2, 2]), "eB_s0": _part("eB", 0, [0.5] * 4, [1, 1, 1, 2])}

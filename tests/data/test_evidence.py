@@ -53,6 +53,22 @@ def test_focus_split_leaks_no_heldout_focus_into_training(tmp_path):
         ev.split_by_focus(recs, train_focuses=6, dev_focuses=3, heldout_focuses=4)
 
 
+def test_extra_training_focuses_move_no_other_split_and_nest(tmp_path):
+    recs, _ = ev.read_medquad_qa(write_medquad(tmp_path / "mq.jsonl", n_focus=16))
+    kw = dict(train_focuses=5, dev_focuses=3, heldout_focuses=4)
+    base, two, three = (ev.split_by_focus(recs, **kw, extra_train_focuses=n) for n in (0, 2, 3))
+    ids = lambda rs: [r.id for r in rs]  # noqa: E731
+    for s in (two, three):  # the other splits and the corpus's documents do not move
+        for name in ("train", "dev", "heldout_focus", "heldout_doc", "corpus_docs"):
+            assert ids(getattr(s, name)) == ids(getattr(base, name))
+    assert base.extra_train == [] and len({r.focus for r in three.extra_train}) == 3
+    assert ids(three.extra_train)[: len(two.extra_train)] == ids(two.extra_train)  # fewer focuses: a prefix
+    held = {r.focus for r in base.dev + base.heldout_focus + base.train}
+    assert not held & {r.focus for r in three.extra_train}
+    with pytest.raises(DataError, match="the split needs 17"):
+        ev.split_by_focus(recs, **kw, extra_train_focuses=5)
+
+
 def test_passages_are_answer_text_only_and_gold_follows_text(tmp_path):
     recs, _ = ev.read_medquad_qa(write_medquad(tmp_path / "mq.jsonl", 3, 3))
     corpus = corpus_from_documents(ev.evidence_documents(recs), chunk_size=12, overlap=2)
