@@ -384,8 +384,44 @@ class Comparison:
         return self.setup.pool if pool else self.setup.train
 
     def _cache(self, stem: str, pool: bool, mined_by: str = "") -> str:
+        """A cache file's path in work_dir; a missing one is first restored from its published copy (see
+        publish_cache) when that was made from the same corpus, questions, models and budgets."""
         tag = (f"-pool{len(self.setup.pool)}" if pool else "") + (f"-{mined_by}" if mined_by else "")
-        return os.path.join(self.cfg.work_dir, f"{stem}-C{self.cfg.num_candidates}{tag}.npy")
+        path = os.path.join(self.cfg.work_dir, f"{stem}-C{self.cfg.num_candidates}{tag}.npy")
+        published = os.path.join(self.cfg.out_dir, "cache", os.path.basename(path))
+        if not mined_by and not os.path.exists(path) and os.path.exists(published):
+            with open(published + ".json") as f:
+                made_for = json.load(f)
+            if made_for == self._cache_key(pool):
+                np.save(path + ".tmp.npy", np.load(published))
+                os.replace(path + ".tmp.npy", path)
+                self.log(f"[compare] {path}: restored from {published}")
+            else:
+                self.log(f"[compare] {published} was made for other data or settings ({made_for}); not used")
+        return path
+
+    def _cache_key(self, pool: bool) -> dict:
+        """What the candidates and cached generator losses depend on."""
+        c = self.cfg
+        return {"corpus": self.setup.corpus.checksum(), "questions": _sha(json.dumps([r.id for r in self._records(pool)])),
+                "llm": c.llm, "retriever": c.retriever, "budgets": [c.doc_tokens, c.question_tokens, c.answer_tokens]}
+
+    def publish_cache(self, pool: bool = True) -> list[str]:
+        """Copies the base retriever's candidates and the generator's complete loss cache for these questions to
+        out_dir/cache (small; committed), each with what it was made for, so a fresh checkout skips recomputing
+        them (the pool with extra focuses: ~2 hours on 2 cores)."""
+        os.makedirs(os.path.join(self.cfg.out_dir, "cache"), exist_ok=True)
+        written = []
+        for stem in ("candidates", "doc_losses"):
+            path = self._cache(stem, pool)
+            arr = np.load(path)
+            if stem == "doc_losses" and np.isnan(arr).any():
+                raise InputError(f"{path} is incomplete: finish caching before publishing it")
+            out = os.path.join(self.cfg.out_dir, "cache", os.path.basename(path))
+            np.save(out, arr.astype(np.int32) if stem == "candidates" else arr)
+            _write_json(out + ".json", self._cache_key(pool))
+            written.append(out)
+        return written
 
     def candidates(self, pool: bool = False, mined_by: str = "", rparams=None) -> np.ndarray:
         """The top-C for every training (or pool) question [N, C] (cached in work_dir): the base retriever's, or
@@ -675,6 +711,7 @@ class Comparison:
         runs = [(len(s.pool) - s.n_extra, el["retriever_lr"])] + [(len(s.pool), lr)
                                                                    for lr in c.focus_lrs or (el["retriever_lr"],)]
         out = self._size_rows("focuses", runs, keep)
+        self.publish_cache()
         leaks = ev.question_leaks(s.corpus, s.pool)
         return {**out, "settings": {**el, **keep}, "extra_focuses": c.extra_train_focuses, "extra_questions": s.n_extra,
                 "training_only_passages": len(s.corpus) - s.n_eval, "question_leaks": leaks}

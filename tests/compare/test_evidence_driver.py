@@ -1,4 +1,5 @@
 """The comparison driver: finished parts are skipped, each part's JSON is written when it ends, bad part names."""
+import dataclasses
 import json
 import os
 
@@ -405,9 +406,12 @@ def test_focuses_part_compares_the_pool_without_and_with_extra_focuses_and_choos
     calls = fake_pool_training(comp, monkeypatch, lambda st: st["hits"])
     monkeypatch.setattr(comp, "train", lambda arm, seed, settings, questions: calls.append(
         (arm, settings["retriever_lr"], questions)) or ({"retriever": hits[questions, settings["retriever_lr"]]}, []))
+    published = []
+    monkeypatch.setattr(comp, "publish_cache", lambda: published.append(True))
     assert comp.pool_settings()["retriever_lr"] == cfg.retriever_lr
     comp.run(["focuses"])
     assert calls == [("e", cfg.retriever_lr, N - 4), ("e", 1e-5, N), ("e", 3e-5, N)]  # eL's pool at eL's lr first
+    assert published == [True]  # the pool's candidates and losses, for a fresh checkout
     with open(os.path.join(cfg.out_dir, "focuses.json")) as f:
         out = json.load(f)
     assert out["chosen_lr"] == 3e-5 and out["extra_questions"] == 4 and out["question_leaks"] == []
@@ -434,3 +438,29 @@ def test_comparison_configs_parse(gin_file, pool, extra):
         gin.clear_config()
     assert (cfg.pool_medquad, cfg.extra_train_focuses, cfg.rank_loss) == (pool, extra, "kl")
     assert not (extra and cfg.both_sides)  # eF's extension does not train the document side
+
+
+def test_published_cache_restores_into_a_fresh_work_dir_only_for_the_same_data(data_dir, tmp_path):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100)
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    N = len(comp.setup.pool)
+    cands, losses = np.arange(N * 16).reshape(N, 16), np.linspace(0, 1, N * 16, dtype=np.float32).reshape(N, 16)
+    np.save(comp._cache("candidates", True), cands)
+    np.save(comp._cache("doc_losses", True), np.where(np.eye(N, 16) > 0, np.nan, losses))
+    with pytest.raises(InputError, match="is incomplete"):
+        comp.publish_cache()
+    np.save(comp._cache("doc_losses", True), losses)
+    assert len(comp.publish_cache()) == 2
+    fresh = Comparison(dataclasses.replace(cfg, work_dir=str(tmp_path / "fresh")), progress=False, log=lambda _: None)
+    np.testing.assert_array_equal(fresh.candidates(pool=True), cands)
+    np.testing.assert_array_equal(np.load(fresh._cache("doc_losses", True)), losses)
+    # made for other questions (another pool): not used
+    other = dataclasses.replace(cfg, work_dir=str(tmp_path / "other"))
+    manifest = os.path.join(cfg.out_dir, "cache", os.path.basename(comp._cache("candidates", True))) + ".json"
+    with open(manifest) as f:
+        key = json.load(f)
+    with open(manifest, "w") as f:
+        json.dump({**key, "questions": "something else"}, f)
+    logs = []
+    path = Comparison(other, progress=False, log=logs.append)._cache("candidates", True)
+    assert not os.path.exists(path) and "was made for other data or settings" in logs[-1]
