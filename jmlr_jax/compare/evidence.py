@@ -268,7 +268,7 @@ class Comparison:
         self.template = ev.GENERATIVE_TEMPLATE
         self.budgets = Budgets(doc=cfg.doc_tokens, question=cfg.question_tokens, answer=cfg.answer_tokens)
         self._models = None
-        self._indexes: dict[str, dict[str, TokenIndex]] = {}  # docs tag -> view name (VIEWS) -> index
+        self._indexes: dict[str, dict[str, TokenIndex]] = {}  # docs tag -> view (full, main, eval, train) -> index
         self._retrievers: dict[tuple[str, str], Retriever] = {}
         self._second_rounds: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}  # seed -> second_round's result
 
@@ -403,8 +403,9 @@ class Comparison:
     def _cache_key(self, pool: bool) -> dict:
         """What the candidates and cached generator losses depend on."""
         c = self.cfg
-        return {"corpus": self.setup.corpus.checksum(), "questions": _sha(json.dumps([r.id for r in self._records(pool)])),
-                "llm": c.llm, "retriever": c.retriever, "budgets": [c.doc_tokens, c.question_tokens, c.answer_tokens]}
+        questions = _sha(json.dumps([r.id for r in self._records(pool)]))
+        return {"corpus": self.setup.corpus.checksum(), "questions": questions, "llm": c.llm, "retriever": c.retriever,
+                "budgets": [c.doc_tokens, c.question_tokens, c.answer_tokens]}
 
     def publish_cache(self, pool: bool = True) -> list[str]:
         """Copies the base retriever's candidates and the generator's complete loss cache for these questions to
@@ -594,7 +595,8 @@ class Comparison:
         for p in s.corpus.passages[: s.n_main]:
             by_source[p.source] = by_source.get(p.source, 0) + 1
         return {"config": dataclasses.asdict(self.cfg), "passages": s.n_main, "test_abstract_passages":
-                s.n_eval - s.n_main, "training_only_passages": len(s.corpus) - s.n_eval, "passages_by_source": by_source, "tokens": int(main.offsets[-1]),
+                s.n_eval - s.n_main, "training_only_passages": len(s.corpus) - s.n_eval,
+                "passages_by_source": by_source, "tokens": int(main.offsets[-1]),
                 "encode_s": full.meta.get("encode_s"), "question_leaks": leaks, "medquad_skipped": s.skipped,
                 "splits": {"train": [r.id for r in s.train], "dev": [r.id for r in s.dev],
                            **{k: [r.id for r in v] for k, v in s.sets.items()}},
@@ -791,7 +793,7 @@ class Comparison:
         for part, key, name in (("scale", "chosen_lr", "retriever_lr"), ("passes", "chosen_epochs", "epochs")):
             out[name] = (self._saved(part) or {}).get(key, out[name])
         out.update((self._saved("negatives") or {}).get("chosen", {}))
-        if self.cfg.extra_train_focuses if extra is None else extra:
+        if bool(self.cfg.extra_train_focuses) if extra is None else extra:
             out["retriever_lr"] = (self._saved("focuses") or {}).get("chosen_lr", out["retriever_lr"])
         return out
 
