@@ -134,6 +134,11 @@ class EvidenceConfig:
     # lr on the whole pool; eF_s* train arm e there with it (eL's settings otherwise), evaluated like every arm.
     extra_train_focuses: int = 0
     focus_lrs: tuple = ()
+    # With extra focuses: eL's pool questions keep the candidates mined from the corpus alone (eL's, exactly: 15% of
+    # them are extra passages when mined from the training view), only the extra focuses' questions are mined from
+    # the training view (compare/evidence_more_focuses_kept.gin). Parts focuses_kept and eK_s* instead of focuses
+    # and eF_s*.
+    keep_pool_candidates: bool = False
     # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
     # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
     sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
@@ -146,9 +151,11 @@ class EvidenceConfig:
 TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
 # What each trained arm trains (and therefore saves and evaluates with): one table, read by train and arm_part.
 TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",), "eL": ("retriever",),
-           "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",)}
-# arm e on the whole pool at the settings chosen there (eB, eR: both sides trained; eF: the pool with extra focuses)
-POOL_ARMS = ("eL", "eB", "eR", "eF")
+           "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",), "eK": ("retriever",)}
+# arm e on the whole pool at the settings chosen there (eB, eR: both sides trained; eF: the pool with extra focuses;
+# eK: the same pool, eL's questions keeping eL's candidates)
+POOL_ARMS = ("eL", "eB", "eR", "eF", "eK")
+EXTRA_ARMS = ("eF", "eK")  # the arms of the pool with extra focuses
 REFRESHED = ("eB", "eR")  # arms whose document encoder moved: evaluated on the corpus it re-encoded
 
 
@@ -280,7 +287,7 @@ class Comparison:
             names += [f"d_s{s}", f"c_s{s}"] + (["b"] if s == c.seeds[0] else [])
         names += [f"dg_s{s}" for s in c.seeds]
         if c.extra_train_focuses:  # the more-focuses extension (a pool of its own: the more-data parts do not apply)
-            names += ["focuses"] + [f"eF_s{s}" for s in c.seeds]
+            names += [self._focuses_part] + [f"{self._extra_arm}_s{s}" for s in c.seeds]
         elif len(self.setup.pool) > len(self.setup.train):  # the more-data extension
             names += (["scale"] if c.scale_sizes else []) + (["passes"] if c.pool_epochs else []) + \
                 (["negatives"] if c.negatives_batch else []) + [f"eL_s{s}" for s in c.seeds] + \
@@ -288,6 +295,14 @@ class Comparison:
                 ([f"eR_s{s}" for s in c.seeds] if c.both_sides and c.second_round else []) + \
                 (["posterior"] if c.posterior_betas else [])
         return names
+
+    @property
+    def _extra_arm(self) -> str:
+        return "eK" if self.cfg.keep_pool_candidates else "eF"
+
+    @property
+    def _focuses_part(self) -> str:
+        return "focuses_kept" if self.cfg.keep_pool_candidates else "focuses"
 
     def run(self, parts: Sequence[str] | None = None) -> None:
         for name in parts or self.part_names():
@@ -315,14 +330,17 @@ class Comparison:
             return self.negatives_part()
         if name == "posterior":
             return self.posterior_part()
-        if name == "focuses":
+        if name in ("focuses", "focuses_kept") and name == self._focuses_part and self.cfg.extra_train_focuses:
             return self.focuses_part()
         if name in ("a", "frozen", "b"):
             return self.arm_part(name, 0)
         arm, _, seed = name.partition("_s")
-        if arm in POOL_ARMS and (arm == "eF") != bool(self.cfg.extra_train_focuses):
-            raise InputError(f"part {name}: arm eF trains on the pool with extra focuses (compare/evidence_more_focuses"
-                             ".gin), arms eL / eB / eR on the pool without them (compare/evidence_more_data.gin)")
+        if arm in POOL_ARMS and (arm in EXTRA_ARMS) != bool(self.cfg.extra_train_focuses):
+            raise InputError(f"part {name}: arms eF / eK train on the pool with extra focuses (compare/evidence_more_"
+                             "focuses*.gin), arms eL / eB / eR on the pool without them (compare/evidence_more_data.gin)")
+        if arm in EXTRA_ARMS and arm != self._extra_arm:
+            raise InputError(f"part {name}: arm eK's pool keeps eL's candidates (EvidenceConfig.keep_pool_candidates = "
+                             "True, compare/evidence_more_focuses_kept.gin), arm eF's does not")
         if arm in ("c", "d", "e", "dg", *POOL_ARMS) and seed.isdigit():
             return self.arm_part(arm, int(seed))
         raise InputError(f"unknown part {name!r}; parts: {self.part_names()}")
@@ -386,7 +404,8 @@ class Comparison:
     def _cache(self, stem: str, pool: bool, mined_by: str = "") -> str:
         """A cache file's path in work_dir; a missing one is first restored from its published copy (see
         publish_cache) when that was made from the same corpus, questions, models and budgets."""
-        tag = (f"-pool{len(self.setup.pool)}" if pool else "") + (f"-{mined_by}" if mined_by else "")
+        tag = (f"-pool{len(self.setup.pool)}" if pool else "") + ("-kept" if pool and self._kept else "") + \
+            (f"-{mined_by}" if mined_by else "")
         path = os.path.join(self.cfg.work_dir, f"{stem}-C{self.cfg.num_candidates}{tag}.npy")
         published = os.path.join(self.cfg.out_dir, "cache", os.path.basename(path))
         if not mined_by and not os.path.exists(path) and os.path.exists(published):
@@ -405,7 +424,13 @@ class Comparison:
         c = self.cfg
         questions = _sha(json.dumps([r.id for r in self._records(pool)]))
         return {"corpus": self.setup.corpus.checksum(), "questions": questions, "llm": c.llm, "retriever": c.retriever,
-                "budgets": [c.doc_tokens, c.question_tokens, c.answer_tokens]}
+                "budgets": [c.doc_tokens, c.question_tokens, c.answer_tokens],
+                **({"kept_candidates": len(self.setup.pool) - self.setup.n_extra} if pool and self._kept else {})}
+
+    @property
+    def _kept(self) -> bool:
+        """Whether eL's pool questions keep eL's candidates (keep_pool_candidates, with extra focuses)."""
+        return bool(self.cfg.keep_pool_candidates and self.cfg.extra_train_focuses)
 
     def publish_cache(self, pool: bool = True) -> list[str]:
         """Copies the base retriever's candidates and the generator's complete loss cache for these questions to
@@ -431,8 +456,15 @@ class Comparison:
         if not os.path.exists(path):
             if mined_by and rparams is None:
                 raise InputError(f"{path} is missing: candidates mined by {mined_by} need its retriever")
-            np.save(path, self.search(self.models()[4] if rparams is None else rparams, self._records(pool),
-                                      self.cfg.num_candidates, docs=mined_by or "base", view="train"))
+            rparams = self.models()[4] if rparams is None else rparams
+            recs, docs, C = self._records(pool), mined_by or "base", self.cfg.num_candidates
+            if pool and self._kept:  # eL's questions from the corpus alone (the prefix of the training view)
+                n = len(recs) - self.setup.n_extra
+                cands = np.concatenate([self.search(rparams, recs[:n], C, docs=docs, view="main"),
+                                        self.search(rparams, recs[n:], C, docs=docs, view="train")])
+            else:
+                cands = self.search(rparams, recs, C, docs=docs, view="train")
+            np.save(path, cands)
         return np.load(path)
 
     def examples(self, doc_losses: np.ndarray | None = None, pool: bool = False, n: int | None = None,
@@ -706,7 +738,8 @@ class Comparison:
     def focuses_part(self) -> dict:
         """Arm e (seed 0, eL's settings) on the pool without the extra training focuses (eL's, at eL's lr; its
         candidates mined from the training view), then on the whole pool at each lr in focus_lrs (default: eL's);
-        recall on every dev-focus question. Chooses arm eF's lr on the whole pool."""
+        recall on every dev-focus question. Chooses arm eF's (eK's, when eL's questions keep their candidates) lr
+        on the whole pool."""
         c, s = self.cfg, self.setup
         el = self.pool_settings(extra=False)
         keep = {k: el[k] for k in ("epochs", "batch_size", "in_batch_negatives") if k in el}
@@ -788,13 +821,13 @@ class Comparison:
     def pool_settings(self, extra: bool | None = None) -> dict:
         """Arm eL's settings: the sweep's, with the retriever lr the scale part, the number of passes the passes
         part and the batch (with or without in-batch negatives) the negatives part chose on the whole pool (dev).
-        With extra focuses (default: when configured), arm eF's: eL's with the lr the focuses part chose."""
+        With extra focuses (default: when configured), arm eF's or eK's: eL's with the lr their focuses part chose."""
         out = self.settings()
         for part, key, name in (("scale", "chosen_lr", "retriever_lr"), ("passes", "chosen_epochs", "epochs")):
             out[name] = (self._saved(part) or {}).get(key, out[name])
         out.update((self._saved("negatives") or {}).get("chosen", {}))
         if bool(self.cfg.extra_train_focuses) if extra is None else extra:
-            out["retriever_lr"] = (self._saved("focuses") or {}).get("chosen_lr", out["retriever_lr"])
+            out["retriever_lr"] = (self._saved(self._focuses_part) or {}).get("chosen_lr", out["retriever_lr"])
         return out
 
     def arm_part(self, arm: str, seed: int) -> dict:

@@ -23,18 +23,20 @@ ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen:
         "dg": "(d)'s generator + frozen retriever", "eL": "(eL) retriever-only JMLR, larger training pool",
         "eB": "(eB) eL with both encoder sides trained, index refreshed",
         "eR": "(eR) eB's second round on candidates it re-mined",
-        "eF": "(eF) eL's settings, pool with more training focuses"}
-RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF")
+        "eF": "(eF) eL's settings, pool with more training focuses",
+        "eK": "(eK) eF with eL's questions keeping eL's candidates"}
+RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK")
 # (arm, its comparator, measures): JMLR - RAG, retriever-only - frozen; and JMLR - RAG split into the trained
 # generator's part (same frozen retrieval, so no recall rows) and the trained retriever's part (same generator);
 # the larger pool against the frozen retriever and against the comparison's arm e (retrieval and NLL only); the
 # document side trained too against the frozen retriever and against the query side alone (eL); its second round
 # against the frozen retriever and against its first (eB); more training focuses against the frozen retriever and
-# against the same settings without them (eL).
+# against the same settings without them (eL), also when eL's questions keep their candidates (eK).
 PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"),
          ("eL", "frozen", "retrieval"), ("eL", "e", "retrieval"), ("eB", "frozen", "retrieval"),
          ("eB", "eL", "retrieval"), ("eR", "frozen", "retrieval"), ("eR", "eB", "retrieval"),
-         ("eF", "frozen", "retrieval"), ("eF", "eL", "retrieval"))
+         ("eF", "frozen", "retrieval"), ("eF", "eL", "retrieval"), ("eK", "frozen", "retrieval"),
+         ("eK", "eL", "retrieval"))
 
 
 def text_scores_per_question(outputs: Sequence[str], refs: Sequence[str]) -> list[dict]:
@@ -272,21 +274,25 @@ def scale_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def focuses_table(results: dict) -> str:
-    """Arm e's dev recall on the pool without and with the extra training focuses, per lr (part "focuses"), each
-    row against the base retriever (McNemar)."""
-    fo = results.get("focuses")
+def focuses_table(results: dict, part: str = "focuses") -> str:
+    """Arm e's dev recall on the pool without and with the extra training focuses, per lr (part "focuses", or
+    "focuses_kept": eL's questions keep eL's candidates), each row against the base retriever (McNemar)."""
+    fo = results.get(part)
     if not fo:
         return ""
     base = fo["rows"][0]
     st = fo["settings"]
+    kept = part == "focuses_kept"
+    mined = ("only the extra focuses' training candidates are mined from (eL's questions keep the candidates mined "
+             "from the corpus alone)" if kept else "only training candidates are mined from")
     lines = [f"Arm e (seed 0, eL's settings: {st.get('epochs', 1)} pass(es), batch {st.get('batch_size', 1)}, "
              f"{st['rank_loss']} over {st['num_sampled']} scored) trained on the first n of a pool of {fo['pool']} "
              f"questions: the {fo['pool'] - fo['extra_questions']} of eL's pool, then the {fo['extra_questions']} "
              f"questions of {fo['extra_focuses']} more training focuses, whose {fo['training_only_passages']} answer "
-             "passages only training candidates are mined from (every row searches the same corpus for dev); recall "
-             f"on all {fo['dev_questions']} dev-focus questions (n = 0: the base retriever). Chosen for (eF), on the "
-             f"whole pool: lr {fo['chosen_lr']:g}. Questions found verbatim in a passage: {len(fo['question_leaks'])}.",
+             f"passages {mined} (every row searches the same corpus for dev); recall "
+             f"on all {fo['dev_questions']} dev-focus questions (n = 0: the base retriever). Chosen for "
+             f"({'eK' if kept else 'eF'}), on the whole pool: lr {fo['chosen_lr']:g}. Questions found verbatim in a "
+             f"passage: {len(fo['question_leaks'])}.",
              "", "| training questions | retriever lr | dev recall@1 ± s.e. | McNemar p vs base | dev recall@7 | s |",
              "|---|---|---|---|---|---|"]
     for row in fo["rows"]:
@@ -459,6 +465,8 @@ def markdown(results: dict, focus_of: dict[str, str] | None = None) -> str:
                if "posterior" in results else []),
              *(["### More training focuses (arm e, dev focuses)", "", focuses_table(results), ""]
                if "focuses" in results else []),
+             *(["### More training focuses, eL's questions keeping their candidates (arm e, dev focuses)", "",
+                focuses_table(results, "focuses_kept"), ""] if "focuses_kept" in results else []),
              "### Time per part (2 CPU cores)", "", timing_table(results)]
     return "\n".join(parts)
 

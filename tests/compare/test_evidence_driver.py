@@ -87,7 +87,8 @@ def test_jmlr_arm_trains_and_keeps_both_models():
     from jmlr_jax.compare.evidence import TRAINED
 
     assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",),
-                       "eL": ("retriever",), "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",)}
+                       "eL": ("retriever",), "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",),
+                       "eK": ("retriever",)}
 
 
 def test_pool_extends_the_training_set_within_the_training_focuses(data_dir, tmp_path):
@@ -394,6 +395,16 @@ def test_extra_focuses_join_the_pool_and_only_the_training_view_of_the_corpus(da
                         np.zeros((len(recs), k), int))
     comp.candidates(pool=True)
     assert views == [(len(s.pool), "train")]
+    # keep_pool_candidates: eL's questions are mined from the corpus alone, only the extra focuses' from the
+    # training view, cached apart from the other mining with a key that says so
+    kept = Comparison(dataclasses.replace(cfg, keep_pool_candidates=True), progress=False, log=lambda _: None)
+    monkeypatch.setattr(kept, "search", lambda rp, recs, k, docs, view: views.append((len(recs), view)) or
+                        np.zeros((len(recs), k), int))
+    kept.candidates(pool=True)
+    assert views[1:] == [(len(s.pool) - s.n_extra, "main"), (s.n_extra, "train")]
+    assert kept._cache("candidates", True).endswith("-pool%d-kept.npy" % len(s.pool))
+    assert kept._cache_key(True)["kept_candidates"] == len(s.pool) - s.n_extra
+    assert "kept_candidates" not in comp._cache_key(True)
 
 
 def test_focuses_part_compares_the_pool_without_and_with_extra_focuses_and_chooses_eF_lr(data_dir, tmp_path,
@@ -417,15 +428,26 @@ def test_focuses_part_compares_the_pool_without_and_with_extra_focuses_and_choos
     assert out["chosen_lr"] == 3e-5 and out["extra_questions"] == 4 and out["question_leaks"] == []
     assert comp.pool_settings()["retriever_lr"] == 3e-5 and comp.pool_settings(extra=False)["retriever_lr"] == \
         cfg.retriever_lr
-    with pytest.raises(InputError, match="arm eF trains on the pool with extra focuses"):
+    with pytest.raises(InputError, match="arms eF / eK train on the pool with extra focuses"):
         comp.run(["eL_s0"])
-    with pytest.raises(InputError, match="arm eF trains on the pool with extra focuses"):
+    with pytest.raises(InputError, match="arms eF / eK train on the pool with extra focuses"):
         Comparison(tiny(data_dir, tmp_path, pool_medquad=100), progress=False, log=lambda _: None).run(["eF_s0"])
+    with pytest.raises(InputError, match="arm eK's pool keeps eL's candidates"):
+        comp.run(["eK_s0"])
+    # the kept-candidates variant: its own dev part and arm, its lr read from its own part
+    kept = Comparison(dataclasses.replace(cfg, keep_pool_candidates=True), progress=False, log=lambda _: None)
+    assert kept.part_names()[-4:] == ["focuses_kept", "eK_s0", "eK_s1", "eK_s2"]
+    assert kept.pool_settings()["retriever_lr"] == cfg.retriever_lr  # focuses.json is eF's, not eK's
+    with pytest.raises(InputError, match="arm eK's pool keeps eL's candidates"):
+        kept.run(["eF_s0"])
+    with pytest.raises(InputError, match="unknown part 'focuses'"):
+        kept._part("focuses")  # (run would skip it: eF's focuses.json is there)
 
 
 @pytest.mark.parametrize("gin_file, pool, extra", [("compare/evidence.gin", 0, 0),
                                                    ("compare/evidence_more_data.gin", 630, 0),
-                                                   ("compare/evidence_more_focuses.gin", 630, 120)])
+                                                   ("compare/evidence_more_focuses.gin", 630, 120),
+                                                   ("compare/evidence_more_focuses_kept.gin", 630, 120)])
 def test_comparison_configs_parse(gin_file, pool, extra):
     import gin
 
@@ -438,6 +460,7 @@ def test_comparison_configs_parse(gin_file, pool, extra):
         gin.clear_config()
     assert (cfg.pool_medquad, cfg.extra_train_focuses, cfg.rank_loss) == (pool, extra, "kl")
     assert not (extra and cfg.both_sides)  # eF's extension does not train the document side
+    assert cfg.keep_pool_candidates == gin_file.endswith("_kept.gin")
 
 
 def test_published_cache_restores_into_a_fresh_work_dir_only_for_the_same_data(data_dir, tmp_path):

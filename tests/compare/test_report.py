@@ -91,6 +91,14 @@ def test_more_focuses_arm_pairs_with_eL_and_its_dev_table():
     assert "the 7 of eL's pool, then the 5 questions of 2 more training focuses, whose 7 answer" in fo
     assert "| 7 | 3e-06 | 0.500 ± 0.289 | 1 | 0.750 | 4 |" in fo and "lr 3e-06." in fo
     assert "| 12 | 3e-06 | 1.000 ± 0.000 | 0.25 | 1.000 | 8 |" in fo and fo in report.markdown(results)
+    # the variant where eL's questions keep their candidates: its own table, arm and pairs
+    results["focuses_kept"] = {**results.pop("focuses"), "chosen_lr": 1e-5}
+    results["eK_s0"] = _part("eK", 0, [0.5] * 4, [1, 1, 2, 2])
+    kept = report.focuses_table(results, "focuses_kept")
+    assert "eL's questions keep the candidates mined from the corpus alone" in kept and "(eK), on the whole pool: " \
+        "lr 1e-05." in kept and kept in report.markdown(results) and report.focuses_table(results) == ""
+    assert "| recall@1 heldout_focus | (eK) eF with eL's questions keeping eL's candidates - (eL) retriever-only " \
+           "JMLR, larger training pool | s0: +0.000" in report.paired_table(results)
 
 
 def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
