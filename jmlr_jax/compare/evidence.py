@@ -16,9 +16,11 @@ at the lr and passes those chose; only arm e grows, its generator losses are cac
 whole pool in batches, without and with in-batch negatives) may change eL's batch; eB_s* (both_sides) train arm eL
 with the document side too and are evaluated on the corpus re-encoded by their trained encoder (index refresh);
 eR_s* (second_round) continue each eB for one more pass on the candidates its retriever re-mined from that corpus.
-Retriever training moves the query encoder only (except eB, eR): the candidates' token vectors come from the index built
-by the base encoder (the document side is frozen), so the index never goes stale and the held-out evaluation searches
-the whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
+With extra training focuses (compare/evidence_more_focuses*.gin): focuses (or focuses_kept) and eF_s* (or eK_s*),
+and with both_sides eFB_s* (or eKB_s*), eB's remedy on that pool.
+Retriever training moves the query encoder only (except eB, eR, eFB, eKB): the candidates' token vectors come from
+the index built by the base encoder (the document side is frozen), so the index never goes stale and the held-out
+evaluation searches the whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
 
 Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per seed, b once, dg per seed); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
 skipped when that file exists. Heavy intermediates (index, candidates, cached losses, trained weights) live in
@@ -118,7 +120,8 @@ class EvidenceConfig:
     # Parts eB_s* (both_sides, with a pool): arm eL's settings with both encoder sides trained (the candidates'
     # tokens encoded live in the step instead of read from the index), evaluated on an index re-encoded by the
     # trained encoder (work_dir/index-eB_s*, the stale-index remedy "refresh"); also its recall on every dev-focus
-    # question, against eL's seed-0 row there.
+    # question, against eL's seed-0 row there. With extra_train_focuses: parts eFB_s* / eKB_s*, the same for arm eF /
+    # eK's pool and settings.
     both_sides: bool = False
     # Parts eR_s* (second_round, with both_sides): arm eB's second round. Each seed's eB retriever re-mines the pool's
     # top-C candidates from the corpus it re-encoded (so they hold the passages it now ranks high, gold or not), the
@@ -151,12 +154,14 @@ class EvidenceConfig:
 TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
 # What each trained arm trains (and therefore saves and evaluates with): one table, read by train and arm_part.
 TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",), "eL": ("retriever",),
-           "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",), "eK": ("retriever",)}
+           "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",), "eK": ("retriever",),
+           "eFB": ("retriever",), "eKB": ("retriever",)}
 # arm e on the whole pool at the settings chosen there (eB, eR: both sides trained; eF: the pool with extra focuses;
-# eK: the same pool, eL's questions keeping eL's candidates)
-POOL_ARMS = ("eL", "eB", "eR", "eF", "eK")
-EXTRA_ARMS = ("eF", "eK")  # the arms of the pool with extra focuses
-REFRESHED = ("eB", "eR")  # arms whose document encoder moved: evaluated on the corpus it re-encoded
+# eK: the same pool, eL's questions keeping eL's candidates; eFB, eKB: eF, eK with both sides trained)
+POOL_ARMS = ("eL", "eB", "eR", "eF", "eK", "eFB", "eKB")
+EXTRA_ARMS = ("eF", "eK", "eFB", "eKB")  # the arms of the pool with extra focuses
+BOTH_SIDES = ("eB", "eFB", "eKB")  # arms whose candidates are encoded live in the step (eR: too, from eB's weights)
+REFRESHED = (*BOTH_SIDES, "eR")  # arms whose document encoder moved: evaluated on the corpus it re-encoded
 
 
 def _sha(s: str) -> str:
@@ -287,7 +292,8 @@ class Comparison:
             names += [f"d_s{s}", f"c_s{s}"] + (["b"] if s == c.seeds[0] else [])
         names += [f"dg_s{s}" for s in c.seeds]
         if c.extra_train_focuses:  # the more-focuses extension (a pool of its own: the more-data parts do not apply)
-            names += [self._focuses_part] + [f"{self._extra_arm}_s{s}" for s in c.seeds]
+            names += [self._focuses_part] + [f"{self._extra_arm}_s{s}" for s in c.seeds] + \
+                ([f"{self._extra_arm}B_s{s}" for s in c.seeds] if c.both_sides else [])
         elif len(self.setup.pool) > len(self.setup.train):  # the more-data extension
             names += (["scale"] if c.scale_sizes else []) + (["passes"] if c.pool_epochs else []) + \
                 (["negatives"] if c.negatives_batch else []) + [f"eL_s{s}" for s in c.seeds] + \
@@ -336,9 +342,10 @@ class Comparison:
             return self.arm_part(name, 0)
         arm, _, seed = name.partition("_s")
         if arm in POOL_ARMS and (arm in EXTRA_ARMS) != bool(self.cfg.extra_train_focuses):
-            raise InputError(f"part {name}: arms eF / eK train on the pool with extra focuses (compare/evidence_more_"
-                             "focuses*.gin), arms eL / eB / eR on the pool without them (compare/evidence_more_data.gin)")
-        if arm in EXTRA_ARMS and arm != self._extra_arm:
+            raise InputError(f"part {name}: arms eF / eK (eFB / eKB) train on the pool with extra focuses (compare/"
+                             "evidence_more_focuses*.gin), arms eL / eB / eR on the pool without them "
+                             "(compare/evidence_more_data.gin)")
+        if arm in EXTRA_ARMS and arm[:2] != self._extra_arm:
             raise InputError(f"part {name}: arm eK's pool keeps eL's candidates (EvidenceConfig.keep_pool_candidates = "
                              "True, compare/evidence_more_focuses_kept.gin), arm eF's does not")
         if arm in ("c", "d", "e", "dg", *POOL_ARMS) and seed.isdigit():
@@ -412,8 +419,7 @@ class Comparison:
             with open(published + ".json") as f:
                 made_for = json.load(f)
             if made_for == self._cache_key(pool):
-                np.save(path + ".tmp.npy", np.load(published))
-                os.replace(path + ".tmp.npy", path)
+                self._save(path, np.load(published))
                 self.log(f"[compare] {path}: restored from {published}")
             else:
                 self.log(f"[compare] {published} was made for other data or settings ({made_for}); not used")
@@ -523,6 +529,7 @@ class Comparison:
             known = self._known_losses(N)
             for i, j in zip(*np.nonzero(np.isnan(out))):
                 out[i, j] = known.get((int(i), int(cands[i, j])), np.nan)
+            self._save(path, out)  # what the other caches filled (publish_cache reads it, even when complete)
         todo = list(zip(*np.nonzero(np.isnan(out))))
         if not todo:
             return out
@@ -538,9 +545,14 @@ class Comparison:
             for (i, j), v in zip(chunk, vals):
                 out[i, j] = v
             if n % 10 == 9 or n == len(chunks) - 1:
-                np.save(path + ".tmp.npy", out)
-                os.replace(path + ".tmp.npy", path)
+                self._save(path, out)
         return out
+
+    @staticmethod
+    def _save(path: str, arr: np.ndarray) -> None:
+        """np.save, atomically (an interrupted write never leaves a truncated cache)."""
+        np.save(path + ".tmp.npy", arr)
+        os.replace(path + ".tmp.npy", path)
 
     def second_round(self, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
         """Arm eR's start: eB's trained retriever for this seed, the pool's top-C it mines from the corpus it
@@ -572,8 +584,8 @@ class Comparison:
               questions: int | None = None) -> tuple[dict, list[dict]]:
         """Trains one arm from the base weights (eR: from eB's); returns (params, per-step metrics). Arms eL / eB /
         eR, or `questions` given (arm e only), train on the first `questions` of the pool (default: all of it)
-        instead of the training set; arms eB and eR train the document side too (their candidates encoded live),
-        eR on the candidates eB's retriever re-mined (second_round)."""
+        instead of the training set; arms eB, eFB, eKB and eR train the document side too (their candidates encoded
+        live), eR on the candidates eB's retriever re-mined (second_round)."""
 
         c = self.cfg
         settings = {**(self.pool_settings() if arm in POOL_ARMS else self.settings()), **(settings or {})}
@@ -602,7 +614,7 @@ class Comparison:
             examples = self.examples(losses, pool=True, live_docs=True, candidates=cands)
         else:
             examples = self.examples(self.doc_losses(pool) if cached else None, pool=pool, n=n,
-                                     live_docs=arm == "eB")
+                                     live_docs=arm in BOTH_SIDES)
         params = {"llm": llm_params, "retriever": rparams}
         tx = make_optimizer(params, optim)
         state = init_train_state(params, tx, seed)

@@ -24,19 +24,23 @@ ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen:
         "eB": "(eB) eL with both encoder sides trained, index refreshed",
         "eR": "(eR) eB's second round on candidates it re-mined",
         "eF": "(eF) eL's settings, pool with more training focuses",
-        "eK": "(eK) eF with eL's questions keeping eL's candidates"}
-RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK")
+        "eK": "(eK) eF with eL's questions keeping eL's candidates",
+        "eFB": "(eFB) eF with both encoder sides trained, index refreshed",
+        "eKB": "(eKB) eK with both encoder sides trained, index refreshed"}
+RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB")
 # (arm, its comparator, measures): JMLR - RAG, retriever-only - frozen; and JMLR - RAG split into the trained
 # generator's part (same frozen retrieval, so no recall rows) and the trained retriever's part (same generator);
 # the larger pool against the frozen retriever and against the comparison's arm e (retrieval and NLL only); the
 # document side trained too against the frozen retriever and against the query side alone (eL); its second round
 # against the frozen retriever and against its first (eB); more training focuses against the frozen retriever and
-# against the same settings without them (eL), also when eL's questions keep their candidates (eK).
+# against the same settings without them (eL), also when eL's questions keep their candidates (eK); both sides
+# trained on that pool against the frozen retriever and against both sides trained without the extra focuses (eB).
 PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"),
          ("eL", "frozen", "retrieval"), ("eL", "e", "retrieval"), ("eB", "frozen", "retrieval"),
          ("eB", "eL", "retrieval"), ("eR", "frozen", "retrieval"), ("eR", "eB", "retrieval"),
          ("eF", "frozen", "retrieval"), ("eF", "eL", "retrieval"), ("eK", "frozen", "retrieval"),
-         ("eK", "eL", "retrieval"))
+         ("eK", "eL", "retrieval"), ("eFB", "frozen", "retrieval"), ("eFB", "eB", "retrieval"),
+         ("eKB", "frozen", "retrieval"), ("eKB", "eB", "retrieval"))
 
 
 def text_scores_per_question(outputs: Sequence[str], refs: Sequence[str]) -> list[dict]:
@@ -342,7 +346,7 @@ def posterior_table(results: dict) -> str:
 
 
 def both_sides_table(results: dict) -> str:
-    """Arms eB's and eR's recall on every dev-focus question per seed (each on the corpus its trained encoder
+    """Arms eB's, eR's (and eFB's / eKB's) recall on every dev-focus question per seed (each on the corpus its trained encoder
     re-encoded) against the base retriever and arm eL's seed-0 run (the scale part's whole-pool row at eL's lr;
     McNemar)."""
     runs, sc = _arm_runs(results, "eB"), results.get("scale")
@@ -359,7 +363,9 @@ def both_sides_table(results: dict) -> str:
     lines.append(f"| base (frozen) | - | {_dev_cells(base, ref)} | - |")
     if eL:
         lines.append(f"| (eL) query side only | 0 | {_dev_cells(eL, eL)} | - |")
-    for arm, label in (("eB", "(eB) both sides, refreshed"), ("eR", "(eR) second round, re-mined")):
+    for arm, label in (("eB", "(eB) both sides, refreshed"), ("eR", "(eR) second round, re-mined"),
+                       ("eFB", "(eFB) both sides, more focuses"), ("eKB", "(eKB) both sides, more focuses, eL's "
+                                                                          "candidates kept")):
         for seed, part in sorted(_arm_runs(results, arm).items()):
             lines.append(f"| {label} | {seed} | {_dev_cells(part['dev_all'], ref)} "
                          f"| {part.get('refresh_seconds', 0):.0f} |")
@@ -459,7 +465,7 @@ def markdown(results: dict, focus_of: dict[str, str] | None = None) -> str:
                if "scale" in results else []),
              *(["### In-batch negatives (arm e, dev focuses)", "", negatives_table(results), ""]
                if "negatives" in results else []),
-             *(["### Both encoder sides trained, index refreshed (arms eB and eR, dev focuses)", "",
+             *(["### Both encoder sides trained, index refreshed (arms eB, eR and their variants, dev focuses)", "",
                 both_sides_table(results), ""] if _arm_runs(results, "eB") else []),
              *(["### Temperature of the LLM posterior (arm e, dev focuses)", "", posterior_table(results), ""]
                if "posterior" in results else []),

@@ -88,7 +88,7 @@ def test_jmlr_arm_trains_and_keeps_both_models():
 
     assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",),
                        "eL": ("retriever",), "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",),
-                       "eK": ("retriever",)}
+                       "eK": ("retriever",), "eFB": ("retriever",), "eKB": ("retriever",)}
 
 
 def test_pool_extends_the_training_set_within_the_training_focuses(data_dir, tmp_path):
@@ -318,6 +318,11 @@ def test_second_round_mines_with_eB_and_caches_only_new_pairs(data_dir, tmp_path
     comp._second_rounds.clear()  # a new run: only the files in the work dir remain
     comp.second_round(1)  # mined and cached: nothing searched or computed again
     assert calls == [] and len(computed) == (2 * N + 3) // 4
+    # a candidate set whose every pair is cached already is computed from nothing and still saved (publish reads it)
+    filled = comp.doc_losses(True, base[:, ::-1].copy(), "again")
+    np.testing.assert_array_equal(np.load(comp._cache("doc_losses", True, "again")), filled)
+    np.testing.assert_array_equal(filled, -base[:, ::-1])
+    assert len(computed) == (2 * N + 3) // 4
 
 
 def test_second_round_arm_trains_from_eB_on_its_mined_candidates(data_dir, tmp_path, monkeypatch):
@@ -428,9 +433,9 @@ def test_focuses_part_compares_the_pool_without_and_with_extra_focuses_and_choos
     assert out["chosen_lr"] == 3e-5 and out["extra_questions"] == 4 and out["question_leaks"] == []
     assert comp.pool_settings()["retriever_lr"] == 3e-5 and comp.pool_settings(extra=False)["retriever_lr"] == \
         cfg.retriever_lr
-    with pytest.raises(InputError, match="arms eF / eK train on the pool with extra focuses"):
+    with pytest.raises(InputError, match="arms eF / eK \\(eFB / eKB\\) train on the pool with extra focuses"):
         comp.run(["eL_s0"])
-    with pytest.raises(InputError, match="arms eF / eK train on the pool with extra focuses"):
+    with pytest.raises(InputError, match="arms eF / eK \\(eFB / eKB\\) train on the pool with extra focuses"):
         Comparison(tiny(data_dir, tmp_path, pool_medquad=100), progress=False, log=lambda _: None).run(["eF_s0"])
     with pytest.raises(InputError, match="arm eK's pool keeps eL's candidates"):
         comp.run(["eK_s0"])
@@ -442,6 +447,26 @@ def test_focuses_part_compares_the_pool_without_and_with_extra_focuses_and_choos
         kept.run(["eF_s0"])
     with pytest.raises(InputError, match="unknown part 'focuses'"):
         kept._part("focuses")  # (run would skip it: eF's focuses.json is there)
+    # with both_sides: eB's remedy on that pool (arm eKB), its candidates encoded live in the step
+    both = Comparison(dataclasses.replace(cfg, keep_pool_candidates=True, both_sides=True), progress=False,
+                      log=lambda _: None)
+    assert both.part_names()[-7:] == ["focuses_kept", "eK_s0", "eK_s1", "eK_s2", "eKB_s0", "eKB_s1", "eKB_s2"]
+    with pytest.raises(InputError, match="arm eK's pool keeps eL's candidates"):
+        both.run(["eFB_s0"])
+
+    class Built(Exception):
+        pass
+
+    def examples(doc_losses, pool, n, live_docs):
+        raise Built(pool, n, live_docs)
+
+    monkeypatch.setattr(both, "models", lambda: (None,) * 6)
+    monkeypatch.setattr(both, "doc_losses", lambda pool: None)
+    monkeypatch.setattr(both, "examples", examples)
+    for arm, live in (("eKB", True), ("eK", False)):
+        with pytest.raises(Built) as e:
+            both.train(arm, 0)
+        assert e.value.args == (True, N, live)
 
 
 @pytest.mark.parametrize("gin_file, pool, extra", [("compare/evidence.gin", 0, 0),
@@ -459,8 +484,8 @@ def test_comparison_configs_parse(gin_file, pool, extra):
     finally:
         gin.clear_config()
     assert (cfg.pool_medquad, cfg.extra_train_focuses, cfg.rank_loss) == (pool, extra, "kl")
-    assert not (extra and cfg.both_sides)  # eF's extension does not train the document side
-    assert cfg.keep_pool_candidates == gin_file.endswith("_kept.gin")
+    kept = gin_file.endswith("_kept.gin")
+    assert cfg.keep_pool_candidates == kept and cfg.both_sides == (kept or "more_data" in gin_file)
 
 
 def test_published_cache_restores_into_a_fresh_work_dir_only_for_the_same_data(data_dir, tmp_path):

@@ -99,6 +99,9 @@ def test_more_focuses_arm_pairs_with_eL_and_its_dev_table():
         "lr 1e-05." in kept and kept in report.markdown(results) and report.focuses_table(results) == ""
     assert "| recall@1 heldout_focus | (eK) eF with eL's questions keeping eL's candidates - (eL) retriever-only " \
            "JMLR, larger training pool | s0: +0.000" in report.paired_table(results)
+    results["eB_s0"], results["eKB_s0"] = _part("eB", 0, [1.0] * 4, [1, 2, 2, 2]), _part("eKB", 0, [0.5] * 4, [1] * 4)
+    assert "| recall@1 heldout_focus | (eKB) eK with both encoder sides trained, index refreshed - (eB) eL with both " \
+           "encoder sides trained, index refreshed | s0: +0.750" in report.paired_table(results)
 
 
 def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
