@@ -175,6 +175,12 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def _save_npy(path: str, arr: np.ndarray) -> None:
+    """np.save, atomically (an interrupted write never leaves a truncated cache)."""
+    np.save(path + ".tmp.npy", arr)
+    os.replace(path + ".tmp.npy", path)
+
+
 @dataclasses.dataclass
 class Setup:
     """Everything the parts share, deterministic from the config."""
@@ -303,12 +309,17 @@ class Comparison:
         return names
 
     @property
+    def _kept(self) -> bool:
+        """Whether eL's pool questions keep eL's candidates (keep_pool_candidates, with extra focuses)."""
+        return bool(self.cfg.keep_pool_candidates and self.cfg.extra_train_focuses)
+
+    @property
     def _extra_arm(self) -> str:
-        return "eK" if self.cfg.keep_pool_candidates else "eF"
+        return "eK" if self._kept else "eF"
 
     @property
     def _focuses_part(self) -> str:
-        return "focuses_kept" if self.cfg.keep_pool_candidates else "focuses"
+        return "focuses_kept" if self._kept else "focuses"
 
     def run(self, parts: Sequence[str] | None = None) -> None:
         for name in parts or self.part_names():
@@ -336,7 +347,7 @@ class Comparison:
             return self.negatives_part()
         if name == "posterior":
             return self.posterior_part()
-        if name in ("focuses", "focuses_kept") and name == self._focuses_part and self.cfg.extra_train_focuses:
+        if self.cfg.extra_train_focuses and name == self._focuses_part:
             return self.focuses_part()
         if name in ("a", "frozen", "b"):
             return self.arm_part(name, 0)
@@ -419,7 +430,7 @@ class Comparison:
             with open(published + ".json") as f:
                 made_for = json.load(f)
             if made_for == self._cache_key(pool):
-                self._save(path, np.load(published))
+                _save_npy(path, np.load(published))
                 self.log(f"[compare] {path}: restored from {published}")
             else:
                 self.log(f"[compare] {published} was made for other data or settings ({made_for}); not used")
@@ -432,11 +443,6 @@ class Comparison:
         return {"corpus": self.setup.corpus.checksum(), "questions": questions, "llm": c.llm, "retriever": c.retriever,
                 "budgets": [c.doc_tokens, c.question_tokens, c.answer_tokens],
                 **({"kept_candidates": len(self.setup.pool) - self.setup.n_extra} if pool and self._kept else {})}
-
-    @property
-    def _kept(self) -> bool:
-        """Whether eL's pool questions keep eL's candidates (keep_pool_candidates, with extra focuses)."""
-        return bool(self.cfg.keep_pool_candidates and self.cfg.extra_train_focuses)
 
     def publish_cache(self, pool: bool = True) -> list[str]:
         """Copies the base retriever's candidates and the generator's complete loss cache for these questions to
@@ -525,11 +531,13 @@ class Comparison:
         out = np.load(path) if os.path.exists(path) else np.full((N, C), np.nan, np.float32)
         if out.shape != (N, C):
             raise InputError(f"{path} holds losses {out.shape}, the candidates are {(N, C)}: delete it")
-        if np.isnan(out).any():
+        missing = int(np.isnan(out).sum())
+        if missing:
             known = self._known_losses(N)
             for i, j in zip(*np.nonzero(np.isnan(out))):
                 out[i, j] = known.get((int(i), int(cands[i, j])), np.nan)
-            self._save(path, out)  # what the other caches filled (publish_cache reads it, even when complete)
+            if np.isnan(out).sum() < missing:  # what other caches filled (publish_cache reads it, even when complete)
+                _save_npy(path, out)
         todo = list(zip(*np.nonzero(np.isnan(out))))
         if not todo:
             return out
@@ -545,14 +553,8 @@ class Comparison:
             for (i, j), v in zip(chunk, vals):
                 out[i, j] = v
             if n % 10 == 9 or n == len(chunks) - 1:
-                self._save(path, out)
+                _save_npy(path, out)
         return out
-
-    @staticmethod
-    def _save(path: str, arr: np.ndarray) -> None:
-        """np.save, atomically (an interrupted write never leaves a truncated cache)."""
-        np.save(path + ".tmp.npy", arr)
-        os.replace(path + ".tmp.npy", path)
 
     def second_round(self, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
         """Arm eR's start: eB's trained retriever for this seed, the pool's top-C it mines from the corpus it
@@ -749,7 +751,7 @@ class Comparison:
 
     def focuses_part(self) -> dict:
         """Arm e (seed 0, eL's settings) on the pool without the extra training focuses (eL's, at eL's lr; its
-        candidates mined from the training view), then on the whole pool at each lr in focus_lrs (default: eL's);
+        candidates mined from the training view, or from the corpus alone when kept), then on the whole pool at each lr in focus_lrs (default: eL's);
         recall on every dev-focus question. Chooses arm eF's (eK's, when eL's questions keep their candidates) lr
         on the whole pool."""
         c, s = self.cfg, self.setup

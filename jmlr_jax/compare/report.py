@@ -346,8 +346,8 @@ def posterior_table(results: dict) -> str:
 
 
 def both_sides_table(results: dict) -> str:
-    """Arms eB's, eR's (and eFB's / eKB's) recall on every dev-focus question per seed (each on the corpus its trained encoder
-    re-encoded) against the base retriever and arm eL's seed-0 run (the scale part's whole-pool row at eL's lr;
+    """Arms eB's, eR's (and eFB's / eKB's) recall on every dev-focus question per seed (each on the corpus its
+    trained encoder re-encoded) against the base retriever and arm eL's seed-0 run (the scale part's whole-pool row at eL's lr;
     McNemar)."""
     runs, sc = _arm_runs(results, "eB"), results.get("scale")
     if not runs or not sc:
