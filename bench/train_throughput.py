@@ -3,6 +3,7 @@
     python bench/train_throughput.py             # all workloads for this backend (~25 min on 2 CPU cores)
     python bench/train_throughput.py --quick     # the short ones (SmolLM2 at 512, attention at 8k)
     python bench/train_throughput.py --only attention,jmlr
+    python bench/train_throughput.py --lower_for=cuda   # no device: each GPU workload traced and lowered here
 
 Each measurement runs in its own process (clean peak memory; an out-of-memory case fails alone).
 Workloads (random init; timing does not depend on weights or text):
@@ -22,6 +23,10 @@ Workloads (random init; timing does not depend on weights or text):
             on all projections, bf16, batch 4 and 8.
 Utilisation = model FLOPs (6N per trained token + causal attention; forward 2N) / the matmul peak measured
 at the start of the run (CPU fp32 2048^3, and bf16 -> fp32 for the CPU bf16 rows; accelerators bf16 8192^3).
+--lower_for=cuda|tpu: the accelerator workloads (jmlr_jax side only) are built for that platform and lowered to
+StableHLO on this host with abstract inputs (`jmlr_jax.lowering`; nothing is allocated, so the 7B shape fits a
+laptop): a table of the attention backend "auto" picks there and the fused-kernel custom calls in each program.
+It checks the code paths and the kernels' argument rules before device time is spent, not speed or memory.
 Memory: accelerators report the peak bytes in use; on CPU, XLA's compiled buffer sizes (arguments +
 temporaries) for JAX and the process's peak RSS for PyTorch (different measures: compare each framework with
 itself across rows).
@@ -29,6 +34,8 @@ itself across rows).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import resource
@@ -62,9 +69,33 @@ def timeit(fn, reps: int) -> float:
 
 
 def _accel() -> bool:
+    from jmlr_jax import lowering
+
+    return lowering.backend() != "cpu"
+
+
+LOWER_FOR = ""  # --lower_for: build abstract inputs and lower instead of running
+
+
+def _make(fn, *args):
+    """fn(*args), or its shapes only when lowering (a 7B model's parameters are never allocated)."""
     import jax
 
-    return jax.default_backend() != "cpu"
+    return jax.eval_shape(fn, *args) if LOWER_FOR else fn(*args)
+
+
+def _lowered(f, *args, seqs: tuple = (), **extra) -> dict:
+    """The lowering report of jitted f at args (see --lower_for); seqs: the attention lengths whose [.., L, L]
+    tensors a fused kernel never materialises."""
+    import jax
+
+    from jmlr_jax import lowering
+
+    t = time.perf_counter()
+    text = lowering.lower(f, *args)
+    calls = lowering.custom_calls(text)
+    return {"lower_s": time.perf_counter() - t, "calls": dict(calls), **extra,
+            "logits": sorted({t for L in seqs for t in lowering.attention_logits(text, L)}), "jax": jax.__version__}
 
 
 def jax_memory(compiled=None) -> float | None:
@@ -114,18 +145,20 @@ def jax_llama(args) -> dict:
 
     cfg = LlamaConfig(**SHAPES[args.shape], remat_policy=args.remat, s2_group_size=args.s2, dtype=args.dtype,
                       attention=args.impl)
-    params = init_params(cfg, jax.random.PRNGKey(0))
+    params = _make(functools.partial(init_params, cfg), jax.random.PRNGKey(0))
     backend = _backend(args.impl, cfg.dtype, cfg.head_dim)
     extra = _kernel_gib(backend, args.batch, args.seq, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-    tokens = jax.random.randint(jax.random.PRNGKey(1), (args.batch, args.seq), 0, cfg.vocab_size)
+    tokens = _make(lambda k: jax.random.randint(k, (args.batch, args.seq), 0, cfg.vocab_size), jax.random.PRNGKey(1))
     model = Llama(cfg)
     if args.mode == "forward":
         f = jax.jit(lambda p, t: model.apply({"params": p}, t, return_hidden=True))
+        if LOWER_FOR:
+            return _lowered(f, params, tokens, seqs=(args.seq,), backend=backend)
         compiled = f.lower(params, tokens).compile()
         t = timeit(lambda: jax.block_until_ready(compiled(params, tokens)), args.reps)
         return {"seconds": t, "mem_gib": jax_memory(compiled) + extra, "backend": backend}
     tx = optax.adamw(1e-4)
-    state = (params, tx.init(params))
+    state = (params, _make(tx.init, params))
 
     def per_token(*a, dtype):  # the rematerialised per-token loss, summed (4 projection matmuls, not 3)
         return jnp.sum(chunked_token_nll(*a, dtype=dtype)), jnp.sum(a[3])
@@ -144,6 +177,8 @@ def jax_llama(args) -> dict:
         return (optax.apply_updates(p, u), o), value
 
     f = jax.jit(step, donate_argnums=0)
+    if LOWER_FOR:
+        return _lowered(f, state, tokens, seqs=(args.seq,), backend=backend)
     compiled = f.lower(state, tokens).compile()
     box = [state]
 
@@ -163,10 +198,10 @@ def _kernel_gib(backend: str, batch: int, seq: int, heads: int, kv_heads: int, h
     return cpu_kernel.scratch_bytes(batch, seq, heads, kv_heads, head_dim) / 2**30
 
 
-def _backend(impl: str, dtype, head_dim: int) -> str:
+def _backend(impl: str, dtype, head_dim: int, right_padded: bool = True) -> str:
     from jmlr_jax.models import attention
 
-    return attention.resolve_implementation(impl, dtype=dtype, head_dim=head_dim, right_padded=True)
+    return attention.resolve_implementation(impl, dtype=dtype, head_dim=head_dim, right_padded=right_padded)
 
 
 def _torch_measure(run, dev: str, reps: int) -> dict:
@@ -229,12 +264,16 @@ def jax_attention(args) -> dict:
     from jmlr_jax.models import attention
 
     dtype = jnp.bfloat16 if _accel() else jnp.float32
-    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), s, dtype) for i, s in enumerate(_attn_shapes(args.seq, args.heads)))
+    q, k, v = (_make(lambda key, s=s: jax.random.normal(key, s, dtype), jax.random.PRNGKey(i))
+               for i, s in enumerate(_attn_shapes(args.seq, args.heads)))
     pos = jnp.arange(args.seq)[None]
     seg = jnp.ones((1, args.seq), jnp.int32)
     f = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attention.self_attention(
         q, k, v, pos, seg, impl=args.impl, s2_group_size=args.s2, right_padded=True).astype(jnp.float32)),
         argnums=(0, 1, 2)))
+    if LOWER_FOR:
+        return _lowered(f, q, k, v, seqs=(args.seq, args.s2) if args.s2 else (args.seq,),
+                        backend=_backend(args.impl, dtype, 64))
     compiled = f.lower(q, k, v).compile()
     t = timeit(lambda: jax.block_until_ready(compiled(q, k, v)), args.reps)
     backend = _backend(args.impl, dtype, 64)
@@ -262,8 +301,6 @@ def torch_attention(args) -> dict:
 
 
 def jax_jmlr(args) -> dict:
-    import functools
-
     import jax
     import numpy as np
 
@@ -279,14 +316,14 @@ def jax_jmlr(args) -> dict:
                       param_dtype="bfloat16" if accel else "float32")
     rcfg = ColBERTConfig(BertConfig(dtype=cfg.dtype), dim=128, query_maxlen=32, doc_maxlen=Ld)
     lcfg = LoraConfig(rank=args.lora, alpha=2.0 * args.lora) if args.lora else LoraConfig()
-    params = {"llm": init_params(cfg, jax.random.PRNGKey(0)),
-              "retriever": colbert_lib.init_params(rcfg, jax.random.PRNGKey(1))}
+    params = {"llm": _make(functools.partial(init_params, cfg), jax.random.PRNGKey(0)),
+              "retriever": _make(functools.partial(colbert_lib.init_params, rcfg), jax.random.PRNGKey(1))}
     if args.lora:
-        params["lora"] = init_lora(params["llm"], lcfg, jax.random.PRNGKey(2))
+        params["lora"] = _make(lambda p, k: init_lora(p, lcfg, k), params["llm"], jax.random.PRNGKey(2))
     models = js.StepConfigs(cfg, rcfg, js.JMLRConfig(num_candidates=C, num_sampled=S, num_docs=K, compact=args.compact),
                        lcfg)
     tx = make_optimizer(params, OptimConfig())
-    state = init_train_state(params, tx)
+    state = _make(functools.partial(init_train_state, tx=tx), params)
     # Padding like real data: passages mostly fill their 128 tokens, MedMCQA-style questions + options use
     # 60-150 of 192 (right-aligned block), answers 5-32 tokens.
     rng = np.random.RandomState(0)
@@ -308,6 +345,9 @@ def jax_jmlr(args) -> dict:
              "question_valid": question_valid, "answer": answer, "answer_valid": answer_valid,
              "bos": np.ones((B, 1), np.int32), "bos_valid": np.ones((B, 1), np.int32)}
     f = jax.jit(functools.partial(js.train_step, models=models, tx=tx), donate_argnums=0)
+    if LOWER_FOR:
+        impl = _backend(args.impl, cfg.dtype, cfg.head_dim, right_padded=args.compact)
+        return _lowered(f, state, batch, seqs=(1 + K * Ld + Lq + La, 1 + Ld + Lq + La), backend=impl)
     compiled = f.lower(state, batch).compile()
     box = [state]
 
@@ -368,6 +408,41 @@ def workloads(accel: bool, quick: bool) -> dict[str, list[dict]]:
     return {"llama": llama, "attention": attn, "jmlr": [] if quick and not accel else jmlr}
 
 
+def _select(W: dict[str, list[dict]], where: str) -> dict[str, list[dict]]:
+    """--where="k=v ...": only the workloads whose settings match (defaults count)."""
+    if not where:
+        return W
+    want = dict(kv.split("=", 1) for kv in where.split())
+    defaults = dict(mode="train", s2=0, dtype="auto", impl="auto", batch=1, loss="fused")
+    return {part: [w for w in ws if all(str(dict(defaults, **w).get(k)) == v for k, v in want.items())]
+            for part, ws in W.items()}
+
+
+def lower_table(args) -> None:
+    """--lower_for: every accelerator workload lowered for that platform here, one process each (a table)."""
+    W = _select(workloads(True, args.quick), args.where)
+    rows = [("llama", "jax_llama", w) for w in W["llama"]] + \
+        [("attention", "jax_attention", dict(w, s2=s2)) for w in W["attention"] for s2 in (0, w["seq"] // 4)] + \
+        [("jmlr", "jax_jmlr", dict(w, impl=impl, compact=compact)) for w in W["jmlr"]
+         for impl, compact in (("auto", True), ("auto", False), ("reference", False))]
+    import jax
+
+    print(f"lowered for {args.lower_for} on {jax.devices()[0].device_kind} ({os.cpu_count()} host cores), jax "
+          f"{jax.__version__}; abstract inputs, no compilation: what runs there, not how fast\n\n"
+          "| workload | settings | attention | lowered in s | fused-kernel custom calls | [.., L, L] logits |\n"
+          "|---|---|---|---|---|---|", flush=True)
+    for part, run, w in rows:
+        r = child(run=run, lower_for=args.lower_for, **w)
+        name = f"{part} {w.get('shape', '')}".strip()
+        settings = " ".join(f"{k}={v}" for k, v in w.items() if k != "shape")
+        if "error" in r:
+            print(f"| {name} | {settings} | - | failed: {r['error']} | - | - |", flush=True)
+            continue
+        calls = ", ".join(f"{k} x{n}" for k, n in sorted(r["calls"].items())) or "none"
+        logits = ", ".join(r["logits"]) or "none"
+        print(f"| {name} | {settings} | {r['backend']} | {r['lower_s']:.1f} | {calls} | {logits} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -389,9 +464,18 @@ def main() -> None:
     ap.add_argument("--compact", type=lambda s: s == "True", default=True)
     ap.add_argument("--lora", type=int, default=0)
     ap.add_argument("--dtype", default="auto")  # llama rows: "bfloat16" = jax bf16 compute, torch bf16 autocast
+    ap.add_argument("--lower_for", default="", choices=("", "cuda", "tpu"))
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(RUNNERS[args.run](args)))
+        from jmlr_jax import lowering
+
+        global LOWER_FOR
+        LOWER_FOR = args.lower_for
+        with lowering.target(LOWER_FOR) if LOWER_FOR else contextlib.nullcontext():
+            print(json.dumps(RUNNERS[args.run](args)))
+        return
+    if args.lower_for:
+        lower_table(args)
         return
 
     pk = child(run="peak")
@@ -402,12 +486,7 @@ def main() -> None:
     accel = pk["dtype"] != "float32"
     reps = args.reps
     only = set(args.only.split(","))
-    W = workloads(accel, args.quick)
-    if args.where:
-        want = dict(kv.split("=", 1) for kv in args.where.split())
-        defaults = dict(mode="train", s2=0, dtype="auto", impl="auto", batch=1, loss="fused")
-        W = {part: [w for w in ws if all(str(dict(defaults, **w).get(k)) == v for k, v in want.items())]
-             for part, ws in W.items()}
+    W = _select(workloads(accel, args.quick), args.where)
     print(f"device: {pk['device']} ({os.cpu_count()} host cores); jax {jax.__version__}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}; measured {pk['dtype']} matmul peak {pk['flops'] / 1e12:.2f} "
           f"TFLOP/s" + (f" (bf16 -> fp32: {pk['bf16_flops'] / 1e12:.2f}, the bf16 rows' peak)"

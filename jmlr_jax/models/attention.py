@@ -10,7 +10,8 @@
   "cudnn"       cuDNN fused flash attention (GPU, bf16/fp16, right-padded rows only).
   "pallas_gpu"  Pallas/Triton flash attention with segment ids (GPU, packed rows).
   "splash"      Pallas splash attention (TPU; also CPU in interpret mode for tests).
-  "auto"        by platform: TPU -> splash; GPU -> cudnn for right-padded bf16/fp16 rows, else pallas_gpu;
+  "auto"        by platform (the machine's, or `lowering.target`'s): TPU -> splash; GPU -> cudnn for
+                right-padded bf16/fp16 rows, else pallas_gpu;
                 CPU -> cpu when the kernel builds (a C++ compiler is present), head_dim is a multiple of 16 and
                 the process has one device, else blockwise (an opaque custom call would be gathered whole
                 onto every device of a sharded jit). (MaxText's "autoselected" falls back to O(L^2) on CPU.)
@@ -32,6 +33,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jmlr_jax import lowering
 
 # Large finite negative instead of -inf: rows that are fully masked (padding queries) stay finite.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -136,7 +139,7 @@ def resolve_implementation(impl: str, *, dtype, head_dim: int, right_padded: boo
         raise ValueError(f"attention implementation {impl!r} not in {IMPLEMENTATIONS}")
     if impl != "auto":
         return impl
-    platform = platform or jax.default_backend()
+    platform = platform or lowering.backend()
     if platform == "tpu":
         return "splash"
     if platform in ("gpu", "cuda", "rocm"):

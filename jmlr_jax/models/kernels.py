@@ -5,7 +5,8 @@ portable one.
 
 - cudnn: `jax.nn.dot_product_attention(implementation="cudnn")`, causal, GQA, right padding as sequence
   lengths (cuDNN skips the padded tiles). Only for right-padded rows (one segment then padding): the public
-  API has no segment ids, and a boolean mask would become a dense bias that skips nothing.
+  API has no segment ids, and a boolean mask would become a dense bias that skips nothing. Odd lengths get
+  one more padding token (JAX's cuDNN training rule needs even ones; found by `jmlr_jax.lowering`).
 - pallas_gpu: Pallas' Triton flash attention (`jax.experimental.pallas.ops.gpu.attention.mha`), causal +
   segment ids: for packed rows on GPU. It has no GQA, so K/V heads are repeated (memory H/K x K/V).
 - splash: Pallas splash attention for TPU (`make_splash_mqa_single_device`, vmapped over KV heads and batch),
@@ -30,9 +31,12 @@ def _pad_len(x, Lp: int, value=0):
 def cudnn_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL) -> jax.Array:
     """cuDNN flash attention; rows must be right-padded (valid tokens first, segment id 0 after)."""
     lengths_B = jnp.maximum(jnp.sum((seg_BxL > 0).astype(jnp.int32), axis=1), 1)  # an empty row must not NaN
-    return jax.nn.dot_product_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, is_causal=True,
-                                        query_seq_lengths=lengths_B, key_value_seq_lengths=lengths_B,
-                                        implementation="cudnn")
+    # JAX's cuDNN training rule rejects odd lengths (its backward always counts a bias); the extra token is
+    # padding beyond every row's length, so nothing attends to it.
+    L = q_BxLxHxD.shape[1]
+    q, k, v = (_pad_len(x, _round_up(L, 2)) for x in (q_BxLxHxD, k_BxLxKxD, v_BxLxKxD))
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths_B,
+                                        key_value_seq_lengths=lengths_B, implementation="cudnn")[:, :L]
 
 
 def pallas_gpu_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, *, interpret: bool = False) -> jax.Array:

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jmlr_jax import lowering
 from jmlr_jax.models.attention import IMPLEMENTATIONS, MaskInfo, dot_product_attention, self_attention
 
 _ATTN = jax.checkpoint_policies.save_only_these_names("attention")  # flash / splash residuals (O(L) each)
@@ -70,8 +71,8 @@ class LlamaConfig:
     def __post_init__(self):
         if not self.head_dim:  # canonical form: head_dim always explicit
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
-        if self.dtype == "auto":  # resolved once, where the config is built (the machine that runs it)
-            object.__setattr__(self, "dtype", "float32" if jax.default_backend() == "cpu" else "bfloat16")
+        if self.dtype == "auto":  # resolved once, where the config is built (the machine, or lowering.target)
+            object.__setattr__(self, "dtype", "float32" if lowering.backend() == "cpu" else "bfloat16")
         if self.attention not in IMPLEMENTATIONS:
             raise ValueError(f"attention {self.attention!r} not in {IMPLEMENTATIONS}")
         if self.remat_policy not in REMAT_POLICIES:

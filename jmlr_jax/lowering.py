@@ -1,0 +1,99 @@
+"""Lower a program for an accelerator on a machine without one: CUDA or TPU programs traced and lowered to
+StableHLO on a CPU host, so an accelerator run's code paths are checked before accelerator time is spent.
+
+    with lowering.target("cuda"):          # "auto" settings resolve for the target inside
+        cfg = LlamaConfig(...)             # dtype "auto" -> bfloat16, attention "auto" -> cudnn / pallas_gpu
+        text = lowering.lower(jax.jit(step), state_shapes, batch_shapes)
+    lowering.custom_calls(text)            # {"__cudnn$fmhaSoftmax": 30, ...}: the fused kernels are in the program
+    lowering.attention_logits(text, L)     # [] unless a product makes [.., L, L] attention logits
+
+What lowering checks: the kernels' own argument checks (cuDNN's head dim, layout and mask rules, Pallas' block
+shapes, Mosaic's TPU lowering) and every shape in the program. What it cannot: compilation, memory, speed and
+numerics, which need the device. On a host without cuDNN, JAX's cuDNN version query is answered with
+`ASSUMED_CUDNN` (only inside `target("cuda")`); its compute-capability checks see no GPU and apply the rules of
+pre-Hopper GPUs, the stricter ones (head dim <= 128).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import re
+from typing import Iterator
+
+import jax
+
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+ASSUMED_CUDNN = 90800  # cuDNN 9.8, what jax's CUDA 12 wheels of 2025-26 ship with
+_TARGETS: list[str] = []
+
+
+def backend() -> str:
+    """The platform programs are built for: the innermost `target`, else JAX's default backend."""
+    return _TARGETS[-1] if _TARGETS else jax.default_backend()
+
+
+@contextlib.contextmanager
+def target(platform: str) -> Iterator[None]:
+    """Build (configs with "auto" settings) and trace programs for `platform` instead of this machine's backend."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"lowering target {platform!r} not in {PLATFORMS}")
+    with contextlib.ExitStack() as stack:
+        if platform == "cuda":
+            stack.enter_context(_assume_cudnn())
+        _TARGETS.append(platform)
+        stack.callback(_TARGETS.pop)
+        yield
+
+
+@contextlib.contextmanager
+def _assume_cudnn() -> Iterator[None]:
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo as fa  # private: the only place JAX asks
+    except ImportError:
+        yield
+        return
+    if getattr(fa, "cuda_versions", None) is not None:  # a real CUDA install answers for itself
+        yield
+        return
+    saved = fa.check_cudnn_version
+    fa.check_cudnn_version = lambda: ASSUMED_CUDNN
+    try:
+        yield
+    finally:
+        fa.check_cudnn_version = saved
+
+
+def lower(fn, *args, platform: str | None = None, **kwargs) -> str:
+    """StableHLO text of jitted `fn` at `args` (arrays or jax.ShapeDtypeStruct: nothing is allocated) lowered for
+    `platform` (default: the innermost `target`), traced inside `target(platform)`."""
+    platform = platform or backend()
+    if not hasattr(fn, "trace"):
+        fn = jax.jit(fn)
+    with target(platform):
+        return fn.trace(*args, **kwargs).lower(lowering_platforms=(platform,)).as_text()
+
+
+def custom_calls(text: str) -> collections.Counter:
+    """Custom-call targets in lowered text, with counts (fused kernels: `__cudnn$fmha*`, Triton's
+    `__gpu$xla.gpu.triton`, Mosaic's `tpu_custom_call`, the C++ CPU kernel's FFI name)."""
+    return collections.Counter(re.findall(r"custom_call @([\w$.]+)", text))
+
+
+_DOT = re.compile(r"stablehlo\.dot_general .*?contracting_dims = \[([\d, ]*)\] x .*?: \(tensor<([\dx]+)x[a-z]\w*>, "
+                  r".*?-> tensor<([\dx]+)x[a-z]\w*>")
+
+
+def attention_logits(text: str, length: int) -> list[str]:
+    """Result shapes of the products in lowered text that make [.., L, L] blocks (rank >= 3: batch or heads
+    first) from fewer than L summed elements: attention logits or their gradient, contracting head_dim, which a
+    fused kernel never materialises. Dense layers run on [tokens, features] (rank 2) and weight gradients
+    contract the tokens, so a model whose hidden or MLP size equals L still passes."""
+    out = set()
+    for contracting, lhs, result in _DOT.findall(text):
+        lhs_dims, dims = [int(d) for d in lhs.split("x")], [int(d) for d in result.split("x")]
+        summed = 1
+        for i in contracting.split(","):
+            summed *= lhs_dims[int(i)]
+        if len(dims) >= 3 and dims.count(length) >= 2 and summed < length:
+            out.add(result)
+    return sorted(out)

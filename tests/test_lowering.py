@@ -1,0 +1,114 @@
+"""Accelerator programs lowered on this CPU (jmlr_jax.lowering): "auto" resolves for the target, the fused kernels
+(cuDNN, Triton, Mosaic) are in the program and pass their own argument checks, no [L, L] logits appear; the mask
+oracle's logits are found (the check can fail)."""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jmlr_jax import lowering
+from jmlr_jax.models import Llama, LlamaConfig
+from jmlr_jax.models import colbert as colbert_lib
+from jmlr_jax.models.attention import resolve_implementation
+from jmlr_jax.models.llama import init_params
+from jmlr_jax.train import jmlr_step as js, lm_step
+from jmlr_jax.train.state import OptimConfig, init_train_state, make_optimizer
+from tests.train.test_jmlr_step import LLM, RET, make_batch
+from tests.train.test_lm_step import seq
+
+L = 384  # no other size of the tiny model (hidden 64, MLP 96, batch 2, heads 4 / 2) equals it
+CUDNN = {"__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"}
+TRITON = {"__gpu$xla.gpu.triton"}
+MOSAIC = {"tpu_custom_call"}
+
+
+def llama_grad_text(attention: str, s2: int, length: int = L) -> tuple[LlamaConfig, str]:
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                      num_kv_heads=2, attention=attention, s2_group_size=s2)
+    params = jax.eval_shape(functools.partial(init_params, cfg), jax.random.PRNGKey(0))
+    tokens = jax.ShapeDtypeStruct((2, length), jnp.int32)
+    loss = lambda p, t: Llama(cfg).apply({"params": p}, t, train=True).astype(jnp.float32).mean()  # noqa: E731
+    return cfg, lowering.lower(jax.grad(loss), params, tokens)
+
+
+@pytest.mark.parametrize("platform,attention,backend,calls", [
+    ("cuda", "auto", "cudnn", CUDNN), ("cuda", "pallas_gpu", "pallas_gpu", TRITON), ("tpu", "auto", "splash", MOSAIC)])
+@pytest.mark.parametrize("s2", [0, 128])
+def test_llama_train_step_lowers_with_fused_attention(platform, attention, backend, calls, s2):
+    with lowering.target(platform):
+        assert lowering.backend() == platform
+        assert resolve_implementation(attention, dtype=jnp.bfloat16, head_dim=16, right_padded=True) == backend
+        cfg, text = llama_grad_text(attention, s2)
+        dense = lowering.custom_calls(llama_grad_text(attention, 0)[1])
+    assert cfg.dtype == "bfloat16"  # "auto" resolved for the accelerator, not for this CPU
+    found = lowering.custom_calls(text)
+    assert calls <= set(found), found
+    if s2:  # groups folded into the batch: the shifted half's end groups are calls of their own
+        assert sum(found[c] for c in calls) > sum(dense[c] for c in calls)
+    assert lowering.attention_logits(text, L) == []
+    assert not s2 or lowering.attention_logits(text, s2) == []  # nor [G, G] ones
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_the_oracle_materialises_logits(platform):
+    with lowering.target(platform):
+        _, text = llama_grad_text("reference", 0)
+    assert not lowering.custom_calls(text)
+    assert lowering.attention_logits(text, L), "the check cannot fail"
+
+
+def test_cudnn_lowers_odd_lengths():
+    """JAX's cuDNN training rule rejects odd lengths; the adaptor pads one token (bitwise the same rows)."""
+    with lowering.target("cuda"):
+        _, text = llama_grad_text("cudnn", 0, length=L + 1)
+    assert CUDNN <= set(lowering.custom_calls(text))
+
+
+@pytest.mark.parametrize("compact,calls", [(True, CUDNN), (False, TRITON)])
+def test_fused_jmlr_step_lowers_for_gpu(compact, calls):
+    """Compacted rows are right-padded: "auto" takes cuDNN; the block layout has interior padding: Triton."""
+    with lowering.target("cuda"):
+        llm = dataclasses.replace(LLM, dtype="auto")
+        models = js.StepConfigs(llm, RET, js.JMLRConfig(num_candidates=6, num_sampled=4, num_docs=3,
+                                                        compact=compact))
+        params = {"llm": jax.eval_shape(functools.partial(init_params, llm), jax.random.PRNGKey(0)),
+                  "retriever": jax.eval_shape(functools.partial(colbert_lib.init_params, RET), jax.random.PRNGKey(1))}
+        tx = make_optimizer(params, OptimConfig())
+        state = jax.eval_shape(functools.partial(init_train_state, tx=tx), params)
+        text = lowering.lower(functools.partial(js.train_step, models=models, tx=tx), state, make_batch())
+    assert llm.dtype == "bfloat16"
+    assert calls <= set(lowering.custom_calls(text))
+
+
+def test_target_is_scoped():
+    with pytest.raises(ValueError, match="lowering target"):
+        with lowering.target("gpu0"):
+            pass
+    with lowering.target("cuda"):
+        with lowering.target("tpu"):
+            assert lowering.backend() == "tpu"
+        assert lowering.backend() == "cuda"
+    assert lowering.backend() == jax.default_backend()
+    assert LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1,
+                       num_kv_heads=1).dtype == ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+
+
+@pytest.mark.parametrize("platform,calls", [("cuda", TRITON), ("tpu", MOSAIC)])
+@pytest.mark.parametrize("kind", ["lm", "dpo"])
+def test_pipeline_steps_lower(platform, calls, kind):
+    """The seed pipelines' steps (packed CPT / SFT rows, DPO pairs) take the segment-aware kernels there."""
+    rng = np.random.RandomState(0)
+    batch = seq(rng, L=L) if kind == "lm" else \
+        {f"{side}_{k}": v for side in ("chosen", "rejected") for k, v in seq(rng, L=L).items()}
+    with lowering.target(platform):
+        m = lm_step.LMStepConfigs(dataclasses.replace(LLM, dtype="auto"))
+        params = {"llm": jax.eval_shape(functools.partial(init_params, m.llm), jax.random.PRNGKey(0))}
+        tx = make_optimizer(params, OptimConfig())
+        state = jax.eval_shape(functools.partial(init_train_state, tx=tx), params)
+        step = functools.partial(lm_step.lm_train_step, models=m, tx=tx, kind=kind)
+        text = lowering.lower(step, state, batch, params["llm"] if kind == "dpo" else None)
+    assert calls <= set(lowering.custom_calls(text))
+    assert lowering.attention_logits(text, L) == []
