@@ -11,7 +11,9 @@ What lowering checks: the kernels' own argument checks (cuDNN's head dim, layout
 shapes, Mosaic's TPU lowering) and every shape in the program. What it cannot: compilation, memory, speed and
 numerics, which need the device. On a host without cuDNN, JAX's cuDNN version query is answered with
 `ASSUMED_CUDNN` (only inside `target("cuda")`); its compute-capability checks see no GPU and apply the rules of
-pre-Hopper GPUs, the stricter ones (head dim <= 128).
+pre-Hopper GPUs, the stricter ones (head dim <= 128). Under a mesh in context (`jax.set_mesh`) cuDNN's call shows
+as `CustomSPMDPartitioning` (JAX emits it when XLA partitions) and the Pallas kernels sit in `sdy.manual_computation`
+regions (models/attention.py runs them per shard).
 """
 from __future__ import annotations
 
@@ -40,9 +42,18 @@ def target(platform: str) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if platform == "cuda":
             stack.enter_context(_assume_cudnn())
-        _TARGETS.append(platform)
-        stack.callback(_TARGETS.pop)
+        _switch(platform)
+        stack.callback(lambda: _switch(_TARGETS[-2] if len(_TARGETS) > 1 else jax.default_backend(), pop=True))
         yield
+
+
+def _switch(platform: str, pop: bool = False) -> None:
+    """Enter (or leave) a target. JAX caches traces by function and argument types, not by what "auto" resolved
+    to, so its caches are cleared whenever the platform changes: a function traced for one target is never
+    reused for another (or for this machine)."""
+    if platform != backend():
+        jax.clear_caches()
+    _TARGETS.pop() if pop else _TARGETS.append(platform)
 
 
 @contextlib.contextmanager

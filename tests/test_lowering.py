@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from jmlr_jax import lowering
 from jmlr_jax.models import Llama, LlamaConfig
@@ -112,3 +113,20 @@ def test_pipeline_steps_lower(platform, calls, kind):
         text = lowering.lower(step, state, batch, params["llm"] if kind == "dpo" else None)
     assert calls <= set(lowering.custom_calls(text))
     assert lowering.attention_logits(text, L) == []
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_pallas_kernels_run_per_shard_on_a_pod_mesh(platform):
+    """Under a mesh in context (the training loop sets it) splash / Triton are lowered inside a manual region whose
+    rows are split over the batch axes that divide them and KV heads over tensor: each chip runs its own shard,
+    not the gathered global batch; without the mesh there is no such region."""
+
+    mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    with jax.set_mesh(mesh), lowering.target(platform):
+        _, text = llama_grad_text("auto" if platform == "tpu" else "pallas_gpu", 0)
+    assert "sdy.manual_computation" in text
+    assert '[{"data"}, {}, {"tensor"}, {}]' in text  # a batch of 2: data only (fsdp would not divide it)
+    with lowering.target(platform):
+        _, unsharded = llama_grad_text("auto" if platform == "tpu" else "pallas_gpu", 0)
+    assert "sdy.manual_computation" not in unsharded

@@ -13,8 +13,12 @@
   "auto"        by platform (the machine's, or `lowering.target`'s): TPU -> splash; GPU -> cudnn for
                 right-padded bf16/fp16 rows, else pallas_gpu;
                 CPU -> cpu when the kernel builds (a C++ compiler is present), head_dim is a multiple of 16 and
-                the process has one device, else blockwise (an opaque custom call would be gathered whole
-                onto every device of a sharded jit). (MaxText's "autoselected" falls back to O(L^2) on CPU.)
+                the process has one device or a mesh is in context (`jax.set_mesh`, as the training loop does),
+                else blockwise. (MaxText's "autoselected" falls back to O(L^2) on CPU.)
+Kernels XLA's partitioner cannot split (cpu, pallas_gpu, splash: a custom call or a Pallas kernel) would have
+their inputs gathered whole onto every device of a sharded jit; under a mesh in context they run per shard
+(`jax.shard_map`: rows over the batch's mesh axes, KV heads over the tensor axis), as MaxText runs splash.
+cuDNN's call has JAX's own partitioning rules.
 Decoding with a KV cache always uses `dot_product_attention` (one or a few query rows).
 
 S2-Attn (LongLoRA), training only, with group size G over sequence indices: heads [0, H/2) attend causally
@@ -29,12 +33,15 @@ ids; segment 0 = padding) and the oracle builds its boolean mask inside the comp
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
-from jmlr_jax import lowering
+from jmlr_jax import lowering, parallel
 
 # Large finite negative instead of -inf: rows that are fully masked (padding queries) stay finite.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -149,8 +156,9 @@ def resolve_implementation(impl: str, *, dtype, head_dim: int, right_padded: boo
         return "pallas_gpu"
     from jmlr_jax.models import cpu_kernel
 
-    one_device = (num_devices or jax.device_count()) == 1
-    return "cpu" if one_device and head_dim % 16 == 0 and cpu_kernel.available() else "blockwise"
+    # one device, or a mesh in context (jax.set_mesh): the kernel then runs per shard (_per_shard)
+    per_device = (num_devices or jax.device_count()) == 1 or not jax.sharding.get_abstract_mesh().empty
+    return "cpu" if per_device and head_dim % 16 == 0 and cpu_kernel.available() else "blockwise"
 
 
 def _s2_pieces(L: int, G: int, shifted: bool) -> list[tuple[int, int]]:
@@ -220,20 +228,53 @@ def self_attention(
     if impl == "cudnn" and not right_padded:
         raise ValueError("attention 'cudnn' needs right-padded rows (no packing or interior padding); use "
                          "'pallas_gpu' or compact the sequence first")
-    kernel = _kernel_fn(impl, block, right_padded, interpret, unroll)
+    if s2 and (s2_group_size % 2 or H % 2):
+        raise ValueError(f"S2-Attn needs an even group size and head count; got G={s2_group_size}, H={H}")
+    attend = functools.partial(_attend, _kernel_fn(impl, block, right_padded, interpret, unroll),
+                               s2_group_size if s2 else 0)
     seg_BxL = seg_BxL.astype(jnp.int32)
-    if not s2:
-        out = kernel(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
-    else:
-        if s2_group_size % 2 or H % 2:
-            raise ValueError(f"S2-Attn needs an even group size and head count; got G={s2_group_size}, H={H}")
-        if K % 2:  # the two head halves cannot split the KV heads: give each query head its own
-            k_BxLxKxD, v_BxLxKxD = (jnp.repeat(x, H // K, axis=2) for x in (k_BxLxKxD, v_BxLxKxD))
-            K = H
-        halves = []
-        for h, shifted in ((0, False), (1, True)):
-            qh = q_BxLxHxD[:, :, h * H // 2:(h + 1) * H // 2]
-            kh, vh = (x[:, :, h * K // 2:(h + 1) * K // 2] for x in (k_BxLxKxD, v_BxLxKxD))
-            halves.append(_fold_apply(kernel, qh, kh, vh, seg_BxL, _s2_pieces(L, s2_group_size, shifted)))
-        out = jnp.concatenate(halves, axis=2)
+    out = _per_shard(attend, impl, B, K, s2)(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
     return jnp.where((seg_BxL > 0)[:, :, None, None], out, 0).astype(dtype)
+
+
+def _attend(kernel, G: int, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL) -> jax.Array:
+    """The kernel on whole rows (G = 0) or on S2's groups, folded into the batch per head half."""
+    if not G:
+        return kernel(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
+    L, H, K = q_BxLxHxD.shape[1], q_BxLxHxD.shape[2], k_BxLxKxD.shape[2]
+    if K % 2:  # the two head halves cannot split the KV heads: give each query head its own
+        k_BxLxKxD, v_BxLxKxD = (jnp.repeat(x, H // K, axis=2) for x in (k_BxLxKxD, v_BxLxKxD))
+        K = H
+    halves = []
+    for h, shifted in ((0, False), (1, True)):
+        qh = q_BxLxHxD[:, :, h * H // 2:(h + 1) * H // 2]
+        kh, vh = (x[:, :, h * K // 2:(h + 1) * K // 2] for x in (k_BxLxKxD, v_BxLxKxD))
+        halves.append(_fold_apply(kernel, qh, kh, vh, seg_BxL, _s2_pieces(L, G, shifted)))
+    return jnp.concatenate(halves, axis=2)
+
+
+# Kernels XLA's partitioner cannot split (a custom call, a Pallas kernel): in a sharded jit it would gather their
+# inputs whole onto every device and run them on the global batch there. cuDNN's call comes with JAX's own
+# partitioning rules; the blockwise and reference paths are plain JAX.
+OPAQUE = ("cpu", "pallas_gpu", "splash")
+
+
+def _per_shard(attend, impl: str, B: int, K: int, s2: bool):
+    """`attend` run per shard under the mesh in context (`jax.set_mesh`, which the training loop sets): rows over
+    the batch's mesh axes, KV heads (with their query heads) over the tensor axis (not with S2, whose head
+    halves are global). Axes that do not divide their dimension are left out (as `parallel` does for weights)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if impl not in OPAQUE or mesh.empty or mesh.size == 1:
+        return attend
+    rules = dict(parallel.RULES)
+    axes = rules["batch"] if isinstance(rules["batch"], tuple) else (rules["batch"],)
+    batch = [a for a in axes if mesh.shape.get(a, 1) > 1]
+    while batch and B % math.prod(mesh.shape[a] for a in batch):
+        batch.pop()
+    t = mesh.shape.get(rules["kv_heads"], 1)
+    heads = rules["kv_heads"] if t > 1 and not s2 and K % t == 0 else None
+    if not batch and heads is None:
+        return attend
+    rows = tuple(batch) if len(batch) > 1 else (batch[0] if batch else None)
+    x, seg = P(rows, None, heads, None), P(rows, None)
+    return jax.shard_map(attend, mesh=mesh, in_specs=(x, x, x, seg), out_specs=x, check_vma=False)

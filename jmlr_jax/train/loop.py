@@ -136,7 +136,8 @@ class StepLoop:
                 local = next(self.data_iter)  # this host's rows of the global batch
                 batch = parallel.global_batch(local, self.mesh, batch_axis=self.batch_axis)
                 data_s = time.time() - t0
-                self.state, metrics = self.step_fn(self.state, batch)  # dispatched; runs while we fetch below
+                with jax.set_mesh(self.mesh):  # kernels XLA cannot partition run per shard (models/attention.py)
+                    self.state, metrics = self.step_fn(self.state, batch)  # dispatched; runs while we fetch below
                 flops, tokens = (x * jax.process_count() for x in self.step_stats(local))
                 if pending is not None:
                     finish(pending)

@@ -1,9 +1,12 @@
 """Attention: the mask oracle (brute force, causality), and every backend that runs on CPU against it in values
 and gradients (blockwise; splash and the Pallas GPU kernel in interpret mode); compile-time cost checks."""
+import re
+
 import numpy as np
 import jax
 import jax.numpy as jnp
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jmlr_jax.models import Llama, LlamaConfig
 from jmlr_jax.models import attention, llama as llama_lib
@@ -160,6 +163,47 @@ def test_s2_gradients_are_causal(impl, L, G):
         assert np.any(np.asarray(grads[2])[n, 0, : t + 1] != 0)
 
 
+def _mesh(shape=(2, 2, 2)):
+    return Mesh(np.asarray(jax.devices()[: int(np.prod(shape))]).reshape(shape), ("data", "fsdp", "tensor"))
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.parametrize("impl", ["cpu", "splash", "pallas_gpu"])
+@pytest.mark.parametrize("case", ["packed_padded", "s2"])
+def test_opaque_kernels_run_per_shard_under_a_mesh(impl, case):
+    """Under a mesh in context the kernels XLA cannot partition run per shard (batch over data x fsdp, KV heads
+    over tensor): the oracle's values and gradients on a (2, 2, 2) mesh, and (C++ kernel, dense) its compiled
+    custom call sees a quarter of the rows and half the heads, with no all-gather; without the mesh it sees
+    the global arrays, gathered (the check can fail)."""
+    _need(impl)
+    B, L, H, K, D = 8, 256, 4, 2, 16
+    q, k, v = _qkv(B, L, H, K, D)
+    pos, seg, s2 = _case(case, L)
+    pos, seg = jnp.tile(pos, (B // 2, 1)), jnp.tile(seg, (B // 2, 1))  # the 2-row case, 4 times
+    w = jax.random.normal(jax.random.PRNGKey(9), (B, L, H, D)) * (seg > 0)[..., None, None]
+    mesh = _mesh()
+    x_sh, row_sh = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor")), NamedSharding(mesh, P(("data", "fsdp")))
+
+    def loss(impl):
+        f = lambda q, k, v, pos, seg: jnp.sum(w * attention.self_attention(  # noqa: E731
+            q, k, v, pos, seg, impl=impl, s2_group_size=s2, block=128, interpret=True))
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)), in_shardings=(x_sh, x_sh, x_sh, row_sh, row_sh))
+
+    with jax.set_mesh(mesh):
+        compiled = loss(impl).lower(q, k, v, pos, seg).compile()
+        out, out_g = compiled(q, k, v, pos, seg)
+    ref, ref_g = loss("reference")(q, k, v, pos, seg)
+    np.testing.assert_allclose(float(out), float(ref), atol=1e-3)
+    for a, b in zip(out_g, ref_g):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    if impl == "cpu" and not s2:
+        kernel_q = lambda text: re.findall(r"f32\[(\d+),256,(\d+),16\][^\n]*custom-call\(", text)  # noqa: E731
+        assert set(kernel_q(compiled.as_text())) == {(str(B // 4), str(H // 2))}
+        assert "all-gather" not in compiled.as_text()
+        unsharded = loss(impl).lower(q, k, v, pos, seg).compile().as_text()  # no mesh in context
+        assert set(kernel_q(unsharded)) == {(str(B), str(H))} and "all-gather" in unsharded
+
+
 def test_auto_picks_backend_by_platform():
     pick = lambda **kw: attention.resolve_implementation("auto", head_dim=64, **kw)  # noqa: E731
     assert pick(dtype=jnp.float32, right_padded=True, platform="cpu") == "blockwise"  # 8 devices: no custom call
@@ -167,6 +211,8 @@ def test_auto_picks_backend_by_platform():
 
     one = "cpu" if cpu_kernel.available() else "blockwise"
     assert pick(dtype=jnp.float32, right_padded=True, platform="cpu", num_devices=1) == one
+    with jax.set_mesh(_mesh()):  # 8 devices, a mesh in context: the kernel runs per shard
+        assert pick(dtype=jnp.float32, right_padded=True, platform="cpu") == one
     assert attention.resolve_implementation("auto", head_dim=8, dtype=jnp.float32, right_padded=True,
                                             platform="cpu", num_devices=1) == "blockwise"  # not a multiple of 16
     assert pick(dtype=jnp.bfloat16, right_padded=False, platform="tpu") == "splash"
