@@ -117,16 +117,17 @@ def test_pipeline_steps_lower(platform, calls, kind):
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
-def test_pallas_kernels_run_per_shard_on_a_pod_mesh(platform):
+@pytest.mark.parametrize("s2", [0, 128])
+def test_pallas_kernels_run_per_shard_on_a_pod_mesh(platform, s2):
     """Under a mesh in context (the training loop sets it) splash / Triton are lowered inside a manual region whose
     rows are split over the batch axes that divide them and KV heads over tensor: each chip runs its own shard,
     not the gathered global batch; without the mesh there is no such region."""
 
     mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
     with jax.set_mesh(mesh), lowering.target(platform):
-        _, text = llama_grad_text("auto" if platform == "tpu" else "pallas_gpu", 0)
+        _, text = llama_grad_text("auto" if platform == "tpu" else "pallas_gpu", s2)
     assert "sdy.manual_computation" in text
     assert '[{"data"}, {}, {"tensor"}, {}]' in text  # a batch of 2: data only (fsdp would not divide it)
     with lowering.target(platform):
-        _, unsharded = llama_grad_text("auto" if platform == "tpu" else "pallas_gpu", 0)
+        _, unsharded = llama_grad_text("auto" if platform == "tpu" else "pallas_gpu", s2)
     assert "sdy.manual_computation" not in unsharded

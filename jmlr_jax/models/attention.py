@@ -17,7 +17,8 @@
                 else blockwise. (MaxText's "autoselected" falls back to O(L^2) on CPU.)
 Kernels XLA's partitioner cannot split (cpu, pallas_gpu, splash: a custom call or a Pallas kernel) would have
 their inputs gathered whole onto every device of a sharded jit; under a mesh in context they run per shard
-(`jax.shard_map`: rows over the batch's mesh axes, KV heads over the tensor axis), as MaxText runs splash.
+(`jax.shard_map`: rows over the batch's mesh axes, KV heads over the tensor axis, S2's head halves too),
+as MaxText runs splash.
 cuDNN's call has JAX's own partitioning rules.
 Decoding with a KV cache always uses `dot_product_attention` (one or a few query rows).
 
@@ -156,7 +157,7 @@ def resolve_implementation(impl: str, *, dtype, head_dim: int, right_padded: boo
         return "pallas_gpu"
     from jmlr_jax.models import cpu_kernel
 
-    # one device, or a mesh in context (jax.set_mesh): the kernel then runs per shard (_per_shard)
+    # one device, or a mesh in context (jax.set_mesh): the kernel then runs per shard (_shards)
     per_device = (num_devices or jax.device_count()) == 1 or not jax.sharding.get_abstract_mesh().empty
     return "cpu" if per_device and head_dim % 16 == 0 and cpu_kernel.available() else "blockwise"
 
@@ -230,18 +231,33 @@ def self_attention(
                          "'pallas_gpu' or compact the sequence first")
     if s2 and (s2_group_size % 2 or H % 2):
         raise ValueError(f"S2-Attn needs an even group size and head count; got G={s2_group_size}, H={H}")
-    attend = functools.partial(_attend, _kernel_fn(impl, block, right_padded, interpret, unroll),
-                               s2_group_size if s2 else 0)
+    kernel = _kernel_fn(impl, block, right_padded, interpret, unroll)
+    G = s2_group_size if s2 else 0
     seg_BxL = seg_BxL.astype(jnp.int32)
-    out = _per_shard(attend, impl, B, K, s2)(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
+    shards = _shards(impl, B, K, s2)
+    if shards is None:
+        out = _attend(kernel, G, None, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
+    else:
+        mesh, rows, heads = shards
+        half = (heads, mesh.shape[heads]) if G and heads else None
+        x, seg = P(rows, None, heads, None), P(rows, None)
+        out = jax.shard_map(functools.partial(_attend, kernel, G, half), mesh=mesh, in_specs=(x, x, x, seg),
+                            out_specs=x, check_vma=False)(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
     return jnp.where((seg_BxL > 0)[:, :, None, None], out, 0).astype(dtype)
 
 
-def _attend(kernel, G: int, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL) -> jax.Array:
-    """The kernel on whole rows (G = 0) or on S2's groups, folded into the batch per head half."""
+def _attend(kernel, G: int, half, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL) -> jax.Array:
+    """The kernel on whole rows (G = 0) or on S2's groups, folded into the batch per head half. half: (tensor axis,
+    its size) when the heads are split over it per shard: each shard's heads then lie in one half, the first
+    size / 2 shards' in the unshifted one."""
     if not G:
         return kernel(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
     L, H, K = q_BxLxHxD.shape[1], q_BxLxHxD.shape[2], k_BxLxKxD.shape[2]
+    fold = lambda shifted, q, k, v: _fold_apply(kernel, q, k, v, seg_BxL, _s2_pieces(L, G, shifted))  # noqa: E731
+    if half:
+        axis, size = half
+        return jax.lax.cond(jax.lax.axis_index(axis) >= size // 2, functools.partial(fold, True),
+                            functools.partial(fold, False), q_BxLxHxD, k_BxLxKxD, v_BxLxKxD)
     if K % 2:  # the two head halves cannot split the KV heads: give each query head its own
         k_BxLxKxD, v_BxLxKxD = (jnp.repeat(x, H // K, axis=2) for x in (k_BxLxKxD, v_BxLxKxD))
         K = H
@@ -249,7 +265,7 @@ def _attend(kernel, G: int, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL) -> jax.Arr
     for h, shifted in ((0, False), (1, True)):
         qh = q_BxLxHxD[:, :, h * H // 2:(h + 1) * H // 2]
         kh, vh = (x[:, :, h * K // 2:(h + 1) * K // 2] for x in (k_BxLxKxD, v_BxLxKxD))
-        halves.append(_fold_apply(kernel, qh, kh, vh, seg_BxL, _s2_pieces(L, G, shifted)))
+        halves.append(fold(shifted, qh, kh, vh))
     return jnp.concatenate(halves, axis=2)
 
 
@@ -259,22 +275,21 @@ def _attend(kernel, G: int, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL) -> jax.Arr
 OPAQUE = ("cpu", "pallas_gpu", "splash")
 
 
-def _per_shard(attend, impl: str, B: int, K: int, s2: bool):
-    """`attend` run per shard under the mesh in context (`jax.set_mesh`, which the training loop sets): rows over
-    the batch's mesh axes, KV heads (with their query heads) over the tensor axis (not with S2, whose head
-    halves are global). Axes that do not divide their dimension are left out (as `parallel` does for weights)."""
+def _shards(impl: str, B: int, K: int, s2: bool):
+    """(mesh, rows' mesh axes, heads' mesh axis) to run an opaque kernel per shard under the mesh in context
+    (`jax.set_mesh`, which the training loop sets), or None (no mesh, one device, or nothing to split): rows over
+    the batch's mesh axes that divide B, KV heads (with their query heads) over the tensor axis when it divides
+    them (with S2 also an even number of shards, so that no shard holds heads of both halves)."""
     mesh = jax.sharding.get_abstract_mesh()
     if impl not in OPAQUE or mesh.empty or mesh.size == 1:
-        return attend
+        return None
     rules = dict(parallel.RULES)
     axes = rules["batch"] if isinstance(rules["batch"], tuple) else (rules["batch"],)
     batch = [a for a in axes if mesh.shape.get(a, 1) > 1]
     while batch and B % math.prod(mesh.shape[a] for a in batch):
         batch.pop()
     t = mesh.shape.get(rules["kv_heads"], 1)
-    heads = rules["kv_heads"] if t > 1 and not s2 and K % t == 0 else None
+    heads = rules["kv_heads"] if t > 1 and K % t == 0 and (not s2 or t % 2 == 0) else None
     if not batch and heads is None:
-        return attend
-    rows = tuple(batch) if len(batch) > 1 else (batch[0] if batch else None)
-    x, seg = P(rows, None, heads, None), P(rows, None)
-    return jax.shard_map(attend, mesh=mesh, in_specs=(x, x, x, seg), out_specs=x, check_vma=False)
+        return None
+    return mesh, (tuple(batch) if len(batch) > 1 else (batch[0] if batch else None)), heads
