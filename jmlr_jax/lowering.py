@@ -11,9 +11,10 @@ What lowering checks: the kernels' own argument checks (cuDNN's head dim, layout
 shapes, Mosaic's TPU lowering) and every shape in the program. What it cannot: compilation, memory, speed and
 numerics, which need the device. On a host without cuDNN, JAX's cuDNN version query is answered with
 `ASSUMED_CUDNN` (only inside `target("cuda")`); its compute-capability checks see no GPU and apply the rules of
-pre-Hopper GPUs, the stricter ones (head dim <= 128). Under a mesh in context (`jax.set_mesh`) cuDNN's call shows
-as `CustomSPMDPartitioning` (JAX emits it when XLA partitions) and the Pallas kernels sit in `sdy.manual_computation`
-regions (models/attention.py runs them per shard).
+pre-Hopper GPUs, the stricter ones (head dim <= 128). JAX >= 0.12 lowers Triton kernels for a named GPU:
+`ASSUMED_GPU` (an H100), set by `lower` as the abstract device of the mesh in context. Under a mesh in context
+(`jax.set_mesh`) cuDNN's call shows as `CustomSPMDPartitioning` (JAX emits it when XLA partitions) and the Pallas
+kernels sit in `sdy.manual_computation` regions (models/attention.py runs them per shard).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import jax
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 ASSUMED_CUDNN = 90800  # cuDNN 9.8, what jax's CUDA 12 wheels of 2025-26 ship with
+ASSUMED_GPU = "NVIDIA H100 80GB HBM3"  # the GPU Triton kernels are lowered for (JAX >= 0.12 asks)
 _TARGETS: list[str] = []
 
 
@@ -74,6 +76,25 @@ def _assume_cudnn() -> Iterator[None]:
         fa.check_cudnn_version = saved
 
 
+@contextlib.contextmanager
+def _assume_gpu() -> Iterator[None]:
+    """Newer JAX (0.12) asks which GPU it lowers Triton kernels for: the mesh in context (or a one-device one)
+    gets an abstract `ASSUMED_GPU`; older JAX reads nothing and gets nothing. Only around tracing and lowering
+    (an eager op under an abstract-only mesh cannot run), and only when asked (cuDNN's partitioned call refuses
+    an abstract-only mesh)."""
+    try:
+        from jax._src.mesh import AbstractDevice  # private: the only way to name a GPU that is not here
+    except ImportError:
+        yield
+        return
+    mesh = jax.sharding.get_abstract_mesh()
+    device = AbstractDevice(device_kind=ASSUMED_GPU, num_cores=None, platform="gpu")
+    mesh = jax.sharding.AbstractMesh((1,), ("lowering",), abstract_device=device) if mesh.empty else \
+        mesh.update(abstract_device=device)
+    with jax.sharding.use_abstract_mesh(mesh):
+        yield
+
+
 def lower(fn, *args, platform: str | None = None, **kwargs) -> str:
     """StableHLO text of jitted `fn` at `args` (arrays or jax.ShapeDtypeStruct: nothing is allocated) lowered for
     `platform` (default: the innermost `target`), traced inside `target(platform)`."""
@@ -81,7 +102,13 @@ def lower(fn, *args, platform: str | None = None, **kwargs) -> str:
     if not hasattr(fn, "trace"):
         fn = jax.jit(fn)
     with target(platform):
-        return fn.trace(*args, **kwargs).lower(lowering_platforms=(platform,)).as_text()
+        try:
+            return fn.trace(*args, **kwargs).lower(lowering_platforms=(platform,)).as_text()
+        except RuntimeError as e:  # JAX >= 0.12 lowering Triton: name the GPU (not always: cuDNN's call refuses it)
+            if platform != "cuda" or "AbstractDevice" not in str(e):
+                raise
+        with _assume_gpu():
+            return fn.trace(*args, **kwargs).lower(lowering_platforms=(platform,)).as_text()
 
 
 def custom_calls(text: str) -> collections.Counter:
