@@ -22,10 +22,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from bench.train_throughput import SHAPES  # noqa: E402
-from jmlr_jax.models import Llama, LlamaConfig  # noqa: E402
+from bench.train_throughput import SHAPES, llama_train_step  # noqa: E402
+from jmlr_jax.models import LlamaConfig  # noqa: E402
 from jmlr_jax.models.llama import init_params  # noqa: E402
-from jmlr_jax.train.losses import chunked_cross_entropy, output_kernel  # noqa: E402
 
 WORKLOADS = (("SmolLM2-135M", 16, 2048), ("1B", 8, 2048))
 
@@ -37,19 +36,7 @@ def buffer_gib(shape: str, batch: int, seq: int, attention: str, remat: str) -> 
     tx = optax.adamw(1e-4)
     state = (params, jax.eval_shape(tx.init, params))
     tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
-
-    def loss(p, t):
-        h = Llama(cfg).apply({"params": p}, t, train=True, return_hidden=True)
-        total, n = chunked_cross_entropy(h[:, :-1], output_kernel(cfg, p), t[:, 1:], jnp.ones(t[:, 1:].shape),
-                                         dtype=cfg.dtype)
-        return total / n
-
-    def step(state, t):
-        p, o = state
-        value, g = jax.value_and_grad(loss)(p, t)
-        u, o = tx.update(g, o, p)
-        return (optax.apply_updates(p, u), o), value
-
+    step = functools.partial(llama_train_step, cfg=cfg, tx=tx)
     m = jax.jit(step, donate_argnums=0).lower(state, tokens).compile().memory_analysis()
     return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
             + m.temp_size_in_bytes) / 2**30

@@ -136,12 +136,10 @@ def peak(_args) -> dict:
 
 def jax_llama(args) -> dict:
     import jax
-    import jax.numpy as jnp
     import optax
 
     from jmlr_jax.models import Llama, LlamaConfig
     from jmlr_jax.models.llama import init_params
-    from jmlr_jax.train.losses import chunked_cross_entropy, chunked_token_nll, output_kernel
 
     cfg = LlamaConfig(**SHAPES[args.shape], remat_policy=args.remat, s2_group_size=args.s2, dtype=args.dtype,
                       attention=args.impl)
@@ -159,24 +157,7 @@ def jax_llama(args) -> dict:
         return {"seconds": t, "mem_gib": jax_memory(compiled) + extra, "backend": backend}
     tx = optax.adamw(1e-4)
     state = (params, _make(tx.init, params))
-
-    def per_token(*a, dtype):  # the rematerialised per-token loss, summed (4 projection matmuls, not 3)
-        return jnp.sum(chunked_token_nll(*a, dtype=dtype)), jnp.sum(a[3])
-
-    ce = chunked_cross_entropy if args.loss == "fused" else per_token
-
-    def loss(p, t):
-        h = model.apply({"params": p}, t, train=True, return_hidden=True)
-        total, n = ce(h[:, :-1], output_kernel(cfg, p), t[:, 1:], jnp.ones(t[:, 1:].shape), dtype=cfg.dtype)
-        return total / n
-
-    def step(state, t):
-        p, o = state
-        value, g = jax.value_and_grad(loss)(p, t)
-        u, o = tx.update(g, o, p)
-        return (optax.apply_updates(p, u), o), value
-
-    f = jax.jit(step, donate_argnums=0)
+    f = jax.jit(functools.partial(llama_train_step, cfg=cfg, tx=tx, loss=args.loss), donate_argnums=0)
     if LOWER_FOR:
         return _lowered(f, state, tokens, seqs=(args.seq,), backend=backend)
     compiled = f.lower(state, tokens).compile()
@@ -187,6 +168,32 @@ def jax_llama(args) -> dict:
         v.block_until_ready()
 
     return {"seconds": timeit(run, args.reps), "mem_gib": jax_memory(compiled) + extra, "backend": backend}
+
+
+def llama_train_step(state, tokens, *, cfg, tx, loss: str = "fused"):
+    """One next-token step on (params, optimizer state): the fused chunked cross-entropy, or ("per_token") the
+    rematerialised per-token one (4 projection matmuls, not 3)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jmlr_jax.models import Llama
+    from jmlr_jax.train.losses import chunked_cross_entropy, chunked_token_nll, output_kernel
+
+    def per_token(*a, dtype):
+        return jnp.sum(chunked_token_nll(*a, dtype=dtype)), jnp.sum(a[3])
+
+    ce = chunked_cross_entropy if loss == "fused" else per_token
+
+    def loss_fn(p, t):
+        h = Llama(cfg).apply({"params": p}, t, train=True, return_hidden=True)
+        total, n = ce(h[:, :-1], output_kernel(cfg, p), t[:, 1:], jnp.ones(t[:, 1:].shape), dtype=cfg.dtype)
+        return total / n
+
+    p, o = state
+    value, g = jax.value_and_grad(loss_fn)(p, tokens)
+    u, o = tx.update(g, o, p)
+    return (optax.apply_updates(p, u), o), value
 
 
 def _kernel_gib(backend: str, batch: int, seq: int, heads: int, kv_heads: int, head_dim: int) -> float:

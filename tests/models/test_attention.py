@@ -44,7 +44,7 @@ def test_s2_with_group_covering_sequence_is_dense_causal():
         np.testing.assert_array_equal(np.broadcast_to(dense, s2.shape), s2)
 
 
-def test_s2_gradients_are_causal():
+def test_s2_mask_gradients_are_causal():
     """d out[t] / d (q, k, v)[t'] == 0 for every t' > t, in every head."""
     B, L, H, K, D = 1, 16, 4, 2, 8
     q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (B, L, n, D)) for i, n in enumerate((H, K, K)))
