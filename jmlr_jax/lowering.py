@@ -38,24 +38,23 @@ def backend() -> str:
 
 @contextlib.contextmanager
 def target(platform: str) -> Iterator[None]:
-    """Build (configs with "auto" settings) and trace programs for `platform` instead of this machine's backend."""
+    """Build (configs with "auto" settings) and trace programs for `platform` instead of this machine's backend.
+
+    JAX caches traces by function and argument types, not by what "auto" resolved to, so its caches are cleared
+    whenever the platform changes (entering and leaving): a function traced for one target is never reused for
+    another, or for this machine."""
     if platform not in PLATFORMS:
         raise ValueError(f"lowering target {platform!r} not in {PLATFORMS}")
-    with contextlib.ExitStack() as stack:
-        if platform == "cuda":
-            stack.enter_context(_assume_cudnn())
-        _switch(platform)
-        stack.callback(lambda: _switch(_TARGETS[-2] if len(_TARGETS) > 1 else jax.default_backend(), pop=True))
-        yield
-
-
-def _switch(platform: str, pop: bool = False) -> None:
-    """Enter (or leave) a target. JAX caches traces by function and argument types, not by what "auto" resolved
-    to, so its caches are cleared whenever the platform changes: a function traced for one target is never
-    reused for another (or for this machine)."""
-    if platform != backend():
-        jax.clear_caches()
-    _TARGETS.pop() if pop else _TARGETS.append(platform)
+    with _assume_cudnn() if platform == "cuda" else contextlib.nullcontext():
+        if platform != backend():
+            jax.clear_caches()
+        _TARGETS.append(platform)
+        try:
+            yield
+        finally:
+            _TARGETS.pop()
+            if platform != backend():
+                jax.clear_caches()
 
 
 @contextlib.contextmanager
@@ -101,14 +100,15 @@ def lower(fn, *args, platform: str | None = None, **kwargs) -> str:
     platform = platform or backend()
     if not hasattr(fn, "trace"):
         fn = jax.jit(fn)
+    text = lambda: fn.trace(*args, **kwargs).lower(lowering_platforms=(platform,)).as_text()  # noqa: E731
     with target(platform):
         try:
-            return fn.trace(*args, **kwargs).lower(lowering_platforms=(platform,)).as_text()
+            return text()
         except RuntimeError as e:  # JAX >= 0.12 lowering Triton: name the GPU (not always: cuDNN's call refuses it)
             if platform != "cuda" or "AbstractDevice" not in str(e):
                 raise
         with _assume_gpu():
-            return fn.trace(*args, **kwargs).lower(lowering_platforms=(platform,)).as_text()
+            return text()
 
 
 def custom_calls(text: str) -> collections.Counter:

@@ -751,9 +751,9 @@ class Comparison:
 
     def focuses_part(self) -> dict:
         """Arm e (seed 0, eL's settings) on the pool without the extra training focuses (eL's, at eL's lr; its
-        candidates mined from the training view, or from the corpus alone when kept), then on the whole pool at each lr in focus_lrs (default: eL's);
-        recall on every dev-focus question. Chooses arm eF's (eK's, when eL's questions keep their candidates) lr
-        on the whole pool."""
+        candidates mined from the training view, or from the corpus alone when kept), then on the whole pool at
+        each lr in focus_lrs (default: eL's); recall on every dev-focus question. Chooses arm eF's (eK's, when
+        eL's questions keep their candidates) lr on the whole pool."""
         c, s = self.cfg, self.setup
         el = self.pool_settings(extra=False)
         keep = {k: el[k] for k in ("epochs", "batch_size", "in_batch_negatives") if k in el}

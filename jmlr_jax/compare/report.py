@@ -347,8 +347,8 @@ def posterior_table(results: dict) -> str:
 
 def both_sides_table(results: dict) -> str:
     """Arms eB's, eR's (and eFB's / eKB's) recall on every dev-focus question per seed (each on the corpus its
-    trained encoder re-encoded) against the base retriever and arm eL's seed-0 run (the scale part's whole-pool row at eL's lr;
-    McNemar)."""
+    trained encoder re-encoded) against the base retriever and arm eL's seed-0 run (the scale part's whole-pool
+    row at eL's lr; McNemar)."""
     runs, sc = _arm_runs(results, "eB"), results.get("scale")
     if not runs or not sc:
         return ""
@@ -364,8 +364,8 @@ def both_sides_table(results: dict) -> str:
     if eL:
         lines.append(f"| (eL) query side only | 0 | {_dev_cells(eL, eL)} | - |")
     for arm, label in (("eB", "(eB) both sides, refreshed"), ("eR", "(eR) second round, re-mined"),
-                       ("eFB", "(eFB) both sides, more focuses"), ("eKB", "(eKB) both sides, more focuses, eL's "
-                                                                          "candidates kept")):
+                       ("eFB", "(eFB) both sides, more focuses"),
+                       ("eKB", "(eKB) both sides, more focuses, eL's candidates kept")):
         for seed, part in sorted(_arm_runs(results, arm).items()):
             lines.append(f"| {label} | {seed} | {_dev_cells(part['dev_all'], ref)} "
                          f"| {part.get('refresh_seconds', 0):.0f} |")
