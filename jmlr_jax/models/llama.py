@@ -225,6 +225,17 @@ def apply_rope(x_BxLxHxD: jax.Array, pos_BxL: jax.Array, theta: float, scaling_f
     return out.astype(x_BxLxHxD.dtype)
 
 
+def _adapted(module: nn.Module, name: str, y_Nx: jax.Array, x_NxI: jax.Array, dtype: Any) -> jax.Array:
+    """A projection's output y = x @ W, plus x @ A @ B when the params carry a LoRA adapter for it (train/state.py's
+    `llm_params_of`: "lora_<name>_a" [in, r] and "lora_<name>_b" [r, out], scale folded into B, beside the
+    projection in `module`'s scope)."""
+    if not module.has_variable("params", f"lora_{name}_a"):
+        return y_Nx
+    a = module.get_variable("params", f"lora_{name}_a").astype(dtype)
+    b = module.get_variable("params", f"lora_{name}_b").astype(dtype)
+    return y_Nx + jnp.dot(jnp.dot(x_NxI.astype(dtype), a), b).reshape(y_Nx.shape).astype(y_Nx.dtype)
+
+
 class Attention(nn.Module):
     cfg: LlamaConfig
     s2_group_size: int = 0  # > 0: S2-Attn (training)
@@ -240,9 +251,11 @@ class Attention(nn.Module):
         )
         B, L, D = x_BxLxD.shape
         x_NxD = tokens_first(x_BxLxD)
-        q = dense((H, Dh), ("embed", "heads", "head_dim"), "q")(x_NxD).reshape(B, L, H, Dh)
-        k = dense((K, Dh), ("embed", "kv_heads", "head_dim"), "k")(x_NxD).reshape(B, L, K, Dh)
-        v = dense((K, Dh), ("embed", "kv_heads", "head_dim"), "v")(x_NxD).reshape(B, L, K, Dh)
+        proj = lambda feats, axes, name: _adapted(  # noqa: E731
+            self, name, dense(feats, axes, name)(x_NxD), x_NxD, cfg.dtype)
+        q = proj((H, Dh), ("embed", "heads", "head_dim"), "q").reshape(B, L, H, Dh)
+        k = proj((K, Dh), ("embed", "kv_heads", "head_dim"), "k").reshape(B, L, K, Dh)
+        v = proj((K, Dh), ("embed", "kv_heads", "head_dim"), "v").reshape(B, L, K, Dh)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
         q = apply_rope(q, pos_BxL, cfg.rope_theta, cfg.rope_scaling_factor)
@@ -260,7 +273,9 @@ class Attention(nn.Module):
         else:  # decoding / prefill into a cache: a few query rows against cache slots
             out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), info)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
-        o = dense(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", axis=(-2, -1))(tokens_first(out))
+        out_NxHxDh = tokens_first(out)
+        o = dense(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", axis=(-2, -1))(out_NxHxDh)
+        o = _adapted(self, "o", o, out_NxHxDh.reshape(B * L, H * Dh), cfg.dtype)
         return o.reshape(B, L, D), new_cache
 
 
@@ -299,10 +314,11 @@ class MLP(nn.Module):
             kernel_init=_kernel(axes), name=name,
         )
         x_NxD = tokens_first(x_BxLxD)
-        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate")(x_NxD)
-        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up")(x_NxD)
+        proj = lambda feats, axes, name, x: _adapted(self, name, dense(feats, axes, name)(x), x, cfg.dtype)  # noqa: E731
+        gate = proj(cfg.intermediate_size, ("embed", "mlp"), "gate", x_NxD)
+        up = proj(cfg.intermediate_size, ("embed", "mlp"), "up", x_NxD)
         h_NxF = nn.with_logical_constraint(swiglu(gate, up), ("batch", "mlp"))
-        return dense(cfg.hidden_size, ("mlp", "embed"), "down")(h_NxF).reshape(x_BxLxD.shape)
+        return proj(cfg.hidden_size, ("mlp", "embed"), "down", h_NxF).reshape(x_BxLxD.shape)
 
 
 class Block(nn.Module):

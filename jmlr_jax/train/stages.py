@@ -37,7 +37,7 @@ from jmlr_jax.tokenizers import save_tokenizer
 from jmlr_jax.workdir import write_text
 from jmlr_jax.train.lm_step import LMStepConfigs, lm_train_step
 from jmlr_jax.train.loop import StepLoop, state_shardings
-from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, llm_params_of, make_optimizer
+from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, make_optimizer, merged_llm_params
 
 KINDS = ("cpt", "sft", "dpo")
 
@@ -176,7 +176,7 @@ class StageTrainer(StepLoop):
 
     def final_params(self):
         """The stage's result on the host: LLM params with LoRA merged."""
-        return jax.device_get(llm_params_of(self.state["params"], self.lora))
+        return jax.device_get(merged_llm_params(self.state["params"], self.lora))
 
     def export(self, directory: str) -> None:
         """The stage's result as a Hugging Face Llama directory (safetensors + tokenizer)."""

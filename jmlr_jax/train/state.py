@@ -125,27 +125,47 @@ def init_lora(llm_params: dict, cfg: LoraConfig, rng: jax.Array) -> dict:
     return lora
 
 
-def merge_lora(llm_params: dict, lora: dict, cfg: LoraConfig) -> dict:
-    """Base + (alpha / rank) * A @ B on every adapted kernel (differentiable in A and B)."""
+def _node(tree: dict, path: str) -> dict:
+    for part in path.split("/"):
+        tree = tree[part]
+    return tree
+
+
+def merge_lora(llm_params: dict, lora: dict, cfg: LoraConfig, paths=None) -> dict:
+    """Base + (alpha / rank) * A @ B on every adapted kernel (or those in `paths`): the weights to export, evaluate
+    and decode with."""
     scale = cfg.alpha / cfg.rank
     merged = jax.tree_util.tree_map(lambda x: x, llm_params)  # new containers, same leaves
-
-    def node(tree: dict, path: str) -> dict:
-        for part in path.split("/"):
-            tree = tree[part]
-        return tree
-
     for path, ab in lora.items():
-        leaf = node(merged, path)
+        if paths is not None and path not in paths:
+            continue
+        leaf = _node(merged, path)
         k = leaf["kernel"]
         delta = jnp.matmul(ab["a"], ab["b"]) * scale
         leaf["kernel"] = (k.astype(jnp.float32) + delta.reshape(k.shape)).astype(k.dtype)
     return merged
 
 
-def llm_params_of(params: dict, lora_cfg: LoraConfig) -> Any:
-    """The decoder weights the forward pass uses (merged with LoRA adapters when present)."""
+def merged_llm_params(params: dict, lora_cfg: LoraConfig) -> Any:
+    """The decoder weights of a trained state, LoRA adapters (when present) merged in."""
     return merge_lora(params["llm"], params["lora"], lora_cfg) if "lora" in params else params["llm"]
+
+
+def llm_params_of(params: dict, lora_cfg: LoraConfig) -> Any:
+    """The decoder weights a training step runs: the base weights, with LoRA adapters (when present) carried
+    unmerged for the layers' projections ("lora_<name>_a" / "lora_<name>_b" beside each projection, B scaled by
+    alpha / rank; models/llama.py adds x @ A @ B to x @ W), so the frozen base weight's gradient and a merged copy
+    of every kernel are never formed. An adapted lm_head is merged (the fused cross-entropy takes one kernel)."""
+    if "lora" not in params:
+        return params["llm"]
+    lora, scale = params["lora"], lora_cfg.alpha / lora_cfg.rank
+    view = merge_lora(params["llm"], lora, lora_cfg, paths=[p for p in lora if not p.startswith("layers/")])
+    for path, ab in lora.items():
+        if path.startswith("layers/"):
+            group, name = path.rsplit("/", 1)
+            scope = _node(view, group)
+            scope[f"lora_{name}_a"], scope[f"lora_{name}_b"] = ab["a"], ab["b"] * scale
+    return view
 
 
 def init_train_state(params: dict, tx: optax.GradientTransformation, seed: int = 0) -> dict:

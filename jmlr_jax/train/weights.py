@@ -12,7 +12,7 @@ from jmlr_jax import checkpoint, experiment
 from jmlr_jax.convert import load_preset
 from jmlr_jax.experiment import Experiment
 from jmlr_jax.retrieval.encode import retriever_preset
-from jmlr_jax.train.state import init_lora, init_train_state, llm_params_of, make_optimizer
+from jmlr_jax.train.state import init_lora, init_train_state, make_optimizer, merged_llm_params
 
 
 def base_params(exp: Experiment, lora: bool = True):
@@ -61,4 +61,4 @@ def restore_params(workdir: str, step: int | None = None, exp: Experiment | None
     finally:
         ckpt.close()
     trained = state["params"]
-    return Restored(exp, llm_cfg, tok, llm_params_of(trained, exp.lora), rcfg, ctok, trained["retriever"], meta)
+    return Restored(exp, llm_cfg, tok, merged_llm_params(trained, exp.lora), rcfg, ctok, trained["retriever"], meta)

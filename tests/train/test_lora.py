@@ -1,0 +1,82 @@
+"""LoRA in training runs unmerged (x @ W + x @ A @ B): the same function and adapter gradients as the merged
+weights, without the frozen kernels' gradients."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jmlr_jax.models import Llama, LlamaConfig
+from jmlr_jax.models.llama import init_params
+from jmlr_jax.train.state import LoraConfig, init_lora, llm_params_of, merged_llm_params
+
+CFG = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                  dtype="float32", attention="reference")
+LORA = LoraConfig(rank=3, alpha=6.0)
+
+
+def _params():
+    llm = init_params(CFG, jax.random.PRNGKey(0))
+    lora = init_lora(llm, LORA, jax.random.PRNGKey(1))
+    # B starts at 0 (the adapted model equals the base); make every adapter do something
+    lora = {k: {"a": v["a"], "b": jax.random.normal(jax.random.PRNGKey(i), v["b"].shape) * 0.1}
+            for i, (k, v) in enumerate(sorted(lora.items()))}
+    return {"llm": llm, "lora": lora}
+
+
+def _loss(view):
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 7), 0, CFG.vocab_size)
+
+    def f(params):
+        logits = Llama(CFG).apply({"params": view(params, LORA)}, tokens, train=True)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 5])
+
+    return f
+
+
+def test_unmerged_lora_matches_the_merged_weights():
+    params = _params()
+    assert any(k.startswith("lm_head") for k in params["lora"])  # the merged-in-view path is covered too
+    unmerged, merged = _loss(llm_params_of), _loss(merged_llm_params)
+    np.testing.assert_allclose(unmerged(params), merged(params), rtol=1e-5)
+    g_u = jax.grad(unmerged)(params)["lora"]
+    g_m = jax.grad(merged)(params)["lora"]
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), g_u, g_m)
+
+
+def _kernel_shapes(llm: dict) -> set[tuple[int, ...]]:
+    """Per-layer kernel shapes, as stored ([D, H, Dh]) and as matrices ([D, H * Dh])."""
+    out = set()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(llm):
+        if "layers" in jax.tree_util.keystr(path) and leaf.ndim >= 3:
+            s = leaf.shape[1:]
+            out |= {s} | {(math.prod(s[:i]), math.prod(s[i:])) for i in range(1, len(s))}
+    return out
+
+
+def _dot_shapes(jaxpr) -> list[tuple[int, ...]]:
+    """Result shapes of every dot_general, inner jaxprs (scan, remat, custom_vjp) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(tuple(eqn.outvars[0].aval.shape))
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (list, tuple)) else [v]:
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    found += _dot_shapes(getattr(inner, "jaxpr", inner))
+    return found
+
+
+def test_unmerged_lora_forms_no_kernel_sized_product():
+    """The merged form makes A @ B and dL/dW_eff, both [in, out] per layer; the unmerged one makes neither."""
+    params = _params()
+    kernels = _kernel_shapes(params["llm"])
+    frozen = lambda p: dict(p, llm=jax.lax.stop_gradient(p["llm"]))  # noqa: E731  the base is frozen under LoRA
+
+    def products(view):
+        jaxpr = jax.make_jaxpr(jax.grad(lambda p: _loss(view)(frozen(p))))(params).jaxpr
+        return [s for s in _dot_shapes(jaxpr) if s in kernels or s[1:] in kernels]
+
+    assert products(merged_llm_params)  # the check can fail: the merged form makes them
+    assert products(llm_params_of) == []
