@@ -1,21 +1,28 @@
-"""XLA's buffer totals for the accelerator train steps, compiled here for CPU from abstract inputs (one table).
+"""Device memory of the accelerator train steps, from XLA's compiler for that device on this host (one table).
 
-    python bench/memory_estimate.py        # ~1 min on 2 cores; nothing is allocated, the 1B shape fits a laptop
+    python bench/memory_estimate.py              # H100: XLA:GPU (needs "jax[cuda12]"), ~1 min on 2 cores
+    python bench/memory_estimate.py --chip=v5p   # one TPU v5p chip: XLA:TPU via libtpu (needs "jax[tpu]")
+    python bench/memory_estimate.py --chip=cpu   # XLA:CPU, nothing extra needed: a rough stand-in
 
 The GPU workloads of bench/train_throughput.py (Llama train step, bf16 compute, fp32 weights, AdamW, the fused
-chunked cross-entropy) compiled by XLA:CPU with the blockwise kernel standing in for the GPU's fused attention
-(both keep O(L) residuals) against the mask oracle (the [L, L] logits the old attention kept), per remat policy.
-An estimate for choosing a policy before renting a device, not a GPU figure: XLA:GPU schedules buffers
-differently (the issue's H100 run of the old attention asked 126 GB for the 1B row and 109 GB for SmolLM2, where
-XLA:CPU's total for the oracle is larger); compare rows with each other.
+chunked cross-entropy) compiled from abstract inputs for one device (`jmlr_jax.lowering.compile`: nothing is
+allocated or run), the fused-kernel path ("auto": cuDNN on the H100, splash on TPU; on XLA:CPU the blockwise
+kernel stands in) against the mask oracle (the [L, L] logits the old attention kept), per remat policy. The figure
+is the compiler's buffer assignment (weights, optimizer state, activations, scratch), what the device would be
+asked for; a run adds allocator fragmentation and library handles. XLA:CPU schedules buffers differently from
+the accelerators: its totals are larger, compare its rows only with each other.
 """
 from __future__ import annotations
 
+import argparse
 import functools
+import math
 import os
+import re
 import sys
 import time
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compiled for another device: no accelerator is looked for here
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax  # noqa: E402
@@ -23,35 +30,57 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from bench.train_throughput import SHAPES, llama_train_step  # noqa: E402
+from jmlr_jax import lowering  # noqa: E402
 from jmlr_jax.models import LlamaConfig  # noqa: E402
 from jmlr_jax.models.llama import init_params  # noqa: E402
 
 WORKLOADS = (("SmolLM2-135M", 16, 2048), ("1B", 8, 2048))
 
 
-def buffer_gib(shape: str, batch: int, seq: int, attention: str, remat: str) -> float:
+def buffer_gib(shape: str, batch: int, seq: int, attention: str, remat: str, chip: str = "cpu") -> float:
     """Arguments (weights, Adam state, tokens; donated, so counted once) + temporaries of the compiled step."""
-    cfg = LlamaConfig(**SHAPES[shape], dtype="bfloat16", attention=attention, remat_policy=remat)
+    platform = "cpu" if chip == "cpu" else lowering.CHIPS[chip][0]
+    with lowering.target(platform):
+        cfg = LlamaConfig(**SHAPES[shape], dtype="bfloat16", attention=attention, remat_policy=remat)
     params = jax.eval_shape(functools.partial(init_params, cfg), jax.random.PRNGKey(0))
     tx = optax.adamw(1e-4)
     state = (params, jax.eval_shape(tx.init, params))
     tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
-    step = functools.partial(llama_train_step, cfg=cfg, tx=tx)
-    m = jax.jit(step, donate_argnums=0).lower(state, tokens).compile().memory_analysis()
-    return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-            + m.temp_size_in_bytes) / 2**30
+    step = jax.jit(functools.partial(llama_train_step, cfg=cfg, tx=tx), donate_argnums=0)
+    if chip == "cpu":
+        return lowering.memory_gib(step.lower(state, tokens).compile())
+    return lowering.memory_gib(lowering.compile(step, state, tokens, chip=chip))
+
+
+def _cell(*args) -> tuple[str, float]:
+    """A table cell and its value: GiB, or what the compiler said when the step does not fit the device (XLA:TPU
+    refuses to compile a program larger than its HBM)."""
+    try:
+        gib = buffer_gib(*args)
+        return f"{gib:.1f}", gib
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        need = re.search(r"required for HLO temporaries \(([\d.]+\w)\)", str(e))
+        return f"does not fit ({need.group(1)} of scratch)" if need else "does not fit", float("nan")
 
 
 def main() -> None:
-    print(f"XLA:CPU buffer totals of the accelerator train steps (jax {jax.__version__}; compiled, never run; "
-          "bf16 compute, fp32 weights, AdamW)\n\n| model | batch x seq | remat | fused-path GiB | oracle GiB | "
-          "oracle / fused | compile s |\n|---|---|---|---|---|---|---|", flush=True)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chip", default="h100", choices=("cpu", *lowering.CHIPS))
+    chip = ap.parse_args().chip
+    fused = "blockwise" if chip == "cpu" else "auto"
+    device = "XLA:CPU (a stand-in)" if chip == "cpu" else f"one {chip} ({lowering.compile_device(chip).device_kind})"
+    print(f"compiled for {device} on this host (jax {jax.__version__}; never run; bf16 compute, fp32 weights, "
+          "AdamW)\n\n| model | batch x seq | remat | fused-path GiB | oracle GiB | oracle / fused | compile s |\n"
+          "|---|---|---|---|---|---|---|", flush=True)
     for shape, batch, seq in WORKLOADS:
         for remat in ("none", "dots_attn", "attn"):
             t = time.perf_counter()
-            fused = buffer_gib(shape, batch, seq, "blockwise", remat)
-            oracle = buffer_gib(shape, batch, seq, "reference", remat)
-            print(f"| {shape} | {batch} x {seq} | {remat} | {fused:.1f} | {oracle:.1f} | {oracle / fused:.1f}x | "
+            a, ga = _cell(shape, batch, seq, fused, remat, chip)
+            b, gb = _cell(shape, batch, seq, "reference", remat, chip)
+            ratio = "-" if math.isnan(ga + gb) else f"{gb / ga:.1f}x"
+            print(f"| {shape} | {batch} x {seq} | {remat} | {a} | {b} | {ratio} | "
                   f"{time.perf_counter() - t:.0f} |", flush=True)
 
 

@@ -4,6 +4,7 @@
     python bench/train_throughput.py --quick     # the short ones (SmolLM2 at 512, attention at 8k)
     python bench/train_throughput.py --only attention,jmlr
     python bench/train_throughput.py --lower_for=cuda   # no device: each GPU workload traced and lowered here
+    python bench/train_throughput.py --compile_for=h100 # ... and compiled for an H100 here: its memory
 
 Each measurement runs in its own process (clean peak memory; an out-of-memory case fails alone).
 Workloads (random init; timing does not depend on weights or text):
@@ -27,6 +28,9 @@ at the start of the run (CPU fp32 2048^3, and bf16 -> fp32 for the CPU bf16 rows
 StableHLO on this host with abstract inputs (`jmlr_jax.lowering`; nothing is allocated, so the 7B shape fits a
 laptop): a table of the attention backend "auto" picks there and the fused-kernel custom calls in each program.
 It checks the code paths and the kernels' argument rules before device time is spent, not speed or memory.
+--compile_for=h100|v5p|v6e: the same, and each program compiled for one such device by its XLA on this host
+(`jmlr_jax.lowering.compile`; needs "jax[cuda12]" for the H100, "jax[tpu]" for TPU chips): the device memory the
+compiler assigns (weights, optimizer state, activations, scratch), or the compiler's refusal when it does not fit.
 Memory: accelerators report the peak bytes in use; on CPU, XLA's compiled buffer sizes (arguments +
 temporaries) for JAX and the process's peak RSS for PyTorch (different measures: compare each framework with
 itself across rows).
@@ -38,6 +42,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -45,6 +50,8 @@ import time
 
 os.environ.setdefault("GLOG_minloglevel", "1")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX and PyTorch may share one GPU
+if any(a.split("=", 1)[0] in ("--lower_for", "--compile_for") and not a.endswith("=") for a in sys.argv):
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # built for another device: no accelerator is looked for here
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
@@ -75,6 +82,7 @@ def _accel() -> bool:
 
 
 LOWER_FOR = ""  # --lower_for: build abstract inputs and lower instead of running
+COMPILE_FOR = ""  # --compile_for: a chip of jmlr_jax.lowering.CHIPS; lower and compile for it
 
 
 def _make(fn, *args):
@@ -93,9 +101,16 @@ def _lowered(f, *args, seqs: tuple = (), **extra) -> dict:
 
     t = time.perf_counter()
     text = lowering.lower(f, *args)
-    calls = lowering.custom_calls(text)
-    return {"lower_s": time.perf_counter() - t, "calls": dict(calls), **extra,
-            "logits": sorted({t for L in seqs for t in lowering.attention_logits(text, L)}), "jax": jax.__version__}
+    out = {"lower_s": time.perf_counter() - t, "calls": dict(lowering.custom_calls(text)), **extra,
+           "logits": sorted({t for L in seqs for t in lowering.attention_logits(text, L)}), "jax": jax.__version__}
+    if COMPILE_FOR:
+        try:
+            out["mem_gib"] = lowering.memory_gib(lowering.compile(f, *args, chip=COMPILE_FOR))
+        except jax.errors.JaxRuntimeError as e:  # XLA:TPU refuses a program larger than its HBM
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            out["mem_gib"] = str(e).splitlines()[0].split(":", 1)[-1].strip()[:100]
+    return out
 
 
 def jax_memory(compiled=None) -> float | None:
@@ -385,7 +400,8 @@ def child(**kw) -> dict:
     p = subprocess.run(cmd, capture_output=True, text=True)
     lines = p.stdout.strip().splitlines()
     if p.returncode or not lines:
-        err = (p.stderr.strip().splitlines() or ["?"])[-1]
+        lines = p.stderr.strip().splitlines() or ["?"]
+        err = next((x for x in reversed(lines) if re.match(r"[\w.]*(Error|Exception): ", x)), lines[-1])
         return {"error": ("out of memory" if "RESOURCE_EXHAUSTED" in p.stderr or "out of memory" in p.stderr
                           else err[:160])}
     return json.loads(lines[-1])
@@ -396,7 +412,8 @@ def workloads(accel: bool, quick: bool) -> dict[str, list[dict]]:
         llama = [dict(shape="SmolLM2-135M", batch=16, seq=2048), dict(shape="SmolLM2-135M", batch=4, seq=2048),
                  dict(shape="1B", batch=8, seq=2048), dict(shape="1B", batch=1, seq=8192),
                  dict(shape="1B", batch=1, seq=8192, s2=2048)]
-        jmlr = [dict(batch=4, shape="Llama-2-7B", lora=128), dict(batch=8, shape="Llama-2-7B", lora=128)]
+        jmlr = [dict(batch=4, shape="Llama-2-7B", lora=128), dict(batch=8, shape="Llama-2-7B", lora=128),
+                dict(batch=8, shape="Llama-2-7B", lora=128, remat="attn")]  # batch 8 with room to spare
     else:
         seqs = (512,) if quick else (512, 2048)
         llama = [dict(shape="SmolLM2-135M", batch=b, seq=s, mode=m) for m in ("forward", "train")
@@ -420,13 +437,14 @@ def _select(W: dict[str, list[dict]], where: str) -> dict[str, list[dict]]:
     if not where:
         return W
     want = dict(kv.split("=", 1) for kv in where.split())
-    defaults = dict(mode="train", s2=0, dtype="auto", impl="auto", batch=1, loss="fused")
+    defaults = dict(mode="train", s2=0, dtype="auto", impl="auto", batch=1, loss="fused", remat="none")
     return {part: [w for w in ws if all(str(dict(defaults, **w).get(k)) == v for k, v in want.items())]
             for part, ws in W.items()}
 
 
 def lower_table(args) -> None:
-    """--lower_for: every accelerator workload lowered for that platform here, one process each (a table)."""
+    """--lower_for / --compile_for: every accelerator workload lowered (and compiled) for that platform here, one
+    process each (a table)."""
     W = _select(workloads(True, args.quick), args.where)
     rows = [("llama", "jax_llama", w) for w in W["llama"]] + \
         [("attention", "jax_attention", dict(w, s2=s2)) for w in W["attention"] for s2 in (0, w["seq"] // 4)] + \
@@ -434,20 +452,28 @@ def lower_table(args) -> None:
          for impl, compact in (("auto", True), ("auto", False), ("reference", False))]
     import jax
 
+    from jmlr_jax import lowering
+
+    chip = args.compile_for
+    what = (f"compiled for one {chip} ({lowering.compile_device(chip).device_kind}) by its XLA" if chip else
+            "no compilation: what runs there, not how fast")
     print(f"lowered for {args.lower_for} on {jax.devices()[0].device_kind} ({os.cpu_count()} host cores), jax "
-          f"{jax.__version__}; abstract inputs, no compilation: what runs there, not how fast\n\n"
-          "| workload | settings | attention | lowered in s | fused-kernel custom calls | [.., L, L] logits |\n"
-          "|---|---|---|---|---|---|", flush=True)
+          f"{jax.__version__}; abstract inputs, {what}\n\n"
+          "| workload | settings | attention | lowered in s | fused-kernel custom calls | [.., L, L] logits |"
+          + (" compiled GiB |\n" if chip else "\n") + "|---|---|---|---|---|---|" + ("---|" if chip else ""),
+          flush=True)
     for part, run, w in rows:
-        r = child(run=run, lower_for=args.lower_for, **w)
+        r = child(run=run, lower_for=args.lower_for, compile_for=chip, **w)
         name = f"{part} {w.get('shape', '')}".strip()
         settings = " ".join(f"{k}={v}" for k, v in w.items() if k != "shape")
         if "error" in r:
-            print(f"| {name} | {settings} | - | failed: {r['error']} | - | - |", flush=True)
+            print(f"| {name} | {settings} | - | failed: {r['error']} | - | - |" + (" - |" if chip else ""), flush=True)
             continue
         calls = ", ".join(f"{k} x{n}" for k, n in sorted(r["calls"].items())) or "none"
         logits = ", ".join(r["logits"]) or "none"
-        print(f"| {name} | {settings} | {r['backend']} | {r['lower_s']:.1f} | {calls} | {logits} |", flush=True)
+        mem = r.get("mem_gib")
+        mem = "" if not chip else f" {mem:.1f} |" if isinstance(mem, float) else f" does not fit: {mem} |"
+        print(f"| {name} | {settings} | {r['backend']} | {r['lower_s']:.1f} | {calls} | {logits} |{mem}", flush=True)
 
 
 def main() -> None:
@@ -472,12 +498,17 @@ def main() -> None:
     ap.add_argument("--lora", type=int, default=0)
     ap.add_argument("--dtype", default="auto")  # llama rows: "bfloat16" = jax bf16 compute, torch bf16 autocast
     ap.add_argument("--lower_for", default="", choices=("", "cuda", "tpu"))
+    ap.add_argument("--compile_for", default="", choices=("", "h100", "v5p", "v6e"))
     args = ap.parse_args()
+    if args.compile_for:
+        from jmlr_jax import lowering
+
+        args.lower_for = lowering.CHIPS[args.compile_for][0]
     if args.child:
         from jmlr_jax import lowering
 
-        global LOWER_FOR
-        LOWER_FOR = args.lower_for
+        global LOWER_FOR, COMPILE_FOR
+        LOWER_FOR, COMPILE_FOR = args.lower_for, args.compile_for
         with lowering.target(LOWER_FOR) if LOWER_FOR else contextlib.nullcontext():
             print(json.dumps(RUNNERS[args.run](args)))
         return
@@ -547,7 +578,8 @@ def main() -> None:
                     cells = f"{r['seconds']:.2f} | {tf / 1e12:.3f} | {tf / pk['flops']:.0%} | {fmt_mem(r)}"
                 else:
                     cells = f"{r['error']} | - | - | -"
-                name = w["shape"] + (f" LoRA r={w['lora']}" if w.get("lora") else "")
+                name = w["shape"] + (f" LoRA r={w['lora']}" if w.get("lora") else "") + \
+                    (f", remat {w['remat']}" if w.get("remat") else "")
                 print(f"| {name} | {w['batch']} | {impl} | {'compacted' if compact else 'block layout'} | {cells} |",
                       flush=True)
 

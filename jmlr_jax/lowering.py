@@ -8,8 +8,17 @@ StableHLO on a CPU host, so an accelerator run's code paths are checked before a
     lowering.attention_logits(text, L)     # [] unless a product makes [.., L, L] attention logits
 
 What lowering checks: the kernels' own argument checks (cuDNN's head dim, layout and mask rules, Pallas' block
-shapes, Mosaic's TPU lowering) and every shape in the program. What it cannot: compilation, memory, speed and
-numerics, which need the device. On a host without cuDNN, JAX's cuDNN version query is answered with
+shapes, Mosaic's TPU lowering) and every shape in the program. Speed and numerics need the device.
+
+Compiling goes one step further where the accelerator's compiler is installed (nothing runs):
+
+    compiled = lowering.compile(step, state_shapes, batch_shapes, chip="h100")   # or "v5p", "v6e"
+    lowering.memory_gib(compiled)          # XLA's buffer assignment for one such device: weights, state, scratch
+
+XLA:GPU compiles for an H100 described by `H100_TARGET` (the CUDA plugin, `pip install "jax[cuda12]"`, run with
+JAX_PLATFORMS=cpu so that no GPU is looked for); XLA:TPU for a TPU chip through libtpu's compile-only topologies
+(`pip install "jax[tpu]"`; Mosaic compiles the Pallas kernels too). The memory figure is the compiler's, for the
+program as a device would run it (a real run adds the allocator's fragmentation and, on GPU, library handles). On a host without cuDNN, JAX's cuDNN version query is answered with
 `ASSUMED_CUDNN` (only inside `target("cuda")`); its compute-capability checks see no GPU and apply the rules of
 pre-Hopper GPUs, the stricter ones (head dim <= 128). JAX >= 0.12 lowers Triton kernels for a named GPU:
 `ASSUMED_GPU` (an H100), set by `lower` as the abstract device of the mesh in context. Under a mesh in context
@@ -20,15 +29,34 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import re
 from typing import Iterator
 
 import jax
+import numpy as np
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 ASSUMED_CUDNN = 90800  # cuDNN 9.8, what jax's CUDA 12 wheels of 2025-26 ship with
 ASSUMED_GPU = "NVIDIA H100 80GB HBM3"  # the GPU Triton kernels are lowered for (JAX >= 0.12 asks)
 _TARGETS: list[str] = []
+# XLA's description of the GPU compiled for (a GpuTargetConfigProto): the H100 SXM's published figures, with the
+# CUDA / cuDNN versions jax's CUDA 12 wheels ship.
+H100_TARGET = """
+gpu_device_info {
+  threads_per_block_limit: 1024  threads_per_warp: 32  shared_memory_per_block: 49152
+  shared_memory_per_core: 233472  threads_per_core_limit: 2048  core_count: 132  fpus_per_core: 128
+  block_dim_limit_x: 2147483647  block_dim_limit_y: 65535  block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000  l2_cache_size: 52428800  clock_rate_ghz: 1.98
+  device_memory_size: 84929347584  shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 }  registers_per_core_limit: 65536  registers_per_block_limit: 65536
+}
+runtime_version { major: 12 minor: 8 }
+dnn_version_info { major: 9 minor: 8 }
+platform_name: "CUDA"
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+CHIPS = {"h100": ("cuda", ""), "v5p": ("tpu", "v5p:1x1x1"), "v6e": ("tpu", "v6e:1x1")}  # -> (platform, topology)
 
 
 def backend() -> str:
@@ -111,10 +139,54 @@ def lower(fn, *args, platform: str | None = None, **kwargs) -> str:
             return text()
 
 
+def compile_device(chip: str):
+    """A compile-only device of `chip` (CHIPS): XLA compiles for it on this host, nothing can run on it."""
+    if chip not in CHIPS:
+        raise ValueError(f"chip {chip!r} not in {sorted(CHIPS)}")
+    platform, topology = CHIPS[chip]
+    from jax.experimental import topologies
+
+    try:
+        if platform == "cuda":
+            return topologies.get_topology_desc(platform="cuda", target_config=H100_TARGET, topology="1x1x1").devices[0]
+        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # libtpu would ask a cloud metadata server what it runs on
+        return topologies.get_topology_desc(platform="tpu", topology_name=topology, chip_config_name="default",
+                                            chips_per_host_bounds=(1, 1, 1), num_slices=1).devices[0]
+    except (NotImplementedError, RuntimeError) as e:
+        need = '"jax[cuda12]" and JAX_PLATFORMS=cpu' if platform == "cuda" else '"jax[tpu]" (libtpu)'
+        raise RuntimeError(f"cannot compile for {chip} here: needs {need} ({str(e).splitlines()[0][:120]})") from None
+
+
+def compile(fn, *args, chip: str, **kwargs) -> jax.stages.Compiled:
+    """XLA's executable of jitted `fn` at `args` (arrays or jax.ShapeDtypeStruct: nothing is allocated) for one
+    `chip` device, traced inside `target(platform)` under a one-device mesh of it (the mesh axes of
+    `jmlr_jax.parallel`; rows and heads are not split, so opaque kernels run unwrapped)."""
+    from jmlr_jax import parallel
+
+    device = compile_device(chip)
+    mesh = jax.sharding.Mesh(np.array([device]).reshape((1,) * len(parallel.MESH_AXES)), parallel.MESH_AXES)
+    here = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), args)
+    if not hasattr(fn, "trace"):
+        fn = jax.jit(fn)
+    with target(CHIPS[chip][0]), jax.set_mesh(mesh):
+        return fn.trace(*args, **kwargs).lower().compile()
+
+
+def memory_gib(compiled: jax.stages.Compiled) -> float:
+    """Device memory of a compiled step: arguments + outputs (donated ones counted once) + temporaries, GiB."""
+    m = compiled.memory_analysis()
+    return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+            + m.temp_size_in_bytes) / 2**30
+
+
+_CALL = re.compile(r'custom_call @([\w$.]+)|custom_call_target="([\w$.]+)"')  # StableHLO | compiled HLO
+
+
 def custom_calls(text: str) -> collections.Counter:
-    """Custom-call targets in lowered text, with counts (fused kernels: `__cudnn$fmha*`, Triton's
-    `__gpu$xla.gpu.triton`, Mosaic's `tpu_custom_call`, the C++ CPU kernel's FFI name)."""
-    return collections.Counter(re.findall(r"custom_call @([\w$.]+)", text))
+    """Custom-call targets in lowered (StableHLO) or compiled (HLO) text, with counts (fused kernels:
+    `__cudnn$fmha*`, Triton's `__gpu$xla.gpu.triton`, Mosaic's `tpu_custom_call`, the C++ CPU kernel's FFI name)."""
+    return collections.Counter(a or b for a, b in _CALL.findall(text))
 
 
 _DOT = re.compile(r"stablehlo\.dot_general .*?contracting_dims = \[([\d, ]*)\] x .*?: \(tensor<([\dx]+)x[a-z]\w*>, "

@@ -11,6 +11,7 @@ import tempfile
 # differ from an -O3 build by fp32 rounding only (~1e-6 relative: contraction into FMAs), which every tolerance here
 # allows; runs outside the tests keep XLA's defaults.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (a test dependency: TPU compiles) must not look for a TPU
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("GLOG_minloglevel", "1")

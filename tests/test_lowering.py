@@ -131,3 +131,40 @@ def test_pallas_kernels_run_per_shard_on_a_pod_mesh(platform, s2):
     with lowering.target(platform):
         _, unsharded = llama_grad_text("auto" if platform == "tpu" else "pallas_gpu", s2)
     assert "sdy.manual_computation" not in unsharded
+
+
+def _compiled_llama_grad(attention: str, chip: str, length: int = 1024):
+    with lowering.target(lowering.CHIPS[chip][0]):
+        cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                          num_kv_heads=2, attention=attention)
+    params = jax.eval_shape(functools.partial(init_params, cfg), jax.random.PRNGKey(0))
+    tokens = jax.ShapeDtypeStruct((2, length), jnp.int32)
+    loss = lambda p, t: Llama(cfg).apply({"params": p}, t, train=True).astype(jnp.float32).mean()  # noqa: E731
+    return lowering.compile(jax.grad(loss), params, tokens, chip=chip)
+
+
+def test_compiled_for_a_tpu_chip_here():
+    """XLA:TPU (libtpu, a test dependency) compiles the train step's gradient for one v5p chip on this CPU host:
+    Mosaic compiles the splash kernels, and the compiler's memory figure shows what they save over the oracle.
+    At the suite's "highest" matmul precision (conftest) Mosaic rejects the bf16 kernels ("Bad lhs type"): the
+    accelerator's default is what runs there."""
+    with jax.default_matmul_precision("default"):
+        fused = _compiled_llama_grad("auto", "v5p")
+    oracle = _compiled_llama_grad("reference", "v5p")
+    assert lowering.compile_device("v5p").platform == "tpu"
+    assert MOSAIC <= set(lowering.custom_calls(fused.as_text()))
+    assert not MOSAIC & set(lowering.custom_calls(oracle.as_text()))  # XLA:TPU adds buffer-management calls
+    assert 0 < lowering.memory_gib(fused) < lowering.memory_gib(oracle) / 2  # [L, L] logits: 4x here
+
+
+def test_compile_device_says_what_is_missing(monkeypatch):
+    from jax.experimental import topologies
+
+    def absent(*_, **__):
+        raise NotImplementedError("topology not implemented for cuda")
+
+    monkeypatch.setattr(topologies, "get_topology_desc", absent)
+    with pytest.raises(RuntimeError, match=r'cannot compile for h100 here: needs "jax\[cuda12\]" and JAX_PLATFORMS=cpu'):
+        lowering.compile_device("h100")
+    with pytest.raises(ValueError, match="not in"):
+        lowering.compile_device("a100")
