@@ -89,9 +89,25 @@ def make_optimizer(params: dict, cfg: OptimConfig) -> optax.GradientTransformati
         return optax.adamw(_schedule(lr, cfg), cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay,
                            mask=decay_mask)
 
+    labels = param_groups(params, cfg)
     tx = optax.multi_transform({"llm": adamw(cfg.llm_lr), "retriever": adamw(cfg.retriever_lr),
-                                "frozen": optax.set_to_zero()}, param_groups(params, cfg))
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx) if cfg.grad_clip else tx
+                                "frozen": optax.set_to_zero()}, labels)
+    return optax.chain(_clip_trained(cfg.grad_clip, labels), tx) if cfg.grad_clip else tx
+
+
+def _clip_trained(max_norm: float, labels) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm with the norm taken over the trained leaves only: a frozen leaf's gradient (zeroed
+    afterwards) must not shrink the trained ones' updates. Stateless like optax's, so optimizer states keep their
+    structure (checkpoints written before restore)."""
+    def clip(updates, params=None):
+        del params
+        trained = [g for g, lab in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(labels))
+                   if lab != "frozen"]
+        norm = optax.global_norm(trained)
+        scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree_util.tree_map(lambda g: (g * scale).astype(g.dtype), updates)
+
+    return optax.stateless(clip)
 
 
 # ---------------------------------------------------------------------------------------------------- LoRA
@@ -154,12 +170,13 @@ def merged_llm_params(params: dict, lora_cfg: LoraConfig) -> Any:
 def llm_params_of(params: dict, lora_cfg: LoraConfig) -> Any:
     """The decoder weights a training step runs: the base weights, with LoRA adapters (when present) carried
     unmerged for the layers' projections ("lora_<name>_a" / "lora_<name>_b" beside each projection, B scaled by
-    alpha / rank; models/llama.py adds x @ A @ B to x @ W), so the frozen base weight's gradient and a merged copy
-    of every kernel are never formed. An adapted lm_head is merged (the fused cross-entropy takes one kernel)."""
+    alpha / rank; models/llama.py adds x @ A @ B to x @ W), so the frozen base weights' gradients (zero) and a
+    merged copy of every kernel are never formed. An adapted lm_head is merged (the fused cross-entropy takes one kernel)."""
     if "lora" not in params:
         return params["llm"]
     lora, scale = params["lora"], lora_cfg.alpha / lora_cfg.rank
-    view = merge_lora(params["llm"], lora, lora_cfg, paths=[p for p in lora if not p.startswith("layers/")])
+    base = jax.lax.stop_gradient(params["llm"])  # frozen under LoRA: its [in, out] weight gradients are never formed
+    view = merge_lora(base, lora, lora_cfg, paths=[p for p in lora if not p.startswith("layers/")])
     for path, ab in lora.items():
         if path.startswith("layers/"):
             group, name = path.rsplit("/", 1)

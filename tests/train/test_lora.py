@@ -8,7 +8,7 @@ import numpy as np
 
 from jmlr_jax.models import Llama, LlamaConfig
 from jmlr_jax.models.llama import init_params
-from jmlr_jax.train.state import LoraConfig, init_lora, llm_params_of, merged_llm_params
+from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, llm_params_of, make_optimizer, merged_llm_params
 
 CFG = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
                   dtype="float32", attention="reference")
@@ -72,11 +72,25 @@ def test_unmerged_lora_forms_no_kernel_sized_product():
     """The merged form makes A @ B and dL/dW_eff, both [in, out] per layer; the unmerged one makes neither."""
     params = _params()
     kernels = _kernel_shapes(params["llm"])
-    frozen = lambda p: dict(p, llm=jax.lax.stop_gradient(p["llm"]))  # noqa: E731  the base is frozen under LoRA
 
     def products(view):
-        jaxpr = jax.make_jaxpr(jax.grad(lambda p: _loss(view)(frozen(p))))(params).jaxpr
+        jaxpr = jax.make_jaxpr(jax.grad(_loss(view)))(params).jaxpr
         return [s for s in _dot_shapes(jaxpr) if s in kernels or s[1:] in kernels]
 
     assert products(merged_llm_params)  # the check can fail: the merged form makes them
     assert products(llm_params_of) == []
+    g = jax.grad(_loss(llm_params_of))(params)["llm"]  # the frozen base: zero, not computed and discarded
+    assert all(not np.any(x) for x in jax.tree_util.tree_leaves(g))
+
+
+def test_gradient_clipping_ignores_frozen_leaves():
+    """The clip norm is over trained leaves: a frozen leaf's (discarded) gradient must not shrink the updates."""
+    params = {"llm": {"w": jnp.ones((2, 2))}, "lora": {"layers/attn/q": {"a": jnp.ones((2, 2)), "b": jnp.ones((2, 2))}},
+              "retriever": {"w": jnp.ones((2, 2))}}
+    tx = make_optimizer(params, OptimConfig(llm_lr=1.0, retriever_lr=1.0, grad_clip=1.0))
+    grads = jax.tree_util.tree_map(lambda x: 1e-3 * x, params)
+    huge = dict(grads, llm={"w": 1e6 * jnp.ones((2, 2))})  # the LoRA-frozen base
+    u_small, _ = tx.update(grads, tx.init(params), params)
+    u_huge, _ = tx.update(huge, tx.init(params), params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, u_small, u_huge)
+    assert not np.any(u_huge["llm"]["w"])
