@@ -452,11 +452,8 @@ def lower_table(args) -> None:
          for impl, compact in (("auto", True), ("auto", False), ("reference", False))]
     import jax
 
-    from jmlr_jax import lowering
-
     chip = args.compile_for
-    what = (f"compiled for one {chip} ({lowering.compile_device(chip).device_kind}) by its XLA" if chip else
-            "no compilation: what runs there, not how fast")
+    what = f"compiled for one {chip} by its XLA" if chip else "no compilation: what runs there, not how fast"
     print(f"lowered for {args.lower_for} on {jax.devices()[0].device_kind} ({os.cpu_count()} host cores), jax "
           f"{jax.__version__}; abstract inputs, {what}\n\n"
           "| workload | settings | attention | lowered in s | fused-kernel custom calls | [.., L, L] logits |"

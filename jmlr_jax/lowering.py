@@ -150,6 +150,7 @@ def compile_device(chip: str):
         if platform == "cuda":
             return topologies.get_topology_desc(platform="cuda", target_config=H100_TARGET, topology="1x1x1").devices[0]
         os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # libtpu would ask a cloud metadata server what it runs on
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no chip is claimed: compiles may run side by side
         return topologies.get_topology_desc(platform="tpu", topology_name=topology, chip_config_name="default",
                                             chips_per_host_bounds=(1, 1, 1), num_slices=1).devices[0]
     except (NotImplementedError, RuntimeError) as e:
