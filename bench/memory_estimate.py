@@ -18,7 +18,6 @@ import argparse
 import functools
 import math
 import os
-import re
 import sys
 import time
 
@@ -29,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from bench.train_throughput import SHAPES, llama_train_step  # noqa: E402
+from bench.train_throughput import SHAPES, does_not_fit, llama_train_step  # noqa: E402
 from jmlr_jax import lowering  # noqa: E402
 from jmlr_jax.models import LlamaConfig  # noqa: E402
 from jmlr_jax.models.llama import init_params  # noqa: E402
@@ -53,16 +52,12 @@ def buffer_gib(shape: str, batch: int, seq: int, attention: str, remat: str, chi
 
 
 def _cell(*args) -> tuple[str, float]:
-    """A table cell and its value: GiB, or what the compiler said when the step does not fit the device (XLA:TPU
-    refuses to compile a program larger than its HBM)."""
+    """A table cell and its value: GiB, or the compiler's refusal when the step does not fit the device."""
     try:
         gib = buffer_gib(*args)
         return f"{gib:.1f}", gib
     except jax.errors.JaxRuntimeError as e:
-        if "RESOURCE_EXHAUSTED" not in str(e):
-            raise
-        need = re.search(r"required for HLO temporaries \(([\d.]+\w)\)", str(e))
-        return f"does not fit ({need.group(1)} of scratch)" if need else "does not fit", float("nan")
+        return does_not_fit(e), float("nan")
 
 
 def main() -> None:

@@ -106,11 +106,17 @@ def _lowered(f, *args, seqs: tuple = (), **extra) -> dict:
     if COMPILE_FOR:
         try:
             out["mem_gib"] = lowering.memory_gib(lowering.compile(f, *args, chip=COMPILE_FOR))
-        except jax.errors.JaxRuntimeError as e:  # XLA:TPU refuses a program larger than its HBM
-            if "RESOURCE_EXHAUSTED" not in str(e):
-                raise
-            out["mem_gib"] = str(e).splitlines()[0].split(":", 1)[-1].strip()[:100]
+        except jax.errors.JaxRuntimeError as e:
+            out["mem_gib"] = does_not_fit(e)
     return out
+
+
+def does_not_fit(e: Exception) -> str:
+    """XLA:TPU refuses to compile a program larger than its HBM: what it said it needed, else re-raise."""
+    if "RESOURCE_EXHAUSTED" not in str(e):
+        raise e
+    need = re.search(r"required for HLO temporaries \(([\d.]+\w)\) exceeds available HBM \(([\d.]+\w)\)", str(e))
+    return f"does not fit ({need.group(1)} of scratch, {need.group(2)} of HBM)" if need else "does not fit"
 
 
 def jax_memory(compiled=None) -> float | None:
@@ -469,7 +475,7 @@ def lower_table(args) -> None:
         calls = ", ".join(f"{k} x{n}" for k, n in sorted(r["calls"].items())) or "none"
         logits = ", ".join(r["logits"]) or "none"
         mem = r.get("mem_gib")
-        mem = "" if not chip else f" {mem:.1f} |" if isinstance(mem, float) else f" does not fit: {mem} |"
+        mem = "" if not chip else f" {mem:.1f} |" if isinstance(mem, float) else f" {mem} |"
         print(f"| {name} | {settings} | {r['backend']} | {r['lower_s']:.1f} | {calls} | {logits} |{mem}", flush=True)
 
 
