@@ -38,7 +38,7 @@ WORKLOADS = (("SmolLM2-135M", 16, 2048), ("1B", 8, 2048))
 
 def buffer_gib(shape: str, batch: int, seq: int, attention: str, remat: str, chip: str = "cpu") -> float:
     """Arguments (weights, Adam state, tokens; donated, so counted once) + temporaries of the compiled step."""
-    platform = "cpu" if chip == "cpu" else lowering.CHIPS[chip][0]
+    platform = "cpu" if chip == "cpu" else lowering.CHIPS[chip]
     with lowering.target(platform):
         cfg = LlamaConfig(**SHAPES[shape], dtype="bfloat16", attention=attention, remat_policy=remat)
     params = jax.eval_shape(functools.partial(init_params, cfg), jax.random.PRNGKey(0))
@@ -48,7 +48,7 @@ def buffer_gib(shape: str, batch: int, seq: int, attention: str, remat: str, chi
     step = jax.jit(functools.partial(llama_train_step, cfg=cfg, tx=tx), donate_argnums=0)
     if chip == "cpu":
         return lowering.memory_gib(step.lower(state, tokens).compile())
-    return lowering.memory_gib(lowering.compile(step, state, tokens, chip=chip))
+    return lowering.memory_gib(lowering.compile(step, state, tokens, mesh=lowering.chip_mesh(chip)))
 
 
 def _cell(*args) -> tuple[str, float]:
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--chip", default="h100", choices=("cpu", *lowering.CHIPS))
     chip = ap.parse_args().chip
     fused = "blockwise" if chip == "cpu" else "auto"
-    device = "XLA:CPU (a stand-in)" if chip == "cpu" else f"one {chip} ({lowering.compile_device(chip).device_kind})"
+    device = "XLA:CPU (a stand-in)" if chip == "cpu" else f"one {chip} ({lowering.chip_mesh(chip).devices.flat[0].device_kind})"
     print(f"compiled for {device} on this host (jax {jax.__version__}; never run; bf16 compute, fp32 weights, "
           "AdamW)\n\n| model | batch x seq | remat | fused-path GiB | oracle GiB | oracle / fused | compile s |\n"
           "|---|---|---|---|---|---|---|", flush=True)

@@ -30,7 +30,8 @@ laptop): a table of the attention backend "auto" picks there and the fused-kerne
 It checks the code paths and the kernels' argument rules before device time is spent, not speed or memory.
 --compile_for=h100|v5p|v6e: the same, and each program compiled for one such device by its XLA on this host
 (`jmlr_jax.lowering.compile`; needs "jax[cuda12]" for the H100, "jax[tpu]" for TPU chips): the device memory the
-compiler assigns (weights, optimizer state, activations, scratch), or the compiler's refusal when it does not fit.
+compiler assigns (weights, optimizer state, activations, scratch), or the compiler's refusal when it does not fit;
+a last row compiles the paper-sized JMLR step at batch 32 sharded (FSDP) over 8 such devices (memory per device).
 Memory: accelerators report the peak bytes in use; on CPU, XLA's compiled buffer sizes (arguments +
 temporaries) for JAX and the process's peak RSS for PyTorch (different measures: compare each framework with
 itself across rows).
@@ -92,20 +93,23 @@ def _make(fn, *args):
     return jax.eval_shape(fn, *args) if LOWER_FOR else fn(*args)
 
 
-def _lowered(f, *args, seqs: tuple = (), **extra) -> dict:
+def _lowered(f, *args, seqs: tuple = (), mesh=None, **extra) -> dict:
     """The lowering report of jitted f at args (see --lower_for); seqs: the attention lengths whose [.., L, L]
-    tensors a fused kernel never materialises."""
+    tensors a fused kernel never materialises; mesh: compile for its devices (--compile_for; else one chip), the
+    memory figure per device."""
     import jax
 
     from jmlr_jax import lowering
 
     t = time.perf_counter()
-    text = lowering.lower(f, *args)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        text = lowering.lower(f, *args)
     out = {"lower_s": time.perf_counter() - t, "calls": dict(lowering.custom_calls(text)), **extra,
            "logits": sorted({t for L in seqs for t in lowering.attention_logits(text, L)}), "jax": jax.__version__}
     if COMPILE_FOR:
         try:
-            out["mem_gib"] = lowering.memory_gib(lowering.compile(f, *args, chip=COMPILE_FOR))
+            compiled = lowering.compile(f, *args, mesh=mesh or lowering.chip_mesh(COMPILE_FOR))
+            out["mem_gib"] = lowering.memory_gib(compiled)
         except jax.errors.JaxRuntimeError as e:
             out["mem_gib"] = does_not_fit(e)
     return out
@@ -375,7 +379,17 @@ def jax_jmlr(args) -> dict:
     f = jax.jit(functools.partial(js.train_step, models=models, tx=tx), donate_argnums=0)
     if LOWER_FOR:
         impl = _backend(args.impl, cfg.dtype, cfg.head_dim, right_padded=args.compact)
-        return _lowered(f, state, batch, seqs=(1 + K * Ld + Lq + La, 1 + Ld + Lq + La), backend=impl)
+        mesh = None
+        if args.chips > 1:  # FSDP over the chips, as the training loop shards (weights, Adam moments, batch rows)
+            from jmlr_jax import lowering, parallel
+            from jmlr_jax.train.loop import _shardings, state_shardings
+
+            mesh = lowering.chip_mesh(COMPILE_FOR, (1, args.chips, 1))
+            sh = state_shardings(params, tx, _shardings(params, cfg, rcfg, mesh), mesh)
+            put = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
+            state = jax.tree_util.tree_map(put, state, sh)
+            batch = {k: put(v, parallel.batch_sharding(v.shape, mesh)) for k, v in batch.items()}
+        return _lowered(f, state, batch, seqs=(1 + K * Ld + Lq + La, 1 + Ld + Lq + La), mesh=mesh, backend=impl)
     compiled = f.lower(state, batch).compile()
     box = [state]
 
@@ -456,6 +470,8 @@ def lower_table(args) -> None:
         [("attention", "jax_attention", dict(w, s2=s2)) for w in W["attention"] for s2 in (0, w["seq"] // 4)] + \
         [("jmlr", "jax_jmlr", dict(w, impl=impl, compact=compact)) for w in W["jmlr"]
          for impl, compact in (("auto", True), ("auto", False), ("reference", False))]
+    if args.compile_for and W["jmlr"]:  # the paper-sized step sharded (FSDP) over 8 chips (v5p: two hosts), per chip
+        rows += [("jmlr", "jax_jmlr", dict(batch=32, shape="Llama-2-7B", lora=128, chips=8, impl="auto"))]
     import jax
 
     chip = args.compile_for
@@ -499,6 +515,7 @@ def main() -> None:
     ap.add_argument("--loss", default="fused", choices=("fused", "per_token"))  # llama train rows
     ap.add_argument("--compact", type=lambda s: s == "True", default=True)
     ap.add_argument("--lora", type=int, default=0)
+    ap.add_argument("--chips", type=int, default=1)  # --compile_for jmlr rows: FSDP over this many chips
     ap.add_argument("--dtype", default="auto")  # llama rows: "bfloat16" = jax bf16 compute, torch bf16 autocast
     ap.add_argument("--lower_for", default="", choices=("", "cuda", "tpu"))
     ap.add_argument("--compile_for", default="", choices=("", "h100", "v5p", "v6e"))
@@ -506,7 +523,7 @@ def main() -> None:
     if args.compile_for:
         from jmlr_jax import lowering
 
-        args.lower_for = lowering.CHIPS[args.compile_for][0]
+        args.lower_for = lowering.CHIPS[args.compile_for]
     if args.child:
         from jmlr_jax import lowering
 

@@ -12,7 +12,8 @@ shapes, Mosaic's TPU lowering) and every shape in the program. Speed and numeric
 
 Compiling goes one step further where the accelerator's compiler is installed (nothing runs):
 
-    compiled = lowering.compile(step, state_shapes, batch_shapes, chip="h100")   # or "v5p", "v6e"
+    mesh = lowering.chip_mesh("h100")        # or "v5p", "v6e"; shape (1, 8, 1): 8 chips, FSDP over them
+    compiled = lowering.compile(step, state_shapes, batch_shapes, mesh=mesh)   # leaves may carry shardings on it
     lowering.memory_gib(compiled)          # XLA's buffer assignment for one such device: weights, state, scratch
 
 XLA:GPU compiles for an H100 described by `H100_TARGET` (the CUDA plugin, `pip install "jax[cuda12]"`, run with
@@ -22,8 +23,8 @@ program as a device would run it (a real run adds the allocator's fragmentation 
 `ASSUMED_CUDNN` (only inside `target("cuda")`); its compute-capability checks see no GPU and apply the rules of
 pre-Hopper GPUs, the stricter ones (head dim <= 128). JAX >= 0.12 lowers Triton kernels for a named GPU:
 `ASSUMED_GPU` (an H100), set by `lower` as the abstract device of the mesh in context. Under a mesh in context
-(`jax.set_mesh`) cuDNN's call shows as `CustomSPMDPartitioning` (JAX emits it when XLA partitions) and the Pallas
-kernels sit in `sdy.manual_computation` regions (models/attention.py runs them per shard).
+(`jax.set_mesh`) the fused kernels sit in `sdy.manual_computation` regions (models/attention.py runs them per
+shard).
 """
 from __future__ import annotations
 
@@ -56,7 +57,11 @@ dnn_version_info { major: 9 minor: 8 }
 platform_name: "CUDA"
 device_description_str: "NVIDIA H100 80GB HBM3"
 """
-CHIPS = {"h100": ("cuda", ""), "v5p": ("tpu", "v5p:1x1x1"), "v6e": ("tpu", "v6e:1x1")}  # -> (platform, topology)
+CHIPS = {"h100": "cuda", "v5p": "tpu", "v6e": "tpu"}  # -> platform
+# (TPU chip, chips) -> (libtpu topology, chips per host): one chip, one host of four, a slice of two hosts
+_TPU_SLICES = {("v5p", 1): ("v5p:1x1x1", (1, 1, 1)), ("v5p", 4): ("v5p:2x2x1", (2, 2, 1)),
+               ("v5p", 8): ("v5p:2x2x2", (2, 2, 1)), ("v6e", 1): ("v6e:1x1", (1, 1, 1)),
+               ("v6e", 4): ("v6e:2x2", (2, 2, 1)), ("v6e", 8): ("v6e:2x4", (2, 4, 1))}
 
 
 def backend() -> str:
@@ -139,38 +144,52 @@ def lower(fn, *args, platform: str | None = None, **kwargs) -> str:
             return text()
 
 
-def compile_device(chip: str):
-    """A compile-only device of `chip` (CHIPS): XLA compiles for it on this host, nothing can run on it."""
+def chip_mesh(chip: str, shape: tuple[int, ...] = (1, 1, 1)) -> jax.sharding.Mesh:
+    """A mesh (axes of `jmlr_jax.parallel`) of compile-only `chip` devices: XLA compiles for them on this host,
+    nothing can run on them. H100: up to 8 GPUs of one host; v5p / v6e: 1, 4 or 8 chips (8: two hosts)."""
+    from jmlr_jax import parallel
+
     if chip not in CHIPS:
         raise ValueError(f"chip {chip!r} not in {sorted(CHIPS)}")
-    platform, topology = CHIPS[chip]
+    n = int(np.prod(shape))
     from jax.experimental import topologies
 
     try:
-        if platform == "cuda":
-            return topologies.get_topology_desc(platform="cuda", target_config=H100_TARGET, topology="1x1x1").devices[0]
-        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # libtpu would ask a cloud metadata server what it runs on
-        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no chip is claimed: compiles may run side by side
-        return topologies.get_topology_desc(platform="tpu", topology_name=topology, chip_config_name="default",
-                                            chips_per_host_bounds=(1, 1, 1), num_slices=1).devices[0]
+        if CHIPS[chip] == "cuda":
+            if n > 8:
+                raise ValueError(f"{n} H100s: one host of up to 8 is described")
+            devices = topologies.get_topology_desc(platform="cuda", target_config=H100_TARGET,
+                                                   topology=f"1x1x{n}").devices
+        else:
+            if (chip, n) not in _TPU_SLICES:
+                raise ValueError(f"{n} {chip} chips: one of {sorted(c for k, c in _TPU_SLICES if k == chip)}")
+            topology, per_host = _TPU_SLICES[chip, n]
+            os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # libtpu would ask a cloud metadata server what it runs on
+            os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no chip is claimed: compiles may run side by side
+            devices = topologies.get_topology_desc(platform="tpu", topology_name=topology, chip_config_name="default",
+                                                   chips_per_host_bounds=per_host, num_slices=1).devices
     except (NotImplementedError, RuntimeError) as e:
-        need = '"jax[cuda12]" and JAX_PLATFORMS=cpu' if platform == "cuda" else '"jax[tpu]" (libtpu)'
+        need = '"jax[cuda12]" and JAX_PLATFORMS=cpu' if CHIPS[chip] == "cuda" else '"jax[tpu]" (libtpu)'
         raise RuntimeError(f"cannot compile for {chip} here: needs {need} ({str(e).splitlines()[0][:120]})") from None
+    return jax.sharding.Mesh(np.array(devices).reshape(shape), parallel.MESH_AXES)
 
 
-def compile(fn, *args, chip: str, **kwargs) -> jax.stages.Compiled:
-    """XLA's executable of jitted `fn` at `args` (arrays or jax.ShapeDtypeStruct: nothing is allocated) for one
-    `chip` device, traced inside `target(platform)` under a one-device mesh of it (the mesh axes of
-    `jmlr_jax.parallel`; rows and heads are not split, so opaque kernels run unwrapped)."""
-    from jmlr_jax import parallel
-
-    device = compile_device(chip)
-    mesh = jax.sharding.Mesh(np.array([device]).reshape((1,) * len(parallel.MESH_AXES)), parallel.MESH_AXES)
+def compile(fn, *args, mesh: jax.sharding.Mesh, **kwargs) -> jax.stages.Compiled:
+    """XLA's executable of jitted `fn` at `args` (arrays or jax.ShapeDtypeStruct: nothing is allocated) for the
+    devices of `mesh` (`chip_mesh`), traced inside `target(platform)` with the mesh in context. A leaf keeps its
+    sharding when it has one on `mesh`, else it is replicated."""
+    platform = {"gpu": "cuda"}.get(mesh.devices.flat[0].platform, mesh.devices.flat[0].platform)
     here = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), args)
+
+    def place(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding if getattr(sharding, "mesh", None) == mesh
+                                    else here)
+
+    args = jax.tree.map(place, args)
     if not hasattr(fn, "trace"):
         fn = jax.jit(fn)
-    with target(CHIPS[chip][0]), jax.set_mesh(mesh):
+    with target(platform), jax.set_mesh(mesh):
         return fn.trace(*args, **kwargs).lower().compile()
 
 

@@ -269,10 +269,12 @@ def _attend(kernel, G: int, half, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL) -> j
     return jnp.concatenate(halves, axis=2)
 
 
-# Kernels XLA's partitioner cannot split (a custom call, a Pallas kernel): in a sharded jit it would gather their
-# inputs whole onto every device and run them on the global batch there. cuDNN's call comes with JAX's own
-# partitioning rules; the blockwise and reference paths are plain JAX.
-OPAQUE = ("cpu", "pallas_gpu", "splash")
+# Kernels run per shard under a mesh: those XLA's partitioner cannot split (a custom call, a Pallas kernel: in a
+# sharded jit it would gather their inputs whole onto every device and run them on the global batch there), and
+# cuDNN's, whose JAX partitioning rule refuses q, k and v sharded differently, as XLA's propagation leaves them
+# in the fused JMLR step under FSDP (found compiling it for 8 H100s: `jmlr_jax.lowering`). The blockwise and
+# reference paths are plain JAX.
+OPAQUE = ("cpu", "pallas_gpu", "splash", "cudnn")
 
 
 def _shards(impl: str, B: int, K: int, s2: bool):
