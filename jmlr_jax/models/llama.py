@@ -258,9 +258,6 @@ class Attention(nn.Module):
         v = proj((K, Dh), ("embed", "kv_heads", "head_dim"), "v").reshape(B, L, K, Dh)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
-        # v too: fused kernels partitioned by XLA (cuDNN's) need q, k and v sharded alike, and propagation from
-        # the FSDP-sharded weight can leave v sharded otherwise
-        v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
         q = apply_rope(q, pos_BxL, cfg.rope_theta, cfg.rope_scaling_factor)
         k = apply_rope(k, pos_BxL, cfg.rope_theta, cfg.rope_scaling_factor)
         new_cache = None
