@@ -65,7 +65,8 @@ def main() -> None:
     ap.add_argument("--chip", default="h100", choices=("cpu", *lowering.CHIPS))
     chip = ap.parse_args().chip
     fused = "blockwise" if chip == "cpu" else "auto"
-    device = "XLA:CPU (a stand-in)" if chip == "cpu" else f"one {chip} ({lowering.chip_mesh(chip).devices.flat[0].device_kind})"
+    kind = "" if chip == "cpu" else lowering.chip_mesh(chip).devices.flat[0].device_kind
+    device = "XLA:CPU (a stand-in)" if chip == "cpu" else f"one {chip} ({kind})"
     print(f"compiled for {device} on this host (jax {jax.__version__}; never run; bf16 compute, fp32 weights, "
           "AdamW)\n\n| model | batch x seq | remat | fused-path GiB | oracle GiB | oracle / fused | compile s |\n"
           "|---|---|---|---|---|---|---|", flush=True)

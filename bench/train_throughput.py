@@ -126,12 +126,12 @@ def does_not_fit(e: Exception) -> str:
 def jax_memory(compiled=None) -> float | None:
     import jax
 
+    from jmlr_jax import lowering
+
     if _accel():
         stats = jax.devices()[0].memory_stats() or {}
         return stats.get("peak_bytes_in_use", 0) / 2**30
-    m = compiled.memory_analysis()  # donated (aliased) state counted once
-    return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-            + m.temp_size_in_bytes) / 2**30
+    return lowering.memory_gib(compiled)  # donated (aliased) state counted once
 
 
 def flops_per_token(c: dict, seq: int, train: bool) -> float:
@@ -382,10 +382,10 @@ def jax_jmlr(args) -> dict:
         mesh = None
         if args.chips > 1:  # FSDP over the chips, as the training loop shards (weights, Adam moments, batch rows)
             from jmlr_jax import lowering, parallel
-            from jmlr_jax.train.loop import _shardings, state_shardings
+            from jmlr_jax.train.loop import param_shardings, state_shardings
 
             mesh = lowering.chip_mesh(COMPILE_FOR, (1, args.chips, 1))
-            sh = state_shardings(params, tx, _shardings(params, cfg, rcfg, mesh), mesh)
+            sh = state_shardings(params, tx, param_shardings(params, cfg, rcfg, mesh), mesh)
             put = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
             state = jax.tree_util.tree_map(put, state, sh)
             batch = {k: put(v, parallel.batch_sharding(v.shape, mesh)) for k, v in batch.items()}

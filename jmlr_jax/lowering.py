@@ -19,7 +19,9 @@ Compiling goes one step further where the accelerator's compiler is installed (n
 XLA:GPU compiles for an H100 described by `H100_TARGET` (the CUDA plugin, `pip install "jax[cuda12]"`, run with
 JAX_PLATFORMS=cpu so that no GPU is looked for); XLA:TPU for a TPU chip through libtpu's compile-only topologies
 (`pip install "jax[tpu]"`; Mosaic compiles the Pallas kernels too). The memory figure is the compiler's, for the
-program as a device would run it (a real run adds the allocator's fragmentation and, on GPU, library handles). On a host without cuDNN, JAX's cuDNN version query is answered with
+program as a device would run it (a real run adds the allocator's fragmentation and, on GPU, library handles).
+
+On a host without cuDNN, JAX's cuDNN version query is answered with
 `ASSUMED_CUDNN` (only inside `target("cuda")`); its compute-capability checks see no GPU and apply the rules of
 pre-Hopper GPUs, the stricter ones (head dim <= 128). JAX >= 0.12 lowers Triton kernels for a named GPU:
 `ASSUMED_GPU` (an H100), set by `lower` as the abstract device of the mesh in context. Under a mesh in context
@@ -147,12 +149,13 @@ def lower(fn, *args, platform: str | None = None, **kwargs) -> str:
 def chip_mesh(chip: str, shape: tuple[int, ...] = (1, 1, 1)) -> jax.sharding.Mesh:
     """A mesh (axes of `jmlr_jax.parallel`) of compile-only `chip` devices: XLA compiles for them on this host,
     nothing can run on them. H100: up to 8 GPUs of one host; v5p / v6e: 1, 4 or 8 chips (8: two hosts)."""
+    from jax.experimental import topologies
+
     from jmlr_jax import parallel
 
     if chip not in CHIPS:
         raise ValueError(f"chip {chip!r} not in {sorted(CHIPS)}")
     n = int(np.prod(shape))
-    from jax.experimental import topologies
 
     try:
         if CHIPS[chip] == "cuda":
@@ -164,8 +167,8 @@ def chip_mesh(chip: str, shape: tuple[int, ...] = (1, 1, 1)) -> jax.sharding.Mes
             if (chip, n) not in _TPU_SLICES:
                 raise ValueError(f"{n} {chip} chips: one of {sorted(c for k, c in _TPU_SLICES if k == chip)}")
             topology, per_host = _TPU_SLICES[chip, n]
-            os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # libtpu would ask a cloud metadata server what it runs on
-            os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no chip is claimed: compiles may run side by side
+            os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # else libtpu asks a cloud metadata server
+            os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no chip is claimed: compiles run side by side
             devices = topologies.get_topology_desc(platform="tpu", topology_name=topology, chip_config_name="default",
                                                    chips_per_host_bounds=per_host, num_slices=1).devices
     except (NotImplementedError, RuntimeError) as e:

@@ -166,7 +166,8 @@ def test_chip_mesh_says_what_is_missing(monkeypatch):
         raise NotImplementedError("topology not implemented for cuda")
 
     monkeypatch.setattr(topologies, "get_topology_desc", absent)
-    with pytest.raises(RuntimeError, match=r'cannot compile for h100 here: needs "jax\[cuda12\]" and JAX_PLATFORMS=cpu'):
+    need = r'cannot compile for h100 here: needs "jax\[cuda12\]" and JAX_PLATFORMS=cpu'
+    with pytest.raises(RuntimeError, match=need):
         lowering.chip_mesh("h100")
     with pytest.raises(ValueError, match="not in"):
         lowering.chip_mesh("a100")

@@ -314,7 +314,8 @@ class MLP(nn.Module):
             kernel_init=_kernel(axes), name=name,
         )
         x_NxD = tokens_first(x_BxLxD)
-        proj = lambda feats, axes, name, x: _adapted(self, name, dense(feats, axes, name)(x), x, cfg.dtype)  # noqa: E731
+        proj = lambda feats, axes, name, x: _adapted(  # noqa: E731
+            self, name, dense(feats, axes, name)(x), x, cfg.dtype)
         gate = proj(cfg.intermediate_size, ("embed", "mlp"), "gate", x_NxD)
         up = proj(cfg.intermediate_size, ("embed", "mlp"), "up", x_NxD)
         h_NxF = nn.with_logical_constraint(swiglu(gate, up), ("batch", "mlp"))

@@ -43,7 +43,8 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; nothing was saved for that step, earlier checkpoints are intact."""
 
 
-def _shardings(params, llm_cfg, rcfg, mesh):
+def param_shardings(params, llm_cfg, rcfg, mesh):
+    """Shardings of {"llm", "retriever"[, "lora"]} params by their logical axes (LoRA adapters replicated)."""
     logical = {"llm": llama_lib.logical_axes(llm_cfg), "retriever": colbert_lib.logical_axes(rcfg)}
     shapes = jax.eval_shape(lambda: params)
     out = {k: parallel.tree_shardings(logical[k], shapes[k], mesh) for k in ("llm", "retriever")}
@@ -188,7 +189,7 @@ class Trainer(StepLoop):
 
         self.groups = describe_groups(params, exp.optim)
         self.tx = make_optimizer(params, exp.optim)
-        self.state_sh = state_shardings(params, self.tx, _shardings(params, self.llm_cfg, self.rcfg, self.mesh),
+        self.state_sh = state_shardings(params, self.tx, param_shardings(params, self.llm_cfg, self.rcfg, self.mesh),
                                         self.mesh)
         self.ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints)
         data_state, meta = self.init_or_restore(params, self.tx, run.seed, self.state_sh)

@@ -171,7 +171,8 @@ def llm_params_of(params: dict, lora_cfg: LoraConfig) -> Any:
     """The decoder weights a training step runs: the base weights, with LoRA adapters (when present) carried
     unmerged for the layers' projections ("lora_<name>_a" / "lora_<name>_b" beside each projection, B scaled by
     alpha / rank; models/llama.py adds x @ A @ B to x @ W), so the frozen base weights' gradients (zero) and a
-    merged copy of every kernel are never formed. An adapted lm_head is merged (the fused cross-entropy takes one kernel)."""
+    merged copy of every kernel are never formed. An adapted lm_head is merged (the fused cross-entropy takes one
+    kernel)."""
     if "lora" not in params:
         return params["llm"]
     lora, scale = params["lora"], lora_cfg.alpha / lora_cfg.rank
