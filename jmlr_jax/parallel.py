@@ -83,6 +83,18 @@ def logical_sharding(logical: P, shape: Sequence[int], mesh: Mesh, rules=RULES) 
     return NamedSharding(mesh, _fit(spec, shape, mesh))
 
 
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+    """Pin an activation's sharding by its logical axis names under the mesh in context (`jax.set_mesh`, which
+    the training loop sets around each step); the identity without one, on one device, inside a per-shard region
+    (`jax.shard_map`) or under a mesh without this module's axes. Without it XLA's propagation alone decides,
+    e.g. whether the MLP's hidden [tokens, ffn] is split over the tensor axis or gathered."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or mesh.manual_axes or not set(MESH_AXES) <= set(mesh.axis_names):
+        return x
+    spec = _fit(nn.logical_to_mesh_axes(tuple(logical), RULES), x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
 def tree_shardings(logical_tree, shape_tree, mesh: Mesh, rules=RULES):
     """Shardings for a pytree given matching trees of logical PartitionSpecs and shapes (ShapeDtypeStructs)."""
     is_spec = lambda x: isinstance(x, P)  # noqa: E731

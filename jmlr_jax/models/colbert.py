@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmlr_jax import parallel
 from jmlr_jax.tokenizers import Tokenizer
 
 
@@ -116,7 +117,7 @@ class BertLayer(nn.Module):
         ff = dense(cfg.hidden_size, ("mlp", "embed"), "down")(
             nn.gelu(dense(cfg.intermediate_size, ("embed", "mlp"), "up")(h), approximate=False))
         out = _layer_norm(cfg, "mlp_norm")(h + ff)
-        return nn.with_logical_constraint(out, ("batch", "length", "embed")), None
+        return parallel.constrain(out, ("batch", "length", "embed")), None
 
 
 class BertEncoder(nn.Module):

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmlr_jax import lowering
+from jmlr_jax import lowering, parallel
 from jmlr_jax.models.attention import IMPLEMENTATIONS, MaskInfo, dot_product_attention, self_attention
 
 _ATTN = jax.checkpoint_policies.save_only_these_names("attention")  # flash / splash residuals (O(L) each)
@@ -256,8 +256,8 @@ class Attention(nn.Module):
         q = proj((H, Dh), ("embed", "heads", "head_dim"), "q").reshape(B, L, H, Dh)
         k = proj((K, Dh), ("embed", "kv_heads", "head_dim"), "k").reshape(B, L, K, Dh)
         v = proj((K, Dh), ("embed", "kv_heads", "head_dim"), "v").reshape(B, L, K, Dh)
-        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
-        k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
+        q = parallel.constrain(q, ("batch", "length", "heads", "head_dim"))
+        k = parallel.constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         q = apply_rope(q, pos_BxL, cfg.rope_theta, cfg.rope_scaling_factor)
         k = apply_rope(k, pos_BxL, cfg.rope_theta, cfg.rope_scaling_factor)
         new_cache = None
@@ -272,7 +272,7 @@ class Attention(nn.Module):
                                  block=cfg.attn_block)
         else:  # decoding / prefill into a cache: a few query rows against cache slots
             out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), info)
-        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+        out = parallel.constrain(out, ("batch", "length", "heads", "head_dim"))
         out_NxHxDh = tokens_first(out)
         o = dense(cfg.hidden_size, ("heads", "head_dim", "embed"), "o", axis=(-2, -1))(out_NxHxDh)
         o = _adapted(self, "o", o, out_NxHxDh.reshape(B * L, H * Dh), cfg.dtype)
@@ -318,7 +318,7 @@ class MLP(nn.Module):
             self, name, dense(feats, axes, name)(x), x, cfg.dtype)
         gate = proj(cfg.intermediate_size, ("embed", "mlp"), "gate", x_NxD)
         up = proj(cfg.intermediate_size, ("embed", "mlp"), "up", x_NxD)
-        h_NxF = nn.with_logical_constraint(swiglu(gate, up), ("batch", "mlp"))
+        h_NxF = parallel.constrain(swiglu(gate, up), ("batch", "mlp"))
         return proj(cfg.hidden_size, ("mlp", "embed"), "down", h_NxF).reshape(x_BxLxD.shape)
 
 
@@ -337,7 +337,7 @@ class Block(nn.Module):
         attn_out, new_cache = attn(norm("attn_norm")(x_BxLxD), pos_BxL, info, layer_cache, cache_index)
         h = x_BxLxD + attn_out
         out = h + MLP(cfg, name="mlp")(norm("mlp_norm")(h))
-        return nn.with_logical_constraint(out, ("batch", "length", "embed")), new_cache
+        return parallel.constrain(out, ("batch", "length", "embed")), new_cache
 
 
 def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype: Any = None) -> dict[str, jax.Array]:
@@ -388,7 +388,7 @@ class Llama(nn.Module):
 
         embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                          embedding_init=_kernel(("vocab", "embed")), name="embed")
-        x = nn.with_logical_constraint(embed(tokens_BxL), ("batch", "length", "embed"))
+        x = parallel.constrain(embed(tokens_BxL), ("batch", "length", "embed"))
 
         block = Block
         policy = REMAT_POLICIES[cfg.remat_policy]
@@ -412,7 +412,7 @@ class Llama(nn.Module):
         else:
             out = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                            kernel_init=_kernel(("embed", "vocab")), name="lm_head")(x).astype(jnp.float32)
-        out = nn.with_logical_constraint(out, ("batch", "length", "vocab" if not return_hidden else "embed"))
+        out = parallel.constrain(out, ("batch", "length", "vocab" if not return_hidden else "embed"))
         if cache is None:
             return out
         new_cache = dict(new_layer_cache, pos=kv_pos, index=index + L)
