@@ -31,6 +31,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("norm", None),
     ("colbert_dim", None),
+    ("lora_rank", "fsdp"),  # last: an adapter's rank axis takes FSDP only where its other axis did not
 )
 
 

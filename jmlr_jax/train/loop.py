@@ -35,7 +35,7 @@ from jmlr_jax.retrieval.index import Retriever
 from jmlr_jax.retrieval.store import cached_index, load_index
 from jmlr_jax.train import jmlr_step, refresh
 from jmlr_jax.train.metrics import MetricWriter, step_flops
-from jmlr_jax.train.state import describe_groups, init_train_state, make_optimizer
+from jmlr_jax.train.state import describe_groups, init_train_state, lora_logical_axes, make_optimizer
 from jmlr_jax.train.weights import abstract_state, base_params
 
 
@@ -44,13 +44,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 def param_shardings(params, llm_cfg, rcfg, mesh):
-    """Shardings of {"llm", "retriever"[, "lora"]} params by their logical axes (LoRA adapters replicated)."""
-    logical = {"llm": llama_lib.logical_axes(llm_cfg), "retriever": colbert_lib.logical_axes(rcfg)}
-    shapes = jax.eval_shape(lambda: params)
-    out = {k: parallel.tree_shardings(logical[k], shapes[k], mesh) for k in ("llm", "retriever")}
+    """Shardings of {"llm"[, "retriever"][, "lora"]} params by their logical axes (rcfg: None without a
+    retriever)."""
+    logical = {"llm": llama_lib.logical_axes(llm_cfg)}
+    if "retriever" in params:
+        logical["retriever"] = colbert_lib.logical_axes(rcfg)
     if "lora" in params:
-        out["lora"] = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), params["lora"])
-    return out
+        logical["lora"] = lora_logical_axes(logical["llm"], params["lora"])
+    shapes = jax.eval_shape(lambda: params)
+    return {k: parallel.tree_shardings(logical[k], shapes[k], mesh) for k in logical}
 
 
 def state_shardings(params, tx, param_sh, mesh) -> dict:

@@ -20,7 +20,6 @@ import os
 import gin
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jmlr_jax import checkpoint, parallel
 from jmlr_jax.compare.stats import mcnemar, paired_bootstrap
@@ -32,11 +31,10 @@ from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.errors import InputError
 from jmlr_jax.eval import stage_eval
 from jmlr_jax.experiment import RunConfig
-from jmlr_jax.models import llama as llama_lib
 from jmlr_jax.tokenizers import save_tokenizer
 from jmlr_jax.workdir import write_text
 from jmlr_jax.train.lm_step import LMStepConfigs, lm_train_step
-from jmlr_jax.train.loop import StepLoop, state_shardings
+from jmlr_jax.train.loop import StepLoop, param_shardings, state_shardings
 from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, make_optimizer, merged_llm_params
 
 KINDS = ("cpt", "sft", "dpo")
@@ -129,10 +127,7 @@ class StageTrainer(StepLoop):
         optim = OptimConfig(llm_lr=stage.lr, retriever_lr=0.0, warmup_steps=stage.warmup_steps,
                             decay_steps=stage.decay_steps, retriever_trainable="")
         self.tx = make_optimizer(params, optim)
-        shapes = jax.eval_shape(lambda: params)
-        param_sh = {"llm": parallel.tree_shardings(llama_lib.logical_axes(self.llm_cfg), shapes["llm"], self.mesh)}
-        if "lora" in params:
-            param_sh["lora"] = jax.tree_util.tree_map(lambda _: NamedSharding(self.mesh, P()), params["lora"])
+        param_sh = param_shardings(params, self.llm_cfg, None, self.mesh)
         self.state_sh = state_shardings(params, self.tx, param_sh, self.mesh)
         self.ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), run.keep_checkpoints)
         ref = jax.device_put(llm_params, param_sh["llm"]) if stage.kind == "dpo" else None

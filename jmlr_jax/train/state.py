@@ -16,6 +16,7 @@ import gin
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
 
 @gin.configurable
@@ -139,6 +140,21 @@ def init_lora(llm_params: dict, cfg: LoraConfig, rng: jax.Array) -> dict:
     if not lora:
         raise ValueError(f"LoRA targets {cfg.targets} match no kernel of this model")
     return lora
+
+
+def lora_logical_axes(llm_logical: dict, lora: dict) -> dict:
+    """Logical axis names of LoRA adapters (a pytree like `lora`), from their kernels' (`llm_logical`, i.e.
+    models.llama.logical_axes): A [in, rank] takes the kernel's first input axis, B [rank, out] its first output
+    axis, and the rank axis "lora_rank", which takes the FSDP axis where the other does not, so under FSDP every
+    adapter and its Adam moments are split over the devices, not replicated (7B, r = 128: ~5 GB per device)."""
+    out = {}
+    for path, ab in lora.items():
+        kernel = tuple(_node(llm_logical, path)["kernel"])
+        lead = kernel[:1] if ab["a"].ndim == 3 else ()  # the stacked layers' axis
+        n_in = 2 if path.endswith("/o") else 1  # o: [heads, head_dim] -> embed
+        first_in, first_out = kernel[len(lead)], kernel[len(lead) + n_in]
+        out[path] = {"a": P(*lead, first_in, "lora_rank"), "b": P(*lead, "lora_rank", first_out)}
+    return out
 
 
 def _node(tree: dict, path: str) -> dict:

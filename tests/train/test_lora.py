@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jmlr_jax.models import Llama, LlamaConfig
 from jmlr_jax.models.llama import init_params
@@ -94,3 +95,31 @@ def test_gradient_clipping_ignores_frozen_leaves():
     u_huge, _ = tx.update(huge, tx.init(params), params)
     jax.tree_util.tree_map(np.testing.assert_array_equal, u_small, u_huge)
     assert not np.any(u_huge["llm"]["w"])
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_lora_adapters_are_split_over_fsdp():
+    """Under FSDP every adapter is split over the devices (its rank axis where its other axis is not), not
+    replicated, and a sharded step computes what one device does."""
+    from jax.sharding import PartitionSpec as P
+
+    from jmlr_jax import parallel
+    from jmlr_jax.train.loop import param_shardings
+
+    lora_cfg = LoraConfig(rank=4, alpha=8.0)
+    llm = init_params(CFG, jax.random.PRNGKey(0))
+    params = {"llm": llm, "lora": init_lora(llm, lora_cfg, jax.random.PRNGKey(1))}
+    mesh = parallel.make_mesh((2, 2, 2))
+    sh = param_shardings(params, CFG, None, mesh)["lora"]
+    assert sh["layers/attn/q"]["a"].spec == P(None, "fsdp", None)  # [layers, embed, rank]
+    assert sh["layers/attn/q"]["b"].spec == P(None, "fsdp", "tensor")  # [layers, rank, heads x head_dim]
+    assert sh["layers/mlp/down"]["a"].spec == P(None, "tensor", "fsdp")  # [layers, mlp, rank]
+    assert sh["layers/mlp/down"]["b"].spec == P(None, None, "fsdp")  # [layers, rank, embed]
+    assert sh["lm_head"]["b"].spec == P("fsdp", "tensor")
+    assert all("fsdp" in s.spec for s in jax.tree_util.tree_leaves(sh))
+    f = jax.jit(jax.value_and_grad(_loss(lambda p, _: llm_params_of(p, lora_cfg))))
+    value, grads = f(params)
+    with jax.set_mesh(mesh):
+        value_sh, grads_sh = f(jax.device_put(params, param_shardings(params, CFG, None, mesh)))
+    np.testing.assert_allclose(value_sh, value, rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), grads_sh, grads)
