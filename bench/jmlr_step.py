@@ -114,8 +114,9 @@ def main() -> None:
     t_plain = timeit(lambda: plain(pstate)["params"]["llm"]["final_norm"]["scale"], args.reps)
 
     # The classic-RAG arm of the comparison: the same step with rank_weight=0 (no scoring pass, retriever frozen).
-    rag_models = js.StepConfigs(cfg, rcfg, dataclasses.replace(jcfg, rank_weight=0.0))
-    rtx = make_optimizer(params, OptimConfig(retriever_trainable=""))
+    rag_optim = OptimConfig(retriever_trainable="")
+    rag_models = js.StepConfigs(cfg, rcfg, dataclasses.replace(jcfg, rank_weight=0.0), optim=rag_optim)
+    rtx = make_optimizer(params, rag_optim)
     rag = jax.jit(functools.partial(js.train_step, models=rag_models, tx=rtx))
     rstate = init_train_state(params, rtx)
     t_rag = timeit(lambda: rag(rstate, batch)[1]["loss"], args.reps)

@@ -620,7 +620,7 @@ class Comparison:
         params = {"llm": llm_params, "retriever": rparams}
         tx = make_optimizer(params, optim)
         state = init_train_state(params, tx, seed)
-        step_fn = jax.jit(functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg), tx=tx))
+        step_fn = jax.jit(functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg, optim=optim), tx=tx))
         it = iter(make_dataset(examples, batch_size, seed))
         history = []
 

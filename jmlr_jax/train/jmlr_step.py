@@ -30,7 +30,6 @@ Batch (numpy/jax arrays; B examples, C candidates):
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import gin
@@ -41,7 +40,8 @@ import optax
 from jmlr_jax.models.colbert import ColBERT, ColBERTConfig, maxsim
 from jmlr_jax.models.llama import LlamaConfig
 from jmlr_jax.train.losses import answer_nll, kl_rank_loss, normalize_scores, ranknet_loss
-from jmlr_jax.train.state import LoraConfig, llm_params_of
+from jmlr_jax.train.state import (LoraConfig, OptimConfig, llm_params_of, param_groups, stop_frozen,
+                                   trained_norm)
 
 
 @gin.configurable
@@ -85,6 +85,7 @@ class StepConfigs:
     retriever: ColBERTConfig
     jmlr: JMLRConfig
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)  # which leaves are trained
 
 
 def retriever_scores(rcfg: ColBERTConfig, rparams, batch, all_pairs: bool = False) -> jax.Array:
@@ -199,7 +200,8 @@ def _rank_loss(llm_params, batch, s, rng, m: StepConfigs, s_all=None) -> tuple[j
 def train_step(state: dict[str, Any], batch: dict, *, models: StepConfigs, tx: optax.GradientTransformation):
     """state = {"step", "params", "opt_state", "rng"} -> (new state, metrics). Pure; jit it with shardings."""
     rng = jax.random.fold_in(state["rng"], state["step"])
-    grad_fn = jax.value_and_grad(functools.partial(jmlr_loss, m=models), has_aux=True)
+    labels = param_groups(state["params"], models.optim)
+    grad_fn = jax.value_and_grad(lambda p, b, r: jmlr_loss(stop_frozen(p, labels), b, r, models), has_aux=True)
     A = models.jmlr.grad_accum
     if A == 1:
         (_, metrics), grads = grad_fn(state["params"], batch, rng)
@@ -216,5 +218,5 @@ def train_step(state: dict[str, Any], batch: dict, *, models: StepConfigs, tx: o
         grads, metrics = jax.tree_util.tree_map(lambda x: x / A, (grads, metrics))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=trained_norm(grads, labels))
     return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), metrics

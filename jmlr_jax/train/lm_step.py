@@ -20,7 +20,8 @@ import optax
 
 from jmlr_jax.models.llama import Llama, LlamaConfig
 from jmlr_jax.train.losses import chunked_cross_entropy, chunked_token_nll, dpo_loss, output_kernel
-from jmlr_jax.train.state import LoraConfig, llm_params_of
+from jmlr_jax.train.state import (LoraConfig, OptimConfig, llm_params_of, param_groups, stop_frozen,
+                                   trained_norm)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,7 @@ class LMStepConfigs:
     llm: LlamaConfig
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     dpo_beta: float = 0.1
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)  # which leaves are trained
 
 
 def _lm_inputs(cfg: LlamaConfig, llm_params, seq: dict, prefix: str = "") -> tuple:
@@ -81,8 +83,9 @@ def lm_train_step(state: dict[str, Any], batch: dict, ref_params=None, *, models
         loss_fn = lambda p: dpo_step_loss(p, batch, ref_params, models)  # noqa: E731
     else:
         raise ValueError(f"step kind must be 'lm' or 'dpo', got {kind!r}")
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    labels = param_groups(state["params"], models.optim)
+    (_, metrics), grads = jax.value_and_grad(lambda p: loss_fn(stop_frozen(p, labels)), has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=trained_norm(grads, labels))
     return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), metrics

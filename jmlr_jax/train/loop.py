@@ -217,7 +217,7 @@ class Trainer(StepLoop):
     # ------------------------------------------------------------------------------------------ pieces
     @property
     def step_configs(self) -> jmlr_step.StepConfigs:
-        return jmlr_step.StepConfigs(self.llm_cfg, self.rcfg, self.exp.jmlr, self.exp.lora)
+        return jmlr_step.StepConfigs(self.llm_cfg, self.rcfg, self.exp.jmlr, self.exp.lora, self.exp.optim)
 
     @property
     def index(self):

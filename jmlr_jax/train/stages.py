@@ -136,8 +136,9 @@ class StageTrainer(StepLoop):
         self.data_iter = iter(self._dataset(data, lm, ref))
         if data_state is not None:
             self.data_iter.set_state(data_state)
-        step = jax.jit(functools.partial(lm_train_step, models=LMStepConfigs(self.llm_cfg, self.lora, stage.dpo_beta),
-                                         tx=self.tx, kind="dpo" if stage.kind == "dpo" else "lm"), donate_argnums=0)
+        models = LMStepConfigs(self.llm_cfg, self.lora, stage.dpo_beta, optim)
+        step = jax.jit(functools.partial(lm_train_step, models=models, tx=self.tx,
+                                         kind="dpo" if stage.kind == "dpo" else "lm"), donate_argnums=0)
         self.step_fn = (lambda s, b: step(s, b, ref)) if ref is not None else step
         self.n_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state["params"]["llm"]))
 

@@ -96,15 +96,25 @@ def make_optimizer(params: dict, cfg: OptimConfig) -> optax.GradientTransformati
     return optax.chain(_clip_trained(cfg.grad_clip, labels), tx) if cfg.grad_clip else tx
 
 
+def trained_norm(grads, labels) -> jax.Array:
+    """Global norm of the gradients of the trained leaves (labels: `param_groups`); frozen ones do not count."""
+    return optax.global_norm([g for g, lab in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(labels))
+                              if lab != "frozen"])
+
+
+def stop_frozen(params, labels):
+    """Frozen leaves through stop_gradient, so a step never forms the gradients the optimizer would zero (a
+    regex-frozen encoder's backward pass, say); the trained leaves as they are."""
+    return jax.tree_util.tree_map(lambda p, lab: jax.lax.stop_gradient(p) if lab == "frozen" else p, params, labels)
+
+
 def _clip_trained(max_norm: float, labels) -> optax.GradientTransformation:
     """optax.clip_by_global_norm with the norm taken over the trained leaves only: a frozen leaf's gradient (zeroed
     afterwards) must not shrink the trained ones' updates. Stateless like optax's, so optimizer states keep their
     structure (checkpoints written before restore)."""
     def clip(updates, params=None):
         del params
-        trained = [g for g, lab in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(labels))
-                   if lab != "frozen"]
-        norm = optax.global_norm(trained)
+        norm = trained_norm(updates, labels)
         scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
         return jax.tree_util.tree_map(lambda g: (g * scale).astype(g.dtype), updates)
 

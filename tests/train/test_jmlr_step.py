@@ -1,9 +1,11 @@
 """The fused JMLR step on tiny random models: losses vs numpy, gradient routing, doc order, batching."""
+import dataclasses
 import functools
 
 import numpy as np
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 
 from jmlr_jax.data import templates
@@ -164,6 +166,37 @@ def test_train_step_with_grad_accumulation_and_lora(params):
     np.testing.assert_allclose(met3["loss"], met1["loss"], rtol=1e-6)  # the step's loss is at the initial params
     jax.tree_util.tree_map(np.testing.assert_array_equal, s3["params"]["llm"], lp["llm"])
     assert not np.allclose(s3["params"]["lora"]["layers/attn/q"]["b"], 0)
+
+
+def _dot_count(jaxpr) -> int:
+    """dot_generals in a jaxpr, inner ones (scan, remat, custom_vjp, pjit) included."""
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == "dot_general"
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (list, tuple)) else [v]:
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    n += _dot_count(getattr(inner, "jaxpr", inner))
+    return n
+
+
+def test_regex_frozen_leaves_form_no_gradients(params):
+    """Leaves the optimizer freezes (here the whole generator, by regex) enter the step through stop_gradient:
+    fewer products than when they train, the generator unchanged, and a grad_norm over the trained leaves only."""
+    batch = make_batch(B=2)
+    frozen = OptimConfig(llm_trainable="", grad_clip=0.0)
+    tx = make_optimizer(params, frozen)
+    state = init_train_state(params, tx)
+    step = lambda optim: functools.partial(js.train_step, tx=tx, models=dataclasses.replace(  # noqa: E731
+        models(), optim=optim))
+    dots = lambda f: _dot_count(jax.make_jaxpr(f)(state, batch).jaxpr)  # noqa: E731
+    assert dots(step(frozen)) < dots(step(OptimConfig(grad_clip=0.0)))  # the check can fail: same optimizer
+    new, met = jax.jit(step(frozen))(state, batch)
+    g = jax.jit(jax.grad(lambda p: js.jmlr_loss(p, batch, jax.random.fold_in(state["rng"], 0), models())[0]))(params)
+    np.testing.assert_allclose(met["grad_norm"], optax.global_norm(g["retriever"]), rtol=1e-4)
+    assert optax.global_norm(g["llm"]) > 0.01 * met["grad_norm"]  # the check can fail: the generator's is not 0
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new["params"]["llm"], params["llm"])
 
 
 def test_candidate_count_mismatch_is_an_error(params):
