@@ -67,21 +67,26 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES
     return Mesh(devices, tuple(axes))
 
 
-def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
-    """Drop mesh axes that do not divide their dimension (replicate there instead)."""
+def _fit(spec: P, shape: Sequence[int], mesh) -> P:
+    """Keep, for each dimension, the longest leading run of its mesh axes whose product divides it (size-1 axes
+    dropped); replicate along the rest. E.g. 2 rows on ("data", "fsdp") = (2, 2): split over "data" only."""
     out = []
     for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
-        kept = tuple(a for a in axes if mesh.shape[a] > 1)
-        size = int(np.prod([mesh.shape[a] for a in kept])) if kept else 1
-        out.append(None if not kept or dim % size else (kept[0] if len(kept) == 1 else kept))
+        kept = [a for a in ((entry,) if isinstance(entry, str) else tuple(entry or ())) if mesh.shape[a] > 1]
+        while kept and dim % int(np.prod([mesh.shape[a] for a in kept])):
+            kept.pop()
+        out.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
     return P(*out)
+
+
+def mesh_spec(logical: Sequence[str | None], shape: Sequence[int], mesh, rules=RULES) -> P:
+    """The mesh PartitionSpec of an array from its logical axis names (`_fit` for what does not divide)."""
+    return _fit(nn.logical_to_mesh_axes(tuple(logical), rules), shape, mesh)
 
 
 def logical_sharding(logical: P, shape: Sequence[int], mesh: Mesh, rules=RULES) -> NamedSharding:
     """NamedSharding for one array from its logical axis names."""
-    spec = nn.logical_to_mesh_axes(tuple(logical), rules)
-    return NamedSharding(mesh, _fit(spec, shape, mesh))
+    return NamedSharding(mesh, mesh_spec(logical, shape, mesh, rules))
 
 
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
@@ -92,8 +97,7 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or mesh.manual_axes or not set(MESH_AXES) <= set(mesh.axis_names):
         return x
-    spec = _fit(nn.logical_to_mesh_axes(tuple(logical), RULES), x.shape, mesh)
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, mesh_spec(logical, x.shape, mesh)))
 
 
 def tree_shardings(logical_tree, shape_tree, mesh: Mesh, rules=RULES):

@@ -35,7 +35,6 @@ ids; segment 0 = padding) and the oracle builds its boolean mask inside the comp
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -283,15 +282,11 @@ def _shards(impl: str, B: int, K: int, s2: bool):
     the batch's mesh axes that divide B, KV heads (with their query heads) over the tensor axis when it divides
     them (with S2 also an even number of shards, so that no shard holds heads of both halves)."""
     mesh = jax.sharding.get_abstract_mesh()
-    if impl not in OPAQUE or mesh.empty or mesh.size == 1:
+    if impl not in OPAQUE or mesh.empty or mesh.size == 1 or not set(parallel.MESH_AXES) <= set(mesh.axis_names):
         return None
-    rules = dict(parallel.RULES)
-    axes = rules["batch"] if isinstance(rules["batch"], tuple) else (rules["batch"],)
-    batch = [a for a in axes if mesh.shape.get(a, 1) > 1]
-    while batch and B % math.prod(mesh.shape[a] for a in batch):
-        batch.pop()
-    t = mesh.shape.get(rules["kv_heads"], 1)
-    heads = rules["kv_heads"] if t > 1 and K % t == 0 and (not s2 or t % 2 == 0) else None
-    if not batch and heads is None:
+    rows, heads = parallel.mesh_spec(("batch", "kv_heads"), (B, K), mesh)
+    if s2 and heads is not None and mesh.shape[heads] % 2:
+        heads = None
+    if rows is None and heads is None:
         return None
-    return mesh, (tuple(batch) if len(batch) > 1 else (batch[0] if batch else None)), heads
+    return mesh, rows, heads
