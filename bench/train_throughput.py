@@ -184,7 +184,18 @@ def jax_llama(args) -> dict:
     state = (params, _make(tx.init, params))
     f = jax.jit(functools.partial(llama_train_step, cfg=cfg, tx=tx, loss=args.loss), donate_argnums=0)
     if LOWER_FOR:
-        return _lowered(f, state, tokens, seqs=(args.seq,), backend=backend)
+        mesh = None
+        if args.chips > 1:  # FSDP over the chips as the training loop shards (weights, Adam moments, batch rows)
+            from jmlr_jax import lowering, parallel
+            from jmlr_jax.models.llama import logical_axes
+
+            mesh = lowering.chip_mesh(COMPILE_FOR, (1, args.chips, 1))
+            p_sh = parallel.tree_shardings(logical_axes(cfg), params, mesh)
+            sh = (p_sh, parallel.like_params_shardings(state[1], p_sh, params, mesh))
+            state = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sh)
+            tokens = jax.ShapeDtypeStruct(tokens.shape, tokens.dtype,
+                                          sharding=parallel.batch_sharding(tokens.shape, mesh))
+        return _lowered(f, state, tokens, seqs=(args.seq,), mesh=mesh, backend=backend)
     compiled = f.lower(state, tokens).compile()
     box = [state]
 
@@ -472,6 +483,8 @@ def lower_table(args) -> None:
          for impl, compact in (("auto", True), ("auto", False), ("reference", False))]
     if args.compile_for and W["jmlr"]:  # the paper-sized step sharded (FSDP) over 8 chips (v5p: two hosts), per chip
         rows += [("jmlr", "jax_jmlr", dict(batch=32, shape="Llama-2-7B", lora=128, chips=8, impl="auto"))]
+    if args.compile_for and W["llama"]:  # long context on 8 FSDP chips: one row, split along its sequence
+        rows += [("llama", "jax_llama", dict(shape="1B", batch=1, seq=8192, s2=2048, chips=8))]
     import jax
 
     chip = args.compile_for
@@ -515,7 +528,7 @@ def main() -> None:
     ap.add_argument("--loss", default="fused", choices=("fused", "per_token"))  # llama train rows
     ap.add_argument("--compact", type=lambda s: s == "True", default=True)
     ap.add_argument("--lora", type=int, default=0)
-    ap.add_argument("--chips", type=int, default=1)  # --compile_for jmlr rows: FSDP over this many chips
+    ap.add_argument("--chips", type=int, default=1)  # --compile_for llama / jmlr rows: FSDP over this many chips
     ap.add_argument("--dtype", default="auto")  # llama rows: "bfloat16" = jax bf16 compute, torch bf16 autocast
     ap.add_argument("--lower_for", default="", choices=("", "cuda", "tpu"))
     ap.add_argument("--compile_for", default="", choices=("", "h100", "v5p", "v6e"))

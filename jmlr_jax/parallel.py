@@ -10,7 +10,6 @@ import functools
 import os
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -21,7 +20,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # tensor parallelism shards heads, MLP width and vocabulary.
 RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
-    ("length", None),
+    ("length", ("data", "fsdp")),  # what the rows leave: a sequence longer than the batch is wide
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -67,21 +66,26 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES
     return Mesh(devices, tuple(axes))
 
 
-def _fit(spec: P, shape: Sequence[int], mesh) -> P:
-    """Keep, for each dimension, the longest leading run of its mesh axes whose product divides it (size-1 axes
-    dropped); replicate along the rest. E.g. 2 rows on ("data", "fsdp") = (2, 2): split over "data" only."""
-    out = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        kept = [a for a in ((entry,) if isinstance(entry, str) else tuple(entry or ())) if mesh.shape[a] > 1]
-        while kept and dim % int(np.prod([mesh.shape[a] for a in kept])):
-            kept.pop()
-        out.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
-    return P(*out)
-
-
 def mesh_spec(logical: Sequence[str | None], shape: Sequence[int], mesh, rules=RULES) -> P:
-    """The mesh PartitionSpec of an array from its logical axis names (`_fit` for what does not divide)."""
-    return _fit(nn.logical_to_mesh_axes(tuple(logical), rules), shape, mesh)
+    """The mesh PartitionSpec of an array from its logical axis names. Rules apply in order, each mesh axis at most
+    once: a dimension keeps the longest leading run of its rule's free axes (size > 1) whose product divides it
+    and is replicated along the rest, and an axis it could not use stays free for the next rule. So SmolLM2's 3
+    KV heads stay whole on a tensor axis of 2, 2 rows on data x fsdp = 2 x 2 split over data (and the sequence
+    over fsdp), and one long row on 8 FSDP chips is split along its sequence instead of replicated."""
+    out: list = [None] * len(shape)
+    used: set[str] = set()
+    for name, axes in rules:
+        for i, n in enumerate(tuple(logical)[:len(shape)]):
+            if n != name or out[i] is not None:
+                continue
+            kept = [a for a in ((axes,) if isinstance(axes, str) else tuple(axes or ()))
+                    if a not in used and mesh.shape[a] > 1]
+            while kept and shape[i] % int(np.prod([mesh.shape[a] for a in kept])):
+                kept.pop()
+            if kept:
+                out[i] = kept[0] if len(kept) == 1 else tuple(kept)
+                used.update(kept)
+    return P(*out)
 
 
 def logical_sharding(logical: P, shape: Sequence[int], mesh: Mesh, rules=RULES) -> NamedSharding:

@@ -26,11 +26,11 @@ TRITON = {"__gpu$xla.gpu.triton"}
 MOSAIC = {"tpu_custom_call"}
 
 
-def llama_grad_text(attention: str, s2: int, length: int = L) -> tuple[LlamaConfig, str]:
+def llama_grad_text(attention: str, s2: int, length: int = L, rows: int = 2) -> tuple[LlamaConfig, str]:
     cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
                       num_kv_heads=2, attention=attention, s2_group_size=s2)
     params = jax.eval_shape(functools.partial(init_params, cfg), jax.random.PRNGKey(0))
-    tokens = jax.ShapeDtypeStruct((2, length), jnp.int32)
+    tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32)
     loss = lambda p, t: Llama(cfg).apply({"params": p}, t, train=True).astype(jnp.float32).mean()  # noqa: E731
     return cfg, lowering.lower(jax.grad(loss), params, tokens)
 
@@ -133,6 +133,19 @@ def test_fused_kernels_run_per_shard_on_a_pod_mesh(platform, attention, s2):
     with lowering.target(platform):
         _, unsharded = llama_grad_text(attention, s2)
     assert "sdy.manual_computation" not in unsharded
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.parametrize("s2", [0, 128])
+def test_one_long_row_on_eight_fsdp_chips(s2):
+    """Long-context training: one row over 8 FSDP chips. The Mosaic kernel still sits in a manual region (outside
+    one XLA refuses to compile it: "Mosaic kernels cannot be automatically partitioned"), and the activations are
+    split along the sequence, which the rows leave free, instead of replicated on every chip."""
+    mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(1, 8, 1), ("data", "fsdp", "tensor"))
+    with jax.set_mesh(mesh), lowering.target("tpu"):
+        _, text = llama_grad_text("auto", s2, rows=1)
+    assert "sdy.manual_computation" in text
+    assert '[{}, {"fsdp"}, {}]' in text  # the residual stream [1, L, D]: the sequence over fsdp
 
 
 def _compiled_llama_grad(attention: str, chip: str, length: int = 1024):

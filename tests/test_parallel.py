@@ -27,8 +27,10 @@ def test_constrain_maps_logical_names_onto_the_mesh_in_context():
         assert _constraints(f.lower(x).as_text()) == ['[{"data", "fsdp"}, {}, {"tensor"}]']
         # 3 is not divisible by the tensor axis (SmolLM2's KV heads): replicated there, not an error
         assert _constraints(f.lower(jnp.ones((8, 16, 3))).as_text()) == ['[{"data", "fsdp"}, {}, {}]']
-        # 2 rows on data x fsdp = 2 x 2: split over the leading axis that divides them, not replicated
-        assert _constraints(f.lower(jnp.ones((2, 16, 6))).as_text()) == ['[{"data"}, {}, {"tensor"}]']
+        # 2 rows on data x fsdp = 2 x 2: split over the leading axis that divides them, not replicated; the
+        # sequence takes the axis the rows left
+        assert _constraints(f.lower(jnp.ones((2, 16, 6))).as_text()) == ['[{"data"}, {"fsdp"}, {"tensor"}]']
+        assert _constraints(f.lower(jnp.ones((1, 16, 6))).as_text()) == ['[{}, {"data", "fsdp"}, {"tensor"}]']
         # inside a per-shard region (the attention kernels') it is the identity
         body = lambda x: parallel.constrain(x * 2, ("batch", "length", "mlp"))  # noqa: E731
         per_shard = jax.shard_map(body, in_specs=P(("data", "fsdp")), out_specs=P(("data", "fsdp")))

@@ -278,15 +278,15 @@ OPAQUE = ("cpu", "pallas_gpu", "splash", "cudnn")
 
 def _shards(impl: str, B: int, K: int, s2: bool):
     """(mesh, rows' mesh axes, heads' mesh axis) to run an opaque kernel per shard under the mesh in context
-    (`jax.set_mesh`, which the training loop sets), or None (no mesh, one device, or nothing to split): rows over
-    the batch's mesh axes that divide B, KV heads (with their query heads) over the tensor axis when it divides
-    them (with S2 also an even number of shards, so that no shard holds heads of both halves)."""
+    (`jax.set_mesh`, which the training loop sets), or None (no mesh, one device): rows over the batch's mesh
+    axes that divide B, KV heads (with their query heads) over the tensor axis when it divides them (with S2 also
+    an even number of shards, so that no shard holds heads of both halves). With nothing to split (one row on
+    8 FSDP chips: long-context training) every device runs the kernel on the whole arrays, still inside
+    `shard_map`: Mosaic and Triton kernels cannot be partitioned automatically and fail to compile outside one."""
     mesh = jax.sharding.get_abstract_mesh()
     if impl not in OPAQUE or mesh.empty or mesh.size == 1 or not set(parallel.MESH_AXES) <= set(mesh.axis_names):
         return None
     rows, heads = parallel.mesh_spec(("batch", "kv_heads"), (B, K), mesh)
     if s2 and heads is not None and mesh.shape[heads] % 2:
         heads = None
-    if rows is None and heads is None:
-        return None
     return mesh, rows, heads
