@@ -69,7 +69,6 @@ def main() -> None:
     params = {"llm": llm, "retriever": rparams}
     tx = make_optimizer(params, OptimConfig())
     state = init_train_state(params, tx)
-    rng = jax.random.PRNGKey(0)
     B = len(records)
 
     fused = jax.jit(functools.partial(js.train_step, models=models, tx=tx))
