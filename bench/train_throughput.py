@@ -115,6 +115,20 @@ def _lowered(f, *args, seqs: tuple = (), mesh=None, **extra) -> dict:
     return out
 
 
+def _on_chips(chips: int, state, state_sh, batch) -> tuple:
+    """(mesh, state, batch) placed over `chips` compile-only devices (--compile_for) as the training loop places
+    them, FSDP: the abstract state by `state_sh(mesh)` (weights, Adam moments), the batch's rows over the mesh."""
+    import jax
+
+    from jmlr_jax import lowering, parallel
+
+    mesh = lowering.chip_mesh(COMPILE_FOR, (1, chips, 1))
+    put = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
+    state = jax.tree_util.tree_map(put, state, state_sh(mesh))
+    batch = jax.tree_util.tree_map(lambda x: put(x, parallel.batch_sharding(x.shape, mesh)), batch)
+    return mesh, state, batch
+
+
 def does_not_fit(e: Exception) -> str:
     """XLA:TPU refuses to compile a program larger than its HBM: what it said it needed, else re-raise."""
     if "RESOURCE_EXHAUSTED" not in str(e):
@@ -185,16 +199,15 @@ def jax_llama(args) -> dict:
     f = jax.jit(functools.partial(llama_train_step, cfg=cfg, tx=tx, loss=args.loss), donate_argnums=0)
     if LOWER_FOR:
         mesh = None
-        if args.chips > 1:  # FSDP over the chips as the training loop shards (weights, Adam moments, batch rows)
-            from jmlr_jax import lowering, parallel
+        if args.chips > 1:
+            from jmlr_jax import parallel
             from jmlr_jax.models.llama import logical_axes
 
-            mesh = lowering.chip_mesh(COMPILE_FOR, (1, args.chips, 1))
-            p_sh = parallel.tree_shardings(logical_axes(cfg), params, mesh)
-            sh = (p_sh, parallel.like_params_shardings(state[1], p_sh, params, mesh))
-            state = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sh)
-            tokens = jax.ShapeDtypeStruct(tokens.shape, tokens.dtype,
-                                          sharding=parallel.batch_sharding(tokens.shape, mesh))
+            def state_sh(mesh):
+                p_sh = parallel.tree_shardings(logical_axes(cfg), params, mesh)
+                return p_sh, parallel.like_params_shardings(state[1], p_sh, params, mesh)
+
+            mesh, state, tokens = _on_chips(args.chips, state, state_sh, tokens)
         return _lowered(f, state, tokens, seqs=(args.seq,), mesh=mesh, backend=backend)
     compiled = f.lower(state, tokens).compile()
     box = [state]
@@ -391,15 +404,11 @@ def jax_jmlr(args) -> dict:
     if LOWER_FOR:
         impl = _backend(args.impl, cfg.dtype, cfg.head_dim, right_padded=args.compact)
         mesh = None
-        if args.chips > 1:  # FSDP over the chips, as the training loop shards (weights, Adam moments, batch rows)
-            from jmlr_jax import lowering, parallel
+        if args.chips > 1:
             from jmlr_jax.train.loop import param_shardings, state_shardings
 
-            mesh = lowering.chip_mesh(COMPILE_FOR, (1, args.chips, 1))
-            sh = state_shardings(params, tx, param_shardings(params, cfg, rcfg, mesh), mesh)
-            put = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
-            state = jax.tree_util.tree_map(put, state, sh)
-            batch = {k: put(v, parallel.batch_sharding(v.shape, mesh)) for k, v in batch.items()}
+            mesh, state, batch = _on_chips(args.chips, state, lambda mesh: state_shardings(
+                params, tx, param_shardings(params, cfg, rcfg, mesh), mesh), batch)
         return _lowered(f, state, batch, seqs=(1 + K * Ld + Lq + La, 1 + Ld + Lq + La), mesh=mesh, backend=impl)
     compiled = f.lower(state, batch).compile()
     box = [state]

@@ -50,3 +50,14 @@ def save_tiny_llama_dir(path: str, seed: int = 0) -> str:
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
         json.dump({"eos_token": "<eos>", "bos_token": "<bos>", "add_bos_token": True}, f)
     return path
+
+
+def jaxpr_eqns(jaxpr):
+    """Every equation of a jaxpr, those of inner jaxprs (scan, remat, custom_vjp, pjit) included."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (list, tuple)) else [v]:
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    yield from jaxpr_eqns(getattr(inner, "jaxpr", inner))

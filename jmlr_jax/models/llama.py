@@ -156,9 +156,10 @@ def _kernel(axes: tuple[str, ...], std: float = 0.02):
 
 def tokens_first(x_BxLx: jax.Array) -> jax.Array:
     """[B, L, ...] -> [B * L, ...] (a free reshape; the merged dim keeps the rows' sharding, and the sequence's
-    when the rows leave it an axis: parallel.RULES). Dense layers take their input this way so that the weight gradients contract over one token
-    dim: with two (batch, length), XLA:CPU lays the gradient operand out transposed and fuses the transpose into
-    the elementwise backward (SwiGLU's derivative written column by column; see docs/design.md)."""
+    when the rows leave it an axis: parallel.RULES). Dense layers take their input this way so that the weight
+    gradients contract over one token dim: with two (batch, length), XLA:CPU lays the gradient operand out
+    transposed and fuses the transpose into the elementwise backward (SwiGLU's derivative written column by
+    column; see docs/design.md)."""
     return x_BxLx.reshape(x_BxLx.shape[0] * x_BxLx.shape[1], *x_BxLx.shape[2:])
 
 

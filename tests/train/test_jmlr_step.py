@@ -14,6 +14,7 @@ from jmlr_jax.models import BertConfig, ColBERTConfig, LlamaConfig
 from jmlr_jax.models import colbert as colbert_lib, llama as llama_lib
 from jmlr_jax.train import jmlr_step as js, losses
 from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, init_train_state, make_optimizer
+from tests.helpers import jaxpr_eqns
 
 # jitted once per static config: eager op-by-op dispatch of the decoder is what made these tests slow
 jloss = jax.jit(js.jmlr_loss, static_argnames=("m",))
@@ -169,16 +170,7 @@ def test_train_step_with_grad_accumulation_and_lora(params):
 
 
 def _dot_count(jaxpr) -> int:
-    """dot_generals in a jaxpr, inner ones (scan, remat, custom_vjp, pjit) included."""
-    n = 0
-    for eqn in jaxpr.eqns:
-        n += eqn.primitive.name == "dot_general"
-        for v in eqn.params.values():
-            for sub in v if isinstance(v, (list, tuple)) else [v]:
-                inner = getattr(sub, "jaxpr", None)
-                if inner is not None:
-                    n += _dot_count(getattr(inner, "jaxpr", inner))
-    return n
+    return sum(e.primitive.name == "dot_general" for e in jaxpr_eqns(jaxpr))
 
 
 def test_regex_frozen_leaves_form_no_gradients(params):

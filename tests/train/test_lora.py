@@ -10,6 +10,7 @@ import pytest
 from jmlr_jax.models import Llama, LlamaConfig
 from jmlr_jax.models.llama import init_params
 from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, llm_params_of, make_optimizer, merged_llm_params
+from tests.helpers import jaxpr_eqns
 
 CFG = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
                   dtype="float32", attention="reference")
@@ -57,16 +58,7 @@ def _kernel_shapes(llm: dict) -> set[tuple[int, ...]]:
 
 def _dot_shapes(jaxpr) -> list[tuple[int, ...]]:
     """Result shapes of every dot_general, inner jaxprs (scan, remat, custom_vjp) included."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(tuple(eqn.outvars[0].aval.shape))
-        for v in eqn.params.values():
-            for sub in v if isinstance(v, (list, tuple)) else [v]:
-                inner = getattr(sub, "jaxpr", None)
-                if inner is not None:
-                    found += _dot_shapes(getattr(inner, "jaxpr", inner))
-    return found
+    return [tuple(e.outvars[0].aval.shape) for e in jaxpr_eqns(jaxpr) if e.primitive.name == "dot_general"]
 
 
 def test_unmerged_lora_forms_no_kernel_sized_product():
