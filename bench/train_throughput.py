@@ -93,6 +93,9 @@ def _make(fn, *args):
     return jax.eval_shape(fn, *args) if LOWER_FOR else fn(*args)
 
 
+_KERNEL_CALLS = (("__cudnn$fmha", "cudnn"), ("__gpu$xla.gpu.triton", "pallas_gpu"), ("tpu_custom_call", "splash"))
+
+
 def _lowered(f, *args, seqs: tuple = (), mesh=None, **extra) -> dict:
     """The lowering report of jitted f at args (see --lower_for); seqs: the attention lengths whose [.., L, L]
     tensors a fused kernel never materialises; mesh: compile for its devices (--compile_for; else one chip), the
@@ -104,7 +107,12 @@ def _lowered(f, *args, seqs: tuple = (), mesh=None, **extra) -> dict:
     t = time.perf_counter()
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         text = lowering.lower(f, *args)
-    out = {"lower_s": time.perf_counter() - t, "calls": dict(lowering.custom_calls(text)), **extra,
+    calls = dict(lowering.custom_calls(text))
+    # the backend its kernels show ("auto" trades cuDNN for Triton's kernel where S2's groups spread over chips)
+    shown = {b for prefix, b in _KERNEL_CALLS if any(c.startswith(prefix) for c in calls)}
+    if len(shown) == 1:
+        extra["backend"] = shown.pop()
+    out = {"lower_s": time.perf_counter() - t, "calls": calls, **extra,
            "logits": sorted({t for L in seqs for t in lowering.attention_logits(text, L)}), "jax": jax.__version__}
     if COMPILE_FOR:
         try:

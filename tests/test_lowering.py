@@ -136,16 +136,24 @@ def test_fused_kernels_run_per_shard_on_a_pod_mesh(platform, attention, s2):
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.parametrize("platform,dense_calls", [("tpu", MOSAIC), ("cuda", CUDNN)])
 @pytest.mark.parametrize("s2", [0, 128])
-def test_one_long_row_on_eight_fsdp_chips(s2):
-    """Long-context training: one row over 8 FSDP chips. The Mosaic kernel still sits in a manual region (outside
-    one XLA refuses to compile it: "Mosaic kernels cannot be automatically partitioned"), and the activations are
-    split along the sequence, which the rows leave free, instead of replicated on every chip."""
+def test_one_long_row_on_eight_fsdp_chips(platform, dense_calls, s2):
+    """Long-context training: one row over 8 FSDP chips. The kernel still sits in a manual region (outside one
+    XLA refuses to compile Mosaic: "Mosaic kernels cannot be automatically partitioned"), and the activations are
+    split along the sequence, which the rows leave free, instead of replicated on every chip. With S2 the 8
+    groups (4 per head half) become rows split over the chips, one each, and "auto" takes Triton's kernel on GPU
+    for them (cuDNN takes one segment per row)."""
     mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(1, 8, 1), ("data", "fsdp", "tensor"))
-    with jax.set_mesh(mesh), lowering.target("tpu"):
-        _, text = llama_grad_text("auto", s2, rows=1)
+    with jax.set_mesh(mesh), lowering.target(platform):
+        _, text = llama_grad_text("auto", s2, length=512, rows=1)
     assert "sdy.manual_computation" in text
     assert '[{}, {"fsdp"}, {}]' in text  # the residual stream [1, L, D]: the sequence over fsdp
+    groups_split = '[{"fsdp"}, {}, {}, {}]' in text  # the kernel's q: [8 group rows, G, H / 2, D]
+    assert groups_split == bool(s2)
+    calls = set(lowering.custom_calls(text))
+    assert (TRITON if s2 and platform == "cuda" else dense_calls) <= calls
+    assert not (s2 and platform == "cuda") or not CUDNN & calls
 
 
 def _compiled_llama_grad(attention: str, chip: str, length: int = 1024):

@@ -11,14 +11,16 @@
   "pallas_gpu"  Pallas/Triton flash attention with segment ids (GPU, packed rows).
   "splash"      Pallas splash attention (TPU; also CPU in interpret mode for tests).
   "auto"        by platform (the machine's, or `lowering.target`'s): TPU -> splash; GPU -> cudnn for
-                right-padded bf16/fp16 rows, else pallas_gpu;
+                right-padded bf16/fp16 rows, else pallas_gpu (also where S2's groups spread over the devices,
+                below: cuDNN takes one segment per row);
                 CPU -> cpu when the kernel builds (a C++ compiler is present), head_dim is a multiple of 16 and
                 the process has one device or a mesh is in context (`jax.set_mesh`, as the training loop does),
                 else blockwise. (MaxText's "autoselected" falls back to O(L^2) on CPU.)
 Kernels XLA's partitioner cannot split (cpu, pallas_gpu, splash: a custom call or a Pallas kernel) would have
 their inputs gathered whole onto every device of a sharded jit; under a mesh in context they run per shard
 (`jax.shard_map`: rows over the batch's mesh axes, KV heads over the tensor axis, S2's head halves too),
-as MaxText runs splash.
+as MaxText runs splash. With fewer rows than devices (one long row split along its sequence) S2's groups become
+the rows the devices split (`_roll_fold`), so no device attends over whole rows.
 cuDNN's call has JAX's own partitioning rules.
 Decoding with a KV cache always uses `dot_product_attention` (one or a few query rows).
 
@@ -39,6 +41,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jmlr_jax import lowering, parallel
@@ -220,7 +223,7 @@ def self_attention(
     K = k_BxLxKxD.shape[2]
     dtype = q_BxLxHxD.dtype
     k_BxLxKxD, v_BxLxKxD = k_BxLxKxD.astype(dtype), v_BxLxKxD.astype(dtype)
-    impl = resolve_implementation(impl, dtype=dtype, head_dim=D, right_padded=right_padded)
+    auto, impl = impl == "auto", resolve_implementation(impl, dtype=dtype, head_dim=D, right_padded=right_padded)
     s2 = 0 < s2_group_size < L
     if impl == "reference":
         info = make_mask_info(pos_BxL, seg_BxL, num_heads=H, s2_group_size=s2_group_size if s2 else 0)
@@ -230,12 +233,23 @@ def self_attention(
                          "'pallas_gpu' or compact the sequence first")
     if s2 and (s2_group_size % 2 or H % 2):
         raise ValueError(f"S2-Attn needs an even group size and head count; got G={s2_group_size}, H={H}")
-    kernel = _kernel_fn(impl, block, right_padded, interpret, unroll)
     G = s2_group_size if s2 else 0
     seg_BxL = seg_BxL.astype(jnp.int32)
     shards = _shards(impl, B, K, s2)
+    groups = None
+    if shards and G:
+        swap = auto and impl == "cudnn"  # cuDNN cannot take the folded groups; "auto" trades it for Triton's kernel
+        groups = _group_axes("pallas_gpu" if swap else impl, *shards, B, L, H, K, G)
+        impl = "pallas_gpu" if swap and groups else impl
+    kernel = _kernel_fn(impl, block, right_padded, interpret, unroll)
     if shards is None:
         out = _attend(kernel, G, None, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
+    elif groups:  # S2's groups spread over the devices as rows
+        rows, heads = groups
+        x, seg = P(rows, None, heads, None), P(rows, None)
+        folded = _roll_fold(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, G)
+        out = _roll_unfold(jax.shard_map(kernel, mesh=shards[0], in_specs=(x, x, x, seg), out_specs=x,
+                                         check_vma=False)(*folded), B, G)
     else:
         mesh, rows, heads = shards
         half = (heads, mesh.shape[heads]) if G and heads else None
@@ -266,6 +280,60 @@ def _attend(kernel, G: int, half, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL) -> j
         kh, vh = (x[:, :, h * K // 2:(h + 1) * K // 2] for x in (k_BxLxKxD, v_BxLxKxD))
         halves.append(fold(shifted, qh, kh, vh))
     return jnp.concatenate(halves, axis=2)
+
+
+def _roll_fold(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, G: int):
+    """S2's groups as rows of G tokens (L a multiple of G): [B, L, ...] -> [B * 2 * L/G, G, ...], rows ordered
+    (row, head half, group), each with half the heads. The shifted half is rolled by G/2 (LongLoRA's layout), so
+    its first and last half-groups share the last row; their segment ids are made distinct (2 s, 2 s + 1) so the
+    first tokens never see the last (no wrap-around)."""
+    B, L, H, _ = q_BxLxHxD.shape
+    if k_BxLxKxD.shape[2] % 2:  # the two head halves cannot split the KV heads: give each query head its own
+        k_BxLxKxD, v_BxLxKxD = (jnp.repeat(x, H // x.shape[2], axis=2) for x in (k_BxLxKxD, v_BxLxKxD))
+    head_start = jnp.arange(L) < G // 2
+    seg_shifted = jnp.where(seg_BxL > 0, 2 * seg_BxL + head_start.astype(jnp.int32), 0)
+
+    def rows(unshifted, shifted):
+        x = jnp.stack([unshifted, _rotate(shifted, G, back=False)], axis=1)  # [B, 2, L, ...]
+        return x.reshape(B * 2 * (L // G), G, *x.shape[3:])
+
+    halves = lambda x: (x[:, :, :x.shape[2] // 2], x[:, :, x.shape[2] // 2:])  # noqa: E731
+    return (*(rows(*halves(x)) for x in (q_BxLxHxD, k_BxLxKxD, v_BxLxKxD)), rows(seg_BxL, seg_shifted))
+
+
+def _roll_unfold(o_RxGxHxD, B: int, G: int) -> jax.Array:
+    """Inverse of `_roll_fold` for the output: [B * 2 * L/G, G, H/2, D] -> [B, L, H, D]."""
+    o = o_RxGxHxD.reshape(B, 2, -1, *o_RxGxHxD.shape[2:])
+    return jnp.concatenate([o[:, 0], _rotate(o[:, 1], G, back=True)], axis=2)
+
+
+def _rotate(x_BxLx_, G: int, back: bool) -> jax.Array:
+    """x rotated along its sequence by half a group: token G/2 first (back: the inverse). Written as a rotation of
+    half-group blocks, not `jnp.roll`: on a sequence split over devices XLA then moves whole blocks between
+    neighbours, where for `jnp.roll`'s slices it warned of replicating the array ("involuntary full
+    rematerialization") in the gradient."""
+    h = x_BxLx_.reshape(x_BxLx_.shape[0], -1, G // 2, *x_BxLx_.shape[2:])
+    h = jnp.concatenate([h[:, -1:], h[:, :-1]] if back else [h[:, 1:], h[:, :1]], axis=1)
+    return h.reshape(x_BxLx_.shape)
+
+
+def _devices(mesh, *entries) -> int:
+    """How many devices a spec's entries (mesh axis names, tuples of them or None) split an array over."""
+    return int(np.prod([mesh.shape[a] for e in entries for a in ((e,) if isinstance(e, str) else (e or ()))]))
+
+
+def _group_axes(impl: str, mesh, rows, heads, B: int, L: int, H: int, K: int, G: int):
+    """(rows' axes, heads' axis) for S2's groups folded into rows before `shard_map` (`_roll_fold`), or None when
+    splitting the batch's rows uses as many devices. One 8192-token row on 8 FSDP chips, G = 2048: 8 group rows,
+    one per chip, where the row alone would give every chip the whole attention. Not for cuDNN (one segment per
+    row) or a length that is not a whole number of groups."""
+    if impl == "cudnn" or L % G:
+        return None
+    kv_heads = (K if K % 2 == 0 else H) // 2  # per head half (`_roll_fold`)
+    group_rows, group_heads = parallel.mesh_spec(("batch", "kv_heads"), (2 * B * L // G, kv_heads), mesh)
+    if _devices(mesh, group_rows, group_heads) <= _devices(mesh, rows, heads):
+        return None
+    return group_rows, group_heads
 
 
 # Kernels run per shard under a mesh: those XLA's partitioner cannot split (a custom call, a Pallas kernel: in a

@@ -167,6 +167,26 @@ def _mesh(shape=(2, 2, 2)):
     return Mesh(np.asarray(jax.devices()[: int(np.prod(shape))]).reshape(shape), ("data", "fsdp", "tensor"))
 
 
+def _sharded_equals_oracle(impl, mesh, rows, length, w, s2, q, k, v, pos, seg):
+    """sum(w * attention) and its q / k / v gradients, compiled under the mesh with the inputs' rows and sequence
+    over those mesh axes (KV heads over tensor), equal the oracle's; returns (compiled, loss(impl) builder)."""
+    x_sh, row_sh = NamedSharding(mesh, P(rows, length, "tensor")), NamedSharding(mesh, P(rows, length))
+
+    def loss(impl):
+        f = lambda q, k, v, pos, seg: jnp.sum(w * attention.self_attention(  # noqa: E731
+            q, k, v, pos, seg, impl=impl, s2_group_size=s2, block=128, interpret=True))
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)), in_shardings=(x_sh, x_sh, x_sh, row_sh, row_sh))
+
+    with jax.set_mesh(mesh):
+        compiled = loss(impl).lower(q, k, v, pos, seg).compile()
+        out, out_g = compiled(q, k, v, pos, seg)
+    ref, ref_g = loss("reference")(q, k, v, pos, seg)
+    np.testing.assert_allclose(float(out), float(ref), atol=1e-3)
+    for a, b in zip(out_g, ref_g):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    return compiled, loss
+
+
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 @pytest.mark.parametrize("impl", ["cpu", "splash", "pallas_gpu"])
 @pytest.mark.parametrize("case", ["packed_padded", "s2"])
@@ -182,20 +202,7 @@ def test_opaque_kernels_run_per_shard_under_a_mesh(impl, case):
     pos, seg = jnp.tile(pos, (B // 2, 1)), jnp.tile(seg, (B // 2, 1))  # the 2-row case, 4 times
     w = jax.random.normal(jax.random.PRNGKey(9), (B, L, H, D)) * (seg > 0)[..., None, None]
     mesh = _mesh()
-    x_sh, row_sh = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor")), NamedSharding(mesh, P(("data", "fsdp")))
-
-    def loss(impl):
-        f = lambda q, k, v, pos, seg: jnp.sum(w * attention.self_attention(  # noqa: E731
-            q, k, v, pos, seg, impl=impl, s2_group_size=s2, block=128, interpret=True))
-        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)), in_shardings=(x_sh, x_sh, x_sh, row_sh, row_sh))
-
-    with jax.set_mesh(mesh):
-        compiled = loss(impl).lower(q, k, v, pos, seg).compile()
-        out, out_g = compiled(q, k, v, pos, seg)
-    ref, ref_g = loss("reference")(q, k, v, pos, seg)
-    np.testing.assert_allclose(float(out), float(ref), atol=1e-3)
-    for a, b in zip(out_g, ref_g):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    compiled, loss = _sharded_equals_oracle(impl, mesh, ("data", "fsdp"), None, w, s2, q, k, v, pos, seg)
     if impl == "cpu":
         assert "all-gather" not in compiled.as_text()  # S2 too: each tensor shard's heads lie in one half
         unsharded = loss(impl).lower(q, k, v, pos, seg).compile().as_text()  # no mesh in context
@@ -204,6 +211,30 @@ def test_opaque_kernels_run_per_shard_under_a_mesh(impl, case):
         kernel_q = lambda text: re.findall(r"f32\[(\d+),256,(\d+),16\][^\n]*custom-call\(", text)  # noqa: E731
         assert set(kernel_q(compiled.as_text())) == {(str(B // 4), str(H // 2))}
         assert set(kernel_q(unsharded)) == {(str(B), str(H))}
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.parametrize("impl", ["cpu", "splash", "pallas_gpu"])
+@pytest.mark.parametrize("mesh_shape,rows,kv_heads,L", [((1, 8, 1), [0, 1], 2, 256), ((2, 2, 2), [1], 2, 256),
+                                                        ((1, 8, 1), [1], 1, 512)])
+def test_s2_groups_spread_over_devices_when_rows_cannot(impl, mesh_shape, rows, kv_heads, L):
+    """Fewer rows than devices (long context: a row split along its sequence): S2's groups become the rows the
+    devices split, instead of every device attending over whole rows. The oracle's values and gradients; the
+    padded row's shifted first and last half-groups share a folded row and must not see each other (the check
+    can fail); the C++ kernel's call holds one group (G tokens) of half the heads, a share of the group rows."""
+    _need(impl)
+    H, D = 4, 16
+    pos, seg, G = _case("s2", L)
+    pos, seg = pos[np.asarray(rows)], seg[np.asarray(rows)]
+    B = len(rows)
+    q, k, v = _qkv(B, L, H, kv_heads, D)
+    w = jax.random.normal(jax.random.PRNGKey(9), (B, L, H, D)) * (seg > 0)[..., None, None]
+    mesh = _mesh(mesh_shape)
+    compiled, _ = _sharded_equals_oracle(impl, mesh, None, "fsdp", w, G, q, k, v, pos, seg)
+    if impl == "cpu":
+        per_device = 2 * B * L // G // (mesh_shape[0] * mesh_shape[1])  # group rows over data x fsdp
+        calls = set(re.findall(r"f32\[(\d+),(\d+),(\d+),16\][^\n]*custom-call\(", compiled.as_text()))
+        assert calls == {(str(per_device), str(G), str(H // 2))}, calls
 
 
 def test_auto_picks_backend_by_platform():
