@@ -68,7 +68,6 @@ def main() -> None:
                      per_query_ms(lambda i: Q[i] @ gathered[i][0].T, range(N))))
         rows.append(("  per-passage max + sum", per_query_ms(
             lambda i: np.maximum.reduceat(sims[i], gathered[i][1], axis=1).sum(0), range(N))))
-        del gathered, sims
         default_block = index_lib.RERANK_BLOCK
         for name, ix in (("fp32", wide), ("fp16", narrow)):
             for block in (0, default_block):

@@ -5,9 +5,8 @@ import os
 import numpy as np
 import jax.numpy as jnp
 import pytest
-import torch
 
-from jmlr_jax.convert import WeightsError, hf, load_hf_llama, load_preset, save_hf_llama
+from jmlr_jax.convert import WeightsError, load_hf_llama, load_preset, save_hf_llama
 from jmlr_jax.models import Llama
 from tests.helpers import hf_logits, tiny_hf_llama
 

@@ -7,7 +7,6 @@ from jmlr_jax.data.pipeline import JMLRExamples, make_dataset
 from jmlr_jax.data.templates import Budgets, PromptTemplate, assemble, encode_answer, encode_docs, encode_question
 from jmlr_jax.models import ColBERTConfig, ColBERTTokenizer
 from jmlr_jax.retrieval.corpus import Passage
-from jmlr_jax.tokenizers import HFTokenizer
 
 REC = QARecord("q1", "medmcqa", "Which drug is first-line for type 2 diabetes?", ("Insulin", "Metformin", "Sulfonylurea",
                                                                                   "Acarbose"), 1,

@@ -1,7 +1,4 @@
 """BERT encoder vs transformers' BertModel; MaxSim vs numpy; masks; ColBERT query/doc tokenization."""
-import json
-import os
-
 import numpy as np
 import jax
 import jax.numpy as jnp
