@@ -39,6 +39,14 @@ def test_constrain_maps_logical_names_onto_the_mesh_in_context():
         assert _constraints(f.lower(x).as_text()) == []
 
 
+def test_length_multiple_is_what_the_rows_leave_of_the_batch_axes():
+    assert parallel.length_multiple(2) == 1  # no mesh in context
+    with jax.set_mesh(parallel.make_mesh((1, 8, 1))):
+        assert [parallel.length_multiple(r) for r in (1, 2, 4, 8, 16)] == [8, 8, 8, 1, 1]
+    with jax.set_mesh(parallel.make_mesh((2, 2, 2))):  # rows take data, then fsdp; tensor is not a batch axis
+        assert [parallel.length_multiple(r) for r in (1, 2, 3, 4)] == [4, 2, 4, 1]
+
+
 def test_llama_activations_are_pinned_under_a_mesh():
     """The decoder's activations carry their shardings under a (2, 2, 2) mesh (the MLP's hidden split over the
     tensor axis, the residual stream over the batch axes) and give the same logits as without one."""

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmlr_jax import parallel
 from jmlr_jax.data.templates import assemble, compact_sequence
 from jmlr_jax.models.llama import Llama, LlamaConfig
 
@@ -188,17 +189,21 @@ def answer_nll(cfg: LlamaConfig, llm_params, blocks: list[tuple[jax.Array, jax.A
     block layout with interior padding; the same values either way (tested), one is faster per backend.
     """
     tokens, valid, pos = assemble([b[0] for b in blocks] + [answer], [b[1] for b in blocks] + [answer_valid])
-    La = answer.shape[-1]
+    L, La = tokens.shape[-1], answer.shape[-1]
+    # Padding at the end (segment 0) to a length the mesh's free batch axes divide: with fewer rows than devices
+    # the sequence then splits over them instead of every device computing every row whole (a no-op otherwise).
+    pad = -L % parallel.length_multiple(tokens.shape[0])
+    tokens, valid, pos = (jnp.pad(x, ((0, 0), (0, pad))) for x in (tokens, valid, pos))
     model = Llama(cfg)
     if compact:
         c_tokens, c_valid, c_pos = compact_sequence(tokens, valid, pos)
         hidden = model.apply({"params": llm_params}, c_tokens, positions_BxL=c_pos, segment_ids_BxL=c_valid,
                              train=train, return_hidden=True, right_padded=True)
         # Index L-La-1 (the last question token) .. L-2 of the block layout sit at their positions when compact.
-        hidden = jnp.take_along_axis(hidden, pos[:, -La - 1: -1, None], axis=1)
+        hidden = jnp.take_along_axis(hidden, pos[:, L - La - 1: L - 1, None], axis=1)
     else:
         hidden = model.apply({"params": llm_params}, tokens, positions_BxL=pos, segment_ids_BxL=valid,
-                             train=train, return_hidden=True)[:, -La - 1: -1]
+                             train=train, return_hidden=True)[:, L - La - 1: L - 1]
     # The question block is right-aligned, so positions L-La-1 .. L-2 predict answer tokens 0 .. La-1.
     logits = lm_logits(cfg, llm_params, hidden)
     logp = jax.nn.log_softmax(logits, axis=-1)

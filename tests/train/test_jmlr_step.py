@@ -244,6 +244,26 @@ def test_compaction_gives_the_same_losses_and_grads(params, s2):
     jax.tree_util.tree_map(_close, g_c, g_ref)
 
 
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_narrow_batch_splits_the_generator_sequence_over_the_mesh(params):
+    """Fewer rows than devices (2 on 8 FSDP devices) and an odd sequence length (25 tokens): the generator's
+    sequence is padded at the end to a multiple of 8 so that it splits along its length (the lowered residual
+    stream's constraint) instead of every device computing both rows whole; the same loss and gradients
+    as on one device. The scoring pass's 8 rows split as rows."""
+    from jax.sharding import Mesh
+
+    batch, rng = make_batch(B=2), jax.random.PRNGKey(7)
+    loss = lambda p: js.jmlr_loss(p, batch, rng, models())[0]  # noqa: E731
+    l_one, g_one = jax.jit(jax.value_and_grad(loss))(params)
+    with jax.set_mesh(Mesh(np.asarray(jax.devices()[:8]).reshape(1, 8, 1), ("data", "fsdp", "tensor"))):
+        step = jax.jit(jax.value_and_grad(loss))
+        text = step.lower(params).as_text()
+        l_mesh, g_mesh = step(params)
+    assert '[{}, {"fsdp"}, {}]> : tensor<2x32x32xf32>' in text  # the generator's [rows, 25 + 7, hidden]
+    np.testing.assert_allclose(l_mesh, l_one, rtol=1e-5)
+    jax.tree_util.tree_map(_close, g_mesh, g_one)
+
+
 def _close(a, b):
     """Equal up to fp32 summation order: 1e-3 of the leaf's largest gradient."""
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * float(np.max(np.abs(b))) + 1e-9)
