@@ -144,6 +144,25 @@ def test_backend_equals_oracle(impl, case, kv_heads):
     np.testing.assert_allclose(np.asarray(o)[real], np.asarray(r)[real], atol=2e-6)
 
 
+@pytest.mark.parametrize("L", [353, 700])
+def test_splash_at_lengths_that_are_not_whole_blocks(L):
+    """Splash pads the sequence to whole blocks of the size that pads least (353 -> 384, one block of 384;
+    700 -> 768, two): the oracle's values and gradients."""
+    B, H, K, D = 1, 4, 2, 16
+    q, k, v = _qkv(B, L, H, K, D)
+    pos, seg = jnp.arange(L)[None], jnp.ones((B, L), jnp.int32)
+
+    def loss_and_grads(impl):
+        f = lambda q, k, v: jnp.sum(  # noqa: E731
+            attention.self_attention(q, k, v, pos, seg, impl=impl, interpret=True) ** 2)
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(q, k, v)
+
+    (ref, ref_g), (out, out_g) = loss_and_grads("reference"), loss_and_grads("splash")
+    np.testing.assert_allclose(float(out), float(ref), rtol=1e-5)
+    for a, b in zip(out_g, ref_g):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+
+
 @pytest.mark.parametrize("impl", ["blockwise", "cpu"])
 @pytest.mark.parametrize("L,G", [(64, 16), (70, 16), (40, 64)])
 def test_s2_gradients_are_causal(impl, L, G):
