@@ -66,6 +66,16 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES
     return Mesh(devices, tuple(axes))
 
 
+def axes_of(entry) -> tuple[str, ...]:
+    """The mesh axis names of a PartitionSpec entry or a rule's target: a name, a tuple of names or None."""
+    return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def devices_of(mesh, *entries) -> int:
+    """How many devices spec entries split an array over (the product of their mesh axes' sizes)."""
+    return int(np.prod([mesh.shape[a] for e in entries for a in axes_of(e)]))
+
+
 def mesh_spec(logical: Sequence[str | None], shape: Sequence[int], mesh, rules=RULES) -> P:
     """The mesh PartitionSpec of an array from its logical axis names. Rules apply in order, each mesh axis at most
     once: a dimension keeps the longest leading run of its rule's free axes (size > 1) whose product divides it
@@ -78,9 +88,8 @@ def mesh_spec(logical: Sequence[str | None], shape: Sequence[int], mesh, rules=R
         for i, n in enumerate(tuple(logical)[:len(shape)]):
             if n != name or out[i] is not None:
                 continue
-            kept = [a for a in ((axes,) if isinstance(axes, str) else tuple(axes or ()))
-                    if a not in used and mesh.shape[a] > 1]
-            while kept and shape[i] % int(np.prod([mesh.shape[a] for a in kept])):
+            kept = [a for a in axes_of(axes) if a not in used and mesh.shape[a] > 1]
+            while kept and shape[i] % devices_of(mesh, *kept):
                 kept.pop()
             if kept:
                 out[i] = kept[0] if len(kept) == 1 else tuple(kept)
@@ -120,9 +129,7 @@ def length_multiple(rows: int) -> int:
     if mesh is None:
         return 1
     (taken,) = mesh_spec(("batch",), (rows,), mesh)
-    taken = (taken,) if isinstance(taken, str) else tuple(taken or ())
-    axes = dict(RULES)["length"]
-    return int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes) if a not in taken]))
+    return devices_of(mesh, *(a for a in axes_of(dict(RULES)["length"]) if a not in axes_of(taken)))
 
 
 def tree_shardings(logical_tree, shape_tree, mesh: Mesh, rules=RULES):

@@ -41,7 +41,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jmlr_jax import lowering, parallel
@@ -265,15 +264,14 @@ def _attend(kernel, G: int, half, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL) -> j
     size / 2 shards' in the unshifted one."""
     if not G:
         return kernel(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
-    L, H, K = q_BxLxHxD.shape[1], q_BxLxHxD.shape[2], k_BxLxKxD.shape[2]
+    L, H = q_BxLxHxD.shape[1], q_BxLxHxD.shape[2]
     fold = lambda shifted, q, k, v: _fold_apply(kernel, q, k, v, seg_BxL, _s2_pieces(L, G, shifted))  # noqa: E731
     if half:
         axis, size = half
         return jax.lax.cond(jax.lax.axis_index(axis) >= size // 2, functools.partial(fold, True),
                             functools.partial(fold, False), q_BxLxHxD, k_BxLxKxD, v_BxLxKxD)
-    if K % 2:  # the two head halves cannot split the KV heads: give each query head its own
-        k_BxLxKxD, v_BxLxKxD = (jnp.repeat(x, H // K, axis=2) for x in (k_BxLxKxD, v_BxLxKxD))
-        K = H
+    k_BxLxKxD, v_BxLxKxD = _kv_for_halves(k_BxLxKxD, v_BxLxKxD, H)
+    K = k_BxLxKxD.shape[2]
     halves = []
     for h, shifted in ((0, False), (1, True)):
         qh = q_BxLxHxD[:, :, h * H // 2:(h + 1) * H // 2]
@@ -282,14 +280,22 @@ def _attend(kernel, G: int, half, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL) -> j
     return jnp.concatenate(halves, axis=2)
 
 
+def _kv_for_halves(k_BxLxKxD, v_BxLxKxD, H: int) -> tuple[jax.Array, jax.Array]:
+    """k, v splittable into S2's two head halves: an odd KV head count cannot be split, so each query head then
+    gets its own copy (K = H)."""
+    K = k_BxLxKxD.shape[2]
+    if K % 2 == 0:
+        return k_BxLxKxD, v_BxLxKxD
+    return jnp.repeat(k_BxLxKxD, H // K, axis=2), jnp.repeat(v_BxLxKxD, H // K, axis=2)
+
+
 def _roll_fold(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, G: int):
     """S2's groups as rows of G tokens (L a multiple of G): [B, L, ...] -> [B * 2 * L/G, G, ...], rows ordered
     (row, head half, group), each with half the heads. The shifted half is rolled by G/2 (LongLoRA's layout), so
     its first and last half-groups share the last row; their segment ids are made distinct (2 s, 2 s + 1) so the
     first tokens never see the last (no wrap-around)."""
     B, L, H, _ = q_BxLxHxD.shape
-    if k_BxLxKxD.shape[2] % 2:  # the two head halves cannot split the KV heads: give each query head its own
-        k_BxLxKxD, v_BxLxKxD = (jnp.repeat(x, H // x.shape[2], axis=2) for x in (k_BxLxKxD, v_BxLxKxD))
+    k_BxLxKxD, v_BxLxKxD = _kv_for_halves(k_BxLxKxD, v_BxLxKxD, H)
     head_start = jnp.arange(L) < G // 2
     seg_shifted = jnp.where(seg_BxL > 0, 2 * seg_BxL + head_start.astype(jnp.int32), 0)
 
@@ -317,11 +323,6 @@ def _rotate(x_BxLx_, G: int, back: bool) -> jax.Array:
     return h.reshape(x_BxLx_.shape)
 
 
-def _devices(mesh, *entries) -> int:
-    """How many devices a spec's entries (mesh axis names, tuples of them or None) split an array over."""
-    return int(np.prod([mesh.shape[a] for e in entries for a in ((e,) if isinstance(e, str) else (e or ()))]))
-
-
 def _group_axes(impl: str, mesh, rows, heads, B: int, L: int, H: int, K: int, G: int):
     """(rows' axes, heads' axis) for S2's groups folded into rows before `shard_map` (`_roll_fold`), or None when
     splitting the batch's rows uses as many devices. One 8192-token row on 8 FSDP chips, G = 2048: 8 group rows,
@@ -329,9 +330,9 @@ def _group_axes(impl: str, mesh, rows, heads, B: int, L: int, H: int, K: int, G:
     row) or a length that is not a whole number of groups."""
     if impl == "cudnn" or L % G:
         return None
-    kv_heads = (K if K % 2 == 0 else H) // 2  # per head half (`_roll_fold`)
+    kv_heads = (K if K % 2 == 0 else H) // 2  # per head half (`_kv_for_halves`)
     group_rows, group_heads = parallel.mesh_spec(("batch", "kv_heads"), (2 * B * L // G, kv_heads), mesh)
-    if _devices(mesh, group_rows, group_heads) <= _devices(mesh, rows, heads):
+    if parallel.devices_of(mesh, group_rows, group_heads) <= parallel.devices_of(mesh, rows, heads):
         return None
     return group_rows, group_heads
 
