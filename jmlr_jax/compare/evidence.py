@@ -15,10 +15,11 @@ lr), passes (arm e on the whole pool, dev recall per number of passes) and eL_s*
 at the lr and passes those chose; only arm e grows, its generator losses are cached once); negatives (arm e on the
 whole pool in batches, without and with in-batch negatives) may change eL's batch; eB_s* (both_sides) train arm eL
 with the document side too and are evaluated on the corpus re-encoded by their trained encoder (index refresh);
-eR_s* (second_round) continue each eB for one more pass on the candidates its retriever re-mined from that corpus.
+eR_s* (second_round) continue each eB for one more pass on the candidates its retriever re-mined from that corpus;
+eT_s* and eTR_s* (sharp_posterior) are eB and eR at the KL target temperature part posterior chose on dev.
 With extra training focuses (compare/evidence_more_focuses*.gin): focuses (or focuses_kept) and eF_s* (or eK_s*),
 and with both_sides eFB_s* (or eKB_s*), eB's remedy on that pool.
-Retriever training moves the query encoder only (except eB, eR, eFB, eKB): the candidates' token vectors come from
+Retriever training moves the query encoder only (except eB, eR, eFB, eKB, eT, eTR): the candidates' token vectors come from
 the index built by the base encoder (the document side is frozen), so the index never goes stale and the held-out
 evaluation searches the whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
 
@@ -128,6 +129,9 @@ class EvidenceConfig:
     # generator's loss is cached for every (question, candidate) pair not cached before, and training continues from
     # eB's weights for the same passes at the same lr; evaluated on an index re-encoded again (index-eR_s*).
     second_round: bool = False
+    # Parts eT_s* (sharp_posterior, with both_sides, after part posterior) and with second_round eTR_s*: arms eB and
+    # eR at the KL target temperature the posterior part chose on the dev focuses (eL, eB and eR keep beta 1).
+    sharp_posterior: bool = False
     # Parts focuses and eF_s* (extra_train_focuses > 0, with a pool; compare/evidence_more_focuses.gin): more
     # training focuses, taken after the held-out ones (no other split moves). All their questions join the pool
     # (last); their answers are a training-only extension of the corpus: training candidates are mined from the
@@ -155,13 +159,16 @@ TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
 # What each trained arm trains (and therefore saves and evaluates with): one table, read by train and arm_part.
 TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",), "eL": ("retriever",),
            "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",), "eK": ("retriever",),
-           "eFB": ("retriever",), "eKB": ("retriever",)}
+           "eFB": ("retriever",), "eKB": ("retriever",), "eT": ("retriever",), "eTR": ("retriever",)}
 # arm e on the whole pool at the settings chosen there (eB, eR: both sides trained; eF: the pool with extra focuses;
-# eK: the same pool, eL's questions keeping eL's candidates; eFB, eKB: eF, eK with both sides trained)
-POOL_ARMS = ("eL", "eB", "eR", "eF", "eK", "eFB", "eKB")
+# eK: the same pool, eL's questions keeping eL's candidates; eFB, eKB: eF, eK with both sides trained; eT, eTR: eB,
+# eR at the KL temperature chosen on dev)
+POOL_ARMS = ("eL", "eB", "eR", "eF", "eK", "eFB", "eKB", "eT", "eTR")
 EXTRA_ARMS = ("eF", "eK", "eFB", "eKB")  # the arms of the pool with extra focuses
-BOTH_SIDES = ("eB", "eFB", "eKB")  # arms whose candidates are encoded live in the step (eR: too, from eB's weights)
-REFRESHED = (*BOTH_SIDES, "eR")  # arms whose document encoder moved: evaluated on the corpus it re-encoded
+BOTH_SIDES = ("eB", "eFB", "eKB", "eT")  # arms whose candidates are encoded live (eR, eTR: too, from eB's / eT's)
+SECOND_ROUND = {"eR": "eB", "eTR": "eT"}  # second-round arm -> the arm whose retriever it continues and re-mines with
+REFRESHED = (*BOTH_SIDES, *SECOND_ROUND)  # arms whose document encoder moved: evaluated on the corpus it re-encoded
+SHARP = ("eT", "eTR")  # arms trained at the KL target temperature the posterior part chose on dev
 
 
 def _sha(s: str) -> str:
@@ -288,7 +295,7 @@ class Comparison:
         self._models = None
         self._indexes: dict[str, dict[str, TokenIndex]] = {}  # docs tag -> view (full, main, eval, train) -> index
         self._retrievers: dict[tuple[str, str], Retriever] = {}
-        self._second_rounds: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}  # seed -> second_round's result
+        self._second_rounds: dict[tuple[str, int], tuple] = {}  # (first arm, seed) -> second_round's result
 
     # ------------------------------------------------------------------------------------------ parts
     def part_names(self) -> list[str]:
@@ -305,7 +312,9 @@ class Comparison:
                 (["negatives"] if c.negatives_batch else []) + [f"eL_s{s}" for s in c.seeds] + \
                 ([f"eB_s{s}" for s in c.seeds] if c.both_sides else []) + \
                 ([f"eR_s{s}" for s in c.seeds] if c.both_sides and c.second_round else []) + \
-                (["posterior"] if c.posterior_betas else [])
+                (["posterior"] if c.posterior_betas else []) + \
+                ([f"eT_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior else []) + \
+                ([f"eTR_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior and c.second_round else [])
         return names
 
     @property
@@ -556,22 +565,23 @@ class Comparison:
                 _save_npy(path, out)
         return out
 
-    def second_round(self, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
-        """Arm eR's start: eB's trained retriever for this seed, the pool's top-C it mines from the corpus it
-        re-encoded (index-eB_s*), and the generator's losses for those candidates (computed once per seed: arm_part
-        times this step apart from the training that reads it)."""
-        if seed in self._second_rounds:
-            return self._second_rounds[seed]
-        tag = f"eB_s{seed}"
+    def second_round(self, seed: int, arm: str = "eR") -> tuple[dict, np.ndarray, np.ndarray]:
+        """A second-round arm's start (eR: eB's; eTR: eT's): the first arm's trained retriever for this seed, the
+        pool's top-C it mines from the corpus it re-encoded (index-eB_s*), and the generator's losses for those
+        candidates (computed once per seed: arm_part times this step apart from the training that reads it)."""
+        first = SECOND_ROUND[arm]
+        if (first, seed) in self._second_rounds:
+            return self._second_rounds[first, seed]
+        tag = f"{first}_s{seed}"
         path = os.path.join(self.cfg.work_dir, "params", f"{tag}.safetensors")
         if not os.path.exists(path):
-            raise InputError(f"part eR_s{seed} continues arm eB's training from {path}: run part {tag} first")
+            raise InputError(f"part {arm}_s{seed} continues arm {first}'s training from {path}: run part {tag} first")
         rparams = load_tree(path)["retriever"]
         if not os.path.exists(self._cache("candidates", True, tag)):
             self.refresh_index(tag, rparams)
         cands = self.candidates(True, tag, rparams)
-        self._second_rounds[seed] = rparams, cands, self.doc_losses(True, cands, tag)
-        return self._second_rounds[seed]
+        self._second_rounds[first, seed] = rparams, cands, self.doc_losses(True, cands, tag)
+        return self._second_rounds[first, seed]
 
     # ------------------------------------------------------------------------------------------ training
     def settings(self) -> dict:
@@ -584,13 +594,13 @@ class Comparison:
 
     def train(self, arm: str, seed: int, settings: dict | None = None,
               questions: int | None = None) -> tuple[dict, list[dict]]:
-        """Trains one arm from the base weights (eR: from eB's); returns (params, per-step metrics). Arms eL / eB /
-        eR, or `questions` given (arm e only), train on the first `questions` of the pool (default: all of it)
-        instead of the training set; arms eB, eFB, eKB and eR train the document side too (their candidates encoded
-        live), eR on the candidates eB's retriever re-mined (second_round)."""
+        """Trains one arm from the base weights (eR / eTR: from eB's / eT's); returns (params, per-step metrics). The
+        pool arms, or `questions` given (arm e only), train on the first `questions` of the pool (default: all of it)
+        instead of the training set; arms eB, eFB, eKB, eT and the second rounds train the document side too (their
+        candidates encoded live), eR / eTR on the candidates eB's / eT's retriever re-mined (second_round)."""
 
         c = self.cfg
-        settings = {**(self.pool_settings() if arm in POOL_ARMS else self.settings()), **(settings or {})}
+        settings = {**self.arm_settings(arm), **(settings or {})}
         llm_cfg, llm_params, _, rcfg, rparams, _ = self.models()
         trains_llm, trains_retriever = "llm" in TRAINED[arm], "retriever" in TRAINED[arm]
         cached = arm in ("e", *POOL_ARMS)
@@ -611,8 +621,8 @@ class Comparison:
         optim = OptimConfig(llm_lr=c.llm_lr, retriever_lr=settings["retriever_lr"],
                             warmup_steps=max(1, int(c.warmup_fraction * steps)), decay_steps=steps,
                             llm_trainable=".*" if trains_llm else "", retriever_trainable=".*" if trains_retriever else "")
-        if arm == "eR":  # a second round: from eB's retriever, on the candidates it mined
-            rparams, cands, losses = self.second_round(seed)
+        if arm in SECOND_ROUND:  # a second round: from eB's (eT's) retriever, on the candidates it mined
+            rparams, cands, losses = self.second_round(seed, arm)
             examples = self.examples(losses, pool=True, live_docs=True, candidates=cands)
         else:
             examples = self.examples(self.doc_losses(pool) if cached else None, pool=pool, n=n,
@@ -844,6 +854,20 @@ class Comparison:
             out["retriever_lr"] = (self._saved(self._focuses_part) or {}).get("chosen_lr", out["retriever_lr"])
         return out
 
+    def arm_settings(self, arm: str) -> dict:
+        """The retriever settings an arm trains with: the sweep's, eL's for the pool arms, and for eT / eTR eL's at
+        the KL target temperature the posterior part chose on dev."""
+        if arm not in POOL_ARMS:
+            return self.settings()
+        out = self.pool_settings()
+        if arm in SHARP:
+            po = self._saved("posterior")
+            if po is None:
+                raise InputError(f"arm {arm} trains at the KL temperature part posterior chooses on the dev focuses: "
+                                 "run part posterior first")
+            out["kl_beta"] = po["best_beta"]
+        return out
+
     def arm_part(self, arm: str, seed: int) -> dict:
         c = self.cfg
         d_path = os.path.join(c.work_dir, "params", f"d_s{seed}.safetensors")
@@ -859,9 +883,9 @@ class Comparison:
                 trained = load_tree(path)
             else:
                 timing = {}
-                if arm == "eR":  # mining and loss caching, timed apart from the training they feed
+                if arm in SECOND_ROUND:  # mining and loss caching, timed apart from the training they feed
                     t0 = time.time()
-                    self.second_round(seed)
+                    self.second_round(seed, arm)
                     timing["mine_seconds"] = round(time.time() - t0, 1)
                 t0 = time.time()
                 params, history = self.train(arm, seed)
@@ -874,7 +898,7 @@ class Comparison:
             llm_params = trained.get("llm", llm_params)
             rparams = trained.get("retriever", rparams)
         retrieval = arm not in ("a", "b")
-        out = {"arm": arm, "seed": seed, "settings": self.pool_settings() if arm in POOL_ARMS else self.settings(),
+        out = {"arm": arm, "seed": seed, "settings": self.arm_settings(arm),
                "train_history": history, "sets": {},
                "train_questions": len(self._records(arm in POOL_ARMS)) if arm in TRAINED else 0}
         docs = "base"

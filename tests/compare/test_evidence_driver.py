@@ -88,7 +88,8 @@ def test_jmlr_arm_trains_and_keeps_both_models():
 
     assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",),
                        "eL": ("retriever",), "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",),
-                       "eK": ("retriever",), "eFB": ("retriever",), "eKB": ("retriever",)}
+                       "eK": ("retriever",), "eFB": ("retriever",), "eKB": ("retriever",), "eT": ("retriever",),
+                       "eTR": ("retriever",)}
 
 
 def test_pool_extends_the_training_set_within_the_training_focuses(data_dir, tmp_path):
@@ -267,6 +268,47 @@ def test_both_sides_arm_trains_the_document_side_and_searches_a_corpus_its_encod
         Comparison.index(comp, "eB_s2")
 
 
+def test_sharp_arms_train_eB_and_eR_at_the_temperature_posterior_chose_on_dev(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, posterior_betas=(0.1,), both_sides=True, second_round=True,
+               sharp_posterior=True)
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    assert comp.part_names()[-7:] == ["posterior", "eT_s0", "eT_s1", "eT_s2", "eTR_s0", "eTR_s1", "eTR_s2"]
+    with pytest.raises(InputError, match="arm eT trains at the KL temperature part posterior chooses .*run part "
+                                         "posterior first"):
+        comp.run(["eT_s0"])
+    assert not os.path.exists(os.path.join(cfg.out_dir, "eT_s0.json"))
+    with open(os.path.join(cfg.out_dir, "posterior.json"), "w") as f:
+        json.dump({"best_beta": 0.1, "rows": []}, f)
+    eL = comp.pool_settings()
+    assert "kl_beta" not in eL and comp.arm_settings("eB") == eL  # eB and eR keep beta 1
+    assert comp.arm_settings("eT") == comp.arm_settings("eTR") == {**eL, "kl_beta": 0.1}
+    with pytest.raises(InputError, match="part eTR_s2 continues arm eT's training from .*eT_s2.safetensors: run part "
+                                         "eT_s2 first"):
+        comp.second_round(2, "eTR")
+    # the temperature reaches the step: eT trains both sides (candidates live) from the base retriever
+    monkeypatch.setattr(comp, "models", lambda: ("llm_cfg", {"w": np.zeros(2)}, None, "rcfg", {"r": np.zeros(2)}, None))
+    monkeypatch.setattr(comp, "doc_losses", lambda pool: "losses")
+    seen = {}
+
+    def examples(doc_losses, pool, n, live_docs):
+        seen.update(live_docs=live_docs, pool=pool)
+        return "examples"
+
+    class Built(Exception):
+        pass
+
+    def step_configs(llm, rcfg, jcfg, optim):
+        raise Built(jcfg)
+
+    monkeypatch.setattr(comp, "examples", examples)
+    monkeypatch.setattr("jmlr_jax.compare.evidence.make_optimizer", lambda params, optim: None)
+    monkeypatch.setattr("jmlr_jax.compare.evidence.init_train_state", lambda params, tx, seed: None)
+    monkeypatch.setattr("jmlr_jax.compare.evidence.StepConfigs", step_configs)
+    with pytest.raises(Built) as e:
+        comp.train("eT", 0)
+    assert e.value.args[0].kl_beta == 0.1 and seen == {"live_docs": True, "pool": True}
+
+
 def test_second_round_mines_with_eB_and_caches_only_new_pairs(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, both_sides=True, second_round=True, num_candidates=4)
     comp = Comparison(cfg, progress=False, log=lambda _: None)
@@ -330,7 +372,7 @@ def test_second_round_arm_trains_from_eB_on_its_mined_candidates(data_dir, tmp_p
     comp = Comparison(cfg, progress=False, log=lambda _: None)
     eB_r, mined, losses = {"r": np.ones(2, np.float32)}, np.zeros((3, 16), int), np.zeros((3, 16), np.float32)
     monkeypatch.setattr(comp, "models", lambda: ("llm_cfg", {"w": np.zeros(2)}, None, "rcfg", {"r": np.zeros(2)}, None))
-    monkeypatch.setattr(comp, "second_round", lambda seed: (eB_r, mined, losses))
+    monkeypatch.setattr(comp, "second_round", lambda seed, arm: (eB_r, mined, losses))
 
     class Built(Exception):
         pass
@@ -349,7 +391,7 @@ def test_second_round_arm_trains_from_eB_on_its_mined_candidates(data_dir, tmp_p
         comp.train("eR", 0)
     assert e.value.args[0] is eB_r  # training starts from eB's retriever
     calls = []
-    monkeypatch.setattr(comp, "second_round", lambda seed: calls.append(("mine", seed)))
+    monkeypatch.setattr(comp, "second_round", lambda seed, arm: calls.append(("mine", seed, arm)))
     monkeypatch.setattr(comp, "train", lambda arm, seed: calls.append(("train", arm)) or ({"retriever": eB_r},
                                                                                           [{"loss": 1.0}]))
     monkeypatch.setattr(comp, "refresh_index", lambda docs, rp: calls.append(("refresh", docs)) or docs)
@@ -357,7 +399,7 @@ def test_second_round_arm_trains_from_eB_on_its_mined_candidates(data_dir, tmp_p
     monkeypatch.setattr(comp, "measure", lambda name, recs, llm, rp, generate, docs: calls.append(("measure", docs)) or [])
     comp.run(["eR_s0"])
     # mining and caching first (timed on their own), then training, the refreshed index, dev and the measures
-    assert calls == [("mine", 0), ("train", "eR"), ("refresh", "eR_s0"), ("dev", "eR_s0")] + [("measure", "eR_s0")] * 3
+    assert calls == [("mine", 0, "eR"), ("train", "eR"), ("refresh", "eR_s0"), ("dev", "eR_s0")] + [("measure", "eR_s0")] * 3
     with open(os.path.join(cfg.out_dir, "eR_s0.json")) as f:
         out = json.load(f)
     assert {"mine_seconds", "train_seconds", "refresh_seconds"} <= set(out)
