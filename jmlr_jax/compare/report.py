@@ -26,21 +26,25 @@ ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen:
         "eF": "(eF) eL's settings, pool with more training focuses",
         "eK": "(eK) eF with eL's questions keeping eL's candidates",
         "eFB": "(eFB) eF with both encoder sides trained, index refreshed",
-        "eKB": "(eKB) eK with both encoder sides trained, index refreshed"}
-RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB")
+        "eKB": "(eKB) eK with both encoder sides trained, index refreshed",
+        "eT": "(eT) eB at the KL temperature chosen on dev",
+        "eTR": "(eTR) eT's second round on candidates it re-mined"}
+RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB", "eT", "eTR")
 # (arm, its comparator, measures): JMLR - RAG, retriever-only - frozen; and JMLR - RAG split into the trained
 # generator's part (same frozen retrieval, so no recall rows) and the trained retriever's part (same generator);
 # the larger pool against the frozen retriever and against the comparison's arm e (retrieval and NLL only); the
 # document side trained too against the frozen retriever and against the query side alone (eL); its second round
 # against the frozen retriever and against its first (eB); more training focuses against the frozen retriever and
 # against the same settings without them (eL), also when eL's questions keep their candidates (eK); both sides
-# trained on that pool against the frozen retriever and against both sides trained without the extra focuses (eB).
+# trained on that pool against the frozen retriever and against both sides trained without the extra focuses (eB);
+# eB and eR at the temperature chosen on dev (eT, eTR) against the frozen retriever and against themselves at beta 1.
 PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"),
          ("eL", "frozen", "retrieval"), ("eL", "e", "retrieval"), ("eB", "frozen", "retrieval"),
          ("eB", "eL", "retrieval"), ("eR", "frozen", "retrieval"), ("eR", "eB", "retrieval"),
          ("eF", "frozen", "retrieval"), ("eF", "eL", "retrieval"), ("eK", "frozen", "retrieval"),
          ("eK", "eL", "retrieval"), ("eFB", "frozen", "retrieval"), ("eFB", "eB", "retrieval"),
-         ("eKB", "frozen", "retrieval"), ("eKB", "eB", "retrieval"))
+         ("eKB", "frozen", "retrieval"), ("eKB", "eB", "retrieval"), ("eT", "frozen", "retrieval"),
+         ("eT", "eB", "retrieval"), ("eTR", "frozen", "retrieval"), ("eTR", "eR", "retrieval"))
 
 
 def text_scores_per_question(outputs: Sequence[str], refs: Sequence[str]) -> list[dict]:
@@ -365,7 +369,9 @@ def both_sides_table(results: dict) -> str:
         lines.append(f"| (eL) query side only | 0 | {_dev_cells(eL, eL)} | - |")
     for arm, label in (("eB", "(eB) both sides, refreshed"), ("eR", "(eR) second round, re-mined"),
                        ("eFB", "(eFB) both sides, more focuses"),
-                       ("eKB", "(eKB) both sides, more focuses, eL's candidates kept")):
+                       ("eKB", "(eKB) both sides, more focuses, eL's candidates kept"),
+                       ("eT", "(eT) both sides, KL temperature chosen on dev"),
+                       ("eTR", "(eTR) eT's second round, re-mined")):
         for seed, part in sorted(_arm_runs(results, arm).items()):
             lines.append(f"| {label} | {seed} | {_dev_cells(part['dev_all'], ref)} "
                          f"| {part.get('refresh_seconds', 0):.0f} |")

@@ -133,6 +133,14 @@ def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
     dev = report.both_sides_table(results)
     assert dev.index("| (eB) both sides") < dev.index("| (eR) second round, re-mined | 0 | 1.000 ± 0.000 | 0.25 | "
                                                      "1.000 | 300 |")  # 3 discordant, one way: 2 x 0.5^3
+    # eB at the temperature chosen on dev pairs with eB (beta 1); its dev row follows eR's
+    results["eT_s0"] = _part("eT", 0, [0.5] * 4, [1, 1, 2, 1])
+    results["eT_s0"].update(dev_all={"dev_ranks": [1, 1, 2, 1]}, refresh_seconds=290.0)
+    assert "| recall@1 heldout_focus | (eT) eB at the KL temperature chosen on dev - (eB) eL with both encoder " \
+           "sides trained, index refreshed | s0: +0.000" in report.paired_table(results)
+    dev = report.both_sides_table(results)
+    assert dev.index("| (eR) second round") < dev.index("| (eT) both sides, KL temperature chosen on dev | 0 | "
+                                                        "0.750 ± 0.250 | 0.5 | 1.000 | 290 |")
 
 
 def test_readme_interval_recomputed_from_committed_json():
