@@ -246,9 +246,12 @@ def self_attention(
     elif groups:  # S2's groups spread over the devices as rows
         rows, heads = groups
         x, seg = P(rows, None, heads, None), P(rows, None)
-        folded = _roll_fold(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, G)
+        # a partial last group is padded to a whole one (segment 0: nothing attends to it; S2's groups are unchanged)
+        pad = [(0, 0), (0, -L % G)]
+        qkv = (jnp.pad(t, pad + [(0, 0)] * 2) for t in (q_BxLxHxD, k_BxLxKxD, v_BxLxKxD))
+        folded = _roll_fold(*qkv, jnp.pad(seg_BxL, pad), G)
         out = _roll_unfold(jax.shard_map(kernel, mesh=shards[0], in_specs=(x, x, x, seg), out_specs=x,
-                                         check_vma=False)(*folded), B, G)
+                                         check_vma=False)(*folded), B, G)[:, :L]
     else:
         mesh, rows, heads = shards
         half = (heads, mesh.shape[heads]) if G and heads else None
@@ -290,7 +293,7 @@ def _kv_for_halves(k_BxLxKxD, v_BxLxKxD, H: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _roll_fold(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, G: int):
-    """S2's groups as rows of G tokens (L a multiple of G): [B, L, ...] -> [B * 2 * L/G, G, ...], rows ordered
+    """S2's groups as rows of G tokens (L a multiple of G: the caller pads): [B, L, ...] -> [B * 2 * L/G, G, ...], rows ordered
     (row, head half, group), each with half the heads. The shifted half is rolled by G/2 (LongLoRA's layout), so
     its first and last half-groups share the last row; their segment ids are made distinct (2 s, 2 s + 1) so the
     first tokens never see the last (no wrap-around)."""
@@ -326,12 +329,12 @@ def _rotate(x_BxLx_, G: int, back: bool) -> jax.Array:
 def _group_axes(impl: str, mesh, rows, heads, B: int, L: int, H: int, K: int, G: int):
     """(rows' axes, heads' axis) for S2's groups folded into rows before `shard_map` (`_roll_fold`), or None when
     splitting the batch's rows uses as many devices. One 8192-token row on 8 FSDP chips, G = 2048: 8 group rows,
-    one per chip, where the row alone would give every chip the whole attention. Not for cuDNN (one segment per
-    row) or a length that is not a whole number of groups."""
-    if impl == "cudnn" or L % G:
+    one per chip, where the row alone would give every chip the whole attention (a partial last group counts as
+    one: it is padded). Not for cuDNN (one segment per row)."""
+    if impl == "cudnn":
         return None
     kv_heads = (K if K % 2 == 0 else H) // 2  # per head half (`_kv_for_halves`)
-    group_rows, group_heads = parallel.mesh_spec(("batch", "kv_heads"), (2 * B * L // G, kv_heads), mesh)
+    group_rows, group_heads = parallel.mesh_spec(("batch", "kv_heads"), (2 * B * -(-L // G), kv_heads), mesh)
     if parallel.devices_of(mesh, group_rows, group_heads) <= parallel.devices_of(mesh, rows, heads):
         return None
     return group_rows, group_heads

@@ -235,12 +235,13 @@ def test_opaque_kernels_run_per_shard_under_a_mesh(impl, case):
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 @pytest.mark.parametrize("impl", ["cpu", "splash", "pallas_gpu"])
 @pytest.mark.parametrize("mesh_shape,rows,kv_heads,L", [((1, 8, 1), [0, 1], 2, 256), ((2, 2, 2), [1], 2, 256),
-                                                        ((1, 8, 1), [1], 1, 512)])
+                                                        ((1, 8, 1), [1], 1, 512), ((1, 8, 1), [1], 2, 448)])
 def test_s2_groups_spread_over_devices_when_rows_cannot(impl, mesh_shape, rows, kv_heads, L):
     """Fewer rows than devices (long context: a row split along its sequence): S2's groups become the rows the
     devices split, instead of every device attending over whole rows. The oracle's values and gradients; the
     padded row's shifted first and last half-groups share a folded row and must not see each other (the check
-    can fail); the C++ kernel's call holds one group (G tokens) of half the heads, a share of the group rows."""
+    can fail); the C++ kernel's call holds one group (G tokens) of half the heads, a share of the group rows. A
+    length that is not a whole number of groups (448 = 3.5 x 128) is padded to one."""
     _need(impl)
     H, D = 4, 16
     pos, seg, G = _case("s2", L)
@@ -251,7 +252,7 @@ def test_s2_groups_spread_over_devices_when_rows_cannot(impl, mesh_shape, rows, 
     mesh = _mesh(mesh_shape)
     compiled, _ = _sharded_equals_oracle(impl, mesh, None, "fsdp", w, G, q, k, v, pos, seg)
     if impl == "cpu":
-        per_device = 2 * B * L // G // (mesh_shape[0] * mesh_shape[1])  # group rows over data x fsdp
+        per_device = 2 * B * -(-L // G) // (mesh_shape[0] * mesh_shape[1])  # group rows over data x fsdp
         calls = set(re.findall(r"f32\[(\d+),(\d+),(\d+),16\][^\n]*custom-call\(", compiled.as_text()))
         assert calls == {(str(per_device), str(G), str(H // 2))}, calls
 
