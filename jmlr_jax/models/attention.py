@@ -352,7 +352,8 @@ def _shards(impl: str, B: int, K: int, s2: bool):
     """(mesh, rows' mesh axes, heads' mesh axis) to run an opaque kernel per shard under the mesh in context
     (`jax.set_mesh`, which the training loop sets), or None (no mesh, one device): rows over the batch's mesh
     axes that divide B, KV heads (with their query heads) over the tensor axis when it divides them (with S2 also
-    an even number of shards, so that no shard holds heads of both halves). With nothing to split (one row on
+    an even number of shards, so that no shard holds heads of both halves; when they cannot split, rows take the
+    tensor axis too where they divide over it). With nothing to split (one row on
     8 FSDP chips: long-context training) every device runs the kernel on the whole arrays, still inside
     `shard_map`: Mosaic and Triton kernels cannot be partitioned automatically and fail to compile outside one."""
     mesh = jax.sharding.get_abstract_mesh()
@@ -361,4 +362,7 @@ def _shards(impl: str, B: int, K: int, s2: bool):
     rows, heads = parallel.mesh_spec(("batch", "kv_heads"), (B, K), mesh)
     if s2 and heads is not None and mesh.shape[heads] % 2:
         heads = None
+    if heads is None:  # the heads stay whole: rows over the tensor axis too, or its chips would repeat each other
+        wide = parallel.mesh_spec(("batch",), (B,), mesh, rules=(("batch", (*parallel.MESH_AXES,)),))[0]
+        rows = wide if parallel.devices_of(mesh, wide) > parallel.devices_of(mesh, rows) else rows
     return mesh, rows, heads

@@ -186,10 +186,10 @@ def _mesh(shape=(2, 2, 2)):
     return Mesh(np.asarray(jax.devices()[: int(np.prod(shape))]).reshape(shape), ("data", "fsdp", "tensor"))
 
 
-def _sharded_equals_oracle(impl, mesh, rows, length, w, s2, q, k, v, pos, seg):
-    """sum(w * attention) and its q / k / v gradients, compiled under the mesh with the inputs' rows and sequence
-    over those mesh axes (KV heads over tensor), equal the oracle's; returns (compiled, loss(impl) builder)."""
-    x_sh, row_sh = NamedSharding(mesh, P(rows, length, "tensor")), NamedSharding(mesh, P(rows, length))
+def _sharded_equals_oracle(impl, mesh, rows, length, w, s2, q, k, v, pos, seg, heads="tensor"):
+    """sum(w * attention) and its q / k / v gradients, compiled under the mesh with the inputs' rows, sequence and
+    heads over those mesh axes, equal the oracle's; returns (compiled, loss(impl) builder)."""
+    x_sh, row_sh = NamedSharding(mesh, P(rows, length, heads)), NamedSharding(mesh, P(rows, length))
 
     def loss(impl):
         f = lambda q, k, v, pos, seg: jnp.sum(w * attention.self_attention(  # noqa: E731
@@ -230,6 +230,26 @@ def test_opaque_kernels_run_per_shard_under_a_mesh(impl, case):
         kernel_q = lambda text: re.findall(r"f32\[(\d+),256,(\d+),16\][^\n]*custom-call\(", text)  # noqa: E731
         assert set(kernel_q(compiled.as_text())) == {(str(B // 4), str(H // 2))}
         assert set(kernel_q(unsharded)) == {(str(B), str(H))}
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.parametrize("case", ["causal", "s2"])
+def test_rows_take_the_tensor_axis_when_heads_cannot_split(case):
+    """One KV head (or S2 on an odd tensor axis: the same rule) on a (2, 2, 2) mesh: the heads stay whole, so the
+    rows split over all 8 devices instead of 4, each tensor chip its own rows rather than a copy of its
+    neighbour's work. The oracle's values and gradients; the C++ kernel's call holds one row of all heads."""
+    _need("cpu")
+    B, L, H, D = 8, 256, 4, 16
+    q, k, v = _qkv(B, L, H, 1, D)
+    pos, seg, s2 = _case(case, L)
+    pos, seg = jnp.tile(pos, (B // 2, 1)), jnp.tile(seg, (B // 2, 1))
+    w = jax.random.normal(jax.random.PRNGKey(9), (B, L, H, D)) * (seg > 0)[..., None, None]
+    compiled, _ = _sharded_equals_oracle("cpu", _mesh((2, 2, 2)), ("data", "fsdp"), None, w, s2, q, k, v, pos, seg,
+                                         heads=None)
+    calls = set(re.findall(r"f32\[(\d+),(\d+),(\d+),16\][^\n]*custom-call\(", compiled.as_text()))
+    # one whole row of all 4 heads; with S2 that row's groups per head half: the unshifted half's 2 groups of 128,
+    # the shifted half's middle group and its two end half-groups
+    assert calls == ({("1", str(L), str(H))} if not s2 else {("2", "128", "2"), ("1", "128", "2"), ("2", "64", "2")})
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
