@@ -148,12 +148,17 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch):
 def test_pipeline_configs_parse():
     from jmlr_jax import config
 
-    for name, kinds in (("qilin_med", ["cpt", "sft", "dpo"]), ("pmc_llama", ["cpt", "sft"])):
-        config.parse([f"pipelines/{name}.gin"])
+    for file, name, kinds in (("qilin_med", "qilin_med", ["cpt", "sft", "dpo"]),
+                              ("pmc_llama", "pmc_llama", ["cpt", "sft"]),
+                              ("qilin_med_gpu", "qilin_med", ["cpt", "sft", "dpo"])):
+        config.parse([f"pipelines/{file}.gin"])
         pipe = stages.PipelineConfig()
         assert pipe.name == name and [s.kind for s in pipe.stages] == kinds
         assert all(s.pairs == "generated" for s in pipe.stages if s.kind == "dpo")
         assert DataConfig().data_dir and lm_data.LMDataConfig().template == ("chat" if name == "qilin_med" else "pmc_llama")
+    # the GPU run: its own work dir, more steps of more rows, bf16 matmuls ("auto"), the CPU run's stages otherwise
+    assert pipe.workdir.endswith("qilin_med_gpu") and pipe.llm_overrides == () and lm_data.LMDataConfig().seq_len == 512
+    assert [(s.num_steps, s.batch_size) for s in pipe.stages] == [(500, 16), (500, 16), (200, 8)]
 
 
 def test_dpo_on_the_starting_models_own_wrong_answers(setup, tmp_path):
