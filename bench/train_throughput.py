@@ -117,7 +117,7 @@ def _lowered(f, *args, seqs: tuple = (), mesh=None, **extra) -> dict:
     if COMPILE_FOR:
         try:
             compiled = lowering.compile(f, *args, mesh=mesh or lowering.chip_mesh(COMPILE_FOR))
-            out["mem_gib"] = lowering.memory_gib(compiled)
+            out["mem_gib"], out["peak_gib"] = lowering.memory_gib(compiled), lowering.peak_gib(compiled)
         except jax.errors.JaxRuntimeError as e:
             out["mem_gib"] = does_not_fit(e)
     return out

@@ -178,6 +178,8 @@ def test_compiled_for_a_tpu_chip_here():
     assert MOSAIC <= set(lowering.custom_calls(fused.as_text()))
     assert not MOSAIC & set(lowering.custom_calls(oracle.as_text()))  # XLA:TPU adds buffer-management calls
     assert 0 < lowering.memory_gib(fused) < lowering.memory_gib(oracle) / 2  # [L, L] logits: 4x here
+    # the compiler's own peak (what to compare across backends) is there and never above the plain sum
+    assert 0 < lowering.peak_gib(fused) <= lowering.memory_gib(fused)
 
 
 def test_chip_mesh_says_what_is_missing(monkeypatch):
