@@ -6,8 +6,9 @@
 #
 #   bash bench/device/run.sh throughput   # issue 11: bench/train_throughput.py, every GPU workload (one run)
 #   bash bench/device/run.sh qilin        # issue 13: configs/pipelines/qilin_med_gpu.gin, then its evaluation
-# Env: STAGE (default /tmp/stage/root), OUT (default /tmp/out), LIMIT_S per job (default 420), EXTRA (more gin
-# flags for the pipeline and its evaluation, e.g. to try it on CPU at 2 steps a stage).
+# Env: STAGE (default /tmp/stage/root), OUT (default /tmp/out), LIMIT_S per job (default 420), BENCH_ARGS (e.g.
+# "--only llama,jmlr"), EXTRA (more gin flags for the pipeline and its evaluation, e.g. to try it on CPU at 2 steps
+# a stage).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 STAGE=${STAGE:-/tmp/stage/root}
@@ -44,7 +45,7 @@ job() {  # name, command...: runs under the time limit, logs into $OUT/<name>.lo
 for j in "$@"; do
   case $j in
     throughput)
-      job throughput python bench/train_throughput.py ;;
+      job throughput python bench/train_throughput.py ${BENCH_ARGS:-} ;;  # it prints each row as it ends
     qilin)
       work=workdir/pipelines/qilin_med_gpu
       flags=(--gin_file=pipelines/qilin_med_gpu.gin "--gin.DATA='$data'")
