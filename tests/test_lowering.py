@@ -176,6 +176,9 @@ def test_compiled_for_a_tpu_chip_here():
     oracle = _compiled_llama_grad("reference", "v5p")
     assert lowering.chip_mesh("v5p").devices.flat[0].platform == "tpu"
     assert MOSAIC <= set(lowering.custom_calls(fused.as_text()))
+    # forward, dq and dkv kernels once each: the checkpoint that keeps head_dim 16's q, k, v out of the kernel's
+    # lane-padded layout (models/kernels.py) recomputes only their transposes, never the forward kernel
+    assert lowering.custom_calls(fused.as_text())["tpu_custom_call"] == 3
     assert not MOSAIC & set(lowering.custom_calls(oracle.as_text()))  # XLA:TPU adds buffer-management calls
     assert 0 < lowering.memory_gib(fused) < lowering.memory_gib(oracle) / 2  # [L, L] logits: 4x here
     # the compiler's own peak (what to compare across backends) is there and never above the plain sum
