@@ -19,9 +19,10 @@ eR_s* (second_round) continue each eB for one more pass on the candidates its re
 eT_s* and eTR_s* (sharp_posterior) are eB and eR at the KL target temperature part posterior chose on dev.
 With extra training focuses (compare/evidence_more_focuses*.gin): focuses (or focuses_kept) and eF_s* (or eK_s*),
 and with both_sides eFB_s* (or eKB_s*), eB's remedy on that pool.
-Retriever training moves the query encoder only (except eB, eR, eFB, eKB, eT, eTR): the candidates' token vectors come from
-the index built by the base encoder (the document side is frozen), so the index never goes stale and the held-out
-evaluation searches the whole corpus exactly (MaxSim against every passage) with each arm's own query encoder.
+Retriever training moves the query encoder only (except eB, eR, eFB, eKB, eT, eTR): the candidates' token vectors
+come from the index built by the base encoder (the document side is frozen), so the index never goes stale and the
+held-out evaluation searches the whole corpus exactly (MaxSim against every passage) with each arm's own query
+encoder.
 
 Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per seed, b once, dg per seed); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
 skipped when that file exists. Heavy intermediates (index, candidates, cached losses, trained weights) live in
@@ -567,7 +568,7 @@ class Comparison:
 
     def second_round(self, seed: int, arm: str = "eR") -> tuple[dict, np.ndarray, np.ndarray]:
         """A second-round arm's start (eR: eB's; eTR: eT's): the first arm's trained retriever for this seed, the
-        pool's top-C it mines from the corpus it re-encoded (index-eB_s*), and the generator's losses for those
+        pool's top-C it mines from the corpus it re-encoded (index-<first arm>_s*), and the generator's losses for those
         candidates (computed once per seed: arm_part times this step apart from the training that reads it)."""
         first = SECOND_ROUND[arm]
         if (first, seed) in self._second_rounds:

@@ -293,8 +293,8 @@ def _kv_for_halves(k_BxLxKxD, v_BxLxKxD, H: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _roll_fold(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, G: int):
-    """S2's groups as rows of G tokens (L a multiple of G: the caller pads): [B, L, ...] -> [B * 2 * L/G, G, ...], rows ordered
-    (row, head half, group), each with half the heads. The shifted half is rolled by G/2 (LongLoRA's layout), so
+    """S2's groups as rows of G tokens (L a multiple of G: the caller pads): [B, L, ...] -> [B * 2 * L/G, G, ...],
+    rows ordered (row, head half, group), each with half the heads. The shifted half is rolled by G/2 (LongLoRA's layout), so
     its first and last half-groups share the last row; their segment ids are made distinct (2 s, 2 s + 1) so the
     first tokens never see the last (no wrap-around)."""
     B, L, H, _ = q_BxLxHxD.shape
@@ -363,6 +363,5 @@ def _shards(impl: str, B: int, K: int, s2: bool):
     if s2 and heads is not None and mesh.shape[heads] % 2:
         heads = None
     if heads is None:  # the heads stay whole: rows over the tensor axis too, or its chips would repeat each other
-        wide = parallel.mesh_spec(("batch",), (B,), mesh, rules=(("batch", (*parallel.MESH_AXES,)),))[0]
-        rows = wide if parallel.devices_of(mesh, wide) > parallel.devices_of(mesh, rows) else rows
+        rows = parallel.mesh_spec(("batch",), (B,), mesh, rules=(("batch", parallel.MESH_AXES),))[0]
     return mesh, rows, heads
