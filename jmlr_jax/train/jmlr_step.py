@@ -41,7 +41,7 @@ from jmlr_jax.models.colbert import ColBERT, ColBERTConfig, maxsim
 from jmlr_jax.models.llama import LlamaConfig
 from jmlr_jax.train.losses import answer_nll, kl_rank_loss, normalize_scores, ranknet_loss
 from jmlr_jax.train.state import (LoraConfig, OptimConfig, llm_params_of, param_groups, stop_frozen,
-                                   trained_norm)
+                                   summed_over_micro_batches, trained_norm)
 
 
 @gin.configurable
@@ -201,20 +201,10 @@ def train_step(state: dict[str, Any], batch: dict, *, models: StepConfigs, tx: o
     """state = {"step", "params", "opt_state", "rng"} -> (new state, metrics). Pure; jit it with shardings."""
     rng = jax.random.fold_in(state["rng"], state["step"])
     labels = param_groups(state["params"], models.optim)
-    grad_fn = jax.value_and_grad(lambda p, b, r: jmlr_loss(stop_frozen(p, labels), b, r, models), has_aux=True)
+    grad_fn = jax.value_and_grad(lambda p, b: jmlr_loss(stop_frozen(p, labels), b, rng, models), has_aux=True)
     A = models.jmlr.grad_accum
-    if A == 1:
-        (_, metrics), grads = grad_fn(state["params"], batch, rng)
-    else:  # batch leaves carry a leading [A] micro-batch axis
-        first = jax.tree_util.tree_map(lambda x: x[0], batch)
-        rest = jax.tree_util.tree_map(lambda x: x[1:], batch)
-        (_, metrics), grads = grad_fn(state["params"], first, rng)
-
-        def micro(acc, mb):
-            (_, met), g = grad_fn(state["params"], mb, rng)
-            return jax.tree_util.tree_map(jnp.add, acc, (g, met)), None
-
-        (grads, metrics), _ = jax.lax.scan(micro, (grads, metrics), rest)
+    (_, metrics), grads = summed_over_micro_batches(grad_fn, state["params"], batch, A)
+    if A > 1:  # per-example means: the mean of the micro-batches' is the whole batch's
         grads, metrics = jax.tree_util.tree_map(lambda x: x / A, (grads, metrics))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)

@@ -21,7 +21,7 @@ import optax
 from jmlr_jax.models.llama import Llama, LlamaConfig
 from jmlr_jax.train.losses import chunked_cross_entropy, chunked_token_nll, dpo_loss, output_kernel
 from jmlr_jax.train.state import (LoraConfig, OptimConfig, llm_params_of, param_groups, stop_frozen,
-                                   trained_norm)
+                                   summed_over_micro_batches, trained_norm)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,7 @@ class LMStepConfigs:
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     dpo_beta: float = 0.1
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)  # which leaves are trained
+    grad_accum: int = 1  # micro-batches per update (the batch carries a leading [grad_accum] axis)
 
 
 def _lm_inputs(cfg: LlamaConfig, llm_params, seq: dict, prefix: str = "") -> tuple:
@@ -47,11 +48,13 @@ def token_nll(cfg: LlamaConfig, llm_params, seq: dict, prefix: str = "") -> jax.
     return chunked_token_nll(*_lm_inputs(cfg, llm_params, seq, prefix), dtype=cfg.dtype)
 
 
-def lm_loss(params, batch: dict, m: LMStepConfigs) -> tuple[jax.Array, dict]:
+def lm_loss(params, batch: dict, m: LMStepConfigs, n_total: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Mean NLL over the batch's target tokens (token-weighted: long documents count by their length); the fused
-    cross-entropy (its gradients computed in the forward pass: one projection matmul fewer)."""
+    cross-entropy (its gradients computed in the forward pass: one projection matmul fewer). n_total: the
+    update's target-token count when this batch is one of its micro-batches; the loss is then this micro-batch's
+    share of the update's mean (the shares sum to it)."""
     total, n = chunked_cross_entropy(*_lm_inputs(m.llm, llm_params_of(params, m.lora), batch), dtype=m.llm.dtype)
-    loss = total / jnp.maximum(n, 1.0)
+    loss = total / jnp.maximum(n if n_total is None else n_total, 1.0)
     return loss, {"loss": loss, "lm_loss": loss, "target_tokens": n}
 
 
@@ -74,17 +77,24 @@ def dpo_step_loss(params, batch: dict, ref_params, m: LMStepConfigs) -> tuple[ja
 
 def lm_train_step(state: dict[str, Any], batch: dict, ref_params=None, *, models: LMStepConfigs,
                   tx: optax.GradientTransformation, kind: str = "lm"):
-    """One update: kind "lm" (CPT / SFT) or "dpo" (needs ref_params). Pure; jit it with shardings."""
+    """One update: kind "lm" (CPT / SFT) or "dpo" (needs ref_params). Pure; jit it with shardings. With
+    models.grad_accum = A > 1 the batch leaves are [A, B, ...] and the update is the whole A x B batch's: the LM
+    loss token-weighted over all micro-batches, DPO's the mean over all rows."""
+    A = models.grad_accum
     if kind == "lm":
-        loss_fn = lambda p: lm_loss(p, batch, models)  # noqa: E731
+        n_total = jnp.sum(batch["weights"][..., 1:].astype(jnp.float32)) if A > 1 else None
+        loss_fn = lambda p, b: lm_loss(p, b, models, n_total)  # noqa: E731
     elif kind == "dpo":
         if ref_params is None:
             raise ValueError("a DPO step needs the reference model's params")
-        loss_fn = lambda p: dpo_step_loss(p, batch, ref_params, models)  # noqa: E731
+        loss_fn = lambda p, b: dpo_step_loss(p, b, ref_params, models)  # noqa: E731
     else:
         raise ValueError(f"step kind must be 'lm' or 'dpo', got {kind!r}")
     labels = param_groups(state["params"], models.optim)
-    (_, metrics), grads = jax.value_and_grad(lambda p: loss_fn(stop_frozen(p, labels)), has_aux=True)(state["params"])
+    grad_fn = jax.value_and_grad(lambda p, b: loss_fn(stop_frozen(p, labels), b), has_aux=True)
+    (_, metrics), grads = summed_over_micro_batches(grad_fn, state["params"], batch, A)
+    if A > 1 and kind == "dpo":  # row means: the mean of the micro-batches' is the whole batch's
+        grads, metrics = jax.tree_util.tree_map(lambda x: x / A, (grads, metrics))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(metrics, grad_norm=trained_norm(grads, labels))

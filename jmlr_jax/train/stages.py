@@ -46,7 +46,8 @@ class StageConfig:
     name: str = "cpt"
     kind: str = "cpt"  # "cpt" (packed text), "sft" (response-only loss), "dpo" (preference pairs)
     num_steps: int = 100
-    batch_size: int = 4
+    batch_size: int = 4  # rows per micro-batch
+    grad_accum: int = 1  # micro-batches per update (an update sees batch_size x grad_accum rows)
     lr: float = 2e-5
     warmup_steps: int = 0
     decay_steps: int = 0  # cosine to 10% over this many steps; 0 = constant
@@ -61,6 +62,8 @@ class StageConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"StageConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.grad_accum < 1:
+            raise ValueError(f"StageConfig.grad_accum must be >= 1, got {self.grad_accum}")
         if self.pairs not in lm_data.PAIR_KINDS:
             raise ValueError(f"StageConfig.pairs must be one of {lm_data.PAIR_KINDS}, got {self.pairs!r}")
 
@@ -134,26 +137,31 @@ class StageTrainer(StepLoop):
         data_state, _ = self.init_or_restore(params, self.tx, run.seed, self.state_sh)
         del params, llm_params
         self.data_iter = iter(self._dataset(data, lm, ref))
+        self.batch_axis = 1 if stage.grad_accum > 1 else 0  # [A, B, ...] micro-batches
         if data_state is not None:
             self.data_iter.set_state(data_state)
-        models = LMStepConfigs(self.llm_cfg, self.lora, stage.dpo_beta, optim)
+        models = LMStepConfigs(self.llm_cfg, self.lora, stage.dpo_beta, optim, stage.grad_accum)
         step = jax.jit(functools.partial(lm_train_step, models=models, tx=self.tx,
                                          kind="dpo" if stage.kind == "dpo" else "lm"), donate_argnums=0)
         self.step_fn = (lambda s, b: step(s, b, ref)) if ref is not None else step
         self.n_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state["params"]["llm"]))
 
     def _dataset(self, data: DataConfig, lm: lm_data.LMDataConfig, start_params=None):
-        kind, run = self.stage.kind, self.run_cfg
+        """The stage's batches: [B, L] leaves, or [A, B, L] with A = grad_accum micro-batches."""
+        kind, run, A = self.stage.kind, self.run_cfg, self.stage.grad_accum
         if kind == "cpt":
             train, _ = lm_data.cpt_documents(data, lm)
             pieces = lm_data.cpt_pieces(self.tok, [t for _, t in train], lm.seq_len)
-            return lm_data.cpt_dataset(pieces, lm.seq_len, run.batch_size, run.seed, shard=parallel.host_shard())
-        if kind == "sft":
-            ex = _Examples(lm_data.sft_records(data, lm), functools.partial(lm_data.sft_example, self.tok, lm), "SFT")
+            ds = lm_data.cpt_dataset(pieces, lm.seq_len, run.batch_size, run.seed, shard=parallel.host_shard())
         else:
-            ex = _Examples(self._pairs(data, lm, start_params), functools.partial(lm_data.dpo_example, self.tok, lm),
-                           "DPO")
-        return lm_data.example_dataset(ex, run.batch_size, run.seed, shard=parallel.host_shard())
+            if kind == "sft":
+                ex = _Examples(lm_data.sft_records(data, lm), functools.partial(lm_data.sft_example, self.tok, lm),
+                               "SFT")
+            else:
+                ex = _Examples(self._pairs(data, lm, start_params),
+                               functools.partial(lm_data.dpo_example, self.tok, lm), "DPO")
+            ds = lm_data.example_dataset(ex, run.batch_size, run.seed, shard=parallel.host_shard())
+        return ds.batch(A, drop_remainder=True) if A > 1 else ds
 
     def _pairs(self, data: DataConfig, lm: lm_data.LMDataConfig, start_params) -> list[lm_data.PreferencePair]:
         if self.stage.pairs == "options":

@@ -108,6 +108,21 @@ def stop_frozen(params, labels):
     return jax.tree_util.tree_map(lambda p, lab: jax.lax.stop_gradient(p) if lab == "frozen" else p, params, labels)
 
 
+def summed_over_micro_batches(value_and_grad, params, batch: dict, num_micro: int):
+    """value_and_grad(params, micro_batch) -> (aux, grads), summed over the batch leaves' leading [num_micro]
+    axis one micro-batch at a time (lax.scan: activations are one micro-batch's); num_micro=1: the batch as is.
+    The first micro-batch runs outside the scan so the carry has the gradients' own shardings."""
+    if num_micro == 1:
+        return value_and_grad(params, batch)
+    first = jax.tree_util.tree_map(lambda x: x[0], batch)
+    rest = jax.tree_util.tree_map(lambda x: x[1:], batch)
+
+    def micro(acc, mb):
+        return jax.tree_util.tree_map(jnp.add, acc, value_and_grad(params, mb)), None
+
+    return jax.lax.scan(micro, value_and_grad(params, first), rest)[0]
+
+
 def _clip_trained(max_norm: float, labels) -> optax.GradientTransformation:
     """optax.clip_by_global_norm with the norm taken over the trained leaves only: a frozen leaf's gradient (zeroed
     afterwards) must not shrink the trained ones' updates. Stateless like optax's, so optimizer states keep their

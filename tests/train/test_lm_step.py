@@ -96,3 +96,35 @@ def test_dpo_step_trains_the_policy_only(params):
                                                          jax.tree_util.tree_leaves(new["params"]["llm"])))
     with pytest.raises(ValueError, match="reference"):
         lm_step.lm_train_step(state, batch, None, models=M, tx=tx, kind="dpo")
+
+
+@pytest.mark.parametrize("kind", ["lm", "dpo"])
+def test_grad_accumulation_equals_the_whole_batch(params, kind):
+    """Two micro-batches of one row each give the update of one batch of both rows: the LM loss token-weighted
+    over the whole batch (the rows have different target counts, so a mean of micro-batch means would differ),
+    DPO's the mean over rows."""
+    rng = np.random.RandomState(3)
+    c = seq(rng)
+    c["weights"][0, :7] = 0  # row 0: 3 targets, row 1: 4 (its response, right-padded by 2)
+    assert c["weights"][0, 1:].sum() != c["weights"][1, 1:].sum()
+    batch = c if kind == "lm" else {**{f"chosen_{k}": v for k, v in c.items()},
+                                    **{f"rejected_{k}": v for k, v in seq(rng).items()}}
+    ref = jax.tree_util.tree_map(lambda x: x + 0.01, params["llm"]) if kind == "dpo" else None
+    tx = make_optimizer(params, OptimConfig(llm_lr=1e-2, retriever_lr=0.0, grad_clip=0.0, eps=1.0))
+    state = init_train_state(params, tx)
+    outs = []
+    for A, b in ((1, batch), (2, jax.tree_util.tree_map(lambda x: x.reshape(2, 1, *x.shape[1:]), batch))):
+        m = lm_step.LMStepConfigs(LLM, dpo_beta=0.1, grad_accum=A)
+        outs.append(jax.jit(lambda s, b, q, m=m: lm_step.lm_train_step(s, b, q, models=m, tx=tx, kind=kind))(
+            state, b, ref))
+    (s1, m1), (s2, m2) = outs
+    for k in m1:
+        np.testing.assert_allclose(m1[k], m2[k], rtol=1e-5, err_msg=k)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1["params"],
+                           s2["params"])
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), s1["params"], params)
+    assert max(jax.tree_util.tree_leaves(moved)) > 1e-4
+    if kind == "lm":  # the mean of the two rows' own means is not the batch's loss
+        per_row = [float(lm_step.lm_loss(params, jax.tree_util.tree_map(lambda x: x[i:i + 1], c), M)[0])
+                   for i in range(2)]
+        assert abs(np.mean(per_row) - float(m1["loss"])) > 1e-3

@@ -145,6 +145,35 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch):
         stages.StageConfig("x", "rlhf")
 
 
+def test_stages_accumulate_micro_batches(setup, tmp_path):
+    """grad_accum = 2: each update reads two micro-batches ([2, B, L] leaves, placed by the loop), and a stage
+    stopped after its first update resumes to the weights of a run straight through, bitwise."""
+    data, lm, llm = setup
+
+    def pipe(workdir):
+        return stages.PipelineConfig(name="a", workdir=str(workdir), llm=llm, progress=False, checkpoint_every=1,
+                                     stages=(stages.StageConfig("cpt", "cpt", num_steps=2, batch_size=1, grad_accum=2,
+                                                                lr=1e-3),
+                                             stages.StageConfig("dpo", "dpo", num_steps=2, batch_size=1, grad_accum=2,
+                                                                lr=1e-3)))
+
+    straight, stopped = pipe(tmp_path / "straight"), pipe(tmp_path / "stopped")
+    stages.run_pipeline(straight, data, lm)
+    t = stages.StageTrainer(stopped, 0, data, lm, stages.stage_init(stopped, 0))
+    assert t.batch_axis == 1 and next(iter(t._dataset(data, lm)))["tokens"].shape == (2, 1, lm.seq_len)
+    t.step_fn = (lambda f: lambda s, b: (setattr(t, "_stop", True), f(s, b))[1])(t.step_fn)
+    t.run()
+    t.close()
+    assert not os.path.exists(os.path.join(stopped.stage_dir(0), "done.json"))
+    stages.run_pipeline(stopped, data, lm)
+    for i in range(2):
+        a, b = (load_preset(os.path.join(p.stage_dir(i), "final"))[1] for p in (straight, stopped))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="grad_accum must be >= 1"):
+        stages.StageConfig("x", "cpt", grad_accum=0)
+
+
 def test_pipeline_configs_parse():
     from jmlr_jax import config
 
