@@ -23,11 +23,16 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jmlr_jax import lowering, parallel
 from jmlr_jax.models.attention import IMPLEMENTATIONS, MaskInfo, dot_product_attention, self_attention
 
 _ATTN = jax.checkpoint_policies.save_only_these_names("attention")  # flash / splash residuals (O(L) each)
+# Without remat the MLP keeps gate and up only: the backward pass recomputes h = silu(gate) * up (the down
+# projection's input, which its weight or LoRA gradient needs) instead of storing a third [tokens, ffn] array per
+# layer, and LoRA's [tokens, rank] products.
+_MLP_GATE_UP = jax.checkpoint_policies.save_only_these_names("mlp_gate", "mlp_up")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -317,8 +322,8 @@ class MLP(nn.Module):
         x_NxD = tokens_first(x_BxLxD)
         proj = lambda feats, axes, name, x: _adapted(  # noqa: E731
             self, name, dense(feats, axes, name)(x), x, cfg.dtype)
-        gate = proj(cfg.intermediate_size, ("embed", "mlp"), "gate", x_NxD)
-        up = proj(cfg.intermediate_size, ("embed", "mlp"), "up", x_NxD)
+        gate = checkpoint_name(proj(cfg.intermediate_size, ("embed", "mlp"), "gate", x_NxD), "mlp_gate")
+        up = checkpoint_name(proj(cfg.intermediate_size, ("embed", "mlp"), "up", x_NxD), "mlp_up")
         h_NxF = parallel.constrain(swiglu(gate, up), ("batch", "mlp"))
         return proj(cfg.hidden_size, ("mlp", "embed"), "down", h_NxF).reshape(x_BxLxD.shape)
 
@@ -337,7 +342,8 @@ class Block(nn.Module):
         attn = Attention(cfg, self.s2_group_size, self.right_padded, name="attn")
         attn_out, new_cache = attn(norm("attn_norm")(x_BxLxD), pos_BxL, info, layer_cache, cache_index)
         h = x_BxLxD + attn_out
-        out = h + MLP(cfg, name="mlp")(norm("mlp_norm")(h))
+        mlp = MLP if cfg.remat_policy != "none" else nn.remat(MLP, policy=_MLP_GATE_UP, prevent_cse=False)
+        out = h + mlp(cfg, name="mlp")(norm("mlp_norm")(h))
         return parallel.constrain(out, ("batch", "length", "embed")), new_cache
 
 

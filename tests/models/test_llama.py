@@ -117,6 +117,38 @@ def test_remat_and_unroll_do_not_change_values_or_grads():
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grad, ref_grad)
 
 
+def test_no_remat_stores_gate_and_up_only():
+    """Without remat the backward pass recomputes h = silu(gate) * up: of the MLP's [tokens, ffn] arrays only gate
+    and up are stored (autodiff stored h too: the down projection's input), with and without LoRA adapters on the
+    projections; gradients equal full remat's."""
+    import contextlib
+    import io
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from jmlr_jax.train.state import LoraConfig, init_lora, llm_params_of
+
+    F = 56  # a size no other dimension has
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=F, num_layers=2, num_heads=4, num_kv_heads=2)
+    base = llama_lib.init_params(cfg, jax.random.PRNGKey(0))
+    lora = LoraConfig(rank=2, alpha=4.0)
+    adapted = {"llm": base, "lora": init_lora(base, lora, jax.random.PRNGKey(2))}
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, 50)
+
+    def loss(p, c):
+        return jnp.mean(Llama(c).apply({"params": llm_params_of(p, lora)}, tokens) ** 2)
+
+    for params in ({"llm": base}, adapted):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            print_saved_residuals(lambda p: loss(p, cfg), params)
+        ffn = [line for line in out.getvalue().splitlines() if line.startswith(f"f32[2,24,{F}]")]  # [layers, tokens, F]
+        assert len(ffn) == 2, ffn
+        ref = jax.grad(loss)(params, cfg.replace(remat_policy="full"))
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                               jax.grad(loss)(params, cfg), ref)
+
+
 def test_bf16_activations_close_to_fp32():
     cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                       num_kv_heads=2)
