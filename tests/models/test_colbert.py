@@ -40,6 +40,45 @@ def test_bert_hidden_states_match_transformers():
     np.testing.assert_allclose(out[valid], ref[valid], atol=1e-5, rtol=0)
 
 
+def test_bert_gradients_match_transformers_and_store_no_attention_probabilities():
+    """The encoder's layers run under remat keeping weight-matmul outputs only: the backward pass recomputes the
+    [L, L] attention probabilities and GELU's intermediates (the retriever encodes C documents per question, whose
+    [L, L] stacks dominated its memory); gradients still equal transformers'."""
+    import contextlib
+    import io
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    model = _tiny_bert()
+    cfg = colbert.BertConfig.from_hf_dict(model.config.to_dict())
+    params = hf.bert_params_from_hf(cfg, {k: v.numpy() for k, v in model.state_dict().items()})
+    rng = np.random.RandomState(1)
+    B, L = 3, 17
+    ids, mask = rng.randint(1, 120, (B, L)), np.ones((B, L), np.int64)  # no [PAD] (0): torch never updates its row
+    mask[1, 9:] = 0
+    w = rng.randn(B, L, cfg.hidden_size).astype(np.float32) * mask[..., None]
+
+    def loss(p):
+        return jnp.sum(colbert.BertEncoder(cfg).apply({"params": p}, jnp.asarray(ids), jnp.asarray(mask)) * w)
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_saved_residuals(loss, params)
+    saved = out.getvalue().splitlines()
+    assert not [x for x in saved if f",{L},{L}]" in x], saved  # no attention logits / probabilities
+    assert len([x for x in saved if x.startswith(f"f32[2,{B},{L},{cfg.intermediate_size}]")]) == 1, saved  # up only
+    model.zero_grad()
+    torch.sum(model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+              * torch.tensor(w)).backward()
+    ref = hf.bert_params_from_hf(cfg, {k: p.grad.numpy() for k, p in model.named_parameters()})
+    got = jax.grad(loss)(params)
+    flat_ref = dict(jax.tree_util.tree_leaves_with_path(ref))
+    for path, g in jax.tree_util.tree_leaves_with_path(got):
+        r = flat_ref[path]
+        np.testing.assert_allclose(g, r, atol=2e-4 * max(1.0, float(np.abs(r).max())), rtol=0,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
 def _numpy_maxsim(Q, D, keep):
     scores = np.zeros(D.shape[:2])
     for b in range(D.shape[0]):
