@@ -61,3 +61,16 @@ def jaxpr_eqns(jaxpr):
                 inner = getattr(sub, "jaxpr", None)
                 if inner is not None:
                     yield from jaxpr_eqns(getattr(inner, "jaxpr", inner))
+
+
+def saved_residuals(f, *args) -> list[str]:
+    """What the backward pass of f(*args) stores, one line per array (jax's print_saved_residuals, captured)."""
+    import contextlib
+    import io
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_saved_residuals(f, *args)
+    return out.getvalue().splitlines()

@@ -120,6 +120,13 @@ class BertLayer(nn.Module):
         return parallel.constrain(out, ("batch", "length", "embed")), None
 
 
+# Training keeps only the weight matmuls' outputs per layer; the backward pass recomputes the [L, L] attention
+# logits / probabilities and GELU's intermediates, which dominated the stored stacks (C documents per question:
+# 7B JMLR step at batch 8 on an H100 60.3 -> 53.0 GiB; no slower on CPU). No effect at inference.
+_RematBertLayer = nn.remat(BertLayer, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                           prevent_cse=False)
+
+
 class BertEncoder(nn.Module):
     """Returns the last hidden states [B, L, D]."""
 
@@ -139,11 +146,7 @@ class BertEncoder(nn.Module):
              + embed(cfg.max_position_embeddings, "pos_embed")(jnp.arange(L)[None, :])
              + embed(cfg.type_vocab_size, "type_embed")(type_ids))
         x = _layer_norm(cfg, "embed_norm")(x)
-        # Training keeps only the weight matmuls' outputs per layer; the backward pass recomputes the [L, L] attention
-        # logits / probabilities and GELU's intermediates, which dominated the stored stacks (C documents per
-        # question: 7B JMLR step at batch 8 on an H100 60.3 -> 53.0 GiB; no slower on CPU). No effect at inference.
-        stack = nn.scan(nn.remat(BertLayer, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-                                 prevent_cse=False), variable_axes={"params": 0}, split_rngs={"params": True},
+        stack = nn.scan(_RematBertLayer, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast,), length=cfg.num_layers,
                         metadata_params={nn.PARTITION_NAME: "layers"})
         x, _ = stack(cfg, name="layers")(x, attn_mask_BxL)

@@ -29,10 +29,6 @@ from jmlr_jax import lowering, parallel
 from jmlr_jax.models.attention import IMPLEMENTATIONS, MaskInfo, dot_product_attention, self_attention
 
 _ATTN = jax.checkpoint_policies.save_only_these_names("attention")  # flash / splash residuals (O(L) each)
-# Without remat the MLP keeps gate and up only: the backward pass recomputes h = silu(gate) * up (the down
-# projection's input, which its weight or LoRA gradient needs) instead of storing a third [tokens, ffn] array per
-# layer, and LoRA's [tokens, rank] products.
-_MLP_GATE_UP = jax.checkpoint_policies.save_only_these_names("mlp_gate", "mlp_up")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -328,6 +324,13 @@ class MLP(nn.Module):
         return proj(cfg.hidden_size, ("mlp", "embed"), "down", h_NxF).reshape(x_BxLxD.shape)
 
 
+# The MLP of a model without remat: it keeps gate and up only, and the backward pass recomputes h = silu(gate) * up
+# (the down projection's input, which its weight or LoRA gradient needs) instead of storing a third [tokens, ffn]
+# array per layer, and LoRA's [tokens, rank] products. Same parameter scope as MLP (a lifted transform).
+_MLPKeepingGateUp = nn.remat(MLP, policy=jax.checkpoint_policies.save_only_these_names("mlp_gate", "mlp_up"),
+                             prevent_cse=False)
+
+
 class Block(nn.Module):
     """One pre-norm decoder layer; the signature is nn.scan's (carry, scanned, *broadcast)."""
 
@@ -342,7 +345,7 @@ class Block(nn.Module):
         attn = Attention(cfg, self.s2_group_size, self.right_padded, name="attn")
         attn_out, new_cache = attn(norm("attn_norm")(x_BxLxD), pos_BxL, info, layer_cache, cache_index)
         h = x_BxLxD + attn_out
-        mlp = MLP if cfg.remat_policy != "none" else nn.remat(MLP, policy=_MLP_GATE_UP, prevent_cse=False)
+        mlp = MLP if cfg.remat_policy != "none" else _MLPKeepingGateUp
         out = h + mlp(cfg, name="mlp")(norm("mlp_norm")(h))
         return parallel.constrain(out, ("batch", "length", "embed")), new_cache
 

@@ -154,12 +154,9 @@ class StageTrainer(StepLoop):
             pieces = lm_data.cpt_pieces(self.tok, [t for _, t in train], lm.seq_len)
             ds = lm_data.cpt_dataset(pieces, lm.seq_len, run.batch_size, run.seed, shard=parallel.host_shard())
         else:
-            if kind == "sft":
-                ex = _Examples(lm_data.sft_records(data, lm), functools.partial(lm_data.sft_example, self.tok, lm),
-                               "SFT")
-            else:
-                ex = _Examples(self._pairs(data, lm, start_params),
-                               functools.partial(lm_data.dpo_example, self.tok, lm), "DPO")
+            items, encode, what = ((lm_data.sft_records(data, lm), lm_data.sft_example, "SFT") if kind == "sft" else
+                                   (self._pairs(data, lm, start_params), lm_data.dpo_example, "DPO"))
+            ex = _Examples(items, functools.partial(encode, self.tok, lm), what)
             ds = lm_data.example_dataset(ex, run.batch_size, run.seed, shard=parallel.host_shard())
         return ds.batch(A, drop_remainder=True) if A > 1 else ds
 

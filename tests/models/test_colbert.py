@@ -8,6 +8,7 @@ import torch
 from jmlr_jax.convert import hf
 from jmlr_jax.models import colbert
 from jmlr_jax.tokenizers import HFTokenizer
+from tests.helpers import saved_residuals
 
 
 def _tiny_bert():
@@ -44,11 +45,6 @@ def test_bert_gradients_match_transformers_and_store_no_attention_probabilities(
     """The encoder's layers run under remat keeping weight-matmul outputs only: the backward pass recomputes the
     [L, L] attention probabilities and GELU's intermediates (the retriever encodes C documents per question, whose
     [L, L] stacks dominated its memory); gradients still equal transformers'."""
-    import contextlib
-    import io
-
-    from jax.ad_checkpoint import print_saved_residuals
-
     model = _tiny_bert()
     cfg = colbert.BertConfig.from_hf_dict(model.config.to_dict())
     params = hf.bert_params_from_hf(cfg, {k: v.numpy() for k, v in model.state_dict().items()})
@@ -61,10 +57,7 @@ def test_bert_gradients_match_transformers_and_store_no_attention_probabilities(
     def loss(p):
         return jnp.sum(colbert.BertEncoder(cfg).apply({"params": p}, jnp.asarray(ids), jnp.asarray(mask)) * w)
 
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        print_saved_residuals(loss, params)
-    saved = out.getvalue().splitlines()
+    saved = saved_residuals(loss, params)
     assert not [x for x in saved if f",{L},{L}]" in x], saved  # no attention logits / probabilities
     assert len([x for x in saved if x.startswith(f"f32[2,{B},{L},{cfg.intermediate_size}]")]) == 1, saved  # up only
     model.zero_grad()

@@ -7,7 +7,7 @@ import pytest
 from jmlr_jax.convert import hf
 from jmlr_jax.models import Llama, LlamaConfig
 from jmlr_jax.models import llama as llama_lib
-from tests.helpers import hf_logits, tiny_hf_llama
+from tests.helpers import hf_logits, saved_residuals, tiny_hf_llama
 
 
 def _from_torch(model):
@@ -121,11 +121,6 @@ def test_no_remat_stores_gate_and_up_only():
     """Without remat the backward pass recomputes h = silu(gate) * up: of the MLP's [tokens, ffn] arrays only gate
     and up are stored (autodiff stored h too: the down projection's input), with and without LoRA adapters on the
     projections; gradients equal full remat's."""
-    import contextlib
-    import io
-
-    from jax.ad_checkpoint import print_saved_residuals
-
     from jmlr_jax.train.state import LoraConfig, init_lora, llm_params_of
 
     F = 56  # a size no other dimension has
@@ -139,10 +134,8 @@ def test_no_remat_stores_gate_and_up_only():
         return jnp.mean(Llama(c).apply({"params": llm_params_of(p, lora)}, tokens) ** 2)
 
     for params in ({"llm": base}, adapted):
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            print_saved_residuals(lambda p: loss(p, cfg), params)
-        ffn = [line for line in out.getvalue().splitlines() if line.startswith(f"f32[2,24,{F}]")]  # [layers, tokens, F]
+        saved = saved_residuals(lambda p: loss(p, cfg), params)
+        ffn = [line for line in saved if line.startswith(f"f32[2,24,{F}]")]  # [layers, tokens, F]
         assert len(ffn) == 2, ffn
         ref = jax.grad(loss)(params, cfg.replace(remat_policy="full"))
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
