@@ -26,34 +26,33 @@ encoder.
 
 Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per seed, b once, dg per seed); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
 skipped when that file exists. Heavy intermediates (index, candidates, cached losses, trained weights) live in
-work_dir and are rebuilt when missing.
+work_dir and are rebuilt when missing. Configuration, splits and arm tables: evidence_setup; the dev-focus parts
+that choose the retriever's settings: evidence_dev; the measures: evidence_measures.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import glob
-import hashlib
 import json
 import os
 import time
 from typing import Callable, Sequence
 
-import gin
 import jax
 import numpy as np
 import tqdm
 
-from jmlr_jax.compare.report import text_scores_per_question
+from jmlr_jax.compare.evidence_dev import DevParts
+from jmlr_jax.compare.evidence_measures import Measures
+from jmlr_jax.compare.evidence_setup import (BOTH_SIDES, EXTRA_ARMS, POOL_ARMS, REFRESHED, SECOND_ROUND, TRAINED,
+                                             EvidenceConfig, build_setup, index_view, load_tree, save_npy, save_tree,
+                                             sha, write_json)
 from jmlr_jax.convert import load_preset
 from jmlr_jax.data import evidence as ev
 from jmlr_jax.data.pipeline import JMLRExamples, make_dataset
-from jmlr_jax.data.splits import DataConfig
-from jmlr_jax.data.templates import Budgets, PromptTemplate
+from jmlr_jax.data.templates import Budgets
 from jmlr_jax.errors import InputError
-from jmlr_jax.eval.harness import EvalConfig, eval_sets, evaluate
-from jmlr_jax.eval.mcq import generate_answers, prompt_ids, score_options
-from jmlr_jax.retrieval.corpus import corpus_from_documents
 from jmlr_jax.retrieval.encode import RetrieverConfig, retriever_preset
 from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, TokenIndex, build_index, search_all
 from jmlr_jax.retrieval.store import load_index, save_index
@@ -62,228 +61,7 @@ from jmlr_jax.train.losses import answer_nll
 from jmlr_jax.train.state import OptimConfig, init_train_state, make_optimizer
 
 
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class EvidenceConfig:
-    data_dir: str = ""
-    out_dir: str = "results/comparison"  # per-part JSON (committed)
-    work_dir: str = "workdir/evidence"  # index, candidates, cached losses, trained weights (not committed)
-    llm: str = "smollm2-135m-instruct"
-    retriever: str = "all-minilm-l6-v2"
-    # data
-    train_focuses: int = 120
-    dev_focuses: int = 30
-    heldout_focuses: int = 100
-    train_medquad: int = 160
-    train_pubmedqa: int = 40
-    dev_questions: int = 60
-    eval_heldout_focus: int = 150
-    eval_heldout_doc: int = 100
-    eval_pubmedqa: int = 100
-    eval_generate: int = 80  # held-out-focus questions answered by greedy decoding
-    mcq_per_set: int = 300  # MMLU-Med and MedQA-US dev, a fixed sample each (no-harm check)
-    mcq_seeds: tuple = (0,)  # seeds of the trained arms whose generator also takes the MCQ check
-    chunk_size: int = 100
-    overlap: int = 20
-    # the step
-    num_candidates: int = 16
-    num_sampled: int = 8
-    num_docs: int = 1
-    doc_tokens: int = 128
-    question_tokens: int = 48
-    answer_tokens: int = 64
-    batch_size: int = 1
-    epochs: int = 1
-    llm_lr: float = 2e-5
-    retriever_lr: float = 3e-5
-    rank_loss: str = "ranknet"
-    warmup_fraction: float = 0.1
-    seeds: tuple = (0, 1, 2)
-    # More training data for the retriever (compare/evidence_more_data.gin): a pool of the training focuses' MedQuAD
-    # questions (the training set first, then further questions of the same 120 focuses; 0 = no pool). Part "scale"
-    # trains arm e on the first n of the pool for each n in scale_sizes (seed 0; recall on every dev-focus
-    # question) and each retriever lr in scale_lrs (empty: the sweep's); parts eL_s* train arm e on the whole pool at
-    # the lr with the best dev recall@1 there, evaluated like the other arms. Part "passes" (pool_epochs given) trains
-    # arm e on the whole pool at that lr for each further number of passes; eL takes the best of those and the scale
-    # part's whole-pool row (fewer passes on a tie).
-    pool_medquad: int = 0
-    scale_sizes: tuple = ()
-    scale_lrs: tuple = ()
-    pool_epochs: tuple = ()
-    # Part "negatives" (negatives_batch > 0): arm e on the whole pool at eL's lr and passes in batches of this many
-    # questions, without and with in-batch negatives (JMLRConfig.in_batch_negatives: the other questions'
-    # candidates); eL takes the best of those and its batch-1 row (the scale / passes part's).
-    negatives_batch: int = 0
-    # Part "posterior" (posterior_betas given): arm e on the whole pool at eL's settings with each temperature beta of
-    # the KL's target, the LLM posterior softmax(-l / beta) over the scored candidates (l: mean NLL per answer token;
-    # beta 1 everywhere else), against eL's own dev row (beta 1). RePlug's posterior uses the sequence likelihood,
-    # i.e. beta = 1 / answer tokens here: far sharper.
-    posterior_betas: tuple = ()
-    # Parts eB_s* (both_sides, with a pool): arm eL's settings with both encoder sides trained (the candidates'
-    # tokens encoded live in the step instead of read from the index), evaluated on an index re-encoded by the
-    # trained encoder (work_dir/index-eB_s*, the stale-index remedy "refresh"); also its recall on every dev-focus
-    # question, against eL's seed-0 row there. With extra_train_focuses: parts eFB_s* / eKB_s*, the same for arm eF /
-    # eK's pool and settings.
-    both_sides: bool = False
-    # Parts eR_s* (second_round, with both_sides): arm eB's second round. Each seed's eB retriever re-mines the pool's
-    # top-C candidates from the corpus it re-encoded (so they hold the passages it now ranks high, gold or not), the
-    # generator's loss is cached for every (question, candidate) pair not cached before, and training continues from
-    # eB's weights for the same passes at the same lr; evaluated on an index re-encoded again (index-eR_s*).
-    second_round: bool = False
-    # Parts eT_s* (sharp_posterior, with both_sides, after part posterior) and with second_round eTR_s*: arms eB and
-    # eR at the KL target temperature the posterior part chose on the dev focuses (eL, eB and eR keep beta 1).
-    sharp_posterior: bool = False
-    # Parts focuses and eF_s* (extra_train_focuses > 0, with a pool; compare/evidence_more_focuses.gin): more
-    # training focuses, taken after the held-out ones (no other split moves). All their questions join the pool
-    # (last); their answers are a training-only extension of the corpus: training candidates are mined from the
-    # corpus plus those passages, every evaluation searches the corpus without them (as for every other arm). Part
-    # "focuses" trains arm e (seed 0, eL's settings) on the first n pool questions, n = the pool without the extra
-    # focuses and the whole pool, at each lr in focus_lrs (dev recall on every dev-focus question), and chooses the
-    # lr on the whole pool; eF_s* train arm e there with it (eL's settings otherwise), evaluated like every arm.
-    extra_train_focuses: int = 0
-    focus_lrs: tuple = ()
-    # With extra focuses: eL's pool questions keep the candidates mined from the corpus alone (eL's, exactly: 15% of
-    # them are extra passages when mined from the training view), only the extra focuses' questions are mined from
-    # the training view (compare/evidence_more_focuses_kept.gin). Parts focuses_kept and eK_s* instead of focuses
-    # and eF_s*.
-    keep_pool_candidates: bool = False
-    # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
-    # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
-    sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
-    sweep_losses: tuple = ("ranknet", "kl")
-    sweep_sampled: tuple = (8, 16)
-    sweep_epochs: tuple = (1, 3)
-    eval_batch: int = 8
-
-
-TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
-# What each trained arm trains (and therefore saves and evaluates with): one table, read by train and arm_part.
-TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",), "eL": ("retriever",),
-           "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",), "eK": ("retriever",),
-           "eFB": ("retriever",), "eKB": ("retriever",), "eT": ("retriever",), "eTR": ("retriever",)}
-# arm e on the whole pool at the settings chosen there (eB, eR: both sides trained; eF: the pool with extra focuses;
-# eK: the same pool, eL's questions keeping eL's candidates; eFB, eKB: eF, eK with both sides trained; eT, eTR: eB,
-# eR at the KL temperature chosen on dev)
-POOL_ARMS = ("eL", "eB", "eR", "eF", "eK", "eFB", "eKB", "eT", "eTR")
-EXTRA_ARMS = ("eF", "eK", "eFB", "eKB")  # the arms of the pool with extra focuses
-BOTH_SIDES = ("eB", "eFB", "eKB", "eT")  # arms whose candidates are encoded live (eR, eTR: too, from eB's / eT's)
-SECOND_ROUND = {"eR": "eB", "eTR": "eT"}  # second-round arm -> the arm whose retriever it continues and re-mines with
-REFRESHED = (*BOTH_SIDES, *SECOND_ROUND)  # arms whose document encoder moved: evaluated on the corpus it re-encoded
-SHARP = ("eT", "eTR")  # arms trained at the KL target temperature the posterior part chose on dev
-
-
-def _sha(s: str) -> str:
-    return hashlib.sha1(s.encode()).hexdigest()
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=None, separators=(",", ":"))
-    os.replace(tmp, path)
-
-
-def _save_npy(path: str, arr: np.ndarray) -> None:
-    """np.save, atomically (an interrupted write never leaves a truncated cache)."""
-    np.save(path + ".tmp.npy", arr)
-    os.replace(path + ".tmp.npy", path)
-
-
-@dataclasses.dataclass
-class Setup:
-    """Everything the parts share, deterministic from the config."""
-
-    train: list
-    dev: list
-    pool: list  # training set + further questions of the training focuses (EvidenceConfig.pool_medquad); or train
-    dev_all: list  # every dev-focus question (the scaling curve's evaluation)
-    sets: dict  # name -> records
-    corpus: object  # all passages: the corpus, the PubMedQA test abstracts, the extra focuses' answers
-    n_main: int  # passages [0, n_main) are the corpus that evaluations search
-    n_eval: int  # [n_main, n_eval): test abstracts (recall measure only); [n_eval, end): extra focuses' (training only)
-    gold: dict  # set name / "train" / "dev" -> [[passage indices]]
-    skipped: list  # malformed MedQuAD records left out (file:line: why)
-    n_extra: int = 0  # the pool's last n_extra questions are the extra focuses' (EvidenceConfig.extra_train_focuses)
-
-
-def build_setup(cfg: EvidenceConfig) -> Setup:
-    """Splits, corpus and gold passages (seconds; recomputed on every run, so parts never disagree)."""
-    if not cfg.data_dir:
-        raise InputError("EvidenceConfig.data_dir is not set: bind DATA in gin (configs/data/paths.gin)")
-
-    mq, skipped = ev.read_medquad_qa(os.path.join(cfg.data_dir, "medquad", "medquad.jsonl"), on_error="skip")
-    split = ev.split_by_focus(mq, train_focuses=cfg.train_focuses, dev_focuses=cfg.dev_focuses,
-                              heldout_focuses=cfg.heldout_focuses, extra_train_focuses=cfg.extra_train_focuses)
-    pm_train, pm_test = ev.pubmedqa_long_answer(cfg.data_dir)
-    by_hash = lambda rs: sorted(rs, key=lambda r: _sha(f"{r.task}/{r.id}"))  # noqa: E731
-    train = by_hash(split.train[: cfg.train_medquad] + by_hash(pm_train)[: cfg.train_pubmedqa])
-    seen_focus = {r.focus.lower() for r in train if r.task == "medquad"}
-    sets = {"heldout_focus": split.heldout_focus[: cfg.eval_heldout_focus],
-            "heldout_doc": [r for r in split.heldout_doc if r.focus.lower() in seen_focus][: cfg.eval_heldout_doc],
-            "pubmedqa_test": by_hash(pm_test)[: cfg.eval_pubmedqa]}
-    # Only the evaluated test questions' abstracts are appended (for their recall measure; never searched otherwise).
-    test_ids = {r.evidence_id for r in sets["pubmedqa_test"]}
-    main_docs = list(ev.evidence_documents(split.corpus_docs + pm_train))
-    test_docs = list(ev.evidence_documents(sets["pubmedqa_test"]))
-    extra_docs = list(ev.evidence_documents(split.extra_train))
-    chunking = dict(chunk_size=cfg.chunk_size, overlap=cfg.overlap)
-    corpus = corpus_from_documents(main_docs + test_docs + extra_docs, **chunking)
-    # passages keep document order and drop texts seen earlier, so the eval part is this prefix of the whole
-    n_eval = len(corpus_from_documents(main_docs + test_docs, **chunking)) if extra_docs else len(corpus)
-    n_main = sum(p.doc_id not in test_ids for p in corpus.passages[:n_eval])
-    if any(p.doc_id in test_ids for p in corpus.passages[:n_main]):
-        raise AssertionError("test abstracts must come after the corpus")
-    dev = split.dev[: cfg.dev_questions]
-    if cfg.pool_medquad and cfg.pool_medquad < cfg.train_medquad:
-        raise InputError(f"pool_medquad={cfg.pool_medquad} must be 0 or >= train_medquad={cfg.train_medquad}")
-    if cfg.extra_train_focuses and not cfg.pool_medquad:
-        raise InputError("extra_train_focuses grows the pool: set EvidenceConfig.pool_medquad too")
-    # Nested: the pool starts with the training set, then the training focuses' other questions, then the extra
-    # focuses' (focus by focus), so a smaller pool is a prefix of a larger one (cached generator losses are reused).
-    pool = train + by_hash(split.train[cfg.train_medquad: cfg.pool_medquad]) + split.extra_train
-    gold = {name: ev.gold_passages(corpus, recs)
-            for name, recs in [("train", train), ("dev", dev), ("pool", pool), ("dev_all", split.dev), *sets.items()]}
-    return Setup(train, dev, pool, split.dev, sets, corpus, n_main, n_eval, gold, skipped, len(split.extra_train))
-
-
-def index_view(full: TokenIndex, ranges: Sequence[tuple[int, int]]) -> TokenIndex:
-    """Passages [start, end) of each range, in order, as an index of their own (for exact search: no searcher)."""
-    if len(ranges) == 1 and ranges[0][0] == 0:  # a prefix: array views, no copy
-        n = ranges[0][1]
-        return TokenIndex(full.passages[:n], full.emb[: full.offsets[n]], full.offsets[: n + 1], full.icfg,
-                          full.search, full.version, full.meta)
-    passages, embs, offsets = [], [], [np.zeros(1, full.offsets.dtype)]
-    for a, b in ranges:
-        passages += full.passages[a:b]
-        embs.append(full.emb[full.offsets[a]: full.offsets[b]])
-        offsets.append(full.offsets[a + 1: b + 1] - full.offsets[a] + offsets[-1][-1])
-    return TokenIndex(passages, np.concatenate(embs), np.concatenate(offsets), full.icfg, full.search, full.version,
-                      full.meta)
-
-
-def _flatten(tree) -> dict[str, np.ndarray]:
-    from flax.traverse_util import flatten_dict
-
-    return {k: np.asarray(v) for k, v in flatten_dict(tree, sep="/").items()}
-
-
-def save_tree(path: str, tree) -> None:
-    """A parameter tree as safetensors ("/"-joined keys), written atomically."""
-    from safetensors.numpy import save_file
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file(_flatten(tree), path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def load_tree(path: str):
-    from flax.traverse_util import unflatten_dict
-    from safetensors.numpy import load_file
-
-    return unflatten_dict(load_file(path), sep="/")
-
-
-class Comparison:
+class Comparison(DevParts, Measures):
     """The parts of the comparison (see module doc); `run(parts)` runs the named ones, skipping finished parts."""
 
     def __init__(self, cfg: EvidenceConfig, progress: bool = True, log: Callable[[str], None] = print):
@@ -341,7 +119,7 @@ class Comparison:
             self.log(f"[compare] {name}: running")
             out = self._part(name)
             out["seconds"] = round(time.time() - t0, 1)
-            _write_json(path, out)
+            write_json(path, out)
             self.log(f"[compare] {name}: {out['seconds']:.0f} s -> {path}")
 
     def _part(self, name: str) -> dict:
@@ -440,7 +218,7 @@ class Comparison:
             with open(published + ".json") as f:
                 made_for = json.load(f)
             if made_for == self._cache_key(pool):
-                _save_npy(path, np.load(published))
+                save_npy(path, np.load(published))
                 self.log(f"[compare] {path}: restored from {published}")
             else:
                 self.log(f"[compare] {published} was made for other data or settings ({made_for}); not used")
@@ -449,7 +227,7 @@ class Comparison:
     def _cache_key(self, pool: bool) -> dict:
         """What the candidates and cached generator losses depend on."""
         c = self.cfg
-        questions = _sha(json.dumps([r.id for r in self._records(pool)]))
+        questions = sha(json.dumps([r.id for r in self._records(pool)]))
         return {"corpus": self.setup.corpus.checksum(), "questions": questions, "llm": c.llm, "retriever": c.retriever,
                 "budgets": [c.doc_tokens, c.question_tokens, c.answer_tokens],
                 **({"kept_candidates": len(self.setup.pool) - self.setup.n_extra} if pool and self._kept else {})}
@@ -467,7 +245,7 @@ class Comparison:
                 raise InputError(f"{path} is incomplete: finish caching before publishing it")
             out = os.path.join(self.cfg.out_dir, "cache", os.path.basename(path))
             np.save(out, arr.astype(np.int32) if stem == "candidates" else arr)
-            _write_json(out + ".json", self._cache_key(pool))
+            write_json(out + ".json", self._cache_key(pool))
             written.append(out)
         return written
 
@@ -547,7 +325,7 @@ class Comparison:
             for i, j in zip(*np.nonzero(np.isnan(out))):
                 out[i, j] = known.get((int(i), int(cands[i, j])), np.nan)
             if np.isnan(out).sum() < missing:  # what other caches filled (publish_cache reads it, even when complete)
-                _save_npy(path, out)
+                save_npy(path, out)
         todo = list(zip(*np.nonzero(np.isnan(out))))
         if not todo:
             return out
@@ -563,7 +341,7 @@ class Comparison:
             for (i, j), v in zip(chunk, vals):
                 out[i, j] = v
             if n % 10 == 9 or n == len(chunks) - 1:
-                _save_npy(path, out)
+                save_npy(path, out)
         return out
 
     def second_round(self, seed: int, arm: str = "eR") -> tuple[dict, np.ndarray, np.ndarray]:
@@ -585,14 +363,6 @@ class Comparison:
         return self._second_rounds[first, seed]
 
     # ------------------------------------------------------------------------------------------ training
-    def settings(self) -> dict:
-        """The settings the sweep chose (retriever lr, rank loss, num_sampled, epochs), else the configured ones."""
-        c = self.cfg
-        out = {"retriever_lr": c.retriever_lr, "rank_loss": c.rank_loss, "num_sampled": c.num_sampled,
-               "epochs": c.epochs}
-        out.update((self._saved("sweep") or {}).get("chosen", {}))  # an older sweep chose only lr and loss
-        return out
-
     def train(self, arm: str, seed: int, settings: dict | None = None,
               questions: int | None = None) -> tuple[dict, list[dict]]:
         """Trains one arm from the base weights (eR / eTR: from eB's / eT's); returns (params, per-step metrics). The
@@ -662,213 +432,6 @@ class Comparison:
                             "heldout": sorted({r.focus for r in s.sets["heldout_focus"]})},
                 "gold_missing": {k: sum(not g for g in v) for k, v in s.gold.items()}}
 
-    def recall(self, rparams, records, gold, with_test=False, k: int = 30, docs: str = "base") -> list[dict]:
-        """Per question: the top-10 passage ids and the gold evidence's rank (1-based; None beyond k)."""
-        ids = self.search(rparams, records, k, with_test, docs)
-        passages = self.index(docs, "eval").passages  # main is its prefix
-        out = []
-        for row, g in zip(ids, gold):
-            hits = np.flatnonzero(np.isin(row, g))
-            out.append({"top10": [passages[j].id for j in row[:10]], "gold_rank": int(hits[0]) + 1 if len(hits) else None,
-                        "_top": row})
-        return out
-
-    def dev_recall(self, rparams, which: str = "dev", docs: str = "base") -> dict:
-        """Recall@1 / @7 on the dev questions (which="dev_all": every dev-focus question) and each gold rank."""
-        recs = self.setup.dev if which == "dev" else self.setup.dev_all
-        ranks = [q["gold_rank"] for q in self.recall(rparams, recs, self.setup.gold[which], docs=docs)]
-        return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])),
-                "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])), "dev_ranks": ranks}
-
-    def sweep_part(self) -> dict:
-        """Arm e (cheap: cached generator losses) on the dev focuses; dev recall@1 chooses. Stage 1: rank loss x lr
-        at the configured num_sampled / epochs; stage 2: num_sampled x epochs at stage 1's best loss and lr."""
-        c = self.cfg
-        rows = []
-        base_r1 = self.dev_recall(self.models()[4])["dev_recall@1"]
-        key = lambda r: (r["dev_recall@1"], r["dev_recall@7"])  # noqa: E731
-
-        def row(stage: int, **settings) -> None:
-            t0 = time.time()
-            params, hist = self.train("e", c.seeds[0], settings)
-            dev = self.dev_recall(params["retriever"])
-            rows.append({"stage": stage, **settings, "dev_recall@1": dev["dev_recall@1"],
-                         "dev_recall@7": dev["dev_recall@7"],
-                         "train_agreement_last50": float(np.mean([h["agreement"] for h in hist[-50:]])),
-                         "seconds": round(time.time() - t0, 1)})
-            self.log(f"[sweep] {rows[-1]}")
-
-        for loss in c.sweep_losses:
-            for lr in c.sweep_lrs:
-                row(1, retriever_lr=lr, rank_loss=loss, num_sampled=c.num_sampled, epochs=c.epochs)
-        best = max(rows, key=key)
-        for S in c.sweep_sampled:
-            for epochs in c.sweep_epochs:
-                if (S, epochs) != (c.num_sampled, c.epochs):
-                    row(2, retriever_lr=best["retriever_lr"], rank_loss=best["rank_loss"], num_sampled=S, epochs=epochs)
-        best = max(rows, key=key)
-        return {"dev_questions": len(self.setup.dev), "base_dev_recall@1": base_r1, "rows": rows,
-                "chosen": {k: best[k] for k in ("retriever_lr", "rank_loss", "num_sampled", "epochs")}}
-
-    def _saved(self, part: str) -> dict | None:
-        """A finished part's JSON (None before it has run)."""
-        path = os.path.join(self.cfg.out_dir, f"{part}.json")
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
-
-    def _whole_pool_rows(self, retriever_lr: float, epochs: int, batch_size: int | None = None,
-                         in_batch_negatives: bool = False) -> list[dict]:
-        """The saved scale / passes / negatives rows of arm e on the whole pool at these settings (batch: the
-        configured one unless given), with every one of these settings filled in."""
-        # a scale row makes the sweep's passes; scale and passes rows use the configured batch without negatives
-        defaults = {"epochs": self.settings()["epochs"], "batch_size": self.cfg.batch_size, "in_batch_negatives": False}
-        want = {"retriever_lr": retriever_lr, "epochs": epochs, "batch_size": batch_size or self.cfg.batch_size,
-                "in_batch_negatives": in_batch_negatives}
-        rows = [{**defaults, **r} for part in ("scale", "passes", "negatives")
-                for r in (self._saved(part) or {"rows": []})["rows"]]
-        return [r for r in rows if r["questions"] == len(self.setup.pool) and all(r[k] == v for k, v in want.items())]
-
-    def _pool_row(self, questions: int, settings: dict) -> dict:
-        """Arm e (seed 0) trained on the first `questions` of the pool with `settings`: its dev recall (every
-        dev-focus question), gold ranks and seconds, as a row of the scale / passes / negatives tables."""
-        t0 = time.time()
-        params, _ = self.train("e", self.cfg.seeds[0], settings, questions=questions)
-        return {"questions": questions, **settings, **self.dev_recall(params["retriever"], "dev_all"),
-                "seconds": round(time.time() - t0, 1)}
-
-    def scale_part(self) -> dict:
-        """Arm e (seed 0, the sweep's settings) trained on the first n pool questions for each n in scale_sizes and
-        each lr in scale_lrs; recall on every dev-focus question. Chooses arm eL's lr: the best dev recall@1 (then
-        @7) on the whole pool."""
-        c = self.cfg
-        lrs = c.scale_lrs or (self.settings()["retriever_lr"],)
-        return {**self._size_rows("scale", [(n, lr) for lr in lrs for n in c.scale_sizes]), "settings": self.settings()}
-
-    def _size_rows(self, part: str, runs: Sequence[tuple[int, float]], settings: dict | None = None) -> dict:
-        """Arm e (seed 0) on the first n pool questions at lr, for each (n, lr) in runs (other settings: the sweep's,
-        updated by `settings`), after the base retriever's row; recall on every dev-focus question. The lr with the
-        best dev recall@1 (then @7) on the whole pool is chosen."""
-        s = self.setup
-        self.doc_losses(pool=True)  # cached once, before any row is timed
-        rows = [{"questions": 0, "retriever_lr": 0.0, **self.dev_recall(self.models()[4], "dev_all"), "seconds": 0.0}]
-        for n, lr in runs:
-            rows.append(self._pool_row(n, {**(settings or {}), "retriever_lr": lr}))
-            self.log(f"[{part}] {n} questions, lr {lr:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
-        whole = [r for r in rows if r["questions"] == len(s.pool)] or rows[1:]
-        best = max(whole, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
-        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "rows": rows, "chosen_lr": best["retriever_lr"]}
-
-    def focuses_part(self) -> dict:
-        """Arm e (seed 0, eL's settings) on the pool without the extra training focuses (eL's, at eL's lr; its
-        candidates mined from the training view, or from the corpus alone when kept), then on the whole pool at
-        each lr in focus_lrs (default: eL's); recall on every dev-focus question. Chooses arm eF's (eK's, when
-        eL's questions keep their candidates) lr on the whole pool."""
-        c, s = self.cfg, self.setup
-        el = self.pool_settings(extra=False)
-        keep = {k: el[k] for k in ("epochs", "batch_size", "in_batch_negatives") if k in el}
-        runs = [(len(s.pool) - s.n_extra, el["retriever_lr"])] + [(len(s.pool), lr)
-                                                                   for lr in c.focus_lrs or (el["retriever_lr"],)]
-        out = self._size_rows("focuses", runs, keep)
-        self.publish_cache()
-        leaks = ev.question_leaks(s.corpus, s.pool)
-        return {**out, "settings": {**el, **keep}, "extra_focuses": c.extra_train_focuses, "extra_questions": s.n_extra,
-                "training_only_passages": len(s.corpus) - s.n_eval, "question_leaks": leaks}
-
-    def passes_part(self) -> dict:
-        """Arm e (seed 0) on the whole pool at the scale part's lr, once for each number of passes in pool_epochs;
-        recall on every dev-focus question. Chooses arm eL's epochs among these and the scale part's whole-pool row
-        at that lr (the sweep's passes): the best dev recall@1, then @7, fewer passes on a tie."""
-        c, s = self.cfg, self.setup
-        scale = self._saved("scale")
-        if scale is None:
-            raise InputError("part passes starts from the scale part's choice: run part scale first "
-                             f"({os.path.join(c.out_dir, 'scale.json')})")
-        lr, epochs = scale["chosen_lr"], self.settings()["epochs"]
-        done = self._whole_pool_rows(lr, epochs)
-        self.doc_losses(pool=True)  # cached once, before any row is timed
-        rows = []
-        for e in sorted(set(c.pool_epochs) - {epochs}):
-            rows.append(self._pool_row(len(s.pool), {"retriever_lr": lr, "epochs": e}))
-            self.log(f"[passes] {e} passes, lr {lr:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
-        best = max(done + rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"], -r["epochs"]))
-        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "rows": rows, "chosen_epochs": best["epochs"]}
-
-    def negatives_part(self) -> dict:
-        """Arm e (seed 0) on the whole pool at eL's lr and passes, in batches of negatives_batch questions, without
-        and with in-batch negatives; recall on every dev-focus question. Chooses eL's batch among these and the
-        batch-1 row at that lr and passes (the scale or passes part's): the best dev recall@1, then @7, then the
-        earlier row (batch 1, no negatives) on a tie."""
-        c, s = self.cfg, self.setup
-        settings = self.pool_settings()
-        lr, epochs = settings["retriever_lr"], settings["epochs"]
-        done = self._whole_pool_rows(lr, epochs)
-        if not done:
-            raise InputError(f"part negatives compares with the batch-1 row at eL's lr {lr:g} and {epochs} passes: "
-                             "run parts scale (and passes) first")
-        base = done[0]
-        self.doc_losses(pool=True)  # cached once, before any row is timed
-        rows = []
-        for neg in (False, True):
-            rows.append(self._pool_row(len(s.pool), {"retriever_lr": lr, "epochs": epochs,
-                                                     "batch_size": c.negatives_batch, "in_batch_negatives": neg}))
-            self.log(f"[negatives] batch {c.negatives_batch}, in-batch negatives {neg}: "
-                     f"dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
-        ranked = [base] + rows
-        best = max(range(len(ranked)), key=lambda i: (ranked[i]["dev_recall@1"], ranked[i]["dev_recall@7"], -i))
-        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "baseline": base, "rows": rows,
-                "chosen": {k: ranked[best][k] for k in ("batch_size", "in_batch_negatives")}}
-
-    def posterior_part(self) -> dict:
-        """Arm e (seed 0) on the whole pool at eL's settings with each KL target temperature in posterior_betas;
-        recall on every dev-focus question, against eL's own row there (beta 1, from the scale / passes /
-        negatives part). Dev only: it reports the best beta, it does not change eL's settings."""
-        c, s = self.cfg, self.setup
-        settings = self.pool_settings()  # eL's
-        want = {"retriever_lr": settings["retriever_lr"], "epochs": settings["epochs"],
-                "batch_size": settings.get("batch_size", c.batch_size),
-                "in_batch_negatives": settings.get("in_batch_negatives", False)}
-        base = [{**r, "kl_beta": 1.0} for r in self._whole_pool_rows(**want)]
-        if not base:
-            raise InputError(f"part posterior compares with eL's dev row ({want}): run parts scale (and passes, "
-                             "negatives) first")
-        self.doc_losses(pool=True)  # cached once, before any row is timed
-        rows = []
-        for beta in sorted(set(c.posterior_betas) - {1.0}):
-            rows.append(self._pool_row(len(s.pool), {**want, "kl_beta": beta}))
-            self.log(f"[posterior] beta {beta:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
-        ranked = base[:1] + rows
-        best = max(range(len(ranked)), key=lambda i: (ranked[i]["dev_recall@1"], ranked[i]["dev_recall@7"], -i))
-        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "baseline": base[0], "rows": rows,
-                "best_beta": ranked[best]["kl_beta"]}
-
-    def pool_settings(self, extra: bool | None = None) -> dict:
-        """Arm eL's settings: the sweep's, with the retriever lr the scale part, the number of passes the passes
-        part and the batch (with or without in-batch negatives) the negatives part chose on the whole pool (dev).
-        With extra focuses (default: when configured), arm eF's or eK's: eL's with the lr their focuses part chose."""
-        out = self.settings()
-        for part, key, name in (("scale", "chosen_lr", "retriever_lr"), ("passes", "chosen_epochs", "epochs")):
-            out[name] = (self._saved(part) or {}).get(key, out[name])
-        out.update((self._saved("negatives") or {}).get("chosen", {}))
-        if bool(self.cfg.extra_train_focuses) if extra is None else extra:
-            out["retriever_lr"] = (self._saved(self._focuses_part) or {}).get("chosen_lr", out["retriever_lr"])
-        return out
-
-    def arm_settings(self, arm: str) -> dict:
-        """The retriever settings an arm trains with: the sweep's, eL's for the pool arms, and for eT / eTR eL's at
-        the KL target temperature the posterior part chose on dev."""
-        if arm not in POOL_ARMS:
-            return self.settings()
-        out = self.pool_settings()
-        if arm in SHARP:
-            po = self._saved("posterior")
-            if po is None:
-                raise InputError(f"arm {arm} trains at the KL temperature part posterior chooses on the dev focuses: "
-                                 "run part posterior first")
-            out["kl_beta"] = po["best_beta"]
-        return out
-
     def arm_part(self, arm: str, seed: int) -> dict:
         c = self.cfg
         d_path = os.path.join(c.work_dir, "params", f"d_s{seed}.safetensors")
@@ -892,7 +455,7 @@ class Comparison:
                 params, history = self.train(arm, seed)
                 trained = {k: params[k] for k in TRAINED[arm]}
                 save_tree(path, trained)
-                _write_json(os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json"),
+                write_json(os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json"),
                             {"history": history, "seconds": round(time.time() - t0, 1), **timing})
             if set(trained) != set(TRAINED[arm]):
                 raise InputError(f"{path} holds {sorted(trained)}, arm {arm} trains {list(TRAINED[arm])}; delete it")
@@ -920,54 +483,3 @@ class Comparison:
         if arm in ("a", "b") or (arm in ("c", "d") and seed in c.mcq_seeds):
             out["mcq"] = self.mcq(llm_params)
         return out
-
-    # ------------------------------------------------------------------------------------------ measures
-    def measure(self, name: str, records, llm_params, rparams, generate: int = 0, docs: str = "base") -> list[dict]:
-        """Per question: retrieval (gold rank, top ids), target NLL with the top-K fed, generation scores,
-        and for PubMedQA the decision read off the likelihood of Yes / No / Maybe; passages encoded as `docs`."""
-
-        c = self.cfg
-        llm_cfg, _, tok = self.models()[:3]
-        rows = [{"id": r.id} for r in records]
-        fed_idx: list[list[int]] = [[] for _ in records]
-        if rparams is not None:
-            gold = self.setup.gold[name]
-            rec = self.recall(rparams, records, gold, with_test=name == "pubmedqa_test", docs=docs)
-            fed = (self.search(rparams, records, c.num_docs, docs=docs) if name == "pubmedqa_test"
-                   else [q["_top"] for q in rec])
-            for row, q, f in zip(rows, rec, fed):
-                row.update(gold_rank=q["gold_rank"], top10=q["top10"])
-            fed_idx = [list(np.asarray(f)[: c.num_docs][::-1]) for f in fed]  # best last
-        passages = self.index().passages
-        for row, d in zip(rows, fed_idx):
-            row["fed"] = [passages[j].id for j in d]
-        prompts = [prompt_ids(tok, self.template, self.budgets, r.as_record(), [passages[j].with_title for j in d])
-                   for r, d in zip(records, fed_idx)]
-        targets = [tok.encode(self.template.answer.format(text=r.answer))[: c.answer_tokens] for r in records]
-        ll = score_options(llm_cfg, llm_params, prompts, [[t] for t in targets], c.eval_batch, tok.pad_id or 0)
-        for row, x, t in zip(rows, ll, targets):
-            row["nll"] = round(float(-x[0] / len(t)), 5)
-        if name == "pubmedqa_test":
-            opts = [[tok.encode(f" {w}") for w in ("Yes", "No", "Maybe")]] * len(records)
-            ll = score_options(llm_cfg, llm_params, prompts, opts, c.eval_batch, tok.pad_id or 0)
-            for row, x, r in zip(rows, ll, records):
-                pred = ("yes", "no", "maybe")[int(np.argmax(x))]
-                row.update(decision=pred, correct=pred == r.decision)
-        if generate:
-
-            outs = generate_answers(llm_cfg, llm_params, tok, prompts[:generate], c.answer_tokens, c.eval_batch)
-            refs = [tok.decode(t) for t in targets[:generate]]
-            for row, o, s in zip(rows, outs, text_scores_per_question(outs, refs)):
-                row.update(output=o, **s)
-        return rows
-
-    def mcq(self, llm_params) -> list[dict]:
-        """MMLU-Med and MedQA-US dev (fixed samples), log-likelihood of the options, no retrieval."""
-
-        llm_cfg, _, tok = self.models()[:3]
-        sets = eval_sets(DataConfig(data_dir=self.cfg.data_dir), ("mmlu_med", "medqa"),
-                         medqa_path="medqa/us_4_options_dev.jsonl", max_per_set=self.cfg.mcq_per_set)
-        preds = evaluate(sets, llm_cfg, llm_params, tok, EvalConfig(name="mcq", batch_size=self.cfg.eval_batch),
-                         PromptTemplate(), Budgets(), progress=self.progress)
-        return [{"set": p["set"], "id": p["id"], "pred": p["pred_letter"], "correct": bool(p["correct"])}
-                for p in preds]

@@ -1,0 +1,84 @@
+"""The evidence comparison's measures (jmlr_jax.compare.evidence): gold-evidence recall by exact MaxSim search,
+target NLL with the top-K fed, greedy answers scored by ROUGE-L / BLEU-1, the PubMedQA decision and the MCQ no-harm
+check. A mixin of Comparison, whose models, indexes and search these call."""
+from __future__ import annotations
+
+import numpy as np
+
+from jmlr_jax.compare.report import text_scores_per_question
+from jmlr_jax.data.splits import DataConfig
+from jmlr_jax.data.templates import Budgets, PromptTemplate
+from jmlr_jax.eval.harness import EvalConfig, eval_sets, evaluate
+from jmlr_jax.eval.mcq import generate_answers, prompt_ids, score_options
+
+
+class Measures:
+    """Per-question measures of one arm's generator and retriever."""
+
+    def recall(self, rparams, records, gold, with_test=False, k: int = 30, docs: str = "base") -> list[dict]:
+        """Per question: the top-10 passage ids and the gold evidence's rank (1-based; None beyond k)."""
+        ids = self.search(rparams, records, k, with_test, docs)
+        passages = self.index(docs, "eval").passages  # main is its prefix
+        out = []
+        for row, g in zip(ids, gold):
+            hits = np.flatnonzero(np.isin(row, g))
+            out.append({"top10": [passages[j].id for j in row[:10]], "gold_rank": int(hits[0]) + 1 if len(hits) else None,
+                        "_top": row})
+        return out
+
+    def dev_recall(self, rparams, which: str = "dev", docs: str = "base") -> dict:
+        """Recall@1 / @7 on the dev questions (which="dev_all": every dev-focus question) and each gold rank."""
+        recs = self.setup.dev if which == "dev" else self.setup.dev_all
+        ranks = [q["gold_rank"] for q in self.recall(rparams, recs, self.setup.gold[which], docs=docs)]
+        return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])),
+                "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])), "dev_ranks": ranks}
+
+    def measure(self, name: str, records, llm_params, rparams, generate: int = 0, docs: str = "base") -> list[dict]:
+        """Per question: retrieval (gold rank, top ids), target NLL with the top-K fed, generation scores,
+        and for PubMedQA the decision read off the likelihood of Yes / No / Maybe; passages encoded as `docs`."""
+
+        c = self.cfg
+        llm_cfg, _, tok = self.models()[:3]
+        rows = [{"id": r.id} for r in records]
+        fed_idx: list[list[int]] = [[] for _ in records]
+        if rparams is not None:
+            gold = self.setup.gold[name]
+            rec = self.recall(rparams, records, gold, with_test=name == "pubmedqa_test", docs=docs)
+            fed = (self.search(rparams, records, c.num_docs, docs=docs) if name == "pubmedqa_test"
+                   else [q["_top"] for q in rec])
+            for row, q, f in zip(rows, rec, fed):
+                row.update(gold_rank=q["gold_rank"], top10=q["top10"])
+            fed_idx = [list(np.asarray(f)[: c.num_docs][::-1]) for f in fed]  # best last
+        passages = self.index().passages
+        for row, d in zip(rows, fed_idx):
+            row["fed"] = [passages[j].id for j in d]
+        prompts = [prompt_ids(tok, self.template, self.budgets, r.as_record(), [passages[j].with_title for j in d])
+                   for r, d in zip(records, fed_idx)]
+        targets = [tok.encode(self.template.answer.format(text=r.answer))[: c.answer_tokens] for r in records]
+        ll = score_options(llm_cfg, llm_params, prompts, [[t] for t in targets], c.eval_batch, tok.pad_id or 0)
+        for row, x, t in zip(rows, ll, targets):
+            row["nll"] = round(float(-x[0] / len(t)), 5)
+        if name == "pubmedqa_test":
+            opts = [[tok.encode(f" {w}") for w in ("Yes", "No", "Maybe")]] * len(records)
+            ll = score_options(llm_cfg, llm_params, prompts, opts, c.eval_batch, tok.pad_id or 0)
+            for row, x, r in zip(rows, ll, records):
+                pred = ("yes", "no", "maybe")[int(np.argmax(x))]
+                row.update(decision=pred, correct=pred == r.decision)
+        if generate:
+
+            outs = generate_answers(llm_cfg, llm_params, tok, prompts[:generate], c.answer_tokens, c.eval_batch)
+            refs = [tok.decode(t) for t in targets[:generate]]
+            for row, o, s in zip(rows, outs, text_scores_per_question(outs, refs)):
+                row.update(output=o, **s)
+        return rows
+
+    def mcq(self, llm_params) -> list[dict]:
+        """MMLU-Med and MedQA-US dev (fixed samples), log-likelihood of the options, no retrieval."""
+
+        llm_cfg, _, tok = self.models()[:3]
+        sets = eval_sets(DataConfig(data_dir=self.cfg.data_dir), ("mmlu_med", "medqa"),
+                         medqa_path="medqa/us_4_options_dev.jsonl", max_per_set=self.cfg.mcq_per_set)
+        preds = evaluate(sets, llm_cfg, llm_params, tok, EvalConfig(name="mcq", batch_size=self.cfg.eval_batch),
+                         PromptTemplate(), Budgets(), progress=self.progress)
+        return [{"set": p["set"], "id": p["id"], "pred": p["pred_letter"], "correct": bool(p["correct"])}
+                for p in preds]
