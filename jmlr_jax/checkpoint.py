@@ -1,8 +1,11 @@
 """Orbax checkpoints: train state + grain iterator state + run metadata (index version, config) in one step.
 
-Saves are asynchronous and atomic (orbax writes a temporary directory and renames it when complete), so a
-crash during a save leaves the previous checkpoints intact; `close()` (or `wait()`) must run before the
-process exits, which the training loop does on normal exit and on SIGTERM. Restores use abstract targets
+Saves are atomic (orbax writes a temporary directory and renames it when complete), so a crash during a save
+leaves the previous checkpoints intact. On accelerators they are asynchronous (written while training goes on);
+on CPU synchronous by default, where the background writer would share the step's cores and the host copy of the
+state it needs (the step donates its buffers) costs the state's size again: the quickstart's peak RSS 8.4 -> 6.8 GB,
+its steps no slower. `close()` (or `wait()`) must run before the process exits, which the training loop does on
+normal exit and on SIGTERM. Restores use abstract targets
 carrying the current shardings, so a checkpoint restores onto whatever mesh the new run uses. A latest
 checkpoint that cannot be read (damaged files) is moved aside with a warning and the newest readable one is
 restored instead; when none can be read, the error names the latest and nothing is moved.
@@ -16,6 +19,7 @@ import time
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -61,10 +65,12 @@ def _drop_aborted_read_callbacks(previous):
 
 
 class Checkpointer:
-    def __init__(self, directory: str, max_to_keep: int = 3):
+    def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool | None = None):
+        """async_save: write in the background while training goes on; None: on accelerators, not on CPU."""
         self.directory = directory if is_remote(directory) else os.path.abspath(directory)  # orbax: gs:// too
-        self.mngr = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        self.async_save = jax.default_backend() != "cpu" if async_save is None else async_save
+        self.mngr = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=self.async_save))
 
     def latest_step(self) -> int | None:
         return self.mngr.latest_step()

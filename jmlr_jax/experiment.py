@@ -42,6 +42,7 @@ class RunConfig:
     log_every: int = 1
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
+    async_checkpoint: bool | None = None  # save in the background; None: on accelerators, not on CPU
     refresh_every: int = 0  # re-encode the corpus with the live retriever every N steps; 0 = never
     recall_queries: int = 32  # training questions used to log ScaNN recall vs exact search at each refresh
     initial_index: str = ""  # a prebuilt index (launch/build_index.py) for the initial retriever, if any
@@ -58,8 +59,8 @@ SECTIONS: dict[str, type] = {
     "template": PromptTemplate, "budgets": Budgets,
 }
 # What a resumed run may change without changing what it trains (section -> fields).
-RESUMABLE = {"run": {"workdir", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "mesh_shape",
-                     "progress", "peak_flops_per_device"}}
+RESUMABLE = {"run": {"workdir", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoint",
+                     "mesh_shape", "progress", "peak_flops_per_device"}}
 # Evaluation reads the run's weights and data; it may also search the index differently.
 EVALUABLE = {**RESUMABLE, "search": {f.name for f in dataclasses.fields(SearchConfig)}}
 

@@ -32,7 +32,7 @@ def test_killed_during_save_keeps_previous_checkpoint(tmp_path):
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_checkpoint import _state
         from jmlr_jax.checkpoint import Checkpointer
-        c = Checkpointer({str(tmp_path)!r})
+        c = Checkpointer({str(tmp_path)!r}, async_save=True)  # the accelerators' default
         c.save(1, _state(1), {{"i": 1}}, {{"step": 1}})
         c.wait()
         c.save(2, _state(2), {{"i": 2}}, {{"step": 2}})  # asynchronous: still writing when the process dies
@@ -47,6 +47,20 @@ def test_killed_during_save_keeps_previous_checkpoint(tmp_path):
     c.save(3, _state(3), {"i": 3}, {"step": 3})  # the run goes on in the same directory
     c.close()
     assert Checkpointer(str(tmp_path)).restore(_abstract())[2]["step"] == 3
+
+
+@pytest.mark.parametrize("async_save", [None, True])
+def test_saves_are_synchronous_on_cpu_unless_asked(tmp_path, async_save):
+    c = Checkpointer(str(tmp_path), async_save=async_save)
+    assert c.async_save is bool(async_save)  # None: the backend decides, and this is a CPU
+    c.save(1, _state(1), {"i": 1}, {"step": 1})
+    if not async_save:  # complete on disk when save returns: another process could restore it now
+        state, data, meta = Checkpointer(str(tmp_path)).restore(_abstract())
+        assert meta["step"] == 1 and data == {"i": 1} and np.all(np.asarray(state["w"]) == 1)
+    c.save(2, _state(2), {"i": 2}, {"step": 2})
+    c.close()
+    state, data, meta = Checkpointer(str(tmp_path)).restore(_abstract())
+    assert meta["step"] == 2 and data == {"i": 2} and np.all(np.asarray(state["layers"][5]) == 2)
 
 
 def test_unreadable_checkpoints(tmp_path, capfd, monkeypatch):

@@ -193,7 +193,8 @@ class Trainer(StepLoop):
         self.tx = make_optimizer(params, exp.optim)
         self.state_sh = state_shardings(params, self.tx, param_shardings(params, self.llm_cfg, self.rcfg, self.mesh),
                                         self.mesh)
-        self.ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints)
+        self.ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints,
+                                            run.async_checkpoint)
         data_state, meta = self.init_or_restore(params, self.tx, run.seed, self.state_sh)
         if meta is None:
             index = cached_index(self.corpus, self.rcfg, r_params, self.ctok, exp.index, exp.search, self.local,

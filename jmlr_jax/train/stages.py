@@ -132,7 +132,8 @@ class StageTrainer(StepLoop):
         self.tx = make_optimizer(params, optim)
         param_sh = param_shardings(params, self.llm_cfg, None, self.mesh)
         self.state_sh = state_shardings(params, self.tx, param_sh, self.mesh)
-        self.ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), run.keep_checkpoints)
+        self.ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), run.keep_checkpoints,
+                                            run.async_checkpoint)
         ref = jax.device_put(llm_params, param_sh["llm"]) if stage.kind == "dpo" else None
         data_state, _ = self.init_or_restore(params, self.tx, run.seed, self.state_sh)
         del params, llm_params
