@@ -63,8 +63,10 @@ def test_resume_is_exact(assets, tmp_path, capfd):
     straight.run()
     straight.close()
 
-    # Preempted: SIGTERM during the step-2 checkpoint, and a second one while that (final) save is written.
-    first = trainer(assets, tmp_path / "b")
+    # Preempted: SIGTERM during the step-2 checkpoint, and a second one while that (final) save is written; with
+    # asynchronous saves as on accelerators (a CPU's default is synchronous), which the saved config keeps on resume.
+    first = trainer(assets, tmp_path / "b", **{"RunConfig.async_checkpoint": "True"})
+    assert first.ckpt.async_save and not straight.ckpt.async_save
     save = first.ckpt.save
 
     def save_under_sigterm(*args):
@@ -77,7 +79,7 @@ def test_resume_is_exact(assets, tmp_path, capfd):
     first.close()
     assert "SIGTERM: saved checkpoint 2" in capfd.readouterr().out
     second = trainer(assets, tmp_path / "b")  # same workdir, 4 steps: restores step 2
-    assert int(second.state["step"]) == 2
+    assert int(second.state["step"]) == 2 and second.ckpt.async_save
     second.run()
     second.close()
     for a, b in zip(params_of(straight), params_of(second)):
