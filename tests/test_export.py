@@ -1,4 +1,5 @@
-"""Exporting a trained run: both directories load in `transformers` and compute what jmlr_jax computes."""
+"""Exporting a trained run: both directories load in `transformers` and compute what jmlr_jax computes; the
+run answers a question with its own retriever (launch/answer.py --workdir)."""
 import sys
 
 import gin
@@ -15,7 +16,7 @@ from tests.helpers import hf_logits
 from tests.train.test_loop import assets, trainer  # noqa: F401  (module fixture, reused)
 
 
-def test_exported_run_loads_in_transformers(assets, tmp_path, monkeypatch):  # noqa: F811
+def test_exported_run_loads_in_transformers_and_answers(assets, tmp_path, monkeypatch, capsys):  # noqa: F811
     from transformers import BertModel, LlamaForCausalLM
 
     t = trainer(assets, tmp_path / "run", **{"RunConfig.num_steps": "1", "LoraConfig.rank": "4"})
@@ -55,3 +56,15 @@ def test_exported_run_loads_in_transformers(assets, tmp_path, monkeypatch):  # n
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     card = (out / "README.md").read_text()
     assert "(step 1)" in card and "LoRA rank 4 merged" in card and '"num_steps": 1' in card
+
+    # The same run answers (launch/answer.py --workdir): its weights (LoRA merged), corpus and template; two
+    # passages of its corpus cited.
+    from jmlr_jax import rag
+
+    capsys.readouterr()
+    rag.main(["--workdir", str(tmp_path / "run"), "--question", "Who should be screened?", "--k", "2",
+              "--max_new_tokens", "4"])
+    out = capsys.readouterr().out
+    cited = [line.split()[1] for line in out.splitlines() if line.strip().startswith("[")]
+    assert "the run's retriever (step 1)" in out and len(cited) == 2 and set(cited) <= {p.id for p in t.corpus.passages}
+
