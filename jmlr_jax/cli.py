@@ -50,22 +50,22 @@ def _export(workdir: str = "", out: str = "", step: str = "") -> None:
 
 def train() -> None:
     """Train JMLR: --gin_file=F [--gin.X=Y ...] [--workdir=DIR] (a workdir alone resumes its run)."""
-    config.run_main(_train, flags=("workdir",))
+    config.run_main(_train, flags=("workdir",), doc=train.__doc__)
 
 
 def evaluate() -> None:
     """Evaluate a run on medical MCQ from its workdir: --workdir=DIR [--gin_file=compare/eval.gin]."""
-    config.run_main(_evaluate, flags=("workdir",))
+    config.run_main(_evaluate, flags=("workdir",), doc=evaluate.__doc__)
 
 
 def build_index() -> None:
     """Build the ColBERT token index: --gin_file=retrieval/minilm_index.gin."""
-    config.run_main(_build_index)
+    config.run_main(_build_index, doc=build_index.__doc__)
 
 
 def search() -> None:
     """Top passages for --gin.search_main.question from a built index."""
-    config.run_main(_search)
+    config.run_main(_search, doc=search.__doc__)
 
 
 def answer() -> None:
@@ -77,4 +77,4 @@ def answer() -> None:
 
 def export() -> None:
     """Export a trained run as Hugging Face directories: --workdir=DIR --out=DIR [--step=N]."""
-    config.run_main(_export, flags=("workdir", "out", "step"))
+    config.run_main(_export, flags=("workdir", "out", "step"), doc=export.__doc__)

@@ -101,11 +101,29 @@ def save_operative_config(workdir: str, name: str = "operative_config.gin") -> s
     return path
 
 
-def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = ()) -> None:
+def usage(doc: str, flags: Sequence[str] = ()) -> str:
+    """A launcher's --help: its own doc, the gin arguments, its flags and the gin files that ship."""
+    tops = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".gin"))
+    dirs = sorted(d + "/" for d in os.listdir(CONFIG_DIR) if os.path.isdir(os.path.join(CONFIG_DIR, d)))
+    lines = [doc.strip(), "", "arguments:",
+             "  --gin_file=FILE    a gin file, as given or under the configs directory (repeatable; later files win)",
+             "  --gin.NAME=VALUE   one binding, after the files: --gin.RunConfig.num_steps=100, "
+             "--gin.DATA=\"'/path/to/data'\""]
+    lines += [f"  --{f}=VALUE" for f in flags]
+    lines += ["", f"gin files in {CONFIG_DIR}: {', '.join(tops)}; and under {' '.join(dirs)}"]
+    return "\n".join(lines)
+
+
+def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = (), doc: str = "") -> None:
     """Runs a launcher's main after parsing gin; `flags` (e.g. "workdir") are passed to main as keyword
-    arguments, and with "workdir" among them no gin file is required. Bad input prints one line and exits 2."""
+    arguments, and with "workdir" among them no gin file is required. -h / --help prints `usage(doc)` (default:
+    main's docstring) and returns. Bad input prints one line and exits 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(usage(doc or main.__doc__ or "", flags))
+        return
     try:
-        rest = parse_argv(sys.argv[1:] if argv is None else argv, require_files="workdir" not in flags)
+        rest = parse_argv(argv, require_files="workdir" not in flags)
         values = {f: pop_flag(rest, f) for f in flags}
         if rest:
             raise ConfigError(f"unrecognised arguments: {' '.join(rest)}")

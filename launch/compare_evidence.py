@@ -38,4 +38,4 @@ def main(parts: str = "", report_only: str = "", readme: str = "") -> None:
 
 
 if __name__ == "__main__":
-    config.run_main(main, flags=("parts", "report_only", "readme"))
+    config.run_main(main, flags=("parts", "report_only", "readme"), doc=__doc__)

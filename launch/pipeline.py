@@ -26,4 +26,4 @@ def main(stage: str = "") -> None:
 
 
 if __name__ == "__main__":
-    config.run_main(main, flags=("stage",))
+    config.run_main(main, flags=("stage",), doc=__doc__)

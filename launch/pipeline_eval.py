@@ -68,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    config.run_main(main)
+    config.run_main(main, doc=__doc__)

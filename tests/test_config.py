@@ -23,6 +23,18 @@ def test_split_gin_args():
         config.split_gin_args(["--gin.foo"])
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_launchers_usage_and_runs_nothing(flag, capsys, monkeypatch):
+    from jmlr_jax import cli
+
+    monkeypatch.setattr(cli, "_train", lambda workdir="": pytest.fail("--help ran the job"))
+    monkeypatch.setattr(sys, "argv", ["jmlr-train", flag])
+    cli.train()
+    out = capsys.readouterr().out
+    assert out.startswith(cli.train.__doc__.strip()) and "--gin_file=FILE" in out and "--workdir=" in out
+    assert "quickstart_cpu.gin" in out and "pipelines/" in out
+
+
 def test_config_file_bindings_and_errors(tmp_path):
     from jmlr_jax import experiment
 
