@@ -74,7 +74,7 @@ def parse_argv(argv: Sequence[str], require_files: bool = True) -> list[str]:
     """Parses the gin arguments of a command line; returns the other arguments."""
     files, bindings, rest = split_gin_args(argv)
     if not files and require_files:
-        raise ConfigError("at least one --gin_file is required")
+        raise ConfigError("at least one --gin_file is required (--help lists the ones that ship)")
     parse(files, bindings)
     return rest
 
