@@ -55,16 +55,22 @@ def train() -> None:
 
 def evaluate() -> None:
     """Evaluate a run on medical MCQ from its workdir: --workdir=DIR [--gin_file=compare/eval.gin]."""
+    from jmlr_jax.eval import harness  # noqa: F401  (EvalConfig known to gin before it parses the command line)
+
     config.run_main(_evaluate, flags=("workdir",), doc=evaluate.__doc__)
 
 
 def build_index() -> None:
     """Build the ColBERT token index: --gin_file=retrieval/minilm_index.gin."""
+    from jmlr_jax.retrieval import launch  # noqa: F401  (index_main's bindings known before gin parses)
+
     config.run_main(_build_index, doc=build_index.__doc__)
 
 
 def search() -> None:
     """Top passages for --gin.search_main.question from a built index."""
+    from jmlr_jax.retrieval import launch  # noqa: F401  (search_main's bindings known before gin parses)
+
     config.run_main(_search, doc=search.__doc__)
 
 

@@ -58,6 +58,15 @@ def _run(*args, cwd=ROOT):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def test_evaluate_launcher_knows_its_config_without_a_gin_file(tmp_path):
+    """The README's `launch/evaluate.py --workdir=W --gin.EvalConfig.X=...`: EvalConfig is registered before gin
+    parses (it once was only after: 'No configurable matching', and a traceback with --workdir alone)."""
+    for extra in ([], ["--gin.EvalConfig.max_per_set=2"]):
+        out = _run("launch/evaluate.py", f"--workdir={tmp_path / 'none'}", *extra)
+        assert out.returncode == 2 and out.stderr.strip() == \
+            f"error: {tmp_path / 'none'}: no config.json; not a training workdir (train with launch/tpu_train.py)"
+
+
 def test_build_index_and_search_launchers(tmp_path, minilm):
     docs = tmp_path / "docs.jsonl"
     docs.write_text("\n".join(json.dumps(r) for r in [
