@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jmlr_jax.errors import InputError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axis (or axes). FSDP shards the model dimension of every weight and the batch;
@@ -46,19 +48,22 @@ def maybe_initialize_distributed() -> None:
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES) -> Mesh:
-    """A mesh over the devices; one -1 in `shape` takes all remaining devices (the usual case)."""
+    """A mesh over the devices; one -1 in `shape` takes all remaining devices (the usual case). A shape these
+    devices cannot hold is an InputError naming the config field (a 7B config's (1, -1, 4) on a 1-device host)."""
     shape = list(shape)
     n = jax.device_count()
+    what = f"mesh_shape {tuple(shape)} (data, fsdp, tensor; RunConfig / PipelineConfig.mesh_shape)"
+    fix = "; e.g. --gin.RunConfig.mesh_shape='(-1, 1, 1)' for all of them on the data axis"
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh shape {shape}: at most one -1")
+        raise InputError(f"{what}: at most one -1")
     if -1 in shape:
         rest = int(np.prod([s for s in shape if s != -1]))
         if n % rest:
-            raise ValueError(f"mesh shape {shape} does not divide {n} devices")
+            raise InputError(f"{what} needs a multiple of {rest} devices, this process sees {n}{fix}")
         shape[shape.index(-1)] = n // rest
     need = int(np.prod(shape))
     if need > n:
-        raise ValueError(f"mesh shape {tuple(shape)} needs {need} devices, found {n}")
+        raise InputError(f"{what} needs {need} devices, this process sees {n}{fix}")
     if need < n:
         print(f"warning: mesh {tuple(shape)} uses {need} of {n} devices", flush=True)
     devices = np.asarray(jax.devices()[:need]).reshape(shape)

@@ -19,6 +19,17 @@ def _constraints(text: str) -> list[str]:
     return re.findall(r"sdy\.sharding_constraint %\S+ <@mesh, (\[.*?\])>", text)
 
 
+def test_a_mesh_the_devices_cannot_hold_is_one_clear_error():
+    from jmlr_jax.errors import InputError
+
+    assert parallel.make_mesh((2, -1, 2)).devices.shape == (2, 2, 2)
+    for shape, says in [((1, -1, 3), "multiple of 3 devices, this process sees 8"), ((2, 2, 4), "needs 16 devices"),
+                        ((-1, -1, 1), "at most one -1")]:
+        with pytest.raises(InputError, match=re.escape(says)) as e:
+            parallel.make_mesh(shape)
+        assert "mesh_shape" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_constrain_maps_logical_names_onto_the_mesh_in_context():
     f = jax.jit(lambda x: parallel.constrain(x * 2, ("batch", "length", "mlp")))
     x = jnp.ones((8, 16, 6))
