@@ -102,6 +102,8 @@ class Checkpointer:
         step None: the newest readable checkpoint; newer unreadable ones are renamed `corrupt-<step>-<time>`
         (kept for inspection, out of the way of new saves) with a warning."""
         if step is not None:
+            if step not in self.mngr.all_steps():
+                raise CheckpointError(f"{self.directory}: no checkpoint {step}; saved: {sorted(self.mngr.all_steps())}")
             return self._restore(abstract_state, step)
         steps = sorted(self.mngr.all_steps(), reverse=True)
         if not steps:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -117,7 +118,8 @@ def usage(doc: str, flags: Sequence[str] = ()) -> str:
 def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = (), doc: str = "") -> None:
     """Runs a launcher's main after parsing gin; `flags` (e.g. "workdir") are passed to main as keyword
     arguments, and with "workdir" among them no gin file is required. -h / --help prints `usage(doc)` (default:
-    main's docstring) and returns. Bad input prints one line and exits 2."""
+    main's docstring) and returns. Bad input (also a configurable's check of its bound values) prints one line and
+    exits 2."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(usage(doc or main.__doc__ or "", flags))
@@ -130,4 +132,11 @@ def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = (),
         main(**values)
     except (InputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (ValueError, TypeError) as e:  # a configurable rejecting its bound values: gin names it on a last line
+        lines = str(e).strip().splitlines()
+        where = re.search(r"In call to configurable '([^']+)'.*?(?:in scope '([^']+)')?$", lines[-1] if lines else "")
+        if where is None:
+            raise
+        print(f"error: {lines[0]} ({'/'.join(filter(None, (where[2], where[1])))})", file=sys.stderr)
         sys.exit(2)

@@ -52,6 +52,15 @@ class RunConfig:
     peak_flops_per_device: float = 400e9  # for MFU; this CPU's measured fp32 matmul peak
     progress: bool = True
 
+    def __post_init__(self):
+        counts = {"num_steps": self.num_steps, "batch_size": self.batch_size, "log_every": self.log_every,
+                  "checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints}
+        bad = [f"{k}={v!r}" for k, v in counts.items() if not isinstance(v, int) or v < 1]
+        if self.refresh_every < 0:
+            bad.append(f"refresh_every={self.refresh_every!r} (0 = never)")
+        if bad:
+            raise ValueError(f"RunConfig: {', '.join(bad)}: each must be a positive integer")
+
 
 SECTIONS: dict[str, type] = {
     "run": RunConfig, "data": DataConfig, "corpus": CorpusConfig, "retriever": RetrieverConfig,
@@ -116,8 +125,8 @@ def from_gin() -> Experiment:
     """Every section from the parsed gin config (unbound fields keep their defaults)."""
     try:
         return Experiment(**{name: _normalised(section()) for name, section in SECTIONS.items()})
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
+    except (TypeError, ValueError) as e:  # gin appends "In call to configurable ..." on a second line
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
 
 
 def _normalised(cfg):

@@ -61,6 +61,8 @@ def test_saves_are_synchronous_on_cpu_unless_asked(tmp_path, async_save):
     c.close()
     state, data, meta = Checkpointer(str(tmp_path)).restore(_abstract())
     assert meta["step"] == 2 and data == {"i": 2} and np.all(np.asarray(state["layers"][5]) == 2)
+    with pytest.raises(CheckpointError, match=r"no checkpoint 7; saved: \[1, 2\]"):  # e.g. export --step=7
+        Checkpointer(str(tmp_path)).restore(_abstract(), step=7)
 
 
 def test_unreadable_checkpoints(tmp_path, capfd, monkeypatch):

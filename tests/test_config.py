@@ -35,6 +35,26 @@ def test_help_prints_the_launchers_usage_and_runs_nothing(flag, capsys, monkeypa
     assert "quickstart_cpu.gin" in out and "pipelines/" in out
 
 
+def test_a_configurable_rejecting_its_bindings_is_one_line(capsys):
+    """A launcher's configurable that checks its values (here a pipeline stage, in its gin scope): one line, exit 2;
+    other errors from the job stay tracebacks."""
+    from jmlr_jax.train import stages
+
+    argv = ["--gin_file=pipelines/qilin_med.gin", "--gin.cpt/StageConfig.kind='zzz'"]
+    with pytest.raises(SystemExit) as e:
+        config.run_main(lambda: stages.PipelineConfig(), argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == "error: StageConfig.kind must be one of ('cpt', 'sft', 'dpo'), got 'zzz' " \
+        "(cpt/StageConfig)\n"
+
+    def bug():
+        raise ValueError("a bug, not a binding")
+
+    with pytest.raises(ValueError, match="a bug"):
+        config.run_main(bug, argv[:1])
+    gin.clear_config()
+
+
 def test_config_file_bindings_and_errors(tmp_path):
     from jmlr_jax import experiment
 
@@ -50,6 +70,10 @@ def test_config_file_bindings_and_errors(tmp_path):
         config.parse(["nope.gin"])
     with pytest.raises(config.ConfigError, match="gin: "):
         config.parse(["retrieval/minilm_index.gin"], ["SearchConfig.token_k = [1,"])
+    config.parse(["quickstart_cpu.gin"], ["RunConfig.batch_size = 0", "RunConfig.checkpoint_every = -1"])
+    with pytest.raises(config.ConfigError) as e:  # one line (gin's own second line dropped)
+        experiment.from_gin()
+    assert str(e.value) == "RunConfig: batch_size=0, checkpoint_every=-1: each must be a positive integer"
     gin.clear_config()
 
 

@@ -62,8 +62,9 @@ class StageConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"StageConfig.kind must be one of {KINDS}, got {self.kind!r}")
-        if self.grad_accum < 1:
-            raise ValueError(f"StageConfig.grad_accum must be >= 1, got {self.grad_accum}")
+        for name in ("num_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"StageConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.pairs not in lm_data.PAIR_KINDS:
             raise ValueError(f"StageConfig.pairs must be one of {lm_data.PAIR_KINDS}, got {self.pairs!r}")
 
