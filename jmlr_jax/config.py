@@ -130,8 +130,10 @@ def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = (),
         if rest:
             raise ConfigError(f"unrecognised arguments: {' '.join(rest)}")
         main(**values)
-    except (InputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (InputError, FileNotFoundError) as e:  # raised inside a gin configurable: its "In call to" line dropped
+        lines = [ln.strip() for ln in str(e).strip().splitlines()]
+        print(f"error: {' '.join(ln for ln in lines if not ln.startswith('In call to configurable'))}",
+              file=sys.stderr)
         sys.exit(2)
     except (ValueError, TypeError) as e:  # a configurable rejecting its bound values: gin names it on a last line
         lines = str(e).strip().splitlines()

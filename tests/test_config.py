@@ -115,3 +115,7 @@ def test_build_index_and_search_launchers(tmp_path, minilm):
     missing = _run("launch/build_index.py", "--gin_file=retrieval/minilm_index.gin",
                    f"--gin.CorpusConfig.sources=[('guidelines', '{tmp_path / 'absent.jsonl'}')]")
     assert missing.returncode == 2 and "not found" in missing.stderr
+    no_index = _run("launch/search.py", "--gin_file=retrieval/minilm_index.gin", f"--gin.INDEX_DIR='{tmp_path / 'no'}'",
+                    "--gin.search_main.question='x'")  # raised inside a gin configurable: gin's own line dropped
+    assert no_index.returncode == 2 and no_index.stderr.strip().splitlines() == \
+        [f"error: {tmp_path / 'no'}: no manifest.json (not an index directory, or an interrupted save)"]
