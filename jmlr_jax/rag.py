@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     ap.add_argument("--retriever", default="all-minilm-l6-v2", help="preset or local BERT path")
     ap.add_argument("--workdir", default="", help="a training run's workdir: its trained weights, corpus and template")
     args = ap.parse_args(argv)
+    if args.k < 0 or args.max_new_tokens < 1 or args.max_passages < 0:
+        ap.error("--k and --max_passages must be >= 0, --max_new_tokens >= 1")
 
     t0 = time.time()
     try:

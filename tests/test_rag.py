@@ -44,6 +44,9 @@ def test_answers_with_a_cited_passage_and_keeps_the_index(smollm2, minilm, tmp_p
 
 def test_missing_or_malformed_guidelines_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
+        rag.main(["--k", "-1"])
+    assert e.value.code == 2 and "--k and --max_passages must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
         rag.main(["--corpus", str(tmp_path / "none.jsonl")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "\n" not in err and "none.jsonl" in err
