@@ -110,9 +110,14 @@ class Comparison(DevParts, Measures):
         return "focuses_kept" if self._kept else "focuses"
 
     def run(self, parts: Sequence[str] | None = None) -> None:
-        for name in parts or self.part_names():
+        names = list(parts or self.part_names())
+        done = {n for n in names if os.path.exists(os.path.join(self.cfg.out_dir, f"{n}.json"))}
+        for name in names:  # every name checked before any part runs: a typo must not wait hours behind others
+            if name not in done:
+                self._runner(name)
+        for name in names:
             path = os.path.join(self.cfg.out_dir, f"{name}.json")
-            if os.path.exists(path):
+            if name in done:
                 self.log(f"[compare] {name}: done ({path}), skipped")
                 continue
             t0 = time.time()
@@ -123,22 +128,26 @@ class Comparison(DevParts, Measures):
             self.log(f"[compare] {name}: {out['seconds']:.0f} s -> {path}")
 
     def _part(self, name: str) -> dict:
+        return self._runner(name)()
+
+    def _runner(self, name: str) -> Callable[[], dict]:
+        """What part `name` runs, as a function; an unknown or misplaced name is an InputError (nothing runs)."""
         if name == "data":
-            return self.data_part()
+            return self.data_part
         if name == "sweep":
-            return self.sweep_part()
+            return self.sweep_part
         if name == "scale":
-            return self.scale_part()
+            return self.scale_part
         if name == "passes":
-            return self.passes_part()
+            return self.passes_part
         if name == "negatives":
-            return self.negatives_part()
+            return self.negatives_part
         if name == "posterior":
-            return self.posterior_part()
+            return self.posterior_part
         if self.cfg.extra_train_focuses and name == self._focuses_part:
-            return self.focuses_part()
+            return self.focuses_part
         if name in ("a", "frozen", "b"):
-            return self.arm_part(name, 0)
+            return functools.partial(self.arm_part, name, 0)
         arm, _, seed = name.partition("_s")
         if arm in POOL_ARMS and (arm in EXTRA_ARMS) != bool(self.cfg.extra_train_focuses):
             raise InputError(f"part {name}: arms eF / eK (eFB / eKB) train on the pool with extra focuses (compare/"
@@ -148,7 +157,7 @@ class Comparison(DevParts, Measures):
             raise InputError(f"part {name}: arm eK's pool keeps eL's candidates (EvidenceConfig.keep_pool_candidates = "
                              "True, compare/evidence_more_focuses_kept.gin), arm eF's does not")
         if arm in ("c", "d", "e", "dg", *POOL_ARMS) and seed.isdigit():
-            return self.arm_part(arm, int(seed))
+            return functools.partial(self.arm_part, arm, int(seed))
         raise InputError(f"unknown part {name!r}; parts: {self.part_names()}")
 
     # ------------------------------------------------------------------------------------------ models

@@ -72,10 +72,14 @@ def test_driver_skips_finished_parts_and_writes_each_part(data_dir, tmp_path, mo
     assert comp.part_names()[-1] == f"dg_s{cfg.seeds[-1]}"  # the diagnostic runs after every d it reads
 
 
-def test_unknown_part_is_an_error(data_dir, tmp_path):
+def test_unknown_part_is_an_error(data_dir, tmp_path, monkeypatch):
     comp = Comparison(tiny(data_dir, tmp_path), progress=False, log=lambda _: None)
+    ran = []
+    monkeypatch.setattr(comp, "_part", lambda name: ran.append(name) or {"part": name})
     with pytest.raises(InputError, match="unknown part 'x_s0'"):
-        comp.run(["x_s0"])
+        comp.run(["a", "d_s0", "x_s0"])  # a typo at the end stops the run before its first part, not hours later
+    assert ran == []
+    monkeypatch.undo()
     with pytest.raises(InputError, match="part dg_s0 needs JMLR's trained weights .*run part d_s0 first"):
         comp.run(["dg_s0"])
     with pytest.raises(InputError, match="data_dir is not set"):
