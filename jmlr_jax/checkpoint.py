@@ -101,11 +101,11 @@ class Checkpointer:
 
         step None: the newest readable checkpoint; newer unreadable ones are renamed `corrupt-<step>-<time>`
         (kept for inspection, out of the way of new saves) with a warning."""
+        steps = sorted(self.mngr.all_steps(), reverse=True)  # one listing (a bucket on a pod)
         if step is not None:
-            if step not in self.mngr.all_steps():
-                raise CheckpointError(f"{self.directory}: no checkpoint {step}; saved: {sorted(self.mngr.all_steps())}")
+            if step not in steps:
+                raise CheckpointError(f"{self.directory}: no checkpoint {step}; saved: {steps[::-1]}")
             return self._restore(abstract_state, step)
-        steps = sorted(self.mngr.all_steps(), reverse=True)
         if not steps:
             raise CheckpointError(f"{self.directory}: no checkpoint to restore")
         errors = []

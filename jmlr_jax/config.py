@@ -5,6 +5,7 @@ parameters, and malformed values, are one clear error rather than a traceback fr
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -115,30 +116,42 @@ def usage(doc: str, flags: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
+def one_line(e: BaseException) -> str:
+    """An error's message on one line, without the "In call to configurable ..." context gin appends to errors
+    raised inside a configurable."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines()]
+    return " ".join(ln for ln in lines if not ln.startswith("In call to configurable"))
+
+
+@contextlib.contextmanager
+def exits_on_bad_input():
+    """Bad input -> `error: <one line>` on stderr and exit 2: an InputError or FileNotFoundError, or a ValueError /
+    TypeError a gin configurable raised checking its bound values (named with its scope). Other errors are bugs:
+    they propagate."""
+    try:
+        yield
+    except (InputError, FileNotFoundError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except (ValueError, TypeError) as e:
+        where = re.search(r"In call to configurable '([^']+)'.*?(?:in scope '([^']+)')?$", str(e).strip())
+        if where is None:
+            raise
+        print(f"error: {one_line(e)} ({'/'.join(filter(None, (where[2], where[1])))})", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = (), doc: str = "") -> None:
     """Runs a launcher's main after parsing gin; `flags` (e.g. "workdir") are passed to main as keyword
     arguments, and with "workdir" among them no gin file is required. -h / --help prints `usage(doc)` (default:
-    main's docstring) and returns. Bad input (also a configurable's check of its bound values) prints one line and
-    exits 2."""
+    main's docstring) and returns. Bad input prints one line and exits 2 (`exits_on_bad_input`)."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(usage(doc or main.__doc__ or "", flags))
         return
-    try:
+    with exits_on_bad_input():
         rest = parse_argv(argv, require_files="workdir" not in flags)
         values = {f: pop_flag(rest, f) for f in flags}
         if rest:
             raise ConfigError(f"unrecognised arguments: {' '.join(rest)}")
         main(**values)
-    except (InputError, FileNotFoundError) as e:  # raised inside a gin configurable: its "In call to" line dropped
-        lines = [ln.strip() for ln in str(e).strip().splitlines()]
-        print(f"error: {' '.join(ln for ln in lines if not ln.startswith('In call to configurable'))}",
-              file=sys.stderr)
-        sys.exit(2)
-    except (ValueError, TypeError) as e:  # a configurable rejecting its bound values: gin names it on a last line
-        lines = str(e).strip().splitlines()
-        where = re.search(r"In call to configurable '([^']+)'.*?(?:in scope '([^']+)')?$", lines[-1] if lines else "")
-        if where is None:
-            raise
-        print(f"error: {lines[0]} ({'/'.join(filter(None, (where[2], where[1])))})", file=sys.stderr)
-        sys.exit(2)

@@ -20,7 +20,7 @@ from typing import Any
 import gin
 
 from jmlr_jax import workdir as workdir_lib
-from jmlr_jax.config import ConfigError
+from jmlr_jax.config import ConfigError, one_line
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.data.templates import Budgets, PromptTemplate
 from jmlr_jax.retrieval.corpus import CorpusConfig
@@ -56,10 +56,10 @@ class RunConfig:
         counts = {"num_steps": self.num_steps, "batch_size": self.batch_size, "log_every": self.log_every,
                   "checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints}
         bad = [f"{k}={v!r}" for k, v in counts.items() if not isinstance(v, int) or v < 1]
-        if self.refresh_every < 0:
-            bad.append(f"refresh_every={self.refresh_every!r} (0 = never)")
         if bad:
             raise ValueError(f"RunConfig: {', '.join(bad)}: each must be a positive integer")
+        if self.refresh_every < 0:
+            raise ValueError(f"RunConfig: refresh_every={self.refresh_every!r} must be >= 0 (0 = never)")
 
 
 SECTIONS: dict[str, type] = {
@@ -125,8 +125,8 @@ def from_gin() -> Experiment:
     """Every section from the parsed gin config (unbound fields keep their defaults)."""
     try:
         return Experiment(**{name: _normalised(section()) for name, section in SECTIONS.items()})
-    except (TypeError, ValueError) as e:  # gin appends "In call to configurable ..." on a second line
-        raise ConfigError(str(e).strip().splitlines()[0]) from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(one_line(e)) from None
 
 
 def _normalised(cfg):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 
 import gin
@@ -26,7 +25,6 @@ from jmlr_jax import config
 from jmlr_jax.convert import load_preset
 from jmlr_jax.models import ColBERTTokenizer
 from jmlr_jax.data.sources import QARecord
-from jmlr_jax.errors import InputError
 from jmlr_jax.eval.mcq import prompt_ids
 from jmlr_jax.generate import SamplingConfig, generate, generate_ids
 from jmlr_jax.retrieval import load_corpus
@@ -57,11 +55,8 @@ def main(argv=None) -> None:
         ap.error("--k and --max_passages must be >= 0, --max_new_tokens >= 1")
 
     t0 = time.time()
-    try:
+    with config.exits_on_bad_input():
         answer_from_run(args, t0) if args.workdir else answer_from_guidelines(args, t0)
-    except (InputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def answer_from_guidelines(args, t0: float) -> None:
@@ -75,11 +70,10 @@ def answer_from_guidelines(args, t0: float) -> None:
     ctok = ColBERTTokenizer(r_tok, r_cfg)
     if args.index_dir:  # a saved index (launch/build_index.py); checked against this retriever's weights
         index = load_index(args.index_dir, params=r_params)
+    elif args.cache_dir:  # index-<version> by corpus, weights and settings: another corpus is encoded anew
+        index = cached_index(corpus, r_cfg, r_params, ctok, IndexConfig(), SearchConfig(), args.cache_dir)
     else:
-        if args.cache_dir:  # index-<version> by corpus, weights and settings: another corpus is encoded anew
-            index = cached_index(corpus, r_cfg, r_params, ctok, IndexConfig(), SearchConfig(), args.cache_dir)
-        else:
-            index = build_index(corpus, r_cfg, r_params, ctok, IndexConfig(), SearchConfig())
+        index = build_index(corpus, r_cfg, r_params, ctok, IndexConfig(), SearchConfig())
     passages = index.passages
     ids, scores = Retriever(r_cfg, r_params, ctok, index).exact_search([args.question], args.k)
     top, scores = ids[0][ids[0] >= 0], scores[0]

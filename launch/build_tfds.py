@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jmlr_jax.errors import InputError  # noqa: E402
+from jmlr_jax import config  # noqa: E402
 
 
 def main() -> None:
@@ -21,11 +21,8 @@ def main() -> None:
     args = ap.parse_args()
     from jmlr_jax.data.tfds_builders import build
 
-    try:
+    with config.exits_on_bad_input():
         b = build(args.dataset, args.manual_dir, args.data_dir)
-    except (InputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"{args.dataset}: " + ", ".join(f"{k} {v.num_examples}" for k, v in b.info.splits.items()) + f" -> {b.data_dir}")
 
 
