@@ -20,7 +20,8 @@ Kernels XLA's partitioner cannot split (cpu, pallas_gpu, splash: a custom call o
 their inputs gathered whole onto every device of a sharded jit; under a mesh in context they run per shard
 (`jax.shard_map`: rows over the batch's mesh axes, KV heads over the tensor axis, S2's head halves too),
 as MaxText runs splash. With fewer rows than devices (one long row split along its sequence) S2's groups become
-the rows the devices split (`_roll_fold`), so no device attends over whole rows.
+the rows the devices split (`_roll_fold`), and dense splash splits its queries along the sequence (context
+parallelism, `_sequence_axes`), so no TPU attends over whole rows (GPU kernels do, dense: no query offset).
 cuDNN's call has JAX's own partitioning rules.
 Decoding with a KV cache always uses `dot_product_attention` (one or a few query rows).
 
@@ -44,6 +45,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from jmlr_jax import lowering, parallel
+from jmlr_jax.models import kernels
 
 # Large finite negative instead of -inf: rows that are fully masked (padding queries) stay finite.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -185,7 +187,7 @@ def _fold_apply(kernel, q, k, v, seg, pieces):
 
 
 def _kernel_fn(impl: str, block: int, right_padded: bool, interpret: bool, unroll: bool):
-    from jmlr_jax.models import cpu_kernel, flash, kernels
+    from jmlr_jax.models import cpu_kernel, flash
 
     return {
         "cpu": cpu_kernel.cpu_attention,
@@ -240,6 +242,7 @@ def self_attention(
         swap = auto and impl == "cudnn"  # cuDNN cannot take the folded groups; "auto" trades it for Triton's kernel
         groups = _group_axes("pallas_gpu" if swap else impl, *shards, B, L, H, K, G)
         impl = "pallas_gpu" if swap and groups else impl
+    seq = _sequence_axes(impl, G, L, *shards) if shards and not groups else None
     kernel = _kernel_fn(impl, block, right_padded, interpret, unroll)
     if shards is None:
         out = _attend(kernel, G, None, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
@@ -252,6 +255,10 @@ def self_attention(
         folded = _roll_fold(*qkv, jnp.pad(seg_BxL, pad), G)
         out = _roll_unfold(jax.shard_map(kernel, mesh=shards[0], in_specs=(x, x, x, seg), out_specs=x,
                                          check_vma=False)(*folded), B, G)[:, :L]
+    elif seq:  # dense splash on fewer rows than devices: the queries split along the sequence
+        mesh, rows, heads = shards
+        out = kernels.splash_sequence_sharded(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, mesh=mesh, rows=rows,
+                                              seq=seq, heads=heads, interpret=interpret)
     else:
         mesh, rows, heads = shards
         half = (heads, mesh.shape[heads]) if G and heads else None
@@ -338,6 +345,21 @@ def _group_axes(impl: str, mesh, rows, heads, B: int, L: int, H: int, K: int, G:
     if parallel.devices_of(mesh, group_rows, group_heads) <= parallel.devices_of(mesh, rows, heads):
         return None
     return group_rows, group_heads
+
+
+def _sequence_axes(impl: str, G: int, L: int, mesh, rows, heads):
+    """The mesh axes that split dense splash attention's queries along the sequence (`kernels.
+    splash_sequence_sharded`): those of the "length" rule that the rows and heads leave, or None (also where the
+    split would not pay: `kernels.splash_split_pays`, short rows). Only splash has the query offset this needs
+    (its mask is split with the queries); cuDNN's and Triton's causal masks start at each call's first query, so
+    on GPU such rows stay whole on every chip; S2's groups are spread as rows instead (`_group_axes`)."""
+    if impl != "splash" or G:
+        return None
+    taken = set(parallel.axes_of(rows)) | set(parallel.axes_of(heads))
+    free = tuple(a for a in parallel.axes_of(dict(parallel.RULES)["length"]) if a not in taken and mesh.shape[a] > 1)
+    if not free or not kernels.splash_split_pays(L, parallel.devices_of(mesh, free)):
+        return None
+    return free[0] if len(free) == 1 else free
 
 
 # Kernels run per shard under a mesh: those XLA's partitioner cannot split (a custom call, a Pallas kernel: in a

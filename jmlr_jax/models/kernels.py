@@ -9,14 +9,18 @@ portable one.
   one more padding token (JAX's cuDNN training rule needs even ones; found by `jmlr_jax.lowering`).
 - pallas_gpu: Pallas' Triton flash attention (`jax.experimental.pallas.ops.gpu.attention.mha`), causal +
   segment ids: for packed rows on GPU. It has no GQA, so K/V heads are repeated (memory H/K x K/V).
-- splash: Pallas splash attention for TPU (`make_splash_mqa_single_device`, vmapped over KV heads and batch),
-  causal mask whose empty blocks are skipped, segment ids; sequence padded to whole 128-blocks.
+- splash: Pallas splash attention for TPU (`make_splash_mqa`, vmapped over KV heads and batch), causal mask
+  whose empty blocks are skipped, segment ids; sequence padded to whole blocks (multiples of 128). Under a mesh
+  it also runs with its queries split along the sequence (`splash_sequence_sharded`, context parallelism).
 `interpret=True` runs the two Pallas kernels on CPU (slow; for tests).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from jmlr_jax import parallel
 
 
 def _round_up(x: int, m: int) -> int:
@@ -53,40 +57,52 @@ def pallas_gpu_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, *, interpret:
     return out[:, :L]
 
 
-def _splash_kernel(L: int, group: int, block: int, interpret: bool):
+def splash_block(L: int, block: int = 512, shards: int = 1) -> tuple[int, int]:
+    """(block, padded length) for splash: the largest multiple of 128 up to `block` that pads L least to whole
+    blocks on each of `shards` query shards. 1128 tokens -> 3 x 384 (1152), not 3 x 512 (1536), whose padded rows
+    the kernel would compute."""
+    top = min(block, _round_up(-(-L // shards), 128))
+    b = min(range(top, 0, -128), key=lambda b: _round_up(L, b * shards))
+    return b, _round_up(L, b * shards)
+
+
+def splash_split_pays(L: int, n: int, block: int = 512) -> bool:
+    """Whether splitting the queries over n devices (`splash_sequence_sharded`) leaves the busiest one less causal
+    work than a whole row: (2n - 1) / n^2 of the padded length squared against the whole row's. Short rows would
+    be padded many times over by whole blocks on every shard (16 tokens on 8 devices: 1024)."""
+    split, whole = splash_block(L, block, n)[1], splash_block(L, block)[1]
+    return (2 * n - 1) * split**2 < n**2 * whole**2
+
+
+def _splash_kernel(L: int, group: int, block: int, interpret: bool, q_shards: int = 1):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     mask = sm.MultiHeadMask([sm.CausalMask((L, L))] * group)
     sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                           block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    return sk.make_splash_mqa_single_device(mask=mask, block_sizes=sizes, residual_checkpoint_name="attention",
-                                            interpret=interpret)
+    return sk.make_splash_mqa(mask=mask, block_sizes=sizes, head_shards=1, q_seq_shards=q_shards,
+                              residual_checkpoint_name="attention", interpret=interpret)
 
 
-def splash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, *, block: int = 512,
-                     interpret: bool = False) -> jax.Array:
-    """Splash attention: one MQA kernel per KV head (its query heads share the mask), vmapped over batch."""
+def _splash_apply(kernel, q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, seg_q_BxL, seg_kv_BxS, Lq: int, Lkv: int) -> jax.Array:
+    """One MQA kernel per KV head (its query heads share the mask), vmapped over KV heads and batch; q padded to
+    Lq and k / v to Lkv tokens (whole blocks; padding in a segment of its own), the output cut back."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
     B, L, H, D = q_BxLxHxD.shape
-    K = k_BxLxKxD.shape[2]
-    # The largest block (a multiple of 128, at most `block`) with the least padding: 1128 tokens -> 3 x 384
-    # (1152), not 3 x 512 (1536), whose padded rows the kernel would compute.
-    b = min(range(min(block, _round_up(L, 128)), 0, -128), key=lambda b: _round_up(L, b))
-    Lp = _round_up(L, b)
-    kernel = _splash_kernel(Lp, H // K, b, interpret)
+    K = k_BxSxKxD.shape[2]
 
-    def attend(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL):
-        q = (_pad_len(q_BxLxHxD, Lp) * jnp.asarray(D**-0.5, q_BxLxHxD.dtype)).reshape(B, Lp, K, H // K, D)
+    def attend(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, seg_q_BxL, seg_kv_BxS):
+        q = (_pad_len(q_BxLxHxD, Lq) * jnp.asarray(D**-0.5, q_BxLxHxD.dtype)).reshape(B, Lq, K, H // K, D)
         q_BxKxGxLxD = q.transpose(0, 2, 3, 1, 4)
-        k_BxKxLxD = _pad_len(k_BxLxKxD, Lp).transpose(0, 2, 1, 3)
-        v_BxKxLxD = _pad_len(v_BxLxKxD, Lp).transpose(0, 2, 1, 3)
-        seg = _pad_len(seg_BxL.astype(jnp.int32), Lp, -1)
+        k_BxKxSxD = _pad_len(k_BxSxKxD, Lkv).transpose(0, 2, 1, 3)
+        v_BxKxSxD = _pad_len(v_BxSxKxD, Lkv).transpose(0, 2, 1, 3)
+        seg_q, seg_kv = (_pad_len(s.astype(jnp.int32), n, -1) for s, n in ((seg_q_BxL, Lq), (seg_kv_BxS, Lkv)))
         per_row = jax.vmap(kernel, in_axes=(0, 0, 0, None))  # over KV heads
-        out = jax.vmap(lambda q, k, v, s: per_row(q, k, v, sk.SegmentIds(q=s, kv=s)))(
-            q_BxKxGxLxD, k_BxKxLxD, v_BxKxLxD, seg)
-        return out.transpose(0, 3, 1, 2, 4).reshape(B, Lp, H, D)[:, :L]
+        out = jax.vmap(lambda q, k, v, sq, skv: per_row(q, k, v, sk.SegmentIds(q=sq, kv=skv)))(
+            q_BxKxGxLxD, k_BxKxSxD, v_BxKxSxD, seg_q, seg_kv)
+        return out.transpose(0, 3, 1, 2, 4).reshape(B, Lq, H, D)[:, :L]
 
     if D % 128:
         # A head_dim that is not a multiple of 128 lanes: the kernel-layout copies of q, k, v, [.., L, D] with D
@@ -95,4 +111,35 @@ def splash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, *, block: int = 5
         # logsumexp); the backward pass redoes only the pads and transposes. SmolLM2 at 16 x 2048 on a v5p
         # chip: the compiler's peak 22.4 -> 21.0 GiB, still 3 kernel calls (no forward rerun).
         attend = jax.checkpoint(attend, policy=jax.checkpoint_policies.save_only_these_names("attention"))
-    return attend(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL)
+    return attend(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, seg_q_BxL, seg_kv_BxS)
+
+
+def splash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, *, block: int = 512,
+                     interpret: bool = False) -> jax.Array:
+    """Splash attention over whole rows."""
+    B, L, H, D = q_BxLxHxD.shape
+    b, Lp = splash_block(L, block)
+    kernel = _splash_kernel(Lp, H // k_BxLxKxD.shape[2], b, interpret)
+    return _splash_apply(kernel, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, seg_BxL, Lp, Lp)
+
+
+def splash_sequence_sharded(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, *, mesh, rows, seq, heads,
+                            block: int = 512, interpret: bool = False) -> jax.Array:
+    """Splash attention with the queries split along the sequence over the mesh axes `seq` (context
+    parallelism; rows over `rows`, KV heads over `heads`): each device attends its L / n queries to the whole
+    row's keys and values, which it gathers (K / H of q's size with GQA). The kernel's mask is split the same way
+    (`q_seq_shards`, `manual_sharding_spec`), so a device skips the blocks above the diagonal of its own rows:
+    the last of n devices computes (2n - 1) / n^2 of the causal blocks, where without the split every device
+    computed all of them. L is padded to whole blocks on every shard (padding: a segment of its own)."""
+    B, L, H, D = q_BxLxHxD.shape
+    n = parallel.devices_of(mesh, seq)
+    b, Lp = splash_block(L, block, n)
+    kernel = _splash_kernel(Lp, H // k_BxLxKxD.shape[2], b, interpret, q_shards=n)
+    kernel_spec = kernel.manual_sharding_spec(jax.sharding.NamedSharding(mesh, P(None, seq)))
+    q, k, v = (_pad_len(x, Lp) for x in (q_BxLxHxD, k_BxLxKxD, v_BxLxKxD))
+    seg = _pad_len(seg_BxL.astype(jnp.int32), Lp, -1)
+    x_q, x_kv = P(rows, seq, heads, None), P(rows, None, heads, None)
+    body = lambda kern, q, k, v, sq, skv: _splash_apply(kern, q, k, v, sq, skv, q.shape[1], k.shape[1])  # noqa: E731
+    out = jax.shard_map(body, mesh=mesh, in_specs=(kernel_spec, x_q, x_kv, x_kv, P(rows, seq), P(rows, None)),
+                        out_specs=x_q, check_vma=False)(kernel, q, k, v, seg, seg)
+    return out[:, :L]

@@ -277,6 +277,60 @@ def test_s2_groups_spread_over_devices_when_rows_cannot(impl, mesh_shape, rows, 
         assert calls == {(str(per_device), str(G), str(H // 2))}, calls
 
 
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.parametrize("mesh_shape,rows,kv_heads,L,case", [((1, 8, 1), [1], 2, 1024, "causal"),
+                                                             ((2, 4, 1), [0, 1], 2, 512, "packed_padded"),
+                                                             ((1, 4, 2), [0], 2, 768, "packed_padded"),
+                                                             ((1, 8, 1), [0], 1, 1024, "packed_padded")])
+def test_dense_splash_splits_queries_along_the_sequence_when_rows_cannot(mesh_shape, rows, kv_heads, L, case):
+    """Fewer rows than devices, dense attention (long-context evaluation; the fused JMLR step's few long rows):
+    splash's queries split along the sequence over the axes the rows leave (context parallelism: each device attends
+    its L / n queries to the gathered keys), instead of every device attending over whole rows. The oracle's values
+    and gradients (packed documents, right padding, GQA, heads over tensor, a length that is not a whole number of
+    blocks per device: 768 / 4, padded to 1024); the kernel's per-shard q holds L / n tokens, whole rows when the
+    split is refused (the check can fail)."""
+    from unittest import mock
+
+    from jmlr_jax.models import kernels
+
+    H, D = 4, 16
+    pos, seg, _ = _case(case, L)
+    pos, seg = pos[np.asarray(rows)], seg[np.asarray(rows)]
+    B = len(rows)
+    q, k, v = _qkv(B, L, H, kv_heads, D)
+    w = jax.random.normal(jax.random.PRNGKey(9), (B, L, H, D)) * (seg > 0)[..., None, None]
+    mesh = _mesh(mesh_shape)
+    heads = "tensor" if mesh_shape[2] > 1 else None
+    _sharded_equals_oracle("splash", mesh, None, "fsdp", w, 0, q, k, v, pos, seg, heads=heads)
+
+    def kernel_q_shapes():
+        with jax.set_mesh(mesh):
+            text = jax.jit(lambda q, k, v: attention.self_attention(
+                q, k, v, pos, seg, impl="splash", interpret=True)).lower(q, k, v).as_text()
+        return set(re.findall(rf"%arg\d+: tensor<(\d+)x(\d+)x(\d+)x{D}xf32>", text))
+
+    n = mesh_shape[0] * mesh_shape[1] // B  # the batch axes the rows leave
+    local = str(kernels.splash_block(L, shards=n)[1] // n)  # whole blocks on each device
+    assert ("1", local, str(H // mesh_shape[2])) in kernel_q_shapes()
+    with mock.patch.object(kernels, "splash_split_pays", lambda *_: False):
+        whole = kernel_q_shapes()
+    assert ("1", str(L), str(H // mesh_shape[2])) in whole and not any(s[1] == local for s in whole)
+
+
+def test_splash_splits_the_sequence_only_where_it_pays():
+    """The busiest of n devices does (2n - 1) / n^2 of a padded row's causal blocks; short rows would be padded
+    to whole blocks on every device: 16 tokens on 8 devices become 1024, 64x the whole row's 128 (padding)."""
+    from jmlr_jax.models import kernels
+
+    assert kernels.splash_block(1128) == (384, 1152)
+    assert kernels.splash_block(8192, shards=8) == (512, 8192)
+    assert kernels.splash_block(768, shards=4) == (256, 1024)  # 192 tokens a device: one block of 256
+    assert kernels.splash_split_pays(8192, 8) and kernels.splash_split_pays(768, 4)
+    # 640 on 4 devices: 1024 padded, 7/16 of 1024^2 against the whole row's 640^2 (5 blocks of 128)
+    assert not kernels.splash_split_pays(640, 4)
+    assert not kernels.splash_split_pays(16, 8) and not kernels.splash_split_pays(128, 2)
+
+
 def test_auto_picks_backend_by_platform():
     pick = lambda **kw: attention.resolve_implementation("auto", head_dim=64, **kw)  # noqa: E731
     assert pick(dtype=jnp.float32, right_padded=True, platform="cpu") == "blockwise"  # 8 devices: no custom call
