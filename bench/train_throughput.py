@@ -500,8 +500,9 @@ def lower_table(args) -> None:
          for impl, compact in (("auto", True), ("auto", False), ("reference", False))]
     if args.compile_for and W["jmlr"]:  # the paper-sized step sharded (FSDP) over 8 chips (v5p: two hosts), per chip
         rows += [("jmlr", "jax_jmlr", dict(batch=32, shape="Llama-2-7B", lora=128, chips=8, impl="auto"))]
-    if args.compile_for and W["llama"]:  # long context on 8 FSDP chips: one row, split along its sequence
-        rows += [("llama", "jax_llama", dict(shape="1B", batch=1, seq=8192, s2=2048, chips=8))]
+    if args.compile_for and W["llama"]:  # long context on 8 FSDP chips: one row, split along its sequence (S2's
+        # groups over the chips; dense: TPU splits the queries, GPU attends over the whole row on every chip)
+        rows += [("llama", "jax_llama", dict(shape="1B", batch=1, seq=8192, s2=s2, chips=8)) for s2 in (2048, 0)]
     import jax
 
     chip = args.compile_for
