@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench.train_throughput import SMOL  # noqa: E402
+from bench.throughput_runs import SMOL  # noqa: E402
 from jmlr_jax.models import Llama, LlamaConfig  # noqa: E402
 from jmlr_jax.models.llama import init_params  # noqa: E402
 from jmlr_jax.train.losses import chunked_cross_entropy, output_kernel  # noqa: E402

@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from bench.train_throughput import SHAPES, does_not_fit, llama_train_step  # noqa: E402
+from bench.throughput_runs import SHAPES, does_not_fit, llama_train_step  # noqa: E402
 from jmlr_jax import lowering  # noqa: E402
 from jmlr_jax.models import LlamaConfig  # noqa: E402
 from jmlr_jax.models.llama import init_params  # noqa: E402
