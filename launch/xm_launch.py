@@ -13,8 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jmlr_jax import sweeps  # noqa: E402
-from jmlr_jax.errors import InputError  # noqa: E402
+from jmlr_jax import config, sweeps  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -24,12 +23,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dry_run", action="store_true", help="print the jobs' commands; run nothing")
     ap.add_argument("--collect", action="store_true", help="only gather the table and plot")
     args = ap.parse_args(argv)
-    try:
+    with config.exits_on_bad_input():  # a missing or malformed sweep: one line, exit 2
         s = sweeps.load_sweep(args.sweep)
         jobs = sweeps.expand(s, os.path.abspath(args.root))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     if args.dry_run:
         print(f"# sweep {s.name}: {len(jobs)} jobs")
         for job in jobs:

@@ -1,6 +1,8 @@
 """Sweeps: expansion, workdir naming, the local executor (failures, resume of a half-finished sweep), the table."""
 import json
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -75,3 +77,22 @@ def test_local_executor_resumes_a_half_finished_sweep(tmp_path):
     assert table.count("\n") == 6 and "| OptimConfig.llm_lr | RunConfig.seed |" in table
     png = sweeps.plot(jobs, str(tmp_path / "curves.png"), keys=("loss",))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_launcher_names_a_missing_sweep_in_one_line(tmp_path):
+    """`launch/xm_launch.py --sweep=<unknown>`: exit 2 and one line naming the sweep and the known ones; a sweep
+    file without SWEEP or without points: one line each."""
+    launcher = os.path.join(os.path.dirname(__file__), "..", "launch", "xm_launch.py")
+    r = subprocess.run([sys.executable, launcher, "--sweep=no_such_sweep", f"--root={tmp_path}", "--dry_run"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: sweep 'no_such_sweep' not found"), lines
+    assert "quickstart_4" in lines[0]
+    for text, says in (("X = 1\n", "defines no SWEEP"),
+                       ("from jmlr_jax import sweeps\nSWEEP = sweeps.Sweep('e', ('x.gin',), [])\n", "has no points")):
+        bad = tmp_path / "bad.py"
+        bad.write_text(text)
+        r = subprocess.run([sys.executable, launcher, f"--sweep={bad}", f"--root={tmp_path}", "--dry_run"],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
