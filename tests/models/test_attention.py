@@ -318,8 +318,9 @@ def test_dense_splash_splits_queries_along_the_sequence_when_rows_cannot(mesh_sh
 
 
 def test_splash_splits_the_sequence_only_where_it_pays():
-    """The busiest of n devices does (2n - 1) / n^2 of a padded row's causal blocks; short rows would be padded
-    to whole blocks on every device: 16 tokens on 8 devices become 1024, 64x the whole row's 128 (padding)."""
+    """The busiest of n devices does (2n - 1) / n^2 of a padded row's causal blocks (counted in the kernels' masks);
+    short rows would be padded to whole blocks on every device: 16 tokens on 8 devices become 1024, 64x the whole
+    row's 128 (padding)."""
     from jmlr_jax.models import kernels
 
     assert kernels.splash_block(1128) == (384, 1152)
@@ -329,6 +330,12 @@ def test_splash_splits_the_sequence_only_where_it_pays():
     # 640 on 4 devices: 1024 padded, 7/16 of 1024^2 against the whole row's 640^2 (5 blocks of 128)
     assert not kernels.splash_split_pays(640, 4)
     assert not kernels.splash_split_pays(16, 8) and not kernels.splash_split_pays(128, 2)
+    # the blocks each device's kernel computes (non-empty in its slice of the mask): one 8192-token row on 8 devices
+    # has 136 causal blocks of 512; device i computes 4 i + 3 of them (the busiest 31), where each computed all 136
+    split = np.asarray(kernels._splash_kernel(8192, 4, 512, interpret=True, q_shards=8).fwd_mask_info.block_mask)
+    whole = np.asarray(kernels._splash_kernel(8192, 4, 512, interpret=True).fwd_mask_info.block_mask)
+    assert [int((split[:, 2 * i:2 * i + 2] > 0).sum()) for i in range(8)] == [4 * i + 3 for i in range(8)]
+    assert int((whole > 0).sum()) == 136
 
 
 def test_auto_picks_backend_by_platform():
