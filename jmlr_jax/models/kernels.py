@@ -85,9 +85,16 @@ def _splash_kernel(L: int, group: int, block: int, interpret: bool, q_shards: in
                               residual_checkpoint_name="attention", interpret=interpret)
 
 
-def _splash_apply(kernel, q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, seg_q_BxL, seg_kv_BxS, Lq: int, Lkv: int) -> jax.Array:
+# The kernel's own residuals (output, logsumexp) are named "attention"; under this policy everything else the
+# backward pass needs is recomputed from the checkpointed function's inputs.
+_KEEP_KERNEL_RESIDUALS = jax.checkpoint_policies.save_only_these_names("attention")
+
+
+def _splash_apply(kernel, q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, seg_q_BxL, seg_kv_BxS, Lq: int, Lkv: int,
+                  checkpoint: bool = True) -> jax.Array:
     """One MQA kernel per KV head (its query heads share the mask), vmapped over KV heads and batch; q padded to
-    Lq and k / v to Lkv tokens (whole blocks; padding in a segment of its own), the output cut back."""
+    Lq and k / v to Lkv tokens (whole blocks; padding in a segment of its own), the output cut back. checkpoint:
+    False when the caller checkpoints already."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
     B, L, H, D = q_BxLxHxD.shape
@@ -104,13 +111,13 @@ def _splash_apply(kernel, q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, seg_q_BxL, seg_kv_BxS
             q_BxKxGxLxD, k_BxKxSxD, v_BxKxSxD, seg_q, seg_kv)
         return out.transpose(0, 3, 1, 2, 4).reshape(B, Lq, H, D)[:, :L]
 
-    if D % 128:
+    if D % 128 and checkpoint:
         # A head_dim that is not a multiple of 128 lanes: the kernel-layout copies of q, k, v, [.., L, D] with D
         # minor, would be stored for the backward pass tiled to 128 lanes (twice their size at D = 64). Kept
         # instead are this function's inputs, in a layout XLA picks, and the kernel's own named residuals (output,
         # logsumexp); the backward pass redoes only the pads and transposes. SmolLM2 at 16 x 2048 on a v5p
         # chip: the compiler's peak 22.4 -> 21.0 GiB, still 3 kernel calls (no forward rerun).
-        attend = jax.checkpoint(attend, policy=jax.checkpoint_policies.save_only_these_names("attention"))
+        attend = jax.checkpoint(attend, policy=_KEEP_KERNEL_RESIDUALS)
     return attend(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, seg_q_BxL, seg_kv_BxS)
 
 
@@ -130,7 +137,10 @@ def splash_sequence_sharded(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, *, mesh, r
     row's keys and values, which it gathers (K / H of q's size with GQA). The kernel's mask is split the same way
     (`q_seq_shards`, `manual_sharding_spec`), so a device skips the blocks above the diagonal of its own rows:
     the last of n devices computes (2n - 1) / n^2 of the causal blocks, where without the split every device
-    computed all of them. L is padded to whole blocks on every shard (padding: a segment of its own)."""
+    computed all of them. L is padded to whole blocks on every shard (padding: a segment of its own).
+    The gather sits inside a checkpoint that keeps only the kernel's named residuals and the local inputs: the
+    backward pass gathers the keys and values again instead of every device storing the whole row's for every
+    layer, and their gradients come back reduce-scattered (the transpose of the gather)."""
     B, L, H, D = q_BxLxHxD.shape
     n = parallel.devices_of(mesh, seq)
     b, Lp = splash_block(L, block, n)
@@ -138,8 +148,15 @@ def splash_sequence_sharded(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, *, mesh, r
     kernel_spec = kernel.manual_sharding_spec(jax.sharding.NamedSharding(mesh, P(None, seq)))
     q, k, v = (_pad_len(x, Lp) for x in (q_BxLxHxD, k_BxLxKxD, v_BxLxKxD))
     seg = _pad_len(seg_BxL.astype(jnp.int32), Lp, -1)
-    x_q, x_kv = P(rows, seq, heads, None), P(rows, None, heads, None)
-    body = lambda kern, q, k, v, sq, skv: _splash_apply(kern, q, k, v, sq, skv, q.shape[1], k.shape[1])  # noqa: E731
-    out = jax.shard_map(body, mesh=mesh, in_specs=(kernel_spec, x_q, x_kv, x_kv, P(rows, seq), P(rows, None)),
-                        out_specs=x_q, check_vma=False)(kernel, q, k, v, seg, seg)
+    x, row = P(rows, seq, heads, None), P(rows, seq)
+
+    def body(kernel, q, k, v, seg):
+        def attend(q, k, v, seg):
+            k_all, v_all, seg_all = (jax.lax.all_gather(t, seq, axis=1, tiled=True) for t in (k, v, seg))
+            return _splash_apply(kernel, q, k_all, v_all, seg, seg_all, q.shape[1], Lp, checkpoint=False)
+
+        return jax.checkpoint(attend, policy=_KEEP_KERNEL_RESIDUALS)(q, k, v, seg)
+
+    out = jax.shard_map(body, mesh=mesh, in_specs=(kernel_spec, x, x, x, row), out_specs=x,
+                        check_vma=False)(kernel, q, k, v, seg)
     return out[:, :L]
