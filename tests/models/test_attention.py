@@ -317,6 +317,23 @@ def test_dense_splash_splits_queries_along_the_sequence_when_rows_cannot(mesh_sh
     assert ("1", str(L), str(H // mesh_shape[2])) in whole and not any(s[1] == local for s in whole)
 
 
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_sequence_split_keeps_no_gathered_keys_for_the_backward_pass(capsys):
+    """Each device gathers the row's keys and values inside a checkpoint: what the backward pass keeps is the local
+    q / k / v and the kernel's own output and logsumexp, never a device's gathered [K, L, D] copy (8 of them, 4x q
+    here: what was kept before the checkpoint; the check can fail)."""
+    B, L, H, K, D = 1, 1024, 4, 2, 128
+    q, k, v = _qkv(B, L, H, K, D)
+    pos, seg = jnp.arange(L)[None], jnp.ones((B, L), jnp.int32)
+    from jax import ad_checkpoint
+
+    with jax.set_mesh(_mesh((1, 8, 1))):
+        ad_checkpoint.print_saved_residuals(lambda q, k, v: attention.self_attention(
+            q, k, v, pos, seg, impl="splash", interpret=True).sum(), q, k, v)
+    saved = [np.prod([int(d) for d in m.split(",")]) for m in re.findall(r"f32\[([\d,]+)\]", capsys.readouterr().out)]
+    assert saved and max(saved) <= q.size, saved
+
+
 def test_splash_splits_the_sequence_only_where_it_pays():
     """The busiest of n devices does (2n - 1) / n^2 of a padded row's causal blocks (counted in the kernels' masks);
     short rows would be padded to whole blocks on every device: 16 tokens on 8 devices become 1024, 64x the whole
