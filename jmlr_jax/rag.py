@@ -56,7 +56,10 @@ def main(argv=None) -> None:
 
     t0 = time.time()
     with config.exits_on_bad_input():
-        answer_from_run(args, t0) if args.workdir else answer_from_guidelines(args, t0)
+        if args.workdir:
+            answer_from_run(args, t0)
+        else:
+            answer_from_guidelines(args, t0)
 
 
 def answer_from_guidelines(args, t0: float) -> None:
