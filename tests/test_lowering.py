@@ -143,7 +143,8 @@ def test_one_long_row_on_eight_fsdp_chips(platform, dense_calls, s2):
     XLA refuses to compile Mosaic: "Mosaic kernels cannot be automatically partitioned"), and the activations are
     split along the sequence, which the rows leave free, instead of replicated on every chip. With S2 the 8
     groups (4 per head half) become rows split over the chips, one each, and "auto" takes Triton's kernel on GPU
-    for them (cuDNN takes one segment per row). Dense splash splits its queries along the sequence instead."""
+    for them (cuDNN takes one segment per row). Dense splash splits its queries along the sequence instead, balanced
+    where that pays."""
     mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(1, 8, 1), ("data", "fsdp", "tensor"))
     with jax.set_mesh(mesh), lowering.target(platform):
         _, text = llama_grad_text("auto", s2, length=512, rows=1)
@@ -151,8 +152,15 @@ def test_one_long_row_on_eight_fsdp_chips(platform, dense_calls, s2):
     assert '[{}, {"fsdp"}, {}]' in text  # the residual stream [1, L, D]: the sequence over fsdp
     groups_split = '[{"fsdp"}, {}, {}, {}]' in text  # the kernel's q: [8 group rows, G, H / 2, D]
     assert groups_split == bool(s2)
-    # dense splash: each chip's queries, 512 padded to 8 blocks of 128, one per chip (keys and values gathered)
+    # dense splash: each chip's queries, 512 padded to 8 blocks of 128, one per chip (keys and values gathered),
+    # split contiguously: balanced, 16 half-chunks would pad them to 2048; 2048 tokens are balanced (chip j swaps the
+    # second half of its queries with chip 7 - j's: a collective permute)
     assert ("tensor<1x128x4x16xbf16>" in text) == (platform == "tpu" and not s2)
+    assert "collective_permute" not in text
+    if platform == "tpu" and not s2:
+        with jax.set_mesh(mesh), lowering.target(platform):
+            _, longer = llama_grad_text("auto", s2, length=2048, rows=1)
+        assert "collective_permute" in longer and "tensor<1x256x4x16xbf16>" in longer
     calls = set(lowering.custom_calls(text))
     assert (TRITON if s2 and platform == "cuda" else dense_calls) <= calls
     assert not (s2 and platform == "cuda") or not CUDNN & calls

@@ -350,14 +350,14 @@ def _group_axes(impl: str, mesh, rows, heads, B: int, L: int, H: int, K: int, G:
 def _sequence_axes(impl: str, G: int, L: int, mesh, rows, heads):
     """The mesh axes that split dense splash attention's queries along the sequence (`kernels.
     splash_sequence_sharded`): those of the "length" rule that the rows and heads leave, or None (also where the
-    split would not pay: `kernels.splash_split_pays`, short rows). Only splash has the query offset this needs
+    split would not pay: `kernels.splash_sequence_plan`, short rows). Only splash has the query offset this needs
     (its mask is split with the queries); cuDNN's and Triton's causal masks start at each call's first query, so
     on GPU such rows stay whole on every chip; S2's groups are spread as rows instead (`_group_axes`)."""
     if impl != "splash" or G:
         return None
     taken = set(parallel.axes_of(rows)) | set(parallel.axes_of(heads))
     free = tuple(a for a in parallel.axes_of(dict(parallel.RULES)["length"]) if a not in taken and mesh.shape[a] > 1)
-    if not free or not kernels.splash_split_pays(L, parallel.devices_of(mesh, free)):
+    if not free or kernels.splash_sequence_plan(L, parallel.devices_of(mesh, free)) is None:
         return None
     return free[0] if len(free) == 1 else free
 

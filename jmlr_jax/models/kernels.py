@@ -16,8 +16,11 @@ portable one.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jmlr_jax import parallel
@@ -66,19 +69,67 @@ def splash_block(L: int, block: int = 512, shards: int = 1) -> tuple[int, int]:
     return b, _round_up(L, b * shards)
 
 
-def splash_split_pays(L: int, n: int, block: int = 512) -> bool:
-    """Whether splitting the queries over n devices (`splash_sequence_sharded`) leaves the busiest one less causal
-    work than a whole row: (2n - 1) / n^2 of the padded length squared against the whole row's. Short rows would
-    be padded many times over by whole blocks on every shard (16 tokens on 8 devices: 1024)."""
-    split, whole = splash_block(L, block, n)[1], splash_block(L, block)[1]
-    return (2 * n - 1) * split**2 < n**2 * whole**2
+class SequencePlan(NamedTuple):
+    """How splash splits one row's queries over n devices: `balanced` pairs device j with device n - 1 - j, each
+    keeping the first half of its own L / n queries and taking the second half of its partner's, so that every
+    device computes the same number of causal blocks; otherwise each device keeps its contiguous L / n. block: the
+    kernel's block size; padded: the row's padded length (whole blocks on each of 2n half-chunks or n chunks)."""
+
+    balanced: bool
+    block: int
+    padded: int
+    busiest: int  # the busiest device's causal work, in units of 128 x 128 blocks
 
 
-def _splash_kernel(L: int, group: int, block: int, interpret: bool, q_shards: int = 1):
+def _causal_blocks(first: int, count: int) -> int:
+    """Non-empty blocks of `count` query blocks starting at query block `first` in a causal mask: row r has r + 1."""
+    return count * first + count * (count + 1) // 2
+
+
+def _split_plan(L: int, n: int, block: int, balanced: bool) -> SequencePlan:
+    b, Lp = splash_block(L, block, 2 * n if balanced else n)
+    if balanced:
+        m = Lp // (2 * n * b)  # blocks in a half-chunk; device 0 holds half-chunks 0 and 2n - 1
+        busiest = _causal_blocks(0, m) + _causal_blocks((2 * n - 1) * m, m)
+    else:
+        c = Lp // (n * b)
+        busiest = _causal_blocks((n - 1) * c, c)
+    return SequencePlan(balanced, b, Lp, busiest * (b // 128) ** 2)
+
+
+def splash_sequence_plan(L: int, n: int, block: int = 512) -> SequencePlan | None:
+    """How to split splash's queries over n devices, or None for whole rows on every device. Whether to split: where
+    the busiest device's share of the padded row, (2n - 1) / n^2 of its square, is smaller than the whole row's
+    square (short rows are padded to whole blocks on every shard: 16 tokens on 8 devices would become 1024; the
+    gathers' and the exchange's latency is not counted, so short rows stay whole). How: the contiguous split's
+    busiest device computes (2n - 1) / n^2 of the causal blocks, the balanced split's every device 1 / n, but its
+    2n half-chunks can need more padding (512 tokens on 4 devices: 1024); the one with the smaller busiest block
+    area, padding included, a tie to the contiguous split (no exchange)."""
+    contiguous = _split_plan(L, n, block, balanced=False)
+    if (2 * n - 1) * contiguous.padded**2 >= n**2 * splash_block(L, block)[1] ** 2:
+        return None
+    balanced = _split_plan(L, n, block, balanced=True)
+    return balanced if balanced.busiest < contiguous.busiest else contiguous
+
+
+def balanced_order(Lp: int, n: int) -> np.ndarray:
+    """The token index of every query row after the balanced split's exchange, in device order: device j holds the
+    first half of chunk j, then the second half of chunk n - 1 - j."""
+    halves = np.arange(Lp, dtype=np.int32).reshape(n, 2, Lp // (2 * n))
+    return np.stack([halves[:, 0], halves[::-1, 1]], axis=1).reshape(Lp)
+
+
+def _splash_kernel(L: int, group: int, block: int, interpret: bool, q_shards: int = 1,
+                   q_order: np.ndarray | None = None):
+    """q_order: the token index of each query row (`balanced_order`), where the rows are not in token order; the
+    causal mask compares it with the key's index (keys stay in order), in the kernel and in its block map."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    mask = sm.MultiHeadMask([sm.CausalMask((L, L))] * group)
+    causal = sm.CausalMask((L, L))
+    if q_order is not None:
+        causal.q_sequence = q_order  # hashed and compared with the mask: the group's heads still share one
+    mask = sm.MultiHeadMask([causal] * group)
     sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                           block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     return sk.make_splash_mqa(mask=mask, block_sizes=sizes, head_shards=1, q_seq_shards=q_shards,
@@ -135,25 +186,38 @@ def splash_sequence_sharded(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, seg_BxL, *, mesh, r
     """Splash attention with the queries split along the sequence over the mesh axes `seq` (context
     parallelism; rows over `rows`, KV heads over `heads`): each device attends its L / n queries to the whole
     row's keys and values, which it gathers (K / H of q's size with GQA). The kernel's mask is split the same way
-    (`q_seq_shards`, `manual_sharding_spec`), so a device skips the blocks above the diagonal of its own rows:
-    the last of n devices computes (2n - 1) / n^2 of the causal blocks, where without the split every device
-    computed all of them. L is padded to whole blocks on every shard (padding: a segment of its own).
-    The gather sits inside a checkpoint that keeps only the kernel's named residuals and the local inputs: the
-    backward pass gathers the keys and values again instead of every device storing the whole row's for every
-    layer, and their gradients come back reduce-scattered (the transpose of the gather)."""
+    (`q_seq_shards`, `manual_sharding_spec`), so a device skips the blocks above the diagonal of its own rows.
+    Split contiguously, the last of n devices would compute (2n - 1) / n^2 of the causal blocks and the first
+    1 / n^2; the balanced split (`splash_sequence_plan`, where it pays) has device j swap the second half of its
+    queries with device n - 1 - j's (one `ppermute` of half the local q, and of the output back), after which every
+    device computes 1 / n of them, and the mask compares each query row's token index (`balanced_order`) with
+    the key's. L is padded to whole blocks on every shard (padding: a segment of its own).
+    The exchange and the gather sit inside a checkpoint that keeps only the kernel's named residuals and the local
+    inputs: the backward pass gathers the keys and values again instead of every device storing the whole row's
+    for every layer, and their gradients come back reduce-scattered (the transpose of the gather)."""
     B, L, H, D = q_BxLxHxD.shape
     n = parallel.devices_of(mesh, seq)
-    b, Lp = splash_block(L, block, n)
-    kernel = _splash_kernel(Lp, H // k_BxLxKxD.shape[2], b, interpret, q_shards=n)
+    plan = splash_sequence_plan(L, n, block)
+    Lp = plan.padded
+    order = balanced_order(Lp, n) if plan.balanced else None
+    kernel = _splash_kernel(Lp, H // k_BxLxKxD.shape[2], plan.block, interpret, q_shards=n, q_order=order)
     kernel_spec = kernel.manual_sharding_spec(jax.sharding.NamedSharding(mesh, P(None, seq)))
     q, k, v = (_pad_len(x, Lp) for x in (q_BxLxHxD, k_BxLxKxD, v_BxLxKxD))
     seg = _pad_len(seg_BxL.astype(jnp.int32), Lp, -1)
     x, row = P(rows, seq, heads, None), P(rows, seq)
+    partners = [(j, n - 1 - j) for j in range(n)]
+
+    def swap(t):  # the balanced exchange along the sequence axis; its own inverse
+        if not plan.balanced:
+            return t
+        first, second = jnp.split(t, 2, axis=1)
+        return jnp.concatenate([first, jax.lax.ppermute(second, seq, partners)], axis=1)
 
     def body(kernel, q, k, v, seg):
         def attend(q, k, v, seg):
             k_all, v_all, seg_all = (jax.lax.all_gather(t, seq, axis=1, tiled=True) for t in (k, v, seg))
-            return _splash_apply(kernel, q, k_all, v_all, seg, seg_all, q.shape[1], Lp, checkpoint=False)
+            out = _splash_apply(kernel, swap(q), k_all, v_all, swap(seg), seg_all, q.shape[1], Lp, checkpoint=False)
+            return swap(out)
 
         return jax.checkpoint(attend, policy=_KEEP_KERNEL_RESIDUALS)(q, k, v, seg)
 

@@ -278,7 +278,7 @@ def test_s2_groups_spread_over_devices_when_rows_cannot(impl, mesh_shape, rows, 
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
-@pytest.mark.parametrize("mesh_shape,rows,kv_heads,L,case", [((1, 8, 1), [1], 2, 1024, "causal"),
+@pytest.mark.parametrize("mesh_shape,rows,kv_heads,L,case", [((1, 8, 1), [1], 2, 2048, "causal"),
                                                              ((2, 4, 1), [0, 1], 2, 512, "packed_padded"),
                                                              ((1, 4, 2), [0], 2, 768, "packed_padded"),
                                                              ((1, 8, 1), [0], 1, 1024, "packed_padded")])
@@ -287,8 +287,9 @@ def test_dense_splash_splits_queries_along_the_sequence_when_rows_cannot(mesh_sh
     splash's queries split along the sequence over the axes the rows leave (context parallelism: each device attends
     its L / n queries to the gathered keys), instead of every device attending over whole rows. The oracle's values
     and gradients (packed documents, right padding, GQA, heads over tensor, a length that is not a whole number of
-    blocks per device: 768 / 4, padded to 1024); the kernel's per-shard q holds L / n tokens, whole rows when the
-    split is refused (the check can fail)."""
+    blocks per device: 768 / 4, padded to 1024); balanced (2048 / 8, 768 / 4: device j swaps half its queries with
+    device n - 1 - j) and contiguous splits (1024 / 8, 512 / 4: `kernels.splash_sequence_plan`); the kernel's
+    per-shard q holds L / n tokens, whole rows when the split is refused (the check can fail)."""
     from unittest import mock
 
     from jmlr_jax.models import kernels
@@ -310,19 +311,22 @@ def test_dense_splash_splits_queries_along_the_sequence_when_rows_cannot(mesh_sh
         return set(re.findall(rf"%arg\d+: tensor<(\d+)x(\d+)x(\d+)x{D}xf32>", text))
 
     n = mesh_shape[0] * mesh_shape[1] // B  # the batch axes the rows leave
-    local = str(kernels.splash_block(L, shards=n)[1] // n)  # whole blocks on each device
+    plan = kernels.splash_sequence_plan(L, n)
+    assert plan.balanced == (L in (2048, 768))
+    local = str(plan.padded // n)  # whole blocks on each device
     assert ("1", local, str(H // mesh_shape[2])) in kernel_q_shapes()
-    with mock.patch.object(kernels, "splash_split_pays", lambda *_: False):
+    with mock.patch.object(kernels, "splash_sequence_plan", lambda *_: None):
         whole = kernel_q_shapes()
     assert ("1", str(L), str(H // mesh_shape[2])) in whole and not any(s[1] == local for s in whole)
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
-def test_sequence_split_keeps_no_gathered_keys_for_the_backward_pass(capsys):
+@pytest.mark.parametrize("L", [1024, 2048])  # contiguous, balanced
+def test_sequence_split_keeps_no_gathered_keys_for_the_backward_pass(capsys, L):
     """Each device gathers the row's keys and values inside a checkpoint: what the backward pass keeps is the local
     q / k / v and the kernel's own output and logsumexp, never a device's gathered [K, L, D] copy (8 of them, 4x q
-    here: what was kept before the checkpoint; the check can fail)."""
-    B, L, H, K, D = 1, 1024, 4, 2, 128
+    here: what was kept before the checkpoint; the check can fail), nor the balanced split's exchanged queries."""
+    B, H, K, D = 1, 4, 2, 128
     q, k, v = _qkv(B, L, H, K, D)
     pos, seg = jnp.arange(L)[None], jnp.ones((B, L), jnp.int32)
     from jax import ad_checkpoint
@@ -334,24 +338,37 @@ def test_sequence_split_keeps_no_gathered_keys_for_the_backward_pass(capsys):
     assert saved and max(saved) <= q.size, saved
 
 
-def test_splash_splits_the_sequence_only_where_it_pays():
-    """The busiest of n devices does (2n - 1) / n^2 of a padded row's causal blocks (counted in the kernels' masks);
-    short rows would be padded to whole blocks on every device: 16 tokens on 8 devices become 1024, 64x the whole
-    row's 128 (padding)."""
+def test_splash_sequence_plan_balances_the_busiest_device():
+    """Contiguous, the busiest of n devices computes (2n - 1) / n^2 of a padded row's causal blocks; balanced (device
+    j swaps the second half of its queries with device n - 1 - j's) every device computes 1 / n, counted in the
+    kernels' own block maps. The plan takes the one whose busiest device does less, padding included, and refuses
+    the split for short rows: 16 tokens on 8 devices would be padded to whole blocks on each."""
     from jmlr_jax.models import kernels
 
     assert kernels.splash_block(1128) == (384, 1152)
     assert kernels.splash_block(8192, shards=8) == (512, 8192)
     assert kernels.splash_block(768, shards=4) == (256, 1024)  # 192 tokens a device: one block of 256
-    assert kernels.splash_split_pays(8192, 8) and kernels.splash_split_pays(768, 4)
-    # 640 on 4 devices: 1024 padded, 7/16 of 1024^2 against the whole row's 640^2 (5 blocks of 128)
-    assert not kernels.splash_split_pays(640, 4)
-    assert not kernels.splash_split_pays(16, 8) and not kernels.splash_split_pays(128, 2)
+    np.testing.assert_array_equal(kernels.balanced_order(16, 4), [0, 1, 14, 15, 4, 5, 10, 11, 8, 9, 6, 7, 12, 13, 2, 3])
+    plan = kernels.splash_sequence_plan(8192, 8)
+    assert (plan.balanced, plan.block, plan.padded) == (True, 512, 8192)
+    # 512 on 4 devices: balanced needs 8 half-chunks of >= 128 (1024 padded, 9 blocks of 128 on each device), the
+    # contiguous split 4 chunks of 128 (the last device: 4 blocks)
+    assert kernels.splash_sequence_plan(512, 4) == (False, 128, 512, 4)
+    # 768 on 4: balanced, 9 blocks of 128 a device against the contiguous split's 4 of 256 (16 of 128)
+    assert kernels.splash_sequence_plan(768, 4) == (True, 128, 1024, 9)
+    # short rows stay whole: 640 on 4 devices would be padded to 1024, 7/16 of its square > 640^2
+    assert kernels.splash_sequence_plan(640, 4) is None
+    assert kernels.splash_sequence_plan(16, 8) is None and kernels.splash_sequence_plan(128, 2) is None
     # the blocks each device's kernel computes (non-empty in its slice of the mask): one 8192-token row on 8 devices
-    # has 136 causal blocks of 512; device i computes 4 i + 3 of them (the busiest 31), where each computed all 136
-    split = np.asarray(kernels._splash_kernel(8192, 4, 512, interpret=True, q_shards=8).fwd_mask_info.block_mask)
+    # has 136 causal blocks of 512; contiguous, device i computes 4 i + 3 of them, balanced every device 17
+    def per_device(order):
+        info = kernels._splash_kernel(8192, 4, 512, interpret=True, q_shards=8, q_order=order).fwd_mask_info
+        mask = np.asarray(info.block_mask)
+        return [int((mask[:, 2 * i:2 * i + 2] > 0).sum()) for i in range(8)]
+
+    assert per_device(None) == [4 * i + 3 for i in range(8)]
+    assert per_device(kernels.balanced_order(8192, 8)) == [17] * 8
     whole = np.asarray(kernels._splash_kernel(8192, 4, 512, interpret=True).fwd_mask_info.block_mask)
-    assert [int((split[:, 2 * i:2 * i + 2] > 0).sum()) for i in range(8)] == [4 * i + 3 for i in range(8)]
     assert int((whole > 0).sum()) == 136
 
 
