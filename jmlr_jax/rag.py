@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.k < 0 or args.max_new_tokens < 1 or args.max_passages < 0:
         ap.error("--k and --max_passages must be >= 0, --max_new_tokens >= 1")
+    if not args.question.strip():  # before the corpus is encoded (minutes on a first run)
+        ap.error("--question is empty")
 
     t0 = time.time()
     with config.exits_on_bad_input():

@@ -110,6 +110,8 @@ def test_build_index_and_search_launchers(tmp_path, minilm):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.strip()[:2] in ("1.", "2.")]
     assert "dm#0" in lines[0] and len(lines) == 2
+    blank = _run("launch/search.py", *common, "--gin.search_main.question='  '")
+    assert blank.returncode == 2 and blank.stderr.strip().splitlines() == ["error: question is empty (search_main)"]
     bad = _run("launch/build_index.py", *common, "--gin.IndexConfig.no_such_setting=1")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: gin:") and len(bad.stderr.splitlines()) == 1
     missing = _run("launch/build_index.py", "--gin_file=retrieval/minilm_index.gin",

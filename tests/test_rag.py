@@ -47,6 +47,9 @@ def test_missing_or_malformed_guidelines_are_one_line_errors(tmp_path, capsys):
         rag.main(["--k", "-1"])
     assert e.value.code == 2 and "--k and --max_passages must be >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
+        rag.main(["--question", "  "])  # before any corpus is read or encoded
+    assert e.value.code == 2 and "--question is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
         rag.main(["--corpus", str(tmp_path / "none.jsonl")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "\n" not in err and "none.jsonl" in err

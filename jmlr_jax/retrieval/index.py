@@ -220,6 +220,9 @@ class Retriever:
     def encode_queries(self, questions: Sequence[str]) -> np.ndarray:
         if not questions:
             raise ValueError("no questions to search")
+        blank = [i for i, q in enumerate(questions) if not q.strip()]
+        if blank:  # it would search with the [MASK] padding alone and still return passages
+            raise ValueError(f"question {blank[0]} of {len(questions)} is empty: nothing to search with")
         ids, attn = self.ctok.queries(list(questions))
         return np.asarray(self._encode(self.params, jnp.asarray(ids), jnp.asarray(attn)))
 

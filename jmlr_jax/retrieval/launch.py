@@ -40,6 +40,8 @@ def open_retriever(exp: Experiment, index_dir: str) -> Retriever:
 def search_main(exp: Experiment, question: str = gin.REQUIRED, index_dir: str = gin.REQUIRED, k: int = 10,
                 exact: bool = False) -> None:
     """Prints the top-k passages (rank, score, id, title, source) for one question."""
+    if not question.strip():
+        raise ValueError("question is empty")  # the error line names search_main
     r = open_retriever(exp, index_dir)
     t = time.time()
     ids, scores = (r.exact_search if exact else r.search)([question], k)

@@ -187,5 +187,7 @@ def test_empty_inputs_are_errors(real_subset, brute_index):
     _, cfg, params, ctok, _, _ = real_subset
     with pytest.raises(ValueError, match="no questions"):
         Retriever(cfg, params, ctok, brute_index).search([], 5)
+    with pytest.raises(ValueError, match="question 1 of 2 is empty"):  # it would have searched with [MASK]s alone
+        Retriever(cfg, params, ctok, brute_index).exact_search(["statins", " \n"], 5)
     with pytest.raises(ValueError, match="no passages"):
         encode_passages(cfg, params, ctok, [])
