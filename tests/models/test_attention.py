@@ -281,14 +281,16 @@ def test_s2_groups_spread_over_devices_when_rows_cannot(impl, mesh_shape, rows, 
 @pytest.mark.parametrize("mesh_shape,rows,kv_heads,L,case", [((1, 8, 1), [1], 2, 2048, "causal"),
                                                              ((2, 4, 1), [0, 1], 2, 512, "packed_padded"),
                                                              ((1, 4, 2), [0], 2, 768, "packed_padded"),
-                                                             ((1, 8, 1), [0], 1, 1024, "packed_padded")])
+                                                             ((1, 8, 1), [0], 1, 1024, "packed_padded"),
+                                                             ((2, 4, 1), [0], 2, 2048, "packed_padded")])
 def test_dense_splash_splits_queries_along_the_sequence_when_rows_cannot(mesh_shape, rows, kv_heads, L, case):
     """Fewer rows than devices, dense attention (long-context evaluation; the fused JMLR step's few long rows):
     splash's queries split along the sequence over the axes the rows leave (context parallelism: each device attends
     its L / n queries to the gathered keys), instead of every device attending over whole rows. The oracle's values
     and gradients (packed documents, right padding, GQA, heads over tensor, a length that is not a whole number of
-    blocks per device: 768 / 4, padded to 1024); balanced (2048 / 8, 768 / 4: device j swaps half its queries with
-    device n - 1 - j) and contiguous splits (1024 / 8, 512 / 4: `kernels.splash_sequence_plan`); the kernel's
+    blocks per device: 768 / 4, padded to 1024); balanced (2048 / 8, also over two mesh axes, 768 / 4: device j swaps
+    half its queries with device n - 1 - j) and contiguous splits (1024 / 8, 512 / 4: `kernels.
+    splash_sequence_plan`); the kernel's
     per-shard q holds L / n tokens, whole rows when the split is refused (the check can fail)."""
     from unittest import mock
 
