@@ -153,14 +153,14 @@ def test_one_long_row_on_eight_fsdp_chips(platform, dense_calls, s2):
     groups_split = '[{"fsdp"}, {}, {}, {}]' in text  # the kernel's q: [8 group rows, G, H / 2, D]
     assert groups_split == bool(s2)
     # dense splash: each chip's queries, 512 padded to 8 blocks of 128, one per chip (keys and values gathered),
-    # split contiguously: balanced, 16 half-chunks would pad them to 2048; 2048 tokens are balanced (chip j swaps the
-    # second half of its queries with chip 7 - j's: a collective permute)
+    # split contiguously; 8192 tokens are balanced (chip j swaps the second half of its queries with chip 7 - j's: a
+    # collective permute), each chip's q 1024 tokens
     assert ("tensor<1x128x4x16xbf16>" in text) == (platform == "tpu" and not s2)
     assert "collective_permute" not in text
     if platform == "tpu" and not s2:
         with jax.set_mesh(mesh), lowering.target(platform):
-            _, longer = llama_grad_text("auto", s2, length=2048, rows=1)
-        assert "collective_permute" in longer and "tensor<1x256x4x16xbf16>" in longer
+            _, longer = llama_grad_text("auto", s2, length=8192, rows=1)
+        assert "collective_permute" in longer and "tensor<1x1024x4x16xbf16>" in longer
     calls = set(lowering.custom_calls(text))
     assert (TRITON if s2 and platform == "cuda" else dense_calls) <= calls
     assert not (s2 and platform == "cuda") or not CUDNN & calls

@@ -277,21 +277,34 @@ def test_s2_groups_spread_over_devices_when_rows_cannot(impl, mesh_shape, rows, 
         assert calls == {(str(per_device), str(G), str(H // 2))}, calls
 
 
+def _balanced_split(balanced: bool):
+    """A context in which splash's sequence split is balanced at any length (the plan takes it only for long rows)."""
+    import contextlib
+    from unittest import mock
+
+    from jmlr_jax.models import kernels
+
+    if not balanced:
+        return contextlib.nullcontext()
+    return mock.patch.object(kernels, "splash_sequence_plan",
+                             lambda L, n, block=512: kernels._split_plan(L, n, block, balanced=True))
+
+
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
-@pytest.mark.parametrize("mesh_shape,rows,kv_heads,L,case", [((1, 8, 1), [1], 2, 2048, "causal"),
-                                                             ((2, 4, 1), [0, 1], 2, 512, "packed_padded"),
-                                                             ((1, 4, 2), [0], 2, 768, "packed_padded"),
-                                                             ((1, 8, 1), [0], 1, 1024, "packed_padded"),
-                                                             ((2, 4, 1), [0], 2, 2048, "packed_padded")])
-def test_dense_splash_splits_queries_along_the_sequence_when_rows_cannot(mesh_shape, rows, kv_heads, L, case):
+@pytest.mark.parametrize("mesh_shape,rows,kv_heads,L,case,balanced", [
+    ((1, 8, 1), [1], 2, 2048, "causal", True), ((2, 4, 1), [0, 1], 2, 512, "packed_padded", False),
+    ((1, 4, 2), [0], 2, 768, "packed_padded", True), ((1, 8, 1), [0], 1, 1024, "packed_padded", False),
+    ((2, 4, 1), [0], 2, 2048, "packed_padded", True)])
+def test_dense_splash_splits_queries_along_the_sequence_when_rows_cannot(mesh_shape, rows, kv_heads, L, case,
+                                                                         balanced):
     """Fewer rows than devices, dense attention (long-context evaluation; the fused JMLR step's few long rows):
     splash's queries split along the sequence over the axes the rows leave (context parallelism: each device attends
     its L / n queries to the gathered keys), instead of every device attending over whole rows. The oracle's values
     and gradients (packed documents, right padding, GQA, heads over tensor, a length that is not a whole number of
-    blocks per device: 768 / 4, padded to 1024); balanced (2048 / 8, also over two mesh axes, 768 / 4: device j swaps
-    half its queries with device n - 1 - j) and contiguous splits (1024 / 8, 512 / 4: `kernels.
-    splash_sequence_plan`); the kernel's
-    per-shard q holds L / n tokens, whole rows when the split is refused (the check can fail)."""
+    blocks per device: 768 / 4, padded to 1024), split contiguously (the plan's choice at these lengths) and
+    balanced (device j swaps half its queries with device n - 1 - j; forced here, where the plan would take it only
+    from 8192 tokens on 8 devices: `kernels.splash_sequence_plan`; also over two mesh axes); the kernel's per-shard
+    q holds L / n tokens, whole rows when the split is refused (the check can fail)."""
     from unittest import mock
 
     from jmlr_jax.models import kernels
@@ -304,7 +317,9 @@ def test_dense_splash_splits_queries_along_the_sequence_when_rows_cannot(mesh_sh
     w = jax.random.normal(jax.random.PRNGKey(9), (B, L, H, D)) * (seg > 0)[..., None, None]
     mesh = _mesh(mesh_shape)
     heads = "tensor" if mesh_shape[2] > 1 else None
-    _sharded_equals_oracle("splash", mesh, None, "fsdp", w, 0, q, k, v, pos, seg, heads=heads)
+    n = mesh_shape[0] * mesh_shape[1] // B  # the batch axes the rows leave
+    plan = kernels.splash_sequence_plan(L, n)
+    assert not plan.balanced
 
     def kernel_q_shapes():
         with jax.set_mesh(mesh):
@@ -312,28 +327,27 @@ def test_dense_splash_splits_queries_along_the_sequence_when_rows_cannot(mesh_sh
                 q, k, v, pos, seg, impl="splash", interpret=True)).lower(q, k, v).as_text()
         return set(re.findall(rf"%arg\d+: tensor<(\d+)x(\d+)x(\d+)x{D}xf32>", text))
 
-    n = mesh_shape[0] * mesh_shape[1] // B  # the batch axes the rows leave
-    plan = kernels.splash_sequence_plan(L, n)
-    assert plan.balanced == (L in (2048, 768))
-    local = str(plan.padded // n)  # whole blocks on each device
-    assert ("1", local, str(H // mesh_shape[2])) in kernel_q_shapes()
+    with _balanced_split(balanced):
+        _sharded_equals_oracle("splash", mesh, None, "fsdp", w, 0, q, k, v, pos, seg, heads=heads)
+        local = str(kernels.splash_sequence_plan(L, n).padded // n)  # whole blocks on each device
+        assert ("1", local, str(H // mesh_shape[2])) in kernel_q_shapes()
     with mock.patch.object(kernels, "splash_sequence_plan", lambda *_: None):
         whole = kernel_q_shapes()
     assert ("1", str(L), str(H // mesh_shape[2])) in whole and not any(s[1] == local for s in whole)
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
-@pytest.mark.parametrize("L", [1024, 2048])  # contiguous, balanced
-def test_sequence_split_keeps_no_gathered_keys_for_the_backward_pass(capsys, L):
+@pytest.mark.parametrize("balanced", [False, True])
+def test_sequence_split_keeps_no_gathered_keys_for_the_backward_pass(capsys, balanced):
     """Each device gathers the row's keys and values inside a checkpoint: what the backward pass keeps is the local
     q / k / v and the kernel's own output and logsumexp, never a device's gathered [K, L, D] copy (8 of them, 4x q
-    here: what was kept before the checkpoint; the check can fail), nor the balanced split's exchanged queries."""
-    B, H, K, D = 1, 4, 2, 128
-    q, k, v = _qkv(B, L, H, K, D)
-    pos, seg = jnp.arange(L)[None], jnp.ones((B, L), jnp.int32)
+    here: what was kept before the checkpoint; the check can fail), split contiguously or balanced."""
     from jax import ad_checkpoint
 
-    with jax.set_mesh(_mesh((1, 8, 1))):
+    B, L, H, K, D = 1, 2048, 4, 2, 128  # whole blocks of 256 / 128 on 8 / 16 (half-)chunks: no padding
+    q, k, v = _qkv(B, L, H, K, D)
+    pos, seg = jnp.arange(L)[None], jnp.ones((B, L), jnp.int32)
+    with jax.set_mesh(_mesh((1, 8, 1))), _balanced_split(balanced):
         ad_checkpoint.print_saved_residuals(lambda q, k, v: attention.self_attention(
             q, k, v, pos, seg, impl="splash", interpret=True).sum(), q, k, v)
     saved = [np.prod([int(d) for d in m.split(",")]) for m in re.findall(r"f32\[([\d,]+)\]", capsys.readouterr().out)]
@@ -343,21 +357,23 @@ def test_sequence_split_keeps_no_gathered_keys_for_the_backward_pass(capsys, L):
 def test_splash_sequence_plan_balances_the_busiest_device():
     """Contiguous, the busiest of n devices computes (2n - 1) / n^2 of a padded row's causal blocks; balanced (device
     j swaps the second half of its queries with device n - 1 - j's) every device computes 1 / n, counted in the
-    kernels' own block maps. The plan takes the one whose busiest device does less, padding included, and refuses
-    the split for short rows: 16 tokens on 8 devices would be padded to whole blocks on each."""
+    kernels' own block maps. The plan takes the balanced split where its busiest device has no more blocks and less
+    block area, padding included, and refuses any split for short rows (16 tokens on 8 devices would be padded to
+    whole blocks on each)."""
     from jmlr_jax.models import kernels
 
     assert kernels.splash_block(1128) == (384, 1152)
     assert kernels.splash_block(8192, shards=8) == (512, 8192)
     assert kernels.splash_block(768, shards=4) == (256, 1024)  # 192 tokens a device: one block of 256
     np.testing.assert_array_equal(kernels.balanced_order(16, 4), [0, 1, 14, 15, 4, 5, 10, 11, 8, 9, 6, 7, 12, 13, 2, 3])
-    plan = kernels.splash_sequence_plan(8192, 8)
-    assert (plan.balanced, plan.block, plan.padded) == (True, 512, 8192)
-    # 512 on 4 devices: balanced needs 8 half-chunks of >= 128 (1024 padded, 9 blocks of 128 on each device), the
-    # contiguous split 4 chunks of 128 (the last device: 4 blocks)
-    assert kernels.splash_sequence_plan(512, 4) == (False, 128, 512, 4)
-    # 768 on 4: balanced, 9 blocks of 128 a device against the contiguous split's 4 of 256 (16 of 128)
-    assert kernels.splash_sequence_plan(768, 4) == (True, 128, 1024, 9)
+    # 8192 on 8: balanced, 17 blocks of 512 on every device against the contiguous split's busiest 31
+    assert kernels.splash_sequence_plan(8192, 8) == (True, 512, 8192, 17, 17 * 16)
+    # 2048 on 8 and 768 on 4 stay contiguous: balanced would take more, smaller blocks (17 of 128 against 8 of 256;
+    # 9 of 128 against 4 of 256), each a grid step with a fixed cost
+    assert kernels.splash_sequence_plan(2048, 8) == (False, 256, 2048, 8, 32)
+    assert kernels.splash_sequence_plan(768, 4) == (False, 256, 1024, 4, 16)
+    # 12000 on 8: balanced in blocks of 384 (66 of them, area 594) against 69 of 512 (area 1104)
+    assert kernels.splash_sequence_plan(12000, 8) == (True, 384, 12288, 66, 594)
     # short rows stay whole: 640 on 4 devices would be padded to 1024, 7/16 of its square > 640^2
     assert kernels.splash_sequence_plan(640, 4) is None
     assert kernels.splash_sequence_plan(16, 8) is None and kernels.splash_sequence_plan(128, 2) is None
