@@ -348,6 +348,9 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
                 trained = hashlib.sha1(f.read()).hexdigest()
             models.append((s.name, os.path.join(pipe.stage_dir(i), "final"), models[-1][1] if s.kind == "dpo" else None,
                            s.dpo_beta, trained))
+        else:  # said, not silent: a table of the base alone reads like a finished pipeline's
+            print(f"stage {i + 1} ({s.name}) is not finished in {pipe.workdir}: not evaluated "
+                  "(launch/pipeline.py with the same gin trains it)", flush=True)
     kind, pairs = pipeline_pairs(pipe, data, lm, ecfg.pairs)
     load = lambda path: load_preset(path, **dict(pipe.llm_overrides)) if path else (None, None, None)  # noqa: E731
     results = []

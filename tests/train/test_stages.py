@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -61,7 +62,7 @@ def test_cpt_text_leaves_out_what_evaluation_uses(setup):
         lm_data.cpt_documents(data, lm_data.LMDataConfig(guidelines="", medquad="", pubmedqa=""))
 
 
-def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch):
+def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch, capsys):
     data, lm, llm = setup
     pipe = pipeline(tmp_path / "p", llm)
     with pytest.raises(InputError, match="starts from stage 'cpt', which has not finished"):
@@ -73,6 +74,14 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch):
     t.run()
     t.close()
     assert not os.path.exists(os.path.join(pipe.stage_dir(0), "done.json"))
+    with monkeypatch.context() as m:  # evaluating now: the base alone, and each unfinished stage is named
+        stub = {"predictions": [], "rougeL_each": []}
+        m.setattr(stage_eval, "evaluate_model", lambda name, *a, **k: {"model": name, "medquad": stub})
+        assert [r["model"] for r in stages.evaluate_pipeline(pipe, data, lm, stage_eval.StageEvalConfig(pairs=1))] \
+            == ["base"]
+    said = capsys.readouterr().out
+    assert all(f"stage {i} ({n}) is not finished" in said for i, n in ((1, "cpt"), (2, "sft"), (3, "dpo")))
+    shutil.rmtree(os.path.join(pipe.workdir, "eval"))  # the stub result must not be read back below
     out = stages.run_pipeline(pipe, data, lm)
     assert [o["stage"] for o in out] == ["cpt", "sft", "dpo"] and not any(o.get("skipped") for o in out)
     metrics = [json.loads(x) for x in open(os.path.join(pipe.stage_dir(0), "metrics.jsonl"))]
