@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Sequence
 
@@ -38,6 +39,20 @@ def params_checksum(params) -> str:
     return h.hexdigest()[:16]
 
 
+# Module-level jits keyed on the (hashable) config: every Retriever, refresh and index build of one ColBERT shares
+# the traced encoder (a jit made per instance traced MiniLM again each time: ~0.5 s here, per shape).
+@functools.partial(jax.jit, static_argnames="cfg")
+def doc_embeddings(params, ids_BxL, attn_BxL, keep_BxL, *, cfg: ColBERTConfig) -> jax.Array:
+    """Document token embeddings [B, L, dim] (`ColBERT.encode_doc`, jitted)."""
+    return ColBERT(cfg).apply({"params": params}, ids_BxL, attn_BxL, keep_BxL, method="encode_doc")
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def query_embeddings(params, ids_BxQ, attn_BxQ, *, cfg: ColBERTConfig) -> jax.Array:
+    """Query token embeddings [B, Q, dim] (`ColBERT.encode_query`, jitted)."""
+    return ColBERT(cfg).apply({"params": params}, ids_BxQ, attn_BxQ, method="encode_query")
+
+
 def encode_passages(cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, passages: Sequence[Passage],
                     batch: int = 64, length_buckets: Sequence[int] = (32, 64, 128, 256, 512),
                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -48,8 +63,6 @@ def encode_passages(cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, passages
     """
     if not passages:
         raise ValueError("no passages to encode")
-    model = ColBERT(cfg)
-    encode = jax.jit(lambda p, ids, attn, keep: model.apply({"params": p}, ids, attn, keep, method="encode_doc"))
     maxlen = cfg.doc_maxlen
     ids, attn, keep = ctok.docs([p.with_title for p in passages], pad_to=maxlen)
     lengths = attn.sum(1)
@@ -63,7 +76,7 @@ def encode_passages(cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, passages
             rows = members[s: s + batch]
             pad = batch - len(rows)
             take = lambda a: np.pad(a[rows, :hi], ((0, pad), (0, 0)))  # noqa: E731
-            emb = np.asarray(encode(params, take(ids), take(attn), take(keep)))
+            emb = np.asarray(doc_embeddings(params, take(ids), take(attn), take(keep), cfg=cfg))
             for j, r in enumerate(rows):
                 per_passage[r] = emb[j][keep[r, :hi] > 0].astype(np.float16)
             bar.update(len(rows))

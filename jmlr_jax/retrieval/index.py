@@ -20,14 +20,13 @@ import time
 from typing import Sequence
 
 import gin
-import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from jmlr_jax.models.colbert import ColBERT, ColBERTConfig, ColBERTTokenizer
+from jmlr_jax.models.colbert import ColBERTConfig, ColBERTTokenizer
 from jmlr_jax.retrieval.corpus import Corpus, Passage
-from jmlr_jax.retrieval.encode import encode_passages, params_checksum
+from jmlr_jax.retrieval.encode import encode_passages, params_checksum, query_embeddings
 
 
 @gin.configurable
@@ -214,8 +213,6 @@ class Retriever:
 
     def __init__(self, cfg: ColBERTConfig, params, ctok: ColBERTTokenizer, index: TokenIndex):
         self.cfg, self.params, self.ctok, self.index = cfg, params, ctok, index
-        model = ColBERT(cfg)
-        self._encode = jax.jit(lambda p, ids, attn: model.apply({"params": p}, ids, attn, method="encode_query"))
 
     def encode_queries(self, questions: Sequence[str]) -> np.ndarray:
         if not questions:
@@ -224,7 +221,7 @@ class Retriever:
         if blank:  # it would search with the [MASK] padding alone and still return passages
             raise ValueError(f"question {blank[0]} of {len(questions)} is empty: nothing to search with")
         ids, attn = self.ctok.queries(list(questions))
-        return np.asarray(self._encode(self.params, jnp.asarray(ids), jnp.asarray(attn)))
+        return np.asarray(query_embeddings(self.params, jnp.asarray(ids), jnp.asarray(attn), cfg=self.cfg))
 
     def search(self, questions: Sequence[str], k: int = 30) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search_embeddings(self.encode_queries(questions), k)
