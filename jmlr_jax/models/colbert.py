@@ -206,9 +206,11 @@ def maxsim(Q_BxQxE: jax.Array, D_BxKxLxE: jax.Array, keep_BxKxL: jax.Array) -> j
 
 
 def init_params(cfg: ColBERTConfig, rng: jax.Array) -> dict:
-    ids = jnp.zeros((1, 8), jnp.int32)
-    variables = ColBERT(cfg).init(rng, ids, ids + 1, ids, ids + 1, ids + 1)
-    return nn.meta.unbox(variables["params"])
+    """Random parameters as a plain (unboxed) pytree (jitted, as `llama.init_params`)."""
+    def init(r):
+        ids = jnp.zeros((1, 8), jnp.int32)
+        return nn.meta.unbox(ColBERT(cfg).init(r, ids, ids + 1, ids, ids + 1, ids + 1)["params"])
+    return jax.jit(init)(rng)
 
 
 class ColBERTTokenizer:
