@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices, offline Hugging Face, fp32-exact matmuls for parity checks."""
 import atexit
+import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -9,8 +10,12 @@ import tempfile
 # passes were most of their time (the fused step's gradient: 11 s -> 5 s to compile; a fresh-clone run of the whole
 # suite 995 -> 922 s, though the few tests that run real weights for long get slower). Values
 # differ from an -O3 build by fp32 rounding only (~1e-6 relative: contraction into FMAs), which every tolerance here
-# allows; runs outside the tests keep XLA's defaults.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+# allows; runs outside the tests keep XLA's defaults. XLA:CPU's older LLVM emitters instead of its MLIR fusion
+# emitters compile faster still (an eager op 100 -> 65 ms here; the Llama, ColBERT and LoRA test modules 99 -> 65 s);
+# newer XLA removed them, and an unknown flag in XLA_FLAGS aborts (jaxlib 0.12 does).
+_LEGACY_EMITTERS = tuple(int(x) for x in importlib.metadata.version("jaxlib").split(".")[:2]) < (0, 11)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+                                   + " --xla_cpu_use_fusion_emitters=false" * _LEGACY_EMITTERS)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (a test dependency: TPU compiles) must not look for a TPU
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
