@@ -85,6 +85,9 @@ class DataConfig:
         if not self.data_dir:
             raise InputError("DataConfig.data_dir is not set: bind DATA = '/path/to/data' in gin "
                              "(configs/data/medical_qa.gin) or --gin.DataConfig.data_dir=\"'...'\"")
+        if not os.path.isdir(self.data_dir):  # said once, not as the first file some reader fails to open
+            raise InputError(f"DataConfig.data_dir {self.data_dir!r} is not a directory: bind DATA to the "
+                             "directory that holds medmcqa/, pubmedqa/, medquad/, guidelines/ ...")
         return self.data_dir
 
 

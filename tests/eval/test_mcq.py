@@ -119,6 +119,8 @@ def test_eval_sets_from_fixture_files(tmp_path):
         eval_sets(data, names=("medqa",))
     with pytest.raises(InputError, match="DataConfig.data_dir is not set"):
         eval_sets(DataConfig(), names=("medqa",), medqa_path=str(medqa))
+    with pytest.raises(InputError, match="data_dir '/no/such/dir' is not a directory"):
+        eval_sets(DataConfig(data_dir="/no/such/dir"), names=("medqa",), medqa_path=str(medqa))
     with pytest.raises(ValueError, match="mode"):
         EvalConfig(mode="vote")
     assert dataclasses.asdict(EvalConfig())["mode"] == "loglik"
