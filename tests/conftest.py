@@ -11,7 +11,7 @@ import tempfile
 # suite 995 -> 922 s, though the few tests that run real weights for long get slower). Values
 # differ from an -O3 build by fp32 rounding only (~1e-6 relative: contraction into FMAs), which every tolerance here
 # allows; runs outside the tests keep XLA's defaults. XLA:CPU's older LLVM emitters instead of its MLIR fusion
-# emitters compile faster still (an eager op 100 -> 65 ms here; the Llama, ColBERT and LoRA test modules 99 -> 65 s);
+# emitters compile faster still (the Llama, ColBERT and LoRA test modules: 99 -> 65 s here);
 # newer XLA removed them, and an unknown flag in XLA_FLAGS aborts (jaxlib 0.12 does).
 _LEGACY_EMITTERS = tuple(int(x) for x in importlib.metadata.version("jaxlib").split(".")[:2]) < (0, 11)
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
