@@ -30,8 +30,9 @@ def _run(path: str, settings: dict, tmp_path, monkeypatch) -> nbformat.NotebookN
         monkeypatch.setenv(var, str(tmp_path / var.lower()))  # kernel state out of HOME (STACK.md gotcha 12)
     monkeypatch.setenv("JMLR_NOTEBOOK", json.dumps(settings))
     # The kernel sees the machine as a user's does (one CPU device), not the suite's 8 forced host devices, on
-    # which the default mesh would replicate the run eight times.
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    # which the default mesh would replicate the run eight times; it keeps the suite's compile-speed flags.
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+    monkeypatch.setenv("XLA_FLAGS", " ".join(flags))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
     return nb
