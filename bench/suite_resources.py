@@ -37,7 +37,10 @@ def main() -> int:
     if not cmd:
         ap.error("give the command to measure after --")
     start = time.time()
-    proc = subprocess.Popen(cmd)
+    try:
+        proc = subprocess.Popen(cmd)
+    except OSError as e:
+        ap.error(f"cannot run {cmd[0]!r}: {e.strerror}")
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         peak = max(peak, tree_rss(root))
