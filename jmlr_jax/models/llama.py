@@ -432,7 +432,8 @@ class Llama(nn.Module):
 def init_params(cfg: LlamaConfig, rng: jax.Array, seq_len: int = 8) -> dict:
     """Random parameters as a plain (unboxed) pytree. Jitted: one compilation, and the forward pass that `init`
     traces is dead code (run eagerly it compiled each op and ran the model)."""
-    init = lambda r: nn.meta.unbox(Llama(cfg).init(r, jnp.zeros((1, seq_len), jnp.int32))["params"])  # noqa: E731
+    def init(r):
+        return nn.meta.unbox(Llama(cfg).init(r, jnp.zeros((1, seq_len), jnp.int32))["params"])
     return jax.jit(init)(rng)
 
 
