@@ -15,6 +15,7 @@ from jmlr_jax import config  # noqa: E402
 from jmlr_jax.compare import report  # noqa: E402
 from jmlr_jax.compare.evidence import Comparison, EvidenceConfig  # noqa: E402
 from jmlr_jax.data.evidence import read_medquad_qa  # noqa: E402
+from jmlr_jax.retrieval.corpus import resolve_path  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -26,9 +27,9 @@ def main(parts: str = "", report_only: str = "", readme: str = "") -> None:
     results = report.load(cfg.out_dir)
     for path in report.plots(results, os.path.join(ROOT, "docs", "img")):
         print("wrote", path)
-    medquad = os.path.join(cfg.data_dir, "medquad", "medquad.jsonl")
+    medquad = resolve_path(cfg.medquad, cfg.data_dir) if cfg.data_dir else cfg.medquad
     focus_of = None
-    if os.path.isfile(medquad):  # the top-passage table needs each MedQuAD record's focus
+    if os.path.exists(medquad):  # the top-passage table needs each MedQuAD record's focus
         focus_of = {r.id: r.focus.lower() for r in read_medquad_qa(medquad, on_error="skip")[0]}
     md = report.markdown(results, focus_of)
     print(md)

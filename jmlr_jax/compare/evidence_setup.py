@@ -13,7 +13,7 @@ import numpy as np
 
 from jmlr_jax.data import evidence as ev
 from jmlr_jax.errors import InputError
-from jmlr_jax.retrieval.corpus import corpus_from_documents
+from jmlr_jax.retrieval.corpus import corpus_from_documents, resolve_path
 from jmlr_jax.retrieval.index import TokenIndex
 
 
@@ -26,6 +26,7 @@ class EvidenceConfig:
     llm: str = "smollm2-135m-instruct"
     retriever: str = "all-minilm-l6-v2"
     # data
+    medquad: str = "medquad/medquad.jsonl"  # under data_dir unless absolute; or the public release's XML directory
     train_focuses: int = 120
     dev_focuses: int = 30
     heldout_focuses: int = 100
@@ -166,7 +167,7 @@ def build_setup(cfg: EvidenceConfig) -> Setup:
     if not cfg.data_dir:
         raise InputError("EvidenceConfig.data_dir is not set: bind DATA in gin (configs/data/paths.gin)")
 
-    mq, skipped = ev.read_medquad_qa(os.path.join(cfg.data_dir, "medquad", "medquad.jsonl"), on_error="skip")
+    mq, skipped = ev.read_medquad_qa(resolve_path(cfg.medquad, cfg.data_dir), on_error="skip")
     split = ev.split_by_focus(mq, train_focuses=cfg.train_focuses, dev_focuses=cfg.dev_focuses,
                               heldout_focuses=cfg.heldout_focuses, extra_train_focuses=cfg.extra_train_focuses)
     pm_train, pm_test = ev.pubmedqa_long_answer(cfg.data_dir)

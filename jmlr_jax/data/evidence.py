@@ -19,7 +19,8 @@ import hashlib
 import os
 from typing import Iterator, Sequence
 
-from jmlr_jax.data.sources import DataError, QARecord, jsonl_objects, read_qa
+from jmlr_jax.data.medquad import iter_medquad
+from jmlr_jax.data.sources import DataError, QARecord, read_qa
 from jmlr_jax.data.splits import pubmedqa_test_ids, split_pubmedqa
 from jmlr_jax.data.templates import PromptTemplate
 from jmlr_jax.retrieval.corpus import MEDQUAD_LICENCE, Corpus, Document, chunk_words
@@ -49,26 +50,23 @@ def _sha(s: str) -> str:
 
 
 def read_medquad_qa(path: str, on_error: str = "raise") -> tuple[list[EvidenceQA], list[str]]:
-    """MedQuAD QA pairs and the problems skipped. A record without question, answer or focus is an error naming
-    file and line; on_error="skip" skips it and lists the message instead (the released file has 14 records
-    without a focus)."""
+    """MedQuAD QA pairs (a JSONL copy or the public XML release, `data.medquad`) and the problems skipped. A pair
+    without question, answer or focus, or a malformed line, is an error naming file and line; on_error="skip"
+    skips it and lists the message instead (the release has 14 answered pairs without a focus). Records are
+    named by their number (`medquad-<n>`: the JSONL line), since the release's ids repeat across collections."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MedQuAD file not found: {path}")
     out, skipped = [], []
-    for n, where, rec in jsonl_objects(path):
-        bad = [k for k in ("question", "answer", "focus") if not isinstance(rec.get(k), str) or not rec[k].strip()]
-        if bad:
-            what = ", ".join("empty focus" if k == "focus" else f"missing {k}" for k in bad)
-            err = f"{where}: {what} (MedQuAD records need question, answer and focus)"
+    for pair in iter_medquad(path):
+        if not isinstance(pair, DataError) and not pair.focus:
+            pair = DataError(f"{pair.where}: empty focus (MedQuAD records need question, answer and focus)")
+        if isinstance(pair, DataError):
             if on_error == "raise":
-                raise DataError(err)
-            skipped.append(err)
+                raise pair
+            skipped.append(str(pair))
             continue
-        doc = f"medquad-{n}"
-        out.append(EvidenceQA(doc, "medquad", rec["question"].strip(), rec["answer"].strip(), rec["answer"].strip(),
-                              doc, rec["focus"].strip()))
+        doc = f"medquad-{pair.n}"
+        out.append(EvidenceQA(doc, "medquad", pair.question, pair.answer, pair.answer, doc, pair.focus))
     if not out:
         raise DataError(f"{path}: no MedQuAD records")
     return out, skipped

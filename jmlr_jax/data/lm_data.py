@@ -30,7 +30,8 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
-from jmlr_jax.data.sources import LETTERS, QARecord, jsonl_objects, read_qa
+from jmlr_jax.data.medquad import MedQuADPair, iter_medquad
+from jmlr_jax.data.sources import LETTERS, DataError, QARecord, jsonl_objects, read_qa
 from jmlr_jax.data.splits import DataConfig, heldout_bucket, pubmedqa_test_ids, split_medmcqa, split_pubmedqa
 from jmlr_jax.errors import InputError
 from jmlr_jax.parallel import host_rows
@@ -76,30 +77,18 @@ class PreferencePair:
     rejected: str
 
 
-@dataclasses.dataclass(frozen=True)
-class MedQuADRecord:
-    id: str
-    focus: str
-    question: str
-    answer: str
-
-
-def read_medquad_qa(path: str) -> list[MedQuADRecord]:
-    """MedQuAD question-answer pairs with their focus (JSONL: id, question, answer, focus or question_focus;
-    without a focus, the source document's id stands in)."""
+def read_medquad_qa(path: str) -> list[MedQuADPair]:
+    """MedQuAD question-answer pairs (a JSONL copy or the public XML release, `data.medquad`); a malformed pair is
+    an error naming file and line. The 14 released pairs without a focus get their document's (the id before "-")."""
     out = []
-    for n, where, r in jsonl_objects(path):
-        # a few real records have no focus: their source document (the id before "-") stands in for it
-        focus = (r.get("focus") or r.get("question_focus") or "").strip() or f"doc:{str(r.get('id', n)).split('-')[0]}"
-        missing = [k for k, v in (("question", r.get("question")), ("answer", r.get("answer")))
-                   if not isinstance(v, str) or not v.strip()]
-        if missing:
-            raise InputError(f"{where}: MedQuAD record lacks non-empty {', '.join(missing)}")
-        out.append(MedQuADRecord(str(r.get("id", n)), focus, r["question"].strip(), r["answer"].strip()))
+    for pair in iter_medquad(path):
+        if isinstance(pair, DataError):
+            raise pair
+        out.append(pair if pair.focus else dataclasses.replace(pair, focus=f"doc:{pair.id.split('-')[0]}"))
     return out
 
 
-def split_medquad(records: Sequence[MedQuADRecord], fraction: float):
+def split_medquad(records: Sequence[MedQuADPair], fraction: float):
     """(training, held-out) by focus: every question of a held-out focus is held out."""
     held = [r for r in records if heldout_bucket(r.focus.lower(), fraction)]
     keep = {id(r) for r in held}

@@ -54,8 +54,9 @@ def _text(v) -> str:
     return v.strip() if isinstance(v, str) else ""
 
 
-def jsonl_objects(path: str) -> Iterator[tuple[int, str, dict]]:
-    """(line number, "file:line", object) for each non-blank line; malformed JSON or a non-object is a DataError."""
+def jsonl_objects(path: str, errors: str = "raise") -> Iterator[tuple[int, str, dict]]:
+    """(line number, "file:line", object) for each non-blank line; malformed JSON or a non-object is a DataError,
+    raised, or with errors="yield" put in the object's place (the caller skips or raises it; reading goes on)."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -63,11 +64,12 @@ def jsonl_objects(path: str) -> Iterator[tuple[int, str, dict]]:
             where = f"{path}:{n}"
             try:
                 rec = json.loads(line)
+                err = None if isinstance(rec, dict) else DataError(f"{where}: expected a JSON object")
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            yield n, where, rec
+                err = DataError(f"{where}: malformed JSON ({e.msg})")
+            if err is not None and errors == "raise":
+                raise err
+            yield n, where, rec if err is None else err
 
 
 def read_medqa(path: str) -> Iterator[QARecord]:

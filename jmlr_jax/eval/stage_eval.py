@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlr_jax.data import lm_data
+from jmlr_jax.data.medquad import MedQuADPair
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.errors import InputError
 from jmlr_jax.generate import SamplingConfig, generate_ids
@@ -71,7 +72,7 @@ def greedy_answers(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataC
 
 
 def generation_scores(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig,
-                      records: Sequence[lm_data.MedQuADRecord], max_new_tokens: int = 64, batch_size: int = 8) -> dict:
+                      records: Sequence[MedQuADPair], max_new_tokens: int = 64, batch_size: int = 8) -> dict:
     """Greedy answers to MedQuAD questions in the stage's template; BLEU-1, ROUGE-1/L F1 vs the answers."""
     if not records:
         raise InputError("no MedQuAD questions to answer (no held-out focus in this data?)")
@@ -157,7 +158,7 @@ class StageEvalConfig:
     batch_size: int = 8
 
 
-def held_medquad(data: DataConfig, lm: lm_data.LMDataConfig) -> list[lm_data.MedQuADRecord]:
+def held_medquad(data: DataConfig, lm: lm_data.LMDataConfig) -> list[MedQuADPair]:
     """The MedQuAD questions of held-out focuses (never in CPT or SFT data)."""
     return lm_data.split_medquad(lm_data.read_medquad_qa(resolve_path(lm.medquad, data.require_dir())),
                                  lm.medquad_heldout_fraction)[1]

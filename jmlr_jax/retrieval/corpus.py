@@ -1,7 +1,8 @@
 """Retrieval corpus: source readers -> overlapping word-window passages with stable ids and provenance.
 
 Readers (one record = one document, then chunked):
-  guidelines   NGC / USPSTF guideline summaries, JSONL (id, title, text, open_basis)
+  guidelines   NGC / USPSTF guideline summaries, JSONL (id, title, text, open_basis), or Meditron's clinical
+               guidelines as released (epfl-llm/guidelines: id, source, title, clean_text, ...)
   medquad      MedQuAD answers: JSONL (id, source, question, answer, ...) or the public XML directory tree
   pubmedqa     PubMedQA abstracts: the PQA-L/A/U JSON object PMID -> {QUESTION, CONTEXTS, ...}; the question
                is *not* put in the passage (PubMedQA questions are the article titles: that would leak)
@@ -19,11 +20,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import xml.etree.ElementTree as ET
 from typing import Callable, Iterable, Iterator, Sequence
 
 import gin
 
+from jmlr_jax.data.medquad import LICENCE as MEDQUAD_LICENCE
+from jmlr_jax.data.medquad import iter_medquad
+from jmlr_jax.data.sources import DataError, jsonl_objects
 from jmlr_jax.errors import InputError
 
 
@@ -89,17 +92,8 @@ Yield = Iterator["Document | CorpusError"]  # readers yield errors; load_corpus 
 
 
 def _jsonl(path: str) -> Iterator[tuple[str, dict | CorpusError]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            where = f"{path}:{n}"
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, CorpusError(f"{where}: malformed JSON ({e.msg})")
-                continue
-            yield where, rec if isinstance(rec, dict) else CorpusError(f"{where}: expected a JSON object")
+    for _, where, rec in jsonl_objects(path, errors="yield"):
+        yield where, rec if isinstance(rec, dict) else CorpusError(str(rec))
 
 
 def _require(where: str, rec: dict, *keys: str) -> CorpusError | None:
@@ -108,49 +102,29 @@ def _require(where: str, rec: dict, *keys: str) -> CorpusError | None:
 
 
 def read_guidelines(path: str) -> Yield:
+    """Guidelines, JSONL: the NGC / USPSTF summaries of ../shared/data (id, title, text, open_basis), or Meditron's
+    clinical guidelines as released (epfl-llm/guidelines: id, source, title, clean_text, raw_text, url, overview;
+    the cleaned text is read, a missing title is allowed)."""
     for where, rec in _jsonl(path):
-        err = rec if isinstance(rec, CorpusError) else _require(where, rec, "id", "title", "text")
+        meditron = isinstance(rec, dict) and "text" not in rec and "clean_text" in rec
+        text_key = "clean_text" if meditron else "text"
+        err = rec if isinstance(rec, CorpusError) else _require(where, rec, "id", *(() if meditron else ("title",)),
+                                                                 text_key)
         if err:
             yield err
             continue
+        source = f"guidelines:{rec['source']}" if meditron and rec.get("source") else "ngc_guidelines"
         licence = rec.get("open_basis") or ("public domain" if rec.get("public_domain") else "see source")
-        yield Document(str(rec["id"]), rec["title"], rec["text"], "ngc_guidelines", str(licence))
-
-
-MEDQUAD_LICENCE = "CC BY 4.0 (MedQuAD, Ben Abacha & Demner-Fushman 2019)"
+        yield Document(str(rec["id"]), str(rec.get("title") or ""), rec[text_key], source, str(licence))
 
 
 def read_medquad(path: str) -> Yield:
-    """JSONL (one QA pair per line) or the public MedQuAD directory of XML files."""
-    if os.path.isdir(path):
-        yield from _medquad_xml(path)
-        return
-    for where, rec in _jsonl(path):
-        err = rec if isinstance(rec, CorpusError) else _require(where, rec, "id", "question", "answer")
-        if err:
-            yield err
-            continue
-        yield Document(str(rec["id"]), rec["question"], rec["answer"], f"medquad:{rec.get('source', '')}",
-                       MEDQUAD_LICENCE)
-
-
-def _medquad_xml(root: str) -> Yield:
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".xml"))
-    if not files:
-        yield CorpusError(f"{root}: no MedQuAD .xml files under this directory")
-    for path in files:
-        try:
-            doc = ET.parse(path).getroot()
-        except ET.ParseError as e:
-            yield CorpusError(f"{path}:{e.position[0]}: malformed XML ({e})")
-            continue
-        for pair in doc.iter("QAPair"):
-            q, a = pair.find("Question"), pair.find("Answer")
-            qid = q.get("qid") if q is not None else None
-            if not qid or a is None or not (a.text or "").strip():
-                continue  # many public MedQuAD files have answers removed (licensing): not an error
-            yield Document(qid, (q.text or "").strip(), a.text.strip(), f"medquad:{doc.get('source', '')}",
-                           MEDQUAD_LICENCE)
+    """MedQuAD answers (the question is the title): a JSONL copy or the public release's XML directory tree."""
+    for pair in iter_medquad(path):
+        if isinstance(pair, DataError):
+            yield CorpusError(str(pair))
+        else:
+            yield Document(pair.id, pair.question, pair.answer, f"medquad:{pair.source}", MEDQUAD_LICENCE)
 
 
 def read_pubmedqa(path: str, exclude_ids: Sequence[str] = ()) -> Yield:

@@ -106,7 +106,7 @@ def test_medquad_split_by_focus_and_bad_records(tmp_path):
     train, held = lm_data.split_medquad(recs, 0.3)
     assert held and train and not {r.focus for r in train} & {r.focus for r in held}
     path.write_text(json.dumps({"id": "1", "focus": "X", "question": "Q?", "answer": ""}) + "\n")
-    with pytest.raises(InputError, match="mq.jsonl:1: MedQuAD record lacks non-empty answer"):
+    with pytest.raises(InputError, match="mq.jsonl:1: missing answer"):
         lm_data.read_medquad_qa(str(path))
 
 

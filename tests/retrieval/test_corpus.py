@@ -52,6 +52,22 @@ def test_malformed_records_name_file_and_line_or_are_counted(tmp_path):
         load_corpus([("guidelines", p3)])
 
 
+def test_meditron_guidelines_as_released(tmp_path):
+    """epfl-llm/guidelines' open_guidelines.jsonl: the cleaned text is read, a missing title allowed, source kept."""
+    recs = [{"id": "7a1f", "source": "who", "title": "Malaria treatment", "clean_text": "Artesunate first. " * 80,
+             "raw_text": "<p>raw</p>", "url": "https://who.int/x", "overview": ""},
+            {"id": "9c2e", "source": "wikidoc", "title": None, "clean_text": "Sepsis bundle within one hour.",
+             "raw_text": "r", "url": "u", "overview": None},
+            {"id": "0b3d", "source": "cdc", "title": "Empty", "clean_text": " ", "raw_text": "r", "url": "u"}]
+    p = _write(tmp_path / "open_guidelines.jsonl", [json.dumps(r) for r in recs])
+    with pytest.raises(CorpusError, match=r"open_guidelines.jsonl:3: record lacks non-empty clean_text"):
+        load_corpus([("guidelines", p)])
+    c = load_corpus([("guidelines", p)], on_error="skip")
+    assert c.skipped == 1 and [(x.id, x.title, x.source) for x in c.passages][-2:] == [
+        ("7a1f#1", "Malaria treatment", "guidelines:who"), ("9c2e#0", "", "guidelines:wikidoc")]
+    assert c.passages[0].text.startswith("Artesunate first.") and "raw" not in c.passages[0].text
+
+
 def test_empty_missing_unknown_and_duplicate_ids(tmp_path):
     with pytest.raises(CorpusError, match="empty corpus"):
         load_corpus([("guidelines", _write(tmp_path / "e.jsonl", [""]))])
