@@ -1,8 +1,11 @@
 """Training / held-out splits, fixed by record id (never by position, so they survive re-ordered files).
 
 Training questions: MedMCQA dev minus a held-out part (ids whose hash falls in the held-out bucket) and
-the PubMedQA PQA-L half that is not in the 500-question test split. Evaluation: MMLU-Med, PubMedQA test,
-the MedMCQA held-out part. `training_records` refuses to return an evaluation question.
+the PubMedQA PQA-L half that is not in the 500-question test split, plus any files a run names
+(`DataConfig.train_files`, e.g. MedQA's training set, as the paper trains on). Evaluation: MMLU-Med, PubMedQA
+test, the MedMCQA held-out part. `training_records` refuses to return an evaluation question: the built-in splits
+cannot hold one, and a named file's questions that are evaluation questions (the same stem and options) are left
+out and counted.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +23,7 @@ import gin
 
 from jmlr_jax.data.sources import QARecord, read_qa
 from jmlr_jax.errors import InputError
+from jmlr_jax.retrieval.corpus import resolve_path
 
 
 def heldout_bucket(record_id: str, fraction: float) -> bool:
@@ -78,6 +83,12 @@ class DataConfig:
     heldout_fraction: float = 0.1  # of MedMCQA dev, held out for evaluation (fixed by id)
     include_medmcqa: bool = True
     include_pubmedqa: bool = True
+    # More training questions: (kind, path) pairs, kind a `data.sources` reader (medqa, medmcqa, pubmedqa, mmlu),
+    # path under data_dir unless absolute; e.g. (("medqa", "/data/MedQA/US/4_options/phrases_no_exclude_train.jsonl"),)
+    train_files: tuple = ()
+    # Questions never trained on besides the built-in evaluation sets, e.g. (("medqa", "medqa/us_4_options_dev.jsonl"),)
+    # for the MedQA file a run is evaluated on.
+    exclude_files: tuple = ()
     max_examples: int = 0
     option_shuffle_seed: int | None = None
 
@@ -99,7 +110,8 @@ def training_records(cfg: DataConfig) -> list[QARecord]:
     """
     data_dir, heldout_fraction, max_examples = cfg.require_dir(), cfg.heldout_fraction, cfg.max_examples
     out: list[QARecord] = []
-    test_ids = pubmedqa_test_ids(os.path.join(data_dir, "pubmedqa", "test_ground_truth.json"))
+    test_path = os.path.join(data_dir, "pubmedqa", "test_ground_truth.json")
+    test_ids = pubmedqa_test_ids(test_path) if cfg.include_pubmedqa or os.path.isfile(test_path) else set()
     if cfg.include_medmcqa:
         train, held = split_medmcqa(read_qa("medmcqa", os.path.join(data_dir, "medmcqa", "dev.jsonl")),
                                     heldout_fraction)
@@ -112,8 +124,57 @@ def training_records(cfg: DataConfig) -> list[QARecord]:
     leaked = [r.id for r in out if r.dataset == "pubmedqa" and r.id in test_ids]
     if leaked:
         raise InputError(f"evaluation questions in the training set: {leaked[:5]}")
+    if cfg.train_files:
+        out += _named_training_files(cfg, data_dir, test_ids)
+    if not out:
+        raise InputError("no training questions: DataConfig.include_medmcqa / include_pubmedqa are off and "
+                         "DataConfig.train_files names none (or only evaluation questions)")
     # Interleave datasets deterministically so a truncated run still sees both.
     out.sort(key=lambda r: hashlib.sha1(f"{r.dataset}/{r.id}".encode()).hexdigest())
     out = out[:max_examples] if max_examples else out
     seed = cfg.option_shuffle_seed
     return out if seed is None else [shuffle_options(r, seed) for r in out]
+
+
+def question_key(r: QARecord) -> str:
+    """The same question in any file: its stem and its options (as a set), case and whitespace folded. The stem alone
+    would not do: MedMCQA repeats stems such as "All of the following are true except" with other options."""
+    fold = lambda t: " ".join(t.lower().split())  # noqa: E731
+    return "\x1f".join([fold(r.question), *sorted(fold(o) for o in r.options)])
+
+
+def _read_pairs(pairs: Sequence, data_dir: str, what: str) -> list[tuple[str, list[QARecord]]]:
+    out = []
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise InputError(f"DataConfig.{what}: expected (kind, path) pairs, got {pair!r}")
+        kind, path = pair
+        out.append((path, read_qa(kind, resolve_path(path, data_dir))))
+    return out
+
+
+def _named_training_files(cfg: DataConfig, data_dir: str, pubmedqa_test: set[str]) -> list[QARecord]:
+    """DataConfig.train_files' questions, ids prefixed with their file's name (files may reuse ids), minus every
+    evaluation question: the built-in sets whose files are in data_dir (MMLU-Med, PubMedQA test, MedMCQA held-out)
+    and DataConfig.exclude_files."""
+    evaluation: list[QARecord] = []
+    if os.path.isdir(os.path.join(data_dir, "mmlu_med")):
+        evaluation += read_qa("mmlu", os.path.join(data_dir, "mmlu_med"))
+    pqa = os.path.join(data_dir, "pubmedqa", "ori_pqal.json")
+    if os.path.isfile(pqa):
+        evaluation += split_pubmedqa(read_qa("pubmedqa", pqa), pubmedqa_test)[1]
+    mcq = os.path.join(data_dir, "medmcqa", "dev.jsonl")
+    if os.path.isfile(mcq):
+        evaluation += split_medmcqa(read_qa("medmcqa", mcq), cfg.heldout_fraction)[1]
+    evaluation += [r for _, recs in _read_pairs(cfg.exclude_files, data_dir, "exclude_files") for r in recs]
+    keys = {question_key(r) for r in evaluation}
+    ids = {(r.dataset, r.id) for r in evaluation if r.dataset in ("pubmedqa", "medmcqa")}  # ids that name a question
+    out = []
+    for path, recs in _read_pairs(cfg.train_files, data_dir, "train_files"):
+        kept = [r for r in recs if question_key(r) not in keys and (r.dataset, r.id) not in ids]
+        if len(kept) < len(recs):
+            print(f"warning: {path}: {len(recs) - len(kept)} of {len(recs)} questions are evaluation questions; "
+                  "left out of training", file=sys.stderr, flush=True)
+        name = os.path.basename(path)
+        out += [dataclasses.replace(r, id=f"{name}:{r.id}") for r in kept]
+    return out

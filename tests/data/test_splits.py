@@ -1,8 +1,14 @@
-"""Splits and training-time option shuffling."""
+"""Splits, training-time option shuffling, and training files a run names (decontaminated)."""
+import json
+import os
 from collections import Counter
 
-from jmlr_jax.data.sources import QARecord
-from jmlr_jax.data.splits import heldout_bucket, shuffle_options, split_medmcqa
+import pytest
+
+from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
+from jmlr_jax.data.splits import DataConfig, heldout_bucket, shuffle_options, split_medmcqa, training_records
+from jmlr_jax.errors import InputError
+from tests.conftest import DATA_DIR, require
 
 
 def _rec(i: int, options=("alpha", "beta", "gamma", "delta"), answer_idx: int = 0) -> QARecord:
@@ -35,3 +41,50 @@ def test_heldout_split_is_by_id_not_position():
     _, held_reversed = split_medmcqa(recs[::-1], 0.1)
     assert {r.id for r in held} == {r.id for r in held_reversed} == {r.id for r in recs if heldout_bucket(r.id, 0.1)}
     assert 50 < len(held) < 150 and not {r.id for r in train} & {r.id for r in held}
+
+
+def _medqa_line(question, options, answer_idx=0, **extra):
+    """A MedQA training record in the release's format (options A.., answer_idx a letter)."""
+    opts = dict(zip(LETTERS, options))
+    return json.dumps({"question": question, "options": opts, "answer": options[answer_idx],
+                       "answer_idx": LETTERS[answer_idx], "meta_info": "step1", **extra}) + "\n"
+
+
+def test_named_training_files_join_without_evaluation_questions(tmp_path, capsys):
+    require(os.path.isdir(DATA_DIR), DATA_DIR)
+    mmlu = read_qa("mmlu", os.path.join(DATA_DIR, "mmlu_med"))[0]
+    held = split_medmcqa(read_qa("medmcqa", os.path.join(DATA_DIR, "medmcqa", "dev.jsonl")), 0.1)[1][0]
+    medqa_dev = read_qa("medqa", os.path.join(DATA_DIR, "medqa", "us_4_options_dev.jsonl"))[0]
+    a = tmp_path / "train_a.jsonl"
+    a.write_text(_medqa_line("A 54-year-old man has crushing chest pain. Next step?", ["ECG", "CT", "MRI", "X-ray"])
+                 + _medqa_line(mmlu.question.upper(), list(reversed(mmlu.options)))  # MMLU-Med: case, order differ
+                 + _medqa_line(held.question, list(held.options))  # the MedMCQA held-out part
+                 + _medqa_line(medqa_dev.question, list(medqa_dev.options))  # the MedQA file evaluated on
+                 + _medqa_line(mmlu.question, ["other", "options", "entirely", "here"]))  # same stem, new options
+    b = tmp_path / "train_b.jsonl"
+    b.write_text(_medqa_line("Which vitamin deficiency causes scurvy?", ["A", "B12", "C", "D"], 2))
+    cfg = DataConfig(data_dir=DATA_DIR, include_medmcqa=False, include_pubmedqa=False,
+                     train_files=(("medqa", str(a)), ("medqa", str(b))),
+                     exclude_files=(("medqa", "medqa/us_4_options_dev.jsonl"),))
+    recs = training_records(cfg)
+    # ids carry their file (both files number their records from 0); three of the five in train_a are left out
+    assert sorted(r.id for r in recs) == ["train_a.jsonl:0", "train_a.jsonl:4", "train_b.jsonl:0"]
+    assert "train_a.jsonl: 3 of 5 questions are evaluation questions; left out of training" in capsys.readouterr().err
+    assert {r.answer_text for r in recs} >= {"ECG", "C"}
+    # with the built-in sources: they come first as before, interleaved with the named files by id
+    both = training_records(DataConfig(data_dir=DATA_DIR, train_files=(("medqa", str(b)),)))
+    builtin = training_records(DataConfig(data_dir=DATA_DIR))
+    assert len(both) == len(builtin) + 1 and set(both) - set(builtin) == {r for r in recs if r.id == "train_b.jsonl:0"}
+
+
+def test_named_training_files_bad_input(tmp_path):
+    require(os.path.isdir(DATA_DIR), DATA_DIR)
+    off = dict(data_dir=DATA_DIR, include_medmcqa=False, include_pubmedqa=False)
+    with pytest.raises(InputError, match="DataConfig.train_files: expected .kind, path. pairs"):
+        training_records(DataConfig(**off, train_files=(("medqa",),)))
+    with pytest.raises(InputError, match="unknown QA dataset 'medqaa'"):
+        training_records(DataConfig(**off, train_files=(("medqaa", "x.jsonl"),)))
+    with pytest.raises(FileNotFoundError, match="medqa data not found: .*nowhere.jsonl"):
+        training_records(DataConfig(**off, train_files=(("medqa", str(tmp_path / "nowhere.jsonl")),)))
+    with pytest.raises(InputError, match="no training questions"):
+        training_records(DataConfig(**off))
