@@ -54,7 +54,7 @@ def _text(v) -> str:
     return v.strip() if isinstance(v, str) else ""
 
 
-def jsonl_objects(path: str, errors: str = "raise") -> Iterator[tuple[int, str, dict]]:
+def jsonl_objects(path: str, errors: str = "raise") -> Iterator[tuple[int, str, dict | DataError]]:
     """(line number, "file:line", object) for each non-blank line; malformed JSON or a non-object is a DataError,
     raised, or with errors="yield" put in the object's place (the caller skips or raises it; reading goes on)."""
     with open(path, encoding="utf-8") as f:

@@ -57,12 +57,14 @@ def test_release_and_jsonl_copy_give_the_same_pairs(tmp_path):
     assert all(isinstance(p, MedQuADPair) for p in xml_pairs + jsonl_pairs)
     assert without_where(xml_pairs) == without_where(jsonl_pairs)
     # path order (11_ sorts before 1_C), removed answers left out and not numbered, answers cleaned
-    assert [(p.n, p.id, p.source) for p in xml_pairs] == [(1, "0000001_1-1", "CancerGov"), (2, "0000001_1-2", "CancerGov"),
-                                                          (3, "0000002-1", "GARD"), (4, "0000003-1", "GHR")]
+    assert [(p.n, p.id, p.source) for p in xml_pairs] == [
+        (1, "0000001_1-1", "CancerGov"), (2, "0000001_1-2", "CancerGov"), (3, "0000002-1", "GARD"),
+        (4, "0000003-1", "GHR")]
     assert xml_pairs[0].answer == ("Key Points\n- ALL is a cancer. - It affects the marrow.\n"
                                    "Adult ALL is a cancer of the blood and bone marrow that gets worse quickly.")
     assert xml_pairs[3].answer == "Mutations in the ABC1 gene cause it." and xml_pairs[2].focus == ""
-    assert xml_pairs[0].where.endswith("0000001_1.xml (0000001_1-1)") and jsonl_pairs[0].where.endswith("medquad.jsonl:1")
+    assert xml_pairs[0].where.endswith("0000001_1.xml (0000001_1-1)")
+    assert jsonl_pairs[0].where.endswith("medquad.jsonl:1")
 
 
 def test_every_consumer_reads_the_release_as_the_copy(tmp_path):
