@@ -10,7 +10,8 @@
 Both give the same records for the same pairs: answers have each line's whitespace collapsed and blank lines
 dropped (the XML indents them), and `n` numbers the pairs with answers in path order. The JSONL copy in
 ../shared/data is exactly that: the release's 16,407 answered pairs in path order, one per line (checked against
-the release at commit 577bd37, every field of every pair equal), so its line numbers are the XML's `n`.
+the release at commit 577bd37 by launch/check_medquad.py: every field of every pair equal), so its line numbers
+are the XML's `n`.
 
 Every consumer reads MedQuAD through `iter_medquad` and decides what a malformed pair costs it: the corpus and the
 evidence tasks can skip and count, the pipelines' data raises.
