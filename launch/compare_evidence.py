@@ -1,8 +1,10 @@
 """The evidence comparison (issue 17): python launch/compare_evidence.py --gin_file=compare/evidence.gin
 
-Runs every part in order (data, sweep, a, frozen, then per seed e, d, c, and b once), skipping finished parts
-(their JSON is in results/comparison/), then rewrites the README section and the plots from that JSON.
+Runs every part in order (data, sweep, a, frozen, then per seed e, d, c, and b once, then the chat parts),
+skipping finished parts (their JSON is in results/comparison/), then rewrites the README section and the plots
+from that JSON.
   --parts=d_s0        only these parts (comma-separated); one seed of JMLR with its evaluation: ~30 min here
+  --parts=chat_e_s0   the base generator's answers in its chat template with e_s0's passages (~3 min)
   --report_only=1     only the tables and plots
 """
 import os

@@ -19,12 +19,16 @@ eR_s* (second_round) continue each eB for one more pass on the candidates its re
 eT_s* and eTR_s* (sharp_posterior) are eB and eR at the KL target temperature part posterior chose on dev.
 With extra training focuses (compare/evidence_more_focuses*.gin): focuses (or focuses_kept) and eF_s* (or eK_s*),
 and with both_sides eFB_s* (or eKB_s*), eB's remedy on that pool.
+Last, chat_<part> for every arm whose generator is the base (a, frozen, e and the pool arms): the base generator's
+greedy answers in its own chat template with the passages <part> fed it (the plain template's answers of the
+untrained instruct model are mostly empty, so they cannot tell these arms' retrievers apart).
 Retriever training moves the query encoder only (except eB, eR, eFB, eKB, eT, eTR): the candidates' token vectors
 come from the index built by the base encoder (the document side is frozen), so the index never goes stale and the
 held-out evaluation searches the whole corpus exactly (MaxSim against every passage) with each arm's own query
 encoder.
 
-Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per seed, b once, dg per seed); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
+Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per seed, b once, dg per seed, then the
+chat parts); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
 skipped when that file exists. Heavy intermediates (index, candidates, cached losses, trained weights) live in
 work_dir and are rebuilt when missing. Configuration, splits and arm tables: evidence_setup; the dev-focus parts
 that choose the retriever's settings: evidence_dev; the measures: evidence_measures.
@@ -45,9 +49,9 @@ import tqdm
 
 from jmlr_jax.compare.evidence_dev import DevParts
 from jmlr_jax.compare.evidence_measures import Measures
-from jmlr_jax.compare.evidence_setup import (BOTH_SIDES, EXTRA_ARMS, POOL_ARMS, REFRESHED, SECOND_ROUND, TRAINED,
-                                             EvidenceConfig, build_setup, index_view, load_tree, save_npy, save_tree,
-                                             sha, write_json)
+from jmlr_jax.compare.evidence_setup import (BASE_GENERATOR, BOTH_SIDES, EXTRA_ARMS, POOL_ARMS, REFRESHED,
+                                             SECOND_ROUND, TRAINED, EvidenceConfig, build_setup, index_view,
+                                             load_tree, save_npy, save_tree, sha, write_json)
 from jmlr_jax.convert import load_preset
 from jmlr_jax.data import evidence as ev
 from jmlr_jax.data.pipeline import JMLRExamples, make_dataset
@@ -94,6 +98,8 @@ class Comparison(DevParts, Measures):
                 (["posterior"] if c.posterior_betas else []) + \
                 ([f"eT_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior else []) + \
                 ([f"eTR_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior and c.second_round else [])
+        if c.chat_generate:  # last: each reads the passages its part fed
+            names += [f"chat_{n}" for n in names if n.partition("_s")[0] in BASE_GENERATOR]
         return names
 
     @property
@@ -146,6 +152,14 @@ class Comparison(DevParts, Measures):
             return self.posterior_part
         if self.cfg.extra_train_focuses and name == self._focuses_part:
             return self.focuses_part
+        if name.startswith("chat_"):
+            of = name[len("chat_"):]
+            self._runner(of)  # a known part
+            if of.partition("_s")[0] not in BASE_GENERATOR:
+                raise InputError(f"part {name}: arm {of.partition('_s')[0]} does not answer with the base generator "
+                                 f"(chat parts are for {', '.join(BASE_GENERATOR)}; the trained generators learned "
+                                 "the plain template)")
+            return functools.partial(self.chat_part, of)
         if name in ("a", "frozen", "b"):
             return functools.partial(self.arm_part, name, 0)
         arm, _, seed = name.partition("_s")

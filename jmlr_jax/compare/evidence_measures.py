@@ -1,15 +1,21 @@
 """The evidence comparison's measures (jmlr_jax.compare.evidence): gold-evidence recall by exact MaxSim search,
-target NLL with the top-K fed, greedy answers scored by ROUGE-L / BLEU-1, the PubMedQA decision and the MCQ no-harm
-check. A mixin of Comparison, whose models, indexes and search these call."""
+target NLL with the top-K fed, greedy answers scored by ROUGE-L / BLEU-1 (also in the model's chat template, for the
+arms whose generator is the base), the PubMedQA decision and the MCQ no-harm check. A mixin of Comparison, whose models, indexes and search these call."""
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 
 from jmlr_jax.compare.report import text_scores_per_question
+from jmlr_jax.data.lm_data import LMDataConfig
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.data.templates import Budgets, PromptTemplate
 from jmlr_jax.eval.harness import EvalConfig, eval_sets, evaluate
+from jmlr_jax.errors import InputError
 from jmlr_jax.eval.mcq import generate_answers, prompt_ids, score_options
+from jmlr_jax.eval.stage_eval import greedy_answers
 
 
 class Measures:
@@ -54,7 +60,7 @@ class Measures:
             row["fed"] = [passages[j].id for j in d]
         prompts = [prompt_ids(tok, self.template, self.budgets, r.as_record(), [passages[j].with_title for j in d])
                    for r, d in zip(records, fed_idx)]
-        targets = [tok.encode(self.template.answer.format(text=r.answer))[: c.answer_tokens] for r in records]
+        targets = [self.target_ids(r) for r in records]
         ll = score_options(llm_cfg, llm_params, prompts, [[t] for t in targets], c.eval_batch, tok.pad_id or 0)
         for row, x, t in zip(rows, ll, targets):
             row["nll"] = round(float(-x[0] / len(t)), 5)
@@ -67,10 +73,43 @@ class Measures:
         if generate:
 
             outs = generate_answers(llm_cfg, llm_params, tok, prompts[:generate], c.answer_tokens, c.eval_batch)
-            refs = [tok.decode(t) for t in targets[:generate]]
+            refs = [tok.decode(t) for t in targets[:generate]]  # the target the NLL scores (cut to answer_tokens)
             for row, o, s in zip(rows, outs, text_scores_per_question(outs, refs)):
                 row.update(output=o, **s)
         return rows
+
+    def target_ids(self, r) -> list[int]:
+        """The answer tokens NLL is measured on and generation is scored against (cut to answer_tokens)."""
+        return self.models()[2].encode(self.template.answer.format(text=r.answer))[: self.cfg.answer_tokens]
+
+    def chat_part(self, of: str) -> dict:
+        """The base generator's greedy answers in its chat template to the first chat_generate held-out-focus
+        questions, each with the passages part `of` fed it (its JSON's "fed", best last; none for arm a) cut to
+        doc_tokens as there, scored like the plain-template answers (ROUGE-L, BLEU-1 against the same targets)."""
+        c = self.cfg
+        path = os.path.join(c.out_dir, f"{of}.json")
+        if not os.path.exists(path):
+            raise InputError(f"part chat_{of} needs part {of}'s passages ({path}): run part {of} first")
+        with open(path) as f:
+            part = json.load(f)
+        fed = {r["id"]: r["fed"] for r in part["sets"]["heldout_focus"]}
+        records = self.setup.sets["heldout_focus"][: c.chat_generate]
+        if missing := [r.id for r in records if r.id not in fed]:
+            raise InputError(f"{path} has no held-out-focus row for {missing[0]} ({len(missing)} missing): "
+                             f"it was run on other splits; rerun part {of}")
+        llm_cfg, llm_params, tok = self.models()[:3]
+        passages = {p.id: p for p in self.setup.corpus.passages}
+        cut = lambda text: tok.decode(tok.encode(text)[: c.doc_tokens]).strip()  # noqa: E731
+        requests = [(r.question, "\n\n".join(cut(self.template.doc_text(passages[i].with_title)) for i in fed[r.id]))
+                    for r in records]
+        lm = LMDataConfig(template="chat", seq_len=c.num_docs * c.doc_tokens + c.question_tokens + 2 * c.answer_tokens
+                          + 128)  # room for the chat markup and the system prompt: no prompt is cut
+        outs = greedy_answers(llm_cfg, llm_params, tok, lm, requests, c.answer_tokens, c.eval_batch)
+        scores = text_scores_per_question(outs, [tok.decode(self.target_ids(r)) for r in records])
+        arm, _, seed = of.partition("_s")
+        return {"arm": f"chat_{arm}", "seed": int(seed or 0), "of": of, "template": "chat", "system": lm.system,
+                "sets": {"heldout_focus": [{"id": r.id, "fed": fed[r.id], "output": o, **sc}
+                                           for r, o, sc in zip(records, outs, scores)]}}
 
     def mcq(self, llm_params) -> list[dict]:
         """MMLU-Med and MedQA-US dev (fixed samples), log-likelihood of the options, no retrieval."""

@@ -37,6 +37,12 @@ class EvidenceConfig:
     eval_heldout_doc: int = 100
     eval_pubmedqa: int = 100
     eval_generate: int = 80  # held-out-focus questions answered by greedy decoding
+    # Parts chat_<part> (chat_generate > 0): the base generator answers the first chat_generate held-out-focus
+    # questions in its own chat template (ChatML, as for the pipelines' SFT) with the passages part <part> fed it
+    # (its JSON's "fed"), for every arm whose generator is the base (a, frozen, e and the pool arms). Under the plain
+    # "Question / Answer" template the untrained instruct model mostly ends its turn at once, so there the
+    # generation scores cannot tell those arms' retrievers apart.
+    chat_generate: int = 150
     mcq_per_set: int = 300  # MMLU-Med and MedQA-US dev, a fixed sample each (no-harm check)
     mcq_seeds: tuple = (0,)  # seeds of the trained arms whose generator also takes the MCQ check
     chunk_size: int = 100
@@ -126,6 +132,7 @@ BOTH_SIDES = ("eB", "eFB", "eKB", "eT")  # arms whose candidates are encoded liv
 SECOND_ROUND = {"eR": "eB", "eTR": "eT"}  # second-round arm -> the arm whose retriever it continues and re-mines with
 REFRESHED = (*BOTH_SIDES, *SECOND_ROUND)  # arms whose document encoder moved: evaluated on the corpus it re-encoded
 SHARP = ("eT", "eTR")  # arms trained at the KL target temperature the posterior part chose on dev
+BASE_GENERATOR = ("a", "frozen", *(a for a, t in TRAINED.items() if "llm" not in t))  # arms with chat_<part> parts
 
 
 def sha(s: str) -> str:

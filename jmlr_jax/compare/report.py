@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jmlr_jax.compare.evidence_setup import BASE_GENERATOR
 from jmlr_jax.compare.stats import mcnemar, paired_bootstrap
 
 BEGIN, END = "<!-- evidence-comparison:begin -->", "<!-- evidence-comparison:end -->"
@@ -29,6 +30,8 @@ ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen:
         "eKB": "(eKB) eK with both encoder sides trained, index refreshed",
         "eT": "(eT) eB at the KL temperature chosen on dev",
         "eTR": "(eTR) eT's second round on candidates it re-mined"}
+# Parts chat_<part>: the base generator's answers in its chat template with the passages <part> fed it.
+ARMS.update({f"chat_{a}": f"{ARMS[a]}, chat template" for a in BASE_GENERATOR})
 RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB", "eT", "eTR")
 # (arm, its comparator, measures): JMLR - RAG, retriever-only - frozen; and JMLR - RAG split into the trained
 # generator's part (same frozen retrieval, so no recall rows) and the trained retriever's part (same generator);
@@ -37,14 +40,17 @@ RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB"
 # against the frozen retriever and against its first (eB); more training focuses against the frozen retriever and
 # against the same settings without them (eL), also when eL's questions keep their candidates (eK); both sides
 # trained on that pool against the frozen retriever and against both sides trained without the extra focuses (eB);
-# eB and eR at the temperature chosen on dev (eT, eTR) against the frozen retriever and against themselves at beta 1.
+# eB and eR at the temperature chosen on dev (eT, eTR) against the frozen retriever and against themselves at beta 1;
+# in the chat template (generation only), the frozen retriever's passage against none and every trained retriever's
+# against the frozen one's.
 PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"),
          ("eL", "frozen", "retrieval"), ("eL", "e", "retrieval"), ("eB", "frozen", "retrieval"),
          ("eB", "eL", "retrieval"), ("eR", "frozen", "retrieval"), ("eR", "eB", "retrieval"),
          ("eF", "frozen", "retrieval"), ("eF", "eL", "retrieval"), ("eK", "frozen", "retrieval"),
          ("eK", "eL", "retrieval"), ("eFB", "frozen", "retrieval"), ("eFB", "eB", "retrieval"),
          ("eKB", "frozen", "retrieval"), ("eKB", "eB", "retrieval"), ("eT", "frozen", "retrieval"),
-         ("eT", "eB", "retrieval"), ("eTR", "frozen", "retrieval"), ("eTR", "eR", "retrieval"))
+         ("eT", "eB", "retrieval"), ("eTR", "frozen", "retrieval"), ("eTR", "eR", "retrieval"),
+         *((f"chat_{a}", "chat_frozen" if a != "frozen" else "chat_a", "text") for a in BASE_GENERATOR if a != "a"))
 
 
 def text_scores_per_question(outputs: Sequence[str], refs: Sequence[str]) -> list[dict]:
@@ -93,6 +99,8 @@ def _pair_measures(which: str) -> list[str]:
     recall and NLL only, for two retrievers under the same frozen generator)."""
     if which == "retrieval":
         return [m for m in MEASURES if m.startswith(("recall@", "NLL"))]
+    if which == "text":
+        return ["ROUGE-L heldout_focus", "BLEU-1 heldout_focus"]
     return [m for m in MEASURES if not (which == "generator" and m.startswith("recall@"))]
 
 
@@ -117,7 +125,7 @@ def summary_table(results: dict) -> str:
     lines = ["| arm | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for arm, label in ARMS.items():
         runs = _arm_runs(results, arm)
-        if not runs:
+        if not runs or arm.startswith("chat_"):  # those: chat_table
             continue
         cells = []
         for m in cols:
@@ -218,6 +226,26 @@ def top1_table(results: dict, focus_of: dict[str, str]) -> str:
             mean, sd = np.mean(fractions, 0), np.std(fractions, 0)
             cells += [_fmt(m) + (f" ± {_fmt(d)}" if len(runs) > 1 else "") for m, d in zip(mean, sd)]
         lines.append(f"| {ARMS[arm]} ({len(runs)} seed{'s' if len(runs) > 1 else ''}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chat_table(results: dict) -> str:
+    """Per base-generator arm: its answers in the chat template (mean ± s.d. over seeds) beside the plain
+    template's (the arm's own part, its first eval_generate questions)."""
+    lines = ["| arm | seeds | questions | ROUGE-L | BLEU-1 | empty answers | ROUGE-L, plain template |",
+             "|---|---|---|---|---|---|---|"]
+    cell = lambda xs: _fmt(np.mean(xs)) + (f" ± {_fmt(np.std(xs))}" if len(xs) > 1 else "")  # noqa: E731
+    for arm in BASE_GENERATOR:
+        runs, plain = _arm_runs(results, f"chat_{arm}"), _arm_runs(results, arm)
+        if not runs:
+            continue
+        rows = [p["sets"]["heldout_focus"] for p in runs.values()]
+        plain_rl = [values(p, "ROUGE-L heldout_focus")[1] for p in plain.values()]
+        lines.append(f"| {ARMS[arm]} | {len(runs)} | {len(rows[0])} | "
+                     f"{cell([np.mean([q['rougeL'] for q in r]) for r in rows])} | "
+                     f"{cell([np.mean([q['bleu1'] for q in r]) for r in rows])} | "
+                     f"{cell([np.mean([not q['output'].strip() for q in r]) for r in rows])} | "
+                     f"{f'{cell([v.mean() for v in plain_rl])} (n={len(plain_rl[0])})' if plain_rl else '-'} |")
     return "\n".join(lines)
 
 
@@ -465,7 +493,10 @@ def markdown(results: dict, focus_of: dict[str, str] | None = None) -> str:
                 top1_table(results, focus_of), ""] if focus_of else []),
              "### Every measure per arm", "", summary_table(results), "",
              "### Paired differences (bootstrap over questions, 10,000 resamples; McNemar for 0/1 measures)", "",
-             paired_table(results), "", "### MCQ no-harm check (no retrieval)", "", mcq_table(results), "",
+             paired_table(results), "",
+             *(["### Answers in the model's chat template (base generator, MedQuAD held-out focuses)", "",
+                chat_table(results), ""] if _arm_runs(results, "chat_frozen") else []),
+             "### MCQ no-harm check (no retrieval)", "", mcq_table(results), "",
              "### Retriever settings chosen on the dev focuses (arm e)", "", sweep_table(results), "",
              *(["### More training questions for the retriever (arm e, dev focuses)", "", scale_table(results), ""]
                if "scale" in results else []),

@@ -31,6 +31,11 @@ def tiny(data_dir, tmp_path, **kw):
                           dev_questions=4, eval_heldout_focus=5, eval_heldout_doc=3, eval_pubmedqa=2, **kw)
 
 
+def arm_parts(comp) -> list[str]:
+    """The part names without the chat parts (those follow every arm: test_chat_parts_...)."""
+    return [n for n in comp.part_names() if not n.startswith("chat_")]
+
+
 def fake_pool_training(comp, monkeypatch, hits_of):
     """Arm e's training and recall faked: train records (arm, settings, questions) in the returned list and gives a
     retriever that ranks gold first for the first hits_of(settings) dev questions; the base retriever never does."""
@@ -69,7 +74,9 @@ def test_driver_skips_finished_parts_and_writes_each_part(data_dir, tmp_path, mo
     comp.run(["data", "a", "d_s1"])
     assert ran == ["a", "d_s1"]  # nothing reran
     assert comp.part_names()[:4] == ["data", "sweep", "a", "frozen"] and "e_s2" in comp.part_names()
-    assert comp.part_names()[-1] == f"dg_s{cfg.seeds[-1]}"  # the diagnostic runs after every d it reads
+    names = comp.part_names()  # the diagnostic runs after every d it reads, the chat parts after the arms they read
+    assert names.index(f"dg_s{cfg.seeds[0]}") > names.index(f"d_s{cfg.seeds[-1]}")
+    assert names[-len(cfg.seeds) - 3] == f"dg_s{cfg.seeds[-1]}" and names[-len(cfg.seeds) - 2] == "chat_a"
 
 
 def test_unknown_part_is_an_error(data_dir, tmp_path, monkeypatch):
@@ -116,7 +123,7 @@ def test_pool_extends_the_training_set_within_the_training_focuses(data_dir, tmp
 def test_scale_part_trains_arm_e_on_nested_prefixes_of_the_pool_and_chooses_eL_lr(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(5, 15), scale_lrs=(1e-5, 3e-5))
     comp = Comparison(cfg, progress=False, log=lambda _: None)
-    assert len(comp.setup.pool) == 15 and comp.part_names()[-4:] == ["scale", "eL_s0", "eL_s1", "eL_s2"]
+    assert len(comp.setup.pool) == 15 and arm_parts(comp)[-4:] == ["scale", "eL_s0", "eL_s1", "eL_s2"]
     calls = []
     # dev hits per (questions, lr): on the whole pool (15) the lower lr wins
     hits = {(5, 1e-5): 1, (15, 1e-5): 3, (5, 3e-5): 4, (15, 3e-5): 2}
@@ -142,7 +149,7 @@ def test_scale_part_trains_arm_e_on_nested_prefixes_of_the_pool_and_chooses_eL_l
 def test_passes_part_trains_on_the_whole_pool_at_the_chosen_lr_and_sets_eL_epochs(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(15,), pool_epochs=(3, 1, 2))
     comp = Comparison(cfg, progress=False, log=lambda _: None)
-    assert comp.part_names()[-5:] == ["scale", "passes", "eL_s0", "eL_s1", "eL_s2"]
+    assert arm_parts(comp)[-5:] == ["scale", "passes", "eL_s0", "eL_s1", "eL_s2"]
     with pytest.raises(InputError, match="run part scale first"):
         comp.run(["passes"])
     n = len(comp.setup.dev_all)
@@ -160,7 +167,7 @@ def test_passes_part_trains_on_the_whole_pool_at_the_chosen_lr_and_sets_eL_epoch
 def test_negatives_part_compares_batches_with_and_without_in_batch_negatives(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(15,), negatives_batch=4)
     comp = Comparison(cfg, progress=False, log=lambda _: None)
-    assert comp.part_names()[-5:] == ["scale", "negatives", "eL_s0", "eL_s1", "eL_s2"]
+    assert arm_parts(comp)[-5:] == ["scale", "negatives", "eL_s0", "eL_s1", "eL_s2"]
     with pytest.raises(InputError, match="run parts scale"):
         comp.run(["negatives"])
     n = len(comp.setup.dev_all)
@@ -184,7 +191,7 @@ def test_negatives_part_compares_batches_with_and_without_in_batch_negatives(dat
 def test_posterior_part_varies_the_kl_target_temperature_against_eL_row(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, scale_sizes=(15,), posterior_betas=(0.3, 1.0, 0.1))
     comp = Comparison(cfg, progress=False, log=lambda _: None)
-    assert comp.part_names()[-5:] == ["scale", "eL_s0", "eL_s1", "eL_s2", "posterior"]
+    assert arm_parts(comp)[-5:] == ["scale", "eL_s0", "eL_s1", "eL_s2", "posterior"]
     with pytest.raises(InputError, match="run parts scale"):
         comp.run(["posterior"])
     n = len(comp.setup.dev_all)
@@ -233,7 +240,7 @@ def test_both_sides_arm_trains_the_document_side_and_searches_a_corpus_its_encod
                                                                                               monkeypatch):
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, both_sides=True)
     comp = Comparison(cfg, progress=False, log=lambda _: None)
-    assert comp.part_names()[-6:] == ["eL_s0", "eL_s1", "eL_s2", "eB_s0", "eB_s1", "eB_s2"]
+    assert arm_parts(comp)[-6:] == ["eL_s0", "eL_s1", "eL_s2", "eB_s0", "eB_s1", "eB_s2"]
     base_llm, base_r, trained_r = {"w": np.zeros(2, np.float32)}, {"r": np.zeros(2, np.float32)}, \
         {"r": np.ones(2, np.float32)}
     monkeypatch.setattr(comp, "models", lambda: ("llm_cfg", base_llm, None, "rcfg", base_r, None))
@@ -276,7 +283,7 @@ def test_sharp_arms_train_eB_and_eR_at_the_temperature_posterior_chose_on_dev(da
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, posterior_betas=(0.1,), both_sides=True, second_round=True,
                sharp_posterior=True)
     comp = Comparison(cfg, progress=False, log=lambda _: None)
-    assert comp.part_names()[-7:] == ["posterior", "eT_s0", "eT_s1", "eT_s2", "eTR_s0", "eTR_s1", "eTR_s2"]
+    assert arm_parts(comp)[-7:] == ["posterior", "eT_s0", "eT_s1", "eT_s2", "eTR_s0", "eTR_s1", "eTR_s2"]
     with pytest.raises(InputError, match="arm eT trains at the KL temperature part posterior chooses .*run part "
                                          "posterior first"):
         comp.run(["eT_s0"])
@@ -316,7 +323,7 @@ def test_sharp_arms_train_eB_and_eR_at_the_temperature_posterior_chose_on_dev(da
 def test_second_round_mines_with_eB_and_caches_only_new_pairs(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, both_sides=True, second_round=True, num_candidates=4)
     comp = Comparison(cfg, progress=False, log=lambda _: None)
-    assert comp.part_names()[-6:] == ["eB_s0", "eB_s1", "eB_s2", "eR_s0", "eR_s1", "eR_s2"]
+    assert arm_parts(comp)[-6:] == ["eB_s0", "eB_s1", "eB_s2", "eR_s0", "eR_s1", "eR_s2"]
     with pytest.raises(InputError, match="part eR_s1 continues arm eB's training from .*eB_s1.safetensors: run part "
                                          "eB_s1 first"):
         comp.second_round(1)
@@ -462,7 +469,7 @@ def test_focuses_part_compares_the_pool_without_and_with_extra_focuses_and_choos
                                                                                         monkeypatch):
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, extra_train_focuses=1, focus_lrs=(1e-5, 3e-5))
     comp = Comparison(cfg, progress=False, log=lambda _: None)
-    assert comp.part_names()[-4:] == ["focuses", "eF_s0", "eF_s1", "eF_s2"] and "eL_s0" not in comp.part_names()
+    assert arm_parts(comp)[-4:] == ["focuses", "eF_s0", "eF_s1", "eF_s2"] and "eL_s0" not in arm_parts(comp)
     N = len(comp.setup.pool)
     hits = {(N - 4, cfg.retriever_lr): 4, (N, 1e-5): 2, (N, 3e-5): 3}  # whole pool: 3e-5 is best
     calls = fake_pool_training(comp, monkeypatch, lambda st: st["hits"])
@@ -487,7 +494,7 @@ def test_focuses_part_compares_the_pool_without_and_with_extra_focuses_and_choos
         comp.run(["eK_s0"])
     # the kept-candidates variant: its own dev part and arm, its lr read from its own part
     kept = Comparison(dataclasses.replace(cfg, keep_pool_candidates=True), progress=False, log=lambda _: None)
-    assert kept.part_names()[-4:] == ["focuses_kept", "eK_s0", "eK_s1", "eK_s2"]
+    assert arm_parts(kept)[-4:] == ["focuses_kept", "eK_s0", "eK_s1", "eK_s2"]
     assert kept.pool_settings()["retriever_lr"] == cfg.retriever_lr  # focuses.json is eF's, not eK's
     with pytest.raises(InputError, match="arm eK's pool keeps eL's candidates"):
         kept.run(["eF_s0"])
@@ -496,7 +503,7 @@ def test_focuses_part_compares_the_pool_without_and_with_extra_focuses_and_choos
     # with both_sides: eB's remedy on that pool (arm eKB), its candidates encoded live in the step
     both = Comparison(dataclasses.replace(cfg, keep_pool_candidates=True, both_sides=True), progress=False,
                       log=lambda _: None)
-    assert both.part_names()[-7:] == ["focuses_kept", "eK_s0", "eK_s1", "eK_s2", "eKB_s0", "eKB_s1", "eKB_s2"]
+    assert arm_parts(both)[-7:] == ["focuses_kept", "eK_s0", "eK_s1", "eK_s2", "eKB_s0", "eKB_s1", "eKB_s2"]
     with pytest.raises(InputError, match="arm eK's pool keeps eL's candidates"):
         both.run(["eFB_s0"])
 
@@ -558,3 +565,57 @@ def test_published_cache_restores_into_a_fresh_work_dir_only_for_the_same_data(d
     logs = []
     path = Comparison(other, progress=False, log=logs.append)._cache("candidates", True)
     assert not os.path.exists(path) and "was made for other data or settings" in logs[-1]
+
+
+def test_chat_parts_answer_with_the_passages_their_part_fed(data_dir, tmp_path, monkeypatch):
+    """chat_<part>: the base generator answers in the ChatML template with exactly the passages <part> fed (none
+    for arm a), cut to doc_tokens; only for arms whose generator is the base, and only after their part ran."""
+    import jax
+
+    from jmlr_jax.compare import evidence_measures
+    from jmlr_jax.models import LlamaConfig
+    from jmlr_jax.models import llama as llama_lib
+    from tests.data.test_lm_data import ByteTok
+
+    cfg = tiny(data_dir, tmp_path, chat_generate=4, doc_tokens=24, answer_tokens=6)
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    names = comp.part_names()
+    assert names[-5:] == ["chat_a", "chat_frozen", "chat_e_s0", "chat_e_s1", "chat_e_s2"]
+    assert "chat_a" not in Comparison(dataclasses.replace(cfg, chat_generate=0), progress=False,
+                                      log=lambda _: None).part_names()
+    with pytest.raises(InputError, match="arm c does not answer with the base generator"):
+        comp.run(["chat_c_s0"])
+    with pytest.raises(InputError, match="unknown part 'x_s0'"):
+        comp.run(["chat_x_s0"])
+    with pytest.raises(InputError, match=r"part chat_e_s1 needs part e_s1's passages .*run part e_s1 first"):
+        comp.run(["chat_e_s1"])
+
+    llm_cfg = LlamaConfig(vocab_size=260, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                          num_kv_heads=2)
+    monkeypatch.setattr(comp, "models", lambda: (llm_cfg, llama_lib.init_params(llm_cfg, jax.random.PRNGKey(0)),
+                                                 ByteTok()))
+    recs = comp.setup.sets["heldout_focus"]
+    passages = comp.setup.corpus.passages
+    fed = {r.id: [passages[i].id] for i, r in enumerate(recs)}
+    for part, feeds in (("a", {r.id: [] for r in recs}), ("e_s1", fed)):
+        with open(os.path.join(cfg.out_dir, f"{part}.json"), "w") as f:
+            json.dump({"sets": {"heldout_focus": [{"id": r.id, "fed": feeds[r.id]} for r in recs]}}, f)
+    asked = []
+    real = evidence_measures.greedy_answers
+    monkeypatch.setattr(evidence_measures, "greedy_answers",
+                        lambda *a: asked.append((a[3].template, a[4])) or real(*a))
+    comp.run(["chat_a", "chat_e_s1"])
+    for part, (template, requests) in zip(("a", "e_s1"), asked):
+        assert template == "chat" and len(requests) == 4
+        with open(os.path.join(cfg.out_dir, f"chat_{part}.json")) as f:
+            out = json.load(f)
+        assert out["arm"] == f"chat_{part[0]}" and out["seed"] == (1 if part == "e_s1" else 0)
+        rows = out["sets"]["heldout_focus"]
+        assert [q["id"] for q in rows] == [r.id for r in recs[:4]]
+        for q, r, (question, given) in zip(rows, recs, requests):
+            assert question == r.question and 0 <= q["rougeL"] <= 1 and isinstance(q["output"], str)
+            if part == "a":
+                assert given == "" and q["fed"] == []
+            else:  # the fed passage's head, as the plain template's doc block (24 byte tokens here)
+                assert q["fed"] == fed[r.id]
+                assert given == ("Reference:\n" + passages[recs.index(r)].with_title)[:24].strip()

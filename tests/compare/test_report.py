@@ -36,6 +36,31 @@ def test_paired_differences_pool_seeds_per_question():
     assert "| recall@1 heldout_focus | (d) JMLR - (d)'s generator + frozen retriever | s0: +0.667" in table
 
 
+def test_chat_parts_pair_on_generation_against_the_frozen_retriever_and_get_their_table():
+    def chat(arm, seed, rouge):
+        return {"arm": f"chat_{arm}", "seed": seed, "sets": {"heldout_focus": [
+            {"id": f"q{i}", "fed": [], "output": "" if r == 0 else "text", "rougeL": r, "bleu1": r / 2}
+            for i, r in enumerate(rouge)]}}
+
+    results = {"frozen": _part("frozen", 0, [2.0] * 3, [2, 1, None]), "e_s0": _part("e", 0, [1.0] * 3, [1, 1, 2]),
+               "chat_a": chat("a", 0, [0.0, 0.1, 0.2]), "chat_frozen": chat("frozen", 0, [0.2, 0.2, 0.2]),
+               "chat_e_s0": chat("e", 0, [0.3, 0.2, 0.4]), "chat_e_s1": chat("e", 1, [0.2, 0.2, 0.2])}
+    for part in ("frozen", "e_s0"):
+        results[part]["sets"]["heldout_focus"] = [dict(r, rougeL=0.1) for r in results[part]["sets"]["heldout_focus"]]
+    table = report.paired_table(results)
+    assert "| ROUGE-L heldout_focus | frozen: base + frozen retriever, chat template - (a) base, chat template | " \
+           "s0: +0.100" in table
+    assert "| ROUGE-L heldout_focus | (e) retriever-only JMLR, chat template - frozen: base + frozen retriever, " \
+           "chat template | s0: +0.100 [" in table and "s1: +0.000 [+0.000, +0.000] | **+0.050 [" in table
+    assert "| BLEU-1 heldout_focus | (e) retriever-only JMLR, chat template - frozen" in table
+    assert "NLL heldout_focus | (e) retriever-only JMLR, chat template" not in table  # generation only
+    chat = report.chat_table(results)
+    assert "| (a) base | 1 | 3 | 0.100 | 0.050 | 0.333 | - |" in chat
+    assert "| (e) retriever-only JMLR | 2 | 3 | 0.250 ± 0.050 | 0.125 ± 0.025 | 0.000 ± 0.000 | 0.100 (n=3) |" in chat
+    md = report.markdown(results)
+    assert chat in md and "| (e) retriever-only JMLR, chat template |" not in report.summary_table(results)
+
+
 def test_larger_pool_arm_pairs_on_retrieval_only_and_scale_table():
     results = {"frozen": _part("frozen", 0, [2.0, 2.0, 2.0, 2.0], [2, 2, 1, None]),
                "e_s0": _part("e", 0, [1.5, 1.5, 1.5, 1.5], [1, 2, 1, None]),
