@@ -230,10 +230,11 @@ def top1_table(results: dict, focus_of: dict[str, str]) -> str:
 
 
 def chat_table(results: dict) -> str:
-    """Per base-generator arm: its answers in the chat template (mean ± s.d. over seeds) beside the plain
-    template's (the arm's own part, its first eval_generate questions)."""
-    lines = ["| arm | seeds | questions | ROUGE-L | BLEU-1 | empty answers | ROUGE-L, plain template |",
-             "|---|---|---|---|---|---|---|"]
+    """Per base-generator arm: its answers in the chat template (mean ± s.d. over seeds), their ROUGE-L split by
+    whether the passage fed was the gold evidence (question-seed pairs pooled), beside the plain template's (the
+    arm's own part, its first eval_generate questions)."""
+    lines = ["| arm | seeds | questions | ROUGE-L | BLEU-1 | empty answers | ROUGE-L, gold passage fed / another "
+             "| ROUGE-L, plain template |", "|---|---|---|---|---|---|---|---|"]
     cell = lambda xs: _fmt(np.mean(xs)) + (f" ± {_fmt(np.std(xs))}" if len(xs) > 1 else "")  # noqa: E731
     for arm in BASE_GENERATOR:
         runs, plain = _arm_runs(results, f"chat_{arm}"), _arm_runs(results, arm)
@@ -241,10 +242,19 @@ def chat_table(results: dict) -> str:
             continue
         rows = [p["sets"]["heldout_focus"] for p in runs.values()]
         plain_rl = [values(p, "ROUGE-L heldout_focus")[1] for p in plain.values()]
+        split: dict[bool, list[float]] = {True: [], False: []}
+        for p in runs.values():
+            rank = {q["id"]: q["gold_rank"] for q in results.get(p.get("of"), {}).get("sets", {}).get(
+                "heldout_focus", []) if "gold_rank" in q}  # arm a retrieves nothing
+            for q in p["sets"]["heldout_focus"]:
+                if q["id"] in rank:
+                    split[rank[q["id"]] == 1].append(q["rougeL"])
+        by_gold = " / ".join(f"{_fmt(np.mean(split[g]))} (n={len(split[g])})" if split[g] else "-"
+                             for g in (True, False)) if split[True] or split[False] else "-"
         lines.append(f"| {ARMS[arm]} | {len(runs)} | {len(rows[0])} | "
                      f"{cell([np.mean([q['rougeL'] for q in r]) for r in rows])} | "
                      f"{cell([np.mean([q['bleu1'] for q in r]) for r in rows])} | "
-                     f"{cell([np.mean([not q['output'].strip() for q in r]) for r in rows])} | "
+                     f"{cell([np.mean([not q['output'].strip() for q in r]) for r in rows])} | {by_gold} | "
                      f"{f'{cell([v.mean() for v in plain_rl])} (n={len(plain_rl[0])})' if plain_rl else '-'} |")
     return "\n".join(lines)
 

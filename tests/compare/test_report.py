@@ -45,6 +45,8 @@ def test_chat_parts_pair_on_generation_against_the_frozen_retriever_and_get_thei
     results = {"frozen": _part("frozen", 0, [2.0] * 3, [2, 1, None]), "e_s0": _part("e", 0, [1.0] * 3, [1, 1, 2]),
                "chat_a": chat("a", 0, [0.0, 0.1, 0.2]), "chat_frozen": chat("frozen", 0, [0.2, 0.2, 0.2]),
                "chat_e_s0": chat("e", 0, [0.3, 0.2, 0.4]), "chat_e_s1": chat("e", 1, [0.2, 0.2, 0.2])}
+    for name in ("chat_frozen", "chat_e_s0", "chat_e_s1"):
+        results[name]["of"] = name[len("chat_"):]
     for part in ("frozen", "e_s0"):
         results[part]["sets"]["heldout_focus"] = [dict(r, rougeL=0.1) for r in results[part]["sets"]["heldout_focus"]]
     table = report.paired_table(results)
@@ -55,8 +57,11 @@ def test_chat_parts_pair_on_generation_against_the_frozen_retriever_and_get_thei
     assert "| BLEU-1 heldout_focus | (e) retriever-only JMLR, chat template - frozen" in table
     assert "NLL heldout_focus | (e) retriever-only JMLR, chat template" not in table  # generation only
     chat = report.chat_table(results)
-    assert "| (a) base | 1 | 3 | 0.100 | 0.050 | 0.333 | - |" in chat
-    assert "| (e) retriever-only JMLR | 2 | 3 | 0.250 ± 0.050 | 0.125 ± 0.025 | 0.000 ± 0.000 | 0.100 (n=3) |" in chat
+    assert "| (a) base | 1 | 3 | 0.100 | 0.050 | 0.333 | - | - |" in chat
+    # e_s0 fed gold to q0 and q1 (0.3, 0.2), another to q2 (0.4); e_s1 has no part of its own to say which
+    assert "| (e) retriever-only JMLR | 2 | 3 | 0.250 ± 0.050 | 0.125 ± 0.025 | 0.000 ± 0.000 | 0.250 (n=2) / " \
+           "0.400 (n=1) | 0.100 (n=3) |" in chat
+    assert "| frozen: base + frozen retriever | 1 | 3 | 0.200 | 0.100 | 0.000 | 0.200 (n=1) / 0.200 (n=2) |" in chat
     md = report.markdown(results)
     assert chat in md and "| (e) retriever-only JMLR, chat template |" not in report.summary_table(results)
 
