@@ -619,3 +619,32 @@ def test_chat_parts_answer_with_the_passages_their_part_fed(data_dir, tmp_path, 
             else:  # the fed passage's head, as the plain template's doc block (24 byte tokens here)
                 assert q["fed"] == fed[r.id]
                 assert given == ("Reference:\n" + passages[recs.index(r)].with_title)[:24].strip()
+
+
+def test_readme_commands_name_parts_their_config_runs(tmp_path):
+    """Every `--parts=` of a README comparison command is a part its config knows (checked as `run` checks names
+    before running anything), on the real data's splits."""
+    import re
+
+    import gin
+
+    from jmlr_jax import config
+    from tests.conftest import DATA_DIR, require
+
+    require(os.path.isdir(os.path.join(DATA_DIR, "medquad")), DATA_DIR)
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")) as f:
+        commands = re.findall(r"python launch/compare_evidence\.py --gin_file=(\S+)(?: --parts=([\w,]+))?", f.read())
+    by_config: dict[str, set[str]] = {}
+    for gin_file, parts in commands:
+        by_config.setdefault(gin_file, set()).update(p for p in parts.split(",") if p)
+    assert len(by_config) == 4 and "chat_e_s0" in by_config["compare/evidence.gin"]
+    for gin_file, parts in by_config.items():
+        try:
+            config.parse([gin_file], [f"DATA = '{DATA_DIR}'"])
+            cfg = dataclasses.replace(EvidenceConfig(), out_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w"))
+        finally:
+            gin.clear_config()
+        comp = Comparison(cfg, progress=False, log=lambda _: None)
+        for name in parts:
+            comp._runner(name)  # an unknown or misplaced part is an InputError
+        assert set(parts) <= set(comp.part_names())
