@@ -21,7 +21,8 @@ With extra training focuses (compare/evidence_more_focuses*.gin): focuses (or fo
 and with both_sides eFB_s* (or eKB_s*), eB's remedy on that pool.
 Last, chat_<part> for every arm whose generator is the base (a, frozen, e and the pool arms): the base generator's
 greedy answers in its own chat template with the passages <part> fed it (the plain template's answers of the
-untrained instruct model are mostly empty, so they cannot tell these arms' retrievers apart).
+untrained instruct model are mostly empty, so they cannot tell these arms' retrievers apart), and chat_gold, the
+same with the oracle passage (the first passage of the question's own answer): perfect retrieval's ceiling.
 Retriever training moves the query encoder only (except eB, eR, eFB, eKB, eT, eTR): the candidates' token vectors
 come from the index built by the base encoder (the document side is frozen), so the index never goes stale and the
 held-out evaluation searches the whole corpus exactly (MaxSim against every passage) with each arm's own query
@@ -98,8 +99,8 @@ class Comparison(DevParts, Measures):
                 (["posterior"] if c.posterior_betas else []) + \
                 ([f"eT_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior else []) + \
                 ([f"eTR_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior and c.second_round else [])
-        if c.chat_generate:  # last: each reads the passages its part fed
-            names += [f"chat_{n}" for n in names if n.partition("_s")[0] in BASE_GENERATOR]
+        if c.chat_generate:  # last: each reads the passages its part fed; chat_gold feeds the oracle passage
+            names += ["chat_gold"] + [f"chat_{n}" for n in names if n.partition("_s")[0] in BASE_GENERATOR]
         return names
 
     @property
@@ -152,6 +153,8 @@ class Comparison(DevParts, Measures):
             return self.posterior_part
         if self.cfg.extra_train_focuses and name == self._focuses_part:
             return self.focuses_part
+        if name == "chat_gold":
+            return functools.partial(self.chat_part, "gold")
         if name.startswith("chat_"):
             of = name[len("chat_"):]
             self._runner(of)  # a known part

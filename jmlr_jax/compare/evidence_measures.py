@@ -11,6 +11,7 @@ import numpy as np
 from jmlr_jax.compare.report import text_scores_per_question
 from jmlr_jax.data.lm_data import LMDataConfig
 from jmlr_jax.data.splits import DataConfig
+from jmlr_jax.retrieval.corpus import chunk_words
 from jmlr_jax.data.templates import Budgets, PromptTemplate
 from jmlr_jax.eval.harness import EvalConfig, eval_sets, evaluate
 from jmlr_jax.errors import InputError
@@ -82,21 +83,31 @@ class Measures:
         """The answer tokens NLL is measured on and generation is scored against (cut to answer_tokens)."""
         return self.models()[2].encode(self.template.answer.format(text=r.answer))[: self.cfg.answer_tokens]
 
-    def chat_part(self, of: str) -> dict:
-        """The base generator's greedy answers in its chat template to the first chat_generate held-out-focus
-        questions, each with the passages part `of` fed it (its JSON's "fed", best last; none for arm a) cut to
-        doc_tokens as there, scored like the plain-template answers (ROUGE-L, BLEU-1 against the same targets)."""
+    def _chat_fed(self, of: str, records) -> dict[str, list[str]]:
+        """Question id -> the passage ids part `of` fed (its JSON's "fed", best last); of = "gold": the oracle,
+        the first passage of the question's own answer (the passage holding the start of the target)."""
         c = self.cfg
+        if of == "gold":
+            first = {p.text: p.id for p in reversed(self.setup.corpus.passages)}  # a text's first passage
+            return {r.id: [first[chunk_words(r.evidence, c.chunk_size, c.overlap)[0]]] for r in records}
         path = os.path.join(c.out_dir, f"{of}.json")
         if not os.path.exists(path):
             raise InputError(f"part chat_{of} needs part {of}'s passages ({path}): run part {of} first")
         with open(path) as f:
-            part = json.load(f)
-        fed = {r["id"]: r["fed"] for r in part["sets"]["heldout_focus"]}
-        records = self.setup.sets["heldout_focus"][: c.chat_generate]
+            fed = {r["id"]: r["fed"] for r in json.load(f)["sets"]["heldout_focus"]}
         if missing := [r.id for r in records if r.id not in fed]:
             raise InputError(f"{path} has no held-out-focus row for {missing[0]} ({len(missing)} missing): "
                              f"it was run on other splits; rerun part {of}")
+        return fed
+
+    def chat_part(self, of: str) -> dict:
+        """The base generator's greedy answers in its chat template to the first chat_generate held-out-focus
+        questions, each with the passages part `of` fed it (none for arm a; of = "gold": the oracle passage) cut
+        to doc_tokens as there, scored like the plain-template answers (ROUGE-L, BLEU-1 against the same
+        targets)."""
+        c = self.cfg
+        records = self.setup.sets["heldout_focus"][: c.chat_generate]
+        fed = self._chat_fed(of, records)
         llm_cfg, llm_params, tok = self.models()[:3]
         passages = {p.id: p for p in self.setup.corpus.passages}
         cut = lambda text: tok.decode(tok.encode(text)[: c.doc_tokens]).strip()  # noqa: E731

@@ -30,8 +30,11 @@ ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen:
         "eKB": "(eKB) eK with both encoder sides trained, index refreshed",
         "eT": "(eT) eB at the KL temperature chosen on dev",
         "eTR": "(eTR) eT's second round on candidates it re-mined"}
-# Parts chat_<part>: the base generator's answers in its chat template with the passages <part> fed it.
-ARMS.update({f"chat_{a}": f"{ARMS[a]}, chat template" for a in BASE_GENERATOR})
+# Parts chat_<part>: the base generator's answers in its chat template with the passages <part> fed it; chat_gold
+# with the oracle passage (the first of the question's own answer).
+CHAT_ARMS = (*BASE_GENERATOR, "gold")
+ARMS["gold"] = "oracle: base + the gold passage"
+ARMS.update({f"chat_{a}": f"{ARMS[a]}, chat template" for a in CHAT_ARMS})
 RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB", "eT", "eTR")
 # (arm, its comparator, measures): JMLR - RAG, retriever-only - frozen; and JMLR - RAG split into the trained
 # generator's part (same frozen retrieval, so no recall rows) and the trained retriever's part (same generator);
@@ -41,8 +44,8 @@ RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB"
 # against the same settings without them (eL), also when eL's questions keep their candidates (eK); both sides
 # trained on that pool against the frozen retriever and against both sides trained without the extra focuses (eB);
 # eB and eR at the temperature chosen on dev (eT, eTR) against the frozen retriever and against themselves at beta 1;
-# in the chat template (generation only), the frozen retriever's passage against none and every trained retriever's
-# against the frozen one's.
+# in the chat template (generation only), the frozen retriever's passage against none, and every trained
+# retriever's and the oracle's against the frozen one's.
 PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"),
          ("eL", "frozen", "retrieval"), ("eL", "e", "retrieval"), ("eB", "frozen", "retrieval"),
          ("eB", "eL", "retrieval"), ("eR", "frozen", "retrieval"), ("eR", "eB", "retrieval"),
@@ -50,7 +53,7 @@ PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("
          ("eK", "eL", "retrieval"), ("eFB", "frozen", "retrieval"), ("eFB", "eB", "retrieval"),
          ("eKB", "frozen", "retrieval"), ("eKB", "eB", "retrieval"), ("eT", "frozen", "retrieval"),
          ("eT", "eB", "retrieval"), ("eTR", "frozen", "retrieval"), ("eTR", "eR", "retrieval"),
-         *((f"chat_{a}", "chat_frozen" if a != "frozen" else "chat_a", "text") for a in BASE_GENERATOR if a != "a"))
+         *((f"chat_{a}", "chat_frozen" if a != "frozen" else "chat_a", "text") for a in CHAT_ARMS if a != "a"))
 
 
 def text_scores_per_question(outputs: Sequence[str], refs: Sequence[str]) -> list[dict]:
@@ -236,7 +239,7 @@ def chat_table(results: dict) -> str:
     lines = ["| arm | seeds | questions | ROUGE-L | BLEU-1 | empty answers | ROUGE-L, gold passage fed / another "
              "| ROUGE-L, plain template |", "|---|---|---|---|---|---|---|---|"]
     cell = lambda xs: _fmt(np.mean(xs)) + (f" ± {_fmt(np.std(xs))}" if len(xs) > 1 else "")  # noqa: E731
-    for arm in BASE_GENERATOR:
+    for arm in CHAT_ARMS:
         runs, plain = _arm_runs(results, f"chat_{arm}"), _arm_runs(results, arm)
         if not runs:
             continue

@@ -76,7 +76,7 @@ def test_driver_skips_finished_parts_and_writes_each_part(data_dir, tmp_path, mo
     assert comp.part_names()[:4] == ["data", "sweep", "a", "frozen"] and "e_s2" in comp.part_names()
     names = comp.part_names()  # the diagnostic runs after every d it reads, the chat parts after the arms they read
     assert names.index(f"dg_s{cfg.seeds[0]}") > names.index(f"d_s{cfg.seeds[-1]}")
-    assert names[-len(cfg.seeds) - 3] == f"dg_s{cfg.seeds[-1]}" and names[-len(cfg.seeds) - 2] == "chat_a"
+    assert names[-len(cfg.seeds) - 4] == f"dg_s{cfg.seeds[-1]}" and names[-len(cfg.seeds) - 3] == "chat_gold"
 
 
 def test_unknown_part_is_an_error(data_dir, tmp_path, monkeypatch):
@@ -580,7 +580,7 @@ def test_chat_parts_answer_with_the_passages_their_part_fed(data_dir, tmp_path, 
     cfg = tiny(data_dir, tmp_path, chat_generate=4, doc_tokens=24, answer_tokens=6)
     comp = Comparison(cfg, progress=False, log=lambda _: None)
     names = comp.part_names()
-    assert names[-5:] == ["chat_a", "chat_frozen", "chat_e_s0", "chat_e_s1", "chat_e_s2"]
+    assert names[-6:] == ["chat_gold", "chat_a", "chat_frozen", "chat_e_s0", "chat_e_s1", "chat_e_s2"]
     assert "chat_a" not in Comparison(dataclasses.replace(cfg, chat_generate=0), progress=False,
                                       log=lambda _: None).part_names()
     with pytest.raises(InputError, match="arm c does not answer with the base generator"):
@@ -604,7 +604,12 @@ def test_chat_parts_answer_with_the_passages_their_part_fed(data_dir, tmp_path, 
     real = evidence_measures.greedy_answers
     monkeypatch.setattr(evidence_measures, "greedy_answers",
                         lambda *a: asked.append((a[3].template, a[4])) or real(*a))
-    comp.run(["chat_a", "chat_e_s1"])
+    comp.run(["chat_a", "chat_e_s1", "chat_gold"])
+    with open(os.path.join(cfg.out_dir, "chat_gold.json")) as f:  # the oracle: its own answer's first passage
+        gold_fed = [q["fed"] for q in json.load(f)["sets"]["heldout_focus"]]
+    assert all(len(g) == 1 and passages[[p.id for p in passages].index(g[0])].text.split()[:20] ==
+               r.answer.split()[:20] for g, r in zip(gold_fed, recs))
+    assert asked[2][1][0][1].startswith("Reference:\n" + recs[0].answer[:10])
     for part, (template, requests) in zip(("a", "e_s1"), asked):
         assert template == "chat" and len(requests) == 4
         with open(os.path.join(cfg.out_dir, f"chat_{part}.json")) as f:

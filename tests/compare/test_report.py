@@ -37,14 +37,14 @@ def test_paired_differences_pool_seeds_per_question():
 
 
 def test_chat_parts_pair_on_generation_against_the_frozen_retriever_and_get_their_table():
-    def chat(arm, seed, rouge):
+    def chat_part(arm, seed, rouge):
         return {"arm": f"chat_{arm}", "seed": seed, "sets": {"heldout_focus": [
             {"id": f"q{i}", "fed": [], "output": "" if r == 0 else "text", "rougeL": r, "bleu1": r / 2}
             for i, r in enumerate(rouge)]}}
 
     results = {"frozen": _part("frozen", 0, [2.0] * 3, [2, 1, None]), "e_s0": _part("e", 0, [1.0] * 3, [1, 1, 2]),
-               "chat_a": chat("a", 0, [0.0, 0.1, 0.2]), "chat_frozen": chat("frozen", 0, [0.2, 0.2, 0.2]),
-               "chat_e_s0": chat("e", 0, [0.3, 0.2, 0.4]), "chat_e_s1": chat("e", 1, [0.2, 0.2, 0.2])}
+               "chat_a": chat_part("a", 0, [0.0, 0.1, 0.2]), "chat_frozen": chat_part("frozen", 0, [0.2, 0.2, 0.2]),
+               "chat_e_s0": chat_part("e", 0, [0.3, 0.2, 0.4]), "chat_e_s1": chat_part("e", 1, [0.2, 0.2, 0.2])}
     for name in ("chat_frozen", "chat_e_s0", "chat_e_s1"):
         results[name]["of"] = name[len("chat_"):]
     for part in ("frozen", "e_s0"):
@@ -62,6 +62,11 @@ def test_chat_parts_pair_on_generation_against_the_frozen_retriever_and_get_thei
     assert "| (e) retriever-only JMLR | 2 | 3 | 0.250 ± 0.050 | 0.125 ± 0.025 | 0.000 ± 0.000 | 0.250 (n=2) / " \
            "0.400 (n=1) | 0.100 (n=3) |" in chat
     assert "| frozen: base + frozen retriever | 1 | 3 | 0.200 | 0.100 | 0.000 | 0.200 (n=1) / 0.200 (n=2) |" in chat
+    results["chat_gold"] = chat_part("gold", 0, [0.9, 0.8, 0.7])
+    chat = report.chat_table(results)
+    assert "| oracle: base + the gold passage | 1 | 3 | 0.800 | 0.400 | 0.000 | - | - |" in chat
+    assert "| ROUGE-L heldout_focus | oracle: base + the gold passage, chat template - frozen: base + frozen " \
+           "retriever, chat template | s0: +0.600 [" in report.paired_table(results)
     md = report.markdown(results)
     assert chat in md and "| (e) retriever-only JMLR, chat template |" not in report.summary_table(results)
 
