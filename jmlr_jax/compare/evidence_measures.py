@@ -1,6 +1,7 @@
 """The evidence comparison's measures (jmlr_jax.compare.evidence): gold-evidence recall by exact MaxSim search,
 target NLL with the top-K fed, greedy answers scored by ROUGE-L / BLEU-1 (also in the model's chat template, for the
-arms whose generator is the base), the PubMedQA decision and the MCQ no-harm check. A mixin of Comparison, whose models, indexes and search these call."""
+arms whose generator is the base), the PubMedQA decision and the MCQ no-harm check. A mixin of Comparison, whose
+models, indexes and search these call."""
 from __future__ import annotations
 
 import json
@@ -11,12 +12,12 @@ import numpy as np
 from jmlr_jax.compare.report import text_scores_per_question
 from jmlr_jax.data.lm_data import LMDataConfig
 from jmlr_jax.data.splits import DataConfig
-from jmlr_jax.retrieval.corpus import chunk_words
 from jmlr_jax.data.templates import Budgets, PromptTemplate
-from jmlr_jax.eval.harness import EvalConfig, eval_sets, evaluate
 from jmlr_jax.errors import InputError
+from jmlr_jax.eval.harness import EvalConfig, eval_sets, evaluate
 from jmlr_jax.eval.mcq import generate_answers, prompt_ids, score_options
 from jmlr_jax.eval.stage_eval import greedy_answers
+from jmlr_jax.retrieval.corpus import chunk_words
 
 
 class Measures:

@@ -247,8 +247,8 @@ def chat_table(results: dict) -> str:
         plain_rl = [values(p, "ROUGE-L heldout_focus")[1] for p in plain.values()]
         split: dict[bool, list[float]] = {True: [], False: []}
         for p in runs.values():
-            rank = {q["id"]: q["gold_rank"] for q in results.get(p.get("of"), {}).get("sets", {}).get(
-                "heldout_focus", []) if "gold_rank" in q}  # arm a retrieves nothing
+            of = results[p["of"]]["sets"]["heldout_focus"] if p.get("of") in results else []
+            rank = {q["id"]: q["gold_rank"] for q in of if "gold_rank" in q}  # arm a and the oracle retrieve nothing
             for q in p["sets"]["heldout_focus"]:
                 if q["id"] in rank:
                     split[rank[q["id"]] == 1].append(q["rougeL"])
