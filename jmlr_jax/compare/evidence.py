@@ -9,7 +9,7 @@ Arms (same training questions, steps, budgets and learning rates):
   d_s*    JMLR: generator + retriever trained together (rank loss from the live generator's losses)
   e_s*    retriever-only JMLR: generator frozen, its loss per (question, candidate) computed once and cached
   dg_s*   diagnostic: d_s*'s generator with the frozen retriever (no training; splits d - c into the generator's
-          part, dg - c, and the trained retriever's part, d - dg)
+          part, dg - c, and the trained retriever's part, d - dg); EvidenceConfig.diagnostic = False leaves it out
 With a pool (compare/evidence_more_data.gin), more: scale (arm e on the first n pool questions, dev recall per n and
 lr), passes (arm e on the whole pool, dev recall per number of passes) and eL_s* (arm e trained on the whole pool
 at the lr and passes those chose; only arm e grows, its generator losses are cached once); negatives (arm e on the
@@ -87,7 +87,7 @@ class Comparison(DevParts, Measures):
         names = ["data", "sweep", "a", "frozen"] + [f"e_s{s}" for s in c.seeds]  # e is cheap: all seeds first
         for s in c.seeds:
             names += [f"d_s{s}", f"c_s{s}"] + (["b"] if s == c.seeds[0] else [])
-        names += [f"dg_s{s}" for s in c.seeds]
+        names += [f"dg_s{s}" for s in c.seeds] if c.diagnostic else []
         if c.extra_train_focuses:  # the more-focuses extension (a pool of its own: the more-data parts do not apply)
             names += [self._focuses_part] + [f"{self._extra_arm}_s{s}" for s in c.seeds] + \
                 ([f"{self._extra_arm}B_s{s}" for s in c.seeds] if c.both_sides else [])

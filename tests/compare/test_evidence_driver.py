@@ -77,6 +77,9 @@ def test_driver_skips_finished_parts_and_writes_each_part(data_dir, tmp_path, mo
     names = comp.part_names()  # the diagnostic runs after every d it reads, the chat parts after the arms they read
     assert names.index(f"dg_s{cfg.seeds[0]}") > names.index(f"d_s{cfg.seeds[-1]}")
     assert names[-len(cfg.seeds) - 4] == f"dg_s{cfg.seeds[-1]}" and names[-len(cfg.seeds) - 3] == "chat_gold"
+    core = Comparison(dataclasses.replace(cfg, diagnostic=False, chat_generate=0), progress=False,
+                      log=lambda _: None).part_names()  # the arms and measures alone
+    assert core == [n for n in names if not n.startswith(("dg_", "chat_"))] and "b" in core and "c_s2" in core
 
 
 def test_unknown_part_is_an_error(data_dir, tmp_path, monkeypatch):
@@ -638,18 +641,23 @@ def test_readme_commands_name_parts_their_config_runs(tmp_path):
 
     require(os.path.isdir(os.path.join(DATA_DIR, "medquad")), DATA_DIR)
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")) as f:
-        commands = re.findall(r"python launch/compare_evidence\.py --gin_file=(\S+)(?: --parts=([\w,]+))?", f.read())
-    by_config: dict[str, set[str]] = {}
-    for gin_file, parts in commands:
-        by_config.setdefault(gin_file, set()).update(p for p in parts.split(",") if p)
-    assert len(by_config) == 4 and "chat_e_s0" in by_config["compare/evidence.gin"]
-    for gin_file, parts in by_config.items():
-        try:
-            config.parse([gin_file], [f"DATA = '{DATA_DIR}'"])
+        commands = re.findall(r"python launch/compare_evidence\.py --gin_file=(\S+)((?: --gin\.\S+)*)"
+                              r"(?: --parts=([\w,]+))?", f.read())
+    by_config: dict[tuple[str, str], set[str]] = {}
+    for gin_file, bindings, parts in commands:
+        by_config.setdefault((gin_file, bindings), set()).update(p for p in parts.split(",") if p)
+    assert len({g for g, _ in by_config}) == 4 and "chat_e_s0" in by_config["compare/evidence.gin", ""]
+    names = {}
+    for (gin_file, bindings), parts in by_config.items():
+        try:  # a misspelt binding is an error here
+            config.parse([gin_file], [f"DATA = '{DATA_DIR}'"] + bindings.replace(" --gin.", "\n").split())
             cfg = dataclasses.replace(EvidenceConfig(), out_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w"))
         finally:
             gin.clear_config()
         comp = Comparison(cfg, progress=False, log=lambda _: None)
         for name in parts:
             comp._runner(name)  # an unknown or misplaced part is an InputError
-        assert set(parts) <= set(comp.part_names())
+        names[gin_file, bindings] = comp.part_names()
+        assert set(parts) <= set(names[gin_file, bindings])
+    core = [v for (g, b), v in names.items() if g == "compare/evidence.gin" and b]  # the arms alone
+    assert len(core) == 1 and not any(n.startswith(("dg_", "chat_")) for n in core[0]) and "c_s2" in core[0]
