@@ -6,7 +6,11 @@ from that JSON.
   --parts=d_s0        only these parts (comma-separated); one seed of JMLR with its evaluation: ~30 min here
   --parts=chat_e_s0   the base generator's answers in its chat template with e_s0's passages (~3 min)
   --report_only=1     only the tables and plots
+  --check=DIR         rerun --parts into DIR (results and work files; the committed ones untouched) and compare
+                      each with its committed JSON, e.g. --parts=data,d_s0 --check=workdir/check: exit 1 unless
+                      every value reproduces; the README and plots are not rewritten
 """
+import dataclasses
 import os
 import sys
 
@@ -15,15 +19,26 @@ os.environ.setdefault("GLOG_minloglevel", "1")
 
 from jmlr_jax import config  # noqa: E402
 from jmlr_jax.compare import report  # noqa: E402
+from jmlr_jax.compare.check import check_table  # noqa: E402
 from jmlr_jax.compare.evidence import Comparison, EvidenceConfig  # noqa: E402
 from jmlr_jax.data.evidence import read_medquad_qa  # noqa: E402
+from jmlr_jax.errors import InputError  # noqa: E402
 from jmlr_jax.retrieval.corpus import resolve_path  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def main(parts: str = "", report_only: str = "", readme: str = "") -> None:
+def main(parts: str = "", report_only: str = "", readme: str = "", check: str = "") -> None:
     cfg = EvidenceConfig()
+    if check:
+        names = [p for p in parts.split(",") if p]
+        if not names or report_only:
+            raise InputError("--check reruns the parts named by --parts (e.g. --parts=data,d_s0) and compares them")
+        rerun = dataclasses.replace(cfg, out_dir=os.path.join(check, "results"), work_dir=os.path.join(check, "work"))
+        Comparison(rerun).run(names)
+        table, reproduced = check_table(report.load(rerun.out_dir), report.load(cfg.out_dir), names)
+        print(table)
+        sys.exit(0 if reproduced else 1)
     if not report_only:
         Comparison(cfg).run([p for p in parts.split(",") if p] or None)
     results = report.load(cfg.out_dir)
@@ -41,4 +56,4 @@ def main(parts: str = "", report_only: str = "", readme: str = "") -> None:
 
 
 if __name__ == "__main__":
-    config.run_main(main, flags=("parts", "report_only", "readme"), doc=__doc__)
+    config.run_main(main, flags=("parts", "report_only", "readme", "check"), doc=__doc__)
