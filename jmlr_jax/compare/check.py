@@ -2,9 +2,10 @@
 
     python launch/compare_evidence.py --gin_file=compare/evidence.gin --parts=data,d_s0 --check=workdir/check
 
-Every per-question value of a rerun part is compared with the committed one (measures within `tol`, passages fed
-and answers exactly), every other value of its JSON too, except wall times (the host's, not results) and the data
-part's snapshot of the configuration (it names the directories, and bindings added since).
+Every per-question value of a rerun part is compared with the committed one (real numbers within a relative `tol`,
+counts, ranks, passages fed and answers exactly), every other value of its JSON too, except wall times (the host's,
+not results) and the data part's snapshot of the configuration (it names the directories, and bindings added since).
+Values the code records only since the part was committed are listed, not compared.
 """
 from __future__ import annotations
 
@@ -12,22 +13,36 @@ import math
 import re
 from typing import Any, Sequence
 
+import numpy as np
+
 from jmlr_jax.compare.report import MEASURES, values
 
 NOT_RESULTS = re.compile(r"config|seconds|\w+_seconds|encode_s")
 
 
+ADDED = " (not in the committed JSON)"  # a value the code records now and did not when the part was committed
+
+
+def _close(a, b, tol: float):
+    """Within `tol`, relative to the larger magnitude (absolute below 1); arrays elementwise."""
+    return abs(a - b) <= tol * np.maximum(1.0, np.maximum(abs(a), abs(b)))
+
+
 def differences(new: Any, old: Any, tol: float, path: str = "") -> list[str]:
-    """Paths at which two JSON values differ (numbers by more than `tol`, absolute); NOT_RESULTS keys skipped."""
+    """Paths at which two JSON values differ (numbers beyond `tol`, see _close), NOT_RESULTS keys skipped; a key
+    only the rerun has is listed with ADDED appended."""
     if isinstance(new, dict) and isinstance(old, dict):
         return [d for k in sorted(set(new) | set(old), key=str) if not NOT_RESULTS.fullmatch(str(k))
-                for d in differences(new.get(k), old.get(k), tol, f"{path}/{k}")]
+                for d in ([f"{path}/{k}{ADDED}"] if k not in old else
+                          differences(new.get(k), old[k], tol, f"{path}/{k}"))]
     if isinstance(new, list) and isinstance(old, list):
         if len(new) != len(old):
             return [f"{path or '/'} (length {len(new)} vs {len(old)})"]
         return [d for i, (a, b) in enumerate(zip(new, old)) for d in differences(a, b, tol, f"{path}/{i}")]
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (new, old))
-    if numbers and (abs(new - old) <= tol or (math.isnan(new) and math.isnan(old))):
+    if all(isinstance(x, int) for x in (new, old)):  # counts, ranks, ids, bools: exact
+        return [] if new == old else [path or "/"]
+    numbers = all(isinstance(x, (int, float)) for x in (new, old))
+    if numbers and (_close(new, old, tol) or (math.isnan(new) and math.isnan(old))):
         return []
     return [] if not numbers and new == old else [path or "/"]
 
@@ -35,7 +50,8 @@ def differences(new: Any, old: Any, tol: float, path: str = "") -> list[str]:
 def check_table(rerun: dict[str, dict], committed: dict[str, dict], names: Sequence[str],
                 tol: float = 1e-4) -> tuple[str, bool]:
     """(markdown, reproduced): per part, each measure's committed and rerun means and the questions whose value
-    moved by more than `tol`; then what else in the part's JSON differs. `reproduced` is True when nothing does."""
+    moved beyond `tol` (relative); then what else in the part's JSON differs. `reproduced` is True when nothing
+    committed differs (values the code records only since are listed, not compared)."""
     lines = ["| part | measure | committed | rerun | questions that differ | largest difference |",
              "|---|---|---|---|---|---|"]
     notes, ok = [], True
@@ -55,14 +71,15 @@ def check_table(rerun: dict[str, dict], committed: dict[str, dict], names: Seque
                 ok = False
                 continue
             gap = abs(a[1] - b[1])
-            moved = int((gap > tol).sum())
+            moved = int((~_close(a[1], b[1], tol)).sum())
             ok &= moved == 0
             lines.append(f"| {name} | {measure} | {b[1].mean():.4f} | {a[1].mean():.4f} | {moved} of {len(gap)} | "
                          f"{gap.max():.2g} |")
-        rest = differences(new, old, tol)
-        if rest:
-            ok = False
-            notes.append(f"{name}: {len(rest)} values differ, e.g. {', '.join(rest[:5])}")
-        else:
-            notes.append(f"{name}: every value equal (times aside)")
+        found = differences(new, old, tol)
+        rest = [d for d in found if not d.endswith(ADDED)]
+        added = [d[: -len(ADDED)] for d in found if d.endswith(ADDED)]
+        ok &= not rest
+        notes.append(f"{name}: " + (f"{len(rest)} values differ, e.g. {', '.join(rest[:5])}" if rest else
+                                    "every committed value reproduced (times aside)") +
+                     (f"; recorded now, not in the committed JSON: {', '.join(added)}" if added else ""))
     return "\n".join(lines + [""] + notes + ["", f"reproduced: {'yes' if ok else 'no'} (tolerance {tol:g})"]), ok

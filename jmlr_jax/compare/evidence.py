@@ -2,6 +2,8 @@
 
     python launch/compare_evidence.py --gin_file=compare/evidence.gin            # everything, resumable
     python launch/compare_evidence.py --gin_file=compare/evidence.gin --parts=d_s0   # one seed of JMLR alone
+    # the same rerun into workdir/check and compared with the committed JSON (jmlr_jax.compare.check):
+    python launch/compare_evidence.py --gin_file=compare/evidence.gin --parts=data,d_s0 --check=workdir/check
 
 Arms (same training questions, steps, budgets and learning rates):
   a       base generator, no retrieval          frozen  base generator + the base retriever's top-K (no training)
