@@ -12,7 +12,8 @@ from jmlr_jax.train import stages
 
 
 def load_results(results_dir: str, models: Sequence[str]) -> list[dict]:
-    """<results_dir>/<model>.json for each model, in that order (the base first); a missing one is an error."""
+    """<results_dir>/<model>.json for each model, in that order (the base first), each compared with the base as
+    `stages.evaluate_pipeline` does; a missing one is an error."""
     out = []
     for name in models:
         path = os.path.join(results_dir, f"{name}.json")
@@ -20,6 +21,7 @@ def load_results(results_dir: str, models: Sequence[str]) -> list[dict]:
             raise InputError(f"{path}: no evaluation of model {name!r} (launch/pipeline_eval.py writes it)")
         with open(path) as f:
             out.append(json.load(f))
+    stages.against_base(out)
     return out
 
 

@@ -313,7 +313,7 @@ def _refresh(r: dict, dest: str, path: str, ref: str | None, beta: float, traine
         print(f"{r['model']}: {', '.join(changed)} rescored", flush=True)
 
 
-def _against_base(results: list[dict]) -> None:
+def against_base(results: list[dict]) -> None:
     """Each model against the base, paired over the same questions: ROUGE-L (bootstrap interval) and MCQ
     accuracy per set (McNemar)."""
     base = results[0]
@@ -337,7 +337,7 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
     """`stage_eval.evaluate_model` for the base model and every finished stage, each written to
     <workdir>/eval/<model>.json as it ends. A rerun reads those back; a stage retrained since (another done.json)
     is evaluated again, and a stored result is brought up to date part by part (`_refresh`). Each model is
-    compared with the base over the same questions (`_against_base`)."""
+    compared with the base over the same questions (`against_base`)."""
     out_dir = os.path.join(pipe.workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     models = [("base", pipe.llm, None, 0.1, pipe.llm)]
@@ -371,5 +371,5 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
         else:
             _refresh(r, dest, path, ref, beta, trained, kind, pairs, data, lm, ecfg, load)
         results.append(r)
-    _against_base(results)
+    against_base(results)
     return results
