@@ -144,6 +144,39 @@ def test_backend_equals_oracle(impl, case, kv_heads):
     np.testing.assert_allclose(np.asarray(o)[real], np.asarray(r)[real], atol=2e-6)
 
 
+@pytest.mark.parametrize("case,L,kv_heads", [("causal", 256, 4), ("padded", 255, 2), ("s2", 256, 1), ("s2", 250, 2)])
+def test_cudnn_adaptor_equals_oracle_with_xla_in_cudnns_place(monkeypatch, case, L, kv_heads):
+    """The cuDNN path cannot run on CPU; everything of it but cuDNN's kernel can: the same
+    `jax.nn.dot_product_attention` call (causal, GQA, sequence lengths from the segment ids, odd lengths padded
+    to even) with JAX's XLA implementation of that call in cuDNN's place, through S2's groups folded into rows,
+    equals the mask oracle in values and gradients on every real token."""
+    real_call = jax.nn.dot_product_attention
+    calls = []
+
+    def xla_in_cudnns_place(*args, implementation=None, **kw):
+        calls.append((implementation, args[0].shape[1]))
+        return real_call(*args, implementation="xla" if implementation == "cudnn" else implementation, **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", xla_in_cudnns_place)
+    B, H, D = 2, 4, 16
+    q, k, v = _qkv(B, L, H, kv_heads, D)
+    pos = jnp.tile(jnp.arange(L), (B, 1))
+    seg = jnp.asarray([[1] * L, [1] * (L - 56) + [0] * 56]) if case != "causal" else jnp.ones((B, L), jnp.int32)
+    s2 = 64 if case == "s2" else 0
+    w = jax.random.normal(jax.random.PRNGKey(9), (B, L, H, D)) * (seg > 0)[..., None, None]
+
+    def loss_and_grads(impl):
+        f = lambda q, k, v: jnp.sum(w * attention.self_attention(  # noqa: E731
+            q, k, v, pos, seg, impl=impl, s2_group_size=s2, right_padded=True))
+        return jax.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
+
+    (ref, ref_g), (out, out_g) = loss_and_grads("reference"), loss_and_grads("cudnn")
+    assert calls and all(impl == "cudnn" and n % 2 == 0 for impl, n in calls)  # the adaptor's call, even lengths
+    np.testing.assert_allclose(float(out), float(ref), atol=1e-3)
+    for a, b in zip(out_g, ref_g):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+
+
 @pytest.mark.parametrize("L", [353, 700])
 def test_splash_at_lengths_that_are_not_whole_blocks(L):
     """Splash pads the sequence to whole blocks of the size that pads least (353 -> 384, one block of 384;
