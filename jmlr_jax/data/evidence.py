@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from typing import Iterator, Sequence
 
 from jmlr_jax.data.medquad import iter_medquad
-from jmlr_jax.data.sources import DataError, QARecord, read_qa
-from jmlr_jax.data.splits import pubmedqa_test_ids, split_pubmedqa
+from jmlr_jax.data.sources import DataError, QARecord
+from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.data.templates import PromptTemplate
 from jmlr_jax.retrieval.corpus import MEDQUAD_LICENCE, Corpus, Document, chunk_words
 
@@ -117,8 +116,7 @@ DECISION_TEXT = {"yes": "Yes", "no": "No", "maybe": "Maybe"}
 
 def pubmedqa_long_answer(data_dir: str) -> tuple[list[EvidenceQA], list[EvidenceQA]]:
     """(train half, test half) of PubMedQA PQA-L as question -> "<Decision>. <long answer>" with its abstract."""
-    recs = read_qa("pubmedqa", os.path.join(data_dir, "pubmedqa", "ori_pqal.json"))
-    train, test = split_pubmedqa(recs, pubmedqa_test_ids(os.path.join(data_dir, "pubmedqa", "test_ground_truth.json")))
+    train, test = DataConfig(data_dir=data_dir).pubmedqa_split()
 
     def conv(r: QARecord) -> EvidenceQA:
         decision = r.options[r.answer_idx]

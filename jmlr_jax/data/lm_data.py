@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Sequence
 
 import gin
@@ -32,7 +31,7 @@ import numpy as np
 
 from jmlr_jax.data.medquad import MedQuADPair, iter_medquad
 from jmlr_jax.data.sources import LETTERS, DataError, QARecord, jsonl_objects, read_qa
-from jmlr_jax.data.splits import DataConfig, heldout_bucket, pubmedqa_test_ids, split_medmcqa, split_pubmedqa
+from jmlr_jax.data.splits import DataConfig, heldout_bucket, split_pubmedqa
 from jmlr_jax.errors import InputError
 from jmlr_jax.parallel import host_rows
 from jmlr_jax.retrieval.corpus import read_guidelines, read_pubmedqa, resolve_path
@@ -116,12 +115,11 @@ def mcq_response(r: QARecord) -> str:
 def sft_records(data: DataConfig, cfg: LMDataConfig) -> list[SFTRecord]:
     """MedMCQA + PubMedQA training halves + MedQuAD training focuses, interleaved by a hash of the id."""
     d = data.require_dir()
-    train_mcq, _ = split_medmcqa(read_qa("medmcqa", os.path.join(d, "medmcqa", "dev.jsonl")), data.heldout_fraction)
+    train_mcq = medmcqa_questions(data)
     out = [SFTRecord(f"medmcqa/{r.id}", *mcq_request(r), mcq_response(r)) for r in train_mcq]
     if cfg.pubmedqa:
         path = resolve_path(cfg.pubmedqa, d)
-        test = pubmedqa_test_ids(os.path.join(d, "pubmedqa", "test_ground_truth.json"))
-        train_pqa, _ = split_pubmedqa(read_qa("pubmedqa", path), test)
+        train_pqa, _ = split_pubmedqa(read_qa("pubmedqa", path), data.pubmedqa_test_ids())
         out += [SFTRecord(f"pubmedqa/{r.id}", PQA_INSTRUCTION, f"Abstract: {r.context}\nQuestion: {r.question}",
                           f"{r.rationale}\nDecision: {r.answer_text}") for r in train_pqa if r.rationale]
     if cfg.medquad:
@@ -161,8 +159,7 @@ def generated_pairs(records: Sequence[QARecord], outputs: Sequence[str]) -> list
 
 def medmcqa_questions(data: DataConfig, heldout: bool = False) -> list[QARecord]:
     """MedMCQA's training part (heldout=True: its held-out part), in file order."""
-    train, held = split_medmcqa(read_qa("medmcqa", os.path.join(data.require_dir(), "medmcqa", "dev.jsonl")),
-                                data.heldout_fraction)
+    train, held = data.medmcqa_split()
     return held if heldout else train
 
 
@@ -273,8 +270,7 @@ def cpt_documents(data: DataConfig, cfg: LMDataConfig) -> tuple[list[tuple[str, 
         train_mq, _ = split_medquad(read_medquad_qa(resolve_path(cfg.medquad, d)), cfg.medquad_heldout_fraction)
         docs += [(f"medquad-{r.id}", r.answer) for r in train_mq]
     if cfg.pubmedqa:
-        test = pubmedqa_test_ids(os.path.join(d, "pubmedqa", "test_ground_truth.json"))
-        for doc in read_pubmedqa(resolve_path(cfg.pubmedqa, d), exclude_ids=test):
+        for doc in read_pubmedqa(resolve_path(cfg.pubmedqa, d), exclude_ids=data.pubmedqa_test_ids()):
             if isinstance(doc, Exception):
                 raise doc
             docs.append((doc.id, doc.text))

@@ -5,10 +5,13 @@
   medmcqa   JSON lines: {"id", "question", "opa".."opd", "cop", "exp", "subject_name", ...}; `cop` is 1-based in
             the released files (0-based in the Hugging Face copy: pass cop_base=0); unlabelled test rows
             (cop missing or -1) are an error unless allow_unlabelled=True
-  pubmedqa  JSON object PMID -> {"QUESTION", "CONTEXTS", "LONG_ANSWER", "final_decision"} (PQA-L/A);
+  pubmedqa  JSON object PMID -> {"QUESTION", "CONTEXTS", "LONG_ANSWER", "final_decision"} (the release's
+            ori_pqal.json / ori_pqaa.json), or the Hugging Face copy's records {"pubid", "question",
+            "context": {"contexts"}, "long_answer", "final_decision"} as JSON lines or a JSON list;
             options are yes / no / maybe; the abstract is the record's `context`
   mmlu      headerless CSV rows: question, A, B, C, D, answer letter; the subject is the file name
-            without "_test.csv" / "_dev.csv" / "_val.csv"
+            without "_test.csv" / "_dev.csv" / "_val.csv"; a directory holds one file per subject (the
+            release's data/test holds all 57: `subjects` picks some, e.g. MMLU_MED_SUBJECTS)
 
 Errors name the file and line (or the record key) and say what is wrong.
 """
@@ -19,11 +22,14 @@ import dataclasses
 import json
 import os
 import string
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from jmlr_jax.errors import InputError
 
 LETTERS = string.ascii_uppercase
+# MMLU's medical subjects, as medical LLM papers (Med-PaLM, PMC-LLaMA, MEDITRON) report "MMLU-Medical".
+MMLU_MED_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
+                     "professional_medicine")
 
 
 class DataError(InputError):
@@ -112,7 +118,8 @@ def read_medmcqa(path: str, cop_base: int = 1, allow_unlabelled: bool = False) -
             answer = -1
         else:
             if not isinstance(cop, int) or not 0 <= cop - cop_base < 4:
-                raise DataError(f"{where}: cop={cop!r} out of range for {cop_base}-based answers")
+                hint = " (the Hugging Face copy's are 0-based: cop_base=0)" if cop == 0 else ""
+                raise DataError(f"{where}: cop={cop!r} out of range for {cop_base}-based answers{hint}")
             answer = cop - cop_base
         yield QARecord(str(rec.get("id", n)), "medmcqa", q, options, answer, rationale=_text(rec.get("exp")),
                        subject=_text(rec.get("subject_name")))
@@ -121,17 +128,49 @@ def read_medmcqa(path: str, cop_base: int = 1, allow_unlabelled: bool = False) -
 PUBMEDQA_OPTIONS = ("yes", "no", "maybe")
 
 
-def read_pubmedqa(path: str) -> Iterator[QARecord]:
+def pubmedqa_entries(path: str) -> Iterator[tuple[str, str, dict | DataError]]:
+    """(PMID, where, record in the release's keys) for every PubMedQA record of either format (module doc); a
+    malformed JSON line, a record that is not an object, or a Hugging Face record without pubid comes as a
+    DataError (PMID "" when unknown); a malformed single-JSON file raises."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object PMID -> record")
-    for pmid, rec in data.items():
-        where = f"{path}: record {pmid}"
-        if not isinstance(rec, dict) or not _text(rec.get("QUESTION")):
+        if e.msg != "Extra data":  # more than one JSON value: JSON lines
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        data = None
+    if isinstance(data, dict) and "pubid" not in data:  # the release: PMID -> record
+        for pmid, rec in data.items():
+            where = f"{path}: record {pmid}"
+            yield str(pmid), where, rec if isinstance(rec, dict) else DataError(f"{where}: expected a JSON object")
+        return
+    if isinstance(data, dict):  # JSON lines of one record
+        rows = [(f"{path}:1", data)]
+    elif isinstance(data, list):
+        rows = [(f"{path}: item {i}", rec) for i, rec in enumerate(data)]
+    elif data is None:
+        rows = [(where, rec) for _, where, rec in jsonl_objects(path, errors="yield")]
+    else:
+        raise DataError(f"{path}: expected a JSON object PMID -> record, or Hugging Face records")
+    for where, rec in rows:
+        if isinstance(rec, DataError):
+            yield "", where, rec
+            continue
+        if not isinstance(rec, dict) or rec.get("pubid") in (None, ""):
+            yield "", where, DataError(f"{where}: expected a PubMedQA record with a pubid")
+            continue
+        ctx = rec.get("context")
+        yield str(rec["pubid"]), where, {"QUESTION": rec.get("question"), "LONG_ANSWER": rec.get("long_answer"),
+                                         "CONTEXTS": ctx.get("contexts") if isinstance(ctx, dict) else ctx,
+                                         "final_decision": rec.get("final_decision")}
+
+
+def read_pubmedqa(path: str) -> Iterator[QARecord]:
+    for pmid, where, rec in pubmedqa_entries(path):
+        if isinstance(rec, DataError):
+            raise rec
+        if not _text(rec.get("QUESTION")):
             raise DataError(f"{where}: missing QUESTION")
         ctx = rec.get("CONTEXTS")
         if not isinstance(ctx, list) or not all(isinstance(c, str) for c in ctx):
@@ -139,9 +178,24 @@ def read_pubmedqa(path: str) -> Iterator[QARecord]:
         decision = _text(rec.get("final_decision")).lower()
         if decision not in PUBMEDQA_OPTIONS:
             raise DataError(f"{where}: final_decision {rec.get('final_decision')!r} not in yes/no/maybe")
-        yield QARecord(str(pmid), "pubmedqa", rec["QUESTION"].strip(), PUBMEDQA_OPTIONS,
+        yield QARecord(pmid, "pubmedqa", rec["QUESTION"].strip(), PUBMEDQA_OPTIONS,
                        PUBMEDQA_OPTIONS.index(decision), context=" ".join(c.strip() for c in ctx),
                        rationale=_text(rec.get("LONG_ANSWER")))
+
+
+def pubmedqa_ids(path: str) -> set[str]:
+    """The PMIDs a file names: a JSON object keyed by PMID (the release's test_ground_truth.json, or a records
+    file) or Hugging Face records (e.g. the test split's JSON lines)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"PubMedQA id file not found: {path}")
+    ids = set()
+    for pmid, _, rec in pubmedqa_entries(path):
+        if isinstance(rec, DataError) and not pmid:
+            raise rec
+        ids.add(pmid)
+    if not ids:
+        raise DataError(f"{path}: no PMIDs (expected a JSON object PMID -> answer, or PubMedQA records)")
+    return ids
 
 
 def mmlu_subject(path: str) -> str:
@@ -174,14 +228,19 @@ READERS: dict[str, Callable[..., Iterator[QARecord]]] = {
 }
 
 
-def read_qa(kind: str, path: str, **kw) -> list[QARecord]:
-    """All records of one file (or, for MMLU, every *.csv in a directory, sorted by subject)."""
+def read_qa(kind: str, path: str, *, subjects: Sequence[str] = (), **kw) -> list[QARecord]:
+    """All records of one file (or, for MMLU, every *.csv in a directory whose subject is in `subjects`, all when
+    empty, sorted by subject)."""
     if kind not in READERS:
         raise InputError(f"unknown QA dataset {kind!r}; known: {sorted(READERS)}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{kind} data not found: {path}")
     if kind == "mmlu" and os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".csv"))
+        found = sorted(f for f in os.listdir(path) if f.endswith(".csv"))
+        files = [os.path.join(path, f) for f in found if not subjects or mmlu_subject(f) in subjects]
+        if found and not files:
+            raise DataError(f"{path}: none of its {len(found)} MMLU files is a subject of {tuple(subjects)} "
+                            f"(e.g. {found[0]})")
         records = [r for f in files for r in read_mmlu(f)]
     else:
         records = list(READERS[kind](path, **kw))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 
 import gin
 
-from jmlr_jax.data.sources import QARecord, read_qa
+from jmlr_jax.data.sources import MMLU_MED_SUBJECTS, QARecord, pubmedqa_ids, read_qa
 from jmlr_jax.errors import InputError
 from jmlr_jax.retrieval.corpus import resolve_path
 
@@ -40,14 +39,11 @@ def split_medmcqa(records: Sequence[QARecord], heldout_fraction: float = 0.1):
 
 
 def pubmedqa_test_ids(path: str) -> set[str]:
-    """PMIDs of the standard 500-question test split (`test_ground_truth.json`: PMID -> label)."""
+    """PMIDs of the standard 500-question test split (`test_ground_truth.json`: PMID -> label; or the Hugging Face
+    copy's test records)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"PubMedQA test split not found: {path}")
-    with open(path) as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or not data:
-        raise InputError(f"{path}: expected a JSON object PMID -> answer")
-    return set(map(str, data))
+    return pubmedqa_ids(path)
 
 
 def split_pubmedqa(records: Sequence[QARecord], test_ids: set[str]):
@@ -91,6 +87,38 @@ class DataConfig:
     exclude_files: tuple = ()
     max_examples: int = 0
     option_shuffle_seed: int | None = None
+    # The built-in sets' files, under data_dir unless absolute. The defaults are ../shared/data's layout; the
+    # releases' own layouts work too, e.g. medmcqa_file = "medmcqa/dev.json" (MedMCQA's data.zip: JSON lines),
+    # medmcqa_cop_base = 0 (the Hugging Face copy), mmlu_dir = "mmlu/data/test" (all 57 subjects; mmlu_subjects
+    # picks the medical ones, () = every file), pubmedqa_test_file = a Hugging Face test split's records.
+    medmcqa_file: str = "medmcqa/dev.jsonl"
+    medmcqa_cop_base: int = 1
+    pubmedqa_file: str = "pubmedqa/ori_pqal.json"
+    pubmedqa_test_file: str = "pubmedqa/test_ground_truth.json"
+    mmlu_dir: str = "mmlu_med"
+    mmlu_subjects: tuple = MMLU_MED_SUBJECTS
+
+    def path(self, rel: str) -> str:
+        """A data path (relative = under data_dir)."""
+        return resolve_path(rel, self.require_dir())
+
+    def medmcqa_records(self) -> list[QARecord]:
+        """All of medmcqa_file, in file order."""
+        return read_qa("medmcqa", self.path(self.medmcqa_file), cop_base=self.medmcqa_cop_base)
+
+    def medmcqa_split(self) -> tuple[list[QARecord], list[QARecord]]:
+        """(training part, held-out part) of medmcqa_file, fixed by id."""
+        return split_medmcqa(self.medmcqa_records(), self.heldout_fraction)
+
+    def pubmedqa_test_ids(self) -> set[str]:
+        return pubmedqa_test_ids(self.path(self.pubmedqa_test_file))
+
+    def pubmedqa_split(self) -> tuple[list[QARecord], list[QARecord]]:
+        """(non-test half, test half) of pubmedqa_file."""
+        return split_pubmedqa(read_qa("pubmedqa", self.path(self.pubmedqa_file)), self.pubmedqa_test_ids())
+
+    def mmlu_records(self) -> list[QARecord]:
+        return read_qa("mmlu", self.path(self.mmlu_dir), subjects=self.mmlu_subjects)
 
     def require_dir(self) -> str:
         if not self.data_dir:
@@ -108,19 +136,16 @@ def training_records(cfg: DataConfig) -> list[QARecord]:
     option_shuffle_seed: when set, each question's options are permuted (`shuffle_options`); the
     questions and their order do not change.
     """
-    data_dir, heldout_fraction, max_examples = cfg.require_dir(), cfg.heldout_fraction, cfg.max_examples
+    data_dir, max_examples = cfg.require_dir(), cfg.max_examples
     out: list[QARecord] = []
-    test_path = os.path.join(data_dir, "pubmedqa", "test_ground_truth.json")
+    test_path = cfg.path(cfg.pubmedqa_test_file)
     test_ids = pubmedqa_test_ids(test_path) if cfg.include_pubmedqa or os.path.isfile(test_path) else set()
     if cfg.include_medmcqa:
-        train, held = split_medmcqa(read_qa("medmcqa", os.path.join(data_dir, "medmcqa", "dev.jsonl")),
-                                    heldout_fraction)
+        train, held = cfg.medmcqa_split()
         assert not {r.id for r in train} & {r.id for r in held}
         out += train
     if cfg.include_pubmedqa:
-        train, test = split_pubmedqa(read_qa("pubmedqa", os.path.join(data_dir, "pubmedqa", "ori_pqal.json")),
-                                     test_ids)
-        out += train
+        out += cfg.pubmedqa_split()[0]
     leaked = [r.id for r in out if r.dataset == "pubmedqa" and r.id in test_ids]
     if leaked:
         raise InputError(f"evaluation questions in the training set: {leaked[:5]}")
@@ -158,14 +183,13 @@ def _named_training_files(cfg: DataConfig, data_dir: str, pubmedqa_test: set[str
     evaluation question: the built-in sets whose files are in data_dir (MMLU-Med, PubMedQA test, MedMCQA held-out)
     and DataConfig.exclude_files."""
     evaluation: list[QARecord] = []
-    if os.path.isdir(os.path.join(data_dir, "mmlu_med")):
-        evaluation += read_qa("mmlu", os.path.join(data_dir, "mmlu_med"))
-    pqa = os.path.join(data_dir, "pubmedqa", "ori_pqal.json")
+    if os.path.isdir(cfg.path(cfg.mmlu_dir)):
+        evaluation += cfg.mmlu_records()
+    pqa = cfg.path(cfg.pubmedqa_file)
     if os.path.isfile(pqa):
         evaluation += split_pubmedqa(read_qa("pubmedqa", pqa), pubmedqa_test)[1]
-    mcq = os.path.join(data_dir, "medmcqa", "dev.jsonl")
-    if os.path.isfile(mcq):
-        evaluation += split_medmcqa(read_qa("medmcqa", mcq), cfg.heldout_fraction)[1]
+    if os.path.isfile(cfg.path(cfg.medmcqa_file)):
+        evaluation += cfg.medmcqa_split()[1]
     evaluation += [r for _, recs in _read_pairs(cfg.exclude_files, data_dir, "exclude_files") for r in recs]
     keys = {question_key(r) for r in evaluation}
     ids = {(r.dataset, r.id) for r in evaluation if r.dataset in ("pubmedqa", "medmcqa")}  # ids that name a question

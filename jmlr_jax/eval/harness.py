@@ -22,7 +22,7 @@ import tqdm
 
 from jmlr_jax.data.pipeline import retrieval_query
 from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
-from jmlr_jax.data.splits import DataConfig, pubmedqa_test_ids, split_medmcqa, split_pubmedqa
+from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.data.templates import Budgets, PromptTemplate
 from jmlr_jax.errors import InputError
 from jmlr_jax.experiment import Experiment
@@ -62,24 +62,18 @@ def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_te
               medqa_path: str = "", max_per_set: int = 0) -> dict[str, list[QARecord]]:
     """Evaluation questions by set name, from the run's data config (so held-out = what training held out).
 
-    mmlu_med: every *.csv under data_dir/mmlu_med (subject = file name); pubmedqa_test: the 500 PQA-L test
-    questions; medmcqa_heldout: the MedMCQA dev part held out from training (same fraction and hash as
-    training_records); medmcqa_dev: all of MedMCQA dev; medqa: medqa_path (JSONL, 4 or 5 options).
+    mmlu_med: DataConfig.mmlu_dir's files of mmlu_subjects (subject = file name); pubmedqa_test: the 500 PQA-L
+    test questions; medmcqa_heldout: the part of DataConfig.medmcqa_file held out from training (same fraction
+    and hash as training_records); medmcqa_dev: all of that file; medqa: medqa_path (JSONL, 4 or 5 options).
     max_per_set > 0 keeps a fixed sample of N per set: the N ids with the smallest sha1 hash, so the sample
     is the same in every run and spread over subjects (a head of the file would be one MMLU subject).
     """
     data_dir = data.require_dir()
-
-    def pubmedqa():
-        recs = read_qa("pubmedqa", os.path.join(data_dir, "pubmedqa", "ori_pqal.json"))
-        return split_pubmedqa(recs, pubmedqa_test_ids(os.path.join(data_dir, "pubmedqa", "test_ground_truth.json")))[1]
-
     loaders = {
-        "mmlu_med": lambda: read_qa("mmlu", os.path.join(data_dir, "mmlu_med")),
-        "pubmedqa_test": pubmedqa,
-        "medmcqa_heldout": lambda: split_medmcqa(read_qa("medmcqa", os.path.join(data_dir, "medmcqa", "dev.jsonl")),
-                                                 data.heldout_fraction)[1],
-        "medmcqa_dev": lambda: read_qa("medmcqa", os.path.join(data_dir, "medmcqa", "dev.jsonl")),
+        "mmlu_med": data.mmlu_records,
+        "pubmedqa_test": lambda: data.pubmedqa_split()[1],
+        "medmcqa_heldout": lambda: data.medmcqa_split()[1],
+        "medmcqa_dev": data.medmcqa_records,
         "medqa": lambda: read_qa("medqa", resolve_path(medqa_path, data_dir)),
     }
     unknown = [n for n in names if n not in loaders]

@@ -26,7 +26,7 @@ import gin
 
 from jmlr_jax.data.medquad import LICENCE as MEDQUAD_LICENCE
 from jmlr_jax.data.medquad import iter_medquad
-from jmlr_jax.data.sources import DataError, jsonl_objects
+from jmlr_jax.data.sources import DataError, jsonl_objects, pubmedqa_entries, pubmedqa_ids
 from jmlr_jax.errors import InputError
 
 
@@ -128,24 +128,19 @@ def read_medquad(path: str) -> Yield:
 
 
 def read_pubmedqa(path: str, exclude_ids: Sequence[str] = ()) -> Yield:
-    """PubMedQA abstracts (CONTEXTS joined); `exclude_ids` leaves out e.g. the test PMIDs."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        yield CorpusError(f"{path}:{e.lineno}: malformed JSON ({e.msg})")
-        return
-    if not isinstance(data, dict):
-        yield CorpusError(f"{path}: expected a JSON object PMID -> record")
-        return
+    """PubMedQA abstracts (CONTEXTS joined), either format `data.sources` reads; `exclude_ids` leaves out e.g. the
+    test PMIDs. Decisions are not needed: the unlabelled PQA-U file is a corpus too."""
     excluded = set(map(str, exclude_ids))
-    for pmid, rec in data.items():
-        ctx = rec.get("CONTEXTS") if isinstance(rec, dict) else None
-        if not isinstance(ctx, list) or not all(isinstance(c, str) for c in ctx) or not "".join(ctx).strip():
-            yield CorpusError(f"{path}: record {pmid}: CONTEXTS must be a non-empty list of strings")
-            continue
-        if pmid not in excluded:
-            yield Document(f"pmid-{pmid}", "", " ".join(ctx), "pubmedqa", "MIT (PubMedQA)")
+    try:
+        for pmid, where, rec in pubmedqa_entries(path):
+            ctx = rec.get("CONTEXTS") if isinstance(rec, dict) else None
+            if not isinstance(ctx, list) or not all(isinstance(c, str) for c in ctx) or not "".join(ctx).strip():
+                yield CorpusError(str(rec) if isinstance(rec, DataError) else
+                                  f"{where}: CONTEXTS must be a non-empty list of strings")
+            elif pmid not in excluded:
+                yield Document(f"pmid-{pmid}", "", " ".join(ctx), "pubmedqa", "MIT (PubMedQA)")
+    except DataError as e:  # malformed JSON: nothing after it can be read
+        yield CorpusError(str(e))
 
 
 def read_documents(path: str, source: str = "user", licence: str = "user-provided") -> Yield:
@@ -215,8 +210,7 @@ def load_corpus(sources: Sequence[tuple[str, str]], *, chunk_size: int = 100, ov
     if pubmedqa_exclude_file:
         if not os.path.isfile(pubmedqa_exclude_file):
             raise FileNotFoundError(f"pubmedqa_exclude_file not found: {pubmedqa_exclude_file}")
-        with open(pubmedqa_exclude_file) as f:
-            exclude = set(map(str, json.load(f)))
+        exclude = pubmedqa_ids(pubmedqa_exclude_file)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     skipped = 0

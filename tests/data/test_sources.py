@@ -86,3 +86,64 @@ def test_real_shared_files():
     assert len(mcq) == 4183 and sum(bool(r.rationale) for r in mcq) == 2206
     pq = read_qa("pubmedqa", os.path.join(DATA_DIR, "pubmedqa", "ori_pqal.json"))
     assert len(pq) == 1000 and all(r.context for r in pq)
+
+
+def _hf_pubmedqa(pmid: str, rec: dict) -> dict:
+    """A release record in the Hugging Face copy's schema (pubmed_qa / pqa_labeled)."""
+    return {"pubid": int(pmid), "question": rec["QUESTION"], "long_answer": rec["LONG_ANSWER"],
+            "final_decision": rec["final_decision"],
+            "context": {"contexts": rec["CONTEXTS"], "labels": rec.get("LABELS", []), "meshes": rec.get("MESHES", [])}}
+
+
+def test_pubmedqa_hugging_face_copy_reads_as_the_release(tmp_path):
+    release = {"123": {"QUESTION": "Does X help?", "CONTEXTS": ["Bg.", "Res."], "LONG_ANSWER": "It may.",
+                       "final_decision": "maybe", "LABELS": ["B", "R"]},
+               "456": {"QUESTION": "Is Y safe?", "CONTEXTS": ["Trial."], "LONG_ANSWER": "Yes.",
+                       "final_decision": "yes"}}
+    (tmp_path / "ori.json").write_text(json.dumps(release))
+    want = read_qa("pubmedqa", str(tmp_path / "ori.json"))
+    hf = [_hf_pubmedqa(k, v) for k, v in release.items()]
+    assert read_qa("pubmedqa", _lines(tmp_path / "hf.jsonl", hf)) == want  # JSON lines
+    (tmp_path / "hf_list.json").write_text(json.dumps(hf))
+    assert read_qa("pubmedqa", str(tmp_path / "hf_list.json")) == want  # one JSON list
+    # test ids from either the release's test_ground_truth.json or the copy's test records
+    from jmlr_jax.data.sources import pubmedqa_ids
+    (tmp_path / "gt.json").write_text(json.dumps({"456": "yes"}))
+    assert pubmedqa_ids(str(tmp_path / "gt.json")) == pubmedqa_ids(_lines(tmp_path / "t.jsonl", hf[1:])) == {"456"}
+    # bad records of the copy: file and line
+    bad = _lines(tmp_path / "bad.jsonl", [hf[0], dict(hf[1], pubid=None)])
+    with pytest.raises(DataError, match=r"bad.jsonl:2: expected a PubMedQA record with a pubid"):
+        read_qa("pubmedqa", bad)
+    bad = _lines(tmp_path / "bad2.jsonl", [hf[0], "{oops"])
+    with pytest.raises(DataError, match=r"bad2.jsonl:2: malformed JSON"):
+        read_qa("pubmedqa", bad)
+    bad = _lines(tmp_path / "bad3.jsonl", [dict(hf[0], final_decision="")])
+    with pytest.raises(DataError, match=r"bad3.jsonl:1: final_decision '' not in yes/no/maybe"):
+        read_qa("pubmedqa", bad)
+
+
+def test_pubmedqa_corpus_reads_the_copy_and_skips_bad_lines(tmp_path):
+    from jmlr_jax.retrieval.corpus import CorpusError, read_pubmedqa
+    rows = [{"pubid": 1, "question": "q", "context": {"contexts": ["Abstract one."]}},  # unlabelled (PQA-U): fine
+            "{oops", {"pubid": 2, "question": "q", "context": {"contexts": ["Abstract two."]}}]
+    out = list(read_pubmedqa(_lines(tmp_path / "u.jsonl", rows), exclude_ids=["2"]))
+    assert [d.id for d in out if not isinstance(d, Exception)] == ["pmid-1"]
+    errors = [str(e) for e in out if isinstance(e, CorpusError)]
+    assert errors == [f"{tmp_path}/u.jsonl:2: malformed JSON (Expecting property name enclosed in double quotes)"]
+
+
+def test_mmlu_directory_of_every_subject_keeps_the_medical_ones(tmp_path):
+    from jmlr_jax.data.sources import MMLU_MED_SUBJECTS
+    for subject in ("anatomy", "virology", "professional_medicine", "high_school_physics"):
+        (tmp_path / f"{subject}_test.csv").write_text(f"{subject} question?,a,b,c,d,A\n")
+    recs = read_qa("mmlu", str(tmp_path), subjects=MMLU_MED_SUBJECTS)
+    assert [r.subject for r in recs] == ["anatomy", "professional_medicine"]
+    assert len(read_qa("mmlu", str(tmp_path))) == 4  # no subjects named: every file
+    with pytest.raises(DataError, match=r"none of its 4 MMLU files is a subject of \('nephrology',\)"):
+        read_qa("mmlu", str(tmp_path), subjects=("nephrology",))
+
+
+def test_medmcqa_zero_cop_names_the_hugging_face_copy(tmp_path):
+    row = {"id": "x1", "question": "q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 0}
+    with pytest.raises(DataError, match=r"x.jsonl:1: cop=0 out of range for 1-based answers \(the Hugging Face"):
+        read_qa("medmcqa", _lines(tmp_path / "x.jsonl", [row]))

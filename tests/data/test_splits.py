@@ -88,3 +88,40 @@ def test_named_training_files_bad_input(tmp_path):
         training_records(DataConfig(**off, train_files=(("medqa", str(tmp_path / "nowhere.jsonl")),)))
     with pytest.raises(InputError, match="no training questions"):
         training_records(DataConfig(**off))
+
+
+def test_release_layouts_give_the_same_questions(tmp_path):
+    """The built-in sets from other public layouts (MedMCQA's data.zip names, its Hugging Face copy's 0-based
+    answers, PubMedQA's Hugging Face records, MMLU's folder of all subjects) equal those from ../shared/data."""
+    require(os.path.isdir(DATA_DIR), DATA_DIR)
+    from jmlr_jax.eval.harness import eval_sets
+
+    (tmp_path / "mcq").mkdir()
+    with open(os.path.join(DATA_DIR, "medmcqa", "dev.jsonl")) as src, open(tmp_path / "mcq" / "dev.json", "w") as dst:
+        for line in src:
+            rec = json.loads(line)
+            dst.write(json.dumps(dict(rec, cop=rec["cop"] - 1)) + "\n")
+    with open(os.path.join(DATA_DIR, "pubmedqa", "ori_pqal.json")) as f:
+        release = json.load(f)
+    with open(os.path.join(DATA_DIR, "pubmedqa", "test_ground_truth.json")) as f:
+        test = set(json.load(f))
+    hf = {k: {"pubid": int(k), "question": v["QUESTION"], "context": {"contexts": v["CONTEXTS"]},
+              "long_answer": v["LONG_ANSWER"], "final_decision": v["final_decision"]} for k, v in release.items()}
+    (tmp_path / "pqa").mkdir()
+    for name, keep in (("train.jsonl", lambda k: k not in test), ("test.jsonl", lambda k: k in test)):
+        (tmp_path / "pqa" / name).write_text("".join(json.dumps(r) + "\n" for k, r in hf.items() if keep(k)))
+    (tmp_path / "pqa" / "all.json").write_text(json.dumps(list(hf.values())))
+    mmlu = tmp_path / "mmlu" / "data" / "test"
+    mmlu.mkdir(parents=True)
+    for f in os.listdir(os.path.join(DATA_DIR, "mmlu_med")):
+        (mmlu / f).write_text(open(os.path.join(DATA_DIR, "mmlu_med", f)).read())
+    (mmlu / "astronomy_test.csv").write_text("Which planet?,a,b,c,d,A\n")
+    other = DataConfig(data_dir=DATA_DIR, medmcqa_file=str(tmp_path / "mcq" / "dev.json"), medmcqa_cop_base=0,
+                       pubmedqa_file=str(tmp_path / "pqa" / "all.json"),
+                       pubmedqa_test_file=str(tmp_path / "pqa" / "test.jsonl"), mmlu_dir=str(mmlu))
+    names = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout", "medmcqa_dev")
+    got, want = eval_sets(other, names), eval_sets(DataConfig(data_dir=DATA_DIR), names)
+    assert {k: len(v) for k, v in got.items()} == {"mmlu_med": 1089, "pubmedqa_test": 500, "medmcqa_heldout": 438,
+                                                   "medmcqa_dev": 4183}
+    assert got == want
+    assert training_records(other) == training_records(DataConfig(data_dir=DATA_DIR))
