@@ -6,11 +6,14 @@ import numpy as np
 import torch
 
 
-def tiny_hf_llama(tie: bool = False, rope_factor: float = 1.0, kv_heads: int = 2, seed: int = 0, vocab: int = 96):
+def tiny_hf_llama(tie: bool = False, rope_factor: float = 1.0, kv_heads: int = 2, seed: int = 0, vocab: int = 96,
+                  rope: dict | None = None):
+    """rope: transformers' rope_parameters (default: theta 500, linear scaling when rope_factor != 1)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    rope = {"rope_type": "linear", "factor": rope_factor, "rope_theta": 500.0} if rope_factor != 1.0 \
-        else {"rope_type": "default", "rope_theta": 500.0}
+    if rope is None:
+        rope = {"rope_type": "linear", "factor": rope_factor, "rope_theta": 500.0} if rope_factor != 1.0 \
+            else {"rope_type": "default", "rope_theta": 500.0}
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=kv_heads, rope_parameters=rope,
                       tie_word_embeddings=tie, rms_norm_eps=1e-5, attn_implementation="eager")

@@ -74,8 +74,31 @@ def _config(reader, path: str, **overrides) -> LlamaConfig:
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
     )
+    if "rope_freqs.weight" in names:
+        kw.update(_llama3_rope(reader, LlamaConfig(**kw), path))
     kw.update(overrides)
     return LlamaConfig(**kw)
+
+
+# Llama 3.1 / 3.2 / 3.3's RoPE settings besides the factor (8 or 32): what their config.json files hold.
+_LLAMA3_ROPE = dict(rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_position=8192)
+
+
+def _llama3_rope(reader, cfg: LlamaConfig, path: str) -> dict:
+    """The llama3 RoPE settings behind a `rope_freqs` tensor: llama.cpp stores Llama 3's scaling only as each
+    frequency's divisor (convert_hf_to_gguf's rope_factors). The factor is its largest divisor; the others are Meta's,
+    checked against the tensor (any other file is refused rather than run with the wrong positions)."""
+    from jmlr_jax.models.llama import rope_inv_freq
+
+    t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+    divisors = np.asarray(t.data, np.float32).reshape(-1)
+    kw = dict(_LLAMA3_ROPE, rope_type="llama3", rope_scaling_factor=float(divisors.max()))
+    plain = np.asarray(rope_inv_freq(cfg.replace(rope_type="default", rope_scaling_factor=1.0)))
+    want = plain / np.asarray(rope_inv_freq(cfg.replace(**kw)))
+    if divisors.shape != want.shape or not np.allclose(divisors, want, rtol=1e-4):
+        raise WeightsError(f"{path}: rope_freqs is not Llama 3's RoPE scaling (low / high frequency factors 1 / 4, "
+                           "original context 8192); import the model from its Hugging Face directory instead")
+    return kw
 
 
 def _tensors(reader, cfg: LlamaConfig, path: str) -> dict[str, np.ndarray]:
@@ -104,7 +127,7 @@ def _tensors(reader, cfg: LlamaConfig, path: str) -> dict[str, np.ndarray]:
             elif kind_name == "attn_k":
                 w = unpermute_qk(w, cfg.num_kv_heads)
             out[f"model.layers.{i}.{_LAYER_NAMES[kind_name]}.weight"] = w
-        # other tensors (e.g. rope_freqs) carry nothing the HF layout needs
+        # rope_freqs: read into the config (_llama3_rope); no weight of the HF layout
     return out
 
 

@@ -1,4 +1,4 @@
-"""Llama decoder in Flax linen: RMSNorm, RoPE (linear scaling), GQA, SwiGLU, tied/untied embeddings.
+"""Llama decoder in Flax linen: RMSNorm, RoPE (linear or Llama 3 scaling), GQA, SwiGLU, tied/untied embeddings.
 
 Layers are always stacked on a leading `layers` axis (nn.scan); `scan_unroll` trades compile time
 for a fully unrolled graph without changing the parameter layout, so importers, checkpoints and
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -42,6 +43,9 @@ REMAT_POLICIES = {
 }
 
 
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
     """Architecture (round-trips to a Hugging Face config.json) plus JAX execution settings."""
@@ -55,7 +59,14 @@ class LlamaConfig:
     head_dim: int = 0  # 0: hidden_size // num_heads
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling_factor: float = 1.0  # linear position interpolation (long context)
+    # RoPE scaling as Hugging Face's rope_type: "default" (none), "linear" (positions / factor: position
+    # interpolation), "llama3" (Llama 3.1+: wavelengths beyond original / low_freq_factor stretched by the factor,
+    # below original / high_freq_factor kept, smoothly between). A factor != 1 with "default" means "linear".
+    rope_type: str = "default"
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0  # llama3 only
+    rope_high_freq_factor: float = 4.0  # llama3 only
+    rope_original_max_position: int = 8192  # llama3 only: the pre-training context
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1
@@ -74,6 +85,13 @@ class LlamaConfig:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         if self.dtype == "auto":  # resolved once, where the config is built (the machine, or lowering.target)
             object.__setattr__(self, "dtype", "float32" if lowering.backend() == "cpu" else "bfloat16")
+        if self.rope_type == "default" and self.rope_scaling_factor != 1.0:
+            object.__setattr__(self, "rope_type", "linear")
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"unsupported RoPE scaling type {self.rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+        if self.rope_type == "llama3" and not self.rope_low_freq_factor < self.rope_high_freq_factor:
+            raise ValueError(f"llama3 RoPE needs low_freq_factor < high_freq_factor, got "
+                             f"{self.rope_low_freq_factor} and {self.rope_high_freq_factor}")
         if self.attention not in IMPLEMENTATIONS:
             raise ValueError(f"attention {self.attention!r} not in {IMPLEMENTATIONS}")
         if self.remat_policy not in REMAT_POLICIES:
@@ -108,8 +126,13 @@ class LlamaConfig:
             "rope_theta": self.rope_theta,
             "rope_scaling": None,
         }
-        if self.rope_scaling_factor != 1.0:
+        if self.rope_type == "linear":
             d["rope_scaling"] = {"rope_type": "linear", "factor": self.rope_scaling_factor}
+        elif self.rope_type == "llama3":
+            d["rope_scaling"] = {"rope_type": "llama3", "factor": self.rope_scaling_factor,
+                                 "low_freq_factor": self.rope_low_freq_factor,
+                                 "high_freq_factor": self.rope_high_freq_factor,
+                                 "original_max_position_embeddings": self.rope_original_max_position}
         return d
 
     @classmethod
@@ -126,9 +149,12 @@ class LlamaConfig:
         rope.update(d.get("rope_scaling") or {})
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "linear"):
-            raise ValueError(f"unsupported RoPE scaling type {rope_type!r} (supported: default, linear)")
-        factor = float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"unsupported RoPE scaling type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+        llama3 = dict(rope_low_freq_factor=float(rope["low_freq_factor"]),
+                      rope_high_freq_factor=float(rope["high_freq_factor"]),
+                      rope_original_max_position=int(rope["original_max_position_embeddings"])) \
+            if rope_type == "llama3" else {}
         eos = d.get("eos_token_id")
         heads = d["num_attention_heads"]
         kw = dict(
@@ -141,7 +167,9 @@ class LlamaConfig:
             head_dim=d.get("head_dim") or d["hidden_size"] // heads,
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
-            rope_scaling_factor=factor,
+            rope_type=rope_type,
+            rope_scaling_factor=float(rope.get("factor", 1.0)) if rope_type != "default" else 1.0,
+            **llama3,
             max_position_embeddings=d.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             bos_token_id=d.get("bos_token_id"),
@@ -214,11 +242,27 @@ class RMSNorm(nn.Module):
         return rms_norm(x, scale, self.eps, self.dtype)
 
 
-def apply_rope(x_BxLxHxD: jax.Array, pos_BxL: jax.Array, theta: float, scaling_factor: float) -> jax.Array:
-    """Rotary embedding, Hugging Face's half-split convention, computed in fp32."""
+def rope_inv_freq(cfg: LlamaConfig) -> jax.Array:
+    """Inverse frequencies [head_dim / 2] in fp32 for cfg's RoPE scaling (transformers' `ROPE_INIT_FUNCTIONS`)."""
+    D = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, D, 2, dtype=jnp.float32) / D))
+    if cfg.rope_type == "linear":
+        return inv_freq / cfg.rope_scaling_factor
+    if cfg.rope_type == "llama3":
+        factor, low, high = cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        long_wave = wavelen > cfg.rope_original_max_position / low
+        short_wave = wavelen < cfg.rope_original_max_position / high
+        smooth = (cfg.rope_original_max_position / wavelen - low) / (high - low)
+        between = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        return jnp.where(long_wave, inv_freq / factor, jnp.where(short_wave, inv_freq, between))
+    return inv_freq
+
+
+def apply_rope(x_BxLxHxD: jax.Array, pos_BxL: jax.Array, inv_freq_F: jax.Array) -> jax.Array:
+    """Rotary embedding, Hugging Face's half-split convention, computed in fp32 (inv_freq: `rope_inv_freq`)."""
     D = x_BxLxHxD.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, D, 2, dtype=jnp.float32) / D)) / scaling_factor
-    angles_BxLxF = pos_BxL.astype(jnp.float32)[..., None] * inv_freq
+    angles_BxLxF = pos_BxL.astype(jnp.float32)[..., None] * inv_freq_F
     cos = jnp.cos(angles_BxLxF)[:, :, None, :]
     sin = jnp.sin(angles_BxLxF)[:, :, None, :]
     x = x_BxLxHxD.astype(jnp.float32)
@@ -260,8 +304,9 @@ class Attention(nn.Module):
         v = proj((K, Dh), ("embed", "kv_heads", "head_dim"), "v").reshape(B, L, K, Dh)
         q = parallel.constrain(q, ("batch", "length", "heads", "head_dim"))
         k = parallel.constrain(k, ("batch", "length", "kv_heads", "head_dim"))
-        q = apply_rope(q, pos_BxL, cfg.rope_theta, cfg.rope_scaling_factor)
-        k = apply_rope(k, pos_BxL, cfg.rope_theta, cfg.rope_scaling_factor)
+        inv_freq = rope_inv_freq(cfg)
+        q = apply_rope(q, pos_BxL, inv_freq)
+        k = apply_rope(k, pos_BxL, inv_freq)
         new_cache = None
         if layer_cache is not None:
             start = (0, cache_index, 0, 0)

@@ -19,7 +19,7 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 TOKENS = ["<|endoftext|>", "<|im_start|>", "Ġ"] + [chr(c) for c in range(33, 127)]
 
 
-def write_gguf(path, model, int_tensor: bool = False):
+def write_gguf(path, model, int_tensor: bool = False, rope_freqs: np.ndarray | None = None):
     c = model.config
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(c.num_hidden_layers)
@@ -40,6 +40,8 @@ def write_gguf(path, model, int_tensor: bool = False):
     sd = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
     if not c.tie_word_embeddings:
         w.add_tensor("output.weight", sd["lm_head.weight"])
     names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
@@ -98,3 +100,47 @@ def test_corrupt_and_missing_gguf(tmp_path):
         load_gguf_llama(str(tmp_path / "junk.gguf"))
     with pytest.raises(FileNotFoundError):
         load_gguf_llama(str(tmp_path / "absent.gguf"))
+
+
+def llama_cpp_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """llama.cpp convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: Llama 3's scaling as per-frequency
+    divisors (the rope_freqs tensor)."""
+    import math
+
+    freqs = 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, np.float32)
+
+
+def test_llama3_rope_freqs_become_the_llama3_config(tmp_path):
+    """Llama 3.1's settings (theta 5e5, factor 8, low / high 1 / 4, original 8192); head_dim 16 puts frequencies in
+    every region. The imported config is transformers' own, and the logits match."""
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
+    model = tiny_hf_llama(vocab=100, rope=rope)
+    factors = llama_cpp_rope_factors(rope, 16)
+    assert factors.min() == 1.0 and factors.max() == 8.0 and ((factors > 1) & (factors < 8)).any()
+    write_gguf(tmp_path / "m.gguf", model, rope_freqs=factors)
+    cfg, params, _ = load_gguf_llama(str(tmp_path / "m.gguf"))
+    from jmlr_jax.models import LlamaConfig
+    want = LlamaConfig.from_hf_dict(model.config.to_dict())
+    rope_fields = lambda c: {k: v for k, v in vars(c).items() if k.startswith("rope")}  # noqa: E731
+    assert rope_fields(cfg) == rope_fields(want) and cfg.rope_type == "llama3"
+    tokens = np.random.RandomState(0).randint(0, 100, (2, 9))
+    np.testing.assert_allclose(np.asarray(Llama(cfg).apply({"params": params}, jnp.asarray(tokens))),
+                               hf_logits(model, tokens), atol=1e-4)
+    # divisors of some other scaling are refused, not run with the wrong positions
+    write_gguf(tmp_path / "odd.gguf", model, rope_freqs=llama_cpp_rope_factors(dict(rope, high_freq_factor=2.0), 16))
+    with pytest.raises(WeightsError, match="rope_freqs is not Llama 3's RoPE scaling"):
+        load_gguf_llama(str(tmp_path / "odd.gguf"))

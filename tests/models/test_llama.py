@@ -31,6 +31,28 @@ def test_logits_match_transformers(tie, rope_factor, kv_heads):
         np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
 
 
+# Llama 3.1's RoPE at a tiny size: head_dim 16 and theta 500 give wavelengths 6 to 1066 tokens, so an original
+# context of 64 puts frequencies in all three of its regions (kept, smoothed, stretched by the factor).
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64, "rope_theta": 500.0}
+
+
+def test_llama3_rope_matches_transformers():
+    model = tiny_hf_llama(rope=LLAMA3_ROPE)
+    cfg, params = _from_torch(model)
+    assert (cfg.rope_type, cfg.rope_scaling_factor, cfg.rope_original_max_position) == ("llama3", 8.0, 64)
+    wavelen = 2 * np.pi / np.asarray(llama_lib.rope_inv_freq(cfg.replace(rope_type="default", rope_scaling_factor=1)))
+    assert wavelen.min() < 64 / 4 and ((wavelen > 16) & (wavelen < 64)).any() and wavelen.max() > 64
+    tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 37))
+    ref = hf_logits(model, tokens)
+    out = np.asarray(Llama(cfg).apply({"params": params}, jnp.asarray(tokens)))
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+    plain = np.asarray(Llama(cfg.replace(rope_type="default", rope_scaling_factor=1.0)).apply(
+        {"params": params}, jnp.asarray(tokens)))
+    assert np.abs(plain - ref).max() > 0.1, "the scaling must matter at this size for the check to mean anything"
+    assert LlamaConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_grads_match_transformers(tie):
     """Gradients of every parameter equal torch autograd's through transformers' model (the custom VJPs: RMSNorm,
@@ -88,6 +110,8 @@ def test_config_round_trips_through_hf_dict():
     # and through transformers' own parser (legacy keys -> rope_parameters)
     via_hf = LlamaConfig.from_hf_dict(HFConfig(**cfg.to_hf_dict()).to_dict())
     assert via_hf == cfg
+    llama31 = cfg.replace(rope_type="llama3", rope_theta=5e5, rope_original_max_position=8192)
+    assert LlamaConfig.from_hf_dict(HFConfig(**llama31.to_hf_dict()).to_dict()) == llama31
 
 
 def test_unsupported_hf_configs_are_rejected():
@@ -95,6 +119,8 @@ def test_unsupported_hf_configs_are_rejected():
                        num_kv_heads=2).to_hf_dict()
     with pytest.raises(ValueError, match="RoPE scaling type 'yarn'"):
         LlamaConfig.from_hf_dict(dict(base, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+    with pytest.raises(ValueError, match="llama3 RoPE needs low_freq_factor < high_freq_factor"):
+        LlamaConfig.from_hf_dict(dict(base, rope_scaling=dict(LLAMA3_ROPE, low_freq_factor=4.0)))
     with pytest.raises(ValueError, match="not a Llama config"):
         LlamaConfig.from_hf_dict(dict(base, model_type="bert"))
     with pytest.raises(ValueError, match="remat_policy"):
