@@ -21,7 +21,7 @@ import time
 import gin
 import jax
 
-from jmlr_jax import config
+from jmlr_jax import chat, config
 from jmlr_jax.convert import load_preset
 from jmlr_jax.models import ColBERTTokenizer
 from jmlr_jax.data.sources import QARecord
@@ -85,8 +85,7 @@ def answer_from_guidelines(args, t0: float) -> None:
 
     g_cfg, g_params, g_tok = load_preset(args.generator)
     reference = "\n\n".join(f"[{n + 1}] {passages[i].title}\n{passages[i].text}" for n, i in enumerate(top))
-    prompt = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nReference:\n{reference}\n\n"
-              f"Question: {args.question}<|im_end|>\n<|im_start|>assistant\n")
+    prompt = chat.chat_prompt(g_tok, SYSTEM, f"Reference:\n{reference}\n\nQuestion: {args.question}")
     answer = generate(g_cfg, g_params, g_tok, [prompt], max_new_tokens=args.max_new_tokens)[0]
     report(args.question, answer, passages, top, scores, "exact MaxSim", t0)
 

@@ -18,17 +18,19 @@ class Tokenizer(Protocol):
     eos_id: int | None
     pad_id: int | None
     add_bos: bool  # whether the model expects BOS at the start of a sequence
+    chat_template: str | None  # the model's Jinja chat template (jmlr_jax/chat.py), when it ships one
 
     def encode(self, text: str) -> list[int]: ...
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
     def token_to_id(self, token: str) -> int | None: ...
+    def id_to_token(self, i: int) -> str | None: ...
 
 
 class SentencePieceTokenizer:
     """Llama-2 style `tokenizer.model`."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, chat_template: str | None = None):
         import sentencepiece as spm
 
         if not os.path.isfile(path):
@@ -42,6 +44,7 @@ class SentencePieceTokenizer:
         as_id = lambda i: i if i >= 0 else None  # noqa: E731
         self.bos_id, self.eos_id, self.pad_id = as_id(self.sp.bos_id()), as_id(self.sp.eos_id()), as_id(self.sp.pad_id())
         self.add_bos = self.bos_id is not None  # Llama-2 convention
+        self.chat_template = chat_template
 
     def encode(self, text: str) -> list[int]:
         return self.sp.EncodeAsIds(text)
@@ -56,12 +59,15 @@ class SentencePieceTokenizer:
         i = self.sp.PieceToId(token)
         return None if i == self.sp.unk_id() and token != self.sp.IdToPiece(i) else i
 
+    def id_to_token(self, i: int) -> str | None:
+        return self.sp.IdToPiece(int(i)) if 0 <= i < self.vocab_size else None
+
 
 class HFTokenizer:
     """A Hugging Face `tokenizers.Tokenizer` (BPE or WordPiece), padding and truncation turned off."""
 
     def __init__(self, tok: hf_tokenizers.Tokenizer, *, bos: str | None = None, eos: str | None = None,
-                 pad: str | None = None, add_bos: bool = False):
+                 pad: str | None = None, add_bos: bool = False, chat_template: str | None = None):
         tok.no_padding()  # all-MiniLM's tokenizer.json pads to 128 by default
         tok.no_truncation()
         self.tok = tok
@@ -70,6 +76,7 @@ class HFTokenizer:
         self.eos_id = tok.token_to_id(eos) if eos else None
         self.pad_id = tok.token_to_id(pad) if pad else None
         self.add_bos = add_bos and self.bos_id is not None
+        self.chat_template = chat_template
 
     @classmethod
     def from_file(cls, path: str, **special) -> "HFTokenizer":
@@ -92,6 +99,9 @@ class HFTokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.tok.id_to_token(int(i))
 
 
 def bpe_from_vocab(tokens: list[str], merges: list[str], special: list[str]) -> hf_tokenizers.Tokenizer:
@@ -118,10 +128,11 @@ def load_tokenizer(path: str) -> Tokenizer:
             if os.path.isfile(os.path.join(path, name)):
                 return load_tokenizer(os.path.join(path, name))
         raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer.model in this directory")
+    template = _chat_template(os.path.dirname(path))
     if path.endswith(".model"):
-        return SentencePieceTokenizer(path)
+        return SentencePieceTokenizer(path, chat_template=template)
     special = _special_tokens(os.path.dirname(path))
-    return HFTokenizer.from_file(path, **special)
+    return HFTokenizer.from_file(path, **special, chat_template=template)
 
 
 def save_tokenizer(tok: Tokenizer, directory: str) -> None:
@@ -131,12 +142,15 @@ def save_tokenizer(tok: Tokenizer, directory: str) -> None:
     if isinstance(tok, SentencePieceTokenizer):
         with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
             f.write(tok.sp.serialized_model_proto())
-        return
-    tok.tok.save(os.path.join(directory, "tokenizer.json"))
-    name = lambda i: tok.tok.id_to_token(i) if i is not None else None  # noqa: E731
+    else:
+        tok.tok.save(os.path.join(directory, "tokenizer.json"))
+    name = lambda i: tok.id_to_token(i) if i is not None else None  # noqa: E731
+    config = {"bos_token": name(tok.bos_id), "eos_token": name(tok.eos_id), "pad_token": name(tok.pad_id),
+              "add_bos_token": tok.add_bos}
+    if tok.chat_template:  # transformers' apply_chat_template reads it from here
+        config["chat_template"] = tok.chat_template
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": name(tok.bos_id), "eos_token": name(tok.eos_id), "pad_token": name(tok.pad_id),
-                   "add_bos_token": tok.add_bos}, f, indent=1)
+        json.dump(config, f, indent=1)
 
 
 def _special_tokens(directory: str) -> dict:
@@ -155,6 +169,23 @@ def _special_tokens(directory: str) -> dict:
             if isinstance(d.get("add_bos_token"), bool):
                 out["add_bos"] = d["add_bos_token"]
     return out
+
+
+def _chat_template(directory: str) -> str | None:
+    """A model directory's chat template: chat_template.jinja (transformers >= 4.43 writes it), else
+    tokenizer_config.json's chat_template (a string, or a list of named templates: the "default" one)."""
+    path = os.path.join(directory, "chat_template.jinja")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    path = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        template = json.load(f).get("chat_template")
+    if isinstance(template, list):
+        template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}.get("default")
+    return template if isinstance(template, str) and template else None
 
 
 def check_vocab(tok: Tokenizer, model_vocab_size: int, what: str = "model") -> None:

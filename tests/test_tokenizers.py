@@ -49,6 +49,22 @@ def test_directory_prefers_tokenizer_json(tmp_path, spm_path):
     assert tok.encode("fever fever") == [3, 3] and tok.bos_id == 1 and tok.eos_id == 2
 
 
+def test_chat_template_is_read_from_the_directory_and_saved_with_the_tokenizer(tmp_path, spm_path):
+    from jmlr_jax.tokenizers import save_tokenizer
+
+    (tmp_path / "tokenizer.model").write_bytes(open(spm_path, "rb").read())
+    assert load_tokenizer(str(tmp_path)).chat_template is None
+    named = [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ messages[0]['content'] }}"}]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": named}))  # the list form
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.chat_template == "{{ messages[0]['content'] }}"
+    (tmp_path / "chat_template.jinja").write_text("J")  # transformers >= 4.43 writes it beside the config
+    assert load_tokenizer(str(tmp_path)).chat_template == "J"
+    save_tokenizer(tok, str(tmp_path / "out"))
+    back = load_tokenizer(str(tmp_path / "out"))
+    assert back.chat_template == tok.chat_template and back.encode("fever") == tok.encode("fever")
+
+
 def test_bad_tokenizer_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer.json or tokenizer.model"):
         load_tokenizer(str(tmp_path))

@@ -144,7 +144,8 @@ def load_gguf_tokenizer(path: str, reader=None) -> HFTokenizer:
     name = lambda key: (lambda i: None if i is None else tokens[int(i)])(_field(reader, key))  # noqa: E731
     return HFTokenizer(tok, bos=name("tokenizer.ggml.bos_token_id"), eos=name("tokenizer.ggml.eos_token_id"),
                        pad=name("tokenizer.ggml.padding_token_id"),
-                       add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", True)))
+                       add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", True)),
+                       chat_template=_field(reader, "tokenizer.chat_template"))
 
 
 def load_gguf_llama(path: str, **overrides) -> tuple[LlamaConfig, dict, HFTokenizer | None]:

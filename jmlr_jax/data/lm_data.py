@@ -9,8 +9,8 @@ no token attends to another document, and no loss on a document's first token or
 
 SFT records (instruction, input, response): MedMCQA training questions (answer + explanation), the PubMedQA
 training half (question + abstract -> long answer + decision), MedQuAD training focuses (question -> answer).
-Templates: PMC-LLaMA's (Alpaca-style "### Instruction / ### Input / ### Response") or the model's chat template
-(ChatML, as SmolLM2's GGUF carries it).
+Templates: PMC-LLaMA's (Alpaca-style "### Instruction / ### Input / ### Response") or the model's own chat template
+(`jmlr_jax.chat`: ChatML as SmolLM2's GGUF carries it, Llama 3's, Mistral's, ...).
 
 DPO pairs (stated honestly), MedMCQA training questions, two kinds: "options": chosen = the gold option, rejected
 = a wrong option (picked by a hash of the id), both written the same way ("The answer is C. text");
@@ -29,6 +29,7 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
+from jmlr_jax import chat
 from jmlr_jax.data.medquad import MedQuADPair, iter_medquad
 from jmlr_jax.data.sources import LETTERS, DataError, QARecord, jsonl_objects, read_qa
 from jmlr_jax.data.splits import DataConfig, heldout_bucket, split_pubmedqa
@@ -48,7 +49,7 @@ class LMDataConfig:
     pubmedqa: str = "pubmedqa/ori_pqal.json"
     medquad_heldout_fraction: float = 0.1  # of MedQuAD focuses (diseases, drugs), for generation evaluation
     text_heldout_fraction: float = 0.02  # of CPT documents, for held-out perplexity
-    template: str = "pmc_llama"  # or "chat"
+    template: str = "pmc_llama"  # or "chat": the model's own chat template (tokenizer_config.json's / the GGUF's)
     system: str = "You are a careful medical assistant."  # chat template only
     max_records: int = 0  # > 0: the first N of each record list (fixed order)
 
@@ -200,22 +201,18 @@ def _pmc_llama(instruction: str, inp: str) -> str:
 TEMPLATES = {"pmc_llama", "chat"}
 
 
-def render_prompt(cfg: LMDataConfig, instruction: str, inp: str) -> str:
-    """The prompt text (everything before the response) in the configured template."""
+def render_prompt(cfg: LMDataConfig, tok: Tokenizer, instruction: str, inp: str) -> str:
+    """The prompt text (everything before the response) in the configured template: PMC-LLaMA's, or the model's own
+    chat template (`jmlr_jax.chat`: system message cfg.system, the instruction and input as the user's)."""
     if cfg.template == "pmc_llama":
         return _pmc_llama(instruction, inp)
-    user = instruction + (f"\n\n{inp}" if inp else "")
-    return f"<|im_start|>system\n{cfg.system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    return chat.chat_prompt(tok, cfg.system, instruction + (f"\n\n{inp}" if inp else ""))
 
 
 def response_end(cfg: LMDataConfig, tok: Tokenizer) -> list[int]:
-    """Tokens that close a response: <|im_end|> for the chat template (then EOS if different), else EOS."""
-    ids = []
-    if cfg.template == "chat":
-        end = tok.token_to_id("<|im_end|>")
-        if end is None:
-            raise InputError("template 'chat' needs a tokenizer with <|im_end|> (a ChatML model); use 'pmc_llama'")
-        ids.append(end)
+    """Tokens that close a response: the chat template's end of turn (<|im_end|>, <|eot_id|>, ...), then EOS if
+    different; EOS alone for PMC-LLaMA's format."""
+    ids = chat.response_end(tok, cfg.system) if cfg.template == "chat" else []
     if tok.eos_id is not None and tok.eos_id not in ids:
         ids.append(tok.eos_id)
     return ids
@@ -244,13 +241,13 @@ def encode_pair(tok: Tokenizer, cfg: LMDataConfig, prompt: str, response: str, w
 
 
 def sft_example(tok: Tokenizer, cfg: LMDataConfig, r: SFTRecord) -> dict[str, np.ndarray]:
-    return encode_pair(tok, cfg, render_prompt(cfg, r.instruction, r.input), r.response, r.id)
+    return encode_pair(tok, cfg, render_prompt(cfg, tok, r.instruction, r.input), r.response, r.id)
 
 
 def dpo_example(tok: Tokenizer, cfg: LMDataConfig, p: PreferencePair) -> dict[str, np.ndarray]:
     if p.chosen.strip() == p.rejected.strip():
         raise InputError(f"{p.id}: chosen and rejected responses are the same")
-    prompt = render_prompt(cfg, p.instruction, p.input)
+    prompt = render_prompt(cfg, tok, p.instruction, p.input)
     c, r = encode_pair(tok, cfg, prompt, p.chosen, p.id), encode_pair(tok, cfg, prompt, p.rejected, p.id)
     return {**{f"chosen_{k}": v for k, v in c.items()}, **{f"rejected_{k}": v for k, v in r.items()}}
 

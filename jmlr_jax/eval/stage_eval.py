@@ -64,7 +64,7 @@ def greedy_answers(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataC
     eos = tuple(lm_data.response_end(lm, tok))
     outputs = []
     for i in range(0, len(requests), batch_size):
-        prompts = [bos + tok.encode(lm_data.render_prompt(lm, ins, inp))[-(lm.seq_len - max_new_tokens):]
+        prompts = [bos + tok.encode(lm_data.render_prompt(lm, tok, ins, inp))[-(lm.seq_len - max_new_tokens):]
                    for ins, inp in requests[i: i + batch_size]]
         outputs += [tok.decode(ids).strip() for ids in
                     generate_ids(cfg, params, prompts, SamplingConfig(max_new_tokens, eos_ids=eos), pad_multiple=64)]

@@ -13,13 +13,22 @@ from jmlr_jax.models import LlamaConfig
 from jmlr_jax.models import llama as llama_lib
 
 
-class ByteTok:
-    """Every byte one token (ids 3..258); BOS 1, EOS 2, <|im_end|> 259."""
+# SmolLM2-135M-Instruct's chat template, as its GGUF carries it (tokenizer.chat_template).
+CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+          "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+          "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
-    vocab_size, bos_id, eos_id, pad_id, add_bos = 260, 1, 2, 0, True
+
+class ByteTok:
+    """Every byte one token (ids 3..258); BOS 1, EOS 2, <|im_end|> 259 (a special token: read as one in text)."""
+
+    vocab_size, bos_id, eos_id, pad_id, add_bos, chat_template = 260, 1, 2, 0, True, CHATML
+    SPECIAL = {1: "<s>", 2: "</s>", 259: "<|im_end|>"}
 
     def encode(self, text):
-        return [b + 3 for b in text.encode()]
+        parts = text.split("<|im_end|>")
+        return [i for n, part in enumerate(parts) for i in ([259] if n else []) + [b + 3 for b in part.encode()]]
 
     def encode_batch(self, texts):
         return [self.encode(t) for t in texts]
@@ -29,6 +38,9 @@ class ByteTok:
 
     def token_to_id(self, token):
         return 259 if token == "<|im_end|>" else None
+
+    def id_to_token(self, i):
+        return self.SPECIAL.get(i, chr(i - 3) if 3 <= i < 259 else None)
 
 
 def test_packing_keeps_documents_apart():
@@ -67,13 +79,16 @@ def test_sft_template_round_trip_and_response_only_weights(template):
     ex = lm_data.sft_example(tok, cfg, r)
     n = int(ex["segment_ids"].sum())
     ids = ex["tokens"][:n]
-    prompt = lm_data.render_prompt(cfg, r.instruction, r.input)
-    assert tok.decode(ids) == prompt + r.response  # round trip (special tokens are not text)
+    prompt = lm_data.render_prompt(cfg, tok, r.instruction, r.input)
+    assert tok.decode(ids) == prompt.replace("<|im_end|>", "") + r.response  # round trip (specials are not text)
     assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and (ids[-2] == 259) == (template == "chat")
     assert tok.decode(ids[ex["weights"][:n] > 0]) == r.response  # loss on the response (+ end tokens) only
     assert ex["weights"][:n].sum() == len(r.response.encode()) + (2 if template == "chat" else 1)
     if template == "pmc_llama":
         assert "### Instruction:\nWhat causes gout?" in prompt and prompt.endswith("### Response:\n")
+    else:  # the model's template, as the pipelines' measured runs wrote it
+        assert prompt == ("<|im_start|>system\nYou are a careful medical assistant.<|im_end|>\n<|im_start|>user\n"
+                          "What causes gout?<|im_end|>\n<|im_start|>assistant\n")
     with pytest.raises(InputError, match="x/2: empty response"):
         lm_data.sft_example(tok, cfg, lm_data.SFTRecord("x/2", "Q?", "", "  "))
     long = lm_data.sft_example(tok, lm_data.LMDataConfig(seq_len=64, template=template),
