@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -145,6 +146,10 @@ class LlamaConfig:
                 raise ValueError(f"unsupported {key}={d[key]!r} (Llama uses silu)")
         if d.get("attention_bias") or d.get("mlp_bias"):
             raise ValueError("Llama configs with attention/MLP biases are not supported")
+        window = d.get("sliding_window")
+        if window and window < d.get("max_position_embeddings", window):  # Mistral-7B-v0.1: 4096 of 32768
+            warnings.warn(f"sliding_window={window} is not implemented: attention here is full causal, the same "
+                          f"as the original model's on sequences of up to {window} tokens only", stacklevel=2)
         rope = dict(d.get("rope_parameters") or {})
         rope.update(d.get("rope_scaling") or {})
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))

@@ -121,6 +121,8 @@ def test_unsupported_hf_configs_are_rejected():
         LlamaConfig.from_hf_dict(dict(base, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
     with pytest.raises(ValueError, match="llama3 RoPE needs low_freq_factor < high_freq_factor"):
         LlamaConfig.from_hf_dict(dict(base, rope_scaling=dict(LLAMA3_ROPE, low_freq_factor=4.0)))
+    with pytest.warns(UserWarning, match="sliding_window=4096 is not implemented"):  # Mistral-7B-v0.1's
+        LlamaConfig.from_hf_dict(dict(base, model_type="mistral", sliding_window=4096, max_position_embeddings=32768))
     with pytest.raises(ValueError, match="not a Llama config"):
         LlamaConfig.from_hf_dict(dict(base, model_type="bert"))
     with pytest.raises(ValueError, match="remat_policy"):
