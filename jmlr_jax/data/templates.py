@@ -48,6 +48,11 @@ class PromptTemplate:
     def doc_text(self, doc: str) -> str:
         return self.doc.format(doc=doc)
 
+    def shot_text(self, r: QARecord) -> str:
+        """A solved example for few-shot evaluation: the question block and its answer (no rationale), then a
+        blank line."""
+        return self.question_text(r) + self.answer.format(letter=r.answer_letter, text=r.answer_text) + "\n\n"
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +89,15 @@ def encode_question(tok: Tokenizer, tpl: PromptTemplate, r: QARecord, budget: in
     if not ids:
         raise ValueError(f"question {r.id} tokenises to nothing")
     return _block(ids, budget, keep="tail", align="right")
+
+
+def encode_shots(tok: Tokenizer, tpl: PromptTemplate, shots: Sequence[QARecord], budget: int) -> list[int]:
+    """Solved examples in order, as one token list of at most `budget`: whole examples are dropped from the front
+    (the ones farthest from the question) until the rest fit."""
+    ids = tok.encode_batch([tpl.shot_text(r) for r in shots]) if shots else []
+    while ids and sum(map(len, ids)) > budget:
+        ids = ids[1:]
+    return [t for x in ids for t in x]
 
 
 def encode_answer(tok: Tokenizer, tpl: PromptTemplate, r: QARecord, budget: int):

@@ -9,6 +9,7 @@ predictions, summary) and <name>.md (n, accuracy and standard error per dataset 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -22,8 +23,8 @@ import tqdm
 
 from jmlr_jax.data.pipeline import retrieval_query
 from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
-from jmlr_jax.data.splits import DataConfig
-from jmlr_jax.data.templates import Budgets, PromptTemplate
+from jmlr_jax.data.splits import DataConfig, question_key
+from jmlr_jax.data.templates import Budgets, PromptTemplate, encode_shots
 from jmlr_jax.errors import InputError
 from jmlr_jax.experiment import Experiment
 from jmlr_jax.eval.mcq import generate_answers, option_ids, prompt_ids, score_options
@@ -52,10 +53,20 @@ class EvalConfig:
     medqa_path: str = ""  # for the "medqa" set (JSONL, 4 or 5 options); relative = under DataConfig.data_dir
     max_per_set: int = 0  # > 0: a fixed sample of N per set (smallest sha1 of id)
     output_dir: str = ""  # default: <workdir>/eval
+    # Few-shot: num_shots solved examples before each question (`shot_pools`; the same examples for every question
+    # of a subject), within shots_tokens (whole examples dropped from the front). Pools are built in for
+    # medmcqa_heldout (MedMCQA's training part) and pubmedqa_test (PubMedQA's train half); shot_files adds or
+    # replaces them as (set, kind, path) triples, e.g. ("mmlu_med", "mmlu", "/data/mmlu/data/dev") (MMLU's dev
+    # split, 5 per subject) or ("medqa", "medqa", "/data/MedQA/US/4_options/phrases_no_exclude_train.jsonl").
+    num_shots: int = 0
+    shots_tokens: int = 1536
+    shot_files: tuple = ()
 
     def __post_init__(self):
         if self.mode not in ("loglik", "generate"):
             raise ValueError(f"EvalConfig.mode must be 'loglik' or 'generate', got {self.mode!r}")
+        if self.num_shots < 0:
+            raise ValueError(f"EvalConfig.num_shots must be >= 0, got {self.num_shots}")
 
 
 def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout"),
@@ -91,12 +102,44 @@ def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_te
     return {n: sample(loaders[n]()) for n in names}
 
 
+def shot_pools(data: DataConfig, sets: dict[str, list[QARecord]], shot_files: Sequence = ()) -> dict[str, list]:
+    """Per evaluation set, the solved examples few-shot prompts draw from: the built-in pools, then shot_files'
+    (EvalConfig); every question that is also an evaluated one (same stem and options) left out."""
+    built_in = {"medmcqa_heldout": lambda: data.medmcqa_split()[0], "pubmedqa_test": lambda: data.pubmedqa_split()[0]}
+    files = {}
+    for entry in shot_files:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 3):
+            raise InputError(f"EvalConfig.shot_files: expected (set, kind, path) triples, got {entry!r}")
+        name, kind, path = entry
+        if name not in sets:
+            raise InputError(f"EvalConfig.shot_files names set {name!r}, which is not evaluated ({sorted(sets)})")
+        files[name] = functools.partial(read_qa, kind, resolve_path(path, data.require_dir()),
+                                        **({"subjects": data.mmlu_subjects} if kind == "mmlu" else {}))
+    missing = [n for n in sets if n not in files and n not in built_in]
+    if missing:
+        raise InputError(f"few-shot evaluation has no examples for {missing}: add them to EvalConfig.shot_files as "
+                         "(set, kind, path), e.g. ('mmlu_med', 'mmlu', '/data/mmlu/data/dev')")
+    evaluated = {question_key(r) for recs in sets.values() for r in recs}
+    return {n: [r for r in {**built_in, **files}[n]() if r.answer_idx >= 0 and question_key(r) not in evaluated]
+            for n in sets}
+
+
+def choose_shots(pool: Sequence[QARecord], r: QARecord, k: int) -> list[QARecord]:
+    """k examples for `r`: its subject's first (MMLU's dev split: 5 per subject), then the rest of the pool; within
+    each, smallest sha1 of id first, so every question of a subject gets the same ones."""
+    order = lambda x: (not (r.subject and x.subject == r.subject),  # noqa: E731
+                       hashlib.sha1(f"{x.dataset}/{x.id}".encode()).hexdigest())
+    return sorted(pool, key=order)[:k]
+
+
 def evaluate(sets: dict[str, list[QARecord]], llm_cfg, llm_params, tok, ecfg: EvalConfig, template: PromptTemplate,
              budgets: Budgets, retriever: Retriever | None = None, num_docs: int = 0,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, pools: dict[str, list[QARecord]] | None = None) -> list[dict]:
     """Per-question predictions for every set (see module doc for the prompt); num_docs passages when
-    ecfg.retrieval."""
+    ecfg.retrieval; ecfg.num_shots solved examples from `pools` (`shot_pools`) first when > 0."""
     tpl = template
+    if ecfg.num_shots and pools is None:
+        raise ValueError("num_shots > 0 needs example pools (shot_pools)")
     total = sum(len(v) for v in sets.values())
     preds: list[dict] = []
     bar = tqdm.tqdm(total=total, desc=f"{ecfg.name} ({ecfg.mode})", unit="q", disable=not progress)
@@ -109,7 +152,14 @@ def evaluate(sets: dict[str, list[QARecord]], llm_cfg, llm_params, tok, ecfg: Ev
             ids, _ = search_all(retriever, queries, num_docs)
             docs = [list(row[row >= 0][::-1]) for row in ids]  # best last
         passages = retriever.index.passages if retriever is not None else []
-        prompts = [prompt_ids(tok, tpl, budgets, r, [passages[j].with_title for j in d]) for r, d in zip(records, docs)]
+        shots = [choose_shots(pools[set_name], r, ecfg.num_shots) if ecfg.num_shots else [] for r in records]
+        encoded: dict[tuple, list[int]] = {}  # one subject's questions share their examples
+        for s in shots:
+            key = tuple(x.id for x in s)
+            if key not in encoded:
+                encoded[key] = encode_shots(tok, tpl, s, ecfg.shots_tokens)
+        prompts = [prompt_ids(tok, tpl, budgets, r, [passages[j].with_title for j in d],
+                              encoded[tuple(x.id for x in s)]) for r, d, s in zip(records, docs, shots)]
         if ecfg.mode == "loglik":
             ll = score_options(llm_cfg, llm_params, prompts, [option_ids(tok, tpl, r, budgets.answer) for r in records],
                                ecfg.batch_size, tok.pad_id or 0, bar)
@@ -120,10 +170,11 @@ def evaluate(sets: dict[str, list[QARecord]], llm_cfg, llm_params, tok, ecfg: Ev
             for r, t in zip(records, texts):
                 p = parse_choice(t, r.options)
                 outs.append({"pred": -1 if p is None else p, "output": t, "unparsed": p is None})
-        for r, d, o, pr in zip(records, docs, outs, prompts):
+        for r, d, o, pr, s in zip(records, docs, outs, prompts, shots):
             preds.append({"set": set_name, "id": r.id, "subject": r.subject, "answer": r.answer_letter,
                           "pred_letter": LETTERS[o["pred"]] if o["pred"] >= 0 else "", "correct": o["pred"] == r.answer_idx,
-                          "prompt_tokens": len(pr), "docs": [passages[j].id for j in d], **o})
+                          "prompt_tokens": len(pr), "docs": [passages[j].id for j in d],
+                          **({"shots": [x.id for x in s]} if s else {}), **o})
     bar.close()
     return preds
 
@@ -184,7 +235,8 @@ def evaluate_main(exp: Experiment, ecfg: EvalConfig) -> dict:
         index = cached_index(exp.corpus.load(exp.data.data_dir), rcfg, r_params, ctok, exp.index, exp.search,
                              out_dir, also=[d for d in (run.initial_index,) if d])
         retriever = Retriever(rcfg, r_params, ctok, index)
-    preds = evaluate(sets, llm_cfg, llm_params, tok, ecfg, exp.template, exp.budgets, retriever, num_docs)
+    pools = shot_pools(exp.data, sets, ecfg.shot_files) if ecfg.num_shots else None
+    preds = evaluate(sets, llm_cfg, llm_params, tok, ecfg, exp.template, exp.budgets, retriever, num_docs, pools=pools)
     rows = summarize(preds)
     result = {"name": ecfg.name, "source": source, "settings": {
         "eval": dict(dataclasses.asdict(ecfg), num_docs=num_docs), "template": dataclasses.asdict(exp.template),

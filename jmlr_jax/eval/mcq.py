@@ -27,10 +27,14 @@ from jmlr_jax.tokenizers import Tokenizer
 BUCKET = 64  # prompt lengths are padded to a multiple of this: few shapes, few compilations
 
 
-def prompt_ids(tok: Tokenizer, tpl: PromptTemplate, budgets: Budgets, r: QARecord, docs: Sequence[str] = ()) -> list[int]:
+def prompt_ids(tok: Tokenizer, tpl: PromptTemplate, budgets: Budgets, r: QARecord, docs: Sequence[str] = (),
+               shot_ids: Sequence[int] = ()) -> list[int]:
     """The evaluation prompt as token ids (docs in the given order: pass them best-last): the training blocks
-    (data/templates.py) with their padding removed, i.e. the sequence the trained model saw."""
+    (data/templates.py) with their padding removed, i.e. the sequence the trained model saw. shot_ids: solved
+    examples (`encode_shots`) right after BOS, for few-shot evaluation."""
     blocks = [bos_block(tok)]
+    if len(shot_ids):
+        blocks.append((np.asarray(shot_ids, np.int32), np.ones(len(shot_ids), np.int32)))
     if docs:
         d, dv = encode_docs(tok, tpl, docs, budgets.doc)
         blocks.append((d.reshape(-1), dv.reshape(-1)))

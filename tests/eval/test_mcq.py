@@ -124,3 +124,72 @@ def test_eval_sets_from_fixture_files(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         EvalConfig(mode="vote")
     assert dataclasses.asdict(EvalConfig())["mode"] == "loglik"
+
+
+def test_few_shot_examples_precede_the_question_and_are_scored(tiny, tmp_path):
+    from jmlr_jax.data.templates import encode_shots
+    from jmlr_jax.eval.harness import choose_shots, shot_pools
+
+    cfg, params, tok, hf = tiny
+    tpl, budgets = PromptTemplate(), Budgets(doc=12, question=128, answer=8)
+    evaluated = [QARecord("anatomy-1", "mmlu", "Which bone is in the arm?", ("Femur", "Humerus", "Tibia", "Fibula"), 1,
+                          subject="anatomy"),
+                 QARecord("college_medicine-1", "mmlu", "Which organ makes insulin?", ("Liver", "Pancreas", "Skin",
+                                                                                        "Lung"), 1,
+                          subject="college_medicine")]
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "anatomy_dev.csv").write_text("Which bone is in the thigh?,Femur,Ulna,Radius,Rib,A\n"
+                                         "How many ribs do adults have?,12 pairs,10 pairs,6 pairs,20 pairs,A\n"
+                                         "Which bone is in the arm?,Femur,Humerus,Tibia,Fibula,B\n"  # an evaluated one
+                                         "Where is the patella?,Knee,Hip,Elbow,Wrist,A\n")
+    (dev / "college_medicine_dev.csv").write_text("Which vitamin prevents scurvy?,A,B12,C,D,C\n")
+    (dev / "astronomy_dev.csv").write_text("Which planet is red?,Mars,Venus,Earth,Moon,A\n")  # not a medical subject
+    sets = {"mmlu_med": evaluated}
+    pools = shot_pools(DataConfig(data_dir=str(tmp_path)), sets, (("mmlu_med", "mmlu", "dev"),))
+    assert sorted(r.id for r in pools["mmlu_med"]) == ["anatomy-1", "anatomy-2", "anatomy-4", "college_medicine-1"]
+    assert "Which bone is in the arm?" not in [r.question for r in pools["mmlu_med"]]  # never an evaluated question
+    assert all(s.subject == "anatomy" for s in choose_shots(pools["mmlu_med"], evaluated[0], 2))  # its subject's
+    mixed = choose_shots(pools["mmlu_med"], evaluated[1], 2)  # one of its subject's, then from the rest
+    assert [s.subject for s in mixed] == ["college_medicine", "anatomy"]
+    preds = evaluate(sets, cfg, params, tok, EvalConfig(num_shots=2, batch_size=2), tpl, budgets, progress=False,
+                     pools=pools)
+    for r, p in zip(evaluated, preds):
+        shots = choose_shots(pools["mmlu_med"], r, 2)
+        assert p["shots"] == [s.id for s in shots]
+        prompt = prompt_ids(tok, tpl, budgets, r, shot_ids=encode_shots(tok, tpl, shots, 1536))
+        text = tok.decode(prompt)
+        assert len(prompt) == p["prompt_tokens"] and prompt[0] == tok.bos_id
+        assert text.index(tpl.shot_text(shots[0])) < text.index(tpl.shot_text(shots[1])) < text.index(r.question)
+        ref = [hf_loglik(hf, prompt, o) for o in option_ids(tok, tpl, r, budgets.answer)]
+        np.testing.assert_allclose(p["logliks"], ref, rtol=1e-4, atol=2e-3)  # scored with the examples in front
+    # the budget drops whole examples, farthest from the question first
+    a, b = pools["mmlu_med"][:2]
+    assert tok.decode(encode_shots(tok, tpl, [a, b], len(tok.encode(tpl.shot_text(b))))) == tpl.shot_text(b)
+
+
+def test_few_shot_bad_input(tmp_path):
+    from jmlr_jax.eval.harness import shot_pools
+
+    data, sets = DataConfig(data_dir=str(tmp_path)), {"medqa": records()[:2]}
+    with pytest.raises(InputError, match=r"no examples for \['medqa'\]: add them to EvalConfig.shot_files"):
+        shot_pools(data, sets)
+    with pytest.raises(InputError, match="names set 'mmlu_med', which is not evaluated"):
+        shot_pools(data, sets, (("mmlu_med", "mmlu", "dev"),))
+    with pytest.raises(InputError, match=r"expected \(set, kind, path\) triples"):
+        shot_pools(data, sets, (("medqa", "train.jsonl"),))
+    with pytest.raises(ValueError, match="num_shots must be >= 0"):
+        EvalConfig(num_shots=-1)
+
+
+def test_built_in_example_pools_hold_no_evaluated_question():
+    from tests.conftest import DATA_DIR, require
+    from jmlr_jax.eval.harness import shot_pools
+    import os
+
+    require(os.path.isdir(DATA_DIR), DATA_DIR)
+    data = DataConfig(data_dir=DATA_DIR)
+    sets = eval_sets(data, ("medmcqa_heldout", "pubmedqa_test"))
+    pools = shot_pools(data, sets)
+    for name in sets:
+        assert len(pools[name]) > 400 and not {r.id for r in pools[name]} & {r.id for r in sets[name]}
