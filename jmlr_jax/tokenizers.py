@@ -104,18 +104,34 @@ class HFTokenizer:
         return self.tok.id_to_token(int(i))
 
 
-def bpe_from_vocab(tokens: list[str], merges: list[str], special: list[str]) -> hf_tokenizers.Tokenizer:
-    """Byte-level BPE as used by GPT-2 style models, with digits split individually (SmolLM / StarCoder
-    pre-tokenisation, llama.cpp's `smollm` pre-tokenizer type)."""
-    from tokenizers import decoders, models, pre_tokenizers
+# Llama 3's pre-tokenizer split (its tokenizer.json; llama.cpp's `llama-bpe`): digits in runs of up to three.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+# llama.cpp's names (GGUF tokenizer.ggml.pre) of the splits built here; Llama 3's has three.
+PRE_TOKENIZERS = ("smollm", "llama-bpe", "llama3", "llama-v3")
 
+
+def bpe_from_vocab(tokens: list[str], merges: list[str], special: list[str],
+                   pre: str = "smollm") -> hf_tokenizers.Tokenizer:
+    """Byte-level BPE as used by GPT-2 style models, with the pre-tokenisation llama.cpp names `pre`: "smollm"
+    (SmolLM / StarCoder: digits split individually, then GPT-2's split) or Llama 3's split ("llama-bpe")."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+
+    if pre not in PRE_TOKENIZERS:
+        raise ValueError(f"pre-tokenizer {pre!r} is not supported (supported: {', '.join(PRE_TOKENIZERS)})")
     vocab = {t: i for i, t in enumerate(tokens)}
     pairs = [tuple(m.split(" ", 1)) for m in merges]
     tok = hf_tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    if pre == "smollm":  # the others: Llama 3's
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(special)
     return tok

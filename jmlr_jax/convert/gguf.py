@@ -12,7 +12,7 @@ import numpy as np
 
 from jmlr_jax.convert.hf import WeightsError, llama_params_from_hf
 from jmlr_jax.models.llama import LlamaConfig
-from jmlr_jax.tokenizers import HFTokenizer, bpe_from_vocab
+from jmlr_jax.tokenizers import PRE_TOKENIZERS, HFTokenizer, bpe_from_vocab
 
 # Weight types whose dequantisation the `gguf` package implements and we have checked.
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K",
@@ -140,7 +140,11 @@ def load_gguf_tokenizer(path: str, reader=None) -> HFTokenizer:
     tokens = list(_field(reader, "tokenizer.ggml.tokens"))
     types = list(_field(reader, "tokenizer.ggml.token_type"))
     special = [tok for tok, kind in zip(tokens, types) if kind == 3]  # 3 = CONTROL
-    tok = bpe_from_vocab(tokens, list(_field(reader, "tokenizer.ggml.merges") or []), special)
+    pre = _field(reader, "tokenizer.ggml.pre")
+    if pre not in PRE_TOKENIZERS:  # another split would tokenise silently differently from the model's training
+        raise WeightsError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported (supported: "
+                           f"{', '.join(PRE_TOKENIZERS)}); import the model from its Hugging Face directory")
+    tok = bpe_from_vocab(tokens, list(_field(reader, "tokenizer.ggml.merges") or []), special, pre=pre)
     name = lambda key: (lambda i: None if i is None else tokens[int(i)])(_field(reader, key))  # noqa: E731
     return HFTokenizer(tok, bos=name("tokenizer.ggml.bos_token_id"), eos=name("tokenizer.ggml.eos_token_id"),
                        pad=name("tokenizer.ggml.padding_token_id"),

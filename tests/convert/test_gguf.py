@@ -19,7 +19,8 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 TOKENS = ["<|endoftext|>", "<|im_start|>", "Ġ"] + [chr(c) for c in range(33, 127)]
 
 
-def write_gguf(path, model, int_tensor: bool = False, rope_freqs: np.ndarray | None = None):
+def write_gguf(path, model, int_tensor: bool = False, rope_freqs: np.ndarray | None = None, pre: str = "smollm",
+               tokens: list[str] | None = None, merges: list[str] = ()):
     c = model.config
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(c.num_hidden_layers)
@@ -32,9 +33,12 @@ def write_gguf(path, model, int_tensor: bool = False, rope_freqs: np.ndarray | N
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_vocab_size(c.vocab_size)
     w.add_tokenizer_model("gpt2")
-    w.add_token_list(TOKENS[: c.vocab_size] + [f"<x{i}>" for i in range(c.vocab_size - len(TOKENS))])
+    if pre is not None:
+        w.add_tokenizer_pre(pre)
+    tokens = tokens or TOKENS[: c.vocab_size] + [f"<x{i}>" for i in range(c.vocab_size - len(TOKENS))]
+    w.add_token_list(tokens)
     w.add_token_types([3, 3] + [1] * (c.vocab_size - 2))
-    w.add_token_merges([])
+    w.add_token_merges(list(merges))
     w.add_bos_token_id(1)
     w.add_eos_token_id(0)
     sd = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
@@ -144,3 +148,28 @@ def test_llama3_rope_freqs_become_the_llama3_config(tmp_path):
     write_gguf(tmp_path / "odd.gguf", model, rope_freqs=llama_cpp_rope_factors(dict(rope, high_freq_factor=2.0), 16))
     with pytest.raises(WeightsError, match="rope_freqs is not Llama 3's RoPE scaling"):
         load_gguf_llama(str(tmp_path / "odd.gguf"))
+
+
+def test_llama3_pre_tokenizer_matches_transformers_gguf_loader(tmp_path):
+    """A GGUF whose tokenizer.ggml.pre is Llama 3's ("llama-bpe") splits digits in runs of three, as transformers'
+    own GGUF loader does; merges across such runs make a wrong split visible. Unknown splits are refused."""
+    from transformers import AutoTokenizer
+    from jmlr_jax.convert.gguf import load_gguf_tokenizer
+
+    model = tiny_hf_llama(vocab=110)
+    tokens = TOKENS + ["12", "123", "45", "Ġw", "Ġwo", "or", "ld", "Ġ1", "Ġ12"]
+    tokens += [f"<x{i}>" for i in range(110 - len(tokens))]
+    merges = ["1 2", "12 3", "4 5", "Ġ w", "Ġw o", "o r", "l d", "Ġ 1", "Ġ1 2"]
+    texts = ["hello world 12345 and 1234567", "x12 y 45  z", "It's 99 or 1000!"]
+    for pre in ("llama-bpe", "smollm"):
+        write_gguf(tmp_path / f"{pre}.gguf", model, pre=pre, tokens=tokens, merges=merges)
+        ours = load_gguf_tokenizer(str(tmp_path / f"{pre}.gguf"))
+        theirs = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=f"{pre}.gguf")
+        if pre == "llama-bpe":
+            assert [ours.encode(t) for t in texts] == [theirs.encode(t, add_special_tokens=False) for t in texts]
+            assert ours.encode("12345") == [tokens.index("123"), tokens.index("45")]
+        else:  # SmolLM's: digits one by one
+            assert ours.encode("12345") == [tokens.index(c) for c in "12345"]
+    write_gguf(tmp_path / "qwen.gguf", model, pre="qwen2")
+    with pytest.raises(WeightsError, match="GGUF pre-tokenizer 'qwen2' is not supported"):
+        load_gguf_llama(str(tmp_path / "qwen.gguf"))
