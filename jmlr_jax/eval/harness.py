@@ -53,8 +53,9 @@ class EvalConfig:
     medqa_path: str = ""  # for the "medqa" set (JSONL, 4 or 5 options); relative = under DataConfig.data_dir
     max_per_set: int = 0  # > 0: a fixed sample of N per set (smallest sha1 of id)
     output_dir: str = ""  # default: <workdir>/eval
-    # Few-shot: num_shots solved examples before each question (`shot_pools`; the same examples for every question
-    # of a subject), within shots_tokens (whole examples dropped from the front). Pools are built in for
+    # Few-shot: num_shots solved examples before each question (`shot_pools`, `choose_shots`: the question's
+    # subject's first, a fixed pseudo-random choice per question), within shots_tokens (whole examples dropped
+    # from the front). Pools are built in for
     # medmcqa_heldout (MedMCQA's training part) and pubmedqa_test (PubMedQA's train half); shot_files adds or
     # replaces them as (set, kind, path) triples, e.g. ("mmlu_med", "mmlu", "/data/mmlu/data/dev") (MMLU's dev
     # split, 5 per subject) or ("medqa", "medqa", "/data/MedQA/US/4_options/phrases_no_exclude_train.jsonl").
@@ -126,9 +127,11 @@ def shot_pools(data: DataConfig, sets: dict[str, list[QARecord]], shot_files: Se
 
 def choose_shots(pool: Sequence[QARecord], r: QARecord, k: int) -> list[QARecord]:
     """k examples for `r`: its subject's first (MMLU's dev split: 5 per subject), then the rest of the pool; within
-    each, smallest sha1 of id first, so every question of a subject gets the same ones."""
+    each, a pseudo-random order fixed by the question's and the example's ids (sha1). Per question, as lm-eval's
+    samplers do: one fixed set for every question repeats its last answer's letter as a bias over the whole set (a
+    135M model answered "maybe" to all 500 PubMedQA test questions after five fixed examples ending in one)."""
     order = lambda x: (not (r.subject and x.subject == r.subject),  # noqa: E731
-                       hashlib.sha1(f"{x.dataset}/{x.id}".encode()).hexdigest())
+                       hashlib.sha1(f"{r.dataset}/{r.id}/{x.dataset}/{x.id}".encode()).hexdigest())
     return sorted(pool, key=order)[:k]
 
 

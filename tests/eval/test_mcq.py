@@ -193,3 +193,6 @@ def test_built_in_example_pools_hold_no_evaluated_question():
     pools = shot_pools(data, sets)
     for name in sets:
         assert len(pools[name]) > 400 and not {r.id for r in pools[name]} & {r.id for r in sets[name]}
+    from jmlr_jax.eval.harness import choose_shots
+    first, second = (choose_shots(pools["pubmedqa_test"], r, 5) for r in sets["pubmedqa_test"][:2])
+    assert first != second and choose_shots(pools["pubmedqa_test"], sets["pubmedqa_test"][0], 5) == first  # per question
