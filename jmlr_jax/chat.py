@@ -86,29 +86,25 @@ def _render_turn(tok: Tokenizer, system: str, user: str, response: str | None) -
     Mistral's and Gemma's) get the system text at the head of the user message instead."""
     extra = [] if response is None else [{"role": "assistant", "content": response}]
     try:
-        return render(tok, _messages(system, user, True) + extra, response is None)
-    except jinja2.exceptions.TemplateError:
-        if not system:
-            raise
-        return render(tok, _messages(system, user, False) + extra, response is None)
+        try:
+            return render(tok, _messages(system, user, True) + extra, response is None)
+        except jinja2.exceptions.TemplateError:
+            if not system:
+                raise
+            return render(tok, _messages(system, user, False) + extra, response is None)
+    except jinja2.exceptions.TemplateError as e:
+        raise InputError(f"the tokenizer's chat template refused the conversation: {e}") from None
 
 
 def chat_prompt(tok: Tokenizer, system: str, user: str) -> str:
     """The text before an assistant's answer to one user message (with the template's generation prompt)."""
-    try:
-        return _render_turn(tok, system, user, None)
-    except jinja2.exceptions.TemplateError as e:
-        raise InputError(f"the tokenizer's chat template refused the conversation: {e}") from None
+    return _render_turn(tok, system, user, None)
 
 
 def response_end(tok: Tokenizer, system: str = "") -> list[int]:
     """Tokens the template writes after an assistant message (surrounding whitespace dropped): [<|im_end|>] for
     ChatML, [<|eot_id|>] for Llama 3, [</s>] for Llama 2's [INST] format."""
-    prompt = chat_prompt(tok, system, "Hi")
-    try:
-        full = _render_turn(tok, system, "Hi", _MARK)
-    except jinja2.exceptions.TemplateError as e:
-        raise InputError(f"the tokenizer's chat template refused the conversation: {e}") from None
+    prompt, full = chat_prompt(tok, system, "Hi"), _render_turn(tok, system, "Hi", _MARK)
     if not full.startswith(prompt + _MARK):
         raise InputError("the tokenizer's chat template does not write an assistant message right after its "
                          "generation prompt; for the seed pipelines use LMDataConfig.template = 'pmc_llama'")

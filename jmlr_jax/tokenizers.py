@@ -144,11 +144,10 @@ def load_tokenizer(path: str) -> Tokenizer:
             if os.path.isfile(os.path.join(path, name)):
                 return load_tokenizer(os.path.join(path, name))
         raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer.model in this directory")
-    template = _chat_template(os.path.dirname(path))
+    config = _tokenizer_config(os.path.dirname(path))
     if path.endswith(".model"):
-        return SentencePieceTokenizer(path, chat_template=template)
-    special = _special_tokens(os.path.dirname(path))
-    return HFTokenizer.from_file(path, **special, chat_template=template)
+        return SentencePieceTokenizer(path, chat_template=config.get("chat_template"))
+    return HFTokenizer.from_file(path, **config)
 
 
 def save_tokenizer(tok: Tokenizer, directory: str) -> None:
@@ -169,13 +168,15 @@ def save_tokenizer(tok: Tokenizer, directory: str) -> None:
         json.dump(config, f, indent=1)
 
 
-def _special_tokens(directory: str) -> dict:
-    """bos/eos/pad strings and add_bos from a HF tokenizer_config.json / special_tokens_map.json, when present."""
+def _tokenizer_config(directory: str) -> dict:
+    """HFTokenizer's keyword arguments from a model directory, when present: bos/eos/pad strings and add_bos
+    (special_tokens_map.json / tokenizer_config.json) and the chat template (chat_template.jinja, which
+    transformers >= 4.43 writes, else tokenizer_config.json's: a string, or a list of named ones: "default")."""
     out: dict = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         p = os.path.join(directory, name)
         if os.path.isfile(p):
-            with open(p) as f:
+            with open(p, encoding="utf-8") as f:
                 d = json.load(f)
             for key, field in (("bos", "bos_token"), ("eos", "eos_token"), ("pad", "pad_token")):
                 v = d.get(field)
@@ -184,24 +185,16 @@ def _special_tokens(directory: str) -> dict:
                     out.setdefault(key, v)
             if isinstance(d.get("add_bos_token"), bool):
                 out["add_bos"] = d["add_bos_token"]
-    return out
-
-
-def _chat_template(directory: str) -> str | None:
-    """A model directory's chat template: chat_template.jinja (transformers >= 4.43 writes it), else
-    tokenizer_config.json's chat_template (a string, or a list of named templates: the "default" one)."""
+            template = d.get("chat_template")
+            if isinstance(template, list):
+                template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}.get("default")
+            if isinstance(template, str) and template:
+                out["chat_template"] = template
     path = os.path.join(directory, "chat_template.jinja")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
-            return f.read()
-    path = os.path.join(directory, "tokenizer_config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        template = json.load(f).get("chat_template")
-    if isinstance(template, list):
-        template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}.get("default")
-    return template if isinstance(template, str) and template else None
+            out["chat_template"] = f.read()
+    return out
 
 
 def check_vocab(tok: Tokenizer, model_vocab_size: int, what: str = "model") -> None:

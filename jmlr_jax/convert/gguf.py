@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from jmlr_jax.convert.hf import WeightsError, llama_params_from_hf
-from jmlr_jax.models.llama import LlamaConfig
+from jmlr_jax.models.llama import LlamaConfig, rope_inv_freq
 from jmlr_jax.tokenizers import PRE_TOKENIZERS, HFTokenizer, bpe_from_vocab
 
 # Weight types whose dequantisation the `gguf` package implements and we have checked.
@@ -88,8 +88,6 @@ def _llama3_rope(reader, cfg: LlamaConfig, path: str) -> dict:
     """The llama3 RoPE settings behind a `rope_freqs` tensor: llama.cpp stores Llama 3's scaling only as each
     frequency's divisor (convert_hf_to_gguf's rope_factors). The factor is its largest divisor; the others are Meta's,
     checked against the tensor (any other file is refused rather than run with the wrong positions)."""
-    from jmlr_jax.models.llama import rope_inv_freq
-
     t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
     divisors = np.asarray(t.data, np.float32).reshape(-1)
     kw = dict(_LLAMA3_ROPE, rope_type="llama3", rope_scaling_factor=float(divisors.max()))

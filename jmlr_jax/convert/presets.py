@@ -52,11 +52,18 @@ def preset_path(name: str) -> str:
     return path
 
 
+def _resolve(name_or_path: str) -> str:
+    """The files of a preset name, or an existing path."""
+    if name_or_path in PRESETS:
+        return preset_path(name_or_path)
+    if not os.path.exists(name_or_path):
+        raise FileNotFoundError(f"{name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor an existing path")
+    return name_or_path
+
+
 def load_llm_tokenizer(name_or_path: str) -> Tokenizer:
     """A Llama preset's, directory's or GGUF file's tokenizer alone (no weights read)."""
-    path = preset_path(name_or_path) if name_or_path in PRESETS else name_or_path
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor an existing path")
+    path = _resolve(name_or_path)
     return load_gguf_tokenizer(path) if path.endswith(".gguf") else load_tokenizer(path)
 
 
@@ -66,13 +73,11 @@ def load_preset(name_or_path: str, **overrides: Any):
     Llama: (LlamaConfig, params, Tokenizer). BERT/ColBERT: (ColBERTConfig, {"bert", "proj"}, Tokenizer).
     `overrides` replace config fields (dtype, remat_policy, s2_group_size, ... or ColBERT fields).
     """
+    path = _resolve(name_or_path)
     if name_or_path in PRESETS:
-        path, kind = preset_path(name_or_path), PRESETS[name_or_path].kind
-    elif os.path.exists(name_or_path):
-        path = name_or_path
-        kind = "llama" if path.endswith(".gguf") or read_config(path).get("model_type") != "bert" else "colbert"
+        kind = PRESETS[name_or_path].kind
     else:
-        raise FileNotFoundError(f"{name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor an existing path")
+        kind = "llama" if path.endswith(".gguf") or read_config(path).get("model_type") != "bert" else "colbert"
     if kind == "llama":
         if path.endswith(".gguf"):
             cfg, params, tok = load_gguf_llama(path, **overrides)

@@ -38,14 +38,6 @@ def split_medmcqa(records: Sequence[QARecord], heldout_fraction: float = 0.1):
     return [r for r in records if r.id not in held_ids], held
 
 
-def pubmedqa_test_ids(path: str) -> set[str]:
-    """PMIDs of the standard 500-question test split (`test_ground_truth.json`: PMID -> label; or the Hugging Face
-    copy's test records)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"PubMedQA test split not found: {path}")
-    return pubmedqa_ids(path)
-
-
 def split_pubmedqa(records: Sequence[QARecord], test_ids: set[str]):
     """-> (train, test)."""
     return [r for r in records if r.id not in test_ids], [r for r in records if r.id in test_ids]
@@ -111,7 +103,8 @@ class DataConfig:
         return split_medmcqa(self.medmcqa_records(), self.heldout_fraction)
 
     def pubmedqa_test_ids(self) -> set[str]:
-        return pubmedqa_test_ids(self.path(self.pubmedqa_test_file))
+        """PMIDs of the standard 500-question test split (`test_ground_truth.json`, or a copy's test records)."""
+        return pubmedqa_ids(self.path(self.pubmedqa_test_file))
 
     def pubmedqa_split(self) -> tuple[list[QARecord], list[QARecord]]:
         """(non-test half, test half) of pubmedqa_file."""
@@ -139,7 +132,7 @@ def training_records(cfg: DataConfig) -> list[QARecord]:
     data_dir, max_examples = cfg.require_dir(), cfg.max_examples
     out: list[QARecord] = []
     test_path = cfg.path(cfg.pubmedqa_test_file)
-    test_ids = pubmedqa_test_ids(test_path) if cfg.include_pubmedqa or os.path.isfile(test_path) else set()
+    test_ids = pubmedqa_ids(test_path) if cfg.include_pubmedqa or os.path.isfile(test_path) else set()
     if cfg.include_medmcqa:
         train, held = cfg.medmcqa_split()
         assert not {r.id for r in train} & {r.id for r in held}

@@ -21,8 +21,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jmlr_jax.data.sources import DataError, QARecord, read_medmcqa, read_medqa, read_mmlu, read_pubmedqa
-from jmlr_jax.data.splits import pubmedqa_test_ids
+from jmlr_jax.data.sources import DataError, QARecord, pubmedqa_ids, read_medmcqa, read_medqa, read_mmlu, read_pubmedqa
 
 _TEXT = ("id", "dataset", "question", "context", "rationale", "subject")
 
@@ -90,7 +89,7 @@ class PubMedQA(_QABuilder):
         files = _find(dl_manager.manual_dir, {"data": "ori_pqal.json", "test": "test_ground_truth.json"}, "PubMedQA")
         if len(files) < 2:
             raise DataError(f"{dl_manager.manual_dir}: PubMedQA needs both ori_pqal.json and test_ground_truth.json")
-        test = pubmedqa_test_ids(files["test"][0])
+        test = pubmedqa_ids(files["test"][0])
         return {"train": self._generate_examples(files["data"][0], test, False),
                 "test": self._generate_examples(files["data"][0], test, True)}
 

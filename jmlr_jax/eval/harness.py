@@ -156,13 +156,8 @@ def evaluate(sets: dict[str, list[QARecord]], llm_cfg, llm_params, tok, ecfg: Ev
             docs = [list(row[row >= 0][::-1]) for row in ids]  # best last
         passages = retriever.index.passages if retriever is not None else []
         shots = [choose_shots(pools[set_name], r, ecfg.num_shots) if ecfg.num_shots else [] for r in records]
-        encoded: dict[tuple, list[int]] = {}  # one subject's questions share their examples
-        for s in shots:
-            key = tuple(x.id for x in s)
-            if key not in encoded:
-                encoded[key] = encode_shots(tok, tpl, s, ecfg.shots_tokens)
         prompts = [prompt_ids(tok, tpl, budgets, r, [passages[j].with_title for j in d],
-                              encoded[tuple(x.id for x in s)]) for r, d, s in zip(records, docs, shots)]
+                              encode_shots(tok, tpl, s, ecfg.shots_tokens)) for r, d, s in zip(records, docs, shots)]
         if ecfg.mode == "loglik":
             ll = score_options(llm_cfg, llm_params, prompts, [option_ids(tok, tpl, r, budgets.answer) for r in records],
                                ecfg.batch_size, tok.pad_id or 0, bar)
