@@ -11,7 +11,8 @@ manual_dir contents (the public release file names):
   medqa     train.jsonl / dev.jsonl / test.jsonl (any file whose name holds train / dev / test), 4 or 5 options
   medmcqa   train.json / dev.json / test.json (JSON lines; .jsonl accepted); test is unlabelled (answer_idx -1)
   pubmedqa  ori_pqal.json + test_ground_truth.json -> splits train (the 500 non-test) and test (500)
-  mmlu_med  <subject>_test.csv / _dev.csv / _val.csv -> splits test / dev / validation, subject per record
+  mmlu_med  <subject>_test.csv / _dev.csv / _val.csv -> splits test / dev / validation, subject per record; only
+            the medical subjects (sources.MMLU_MED_SUBJECTS), so a folder of all 57 subjects works
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jmlr_jax.data.sources import DataError, QARecord, pubmedqa_ids, read_medmcqa, read_medqa, read_mmlu, read_pubmedqa
+from jmlr_jax.data.sources import (MMLU_MED_SUBJECTS, DataError, QARecord, mmlu_subject, pubmedqa_ids, read_medmcqa,
+                                   read_medqa, read_mmlu, read_pubmedqa)
 
 _TEXT = ("id", "dataset", "question", "context", "rationale", "subject")
 
@@ -105,7 +107,10 @@ class MmluMed(_QABuilder):
     def _split_generators(self, dl_manager):
         files = _find(dl_manager.manual_dir, {"test": "*_test.csv", "dev": "*_dev.csv", "validation": "*_val.csv"},
                       "MMLU <subject>_<split>.csv")
-        return {split: self._generate_examples(f) for split, f in files.items()}
+        files = {k: [f for f in v if mmlu_subject(f) in MMLU_MED_SUBJECTS] for k, v in files.items()}
+        if not any(files.values()):
+            raise DataError(f"{dl_manager.manual_dir}: no MMLU file of the medical subjects {MMLU_MED_SUBJECTS}")
+        return {split: self._generate_examples(f) for split, f in files.items() if f}
 
     def _generate_examples(self, files):
         for f in files:

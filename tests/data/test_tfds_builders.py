@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from jmlr_jax.data.sources import DataError, read_qa
+from jmlr_jax.data.sources import MMLU_MED_SUBJECTS, DataError, read_qa
 from jmlr_jax.data.tfds_builders import build, tfds_records
 
 
@@ -30,6 +30,7 @@ def write_fixtures(root):
     mm.mkdir()
     (mm / "anatomy_test.csv").write_text('"Which bone, of the arm?",Femur,Humerus,Tibia,Fibula,B\n')
     (mm / "college_medicine_test.csv").write_text("Q?,a,b,c,d,A\nQ2?,a,b,c,d,D\n")
+    (mm / "astronomy_test.csv").write_text("Which planet is red?,Mars,Venus,Earth,Moon,A\n")  # not medical: left out
     return root
 
 
@@ -51,7 +52,8 @@ def test_builders_round_trip_to_the_readers_records(tmp_path):
     assert [r.id for r in tfds_records("pubmedqa", "train", data_dir)] == ["0", "2"]
     build("mmlu_med", str(src / "mmlu_med"), data_dir)
     mmlu = tfds_records("mmlu_med", "test", data_dir)
-    assert sorted(mmlu, key=lambda r: r.id) == sorted(read_qa("mmlu", str(src / "mmlu_med")), key=lambda r: r.id)
+    medical = read_qa("mmlu", str(src / "mmlu_med"), subjects=MMLU_MED_SUBJECTS)
+    assert sorted(mmlu, key=lambda r: r.id) == sorted(medical, key=lambda r: r.id)
     assert {r.subject for r in mmlu} == {"anatomy", "college_medicine"}
     assert build("mmlu_med", str(src / "mmlu_med"), data_dir).info.splits["test"].num_examples == 3  # reused
 
