@@ -8,6 +8,7 @@ predictions, summary) and <name>.md (n, accuracy and standard error per dataset 
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -190,6 +191,28 @@ def summarize(preds: Sequence[dict]) -> list[dict]:
         rows.append({"set": s, "subject": subject, "n": n, "accuracy": acc, "se": math.sqrt(acc * (1 - acc) / n),
                      "unparsed": sum(bool(p.get("unparsed")) for p in ps)})
     return sorted(rows, key=lambda r: (r["set"], r["subject"] != "all", r["subject"]))
+
+
+def paired(a: dict, b: dict) -> list[dict]:
+    """Two evaluations of the same questions (their JSON results) per set: accuracy of each, b - a with its paired
+    bootstrap 95% interval, McNemar's p, and each one's predicted letters; only questions both answered."""
+    from jmlr_jax.compare.stats import mcnemar, paired_bootstrap
+
+    by_b = {(p["set"], p["id"]): p for p in b["predictions"]}
+    rows = []
+    for s in sorted({p["set"] for p in a["predictions"]}):
+        both = [(p, by_b[(s, p["id"])]) for p in a["predictions"] if p["set"] == s and (s, p["id"]) in by_b]
+        if not both:
+            continue
+        ca, cb = [x["correct"] for x, _ in both], [y["correct"] for _, y in both]
+        boot, test = paired_bootstrap(cb, ca), mcnemar(cb, ca)
+        count = lambda xs: dict(sorted(collections.Counter(xs).items()))  # noqa: E731
+        rows.append({"set": s, "n": len(both), "acc_a": float(np.mean(ca)), "acc_b": float(np.mean(cb)),
+                     "diff": boot["diff"], "lo": boot["lo"], "hi": boot["hi"], "p": test["p"],
+                     "letters_a": count(x["pred_letter"] for x, _ in both),
+                     "letters_b": count(y["pred_letter"] for _, y in both),
+                     "gold": count(x["answer"] for x, _ in both)})
+    return rows
 
 
 def markdown(rows: Sequence[dict], title: str, generate_mode: bool = False) -> str:

@@ -196,3 +196,20 @@ def test_built_in_example_pools_hold_no_evaluated_question():
     from jmlr_jax.eval.harness import choose_shots
     first, second = (choose_shots(pools["pubmedqa_test"], r, 5) for r in sets["pubmedqa_test"][:2])
     assert first != second and choose_shots(pools["pubmedqa_test"], sets["pubmedqa_test"][0], 5) == first  # per question
+
+
+def test_readme_few_shot_table_is_the_committed_results():
+    """`launch/eval_diff.py` on the committed JSON gives the README's few-shot row figures."""
+    import os
+    import re
+    from jmlr_jax.eval.harness import paired
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    a, b = (json.load(open(os.path.join(root, "results", "eval_fewshot", f"base_{k}shot.json"))) for k in (0, 5))
+    readme = open(os.path.join(root, "README.md")).read()
+    for r, name in zip(paired(a, b), ("MedMCQA held-out", "PubMedQA test")):
+        row = re.search(rf"\| {name} \((\d+)\) \| ([0-9.]+) ± [0-9.]+ \| ([0-9.]+) ± [0-9.]+ \| ([-+0-9.]+) "
+                        rf"\[([-+0-9.]+), ([-+0-9.]+)\]", readme)
+        assert row, name
+        assert int(row[1]) == r["n"] and [float(x) for x in row.groups()[1:]] == [
+            round(r[k], 3) for k in ("acc_a", "acc_b", "diff", "lo", "hi")]
