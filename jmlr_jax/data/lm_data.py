@@ -31,7 +31,7 @@ import numpy as np
 
 from jmlr_jax import chat
 from jmlr_jax.data.medquad import MedQuADPair, iter_medquad
-from jmlr_jax.data.sources import LETTERS, DataError, QARecord, jsonl_objects, read_qa
+from jmlr_jax.data.sources import LETTERS, DataError, QARecord, file_records, read_qa
 from jmlr_jax.data.splits import DataConfig, heldout_bucket, split_pubmedqa
 from jmlr_jax.errors import InputError
 from jmlr_jax.parallel import host_rows
@@ -179,7 +179,7 @@ def load_pairs(path: str) -> list[PreferencePair]:
     """Preference pairs from JSONL (id, instruction, input, chosen, rejected per line)."""
     fields = [f.name for f in dataclasses.fields(PreferencePair)]
     out = []
-    for _, where, r in jsonl_objects(path):
+    for _, where, r in file_records(path):
         bad = [k for k in fields if not isinstance(r.get(k), str)]
         if bad:
             raise InputError(f"{where}: preference pair lacks {', '.join(bad)}")

@@ -5,7 +5,7 @@
          collections ship with empty answers (removed for copyright): those pairs are left out, not errors.
   JSONL  one pair per line: {"id", "source", "url", "focus", "qtype", "question", "answer"} (the copy in
          ../shared/data); Hugging Face copies' names "question_id", "document_source", "document_url",
-         "question_focus", "question_type" are read too.
+         "question_focus", "question_type" are read too, and their Parquet files (e.g. lavita/MedQuAD) as JSONL.
 
 Both give the same records for the same pairs: answers have each line's whitespace collapsed and blank lines
 dropped (the XML indents them), and `n` numbers the pairs with answers in path order. The JSONL copy in
@@ -23,7 +23,7 @@ import os
 import xml.etree.ElementTree as ET
 from typing import Iterator
 
-from jmlr_jax.data.sources import DataError, jsonl_objects
+from jmlr_jax.data.sources import DataError, file_records
 
 LICENCE = "CC BY 4.0 (MedQuAD, Ben Abacha & Demner-Fushman 2019)"
 
@@ -71,7 +71,7 @@ def _checked(n: int, where: str, fields: dict) -> MedQuADPair | DataError:
 
 
 def _jsonl_pairs(path: str) -> Iterator[MedQuADPair | DataError]:
-    for n, where, rec in jsonl_objects(path, errors="yield"):
+    for n, where, rec in file_records(path, errors="yield"):
         if isinstance(rec, DataError):
             yield rec
             continue

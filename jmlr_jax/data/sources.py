@@ -11,9 +11,14 @@
             options are yes / no / maybe; the abstract is the record's `context`
   mmlu      headerless CSV rows: question, A, B, C, D, answer letter; the subject is the file name
             without "_test.csv" / "_dev.csv" / "_val.csv"; a directory holds one file per subject (the
-            release's data/test holds all 57: `subjects` picks some, e.g. MMLU_MED_SUBJECTS)
+            release's data/test holds all 57: `subjects` picks some, e.g. MMLU_MED_SUBJECTS); or the Hugging
+            Face copy's records {"question", "subject", "choices": [4 texts], "answer": 0-3 or a letter}
+            (e.g. its "all" test split), `subjects` picking records; ids "<subject>-<n>" count per subject as
+            the CSV's lines do, so both copies give the same ids
 
-Errors name the file and line (or the record key) and say what is wrong.
+Every JSON-lines input may also be a Parquet file (`*.parquet`: a Hugging Face dataset as downloaded from the hub,
+e.g. openlifescienceai/medmcqa, qiaojin/PubMedQA, cais/mmlu, lavita/MedQuAD), read row by row with the same checks.
+Errors name the file and line (Parquet: row), or the record key, and say what is wrong.
 """
 from __future__ import annotations
 
@@ -60,9 +65,13 @@ def _text(v) -> str:
     return v.strip() if isinstance(v, str) else ""
 
 
-def jsonl_objects(path: str, errors: str = "raise") -> Iterator[tuple[int, str, dict | DataError]]:
-    """(line number, "file:line", object) for each non-blank line; malformed JSON or a non-object is a DataError,
-    raised, or with errors="yield" put in the object's place (the caller skips or raises it; reading goes on)."""
+def file_records(path: str, errors: str = "raise") -> Iterator[tuple[int, str, dict | DataError]]:
+    """(record number, "file:line" or "file: row N", object) for each record of a JSON-lines file (blank lines
+    skipped) or a Parquet file; malformed JSON or a non-object is a DataError, raised, or with errors="yield" put in
+    the object's place (the caller skips or raises it; reading goes on). An unreadable Parquet file raises."""
+    if path.endswith(".parquet"):
+        yield from _parquet_rows(path)
+        return
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -78,13 +87,30 @@ def jsonl_objects(path: str, errors: str = "raise") -> Iterator[tuple[int, str, 
             yield n, where, rec if err is None else err
 
 
+def _parquet_rows(path: str) -> Iterator[tuple[int, str, dict]]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        n = 0
+        for batch in batches:
+            for rec in batch.to_pylist():  # nested structs come as dicts, lists as lists
+                n += 1
+                yield n, f"{path}: row {n}", rec
+    except (pyarrow.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+
+
 def read_medqa(path: str) -> Iterator[QARecord]:
-    for n, (_, where, rec) in enumerate(jsonl_objects(path)):
+    for n, (_, where, rec) in enumerate(file_records(path)):
         q, opts = _text(rec.get("question")), rec.get("options")
         if not q:
             raise DataError(f"{where}: empty or missing question")
         if isinstance(opts, list):  # some redistributions: [{"key": "A", "value": ...}] or plain strings
             opts = {o["key"]: o["value"] for o in opts} if opts and isinstance(opts[0], dict) else dict(zip(LETTERS, opts))
+        if isinstance(opts, dict):  # a Parquet struct of 4- and 5-option rows has E = null in the 4-option ones
+            opts = {k: v for k, v in opts.items() if v is not None}
         if not isinstance(opts, dict) or len(opts) < 2:
             raise DataError(f"{where}: options must map letters to texts (got {type(opts).__name__})")
         letters = sorted(opts)
@@ -104,7 +130,7 @@ def read_medqa(path: str) -> Iterator[QARecord]:
 
 
 def read_medmcqa(path: str, cop_base: int = 1, allow_unlabelled: bool = False) -> Iterator[QARecord]:
-    for n, (_, where, rec) in enumerate(jsonl_objects(path)):
+    for n, (_, where, rec) in enumerate(file_records(path)):
         q = _text(rec.get("question"))
         options = tuple(_text(rec.get(k)) for k in ("opa", "opb", "opc", "opd"))
         if not q:
@@ -132,14 +158,15 @@ def pubmedqa_entries(path: str) -> Iterator[tuple[str, str, dict | DataError]]:
     """(PMID, where, record in the release's keys) for every PubMedQA record of either format (module doc); a
     malformed JSON line, a record that is not an object, or a Hugging Face record without pubid comes as a
     DataError (PMID "" when unknown); a malformed single-JSON file raises."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg != "Extra data":  # more than one JSON value: JSON lines
-            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-        data = None
+    data = None  # None: one record per JSON line or Parquet row
+    if not path.endswith(".parquet"):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            if e.msg != "Extra data":  # more than one JSON value: JSON lines
+                raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
     if isinstance(data, dict) and "pubid" not in data:  # the release: PMID -> record
         for pmid, rec in data.items():
             where = f"{path}: record {pmid}"
@@ -150,7 +177,7 @@ def pubmedqa_entries(path: str) -> Iterator[tuple[str, str, dict | DataError]]:
     elif isinstance(data, list):
         rows = [(f"{path}: item {i}", rec) for i, rec in enumerate(data)]
     elif data is None:
-        rows = [(where, rec) for _, where, rec in jsonl_objects(path, errors="yield")]
+        rows = [(where, rec) for _, where, rec in file_records(path, errors="yield")]
     else:
         raise DataError(f"{path}: expected a JSON object PMID -> record, or Hugging Face records")
     for where, rec in rows:
@@ -207,6 +234,9 @@ def mmlu_subject(path: str) -> str:
 
 
 def read_mmlu(path: str) -> Iterator[QARecord]:
+    if not path.endswith(".csv"):
+        yield from _mmlu_records(path)
+        return
     subject = mmlu_subject(path)
     with open(path, encoding="utf-8", newline="") as f:
         for n, row in enumerate(csv.reader(f), 1):
@@ -223,14 +253,33 @@ def read_mmlu(path: str) -> Iterator[QARecord]:
             yield QARecord(f"{subject}-{n}", "mmlu", question, tuple(options), "ABCD".index(letter), subject=subject)
 
 
+def _mmlu_records(path: str) -> Iterator[QARecord]:
+    """The Hugging Face copy's records (module doc); ids count per subject as the release's CSV lines do."""
+    seen: dict[str, int] = {}
+    for _, where, rec in file_records(path):
+        question, choices, answer = _text(rec.get("question")), rec.get("choices"), rec.get("answer")
+        subject = _text(rec.get("subject")) or mmlu_subject(path)
+        if not question:
+            raise DataError(f"{where}: empty or missing question")
+        if not (isinstance(choices, list) and len(choices) == 4 and all(_text(c) for c in choices)):
+            raise DataError(f"{where}: choices must be a list of 4 non-empty texts")
+        if isinstance(answer, str) and answer.strip() in ("A", "B", "C", "D"):
+            answer = "ABCD".index(answer.strip())
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < 4:
+            raise DataError(f"{where}: answer {answer!r} is not 0-3 or one of A, B, C, D")
+        seen[subject] = seen.get(subject, 0) + 1
+        yield QARecord(f"{subject}-{seen[subject]}", "mmlu", question, tuple(_text(c) for c in choices), answer,
+                       subject=subject)
+
+
 READERS: dict[str, Callable[..., Iterator[QARecord]]] = {
     "medqa": read_medqa, "medmcqa": read_medmcqa, "pubmedqa": read_pubmedqa, "mmlu": read_mmlu,
 }
 
 
 def read_qa(kind: str, path: str, *, subjects: Sequence[str] = (), **kw) -> list[QARecord]:
-    """All records of one file (or, for MMLU, every *.csv in a directory whose subject is in `subjects`, all when
-    empty, sorted by subject)."""
+    """All records of one file (for MMLU, those whose subject is in `subjects`, all when empty; a directory: its
+    *.csv files of those subjects, sorted by subject)."""
     if kind not in READERS:
         raise InputError(f"unknown QA dataset {kind!r}; known: {sorted(READERS)}")
     if not os.path.exists(path):
@@ -242,6 +291,12 @@ def read_qa(kind: str, path: str, *, subjects: Sequence[str] = (), **kw) -> list
             raise DataError(f"{path}: none of its {len(found)} MMLU files is a subject of {tuple(subjects)} "
                             f"(e.g. {found[0]})")
         records = [r for f in files for r in read_mmlu(f)]
+    elif kind == "mmlu":  # one file: a subject's CSV or records of many subjects
+        records = list(read_mmlu(path))
+        if records and subjects:
+            records = [r for r in records if r.subject in subjects]
+            if not records:
+                raise DataError(f"{path}: none of its MMLU records is of a subject in {tuple(subjects)}")
     else:
         records = list(READERS[kind](path, **kw))
     if not records:

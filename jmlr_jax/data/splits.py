@@ -82,7 +82,8 @@ class DataConfig:
     # The built-in sets' files, under data_dir unless absolute. The defaults are ../shared/data's layout; the
     # releases' own layouts work too, e.g. medmcqa_file = "medmcqa/dev.json" (MedMCQA's data.zip: JSON lines),
     # medmcqa_cop_base = 0 (the Hugging Face copy), mmlu_dir = "mmlu/data/test" (all 57 subjects; mmlu_subjects
-    # picks the medical ones, () = every file), pubmedqa_test_file = a Hugging Face test split's records.
+    # picks the medical ones, () = every file; or one file of the Hugging Face copy's records, e.g. its "all" test
+    # split as Parquet), pubmedqa_test_file = a Hugging Face test split's records; any JSON lines may be Parquet.
     medmcqa_file: str = "medmcqa/dev.jsonl"
     medmcqa_cop_base: int = 1
     pubmedqa_file: str = "pubmedqa/ori_pqal.json"
@@ -176,7 +177,7 @@ def _named_training_files(cfg: DataConfig, data_dir: str, pubmedqa_test: set[str
     evaluation question: the built-in sets whose files are in data_dir (MMLU-Med, PubMedQA test, MedMCQA held-out)
     and DataConfig.exclude_files."""
     evaluation: list[QARecord] = []
-    if os.path.isdir(cfg.path(cfg.mmlu_dir)):
+    if os.path.exists(cfg.path(cfg.mmlu_dir)):
         evaluation += cfg.mmlu_records()
     pqa = cfg.path(cfg.pubmedqa_file)
     if os.path.isfile(pqa):

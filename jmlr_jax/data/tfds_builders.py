@@ -7,12 +7,16 @@ array_record shards that `tfds.data_source` / grain read with random access:
     python launch/build_tfds.py --dataset=medmcqa --manual_dir=/data/medmcqa --data_dir=~/tensorflow_datasets
     records = tfds_records("medmcqa", "validation", data_dir="~/tensorflow_datasets")   # -> list[QARecord]
 
-manual_dir contents (the public release file names):
-  medqa     train.jsonl / dev.jsonl / test.jsonl (any file whose name holds train / dev / test), 4 or 5 options
-  medmcqa   train.json / dev.json / test.json (JSON lines; .jsonl accepted); test is unlabelled (answer_idx -1)
-  pubmedqa  ori_pqal.json + test_ground_truth.json -> splits train (the 500 non-test) and test (500)
-  mmlu_med  <subject>_test.csv / _dev.csv / _val.csv -> splits test / dev / validation, subject per record; only
-            the medical subjects (sources.MMLU_MED_SUBJECTS), so a folder of all 57 subjects works
+manual_dir contents (the public release file names, or a Hugging Face copy's Parquet files):
+  medqa     train.jsonl / dev.jsonl / test.jsonl (any file whose name holds train / dev / test; or *.parquet so
+            named), 4 or 5 options
+  medmcqa   train.json / dev.json / test.json (JSON lines; .jsonl accepted); test is unlabelled (answer_idx -1);
+            or the Hugging Face copy's train-* / validation-* / test-*.parquet (cop 0-based there)
+  pubmedqa  ori_pqal.json (or the Hugging Face pqa_labeled *.parquet) + test_ground_truth.json -> splits train
+            (the 500 non-test) and test (500)
+  mmlu_med  <subject>_test.csv / _dev.csv / _val.csv, or the Hugging Face copy's test-* / dev-* /
+            validation-*.parquet -> splits test / dev / validation, subject per record; only the medical subjects
+            (sources.MMLU_MED_SUBJECTS), so a folder of all 57 subjects (or the "all" files) works
 """
 from __future__ import annotations
 
@@ -38,13 +42,15 @@ def _example(r: QARecord) -> tuple[str, dict]:
     return r.id, {**{k: getattr(r, k) for k in _TEXT}, "options": list(r.options), "answer_idx": r.answer_idx}
 
 
-def _find(manual_dir: str, patterns: dict[str, str], what: str) -> dict[str, list[str]]:
-    """split -> files matching its pattern in manual_dir (splits without files left out); none at all is an error."""
-    out = {split: sorted(glob.glob(os.path.join(manual_dir, pat))) for split, pat in patterns.items()}
+def _find(manual_dir: str, patterns: dict[str, tuple[str, ...]], what: str) -> dict[str, list[str]]:
+    """split -> files matching its patterns in manual_dir (splits without files left out); none at all is an
+    error."""
+    out = {split: sorted(f for pat in pats for f in glob.glob(os.path.join(manual_dir, pat)))
+           for split, pats in patterns.items()}
     out = {k: v for k, v in out.items() if v}
     if not out:
-        raise DataError(f"{manual_dir}: no {what} files (looked for {', '.join(patterns.values())}); "
-                        "see jmlr_jax/data/tfds_builders.py")
+        looked = ", ".join(p for pats in patterns.values() for p in pats)
+        raise DataError(f"{manual_dir}: no {what} files (looked for {looked}); see jmlr_jax/data/tfds_builders.py")
     return out
 
 
@@ -60,8 +66,8 @@ class MedQA(_QABuilder):
     """MedQA (USMLE) JSONL: question, options {A..}, answer, answer_idx."""
 
     def _split_generators(self, dl_manager):
-        files = _find(dl_manager.manual_dir, {"train": "*train*.jsonl", "validation": "*dev*.jsonl",
-                                              "test": "*test*.jsonl"}, "MedQA")
+        files = _find(dl_manager.manual_dir, {split: (f"*{name}*.jsonl", f"*{name}*.parquet") for split, name in
+                                              (("train", "train"), ("validation", "dev"), ("test", "test"))}, "MedQA")
         return {split: self._generate_examples(f) for split, f in files.items()}
 
     def _generate_examples(self, files):
@@ -71,16 +77,18 @@ class MedQA(_QABuilder):
 
 
 class MedMCQA(_QABuilder):
-    """MedMCQA JSON lines: opa..opd, cop (1-based), exp, subject_name; test split unlabelled."""
+    """MedMCQA JSON lines: opa..opd, cop (1-based; 0-based in the Hugging Face Parquet), exp, subject_name; test
+    split unlabelled."""
 
     def _split_generators(self, dl_manager):
-        files = _find(dl_manager.manual_dir, {"train": "train.json*", "validation": "dev.json*",
-                                              "test": "test.json*"}, "MedMCQA")
+        files = _find(dl_manager.manual_dir, {"train": ("train.json*", "train-*.parquet"),
+                                              "validation": ("dev.json*", "validation-*.parquet"),
+                                              "test": ("test.json*", "test-*.parquet")}, "MedMCQA")
         return {split: self._generate_examples(f, split == "test") for split, f in files.items()}
 
     def _generate_examples(self, files, unlabelled):
         for f in files:
-            for r in read_medmcqa(f, allow_unlabelled=unlabelled):
+            for r in read_medmcqa(f, cop_base=0 if f.endswith(".parquet") else 1, allow_unlabelled=unlabelled):
                 yield _example(r)
 
 
@@ -88,9 +96,11 @@ class PubMedQA(_QABuilder):
     """PubMedQA PQA-L: ori_pqal.json split by test_ground_truth.json into train (500) and test (500)."""
 
     def _split_generators(self, dl_manager):
-        files = _find(dl_manager.manual_dir, {"data": "ori_pqal.json", "test": "test_ground_truth.json"}, "PubMedQA")
-        if len(files) < 2:
-            raise DataError(f"{dl_manager.manual_dir}: PubMedQA needs both ori_pqal.json and test_ground_truth.json")
+        files = _find(dl_manager.manual_dir, {"data": ("ori_pqal.json", "*.parquet"),
+                                              "test": ("test_ground_truth.json",)}, "PubMedQA")
+        if len(files) < 2 or len(files["data"]) > 1:
+            raise DataError(f"{dl_manager.manual_dir}: PubMedQA needs one ori_pqal.json (or the Hugging Face "
+                            "pqa_labeled .parquet) and test_ground_truth.json")
         test = pubmedqa_ids(files["test"][0])
         return {"train": self._generate_examples(files["data"][0], test, False),
                 "test": self._generate_examples(files["data"][0], test, True)}
@@ -102,12 +112,16 @@ class PubMedQA(_QABuilder):
 
 
 class MmluMed(_QABuilder):
-    """MMLU medical subjects: headerless CSV per subject (question, A, B, C, D, answer)."""
+    """MMLU medical subjects: headerless CSV per subject (question, A, B, C, D, answer), or the Hugging Face
+    copy's records (subject per record)."""
 
     def _split_generators(self, dl_manager):
-        files = _find(dl_manager.manual_dir, {"test": "*_test.csv", "dev": "*_dev.csv", "validation": "*_val.csv"},
-                      "MMLU <subject>_<split>.csv")
-        files = {k: [f for f in v if mmlu_subject(f) in MMLU_MED_SUBJECTS] for k, v in files.items()}
+        files = _find(dl_manager.manual_dir, {"test": ("*_test.csv", "test-*.parquet"),
+                                              "dev": ("*_dev.csv", "dev-*.parquet"),
+                                              "validation": ("*_val.csv", "validation-*.parquet")},
+                      "MMLU <subject>_<split>.csv or Hugging Face <split>-*.parquet")
+        files = {k: [f for f in v if not f.endswith(".csv") or mmlu_subject(f) in MMLU_MED_SUBJECTS]
+                 for k, v in files.items()}
         if not any(files.values()):
             raise DataError(f"{dl_manager.manual_dir}: no MMLU file of the medical subjects {MMLU_MED_SUBJECTS}")
         return {split: self._generate_examples(f) for split, f in files.items() if f}
@@ -115,7 +129,8 @@ class MmluMed(_QABuilder):
     def _generate_examples(self, files):
         for f in files:
             for r in read_mmlu(f):
-                yield _example(r)
+                if r.subject in MMLU_MED_SUBJECTS:  # the Hugging Face "all" files hold every subject
+                    yield _example(r)
 
 
 BUILDERS = {"medqa": MedQA, "medmcqa": MedMCQA, "pubmedqa": PubMedQA, "mmlu_med": MmluMed}

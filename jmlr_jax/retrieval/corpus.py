@@ -7,6 +7,7 @@ Readers (one record = one document, then chunked):
   pubmedqa     PubMedQA abstracts: the PQA-L/A/U JSON object PMID -> {QUESTION, CONTEXTS, ...}; the question
                is *not* put in the passage (PubMedQA questions are the article titles: that would leak)
   documents    a user's own JSONL or TSV with columns id, title, text (TSV needs a header row)
+Every JSONL source may be a Parquet file instead (a Hugging Face copy as downloaded).
 
 Malformed records raise an error naming file and line (or record key), or, with on_error="skip", are
 skipped and counted. The corpus checksum covers every passage's id, title, text and the chunking
@@ -26,7 +27,7 @@ import gin
 
 from jmlr_jax.data.medquad import LICENCE as MEDQUAD_LICENCE
 from jmlr_jax.data.medquad import iter_medquad
-from jmlr_jax.data.sources import DataError, jsonl_objects, pubmedqa_entries, pubmedqa_ids
+from jmlr_jax.data.sources import DataError, file_records, pubmedqa_entries, pubmedqa_ids
 from jmlr_jax.errors import InputError
 
 
@@ -92,7 +93,7 @@ Yield = Iterator["Document | CorpusError"]  # readers yield errors; load_corpus 
 
 
 def _jsonl(path: str) -> Iterator[tuple[str, dict | CorpusError]]:
-    for _, where, rec in jsonl_objects(path, errors="yield"):
+    for _, where, rec in file_records(path, errors="yield"):
         yield where, rec if isinstance(rec, dict) else CorpusError(str(rec))
 
 

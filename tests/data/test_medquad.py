@@ -86,6 +86,11 @@ def test_hugging_face_field_names(tmp_path):
     (p,) = iter_medquad(str(path))
     assert (p.id, p.source, p.url, p.focus, p.qtype, p.answer) == ("0000001_1-1", "CancerGov", "u", "Adult ALL",
                                                                      "information", "A cancer.")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist([json.loads(path.read_text())]), str(tmp_path / "train.parquet"))
+    (q,) = iter_medquad(str(tmp_path / "train.parquet"))  # the copy as the hub serves it
+    assert dataclasses.replace(q, where="") == dataclasses.replace(p, where="") and q.where.endswith(": row 1")
 
 
 def test_bad_input_names_file_and_line(tmp_path):

@@ -147,3 +147,56 @@ def test_medmcqa_zero_cop_names_the_hugging_face_copy(tmp_path):
     row = {"id": "x1", "question": "q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 0}
     with pytest.raises(DataError, match=r"x.jsonl:1: cop=0 out of range for 1-based answers \(the Hugging Face"):
         read_qa("medmcqa", _lines(tmp_path / "x.jsonl", [row]))
+
+
+def _parquet(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(rows), str(path))
+    return str(path)
+
+
+def test_hugging_face_parquet_copies_read_as_the_release(tmp_path):
+    mcq = {"id": "x1", "question": "Drug of choice?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 3,
+           "exp": "Because.", "subject_name": "Pharmacology", "choice_type": "single"}
+    want = read_qa("medmcqa", _lines(tmp_path / "dev.jsonl", [mcq, dict(mcq, id="x2", cop=1, exp=None)]))
+    hf = _parquet(tmp_path / "validation-00000-of-00001.parquet",
+                  [dict(mcq, cop=2), dict(mcq, id="x2", cop=0, exp=None)])  # the copy's cop is 0-based
+    assert read_qa("medmcqa", hf, cop_base=0) == want
+    # MedQA: a Parquet struct of 4- and 5-option rows has E = null in the 4-option ones
+    rows = [{"question": "Four?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer": "b",
+             "answer_idx": "B"},
+            {"question": "Five?", "options": {"A": "a", "B": "b", "C": "c", "D": "d", "E": "e"}, "answer": "e",
+             "answer_idx": None}]
+    assert read_qa("medqa", _parquet(tmp_path / "mq.parquet", rows)) == read_qa(
+        "medqa", _lines(tmp_path / "mq.jsonl", rows))
+    release = {"123": {"QUESTION": "Does X help?", "CONTEXTS": ["Bg.", "Res."], "LONG_ANSWER": "It may.",
+                       "final_decision": "maybe"}}
+    (tmp_path / "ori.json").write_text(json.dumps(release))
+    hf = _parquet(tmp_path / "pqa_labeled.parquet", [_hf_pubmedqa(k, v) for k, v in release.items()])
+    assert read_qa("pubmedqa", hf) == read_qa("pubmedqa", str(tmp_path / "ori.json"))
+    with pytest.raises(DataError, match=r"mq.parquet: row 2: answer_idx 'F' is not one of the options"):
+        read_qa("medqa", _parquet(tmp_path / "mq.parquet", [rows[0], dict(rows[1], answer_idx="F")]))
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"broken.parquet: not a readable Parquet file"):
+        read_qa("medmcqa", str(tmp_path / "broken.parquet"))
+
+
+def test_mmlu_hugging_face_records_give_the_csv_records(tmp_path):
+    d = tmp_path / "csv"
+    d.mkdir()
+    (d / "anatomy_test.csv").write_text("Bone?,Femur,Humerus,Tibia,Fibula,B\nMuscle?,a,b,c,d,D\n")
+    (d / "astronomy_test.csv").write_text("Red planet?,Mars,Venus,Earth,Moon,A\n")
+    csv_recs = read_qa("mmlu", str(d))
+    hf = [{"question": r.question, "subject": r.subject, "choices": list(r.options), "answer": r.answer_idx}
+          for r in csv_recs]
+    letters = [dict(r, answer="ABCD"[r["answer"]]) for r in hf]  # some copies keep the letter
+    for path in (_parquet(tmp_path / "test-00000-of-00001.parquet", hf), _lines(tmp_path / "all.jsonl", letters)):
+        assert read_qa("mmlu", path) == csv_recs  # same ids: counted per subject
+        assert [r.id for r in read_qa("mmlu", path, subjects=("anatomy",))] == ["anatomy-1", "anatomy-2"]
+        with pytest.raises(DataError, match=r"none of its MMLU records is of a subject in \('virology',\)"):
+            read_qa("mmlu", path, subjects=("virology",))
+    with pytest.raises(DataError, match=r"bad.jsonl:2: choices must be a list of 4 non-empty texts"):
+        read_qa("mmlu", _lines(tmp_path / "bad.jsonl", [hf[0], dict(hf[1], choices=["a", "b"])]))
+    with pytest.raises(DataError, match=r"bad.parquet: row 1: answer 4 is not 0-3"):
+        read_qa("mmlu", _parquet(tmp_path / "bad.parquet", [dict(hf[0], answer=4)]))

@@ -69,3 +69,34 @@ def test_builder_errors(tmp_path):
     (src / "medmcqa" / "dev.json").write_text('{"id": "x", "question": "Q?", "opa": "a"}\n')
     with pytest.raises(DataError, match=r"dev.json:1: options opa..opd"):
         build("medmcqa", str(src / "medmcqa"), str(tmp_path / "tfds2"))
+
+
+def test_builders_read_the_hugging_face_parquet_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    src = write_fixtures(tmp_path / "manual")
+    hf = tmp_path / "hf"
+    for name in ("medmcqa", "pubmedqa", "mmlu"):
+        (hf / name).mkdir(parents=True)
+    write = lambda path, rows: pq.write_table(pa.Table.from_pylist(rows), str(path))  # noqa: E731
+    mcq = [json.loads(line) for line in (src / "medmcqa" / "dev.json").read_text().splitlines()]
+    write(hf / "medmcqa" / "validation-00000-of-00001.parquet", [dict(r, cop=r["cop"] - 1) for r in mcq])
+    data_dir = str(tmp_path / "tfds")
+    build("medmcqa", str(hf / "medmcqa"), data_dir)
+    assert tfds_records("medmcqa", "validation", data_dir) == read_qa("medmcqa", str(src / "medmcqa" / "dev.json"))
+    release = json.loads((src / "pubmedqa" / "ori_pqal.json").read_text())
+    write(hf / "pubmedqa" / "train-00000-of-00001.parquet",
+          [{"pubid": int(k), "question": v["QUESTION"], "context": {"contexts": v["CONTEXTS"]},
+            "long_answer": v["LONG_ANSWER"], "final_decision": v["final_decision"]} for k, v in release.items()])
+    (hf / "pubmedqa" / "test_ground_truth.json").write_text((src / "pubmedqa" / "test_ground_truth.json").read_text())
+    build("pubmedqa", str(hf / "pubmedqa"), data_dir)
+    assert [r.id for r in tfds_records("pubmedqa", "test", data_dir)] == ["1", "3"]
+    csv_recs = read_qa("mmlu", str(src / "mmlu_med"))  # anatomy, astronomy, college_medicine
+    write(hf / "mmlu" / "test-00000-of-00001.parquet",
+          [{"question": r.question, "subject": r.subject, "choices": list(r.options), "answer": r.answer_idx}
+           for r in csv_recs])
+    build("mmlu_med", str(hf / "mmlu"), str(tmp_path / "tfds_hf"))
+    build("mmlu_med", str(src / "mmlu_med"), str(tmp_path / "tfds_csv"))
+    from_hf = tfds_records("mmlu_med", "test", str(tmp_path / "tfds_hf"))
+    assert from_hf == tfds_records("mmlu_med", "test", str(tmp_path / "tfds_csv"))
+    assert {r.subject for r in from_hf} == {"anatomy", "college_medicine"}  # astronomy left out per record
