@@ -9,7 +9,7 @@ array_record shards that `tfds.data_source` / grain read with random access:
 
 manual_dir contents (the public release file names, or a Hugging Face copy's Parquet files):
   medqa     train.jsonl / dev.jsonl / test.jsonl (any file whose name holds train / dev / test; or *.parquet so
-            named), 4 or 5 options
+            named, validation-*.parquet for dev), 4 or 5 options
   medmcqa   train.json / dev.json / test.json (JSON lines; .jsonl accepted); test is unlabelled (answer_idx -1);
             or the Hugging Face copy's train-* / validation-* / test-*.parquet (cop 0-based there)
   pubmedqa  ori_pqal.json (or the Hugging Face pqa_labeled *.parquet) + test_ground_truth.json -> splits train
@@ -66,8 +66,9 @@ class MedQA(_QABuilder):
     """MedQA (USMLE) JSONL: question, options {A..}, answer, answer_idx."""
 
     def _split_generators(self, dl_manager):
-        files = _find(dl_manager.manual_dir, {split: (f"*{name}*.jsonl", f"*{name}*.parquet") for split, name in
-                                              (("train", "train"), ("validation", "dev"), ("test", "test"))}, "MedQA")
+        files = _find(dl_manager.manual_dir, {"train": ("*train*.jsonl", "*train*.parquet"),
+                                              "validation": ("*dev*.jsonl", "*dev*.parquet", "validation-*.parquet"),
+                                              "test": ("*test*.jsonl", "*test*.parquet")}, "MedQA")
         return {split: self._generate_examples(f) for split, f in files.items()}
 
     def _generate_examples(self, files):

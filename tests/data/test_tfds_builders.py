@@ -76,9 +76,18 @@ def test_builders_read_the_hugging_face_parquet_files(tmp_path):
     import pyarrow.parquet as pq
     src = write_fixtures(tmp_path / "manual")
     hf = tmp_path / "hf"
-    for name in ("medmcqa", "pubmedqa", "mmlu"):
+    for name in ("medqa", "medmcqa", "pubmedqa", "mmlu"):
         (hf / name).mkdir(parents=True)
-    write = lambda path, rows: pq.write_table(pa.Table.from_pylist(rows), str(path))  # noqa: E731
+
+    def write(path, rows):  # one schema for all rows, as a dataset's Parquet has (missing fields null)
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows]), str(path))
+
+    medqa = [json.loads(line) for line in (src / "medqa" / "phrases_no_exclude_test.jsonl").read_text().splitlines()]
+    write(hf / "medqa" / "validation-00000-of-00001.parquet", medqa)
+    build("medqa", str(hf / "medqa"), str(tmp_path / "tfds_medqa"))
+    assert tfds_records("medqa", "validation", str(tmp_path / "tfds_medqa")) == sorted(
+        read_qa("medqa", str(src / "medqa" / "phrases_no_exclude_test.jsonl")), key=lambda r: r.id)
     mcq = [json.loads(line) for line in (src / "medmcqa" / "dev.json").read_text().splitlines()]
     write(hf / "medmcqa" / "validation-00000-of-00001.parquet", [dict(r, cop=r["cop"] - 1) for r in mcq])
     data_dir = str(tmp_path / "tfds")
