@@ -16,12 +16,23 @@ DPO pairs (stated honestly), MedMCQA training questions, two kinds: "options": c
 = a wrong option (picked by a hash of the id), both written the same way ("The answer is C. text");
 "generated": chosen = the gold answer with its explanation (the SFT response), rejected = the starting model's
 own greedy answer to the question, kept only when the letter it gives is not the gold one (`generated_pairs`).
+
+A user's own data joins each stage (LMDataConfig.text_files / sft_files / pair_files; JSON lines or Parquet):
+  text   {"text", "id"?} records (pre-training corpora), or .txt files (a file, or every .txt under a directory:
+         one document each)
+  SFT    Alpaca / PMC-LLaMA's instructions {"instruction", "input"?, "output"} ("response" / "answer" read too),
+         TRL's prompt-completion {"prompt", "completion"}, {"question", "answer"}
+  pairs  TRL's {"prompt", "chosen", "rejected"} (string form), MedicalGPT / Qilin-Med's {"question",
+         "response_chosen", "response_rejected"}, and this module's own {"id", "instruction", "input", "chosen",
+         "rejected"} (pairs.jsonl)
+Records keep their "id" (or "sample_id"; else their line), prefixed with the file's name.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import os
 from typing import Sequence
 
 import gin
@@ -52,6 +63,12 @@ class LMDataConfig:
     template: str = "pmc_llama"  # or "chat": the model's own chat template (tokenizer_config.json's / the GGUF's)
     system: str = "You are a careful medical assistant."  # chat template only
     max_records: int = 0  # > 0: the first N of each record list (fixed order)
+    # A user's own data (module doc; paths under DataConfig.data_dir unless absolute): more CPT documents, more SFT
+    # records, more DPO pairs (StageConfig.pairs = "files": these alone).
+    text_files: tuple = ()
+    sft_files: tuple = ()
+    pair_files: tuple = ()
+    builtin_sft: bool = True  # False: SFT trains on sft_files alone (no MedMCQA / PubMedQA / MedQuAD records)
 
     def __post_init__(self):
         if self.template not in TEMPLATES:
@@ -114,8 +131,19 @@ def mcq_response(r: QARecord) -> str:
 
 
 def sft_records(data: DataConfig, cfg: LMDataConfig) -> list[SFTRecord]:
-    """MedMCQA + PubMedQA training halves + MedQuAD training focuses, interleaved by a hash of the id."""
+    """MedMCQA + PubMedQA training halves + MedQuAD training focuses (unless builtin_sft is off) + sft_files,
+    interleaved by a hash of the id."""
     d = data.require_dir()
+    out = [r for path in cfg.sft_files for r in read_sft_file(resolve_path(path, d))]
+    if cfg.builtin_sft:
+        out += _builtin_sft(data, cfg, d)
+    if not out:
+        raise InputError("no SFT records: LMDataConfig.builtin_sft is off and sft_files is empty")
+    out.sort(key=lambda r: hashlib.sha1(r.id.encode()).hexdigest())
+    return out[: cfg.max_records] if cfg.max_records else out
+
+
+def _builtin_sft(data: DataConfig, cfg: LMDataConfig, d: str) -> list[SFTRecord]:
     train_mcq = medmcqa_questions(data)
     out = [SFTRecord(f"medmcqa/{r.id}", *mcq_request(r), mcq_response(r)) for r in train_mcq]
     if cfg.pubmedqa:
@@ -126,8 +154,7 @@ def sft_records(data: DataConfig, cfg: LMDataConfig) -> list[SFTRecord]:
     if cfg.medquad:
         train_mq, _ = split_medquad(read_medquad_qa(resolve_path(cfg.medquad, d)), cfg.medquad_heldout_fraction)
         out += [SFTRecord(f"medquad/{r.id}", r.question, "", r.answer) for r in train_mq]
-    out.sort(key=lambda r: hashlib.sha1(r.id.encode()).hexdigest())
-    return out[: cfg.max_records] if cfg.max_records else out
+    return out
 
 
 def preference_pairs(records: Sequence[QARecord]) -> list[PreferencePair]:
@@ -143,7 +170,7 @@ def preference_pairs(records: Sequence[QARecord]) -> list[PreferencePair]:
     return out
 
 
-PAIR_KINDS = ("options", "generated")
+PAIR_KINDS = ("options", "generated", "files")
 
 
 def generated_pairs(records: Sequence[QARecord], outputs: Sequence[str]) -> list[PreferencePair]:
@@ -170,21 +197,80 @@ def dpo_pairs(data: DataConfig, cfg: LMDataConfig, heldout: bool = False) -> lis
     return pairs[: cfg.max_records] if cfg.max_records else pairs
 
 
+def file_pairs(data: DataConfig, cfg: LMDataConfig) -> list[PreferencePair]:
+    """LMDataConfig.pair_files' pairs, in file order."""
+    return [dataclasses.replace(p, id=f"{os.path.basename(path)}/{p.id}") for path in cfg.pair_files
+            for p in load_pairs(resolve_path(path, data.require_dir()))]
+
+
 def save_pairs(path: str, pairs: Sequence[PreferencePair]) -> None:
     """Preference pairs as JSONL (written whole, then renamed: a crash never leaves half a file)."""
     write_text(path, "".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in pairs))
 
 
-def load_pairs(path: str) -> list[PreferencePair]:
-    """Preference pairs from JSONL (id, instruction, input, chosen, rejected per line)."""
-    fields = [f.name for f in dataclasses.fields(PreferencePair)]
-    out = []
-    for _, where, r in file_records(path):
-        bad = [k for k in fields if not isinstance(r.get(k), str)]
+# A field -> the names public formats give it (module doc), first found wins.
+_SFT_NAMES = {"instruction": ("instruction", "prompt", "question"), "input": ("input",),
+              "response": ("output", "response", "completion", "answer")}
+_PAIR_NAMES = {"instruction": ("instruction", "prompt", "question"), "input": ("input",),
+               "chosen": ("chosen", "response_chosen"), "rejected": ("rejected", "response_rejected")}
+
+
+def _user_records(path: str, names: dict[str, tuple[str, ...]], what: str):
+    """(id, where, {field: text}) per record of a user's file; a required field (all but input) missing, empty or
+    not a string (e.g. TRL's conversational form) is an error naming the file and line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    for n, where, rec in file_records(path):
+        fields = {k: next((rec[a] for a in alts if rec.get(a) is not None), "") for k, alts in names.items()}
+        bad = [f"{k} ({' / '.join(names[k])})" for k, v in fields.items()
+               if not isinstance(v, str) or (k != "input" and not v.strip())]
         if bad:
-            raise InputError(f"{where}: preference pair lacks {', '.join(bad)}")
-        out.append(PreferencePair(*(r[k] for k in fields)))
+            raise InputError(f"{where}: {what} record lacks a non-empty text {', '.join(bad)}")
+        yield str(rec.get("id") or rec.get("sample_id") or n), where, fields
+
+
+def read_sft_file(path: str) -> list[SFTRecord]:
+    """A user's instruction records (module doc): Alpaca / PMC-LLaMA, prompt-completion or question-answer."""
+    base = os.path.basename(path)  # ids prefixed: files may reuse ids, and the built-in records' too
+    return [SFTRecord(f"{base}/{i}", f["instruction"], f["input"], f["response"])
+            for i, _, f in _user_records(path, _SFT_NAMES, "SFT")]
+
+
+def load_pairs(path: str) -> list[PreferencePair]:
+    """Preference pairs (module doc: TRL's, MedicalGPT / Qilin-Med's, or this module's pairs.jsonl); a pair whose
+    chosen equals its rejected is an error."""
+    out = []
+    for i, where, f in _user_records(path, _PAIR_NAMES, "preference pair"):
+        if f["chosen"].strip() == f["rejected"].strip():
+            raise InputError(f"{where}: chosen and rejected responses are the same")
+        out.append(PreferencePair(i, f["instruction"], f["input"], f["chosen"], f["rejected"]))
     return out
+
+
+def read_text_documents(path: str) -> list[tuple[str, str]]:
+    """A user's CPT documents as (id, text): {"text", "id"?} records, a .txt file, or every .txt under a
+    directory (one document each, id = its path below the directory)."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".txt"))
+        if not files:
+            raise InputError(f"{path}: no .txt files under this directory")
+        return [doc for f in files for doc in _text_file(f, os.path.relpath(f, path))]
+    if path.endswith(".txt"):
+        return _text_file(path, os.path.basename(path))
+    base = os.path.basename(path)
+    out = []
+    for n, where, rec in file_records(path):
+        text = rec.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{where}: CPT record lacks a non-empty text")
+        out.append((f"{base}/{rec.get('id') or n}", text))  # ids prefixed as SFT records' are
+    return out
+
+
+def _text_file(path: str, doc_id: str) -> list[tuple[str, str]]:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return [(doc_id, text)] if text.strip() else []
 
 
 # ---------------------------------------------------------------------------------------------- templates
@@ -271,8 +357,9 @@ def cpt_documents(data: DataConfig, cfg: LMDataConfig) -> tuple[list[tuple[str, 
             if isinstance(doc, Exception):
                 raise doc
             docs.append((doc.id, doc.text))
+    docs += [doc for path in cfg.text_files for doc in read_text_documents(resolve_path(path, d))]
     if not docs:
-        raise InputError("the CPT corpus is empty: set LMDataConfig.guidelines / medquad / pubmedqa")
+        raise InputError("the CPT corpus is empty: set LMDataConfig.guidelines / medquad / pubmedqa / text_files")
     held = [x for x in docs if heldout_bucket(x[0], cfg.text_heldout_fraction)]
     held_ids = {x[0] for x in held}
     return [x for x in docs if x[0] not in held_ids], held

@@ -55,8 +55,9 @@ class StageConfig:
     lora_rank: int = 0  # 0 = full fine-tuning
     lora_alpha: float = 16.0
     dpo_beta: float = 0.1
-    # DPO pairs (lm_data): "options" (gold vs a wrong option, same wording) or "generated" (gold explanation vs the
-    # starting model's own wrong greedy answer to the first `pair_questions` MedMCQA training questions)
+    # DPO pairs (lm_data): "options" (gold vs a wrong option, same wording), "generated" (gold explanation vs the
+    # starting model's own wrong greedy answer to the first `pair_questions` MedMCQA training questions), or
+    # "files" (LMDataConfig.pair_files alone; with the other kinds, pair_files are added to theirs)
     pairs: str = "options"
     pair_questions: int = 200
 
@@ -164,11 +165,16 @@ class StageTrainer(StepLoop):
         return ds.batch(A, drop_remainder=True) if A > 1 else ds
 
     def _pairs(self, data: DataConfig, lm: lm_data.LMDataConfig, start_params) -> list[lm_data.PreferencePair]:
+        own = lm_data.file_pairs(data, lm)
+        if self.stage.pairs == "files":
+            if not own:
+                raise InputError("StageConfig.pairs = 'files' needs LMDataConfig.pair_files")
+            return own
         if self.stage.pairs == "options":
-            return lm_data.dpo_pairs(data, lm)
+            return lm_data.dpo_pairs(data, lm) + own
         questions = lm_data.medmcqa_questions(data)[: self.stage.pair_questions]
         return stage_eval.model_pairs(self.llm_cfg, start_params, self.tok, lm, questions,
-                                      os.path.join(self.run_cfg.workdir, "pairs.jsonl"))
+                                      os.path.join(self.run_cfg.workdir, "pairs.jsonl")) + own
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
         tokens = int(sum(np.sum(v > 0) for k, v in batch.items() if k.endswith("segment_ids")))
@@ -188,6 +194,16 @@ class StageTrainer(StepLoop):
         save_tokenizer(self.tok, directory)
 
 
+# LMDataConfig fields a stage of each kind never reads: changing them (say, adding SFT files after CPT finished)
+# leaves its directory valid.
+LM_FIELDS_UNREAD = {
+    "cpt": ("template", "system", "max_records", "sft_files", "pair_files", "builtin_sft"),
+    "sft": ("guidelines", "text_heldout_fraction", "text_files", "pair_files"),
+    "dpo": ("guidelines", "medquad", "pubmedqa", "medquad_heldout_fraction", "text_heldout_fraction", "text_files",
+            "sft_files", "builtin_sft"),
+}
+
+
 def check_stage_dir(workdir: str, stage: StageConfig, init: str, data: DataConfig, lm: lm_data.LMDataConfig,
                     write: bool = False) -> None:
     """A stage directory belongs to one stage setting (num_steps may grow): another is an error, not a silent mix."""
@@ -202,8 +218,9 @@ def check_stage_dir(workdir: str, stage: StageConfig, init: str, data: DataConfi
                          if f.default is not dataclasses.MISSING}
                    for sec, cls in (("stage", StageConfig), ("data", DataConfig), ("lm_data", lm_data.LMDataConfig))}
         was = lambda sec, k: saved.get(sec, {}).get(k, default[sec].get(k))  # noqa: E731
+        unread = {("lm_data", k) for k in LM_FIELDS_UNREAD[stage.kind]} | {("stage", "num_steps")}
         diff = [f"{sec}.{k}: run has {was(sec, k)!r}, given {v!r}" for sec in ("stage", "data", "lm_data")
-                for k, v in cur[sec].items() if was(sec, k) != v and k != "num_steps"]
+                for k, v in cur[sec].items() if was(sec, k) != v and (sec, k) not in unread]
         if saved.get("init") != cur["init"]:
             diff.append(f"init: run has {saved.get('init')!r}, given {cur['init']!r}")
         if diff:
@@ -232,7 +249,15 @@ def run_stage(pipe: PipelineConfig, index: int, data: DataConfig, lm: lm_data.LM
         check_stage_dir(pipe.stage_dir(index), pipe.stages[index], init, data, lm)
         with open(done) as f:
             return dict(json.load(f), skipped=True)
-    trainer = StageTrainer(pipe, index, data, lm, init)
+    fresh = not os.path.isfile(os.path.join(pipe.stage_dir(index), "stage.json"))
+    try:
+        trainer = StageTrainer(pipe, index, data, lm, init)
+    except Exception:
+        if fresh:  # a stage that never started binds no settings: fixing its input needs no new workdir
+            for name in ("stage.json", "pairs.jsonl"):
+                if os.path.isfile(os.path.join(pipe.stage_dir(index), name)):
+                    os.remove(os.path.join(pipe.stage_dir(index), name))
+        raise
     try:
         last = trainer.run()
         if int(trainer.state["step"]) < trainer.run_cfg.num_steps:  # stopped early (SIGTERM): not done
@@ -275,12 +300,13 @@ PAIR_TEXT = {"options": "gold option vs a wrong option, same wording",
 
 
 def pipeline_pairs(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfig, n: int) -> tuple[str, list]:
-    """(kind, held-out pairs) of the kind the pipeline's DPO stage trains on: "options" when it has none, or
-    while a "generated" stage's reference model (the stage before it) has not finished."""
+    """(kind, held-out pairs) of the kind the pipeline's DPO stage trains on: "options" when it has none, trains
+    on a user's pair files, or while a "generated" stage's reference model (the stage before it) has not
+    finished."""
     dpo = [i for i, s in enumerate(pipe.stages) if s.kind == "dpo"]
     kind = pipe.stages[dpo[0]].pairs if dpo else "options"
-    if kind == "options":
-        return kind, stage_eval.heldout_pairs(kind, data, lm, n)
+    if kind in ("options", "files"):  # a user's pair files have no held-out part: MedMCQA's option pairs
+        return "options", stage_eval.heldout_pairs("options", data, lm, n)
     try:
         ref = stage_init(pipe, dpo[0])
     except InputError as e:

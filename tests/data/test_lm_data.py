@@ -152,10 +152,64 @@ def test_generated_pairs_keep_only_wrong_answers_and_round_trip(tmp_path):
     assert lm_data.load_pairs(path) == pairs
     with open(path, "a") as f:
         f.write('{"id": "x", "instruction": "I", "input": "", "chosen": "c"}\n')
-    with pytest.raises(InputError, match=r"pairs.jsonl:3: preference pair lacks rejected"):
+    with pytest.raises(InputError, match=r"pairs.jsonl:3: preference pair record lacks a non-empty text rejected"):
         lm_data.load_pairs(path)
     (tmp_path / "bad.jsonl").write_text('{"id": \n')
     with pytest.raises(InputError, match=r"bad.jsonl:1: malformed JSON"):
         lm_data.load_pairs(str(tmp_path / "bad.jsonl"))
     with pytest.raises(ValueError, match="4 questions but 3 answers"):
         lm_data.generated_pairs(recs, outputs[:3])
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_a_users_files_in_their_public_formats(tmp_path):
+    alpaca = _jsonl(tmp_path / "pmc_llama_instructions.jsonl", [
+        {"instruction": "Answer the question.", "input": "What lowers LDL?", "output": "Statins.", "sample_id": 7},
+        {"instruction": "Define sepsis.", "output": "A dysregulated host response to infection."}])
+    trl = _jsonl(tmp_path / "trl.jsonl", [{"prompt": "What is HbA1c?", "completion": "Glycated haemoglobin."}])
+    recs = lm_data.read_sft_file(alpaca) + lm_data.read_sft_file(trl)
+    assert [(r.id, r.instruction, r.input, r.response) for r in recs] == [
+        ("pmc_llama_instructions.jsonl/7", "Answer the question.", "What lowers LDL?", "Statins."),
+        ("pmc_llama_instructions.jsonl/2", "Define sepsis.", "",
+         "A dysregulated host response to infection."),
+        ("trl.jsonl/1", "What is HbA1c?", "", "Glycated haemoglobin.")]
+    with pytest.raises(InputError, match=r"no_answer.jsonl:2: SFT record lacks a non-empty text response "
+                                         r"\(output / response / completion / answer\)"):
+        lm_data.read_sft_file(_jsonl(tmp_path / "no_answer.jsonl", [{"prompt": "a", "completion": "b"},
+                                                                    {"instruction": "Q?", "output": "  "}]))
+    conversational = [{"prompt": [{"role": "user", "content": "Q?"}], "completion": [{"role": "assistant",
+                                                                                     "content": "A."}]}]
+    with pytest.raises(InputError, match=r"conv.jsonl:1: SFT record lacks a non-empty text instruction"):
+        lm_data.read_sft_file(_jsonl(tmp_path / "conv.jsonl", conversational))
+
+    pairs = lm_data.load_pairs(_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "Q1?", "chosen": "good", "rejected": "bad"},  # TRL
+        {"system": "", "history": [], "question": "Q2?", "response_chosen": "fine", "response_rejected": "poor"}]))
+    assert [(p.instruction, p.input, p.chosen, p.rejected) for p in pairs] == [("Q1?", "", "good", "bad"),
+                                                                              ("Q2?", "", "fine", "poor")]
+    with pytest.raises(InputError, match=r"same.jsonl:1: chosen and rejected responses are the same"):
+        lm_data.load_pairs(_jsonl(tmp_path / "same.jsonl", [{"prompt": "Q?", "chosen": "A.", "rejected": " A. "}]))
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist([{"id": "pmc1", "text": "Metformin is first line."}, {"text": "Second."}]),
+                   str(tmp_path / "papers.parquet"))
+    (tmp_path / "books" / "ch1").mkdir(parents=True)
+    (tmp_path / "books" / "ch1" / "a.txt").write_text("Chapter one.")
+    (tmp_path / "books" / "b.txt").write_text("Chapter two.")
+    (tmp_path / "books" / "empty.txt").write_text("  \n")
+    assert lm_data.read_text_documents(str(tmp_path / "papers.parquet")) == [
+        ("papers.parquet/pmc1", "Metformin is first line."), ("papers.parquet/2", "Second.")]
+    assert lm_data.read_text_documents(str(tmp_path / "books")) == [("b.txt", "Chapter two."),
+                                                                    ("ch1/a.txt", "Chapter one.")]
+    with pytest.raises(InputError, match=r"notext.jsonl:1: CPT record lacks a non-empty text"):
+        lm_data.read_text_documents(_jsonl(tmp_path / "notext.jsonl", [{"body": "x"}]))
+    (tmp_path / "none").mkdir()
+    with pytest.raises(InputError, match=r"none: no .txt files under this directory"):
+        lm_data.read_text_documents(str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="SFT file not found"):
+        lm_data.read_sft_file(str(tmp_path / "missing.jsonl"))

@@ -226,3 +226,41 @@ def test_dpo_on_the_starting_models_own_wrong_answers(setup, tmp_path):
         stages.check_stage_dir(pipe.stage_dir(0), stage, llm, data, lm)
     with pytest.raises(ValueError, match="StageConfig.pairs"):
         stages.StageConfig("dpo", "dpo", pairs="sampled")
+
+
+def test_a_pipeline_on_a_users_own_data(setup, tmp_path):
+    """CPT on a user's text alone, SFT on their instruction file alone, DPO on their pairs alone; files added to a
+    finished pipeline leave the stages that never read them valid, and change the ones that do."""
+    data, lm, llm = setup
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "papers.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "text": f"Paper {i} on metformin. " * 20})
+                                              + "\n" for i in range(6)))
+    (own / "instructions.jsonl").write_text("".join(json.dumps(
+        {"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."}) + "\n" for i in range(4)))
+    (own / "pairs.jsonl").write_text("".join(json.dumps(
+        {"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": "No idea."}) + "\n" for i in range(4)))
+    text_only = dataclasses.replace(lm, guidelines="", medquad="", pubmedqa="", text_files=(str(own / "papers.jsonl"),))
+    train, held = lm_data.cpt_documents(data, text_only)
+    assert {i for i, _ in train + held} == {f"papers.jsonl/p{i}" for i in range(6)}
+    pipe = stages.PipelineConfig(name="own", workdir=str(tmp_path / "w"), llm=llm, progress=False, stages=(
+        stages.StageConfig("cpt", "cpt", num_steps=1, batch_size=2, lr=1e-3),
+        stages.StageConfig("sft", "sft", num_steps=1, batch_size=2, lr=1e-3),
+        stages.StageConfig("dpo", "dpo", num_steps=1, batch_size=2, lr=1e-3, pairs="files")))
+    stages.run_pipeline(pipe, data, text_only, only="cpt")
+    mine = dataclasses.replace(text_only, builtin_sft=False, sft_files=(str(own / "instructions.jsonl"),))
+    assert {r.id for r in lm_data.sft_records(data, mine)} == {f"instructions.jsonl/{i}" for i in range(1, 5)}
+    # CPT never read the SFT files: still finished; DPO without pair files fails before it starts
+    with pytest.raises(InputError, match="StageConfig.pairs = 'files' needs LMDataConfig.pair_files"):
+        stages.run_pipeline(pipe, data, mine)
+    mine = dataclasses.replace(mine, pair_files=(str(own / "pairs.jsonl"),))
+    out = stages.run_pipeline(pipe, data, mine)  # the failed start bound no settings: no new workdir needed
+    assert [bool(o.get("skipped")) for o in out] == [True, True, False]
+    dpo = stages.StageTrainer(pipe, 2, data, mine, stages.stage_init(pipe, 2))
+    assert [p.id for p in dpo._pairs(data, mine, None)] == [f"pairs.jsonl/{i}" for i in range(1, 5)]
+    dpo.close()
+    other = dataclasses.replace(mine, sft_files=(str(own / "pairs.jsonl"),))
+    with pytest.raises(ConfigError, match="lm_data.sft_files: run has"):
+        stages.run_pipeline(pipe, data, other)
+    with pytest.raises(InputError, match="no SFT records: LMDataConfig.builtin_sft is off and sft_files is empty"):
+        lm_data.sft_records(data, dataclasses.replace(mine, sft_files=()))
