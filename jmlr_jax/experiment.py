@@ -67,9 +67,11 @@ SECTIONS: dict[str, type] = {
     "index": IndexConfig, "search": SearchConfig, "jmlr": JMLRConfig, "optim": OptimConfig, "lora": LoraConfig,
     "template": PromptTemplate, "budgets": Budgets,
 }
-# What a resumed run may change without changing what it trains (section -> fields).
+# What a resumed run may change without changing what it trains (section -> fields). The data directory is a
+# location (another machine, a cloud mount): the loop checks that it holds the same training questions.
 RESUMABLE = {"run": {"workdir", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoint",
-                     "mesh_shape", "progress", "peak_flops_per_device"}}
+                     "mesh_shape", "progress", "peak_flops_per_device"},
+             "data": {"data_dir"}}
 # Evaluation reads the run's weights and data; it may also search the index differently.
 EVALUABLE = {**RESUMABLE, "search": {f.name for f in dataclasses.fields(SearchConfig)}}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import sys
@@ -119,9 +120,18 @@ class DataConfig:
             raise InputError("DataConfig.data_dir is not set: bind DATA = '/path/to/data' in gin "
                              "(configs/data/medical_qa.gin) or --gin.DataConfig.data_dir=\"'...'\"")
         if not os.path.isdir(self.data_dir):  # said once, not as the first file some reader fails to open
-            raise InputError(f"DataConfig.data_dir {self.data_dir!r} is not a directory: bind DATA to the "
-                             "directory that holds medmcqa/, pubmedqa/, medquad/, guidelines/ ...")
+            raise InputError(f"DataConfig.data_dir {self.data_dir!r} is not a directory: bind it to the directory "
+                             "that holds medmcqa/, pubmedqa/, medquad/, guidelines/ ... (--gin.DataConfig.data_dir="
+                             "\"'/path/to/data'\"; gin files set it from DATA)")
         return self.data_dir
+
+
+def records_fingerprint(records: Sequence[QARecord]) -> str:
+    """sha1 of the records' ids, questions, options and answers, in order: the same questions, wherever read."""
+    h = hashlib.sha1()
+    for r in records:
+        h.update(json.dumps([r.dataset, r.id, r.question, r.options, r.answer_idx]).encode())
+    return h.hexdigest()
 
 
 def training_records(cfg: DataConfig) -> list[QARecord]:

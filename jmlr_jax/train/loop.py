@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jmlr_jax import checkpoint, parallel, workdir as workdir_lib
 from jmlr_jax.config import save_operative_config
 from jmlr_jax.data.pipeline import JMLRExamples, make_dataset, retrieval_query
-from jmlr_jax.data.splits import training_records
+from jmlr_jax.data.splits import records_fingerprint, training_records
 from jmlr_jax.experiment import Experiment, RunConfig
 from jmlr_jax.models import colbert as colbert_lib, llama as llama_lib
 from jmlr_jax.retrieval.index import Retriever
@@ -187,6 +187,7 @@ class Trainer(StepLoop):
         r_params = params["retriever"]
         self.corpus = exp.corpus.load(exp.data.require_dir())
         self.records = training_records(exp.data)
+        self.records_meta = {"n": len(self.records), "sha1": records_fingerprint(self.records)}  # checked on resume
         self.queries = [retrieval_query(r) for r in self.records]
 
         self.groups = describe_groups(params, exp.optim)
@@ -196,6 +197,12 @@ class Trainer(StepLoop):
         self.ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, "checkpoints"), run.keep_checkpoints,
                                             run.async_checkpoint)
         data_state, meta = self.init_or_restore(params, self.tx, run.seed, self.state_sh)
+        trained_on = (meta or {}).get("train_records")
+        if trained_on and trained_on != self.records_meta:  # checkpoints from before this check carry none
+            raise checkpoint.CheckpointError(
+                f"the training questions under {exp.data.data_dir} ({len(self.records)}, sha1 "
+                f"{self.records_meta['sha1'][:12]}) are not those the checkpoint trained on ({trained_on['n']}, "
+                f"sha1 {trained_on['sha1'][:12]}): point DataConfig.data_dir at the run's data")
         if meta is None:
             index = cached_index(self.corpus, self.rcfg, r_params, self.ctok, exp.index, exp.search, self.local,
                                  fallback=run.initial_index, progress=run.progress)
@@ -266,7 +273,7 @@ class Trainer(StepLoop):
         d = self._index_dir()  # recorded relative to the run's local dir when inside it (portable)
         return {"index_version": self.index.version, "step": step,
                 "index_dir": os.path.basename(d) if os.path.dirname(d) == self.local else d,
-                "config": self.exp.to_dict()}
+                "config": self.exp.to_dict(), "train_records": self.records_meta}
 
 
 def train_main(exp: Experiment) -> dict:

@@ -131,6 +131,35 @@ def test_resume_is_exact(assets, tmp_path, capfd):
         experiment.for_evaluation(str(tmp_path))
 
 
+def test_moved_data_resumes_and_other_data_is_refused(assets, tmp_path):
+    """The data directory is a location: a run resumes, and is evaluated, from another one holding the same
+    training questions; one holding other questions is refused at resume."""
+    moved, other = tmp_path / "moved", tmp_path / "other"
+    for d in (moved, other):
+        d.mkdir()
+        for sub in os.listdir(DATA_DIR):
+            if not (d == other and sub == "medmcqa"):
+                os.symlink(os.path.join(DATA_DIR, sub), d / sub)
+    (other / "medmcqa").mkdir()
+    with open(os.path.join(DATA_DIR, "medmcqa", "dev.jsonl")) as f, open(other / "medmcqa" / "dev.jsonl", "w") as g:
+        for line in f:
+            r = json.loads(line)
+            g.write(json.dumps(dict(r, question=r["question"] + " (edited)")) + "\n")
+    t = trainer(assets, tmp_path / "w", **{"RunConfig.num_steps": "2"})
+    t.run()
+    t.close()
+    t = trainer(assets, tmp_path / "w", **{"RunConfig.num_steps": "3", "DataConfig.data_dir": repr(str(moved))})
+    assert int(t.state["step"]) == 2 and t.exp.data.data_dir == str(moved)
+    t.close()
+    with pytest.raises(InputError, match=r"the training questions under .*other \(8, sha1 \w+\) are not those the "
+                                         r"checkpoint trained on \(8, sha1"):
+        trainer(assets, tmp_path / "w", **{"DataConfig.data_dir": repr(str(other))})
+    gin.clear_config()
+    config.parse([], [f"DataConfig.data_dir = {str(moved)!r}"])
+    assert experiment.for_evaluation(str(tmp_path / "w")).data.data_dir == str(moved)
+    gin.clear_config()
+
+
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 def test_eight_devices_match_one(assets, tmp_path):
     losses = {}
