@@ -122,7 +122,7 @@ class StageTrainer(StepLoop):
                                        llm_overrides=pipe.llm_overrides, mesh_shape=pipe.mesh_shape,
                                        peak_flops_per_device=pipe.peak_flops_per_device, progress=pipe.progress)
         os.makedirs(workdir, exist_ok=True)
-        check_stage_dir(workdir, stage, init, data, lm, write=True)
+        check_stage_dir(workdir, stage, init, data, lm)  # written once its data are read (below)
         parallel.maybe_initialize_distributed()
         self.mesh = parallel.make_mesh(run.mesh_shape)
         self.llm_cfg, llm_params, self.tok = load_preset(init, **dict(pipe.llm_overrides))
@@ -141,6 +141,7 @@ class StageTrainer(StepLoop):
         data_state, _ = self.init_or_restore(params, self.tx, run.seed, self.state_sh)
         del params, llm_params
         self.data_iter = iter(self._dataset(data, lm, ref))
+        check_stage_dir(workdir, stage, init, data, lm, data_sha1=self.data_sha1)
         self.batch_axis = 1 if stage.grad_accum > 1 else 0  # [A, B, ...] micro-batches
         if data_state is not None:
             self.data_iter.set_state(data_state)
@@ -155,11 +156,13 @@ class StageTrainer(StepLoop):
         kind, run, A = self.stage.kind, self.run_cfg, self.stage.grad_accum
         if kind == "cpt":
             train, _ = lm_data.cpt_documents(data, lm)
+            self.data_sha1 = _fingerprint(train)
             pieces = lm_data.cpt_pieces(self.tok, [t for _, t in train], lm.seq_len)
             ds = lm_data.cpt_dataset(pieces, lm.seq_len, run.batch_size, run.seed, shard=parallel.host_shard())
         else:
             items, encode, what = ((lm_data.sft_records(data, lm), lm_data.sft_example, "SFT") if kind == "sft" else
                                    (self._pairs(data, lm, start_params), lm_data.dpo_example, "DPO"))
+            self.data_sha1 = _fingerprint(dataclasses.astuple(x) for x in items)
             ex = _Examples(items, functools.partial(encode, self.tok, lm), what)
             ds = lm_data.example_dataset(ex, run.batch_size, run.seed, shard=parallel.host_shard())
         return ds.batch(A, drop_remainder=True) if A > 1 else ds
@@ -194,8 +197,15 @@ class StageTrainer(StepLoop):
         save_tokenizer(self.tok, directory)
 
 
+def _fingerprint(items) -> str:
+    h = hashlib.sha1()
+    for x in items:
+        h.update(json.dumps(x).encode())
+    return h.hexdigest()
+
+
 # LMDataConfig fields a stage of each kind never reads: changing them (say, adding SFT files after CPT finished)
-# leaves its directory valid.
+# leaves its directory valid. DataConfig.data_dir is a location: the stage's data are checked by their sha1.
 LM_FIELDS_UNREAD = {
     "cpt": ("template", "system", "max_records", "sft_files", "pair_files", "builtin_sft"),
     "sft": ("guidelines", "text_heldout_fraction", "text_files", "pair_files"),
@@ -205,8 +215,10 @@ LM_FIELDS_UNREAD = {
 
 
 def check_stage_dir(workdir: str, stage: StageConfig, init: str, data: DataConfig, lm: lm_data.LMDataConfig,
-                    write: bool = False) -> None:
-    """A stage directory belongs to one stage setting (num_steps may grow): another is an error, not a silent mix."""
+                    data_sha1: str = "") -> None:
+    """A stage directory belongs to one stage setting (num_steps may grow): another is an error, not a silent mix.
+    With data_sha1 (the sha1 of the documents / records / pairs the stage reads), that must be the one the stage
+    started with, wherever the data now are (DataConfig.data_dir is a location), and stage.json is written."""
     path = os.path.join(workdir, "stage.json")
     cur = json.loads(json.dumps({"stage": dataclasses.asdict(stage), "init": init, "data": dataclasses.asdict(data),
                                  "lm_data": dataclasses.asdict(lm)}))
@@ -218,16 +230,19 @@ def check_stage_dir(workdir: str, stage: StageConfig, init: str, data: DataConfi
                          if f.default is not dataclasses.MISSING}
                    for sec, cls in (("stage", StageConfig), ("data", DataConfig), ("lm_data", lm_data.LMDataConfig))}
         was = lambda sec, k: saved.get(sec, {}).get(k, default[sec].get(k))  # noqa: E731
-        unread = {("lm_data", k) for k in LM_FIELDS_UNREAD[stage.kind]} | {("stage", "num_steps")}
+        unread = {("lm_data", k) for k in LM_FIELDS_UNREAD[stage.kind]} | {("stage", "num_steps"), ("data", "data_dir")}
         diff = [f"{sec}.{k}: run has {was(sec, k)!r}, given {v!r}" for sec in ("stage", "data", "lm_data")
                 for k, v in cur[sec].items() if was(sec, k) != v and (sec, k) not in unread]
         if saved.get("init") != cur["init"]:
             diff.append(f"init: run has {saved.get('init')!r}, given {cur['init']!r}")
         if diff:
             raise ConfigError(f"{workdir} holds another stage setting (" + "; ".join(diff) + "); use a new workdir")
-    if write:
-        with open(path, "w") as f:
-            json.dump(cur, f, indent=1)
+    if data_sha1:
+        was_sha1 = saved.get("data_sha1", data_sha1) if os.path.isfile(path) else data_sha1
+        if was_sha1 != data_sha1:
+            raise ConfigError(f"{workdir}: the data under {data.data_dir} are not those this stage trained on (sha1 "
+                              f"{data_sha1[:12]}, the stage's {was_sha1[:12]}); point DataConfig.data_dir at them")
+        write_text(path, json.dumps(dict(cur, data_sha1=data_sha1), indent=1))
 
 
 def stage_init(pipe: PipelineConfig, index: int) -> str:

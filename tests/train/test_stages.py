@@ -264,3 +264,33 @@ def test_a_pipeline_on_a_users_own_data(setup, tmp_path):
         stages.run_pipeline(pipe, data, other)
     with pytest.raises(InputError, match="no SFT records: LMDataConfig.builtin_sft is off and sft_files is empty"):
         lm_data.sft_records(data, dataclasses.replace(mine, sft_files=()))
+
+
+def test_moved_data_keeps_stages_and_other_data_is_refused(setup, tmp_path):
+    """DataConfig.data_dir is a location: a finished stage stays finished with the data elsewhere, an interrupted
+    one resumes from the same data elsewhere, and refuses data that differ (their sha1 is in stage.json)."""
+    data, lm, llm = setup
+    moved, other = tmp_path / "moved", tmp_path / "other"
+    for d in (moved, other):
+        d.mkdir()
+        for sub in os.listdir(data.data_dir):
+            if not (d == other and sub == "medquad"):
+                os.symlink(os.path.join(data.data_dir, sub), d / sub)
+    (other / "medquad").mkdir()
+    with open(os.path.join(data.data_dir, "medquad", "medquad.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    (other / "medquad" / "medquad.jsonl").write_text("".join(json.dumps(dict(r, answer=r["answer"] + " Edited."))
+                                                             + "\n" for r in rows))
+    pipe = stages.PipelineConfig(name="m", workdir=str(tmp_path / "w"), llm=llm, progress=False, checkpoint_every=1,
+                                 stages=(stages.StageConfig("cpt", "cpt", num_steps=1, batch_size=2, lr=1e-3),
+                                         stages.StageConfig("sft", "sft", num_steps=2, batch_size=2, lr=1e-3)))
+    stages.run_pipeline(pipe, data, lm, only="cpt")
+    t = stages.StageTrainer(pipe, 1, data, lm, stages.stage_init(pipe, 1))  # SFT stopped after its first step
+    t.step_fn = (lambda f: lambda s, b: (setattr(t, "_stop", True), f(s, b))[1])(t.step_fn)
+    t.run()
+    t.close()
+    with pytest.raises(ConfigError, match=r"2-sft: the data under .*other are not those this stage trained on"):
+        stages.run_pipeline(pipe, dataclasses.replace(data, data_dir=str(other)), lm)  # CPT finished: skipped
+    out = stages.run_pipeline(pipe, dataclasses.replace(data, data_dir=str(moved)), lm)
+    assert [bool(o.get("skipped")) for o in out] == [True, False] and out[1]["steps"] == 2
+    assert json.load(open(os.path.join(pipe.stage_dir(1), "stage.json")))["data"]["data_dir"] == str(moved)
