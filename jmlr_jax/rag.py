@@ -50,6 +50,8 @@ def main(argv=None) -> None:
     ap.add_argument("--generator", default="smollm2-135m-instruct", help="preset or local HF/GGUF path")
     ap.add_argument("--retriever", default="all-minilm-l6-v2", help="preset or local BERT path")
     ap.add_argument("--workdir", default="", help="a training run's workdir: its trained weights, corpus and template")
+    ap.add_argument("--data_dir", default="",
+                    help="with --workdir: where the run's data are now, if not where it was trained (another machine)")
     args = ap.parse_args(argv)
     if args.k < 0 or args.max_new_tokens < 1 or args.max_passages < 0:
         ap.error("--k and --max_passages must be >= 0, --max_new_tokens >= 1")
@@ -99,7 +101,8 @@ def answer_from_run(args, t0: float) -> None:
     """The trained run in args.workdir answers with its own retriever (ScaNN + rerank over its corpus)."""
     w = restore_params(args.workdir)
     exp = w.exp
-    index = cached_index(exp.corpus.load(exp.data.data_dir), w.rcfg, w.r_params, w.ctok, exp.index, exp.search,
+    data = dataclasses.replace(exp.data, data_dir=args.data_dir) if args.data_dir else exp.data
+    index = cached_index(exp.corpus.load(data.require_dir()), w.rcfg, w.r_params, w.ctok, exp.index, exp.search,
                          os.path.join(args.workdir, "eval"), progress=False)
     passages = index.passages
     ids, scores = Retriever(w.rcfg, w.r_params, w.ctok, index).search([args.question], args.k)

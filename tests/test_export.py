@@ -5,6 +5,7 @@ import sys
 import gin
 import jax
 import numpy as np
+import pytest
 import torch
 from safetensors.numpy import load_file
 
@@ -67,4 +68,7 @@ def test_exported_run_loads_in_transformers_and_answers(assets, tmp_path, monkey
     out = capsys.readouterr().out
     cited = [line.split()[1] for line in out.splitlines() if line.strip().startswith("[")]
     assert "the run's retriever (step 1)" in out and len(cited) == 2 and set(cited) <= {p.id for p in t.corpus.passages}
+    with pytest.raises(SystemExit):  # the run's data looked for elsewhere (--data_dir): a one-line error if absent
+        rag.main(["--workdir", str(tmp_path / "run"), "--data_dir", str(tmp_path / "nowhere")])
+    assert f"DataConfig.data_dir '{tmp_path / 'nowhere'}' is not a directory" in capsys.readouterr().err
 
