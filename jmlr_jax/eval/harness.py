@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from typing import Sequence
 
@@ -24,7 +25,7 @@ import tqdm
 
 from jmlr_jax.data.pipeline import retrieval_query
 from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
-from jmlr_jax.data.splits import DataConfig, question_key
+from jmlr_jax.data.splits import DataConfig, question_key, training_records
 from jmlr_jax.data.templates import Budgets, PromptTemplate, encode_shots
 from jmlr_jax.errors import InputError
 from jmlr_jax.experiment import Experiment
@@ -52,6 +53,10 @@ class EvalConfig:
     gold_recall_ks: tuple = ()  # e.g. (1, 7, 30): PubMedQA gold abstract in top-k, test abstracts added to the corpus
     sets: tuple[str, ...] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout")
     medqa_path: str = ""  # for the "medqa" set (JSONL, 4 or 5 options); relative = under DataConfig.data_dir
+    # More sets from files, evaluated with `sets`: (name, kind, path) or (name, kind, path, reader options), kind a
+    # `data.sources` reader, e.g. ("medqa_test", "medqa", "/data/MedQA/US/4_options/phrases_no_exclude_test.jsonl")
+    # or ("medmcqa_val", "medmcqa", "/data/medmcqa/validation-00000-of-00001.parquet", {"cop_base": 0}).
+    set_files: tuple = ()
     max_per_set: int = 0  # > 0: a fixed sample of N per set (smallest sha1 of id)
     output_dir: str = ""  # default: <workdir>/eval
     # Few-shot: num_shots solved examples before each question (`shot_pools`, `choose_shots`: the question's
@@ -72,7 +77,7 @@ class EvalConfig:
 
 
 def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout"),
-              medqa_path: str = "", max_per_set: int = 0) -> dict[str, list[QARecord]]:
+              medqa_path: str = "", max_per_set: int = 0, set_files: Sequence = ()) -> dict[str, list[QARecord]]:
     """Evaluation questions by set name, from the run's data config (so held-out = what training held out).
 
     mmlu_med: DataConfig.mmlu_dir's files of mmlu_subjects (subject = file name); pubmedqa_test: the 500 PQA-L
@@ -80,6 +85,7 @@ def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_te
     and hash as training_records); medmcqa_dev: all of that file; medqa: medqa_path (JSONL, 4 or 5 options).
     max_per_set > 0 keeps a fixed sample of N per set: the N ids with the smallest sha1 hash, so the sample
     is the same in every run and spread over subjects (a head of the file would be one MMLU subject).
+    set_files (EvalConfig) add sets read from files; a warning counts their questions the run trained on.
     """
     data_dir = data.require_dir()
     loaders = {
@@ -89,6 +95,16 @@ def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_te
         "medmcqa_dev": data.medmcqa_records,
         "medqa": lambda: read_qa("medqa", resolve_path(medqa_path, data_dir)),
     }
+    for entry in set_files:
+        if not (isinstance(entry, (tuple, list)) and len(entry) in (3, 4)
+                and (len(entry) == 3 or isinstance(entry[3], dict))):
+            raise InputError(f"EvalConfig.set_files: expected (name, kind, path[, reader options]), got {entry!r}")
+        name, kind, path = entry[:3]
+        if name in loaders:
+            raise InputError(f"EvalConfig.set_files: set name {name!r} is taken ({sorted(loaders)})")
+        loaders[name] = functools.partial(_file_set, data, name, kind, resolve_path(path, data_dir),
+                                          **(entry[3] if len(entry) == 4 else {}))
+    names = [*names, *(e[0] for e in set_files)]
     unknown = [n for n in names if n not in loaders]
     if unknown:
         raise InputError(f"unknown evaluation set(s) {unknown}; known: {sorted(loaders)}")
@@ -102,6 +118,16 @@ def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_te
         return [r for i, r in enumerate(records) if i in keep]
 
     return {n: sample(loaders[n]()) for n in names}
+
+
+def _file_set(data: DataConfig, name: str, kind: str, path: str, **options) -> list[QARecord]:
+    records = read_qa(kind, path, **options)
+    trained = {question_key(r) for r in training_records(data)}
+    seen = sum(question_key(r) in trained for r in records)
+    if seen:
+        print(f"warning: evaluation set {name!r}: {seen} of {len(records)} questions are training questions of this "
+              "run", file=sys.stderr, flush=True)
+    return records
 
 
 def shot_pools(data: DataConfig, sets: dict[str, list[QARecord]], shot_files: Sequence = ()) -> dict[str, list]:
@@ -249,11 +275,11 @@ def evaluate_main(exp: Experiment, ecfg: EvalConfig) -> dict:
         llm_cfg, tok, rcfg, ctok, params = base_params(exp, lora=False)
         llm_params, r_params = params["llm"], params["retriever"]
         source = {"base": run.llm}
-    sets = eval_sets(exp.data, ecfg.sets, ecfg.medqa_path, ecfg.max_per_set)
+    sets = eval_sets(exp.data, ecfg.sets, ecfg.medqa_path, ecfg.max_per_set, ecfg.set_files)
     num_docs = exp.jmlr.num_docs if ecfg.num_docs is None else ecfg.num_docs
     retriever = None
     if ecfg.retrieval:
-        index = cached_index(exp.corpus.load(exp.data.data_dir), rcfg, r_params, ctok, exp.index, exp.search,
+        index = cached_index(exp.corpus.load(exp.data.require_dir()), rcfg, r_params, ctok, exp.index, exp.search,
                              out_dir, also=[d for d in (run.initial_index,) if d])
         retriever = Retriever(rcfg, r_params, ctok, index)
     pools = shot_pools(exp.data, sets, ecfg.shot_files) if ecfg.num_shots else None

@@ -103,7 +103,7 @@ def test_evaluate_generate_parses_and_counts_unparsed(tiny):
     assert summarize(preds)[0]["unparsed"] == sum(p["unparsed"] for p in preds)
 
 
-def test_eval_sets_from_fixture_files(tmp_path):
+def test_eval_sets_from_fixture_files(tmp_path, capsys):
     medqa = tmp_path / "test.jsonl"
     medqa.write_text("\n".join(json.dumps({"question": f"Q{i}?", "options": {"A": "x", "B": "y", "C": "z", "D": "w"},
                                            "answer_idx": "B"}) for i in range(10)) + "\n")
@@ -115,6 +115,21 @@ def test_eval_sets_from_fixture_files(tmp_path):
     assert [r.id for r in a] == [r.id for r in b] and len(a) == 4 and [r.id for r in a] != ["0", "1", "2", "3"]
     with pytest.raises(InputError, match="unknown evaluation set"):
         eval_sets(data, names=("medqa_usmle",))
+    # sets from files of any reader's format, evaluated with the named ones; reader options as a 4th element
+    (tmp_path / "medmcqa").mkdir()
+    mcq = {"id": "m1", "question": "Which nerve?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 0}
+    (tmp_path / "medmcqa" / "dev.jsonl").write_text(json.dumps(dict(mcq, cop=1)) + "\n")
+    (tmp_path / "hf.jsonl").write_text(json.dumps(mcq) + "\n")
+    both = dataclasses.replace(data, include_pubmedqa=False, heldout_fraction=0.0)
+    sets = eval_sets(both, names=("medqa",), medqa_path="test.jsonl", set_files=(
+        ("usmle", "medqa", str(medqa)), ("mcq_hf", "medmcqa", "hf.jsonl", {"cop_base": 0})))
+    assert list(sets) == ["medqa", "usmle", "mcq_hf"] and sets["usmle"] == sets["medqa"]
+    assert sets["mcq_hf"][0].answer_letter == "A"
+    assert "evaluation set 'mcq_hf': 1 of 1 questions are training questions of this run" in capsys.readouterr().err
+    with pytest.raises(InputError, match="set name 'medqa' is taken"):
+        eval_sets(data, names=(), set_files=(("medqa", "medqa", str(medqa)),))
+    with pytest.raises(InputError, match=r"expected \(name, kind, path\[, reader options\]\)"):
+        eval_sets(data, names=(), set_files=(("x", "medqa"),))
     with pytest.raises(InputError, match="medqa_path"):
         eval_sets(data, names=("medqa",))
     with pytest.raises(InputError, match="DataConfig.data_dir is not set"):
