@@ -226,6 +226,9 @@ def _user_records(path: str, names: dict[str, tuple[str, ...]], what: str):
                if not isinstance(v, str) or (k != "input" and not v.strip())]
         if bad:
             raise InputError(f"{where}: {what} record lacks a non-empty text {', '.join(bad)}")
+        if rec.get("history"):  # MedicalGPT's earlier turns: dropping them would train on a question out of context
+            raise InputError(f"{where}: {what} record has a multi-turn history; one instruction and its response "
+                             "per record")
         yield str(rec.get("id") or rec.get("sample_id") or n), where, fields
 
 

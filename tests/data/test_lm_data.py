@@ -191,6 +191,9 @@ def test_a_users_files_in_their_public_formats(tmp_path):
         {"system": "", "history": [], "question": "Q2?", "response_chosen": "fine", "response_rejected": "poor"}]))
     assert [(p.instruction, p.input, p.chosen, p.rejected) for p in pairs] == [("Q1?", "", "good", "bad"),
                                                                               ("Q2?", "", "fine", "poor")]
+    with pytest.raises(InputError, match=r"turns.jsonl:1: preference pair record has a multi-turn history"):
+        lm_data.load_pairs(_jsonl(tmp_path / "turns.jsonl", [{"question": "And then?", "history": [["Q1", "A1"]],
+                                                               "response_chosen": "a", "response_rejected": "b"}]))
     with pytest.raises(InputError, match=r"same.jsonl:1: chosen and rejected responses are the same"):
         lm_data.load_pairs(_jsonl(tmp_path / "same.jsonl", [{"prompt": "Q?", "chosen": "A.", "rejected": " A. "}]))
 
