@@ -264,6 +264,8 @@ def test_a_pipeline_on_a_users_own_data(setup, tmp_path):
         stages.run_pipeline(pipe, data, other)
     with pytest.raises(InputError, match="no SFT records: LMDataConfig.builtin_sft is off and sft_files is empty"):
         lm_data.sft_records(data, dataclasses.replace(mine, sft_files=()))
+    with pytest.raises(InputError, match="LMDataConfig.medquad is '' .* bind it for the evaluation"):
+        stage_eval.held_medquad(data, mine)  # the generation measure names what to bind, not an empty directory
 
 
 def test_moved_data_keeps_stages_and_other_data_is_refused(setup, tmp_path):
