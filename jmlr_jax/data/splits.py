@@ -15,7 +15,7 @@ import json
 import os
 import re
 import sys
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -126,11 +126,11 @@ class DataConfig:
         return self.data_dir
 
 
-def records_fingerprint(records: Sequence[QARecord]) -> str:
-    """sha1 of the records' ids, questions, options and answers, in order: the same questions, wherever read."""
+def fingerprint(items: Iterable) -> str:
+    """sha1 of data items in order (records as dataclasses, or JSON values): the same data, wherever read."""
     h = hashlib.sha1()
-    for r in records:
-        h.update(json.dumps([r.dataset, r.id, r.question, r.options, r.answer_idx]).encode())
+    for x in items:
+        h.update(json.dumps(dataclasses.astuple(x) if dataclasses.is_dataclass(x) else x).encode())
     return h.hexdigest()
 
 

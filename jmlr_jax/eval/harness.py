@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
 import numpy as np
@@ -95,6 +95,7 @@ def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_te
         "medmcqa_dev": data.medmcqa_records,
         "medqa": lambda: read_qa("medqa", resolve_path(medqa_path, data_dir)),
     }
+    trained_keys = functools.cache(lambda: {question_key(r) for r in training_records(data)})  # once for all files
     for entry in set_files:
         if not (isinstance(entry, (tuple, list)) and len(entry) in (3, 4)
                 and (len(entry) == 3 or isinstance(entry[3], dict))):
@@ -102,7 +103,7 @@ def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_te
         name, kind, path = entry[:3]
         if name in loaders:
             raise InputError(f"EvalConfig.set_files: set name {name!r} is taken ({sorted(loaders)})")
-        loaders[name] = functools.partial(_file_set, data, name, kind, resolve_path(path, data_dir),
+        loaders[name] = functools.partial(_file_set, trained_keys, name, kind, resolve_path(path, data_dir),
                                           **(entry[3] if len(entry) == 4 else {}))
     names = [*names, *(e[0] for e in set_files)]
     unknown = [n for n in names if n not in loaders]
@@ -120,9 +121,9 @@ def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_te
     return {n: sample(loaders[n]()) for n in names}
 
 
-def _file_set(data: DataConfig, name: str, kind: str, path: str, **options) -> list[QARecord]:
+def _file_set(trained_keys: Callable[[], set], name: str, kind: str, path: str, **options) -> list[QARecord]:
     records = read_qa(kind, path, **options)
-    trained = {question_key(r) for r in training_records(data)}
+    trained = trained_keys()
     seen = sum(question_key(r) in trained for r in records)
     if seen:
         print(f"warning: evaluation set {name!r}: {seen} of {len(records)} questions are training questions of this "

@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jmlr_jax import checkpoint, parallel, workdir as workdir_lib
 from jmlr_jax.config import save_operative_config
 from jmlr_jax.data.pipeline import JMLRExamples, make_dataset, retrieval_query
-from jmlr_jax.data.splits import records_fingerprint, training_records
+from jmlr_jax.data.splits import fingerprint, training_records
 from jmlr_jax.experiment import Experiment, RunConfig
 from jmlr_jax.models import colbert as colbert_lib, llama as llama_lib
 from jmlr_jax.retrieval.index import Retriever
@@ -187,7 +187,7 @@ class Trainer(StepLoop):
         r_params = params["retriever"]
         self.corpus = exp.corpus.load(exp.data.require_dir())
         self.records = training_records(exp.data)
-        self.records_meta = {"n": len(self.records), "sha1": records_fingerprint(self.records)}  # checked on resume
+        self.records_meta = {"n": len(self.records), "sha1": fingerprint(self.records)}  # checked on resume
         self.queries = [retrieval_query(r) for r in self.records]
 
         self.groups = describe_groups(params, exp.optim)

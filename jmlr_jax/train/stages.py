@@ -28,7 +28,7 @@ from jmlr_jax.convert import load_preset
 from jmlr_jax.convert.presets import load_llm_tokenizer
 from jmlr_jax.convert.hf import save_hf_llama
 from jmlr_jax.data import lm_data
-from jmlr_jax.data.splits import DataConfig
+from jmlr_jax.data.splits import DataConfig, fingerprint
 from jmlr_jax.errors import InputError
 from jmlr_jax.eval import stage_eval
 from jmlr_jax.experiment import RunConfig
@@ -156,13 +156,13 @@ class StageTrainer(StepLoop):
         kind, run, A = self.stage.kind, self.run_cfg, self.stage.grad_accum
         if kind == "cpt":
             train, _ = lm_data.cpt_documents(data, lm)
-            self.data_sha1 = _fingerprint(train)
+            self.data_sha1 = fingerprint(train)
             pieces = lm_data.cpt_pieces(self.tok, [t for _, t in train], lm.seq_len)
             ds = lm_data.cpt_dataset(pieces, lm.seq_len, run.batch_size, run.seed, shard=parallel.host_shard())
         else:
             items, encode, what = ((lm_data.sft_records(data, lm), lm_data.sft_example, "SFT") if kind == "sft" else
                                    (self._pairs(data, lm, start_params), lm_data.dpo_example, "DPO"))
-            self.data_sha1 = _fingerprint(dataclasses.astuple(x) for x in items)
+            self.data_sha1 = fingerprint(items)
             ex = _Examples(items, functools.partial(encode, self.tok, lm), what)
             ds = lm_data.example_dataset(ex, run.batch_size, run.seed, shard=parallel.host_shard())
         return ds.batch(A, drop_remainder=True) if A > 1 else ds
@@ -195,13 +195,6 @@ class StageTrainer(StepLoop):
         """The stage's result as a Hugging Face Llama directory (safetensors + tokenizer)."""
         save_hf_llama(directory, self.llm_cfg, self.final_params())
         save_tokenizer(self.tok, directory)
-
-
-def _fingerprint(items) -> str:
-    h = hashlib.sha1()
-    for x in items:
-        h.update(json.dumps(x).encode())
-    return h.hexdigest()
 
 
 # LMDataConfig fields a stage of each kind never reads: changing them (say, adding SFT files after CPT finished)
