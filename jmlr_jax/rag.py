@@ -20,6 +20,7 @@ import time
 
 import gin
 import jax
+import numpy as np
 
 from jmlr_jax import chat, config
 from jmlr_jax.convert import load_preset
@@ -45,7 +46,9 @@ def main(argv=None) -> None:
     ap.add_argument("--index_dir", default="", help="use a saved index instead of encoding --corpus")
     ap.add_argument("--cache_dir", default="workdir/answer",
                     help="keep the encoded passages here for the next question ('' = encode every time)")
-    ap.add_argument("--k", type=int, default=1, help="passages put in the prompt")
+    ap.add_argument("--k", type=int, default=None,
+                    help="passages put in the prompt (default 1; with --workdir the run's JMLRConfig.num_docs, "
+                         "what its generator was trained to read)")
     ap.add_argument("--max_new_tokens", type=int, default=64)
     ap.add_argument("--generator", default="smollm2-135m-instruct", help="preset or local HF/GGUF path")
     ap.add_argument("--retriever", default="all-minilm-l6-v2", help="preset or local BERT path")
@@ -53,7 +56,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data_dir", default="",
                     help="with --workdir: where the run's data are now, if not where it was trained (another machine)")
     args = ap.parse_args(argv)
-    if args.k < 0 or args.max_new_tokens < 1 or args.max_passages < 0:
+    if (args.k or 0) < 0 or args.max_new_tokens < 1 or args.max_passages < 0:
         ap.error("--k and --max_passages must be >= 0, --max_new_tokens >= 1")
     if not args.question.strip():  # before the corpus is encoded (minutes on a first run)
         ap.error("--question is empty")
@@ -82,7 +85,8 @@ def answer_from_guidelines(args, t0: float) -> None:
     else:
         index = build_index(corpus, r_cfg, r_params, ctok, IndexConfig(), SearchConfig())
     passages = index.passages
-    ids, scores = Retriever(r_cfg, r_params, ctok, index).exact_search([args.question], args.k)
+    k = 1 if args.k is None else args.k
+    ids, scores = Retriever(r_cfg, r_params, ctok, index).exact_search([args.question], k)
     top, scores = ids[0][ids[0] >= 0], scores[0]
 
     g_cfg, g_params, g_tok = load_preset(args.generator)
@@ -102,11 +106,14 @@ def answer_from_run(args, t0: float) -> None:
     w = restore_params(args.workdir)
     exp = w.exp
     data = dataclasses.replace(exp.data, data_dir=args.data_dir) if args.data_dir else exp.data
-    index = cached_index(exp.corpus.load(data.require_dir()), w.rcfg, w.r_params, w.ctok, exp.index, exp.search,
-                         os.path.join(args.workdir, "eval"), progress=False)
-    passages = index.passages
-    ids, scores = Retriever(w.rcfg, w.r_params, w.ctok, index).search([args.question], args.k)
-    top, scores = ids[0][ids[0] >= 0], scores[0]
+    k = exp.jmlr.num_docs if args.k is None else args.k
+    passages, top, scores = [], np.zeros(0, np.int64), np.zeros(0)  # k = 0 (trained without retrieval): no corpus
+    if k:
+        index = cached_index(exp.corpus.load(data.require_dir()), w.rcfg, w.r_params, w.ctok, exp.index, exp.search,
+                             os.path.join(args.workdir, "eval"), progress=False)
+        passages = index.passages
+        ids, scores = Retriever(w.rcfg, w.r_params, w.ctok, index).search([args.question], k)
+        top, scores = ids[0][ids[0] >= 0], scores[0]
     record = QARecord("question", "user", args.question, (), -1)
     prompt = prompt_ids(w.tok, exp.template, exp.budgets, record, [passages[i].with_title for i in top[::-1]])
     eos = (w.tok.eos_id,) if w.tok.eos_id is not None else ()
@@ -116,7 +123,8 @@ def answer_from_run(args, t0: float) -> None:
 
 
 def report(question, answer, passages, top, scores, how: str, t0: float) -> None:
-    print(f"\nQuestion: {question}\nAnswer: {answer.strip()}\n\nCited passages ({how} over {len(passages)} passages):")
+    print(f"\nQuestion: {question}\nAnswer: {answer.strip()}\n")
+    print(f"Cited passages ({how} over {len(passages)} passages):" if len(top) else "No passages in the prompt (k = 0).")
     for n, i in enumerate(top):
         p = passages[i]
         print(f"  [{n + 1}] {p.id}  score={scores[n]:.2f}  {p.title[:100]}  ({p.source}; {p.licence[:60]})")

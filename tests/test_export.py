@@ -58,16 +58,19 @@ def test_exported_run_loads_in_transformers_and_answers(assets, tmp_path, monkey
     card = (out / "README.md").read_text()
     assert "(step 1)" in card and "LoRA rank 4 merged" in card and '"num_steps": 1' in card
 
-    # The same run answers (launch/answer.py --workdir): its weights (LoRA merged), corpus and template; two
-    # passages of its corpus cited.
+    # The same run answers (launch/answer.py --workdir): its weights (LoRA merged), corpus and template; by default
+    # as many passages of its corpus as it was trained to read (JMLRConfig.num_docs = 2), or --k of them.
     from jmlr_jax import rag
 
     capsys.readouterr()
-    rag.main(["--workdir", str(tmp_path / "run"), "--question", "Who should be screened?", "--k", "2",
-              "--max_new_tokens", "4"])
-    out = capsys.readouterr().out
-    cited = [line.split()[1] for line in out.splitlines() if line.strip().startswith("[")]
-    assert "the run's retriever (step 1)" in out and len(cited) == 2 and set(cited) <= {p.id for p in t.corpus.passages}
+    for argv, n in (([], w.exp.jmlr.num_docs), (["--k", "1"], 1), (["--k", "0"], 0)):
+        rag.main(["--workdir", str(tmp_path / "run"), "--question", "Who should be screened?",
+                  "--max_new_tokens", "4", *argv])
+        out = capsys.readouterr().out
+        cited = [line.split()[1] for line in out.splitlines() if line.strip().startswith("[")]
+        assert len(cited) == n and set(cited) <= {p.id for p in t.corpus.passages}, (argv, out)
+        assert ("the run's retriever (step 1)" in out) == (n > 0)
+    assert w.exp.jmlr.num_docs == 2
     with pytest.raises(SystemExit):  # the run's data looked for elsewhere (--data_dir): a one-line error if absent
         rag.main(["--workdir", str(tmp_path / "run"), "--data_dir", str(tmp_path / "nowhere")])
     assert f"DataConfig.data_dir '{tmp_path / 'nowhere'}' is not a directory" in capsys.readouterr().err
