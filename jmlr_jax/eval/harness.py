@@ -110,7 +110,8 @@ def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_te
     if unknown:
         raise InputError(f"unknown evaluation set(s) {unknown}; known: {sorted(loaders)}")
     if "medqa" in names and not medqa_path:
-        raise InputError("evaluation set 'medqa' needs EvalConfig.medqa_path (a MedQA JSONL file)")
+        raise InputError("evaluation set 'medqa' needs a MedQA file: EvalConfig.medqa_path (a pipeline's: "
+                         "StageEvalConfig.medqa_path)")
 
     def sample(records: list[QARecord]) -> list[QARecord]:
         if not max_per_set or len(records) <= max_per_set:

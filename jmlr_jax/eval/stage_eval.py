@@ -154,7 +154,9 @@ class StageEvalConfig:
     max_new_tokens: int = 64
     pairs: int = 100  # held-out MedMCQA questions made into preference pairs ("generated": its wrong answers only)
     mcq_per_set: int = 100  # MCQ sample per set (fixed by id hash); 0 = none
-    mcq_sets: tuple[str, ...] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout")
+    mcq_sets: tuple[str, ...] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout", "medqa")  # eval.harness.eval_sets
+    medqa_path: str = "medqa/us_4_options_dev.jsonl"  # the "medqa" set: MedQA-USMLE dev; relative = under DATA
+    set_files: tuple = ()  # more MCQ sets from files, as harness.EvalConfig.set_files: (name, kind, path[, options])
     batch_size: int = 8
 
 
@@ -204,13 +206,22 @@ def evaluate_model(name: str, cfg: LlamaConfig, params, tok: Tokenizer, data: Da
     return out
 
 
-def mcq_scores(cfg: LlamaConfig, params, tok: Tokenizer, data: DataConfig, ecfg: StageEvalConfig) -> dict:
+def mcq_set_names(ecfg: StageEvalConfig) -> list[str]:
+    """Every MCQ set the configuration asks for: the named ones, then set_files'."""
+    return [*ecfg.mcq_sets, *(e[0] for e in ecfg.set_files if isinstance(e, (tuple, list)) and e)]
+
+
+def mcq_scores(cfg: LlamaConfig, params, tok: Tokenizer, data: DataConfig, ecfg: StageEvalConfig,
+               only: Sequence[str] = ()) -> dict:
     """MCQ accuracy (option log-likelihood) per set with standard errors ("mcq") and each question's predicted
-    and gold letters ("mcq_predictions", for paired comparisons between models)."""
+    and gold letters ("mcq_predictions", for paired comparisons between models); `only`: these sets alone."""
     from jmlr_jax.data.templates import Budgets, PromptTemplate
     from jmlr_jax.eval import harness
 
-    sets = harness.eval_sets(data, ecfg.mcq_sets, max_per_set=ecfg.mcq_per_set)
+    names, files = ecfg.mcq_sets, ecfg.set_files
+    if only:
+        names, files = [n for n in names if n in only], [e for e in files if e[0] in only]
+    sets = harness.eval_sets(data, names, ecfg.medqa_path, ecfg.mcq_per_set, files)
     preds = harness.evaluate(sets, cfg, params, tok, harness.EvalConfig(batch_size=ecfg.batch_size),
                              PromptTemplate(), Budgets(), progress=False)
     return {"mcq": [r for r in harness.summarize(preds) if r["subject"] == "all"],

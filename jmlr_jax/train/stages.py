@@ -338,6 +338,13 @@ def _refresh(r: dict, dest: str, path: str, ref: str | None, beta: float, traine
         cfg, params, tok = model()
         r.update(stage_eval.mcq_scores(cfg, params, tok, data, ecfg))
         changed.append("MCQ")
+    missing = [n for n in stage_eval.mcq_set_names(ecfg) if n not in {m["set"] for m in r.get("mcq", [])}]
+    if ecfg.mcq_per_set and missing:  # a set added to the configuration: only it is evaluated
+        cfg, params, tok = model()
+        new = stage_eval.mcq_scores(cfg, params, tok, data, ecfg, only=missing)
+        r["mcq"] += new["mcq"]
+        r["mcq_predictions"] += new["mcq_predictions"]
+        changed.append(f"MCQ sets {missing}")
     if "rougeL_each" not in r["medquad"]:
         refs = {q.id: q.answer for q in stage_eval.held_medquad(data, lm)}
         preds = r["medquad"]["predictions"]

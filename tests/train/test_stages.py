@@ -148,6 +148,13 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch, capsys):
     for r in out[1:]:
         m = r["mcq_vs_base"]["medmcqa_heldout"]
         assert m["n"] == 2 and (m["acc_a"], m["acc_b"]) == (r["mcq"][0]["accuracy"], out[0]["mcq"][0]["accuracy"])
+    medqa = os.path.join(DATA_DIR, "medqa", "us_4_options_dev.jsonl")  # a set added later: only it is evaluated
+    added = stages.evaluate_pipeline(pipe, data, lm, dataclasses.replace(mcq, set_files=(("medqa_dev", "medqa", medqa),)))
+    assert not calls and all([m["set"] for m in r["mcq"]] == ["medmcqa_heldout", "medqa_dev"] for r in added)
+    for r, before in zip(added, out):
+        assert r["mcq_predictions"][:2] == before["mcq_predictions"] and len(r["mcq_predictions"]) == 4
+        assert r["perplexity"] == before["perplexity"] and r["pairs"] == before["pairs"]
+    assert added[1]["mcq_vs_base"]["medqa_dev"]["n"] == 2
     changed = pipeline(tmp_path / "p", llm)
     changed = stages.PipelineConfig(**{**vars(changed), "stages": (
         changed.stages[0], stages.StageConfig("sft", "sft", num_steps=2, batch_size=2, lr=5e-4, lora_rank=2),
