@@ -8,7 +8,9 @@ its steps no slower. `close()` (or `wait()`) must run before the process exits, 
 normal exit and on SIGTERM. Restores use abstract targets
 carrying the current shardings, so a checkpoint restores onto whatever mesh the new run uses. A latest
 checkpoint that cannot be read (damaged files) is moved aside with a warning and the newest readable one is
-restored instead; when none can be read, the error names the latest and nothing is moved.
+restored instead; when none can be read, the error names the latest and nothing is moved. Each host saves its
+own data-iterator position, so a checkpoint of n processes resumes with n (another count is an error, not a
+corrupt checkpoint: nothing is moved).
 """
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ from jmlr_jax.workdir import is_remote
 
 class CheckpointError(InputError):
     """A checkpoint that cannot be restored (corrupt, incomplete, or from an incompatible run)."""
+
+
+class HostCountError(CheckpointError):
+    """A readable checkpoint saved by another number of processes than the run resuming it."""
 
 
 class _DataState:
@@ -80,7 +86,16 @@ class Checkpointer:
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(_DataState(data_state)),
             meta=ocp.args.JsonSave(meta)))
 
+    def _check_hosts(self, step: int) -> None:
+        """Each host saved its own data-iterator position (process_<i>-of-<n>.json): resuming needs n hosts."""
+        names = [p.name for p in epath.Path(self.directory, str(step), "data").glob("process_*-of-*.json")]
+        counts = {int(n.rsplit("-of-", 1)[1].split(".")[0]) for n in names}
+        if len(counts) == 1 and (n := counts.pop()) != jax.process_count():
+            raise HostCountError(f"{self.directory}: checkpoint {step} was saved by {n} processes (hosts), each with "
+                                 f"its own data position; resume it with {n} (this run has {jax.process_count()})")
+
     def _restore(self, abstract_state: Any, step: int) -> tuple[Any, dict, dict]:
+        self._check_hosts(step)
         quiet = _drop_aborted_read_callbacks(sys.unraisablehook)
         sys.unraisablehook = quiet  # installed before the reads start: the stray callbacks come within microseconds
         try:
@@ -112,6 +127,8 @@ class Checkpointer:
         for s in steps:
             try:
                 out = self._restore(abstract_state, s)
+            except HostCountError:  # a readable checkpoint of another host count: never moved aside
+                raise
             except CheckpointError as e:
                 errors.append((s, e))
                 continue

@@ -37,14 +37,30 @@ RULES: tuple[tuple[str, Any], ...] = (
 
 
 def maybe_initialize_distributed() -> None:
-    """jax.distributed.initialize() on multi-host TPU pods / multi-process runs; a no-op on one host."""
+    """jax.distributed.initialize() on multi-host TPU pods / multi-process runs; a no-op on one host.
+
+    Clusters jax detects (Cloud TPU, SLURM, Open MPI, Kubernetes) need nothing; anywhere else every process sets
+    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID. Processes on CPUs
+    exchange collectives over gloo (how tests/test_multiprocess.py runs two hosts on one machine)."""
     multi = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS"))
-    if multi and jax.process_count() == 1:
+    if not multi or jax.distributed.is_initialized():
+        return
+    explicit = {}
+    if "JAX_NUM_PROCESSES" in os.environ or "JAX_PROCESS_ID" in os.environ:
         try:
-            jax.distributed.initialize()
-        except RuntimeError as e:  # already initialised, or a single-host TPU VM
-            if "already" not in str(e):
-                raise
+            explicit = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+                        "process_id": int(os.environ["JAX_PROCESS_ID"])}
+        except (KeyError, ValueError) as e:
+            raise InputError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must both be integers when either is set "
+                             f"(got {os.environ.get('JAX_NUM_PROCESSES')!r}, {os.environ.get('JAX_PROCESS_ID')!r})"
+                             ) from e
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**explicit)
+    except RuntimeError as e:  # already initialised, or a single-host TPU VM
+        if "already" not in str(e):
+            raise
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES) -> Mesh:
@@ -167,6 +183,28 @@ def like_params_shardings(abstract_tree, params_shardings, params_abstract, mesh
         return replicated
 
     return jax.tree_util.tree_map_with_path(pick, abstract_tree)
+
+
+def host_copy(tree):
+    """Each array of `tree` whole, as numpy, on this host. An array split over several hosts (FSDP across them)
+    is gathered from all: a collective, so every process calls this at the same point."""
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree_util.tree_map(get, tree)
+
+
+def barrier(name: str) -> None:
+    """Every process waits here for the others (a no-op on one host): e.g. until process 0 has written a file
+    the others read next."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 # ------------------------------------------------------------------------------------------- multi-host data

@@ -5,12 +5,19 @@ workdir's own path. Files that need a local filesystem (ScaNN index directories,
 metrics.jsonl appended line by line, TensorBoard events) live in `local_dir(workdir)`: the workdir itself when it
 is local; for a cloud workdir a local mirror, uploaded after every checkpoint (`upload`) and fetched when a run
 resumes on another machine (`download`).
+
+Several hosts of one run may share a local workdir (an NFS home on a GPU cluster): every file is written under a
+name of its own (`tmp_name`: host and process) and renamed into place, so two hosts writing the same file never
+interleave, and files one host suffices for (metrics, uploads, exports) are written by process 0 alone (`is_lead`).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 
+import jax
+import numpy as np
 from etils import epath
 
 CHECKPOINTS = "checkpoints"  # orbax writes these at the workdir directly; never mirrored
@@ -29,6 +36,16 @@ def local_dir(workdir: str) -> str:
     return os.path.join(root, hashlib.sha1(str(workdir).encode()).hexdigest()[:16])
 
 
+def is_lead() -> bool:
+    """Process 0: the host that writes what one host suffices for (metrics, uploads, exports)."""
+    return jax.process_index() == 0
+
+
+def tmp_name(path: str) -> str:
+    """A temporary name next to `path`, this process's own (hosts sharing a filesystem never write the same one)."""
+    return f"{str(path).rstrip('/')}.{socket.gethostname()}-{os.getpid()}.tmp"
+
+
 def write_text(path: str, text: str) -> None:
     """Writes a small file (atomically on local disks: a temporary file renamed over it)."""
     p = epath.Path(path)
@@ -36,9 +53,18 @@ def write_text(path: str, text: str) -> None:
     if is_remote(path):  # object stores replace whole objects anyway
         p.write_text(text)
         return
-    tmp = p.parent / (p.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
+    tmp = tmp_name(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_npy(path: str, array) -> None:
+    """np.save, atomically (a reader on another host never sees half a file)."""
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
 
 
 def read_text(path: str) -> str:
@@ -69,8 +95,9 @@ def _copy_tree(src: epath.Path, dst: epath.Path, skip: str = "") -> int:
 
 
 def upload(workdir: str) -> int:
-    """Local mirror -> cloud workdir (new or changed files); nothing to do for a local workdir."""
-    if not is_remote(workdir) or not os.path.isdir(local_dir(workdir)):
+    """Local mirror -> cloud workdir (new or changed files; from process 0, whose mirror holds the metrics);
+    nothing to do for a local workdir."""
+    if not is_remote(workdir) or not os.path.isdir(local_dir(workdir)) or not is_lead():
         return 0
     return _copy_tree(epath.Path(local_dir(workdir)), epath.Path(workdir), skip=CHECKPOINTS)
 

@@ -20,6 +20,7 @@ from jmlr_jax.models.colbert import ColBERTConfig, ColBERTTokenizer
 from jmlr_jax.retrieval.corpus import Corpus, Passage
 from jmlr_jax.retrieval.encode import params_checksum
 from jmlr_jax.retrieval.index import IndexConfig, SearchConfig, TokenIndex, build_index, index_version
+from jmlr_jax.workdir import tmp_name
 
 FORMAT_VERSION = 1
 
@@ -29,8 +30,9 @@ class IndexMismatchError(InputError):
 
 
 def save_index(index: TokenIndex, directory: str) -> None:
-    """Writes the index to `directory` (replacing it atomically)."""
-    tmp = directory.rstrip("/") + ".tmp"
+    """Writes the index to `directory` (written aside, then renamed into place). A directory that already holds
+    this index version (another host sharing the workdir wrote it) is kept as it is."""
+    tmp = tmp_name(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "scann"))
     np.save(os.path.join(tmp, "embeddings.npy"), index.emb.astype(np.float16, copy=False))
@@ -39,11 +41,30 @@ def save_index(index: TokenIndex, directory: str) -> None:
         for p in index.passages:
             f.write(json.dumps(dataclasses.asdict(p), ensure_ascii=False) + "\n")
     index.searcher.serialize(os.path.join(tmp, "scann"), relative_path=True)
+    manifest = json.loads(json.dumps(dict(index.meta, version=index.version, format=FORMAT_VERSION,
+                                          settings=dataclasses.asdict(index.icfg),
+                                          search=dataclasses.asdict(index.search))))
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
-        json.dump(dict(index.meta, version=index.version, format=FORMAT_VERSION,
-                       settings=dataclasses.asdict(index.icfg), search=dataclasses.asdict(index.search)), f, indent=2)
+        json.dump(manifest, f, indent=2)
+    if _manifest(directory) == manifest:
+        shutil.rmtree(tmp)
+        return
     shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    try:
+        os.replace(tmp, directory)
+    except OSError:  # another host renamed its copy into place first
+        if _manifest(directory) != manifest:
+            raise
+        shutil.rmtree(tmp)
+
+
+def _manifest(directory: str) -> dict | None:
+    """A directory's manifest (None: none readable)."""
+    try:
+        with open(os.path.join(directory, "manifest.json")) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def load_index(directory: str, corpus: Corpus | None = None, params=None,

@@ -232,7 +232,7 @@ class Trainer(StepLoop):
         return self.retriever.index
 
     def _retriever_params(self):
-        return jax.device_get(self.state["params"]["retriever"])
+        return parallel.host_copy(self.state["params"]["retriever"])  # every host encodes with the whole retriever
 
     def _index_dir(self) -> str:
         d = os.path.join(self.local, f"index-{self.index.version}")

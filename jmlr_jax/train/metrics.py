@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 
+from jmlr_jax.workdir import is_lead
+
 
 def step_flops(llm_cfg, rcfg, jcfg, batch_shapes: dict, n_llm: int, n_ret: int) -> float:
     """Model FLOPs of one fused step (6N per trained token, 2N per forward-only token; attention ignored)."""
@@ -18,20 +20,25 @@ def step_flops(llm_cfg, rcfg, jcfg, batch_shapes: dict, n_llm: int, n_ret: int) 
 
 
 class MetricWriter:
-    """metrics.jsonl (one JSON object per logged step) + TensorBoard event files under <workdir>/tb."""
+    """metrics.jsonl (one JSON object per logged step) + TensorBoard event files under <workdir>/tb, written by
+    process 0 alone (the metrics are global; hosts sharing a workdir would write every line once each)."""
 
     def __init__(self, workdir: str):
         from tensorboardX import SummaryWriter
 
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self.on = is_lead()
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.on else None
+        self.tb = SummaryWriter(os.path.join(workdir, "tb")) if self.on else None
 
     def __call__(self, metrics: dict, step: int) -> None:
+        if not self.on:
+            return
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        self.jsonl.close()
-        self.tb.close()
+        if self.on:
+            self.jsonl.close()
+            self.tb.close()

@@ -13,6 +13,7 @@ import numpy as np
 from jmlr_jax.errors import InputError
 from jmlr_jax.retrieval.index import Retriever, search_all
 from jmlr_jax.retrieval.store import save_index
+from jmlr_jax.workdir import save_npy
 
 
 def training_candidates(retriever: Retriever, queries: Sequence[str], num_candidates: int, workdir: str,
@@ -27,7 +28,7 @@ def training_candidates(retriever: Retriever, queries: Sequence[str], num_candid
     if (cands < 0).any():
         raise InputError(f"the index returned fewer than {num_candidates} passages for some questions; "
                          "lower num_candidates or raise SearchConfig.token_k")
-    np.save(path, cands)
+    save_npy(path, cands)  # hosts sharing the workdir write it aside, then rename
     return cands
 
 

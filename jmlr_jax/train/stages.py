@@ -11,6 +11,7 @@ reference is the stage's starting model (the SFT result), never updated.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -33,6 +34,7 @@ from jmlr_jax.errors import InputError
 from jmlr_jax.eval import stage_eval
 from jmlr_jax.experiment import RunConfig
 from jmlr_jax.tokenizers import save_tokenizer
+from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.workdir import write_text
 from jmlr_jax.train.lm_step import LMStepConfigs, lm_train_step
 from jmlr_jax.train.loop import StepLoop, param_shardings, state_shardings
@@ -188,13 +190,17 @@ class StageTrainer(StepLoop):
         return {"step": step, "stage": dataclasses.asdict(self.stage)}
 
     def final_params(self):
-        """The stage's result on the host: LLM params with LoRA merged."""
-        return jax.device_get(merged_llm_params(self.state["params"], self.lora))
+        """The stage's result on the host: LLM params with LoRA merged (gathered from every host: call it on all)."""
+        return parallel.host_copy(merged_llm_params(self.state["params"], self.lora))
 
     def export(self, directory: str) -> None:
-        """The stage's result as a Hugging Face Llama directory (safetensors + tokenizer)."""
-        save_hf_llama(directory, self.llm_cfg, self.final_params())
-        save_tokenizer(self.tok, directory)
+        """The stage's result as a Hugging Face Llama directory (safetensors + tokenizer), written by process 0;
+        every host calls this and returns once the directory is there."""
+        params = self.final_params()
+        if workdir_lib.is_lead():
+            save_hf_llama(directory, self.llm_cfg, params)
+            save_tokenizer(self.tok, directory)
+        parallel.barrier(f"export {directory}")
 
 
 # LMDataConfig fields a stage of each kind never reads: changing them (say, adding SFT files after CPT finished)
@@ -263,7 +269,7 @@ def run_stage(pipe: PipelineConfig, index: int, data: DataConfig, lm: lm_data.LM
     except Exception:
         if fresh:  # a stage that never started binds no settings: fixing its input needs no new workdir
             for name in ("stage.json", "pairs.jsonl"):
-                if os.path.isfile(os.path.join(pipe.stage_dir(index), name)):
+                with contextlib.suppress(FileNotFoundError):  # another host may have removed it first
                     os.remove(os.path.join(pipe.stage_dir(index), name))
         raise
     try:
@@ -284,6 +290,9 @@ def run_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfi
     """Every stage in order (finished ones skipped), or only the stage named `only`."""
     if not pipe.stages:
         raise InputError(f"pipeline {pipe.name!r} has no stages (PipelineConfig.stages)")
+    if workdir_lib.is_remote(pipe.workdir):  # os.makedirs would make a local directory named "gs:"
+        raise InputError(f"PipelineConfig.workdir {pipe.workdir!r}: pipelines need a local or mounted directory "
+                         "(mount a bucket with gcsfuse); only launch/tpu_train.py writes to cloud paths directly")
     names = [s.name for s in pipe.stages]
     if len(set(names)) != len(names):
         raise InputError(f"stage names repeat: {names}")

@@ -273,6 +273,8 @@ def test_a_pipeline_on_a_users_own_data(setup, tmp_path):
         lm_data.sft_records(data, dataclasses.replace(mine, sft_files=()))
     with pytest.raises(InputError, match="LMDataConfig.medquad is '' .* bind it for the evaluation"):
         stage_eval.held_medquad(data, mine)  # the generation measure names what to bind, not an empty directory
+    with pytest.raises(InputError, match="'gs://b/p': pipelines need a local or mounted directory"):
+        stages.run_pipeline(dataclasses.replace(pipe, workdir="gs://b/p"), data, mine)
 
 
 def test_moved_data_keeps_stages_and_other_data_is_refused(setup, tmp_path):

@@ -1,0 +1,39 @@
+"""One host of a multi-process run, started by tests/test_multiprocess.py (JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID in the environment; CPU collectives over gloo):
+
+    python -m tests.multiprocess_worker jmlr WORKDIR LLM_DIR CORPUS STEPS
+    python -m tests.multiprocess_worker pipeline WORKDIR LLM_DIR DATA_DIR
+"""
+import os
+import sys
+
+import jax
+import numpy as np
+
+from jmlr_jax import parallel
+
+
+def main(mode: str, *args: str) -> None:
+    parallel.maybe_initialize_distributed()  # before anything touches a jax backend
+    if mode == "jmlr":
+        from jmlr_jax import config, experiment
+        from jmlr_jax.train import loop
+        from tests.train.test_loop import bindings
+
+        workdir, llm, corpus, steps = args
+        config.parse(["quickstart_cpu.gin"], bindings(llm, corpus, workdir, **{
+            "RunConfig.num_steps": steps, "RunConfig.mesh_shape": "(1, -1, 1)"}))
+        t = loop.Trainer(experiment.for_training())
+        t.run()
+        params = jax.tree_util.tree_leaves(parallel.host_copy(t.state["params"]))  # a collective: every host
+        if jax.process_index() == 0:
+            np.savez(os.path.join(workdir, "params.npz"), *params)
+        t.close()
+    else:
+        from tests.test_multiprocess import run_pipeline
+
+        run_pipeline(*args, mesh_shape=(1, -1, 1))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

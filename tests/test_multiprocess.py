@@ -1,0 +1,109 @@
+"""Two real processes (two "hosts", one CPU device each, collectives over gloo) train as one run, with the
+parameters FSDP-sharded across them: the JMLR loop and an SFT -> DPO pipeline give what one process gives, what one
+host suffices for is written once (metrics, exports), and resuming with another number of hosts is a clear error."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jmlr_jax import checkpoint
+from jmlr_jax.convert import load_preset
+from jmlr_jax.data import lm_data
+from jmlr_jax.data.splits import DataConfig
+from jmlr_jax.train import stages
+from tests.train.test_loop import assets, params_of, trainer  # noqa: F401  (module fixture, reused)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(*args: str, timeout: float = 600) -> None:
+    """`python -m tests.multiprocess_worker ARGS` as processes 0 and 1 of one run; both must succeed. A process
+    that fails stops the other (which would wait for it at the next collective)."""
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
+    with tempfile.TemporaryDirectory() as d:
+        logs = [open(os.path.join(d, f"{i}.log"), "w+") for i in range(2)]
+        procs = [subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", *args], cwd=ROOT,
+                                  env=dict(env, JAX_PROCESS_ID=str(i)), stdout=logs[i], stderr=subprocess.STDOUT)
+                 for i in range(2)]
+        end = time.time() + timeout
+        while any(p.poll() is None for p in procs) and time.time() < end:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.5)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for i, (p, log) in enumerate(zip(procs, logs)):
+            log.seek(0)
+            out = log.read()
+            log.close()
+            assert p.returncode == 0, f"process {i} failed (exit {p.returncode}):\n{out[-4000:]}"
+
+
+def run_pipeline(workdir: str, llm: str, data_dir: str, mesh_shape=(1, 1, 1)) -> stages.PipelineConfig:
+    """SFT (LoRA) -> DPO (full), two steps each, on the SFT and pair files under data_dir. (CPT packs each host's
+    own documents, so its rows differ with the host count by design; SFT and DPO rows are the global order's.)"""
+    pipe = stages.PipelineConfig(
+        name="mp", workdir=workdir, llm=llm, progress=False, checkpoint_every=1, mesh_shape=tuple(mesh_shape), stages=(
+            stages.StageConfig("sft", "sft", num_steps=2, batch_size=2, lr=1e-3, lora_rank=2),
+            stages.StageConfig("dpo", "dpo", num_steps=2, batch_size=2, lr=1e-3, pairs="files")))
+    lm = lm_data.LMDataConfig(seq_len=64, sft_files=("sft.jsonl",), pair_files=("pairs.jsonl",), builtin_sft=False)
+    stages.run_pipeline(pipe, DataConfig(data_dir=data_dir), lm)
+    return pipe
+
+
+def test_two_hosts_train_the_jmlr_loop_as_one(assets, tmp_path):  # noqa: F811
+    one = trainer(assets, tmp_path / "one", **{"RunConfig.num_steps": "2"})
+    one.run()
+    one.close()
+    launch("jmlr", str(tmp_path / "two"), *assets, "2")
+    losses = {n: [json.loads(x) for x in open(tmp_path / n / "metrics.jsonl")] for n in ("one", "two")}
+    assert [x["step"] for x in losses["two"]] == [1, 2]  # process 0 alone writes the metrics
+    np.testing.assert_allclose([x["loss"] for x in losses["two"]], [x["loss"] for x in losses["one"]], rtol=2e-5)
+    with np.load(tmp_path / "two" / "params.npz") as f:  # gathered from both hosts by the worker's process 0
+        two = [f[f"arr_{i}"] for i in range(len(f.files))]
+    # The tiny model's passages give near-equal answer losses, so the rank loss orders them by rounding: the
+    # retriever (and then the passages fed) may differ by an Adam step (lr 1e-3) here and there. A shard gathered
+    # into the wrong place would differ by the weights' own size (~0.05).
+    for a, b in zip(params_of(one), two, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0.1, atol=1e-3)
+    # each host saved its own data position: one process resuming it is told so, and nothing is moved aside
+    with pytest.raises(checkpoint.HostCountError, match="saved by 2 processes .hosts.*resume it with 2"):
+        trainer(assets, tmp_path / "two", **{"RunConfig.num_steps": "3"})
+    assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == sorted(os.listdir(tmp_path / "one" / "checkpoints"))
+
+
+def test_two_hosts_run_a_pipeline_as_one(assets, tmp_path):  # noqa: F811
+    data = tmp_path / "data"
+    data.mkdir()
+    sft = [{"instruction": f"What treats condition {i}?", "input": "", "output": f"Drug {i} treats it."}
+           for i in range(8)]
+    (data / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft))
+    pairs = [{"prompt": f"What treats condition {i}?", "chosen": f"Drug {i}.", "rejected": f"Drug {i + 1}."}
+             for i in range(8)]
+    (data / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    llm = assets[0]
+    one = run_pipeline(str(tmp_path / "one"), llm, str(data))
+    launch("pipeline", str(tmp_path / "two"), llm, str(data))
+    two = stages.PipelineConfig(workdir=str(tmp_path / "two"), stages=one.stages)
+    for i in range(2):
+        assert os.path.isfile(os.path.join(two.stage_dir(i), "done.json"))
+        lines = open(os.path.join(two.stage_dir(i), "metrics.jsonl")).read().splitlines()
+        assert [json.loads(x)["step"] for x in lines] == [1, 2]
+        a = jax.tree_util.tree_leaves(load_preset(os.path.join(one.stage_dir(i), "final"))[1])
+        b = jax.tree_util.tree_leaves(load_preset(os.path.join(two.stage_dir(i), "final"))[1])
+        for x, y in zip(a, b, strict=True):  # each stage's export: what one process exports (2026-12-04: SFT
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)  # within 6e-8, DPO 1.8e-5; a misplaced shard: ~0.1
+    assert not [f for f in os.listdir(two.stage_dir(1)) if f.endswith(".tmp")]
