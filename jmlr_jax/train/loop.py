@@ -108,7 +108,8 @@ class StepLoop:
         self._stop = False
         previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
         writer = MetricWriter(workdir_lib.local_dir(run.workdir))
-        bar = tqdm.tqdm(total=run.num_steps, initial=start, desc="training", disable=not run.progress)
+        bar = tqdm.tqdm(total=run.num_steps, initial=start, desc="training",  # one bar for the run: process 0's
+                        disable=not (run.progress and workdir_lib.is_lead()))
         last: dict = {}
         pending = None  # the dispatched step whose metrics are not fetched yet
         t_prev = time.time()
