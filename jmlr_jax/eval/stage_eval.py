@@ -157,6 +157,7 @@ class StageEvalConfig:
     mcq_sets: tuple[str, ...] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout", "medqa")  # eval.harness.eval_sets
     medqa_path: str = "medqa/us_4_options_dev.jsonl"  # the "medqa" set: MedQA-USMLE dev; relative = under DATA
     set_files: tuple = ()  # more MCQ sets from files, as harness.EvalConfig.set_files: (name, kind, path[, options])
+    question_tokens: int = 512  # MCQ question + options, cut from the front beyond (MedQA dev: 18.5% exceed 256)
     batch_size: int = 8
 
 
@@ -223,6 +224,6 @@ def mcq_scores(cfg: LlamaConfig, params, tok: Tokenizer, data: DataConfig, ecfg:
         names, files = [n for n in names if n in only], [e for e in files if e[0] in only]
     sets = harness.eval_sets(data, names, ecfg.medqa_path, ecfg.mcq_per_set, files)
     preds = harness.evaluate(sets, cfg, params, tok, harness.EvalConfig(batch_size=ecfg.batch_size),
-                             PromptTemplate(), Budgets(), progress=False)
+                             PromptTemplate(), Budgets(question=ecfg.question_tokens), progress=False)
     return {"mcq": [r for r in harness.summarize(preds) if r["subject"] == "all"],
             "mcq_predictions": [{k: p[k] for k in ("set", "id", "pred_letter", "answer", "correct")} for p in preds]}
