@@ -54,7 +54,7 @@ from jmlr_jax.compare.evidence_dev import DevParts
 from jmlr_jax.compare.evidence_measures import Measures
 from jmlr_jax.compare.evidence_setup import (BASE_GENERATOR, BOTH_SIDES, EXTRA_ARMS, POOL_ARMS, REFRESHED,
                                              SECOND_ROUND, TRAINED, EvidenceConfig, build_setup, index_view,
-                                             load_tree, save_npy, save_tree, sha, write_json)
+                                             load_tree, save_tree, sha, write_json)
 from jmlr_jax.convert import load_preset
 from jmlr_jax.data import evidence as ev
 from jmlr_jax.data.pipeline import JMLRExamples, make_dataset
@@ -66,6 +66,7 @@ from jmlr_jax.retrieval.store import load_index, save_index
 from jmlr_jax.train.jmlr_step import JMLRConfig, StepConfigs, train_step
 from jmlr_jax.train.losses import answer_nll
 from jmlr_jax.train.state import OptimConfig, init_train_state, make_optimizer
+from jmlr_jax.workdir import save_npy
 
 
 class Comparison(DevParts, Measures):

@@ -15,6 +15,7 @@ from jmlr_jax.data import evidence as ev
 from jmlr_jax.errors import InputError
 from jmlr_jax.retrieval.corpus import corpus_from_documents, resolve_path
 from jmlr_jax.retrieval.index import TokenIndex
+from jmlr_jax.workdir import write_text
 
 
 @gin.configurable
@@ -143,16 +144,7 @@ def sha(s: str) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=None, separators=(",", ":"))
-    os.replace(tmp, path)
-
-
-def save_npy(path: str, arr: np.ndarray) -> None:
-    """np.save, atomically (an interrupted write never leaves a truncated cache)."""
-    np.save(path + ".tmp.npy", arr)
-    os.replace(path + ".tmp.npy", path)
+    write_text(path, json.dumps(obj, indent=None, separators=(",", ":")))  # atomic: written aside, then renamed
 
 
 @dataclasses.dataclass
