@@ -388,15 +388,21 @@ def packed_weights(segment_ids: np.ndarray) -> np.ndarray:
     return w.astype(np.int32)
 
 
-def cpt_dataset(pieces: Sequence[np.ndarray], seq_len: int, batch_size: int, seed: int,
-                num_bins: int = 16, shard: tuple[int, int] = (0, 1)) -> grain.IterDataset:
-    """Shuffled (per epoch), packed (first fit; one segment per piece), batched rows with weights.
-    shard = (index, count): this host packs only its pieces (index::count) into batch_size / count rows."""
+def host_documents(texts: Sequence[str], shard: tuple[int, int]) -> list[str]:
+    """This host's CPT documents (index::count of shard): each host tokenizes and packs only its own share of the
+    corpus, never the whole of it."""
     index, count = shard
-    batch_size = host_rows(batch_size, count)
-    if len(pieces) < count:
-        raise InputError(f"{len(pieces)} CPT pieces cannot be shared by {count} hosts")
-    ds = (grain.MapDataset.source(list(pieces)[index::count]).shuffle(seed=seed).repeat(None)
+    if len(texts) < count:
+        raise InputError(f"{len(texts)} CPT documents cannot be shared by {count} hosts")
+    return list(texts)[index::count]
+
+
+def cpt_dataset(pieces: Sequence[np.ndarray], seq_len: int, batch_size: int, seed: int,
+                num_bins: int = 16, hosts: int = 1) -> grain.IterDataset:
+    """Shuffled (per epoch), packed (first fit; one segment per piece), batched rows with weights.
+    With `hosts` > 1, pieces are this host's (from host_documents) and it packs batch_size / hosts rows."""
+    batch_size = host_rows(batch_size, hosts)
+    ds = (grain.MapDataset.source(list(pieces)).shuffle(seed=seed).repeat(None)
           .map(lambda x: {"tokens": x}).to_iter_dataset())
     packed = grain_exp.FirstFitPackIterDataset(ds, length_struct={"tokens": seq_len}, num_packing_bins=num_bins,
                                                seed=seed, shuffle_bins=True)

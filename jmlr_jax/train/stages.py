@@ -159,8 +159,9 @@ class StageTrainer(StepLoop):
         if kind == "cpt":
             train, _ = lm_data.cpt_documents(data, lm)
             self.data_sha1 = fingerprint(train)
-            pieces = lm_data.cpt_pieces(self.tok, [t for _, t in train], lm.seq_len)
-            ds = lm_data.cpt_dataset(pieces, lm.seq_len, run.batch_size, run.seed, shard=parallel.host_shard())
+            shard = parallel.host_shard()
+            pieces = lm_data.cpt_pieces(self.tok, lm_data.host_documents([t for _, t in train], shard), lm.seq_len)
+            ds = lm_data.cpt_dataset(pieces, lm.seq_len, run.batch_size, run.seed, hosts=shard[1])
         else:
             items, encode, what = ((lm_data.sft_records(data, lm), lm_data.sft_example, "SFT") if kind == "sft" else
                                    (self._pairs(data, lm, start_params), lm_data.dpo_example, "DPO"))

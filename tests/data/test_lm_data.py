@@ -126,16 +126,22 @@ def test_medquad_split_by_focus_and_bad_records(tmp_path):
 
 
 def test_cpt_hosts_pack_only_their_own_documents():
-    pieces = [np.full(5, i + 1, np.int32) for i in range(20)]  # piece i is made of token i + 1
+    texts = [f"document {i}" for i in range(20)]
+    shares = [lm_data.host_documents(texts, (host, 2)) for host in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(texts) and not set(shares[0]) & set(shares[1])
     for host in range(2):
-        it = iter(lm_data.cpt_dataset(pieces, 16, 4, seed=0, shard=(host, 2)))
+        mine = {int(t.split()[1]) for t in shares[host]}
+        pieces = [np.full(5, i + 1, np.int32) for i in sorted(mine)]  # document i's piece is made of token i + 1
+        it = iter(lm_data.cpt_dataset(pieces, 16, 4, seed=0, hosts=2))
         for _ in range(3):
             rows = next(it)
             assert rows["tokens"].shape == (2, 16)  # half of the global batch of 4
             toks = set(rows["tokens"][rows["segment_ids"] > 0].tolist())
-            assert toks and all((t - 1) % 2 == host for t in toks)  # pieces host, host + 2, ...
+            assert toks and toks <= {i + 1 for i in mine}
     with pytest.raises(ValueError, match="does not split over 3 hosts"):
-        lm_data.cpt_dataset(pieces, 16, 4, seed=0, shard=(0, 3))
+        lm_data.cpt_dataset(pieces, 16, 4, seed=0, hosts=3)
+    with pytest.raises(InputError, match="2 CPT documents cannot be shared by 3 hosts"):
+        lm_data.host_documents(texts[:2], (0, 3))
 
 
 def test_generated_pairs_keep_only_wrong_answers_and_round_trip(tmp_path):
