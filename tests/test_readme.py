@@ -63,3 +63,14 @@ def test_every_subpackage_is_in_the_wheel():
     found = {os.path.relpath(d, ROOT).replace(os.sep, ".") for d, _, files in os.walk(os.path.join(ROOT, "jmlr_jax"))
              if "__init__.py" in files}
     assert found <= packages, f"missing from pyproject.toml [tool.setuptools] packages: {sorted(found - packages)}"
+
+
+def test_contents_links_reach_headings():
+    """Every in-page link of the README reaches a heading (GitHub's anchors: lower case, punctuation dropped,
+    spaces to hyphens), so the contents line stays true when a section is renamed."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert len(links) >= 14 and not [a for a in links if a not in anchors]
