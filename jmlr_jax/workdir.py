@@ -12,7 +12,6 @@ interleave, and files one host suffices for (metrics, uploads, exports) are writ
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 
@@ -20,7 +19,7 @@ import jax
 import numpy as np
 from etils import epath
 
-CHECKPOINTS = "checkpoints"  # orbax writes these at the workdir directly; never mirrored
+CHECKPOINTS = "checkpoints"  # orbax writes these at the workdir (or a pipeline stage's) directly; never mirrored
 
 
 def is_remote(path: str) -> bool:
@@ -33,7 +32,12 @@ def local_dir(workdir: str) -> str:
     if not is_remote(workdir):
         return workdir
     root = os.environ.get("JMLR_LOCAL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jmlr_jax"))
-    return os.path.join(root, hashlib.sha1(str(workdir).encode()).hexdigest()[:16])
+    # the cloud path's own tree (gs://b/run -> <root>/gs/b/run): a directory inside a cloud workdir (a pipeline's
+    # stage) is mirrored inside the workdir's mirror
+    rel = os.path.normpath(str(workdir).replace("://", "/", 1)).lstrip("/")
+    if rel.startswith(".."):
+        raise ValueError(f"not a cloud workdir: {workdir!r}")
+    return os.path.join(root, rel)
 
 
 def is_lead() -> bool:
@@ -76,15 +80,15 @@ def exists(path: str) -> bool:
 
 
 def _copy_tree(src: epath.Path, dst: epath.Path, skip: str = "") -> int:
-    """Copies files under src that dst lacks or holds with another size; returns how many were copied.
-    (Walks with iterdir: epath refuses recursive globs on cloud paths.)"""
+    """Copies files under src that dst lacks or holds with another size, except directories named `skip` at any
+    depth; returns how many were copied. (Walks with iterdir: epath refuses recursive globs on cloud paths.)"""
     n = 0
     for f in src.iterdir():
         if f.name == skip or f.name.endswith(".tmp"):
             continue
         target = dst / f.name
         if f.is_dir():
-            n += _copy_tree(f, target)
+            n += _copy_tree(f, target, skip)
             continue
         if target.exists() and target.stat().length == f.stat().length:
             continue

@@ -2,7 +2,8 @@
 
 Stages run in order, each from the previous stage's final weights; finished stages are skipped and an
 interrupted one resumes (jmlr_jax/train/stages.py). --stage=NAME runs only that stage (its previous stage must
-have finished). Each stage's result is a Hugging Face directory <workdir>/<k>-<name>/final.
+have finished). Each stage's result is a Hugging Face directory <workdir>/<k>-<name>/final. The workdir may be a
+cloud path (gs://...): a rerun on another machine continues from it.
 """
 import json
 import os
@@ -19,8 +20,7 @@ from jmlr_jax.train import stages  # noqa: E402
 
 def main(stage: str = "") -> None:
     pipe = stages.PipelineConfig()
-    os.makedirs(pipe.workdir, exist_ok=True)
-    config.save_operative_config(pipe.workdir)
+    config.save_operative_config(pipe.workdir)  # a local or cloud (gs://) workdir
     for s in stages.run_pipeline(pipe, DataConfig(), LMDataConfig(), only=stage):
         print(json.dumps(s))
 

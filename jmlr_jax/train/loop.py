@@ -107,7 +107,7 @@ class StepLoop:
         start = int(self.state["step"])
         self._stop = False
         previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
-        writer = MetricWriter(workdir_lib.local_dir(run.workdir))
+        writer = MetricWriter(workdir_lib.local_dir(run.workdir))  # a cloud workdir's mirror (uploaded by _save)
         bar = tqdm.tqdm(total=run.num_steps, initial=start, desc="training",  # one bar for the run: process 0's
                         disable=not (run.progress and workdir_lib.is_lead()))
         last: dict = {}

@@ -8,6 +8,10 @@ weights: stage k-1 ends by exporting them (LoRA merged) as a Hugging Face direct
 (safetensors + tokenizer; loadable by `transformers` and by `load_preset`), then writes done.json. A rerun skips
 stages with done.json, resumes an interrupted stage from its checkpoint, and starts the rest. DPO's frozen
 reference is the stage's starting model (the SFT result), never updated.
+
+A cloud workdir (gs://bucket/pipeline) works as a run's does (jmlr_jax/workdir.py): orbax writes each stage's
+checkpoints there; its other files live in a local mirror (`stage_dir`), uploaded after every checkpoint and
+when the stage ends, and fetched before a stage starts, so a pipeline resumes on another machine.
 """
 from __future__ import annotations
 
@@ -88,8 +92,19 @@ class PipelineConfig:
     peak_flops_per_device: float = 400e9
     progress: bool = True
 
-    def stage_dir(self, i: int) -> str:
+    def stage_workdir(self, i: int) -> str:
+        """Stage i's workdir as configured (local or cloud): its checkpoints are written here."""
         return os.path.join(self.workdir, f"{i + 1}-{self.stages[i].name}")
+
+    def stage_dir(self, i: int) -> str:
+        """Where stage i's files (stage.json, metrics, final/, done.json) are read and written: its workdir, or
+        for a cloud workdir this machine's mirror of it."""
+        return workdir_lib.local_dir(self.stage_workdir(i))
+
+    @property
+    def local(self) -> str:
+        """The pipeline's own files (eval/): the workdir, or its local mirror."""
+        return workdir_lib.local_dir(self.workdir)
 
 
 class _Examples:
@@ -117,14 +132,15 @@ class StageTrainer(StepLoop):
 
     def __init__(self, pipe: PipelineConfig, index: int, data: DataConfig, lm: lm_data.LMDataConfig, init: str):
         self.stage = stage = pipe.stages[index]
-        workdir = pipe.stage_dir(index)
+        workdir, self.local = pipe.stage_workdir(index), pipe.stage_dir(index)
         self.run_cfg = run = RunConfig(workdir=workdir, num_steps=stage.num_steps, batch_size=stage.batch_size,
                                        seed=pipe.seed, checkpoint_every=pipe.checkpoint_every,
                                        keep_checkpoints=pipe.keep_checkpoints, llm=init,
                                        llm_overrides=pipe.llm_overrides, mesh_shape=pipe.mesh_shape,
                                        peak_flops_per_device=pipe.peak_flops_per_device, progress=pipe.progress)
-        os.makedirs(workdir, exist_ok=True)
-        check_stage_dir(workdir, stage, init, data, lm)  # written once its data are read (below)
+        os.makedirs(self.local, exist_ok=True)
+        self.source = stage_source(pipe, index)
+        check_stage_dir(self.local, stage, self.source, data, lm)  # written once its data are read (below)
         parallel.maybe_initialize_distributed()
         self.mesh = parallel.make_mesh(run.mesh_shape)
         self.llm_cfg, llm_params, self.tok = load_preset(init, **dict(pipe.llm_overrides))
@@ -143,7 +159,7 @@ class StageTrainer(StepLoop):
         data_state, _ = self.init_or_restore(params, self.tx, run.seed, self.state_sh)
         del params, llm_params
         self.data_iter = iter(self._dataset(data, lm, ref))
-        check_stage_dir(workdir, stage, init, data, lm, data_sha1=self.data_sha1)
+        check_stage_dir(self.local, stage, self.source, data, lm, data_sha1=self.data_sha1)
         self.batch_axis = 1 if stage.grad_accum > 1 else 0  # [A, B, ...] micro-batches
         if data_state is not None:
             self.data_iter.set_state(data_state)
@@ -180,7 +196,7 @@ class StageTrainer(StepLoop):
             return lm_data.dpo_pairs(data, lm) + own
         questions = lm_data.medmcqa_questions(data)[: self.stage.pair_questions]
         return stage_eval.model_pairs(self.llm_cfg, start_params, self.tok, lm, questions,
-                                      os.path.join(self.run_cfg.workdir, "pairs.jsonl")) + own
+                                      os.path.join(self.local, "pairs.jsonl")) + own
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
         tokens = int(sum(np.sum(v > 0) for k, v in batch.items() if k.endswith("segment_ids")))
@@ -245,10 +261,17 @@ def check_stage_dir(workdir: str, stage: StageConfig, init: str, data: DataConfi
         write_text(path, json.dumps(dict(cur, data_sha1=data_sha1), indent=1))
 
 
+def stage_source(pipe: PipelineConfig, index: int) -> str:
+    """What stage `index` starts from, as its stage.json records it: the base model, or the previous stage's export
+    in its workdir (for a cloud pipeline the cloud path, whichever machine's mirror it is loaded from)."""
+    return pipe.llm if index == 0 else os.path.join(pipe.stage_workdir(index - 1), "final")
+
+
 def stage_init(pipe: PipelineConfig, index: int) -> str:
     """Where stage `index` starts: the base model, or the previous stage's export (which must exist)."""
     if index == 0:
         return pipe.llm
+    workdir_lib.download(pipe.stage_workdir(index - 1))  # a cloud pipeline on another machine: fetch the export
     prev = pipe.stage_dir(index - 1)
     if not os.path.isfile(os.path.join(prev, "done.json")):
         raise InputError(f"stage {pipe.stages[index].name!r} starts from stage {pipe.stages[index - 1].name!r}, "
@@ -258,10 +281,11 @@ def stage_init(pipe: PipelineConfig, index: int) -> str:
 
 def run_stage(pipe: PipelineConfig, index: int, data: DataConfig, lm: lm_data.LMDataConfig) -> dict:
     """Trains stage `index` to its num_steps (resuming), exports its result, marks it done -> its summary."""
+    workdir_lib.download(pipe.stage_workdir(index))  # a cloud stage resumed on another machine (not checkpoints)
     done = os.path.join(pipe.stage_dir(index), "done.json")
     init = stage_init(pipe, index)
     if os.path.isfile(done):
-        check_stage_dir(pipe.stage_dir(index), pipe.stages[index], init, data, lm)
+        check_stage_dir(pipe.stage_dir(index), pipe.stages[index], stage_source(pipe, index), data, lm)
         with open(done) as f:
             return dict(json.load(f), skipped=True)
     fresh = not os.path.isfile(os.path.join(pipe.stage_dir(index), "stage.json"))
@@ -282,8 +306,12 @@ def run_stage(pipe: PipelineConfig, index: int, data: DataConfig, lm: lm_data.LM
     finally:
         trainer.close()
     summary = {"stage": trainer.stage.name, "kind": trainer.stage.kind, "steps": trainer.run_cfg.num_steps,
-               "final": final, "last_metrics": last}
+               "final": os.path.join(pipe.stage_workdir(index), "final"), "last_metrics": last}
     write_text(done, json.dumps(summary, indent=1))
+    if workdir_lib.is_remote(pipe.workdir):  # process 0's mirror holds the export: to the cloud, then to every
+        workdir_lib.upload(pipe.stage_workdir(index))  # host's mirror, where the next stage loads it
+        parallel.barrier(f"stage {index} uploaded")
+        workdir_lib.download(pipe.stage_workdir(index))
     return summary
 
 
@@ -291,9 +319,6 @@ def run_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfi
     """Every stage in order (finished ones skipped), or only the stage named `only`."""
     if not pipe.stages:
         raise InputError(f"pipeline {pipe.name!r} has no stages (PipelineConfig.stages)")
-    if workdir_lib.is_remote(pipe.workdir):  # os.makedirs would make a local directory named "gs:"
-        raise InputError(f"PipelineConfig.workdir {pipe.workdir!r}: pipelines need a local or mounted directory "
-                         "(mount a bucket with gcsfuse); only launch/tpu_train.py writes to cloud paths directly")
     names = [s.name for s in pipe.stages]
     if len(set(names)) != len(names):
         raise InputError(f"stage names repeat: {names}")
@@ -330,8 +355,10 @@ def pipeline_pairs(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataCon
     except InputError as e:
         print(f"held-out pairs of kind 'options': {e}", flush=True)
         return "options", stage_eval.heldout_pairs("options", data, lm, n)
-    return kind, stage_eval.heldout_pairs(kind, data, lm, n, load_preset(ref, **dict(pipe.llm_overrides)),
-                                          os.path.join(pipe.stage_dir(dpo[0]), f"pairs_heldout_{n}.jsonl"))
+    pairs = stage_eval.heldout_pairs(kind, data, lm, n, load_preset(ref, **dict(pipe.llm_overrides)),
+                                     os.path.join(pipe.stage_dir(dpo[0]), f"pairs_heldout_{n}.jsonl"))
+    workdir_lib.upload(pipe.stage_workdir(dpo[0]))
+    return kind, pairs
 
 
 def _refresh(r: dict, dest: str, path: str, ref: str | None, beta: float, trained: str, kind: str, pairs: list,
@@ -392,7 +419,8 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
     <workdir>/eval/<model>.json as it ends. A rerun reads those back; a stage retrained since (another done.json)
     is evaluated again, and a stored result is brought up to date part by part (`_refresh`). Each model is
     compared with the base over the same questions (`against_base`)."""
-    out_dir = os.path.join(pipe.workdir, "eval")
+    workdir_lib.download(pipe.workdir)  # a cloud pipeline: the stored results (eval/) and the stages' files
+    out_dir = os.path.join(pipe.local, "eval")
     os.makedirs(out_dir, exist_ok=True)
     models = [("base", pipe.llm, None, 0.1, pipe.llm)]
     for i, s in enumerate(pipe.stages):
@@ -424,6 +452,7 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
             print(f"{name}: done", flush=True)
         else:
             _refresh(r, dest, path, ref, beta, trained, kind, pairs, data, lm, ecfg, load)
+        workdir_lib.upload(pipe.workdir)  # a cloud workdir: each model's result as it is written
         results.append(r)
     against_base(results)
     return results

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.config import ConfigError
 from jmlr_jax.convert import load_preset
 from jmlr_jax.data import lm_data
@@ -273,8 +274,41 @@ def test_a_pipeline_on_a_users_own_data(setup, tmp_path):
         lm_data.sft_records(data, dataclasses.replace(mine, sft_files=()))
     with pytest.raises(InputError, match="LMDataConfig.medquad is '' .* bind it for the evaluation"):
         stage_eval.held_medquad(data, mine)  # the generation measure names what to bind, not an empty directory
-    with pytest.raises(InputError, match="'gs://b/p': pipelines need a local or mounted directory"):
-        stages.run_pipeline(dataclasses.replace(pipe, workdir="gs://b/p"), data, mine)
+
+
+def test_a_cloud_workdir_pipeline_continues_on_another_machine(setup, tmp_path, monkeypatch):
+    data, lm, llm = setup
+    bucket = str(tmp_path / "bucket")
+    monkeypatch.setattr(workdir_lib, "is_remote", lambda p: str(p).startswith(bucket))  # "gs://..." stand-in
+    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache"))
+    pipe = dataclasses.replace(pipeline(os.path.join(bucket, "p"), llm, (1, 1, 1)), name="c")
+    pipe = dataclasses.replace(pipe, stages=pipe.stages[:2])
+    stages.run_pipeline(pipe, data, lm, only="cpt")
+    local = pipe.stage_dir(0)
+    assert local.startswith(str(tmp_path / "cache")) and os.path.dirname(local) == pipe.local  # inside the pipeline's
+    assert {"checkpoints", "stage.json", "metrics.jsonl", "done.json", "final"} <= set(os.listdir(pipe.stage_workdir(0)))
+    assert not os.path.exists(os.path.join(local, "checkpoints"))  # orbax writes to the cloud directly
+    cpt = jax.tree_util.tree_leaves(load_preset(os.path.join(local, "final"))[1])
+
+    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache2"))  # another machine: the cloud workdir alone
+    out = stages.run_pipeline(pipe, data, lm)
+    assert out[0].get("skipped") and out[1]["steps"] == 1 and pipe.stage_dir(1).startswith(str(tmp_path / "cache2"))
+    fetched = jax.tree_util.tree_leaves(load_preset(os.path.join(pipe.stage_dir(0), "final"))[1])
+    for a, b in zip(cpt, fetched, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with open(os.path.join(pipe.stage_workdir(1), "stage.json")) as f:  # where SFT started, by its cloud path
+        assert json.load(f)["init"] == os.path.join(pipe.stage_workdir(0), "final")
+    assert {"done.json", "final", "metrics.jsonl"} <= set(os.listdir(pipe.stage_workdir(1)))
+
+    # evaluated on a third machine, its results in the cloud workdir; a fourth reads them back
+    ecfg = stage_eval.StageEvalConfig(text_docs=2, medquad_questions=2, max_new_tokens=4, pairs=2, mcq_per_set=0,
+                                      batch_size=2)
+    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache3"))
+    results = stages.evaluate_pipeline(pipe, data, lm, ecfg)
+    assert sorted(os.listdir(os.path.join(pipe.workdir, "eval"))) == ["base.json", "cpt.json", "sft.json"]
+    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache4"))
+    monkeypatch.setattr(stage_eval, "evaluate_model", lambda *a, **k: pytest.fail("evaluated again"))
+    assert stages.evaluate_pipeline(pipe, data, lm, ecfg) == results
 
 
 def test_moved_data_keeps_stages_and_other_data_is_refused(setup, tmp_path):
