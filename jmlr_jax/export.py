@@ -7,9 +7,10 @@
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
+
+from etils import epath
 
 from jmlr_jax.convert import save_hf_colbert, save_hf_llama
 from jmlr_jax.tokenizers import save_tokenizer
@@ -41,12 +42,12 @@ def model_card(workdir: str, w: Restored) -> str:
         f"- prompt: {exp.jmlr.num_docs} retrieved passages of <= {exp.budgets.doc} tokens, question <= "
         f"{exp.budgets.question}, answer <= {exp.budgets.answer}", "",
     ]
-    tables = sorted(glob.glob(os.path.join(workdir, "eval", "*.md")))
+    evals = epath.Path(workdir) / "eval"  # a cloud workdir's too (evaluation uploads it)
+    tables = sorted(evals.glob("*.md")) if evals.is_dir() else []
     lines += ["## Evaluation", ""]
     if tables:
         for t in tables:
-            with open(t) as f:
-                lines += [f"From `{os.path.relpath(t, workdir)}`:", "", f.read().strip(), ""]
+            lines += [f"From `eval/{t.name}`:", "", t.read_text().strip(), ""]
     else:
         lines += ["Not evaluated (run `launch/evaluate.py --workdir=...`, then export again).", ""]
     lines += ["## Training config", "", "```json", json.dumps(exp.to_dict(), indent=1), "```", ""]

@@ -22,7 +22,7 @@ import gin
 import jax
 import numpy as np
 
-from jmlr_jax import chat, config
+from jmlr_jax import chat, config, workdir as workdir_lib
 from jmlr_jax.convert import load_preset
 from jmlr_jax.models import ColBERTTokenizer
 from jmlr_jax.data.sources import QARecord
@@ -110,7 +110,7 @@ def answer_from_run(args, t0: float) -> None:
     passages, top, scores = [], np.zeros(0, np.int64), np.zeros(0)  # k = 0 (trained without retrieval): no corpus
     if k:
         index = cached_index(exp.corpus.load(data.require_dir()), w.rcfg, w.r_params, w.ctok, exp.index, exp.search,
-                             os.path.join(args.workdir, "eval"), progress=False)
+                             workdir_lib.eval_dir(args.workdir), progress=False)
         passages = index.passages
         ids, scores = Retriever(w.rcfg, w.r_params, w.ctok, index).search([args.question], k)
         top, scores = ids[0][ids[0] >= 0], scores[0]

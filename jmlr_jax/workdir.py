@@ -40,6 +40,12 @@ def local_dir(workdir: str) -> str:
     return os.path.join(root, rel)
 
 
+def eval_dir(workdir: str) -> str:
+    """Where a run's evaluations (JSON, markdown) and their index caches are written: <workdir>/eval, in the local
+    mirror of a cloud workdir (`upload` publishes it)."""
+    return os.path.join(local_dir(workdir), "eval")
+
+
 def is_lead() -> bool:
     """Process 0: the host that writes what one host suffices for (metrics, uploads, exports)."""
     return jax.process_index() == 0

@@ -1,10 +1,15 @@
 """A run whose workdir is a cloud path: checkpoints and config at the path, local-only files mirrored to it and
-fetched back on another machine. Exercised on a local directory through the same epath calls."""
+fetched back on another machine; evaluated and exported from it. Exercised on a local directory through the same
+epath calls."""
 import json
 import os
 import shutil
 
-from jmlr_jax import workdir as workdir_lib
+import gin
+
+from jmlr_jax import config, experiment, workdir as workdir_lib
+from jmlr_jax.eval import harness
+from jmlr_jax.export import export_run
 from tests.train.test_loop import assets, trainer  # noqa: F401  (module fixture, reused)
 
 
@@ -30,3 +35,16 @@ def test_cloud_workdir_mirrors_and_resumes_on_another_machine(assets, tmp_path, 
     t2.close()
     with open(os.path.join(remote, "metrics.jsonl")) as f:
         assert [json.loads(x)["step"] for x in f] == [1, 2]
+
+    # evaluated on a third machine: the results land in the cloud workdir (a local directory named "gs:" had
+    # held them), and an export made anywhere puts them in its model card
+    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache3"))
+    gin.clear_config()
+    config.parse(["compare/eval.gin"], ["EvalConfig.retrieval = False", "EvalConfig.max_per_set = 2",
+                                        "EvalConfig.output_dir = ''"])
+    harness.evaluate_main(experiment.for_evaluation(remote), harness.EvalConfig())
+    mirror = workdir_lib.eval_dir(remote)  # written where a local disk is, then uploaded
+    assert mirror.startswith(str(tmp_path / "cache3")) and {"eval.json", "eval.md"} <= set(os.listdir(mirror))
+    assert {"eval.json", "eval.md"} <= set(os.listdir(os.path.join(remote, "eval")))
+    export_run(remote, str(tmp_path / "hf"))
+    assert "From `eval/eval.md`" in open(tmp_path / "hf" / "README.md").read()

@@ -23,6 +23,7 @@ import gin
 import numpy as np
 import tqdm
 
+from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.data.pipeline import retrieval_query
 from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
 from jmlr_jax.data.splits import DataConfig, question_key, training_records
@@ -267,7 +268,7 @@ def evaluate_main(exp: Experiment, ecfg: EvalConfig) -> dict:
     markdown. `exp` is the run's saved config (experiment.for_evaluation)."""
     t0 = time.time()
     run = exp.run
-    out_dir = ecfg.output_dir or os.path.join(run.workdir, "eval")
+    out_dir = ecfg.output_dir or workdir_lib.eval_dir(run.workdir)
     os.makedirs(out_dir, exist_ok=True)
     if ecfg.from_checkpoint:
         w = restore_params(run.workdir, exp=exp)
@@ -312,5 +313,7 @@ def evaluate_main(exp: Experiment, ecfg: EvalConfig) -> dict:
             f"{k} {v:.3f}" for k, v in result["gold_recall"].items() if k.startswith("top"))
     with open(os.path.join(out_dir, f"{ecfg.name}.md"), "w") as f:
         f.write(md + "\n")
+    if not ecfg.output_dir:
+        workdir_lib.upload(run.workdir)  # a cloud workdir: its eval/ from the local mirror
     print(md + f"\n\n-> {path} ({result['seconds']:.0f} s)")
     return result
