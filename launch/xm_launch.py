@@ -14,6 +14,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from jmlr_jax import config, sweeps  # noqa: E402
+from jmlr_jax.errors import InputError  # noqa: E402
+from jmlr_jax.workdir import is_remote  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,7 +25,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dry_run", action="store_true", help="print the jobs' commands; run nothing")
     ap.add_argument("--collect", action="store_true", help="only gather the table and plot")
     args = ap.parse_args(argv)
-    with config.exits_on_bad_input():  # a missing or malformed sweep: one line, exit 2
+    with config.exits_on_bad_input():  # a missing or malformed sweep, a cloud root: one line, exit 2
+        if is_remote(args.root):  # os.path.abspath would make it a local directory named "gs:"
+            raise InputError(f"--root={args.root}: the local executor runs the jobs on this machine and keeps "
+                             "their workdirs in a local directory; give a local --root")
         s = sweeps.load_sweep(args.sweep)
         jobs = sweeps.expand(s, os.path.abspath(args.root))
     if args.dry_run:

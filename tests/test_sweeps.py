@@ -81,7 +81,7 @@ def test_local_executor_resumes_a_half_finished_sweep(tmp_path):
 
 def test_launcher_names_a_missing_sweep_in_one_line(tmp_path):
     """`launch/xm_launch.py --sweep=<unknown>`: exit 2 and one line naming the sweep and the known ones; a sweep
-    file without SWEEP or without points: one line each."""
+    file without SWEEP or without points, a cloud --root (the local executor's): one line each."""
     launcher = os.path.join(os.path.dirname(__file__), "..", "launch", "xm_launch.py")
     r = subprocess.run([sys.executable, launcher, "--sweep=no_such_sweep", f"--root={tmp_path}", "--dry_run"],
                        capture_output=True, text=True)
@@ -96,3 +96,7 @@ def test_launcher_names_a_missing_sweep_in_one_line(tmp_path):
         r = subprocess.run([sys.executable, launcher, f"--sweep={bad}", f"--root={tmp_path}", "--dry_run"],
                            capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, launcher, "--sweep=quickstart_4", "--root=gs://b/sweeps", "--dry_run"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "give a local --root" in r.stderr, r.stderr
+    assert not os.path.exists(tmp_path / "gs:")
