@@ -8,7 +8,7 @@ import sys
 
 os.environ.setdefault("GLOG_minloglevel", "1")  # ScaNN's C++ logging
 
-from jmlr_jax import config, experiment  # noqa: E402
+from jmlr_jax import config, experiment, workdir as workdir_lib  # noqa: E402
 
 
 def _train(workdir: str = "") -> None:
@@ -44,6 +44,8 @@ def _export(workdir: str = "", out: str = "", step: str = "") -> None:
 
     if not workdir or not out:
         raise config.ConfigError("--workdir=DIR (a training run) and --out=DIR (the export) are required")
+    if workdir_lib.is_remote(out):  # the writers are local-file ones: it would be a local directory named "gs:"
+        raise config.ConfigError(f"--out={out}: export to a local directory, then copy it (gsutil cp -r)")
     w = export_run(workdir, out, int(step) if step else None)
     print(f"exported step {w.meta['step']} of {workdir} to {out}/generator, {out}/retriever, {out}/README.md")
 

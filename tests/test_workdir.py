@@ -6,8 +6,9 @@ import os
 import shutil
 
 import gin
+import pytest
 
-from jmlr_jax import config, experiment, workdir as workdir_lib
+from jmlr_jax import cli, config, experiment, workdir as workdir_lib
 from jmlr_jax.eval import harness
 from jmlr_jax.export import export_run
 from tests.train.test_loop import assets, trainer  # noqa: F401  (module fixture, reused)
@@ -48,3 +49,11 @@ def test_cloud_workdir_mirrors_and_resumes_on_another_machine(assets, tmp_path, 
     assert {"eval.json", "eval.md"} <= set(os.listdir(os.path.join(remote, "eval")))
     export_run(remote, str(tmp_path / "hf"))
     assert "From `eval/eval.md`" in open(tmp_path / "hf" / "README.md").read()
+
+
+def test_outputs_that_must_be_local_say_so():
+    """Writers that need a local disk refuse a cloud path in one line (each had made a local directory "gs:")."""
+    with pytest.raises(config.ConfigError, match="--out=gs://b/hf: export to a local directory"):
+        cli._export(workdir="workdir/run", out="gs://b/hf")
+    with pytest.raises(ValueError, match="EvalConfig.output_dir must be local"):
+        harness.EvalConfig(output_dir="gs://b/eval")

@@ -75,6 +75,9 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.mode must be 'loglik' or 'generate', got {self.mode!r}")
         if self.num_shots < 0:
             raise ValueError(f"EvalConfig.num_shots must be >= 0, got {self.num_shots}")
+        if workdir_lib.is_remote(self.output_dir):  # a cloud run's results reach its workdir without it
+            raise ValueError(f"EvalConfig.output_dir must be local, got {self.output_dir!r} (leave it empty: the "
+                             "results then go to <workdir>/eval, a cloud workdir's too)")
 
 
 def eval_sets(data: DataConfig, names: Sequence[str] = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout"),
