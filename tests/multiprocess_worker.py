@@ -3,6 +3,7 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID in the environment; CPU collectives over gloo)
 
     python -m tests.multiprocess_worker jmlr WORKDIR LLM_DIR CORPUS STEPS
     python -m tests.multiprocess_worker pipeline WORKDIR LLM_DIR DATA_DIR
+    python -m tests.multiprocess_worker cpt WORKDIR LLM_DIR DATA_DIR
 """
 import os
 import sys
@@ -30,9 +31,9 @@ def main(mode: str, *args: str) -> None:
             np.savez(os.path.join(workdir, "params.npz"), *params)
         t.close()
     else:
-        from tests.test_multiprocess import run_pipeline
+        from tests.test_multiprocess import run_cpt, run_pipeline
 
-        run_pipeline(*args, mesh_shape=(1, -1, 1))
+        (run_cpt if mode == "cpt" else run_pipeline)(*args, mesh_shape=(1, -1, 1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Two real processes (two "hosts", one CPU device each, collectives over gloo) train as one run, with the
-parameters FSDP-sharded across them: the JMLR loop and an SFT -> DPO pipeline give what one process gives, what one
-host suffices for is written once (metrics, exports), and resuming with another number of hosts is a clear error."""
+parameters FSDP-sharded across them: the JMLR loop and an SFT -> DPO pipeline give what one process gives, a CPT
+stage trains on each host's own documents, what one host suffices for is written once (metrics, exports), and
+resuming with another number of hosts is a clear error."""
 import json
 import os
 import socket
@@ -64,6 +65,17 @@ def run_pipeline(workdir: str, llm: str, data_dir: str, mesh_shape=(1, 1, 1)) ->
     return pipe
 
 
+def run_cpt(workdir: str, llm: str, data_dir: str, mesh_shape=(1, 1, 1)) -> stages.PipelineConfig:
+    """CPT alone, two steps of 4 packed rows, on text.jsonl under data_dir: each host packs its own documents."""
+    pipe = stages.PipelineConfig(name="cpt", workdir=workdir, llm=llm, progress=False, checkpoint_every=1,
+                                 mesh_shape=tuple(mesh_shape),
+                                 stages=(stages.StageConfig("cpt", "cpt", num_steps=2, batch_size=4, lr=1e-3),))
+    lm = lm_data.LMDataConfig(seq_len=64, guidelines="", medquad="", pubmedqa="", text_files=("text.jsonl",),
+                              text_heldout_fraction=0.0)
+    stages.run_pipeline(pipe, DataConfig(data_dir=data_dir), lm)
+    return pipe
+
+
 def test_two_hosts_train_the_jmlr_loop_as_one(assets, tmp_path):  # noqa: F811
     one = trainer(assets, tmp_path / "one", **{"RunConfig.num_steps": "2"})
     one.run()
@@ -107,3 +119,12 @@ def test_two_hosts_run_a_pipeline_as_one(assets, tmp_path):  # noqa: F811
         for x, y in zip(a, b, strict=True):  # each stage's export: what one process exports (2026-12-04: SFT
             np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)  # within 6e-8, DPO 1.8e-5; a misplaced shard: ~0.1
     assert not [f for f in os.listdir(two.stage_dir(1)) if f.endswith(".tmp")]
+
+    # CPT: each host tokenizes and packs only its half of the documents (rows differ from one host's by design)
+    (data / "text.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": f"Condition {i} is treated with "
+                                                        f"drug {i}. " * (1 + i % 3)}) + "\n" for i in range(12)))
+    launch("cpt", str(tmp_path / "cpt"), llm, str(data))
+    cpt = stages.PipelineConfig(workdir=str(tmp_path / "cpt"), stages=(stages.StageConfig("cpt", "cpt"),))
+    lines = [json.loads(x) for x in open(os.path.join(cpt.stage_dir(0), "metrics.jsonl"))]
+    assert [x["step"] for x in lines] == [1, 2] and all(np.isfinite(x["loss"]) for x in lines)
+    assert os.path.isfile(os.path.join(cpt.stage_dir(0), "final", "model.safetensors"))
