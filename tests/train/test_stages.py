@@ -281,7 +281,7 @@ def test_a_cloud_workdir_pipeline_continues_on_another_machine(setup, tmp_path, 
     bucket = str(tmp_path / "bucket")
     monkeypatch.setattr(workdir_lib, "is_remote", lambda p: str(p).startswith(bucket))  # "gs://..." stand-in
     monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache"))
-    pipe = dataclasses.replace(pipeline(os.path.join(bucket, "p"), llm, (1, 1, 1)), name="c")
+    pipe = dataclasses.replace(pipeline(os.path.join(bucket, "p"), llm, (1, 2, 1)), name="c")
     pipe = dataclasses.replace(pipe, stages=pipe.stages[:2])
     stages.run_pipeline(pipe, data, lm, only="cpt")
     local = pipe.stage_dir(0)
@@ -290,23 +290,33 @@ def test_a_cloud_workdir_pipeline_continues_on_another_machine(setup, tmp_path, 
     assert not os.path.exists(os.path.join(local, "checkpoints"))  # orbax writes to the cloud directly
     cpt = jax.tree_util.tree_leaves(load_preset(os.path.join(local, "final"))[1])
 
-    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache2"))  # another machine: the cloud workdir alone
-    out = stages.run_pipeline(pipe, data, lm)
-    assert out[0].get("skipped") and out[1]["steps"] == 1 and pipe.stage_dir(1).startswith(str(tmp_path / "cache2"))
+    # another machine, the cloud workdir alone: SFT starts from CPT's export fetched from it, and is preempted
+    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache2"))
+    t = stages.StageTrainer(pipe, 1, data, lm, stages.stage_init(pipe, 1))
+    t.step_fn = (lambda f: lambda s, b: (setattr(t, "_stop", True), f(s, b))[1])(t.step_fn)
+    t.run()
+    t.close()
     fetched = jax.tree_util.tree_leaves(load_preset(os.path.join(pipe.stage_dir(0), "final"))[1])
     for a, b in zip(cpt, fetched, strict=True):
         np.testing.assert_array_equal(a, b)
     with open(os.path.join(pipe.stage_workdir(1), "stage.json")) as f:  # where SFT started, by its cloud path
         assert json.load(f)["init"] == os.path.join(pipe.stage_workdir(0), "final")
-    assert {"done.json", "final", "metrics.jsonl"} <= set(os.listdir(pipe.stage_workdir(1)))
 
-    # evaluated on a third machine, its results in the cloud workdir; a fourth reads them back
+    # a third machine resumes the preempted stage from the cloud checkpoint and finishes the pipeline
+    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache3"))
+    out = stages.run_pipeline(pipe, data, lm)
+    assert out[0].get("skipped") and out[1]["steps"] == 2 and pipe.stage_dir(1).startswith(str(tmp_path / "cache3"))
+    with open(os.path.join(pipe.stage_workdir(1), "metrics.jsonl")) as f:
+        assert [json.loads(x)["step"] for x in f] == [1, 2]
+    assert {"done.json", "final"} <= set(os.listdir(pipe.stage_workdir(1)))
+
+    # evaluated on a fourth machine, its results in the cloud workdir; a fifth reads them back
     ecfg = stage_eval.StageEvalConfig(text_docs=2, medquad_questions=2, max_new_tokens=4, pairs=2, mcq_per_set=0,
                                       batch_size=2)
-    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache3"))
+    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache4"))
     results = stages.evaluate_pipeline(pipe, data, lm, ecfg)
     assert sorted(os.listdir(os.path.join(pipe.workdir, "eval"))) == ["base.json", "cpt.json", "sft.json"]
-    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache4"))
+    monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache5"))
     monkeypatch.setattr(stage_eval, "evaluate_model", lambda *a, **k: pytest.fail("evaluated again"))
     assert stages.evaluate_pipeline(pipe, data, lm, ecfg) == results
 
