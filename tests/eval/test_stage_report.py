@@ -8,7 +8,8 @@ from jmlr_jax.eval.stage_report import load_results, table
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 # pipeline -> its models, in the table's order
-COMMITTED = {"qilin_med": ["base", "cpt", "sft", "dpo"], "pmc_llama": ["base", "cpt", "sft"]}
+COMMITTED = {"qilin_med": ["base", "cpt", "sft", "dpo"], "qilin_med_gpu": ["base", "cpt", "sft", "dpo"],
+             "pmc_llama": ["base", "cpt", "sft"]}
 
 
 @pytest.mark.parametrize("name", sorted(COMMITTED))
