@@ -18,7 +18,7 @@ from jmlr_jax.data.splits import DataConfig  # noqa: E402
 from jmlr_jax.eval.stage_eval import StageEvalConfig  # noqa: E402
 from jmlr_jax.eval.stage_report import load_results, table  # noqa: E402
 from jmlr_jax.train import stages  # noqa: E402
-from jmlr_jax.workdir import upload, write_text  # noqa: E402
+from jmlr_jax.workdir import eval_dir, upload, write_text  # noqa: E402
 
 
 def main(report_only: str = "") -> None:
@@ -28,7 +28,7 @@ def main(report_only: str = "") -> None:
         return
     data, lm, ecfg = DataConfig(), LMDataConfig(), StageEvalConfig()
     text = table(stages.evaluate_pipeline(pipe, data, lm, ecfg))
-    write_text(os.path.join(pipe.local, "eval", "table.md"), text + "\n")
+    write_text(os.path.join(eval_dir(pipe.workdir), "table.md"), text + "\n")
     upload(pipe.workdir)  # a cloud workdir: from its local mirror
     print(text)
 

@@ -101,11 +101,6 @@ class PipelineConfig:
         for a cloud workdir this machine's mirror of it."""
         return workdir_lib.local_dir(self.stage_workdir(i))
 
-    @property
-    def local(self) -> str:
-        """The pipeline's own files (eval/): the workdir, or its local mirror."""
-        return workdir_lib.local_dir(self.workdir)
-
 
 class _Examples:
     """Index -> one encoded example (grain map source with a stable repr for its iterator state)."""
@@ -420,7 +415,7 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
     is evaluated again, and a stored result is brought up to date part by part (`_refresh`). Each model is
     compared with the base over the same questions (`against_base`)."""
     workdir_lib.download(pipe.workdir)  # a cloud pipeline: the stored results (eval/) and the stages' files
-    out_dir = os.path.join(pipe.local, "eval")
+    out_dir = workdir_lib.eval_dir(pipe.workdir)
     os.makedirs(out_dir, exist_ok=True)
     models = [("base", pipe.llm, None, 0.1, pipe.llm)]
     for i, s in enumerate(pipe.stages):

@@ -285,7 +285,8 @@ def test_a_cloud_workdir_pipeline_continues_on_another_machine(setup, tmp_path, 
     pipe = dataclasses.replace(pipe, stages=pipe.stages[:2])
     stages.run_pipeline(pipe, data, lm, only="cpt")
     local = pipe.stage_dir(0)
-    assert local.startswith(str(tmp_path / "cache")) and os.path.dirname(local) == pipe.local  # inside the pipeline's
+    assert local.startswith(str(tmp_path / "cache"))
+    assert os.path.dirname(local) == workdir_lib.local_dir(pipe.workdir)  # inside the pipeline's mirror
     assert {"checkpoints", "stage.json", "metrics.jsonl", "done.json", "final"} <= set(os.listdir(pipe.stage_workdir(0)))
     assert not os.path.exists(os.path.join(local, "checkpoints"))  # orbax writes to the cloud directly
     cpt = jax.tree_util.tree_leaves(load_preset(os.path.join(local, "final"))[1])
