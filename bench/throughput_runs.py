@@ -367,7 +367,7 @@ def jax_jmlr(args) -> dict:
         impl = _backend(args.impl, cfg.dtype, cfg.head_dim, right_padded=args.compact)
         mesh = None
         if args.chips > 1:
-            from jmlr_jax.train.loop import param_shardings, state_shardings
+            from jmlr_jax.train.weights import param_shardings, state_shardings
 
             mesh, state, batch = _on_chips(args.chips, state, lambda mesh: state_shardings(
                 params, tx, param_shardings(params, cfg, rcfg, mesh), mesh), batch)

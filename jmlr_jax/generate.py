@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmlr_jax import parallel
 from jmlr_jax.models.llama import Llama, LlamaConfig, init_cache
 from jmlr_jax.tokenizers import Tokenizer
 
@@ -100,14 +101,16 @@ def generate_ids(cfg: LlamaConfig, params, prompts: Sequence[Sequence[int]], sam
     """
     tokens, seg = left_pad(prompts, pad_id, pad_multiple)
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    out, steps, step_logits = _decode(params, jnp.asarray(tokens), jnp.asarray(seg), rng, cfg=cfg,
-                                      sampling=sampling, return_logits=return_logits)
-    out = np.asarray(out)[:, : int(steps)]
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # a typed key (jax.random.key) as its raw data: the same
+        rng = jax.random.key_data(rng)  # stream, and placeable as a plain array on a mesh
+    out, steps, step_logits = parallel.call_on_mesh(_decode, params, (tokens, seg), (rng,), cfg=cfg,
+                                                    sampling=sampling, return_logits=return_logits)
+    out = out[:, : int(steps)]
     results = []
     for row in out:
         hits = np.flatnonzero(np.isin(row, sampling.eos_ids)) if sampling.eos_ids else []
         results.append(row[: hits[0]].tolist() if len(hits) else row.tolist())
-    return (results, np.asarray(step_logits)[:, : int(steps)]) if return_logits else results
+    return (results, step_logits[:, : int(steps)]) if return_logits else results
 
 
 def generate(cfg: LlamaConfig, params, tok: Tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 32,

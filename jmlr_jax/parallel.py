@@ -243,3 +243,47 @@ def global_batch(local: dict, mesh: Mesh, batch_axis: int = 0) -> dict:
         return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
 
     return {k: put(np.asarray(v)) for k, v in local.items()}
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+def evaluation_mesh(shape: Sequence[int]) -> Mesh:
+    """The mesh a model is evaluated on: the one it trained on (`shape`, RunConfig / PipelineConfig.mesh_shape,
+    which evaluation may rebind) when this machine's devices hold it, else all of them on the FSDP axis, said
+    in one line (a run trained on a pod slice, evaluated on one GPU)."""
+    try:
+        return make_mesh(shape)
+    except InputError as e:
+        print(f"evaluation: {e}; evaluating with the model split over all {jax.device_count()} instead (FSDP)",
+              flush=True)
+        return make_mesh((1, -1, 1))
+
+
+def placed_mesh(tree) -> Mesh | None:
+    """The mesh of several devices that a tree's arrays were placed on (`train.weights.on_mesh`), or None."""
+    for x in jax.tree_util.tree_leaves(tree):
+        sh = getattr(x, "sharding", None)
+        if isinstance(sh, NamedSharding) and sh.mesh.size > 1:
+            return sh.mesh
+    return None
+
+
+def call_on_mesh(fn, params, rows: Sequence = (), whole: Sequence = (), **static):
+    """fn(params, *rows, *whole, **static), its outputs as numpy on this host. With params placed on a mesh of
+    several devices (evaluation on a run's mesh: `train.weights.on_mesh`) it runs under that mesh in context (the
+    models' activation rules apply as in training): `rows` (numpy batches, the same on every host) split over the
+    mesh's data axes where they divide (else whole on every device; each a pytree of batch arrays), `whole` (e.g.
+    a PRNG key) replicated, and the outputs gathered from every host. Without such params, fn as it is."""
+    mesh = placed_mesh(params)
+    if mesh is None:
+        return jax.tree_util.tree_map(np.asarray, fn(params, *rows, *whole, **static))
+
+    def put(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    rows = [jax.tree_util.tree_map(lambda x: put(x, batch_sharding(np.shape(x), mesh)), r) for r in rows]
+    whole = [put(x, NamedSharding(mesh, P())) for x in whole]
+    with jax.set_mesh(mesh):
+        out = fn(params, *rows, *whole, **static)
+    return host_copy(out)

@@ -4,7 +4,9 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID in the environment; CPU collectives over gloo)
     python -m tests.multiprocess_worker jmlr WORKDIR LLM_DIR CORPUS STEPS
     python -m tests.multiprocess_worker pipeline WORKDIR LLM_DIR DATA_DIR
     python -m tests.multiprocess_worker cpt WORKDIR LLM_DIR DATA_DIR
+    python -m tests.multiprocess_worker evaluate MODEL_DIR OUT_JSON
 """
+import json
 import os
 import sys
 
@@ -30,6 +32,20 @@ def main(mode: str, *args: str) -> None:
         if jax.process_index() == 0:
             np.savez(os.path.join(workdir, "params.npz"), *params)
         t.close()
+    elif mode == "evaluate":  # the model FSDP-split across the hosts, each batch's rows too
+        from jmlr_jax.convert import load_preset
+        from jmlr_jax.train.weights import on_mesh
+        from tests.eval.test_on_mesh import measures
+
+        model_dir, out = args
+        cfg, params, tok = load_preset(model_dir)
+        placed = on_mesh(cfg, params, parallel.make_mesh((1, -1, 1)))
+        q = placed["layers"]["attn"]["q"]["kernel"]
+        assert q.addressable_shards[0].data.shape[1] == q.shape[1] // 2, q.sharding  # each host holds half
+        result = measures(cfg, placed, placed, tok)
+        if jax.process_index() == 0:
+            with open(out, "w") as f:
+                json.dump(result, f)
     else:
         from tests.test_multiprocess import run_cpt, run_pipeline
 

@@ -1,7 +1,7 @@
 """Two real processes (two "hosts", one CPU device each, collectives over gloo) train as one run, with the
-parameters FSDP-sharded across them: the JMLR loop and an SFT -> DPO pipeline give what one process gives, a CPT
-stage trains on each host's own documents, what one host suffices for is written once (metrics, exports), and
-resuming with another number of hosts is a clear error."""
+parameters FSDP-sharded across them: the JMLR loop, an SFT -> DPO pipeline and evaluation on its model give what
+one process gives, a CPT stage trains on each host's own documents, what one host suffices for is written once
+(metrics, exports), and resuming with another number of hosts is a clear error."""
 import json
 import os
 import socket
@@ -19,6 +19,7 @@ from jmlr_jax.convert import load_preset
 from jmlr_jax.data import lm_data
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.train import stages
+from tests.eval.test_on_mesh import assert_same, measures
 from tests.train.test_loop import assets, params_of, trainer  # noqa: F401  (module fixture, reused)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,6 +120,12 @@ def test_two_hosts_run_a_pipeline_as_one(assets, tmp_path):  # noqa: F811
         for x, y in zip(a, b, strict=True):  # each stage's export: what one process exports (2026-12-04: SFT
             np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)  # within 6e-8, DPO 1.8e-5; a misplaced shard: ~0.1
     assert not [f for f in os.listdir(two.stage_dir(1)) if f.endswith(".tmp")]
+
+    # evaluation on both hosts (the DPO model split across them, each batch's rows too): what one process gives
+    final = os.path.join(two.stage_dir(1), "final")
+    launch("evaluate", final, str(tmp_path / "eval.json"))
+    cfg, params, tok = load_preset(final)
+    assert_same(measures(cfg, params, params, tok), json.load(open(tmp_path / "eval.json")))
 
     # CPT: each host tokenizes and packs only its half of the documents (rows differ from one host's by design)
     (data / "text.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": f"Condition {i} is treated with "

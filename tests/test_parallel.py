@@ -30,6 +30,13 @@ def test_a_mesh_the_devices_cannot_hold_is_one_clear_error():
         assert "mesh_shape" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_evaluation_takes_the_training_mesh_or_all_devices_when_it_cannot(capsys):
+    assert parallel.evaluation_mesh((2, -1, 2)).devices.shape == (2, 2, 2)
+    assert capsys.readouterr().out == ""
+    assert parallel.evaluation_mesh((1, -1, 16)).devices.shape == (1, 8, 1)  # a pod slice's run on 8 devices
+    assert "multiple of 16 devices" in capsys.readouterr().out
+
+
 def test_constrain_maps_logical_names_onto_the_mesh_in_context():
     f = jax.jit(lambda x: parallel.constrain(x * 2, ("batch", "length", "mlp")))
     x = jnp.ones((8, 16, 6))

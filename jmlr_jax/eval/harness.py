@@ -23,7 +23,7 @@ import gin
 import numpy as np
 import tqdm
 
-from jmlr_jax import workdir as workdir_lib
+from jmlr_jax import parallel, workdir as workdir_lib
 from jmlr_jax.data.pipeline import retrieval_query
 from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
 from jmlr_jax.data.splits import DataConfig, question_key, training_records
@@ -35,7 +35,7 @@ from jmlr_jax.eval.parse import parse_choice
 from jmlr_jax.retrieval.corpus import resolve_path
 from jmlr_jax.retrieval.index import Retriever, search_all
 from jmlr_jax.retrieval.store import cached_index
-from jmlr_jax.train.weights import base_params, restore_params
+from jmlr_jax.train.weights import base_params, on_mesh, restore_params
 
 UNPARSEABLE_POLICY = "an answer the parser cannot read counts as wrong (jmlr_jax/eval/parse.py)"
 
@@ -273,13 +273,14 @@ def evaluate_main(exp: Experiment, ecfg: EvalConfig) -> dict:
     run = exp.run
     out_dir = ecfg.output_dir or workdir_lib.eval_dir(run.workdir)
     os.makedirs(out_dir, exist_ok=True)
+    mesh = parallel.evaluation_mesh(run.mesh_shape)  # the LLM sharded as it trained, batches split over it
     if ecfg.from_checkpoint:
-        w = restore_params(run.workdir, exp=exp)
+        w = restore_params(run.workdir, exp=exp, mesh=mesh)
         llm_cfg, tok, llm_params, rcfg, ctok, r_params = w.llm_cfg, w.tok, w.llm_params, w.rcfg, w.ctok, w.r_params
         source = {"checkpoint": os.path.join(run.workdir, "checkpoints"), "step": w.meta["step"]}
     else:
         llm_cfg, tok, rcfg, ctok, params = base_params(exp, lora=False)
-        llm_params, r_params = params["llm"], params["retriever"]
+        llm_params, r_params = on_mesh(llm_cfg, params["llm"], mesh), params["retriever"]
         source = {"base": run.llm}
     sets = eval_sets(exp.data, ecfg.sets, ecfg.medqa_path, ecfg.max_per_set, ecfg.set_files)
     num_docs = exp.jmlr.num_docs if ecfg.num_docs is None else ecfg.num_docs

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmlr_jax import parallel
 from jmlr_jax.data.sources import LETTERS, QARecord
 from jmlr_jax.data.templates import Budgets, PromptTemplate, bos_block, encode_docs, encode_question
 from jmlr_jax.generate import SamplingConfig, generate_ids, left_pad
@@ -93,7 +94,7 @@ def score_options(cfg: LlamaConfig, params, prompts: Sequence[list[int]], option
         for b, i in enumerate(padded):
             for o, ids in enumerate(options[i]):
                 opts[b, o, : len(ids)], valid[b, o, : len(ids)] = ids, 1
-        ll = np.asarray(_option_logliks(params, tokens, seg, opts, valid, cfg=cfg))
+        ll = parallel.call_on_mesh(_option_logliks, params, (tokens, seg, opts, valid), cfg=cfg)
         for b, i in enumerate(idx):
             out[i] = ll[b, : len(options[i])]
         if progress is not None:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmlr_jax import parallel
 from jmlr_jax.data import lm_data
 from jmlr_jax.data.medquad import MedQuADPair
 from jmlr_jax.data.splits import DataConfig
@@ -52,7 +53,7 @@ def heldout_perplexity(cfg: LlamaConfig, params, tok: Tokenizer, texts: Sequence
                      "weights": lm_data.packed_weights(seg)})
     total, n = 0.0, 0.0
     for b in _batches(rows, batch_size):
-        s, c = _batch_nll(params, b, cfg=cfg)
+        s, c = parallel.call_on_mesh(_batch_nll, params, (b,), cfg=cfg)
         total, n = total + float(s), n + float(c)
     return {"perplexity": math.exp(total / n), "nll": total / n, "tokens": int(n), "documents": len(texts)}
 
@@ -131,8 +132,8 @@ def reward_accuracy(cfg: LlamaConfig, policy, reference, tok: Tokenizer, lm: lm_
     pc, pr, rc, rr = [], [], [], []
     for b in _batches(rows, batch_size):
         n = len(pc)
-        a, c = _pair_logps(policy, b, cfg=cfg)
-        x, y = _pair_logps(reference, b, cfg=cfg)
+        a, c = parallel.call_on_mesh(_pair_logps, policy, (b,), cfg=cfg)
+        x, y = parallel.call_on_mesh(_pair_logps, reference, (b,), cfg=cfg)
         keep = min(batch_size, len(rows) - n)
         pc += list(np.asarray(a)[:keep])
         pr += list(np.asarray(c)[:keep])

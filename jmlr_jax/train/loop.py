@@ -23,44 +23,22 @@ import time
 import jax
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jmlr_jax import checkpoint, parallel, workdir as workdir_lib
 from jmlr_jax.config import save_operative_config
 from jmlr_jax.data.pipeline import JMLRExamples, make_dataset, retrieval_query
 from jmlr_jax.data.splits import fingerprint, training_records
 from jmlr_jax.experiment import Experiment, RunConfig
-from jmlr_jax.models import colbert as colbert_lib, llama as llama_lib
 from jmlr_jax.retrieval.index import Retriever
 from jmlr_jax.retrieval.store import cached_index, load_index
 from jmlr_jax.train import jmlr_step, refresh
 from jmlr_jax.train.metrics import MetricWriter, step_flops
-from jmlr_jax.train.state import describe_groups, init_train_state, lora_logical_axes, make_optimizer
-from jmlr_jax.train.weights import abstract_state, base_params
+from jmlr_jax.train.state import describe_groups, init_train_state, make_optimizer
+from jmlr_jax.train.weights import abstract_state, base_params, param_shardings, state_shardings
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; nothing was saved for that step, earlier checkpoints are intact."""
-
-
-def param_shardings(params, llm_cfg, rcfg, mesh):
-    """Shardings of {"llm"[, "retriever"][, "lora"]} params by their logical axes (rcfg: None without a
-    retriever)."""
-    logical = {"llm": llama_lib.logical_axes(llm_cfg)}
-    if "retriever" in params:
-        logical["retriever"] = colbert_lib.logical_axes(rcfg)
-    if "lora" in params:
-        logical["lora"] = lora_logical_axes(logical["llm"], params["lora"])
-    shapes = jax.eval_shape(lambda: params)
-    return {k: parallel.tree_shardings(logical[k], shapes[k], mesh) for k in logical}
-
-
-def state_shardings(params, tx, param_sh, mesh) -> dict:
-    """Shardings of the train state: params as given, optimizer moments like their params, the rest replicated."""
-    replicated = NamedSharding(mesh, P())
-    opt_sh = parallel.like_params_shardings(jax.eval_shape(tx.init, params), param_sh, jax.eval_shape(lambda: params),
-                                            mesh)
-    return {"step": replicated, "params": param_sh, "opt_state": opt_sh, "rng": replicated}
 
 
 class StepLoop:

@@ -41,7 +41,8 @@ from jmlr_jax.tokenizers import save_tokenizer
 from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.workdir import write_text
 from jmlr_jax.train.lm_step import LMStepConfigs, lm_train_step
-from jmlr_jax.train.loop import StepLoop, param_shardings, state_shardings
+from jmlr_jax.train.loop import StepLoop
+from jmlr_jax.train.weights import on_mesh, param_shardings, state_shardings
 from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, make_optimizer, merged_llm_params
 
 KINDS = ("cpt", "sft", "dpo")
@@ -337,10 +338,10 @@ PAIR_TEXT = {"options": "gold option vs a wrong option, same wording",
              "generated": "gold answer with explanation vs the SFT model's own wrong greedy answer"}
 
 
-def pipeline_pairs(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfig, n: int) -> tuple[str, list]:
+def pipeline_pairs(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfig, n: int, load) -> tuple[str, list]:
     """(kind, held-out pairs) of the kind the pipeline's DPO stage trains on: "options" when it has none, trains
     on a user's pair files, or while a "generated" stage's reference model (the stage before it) has not
-    finished."""
+    finished. load: path -> (cfg, params, tokenizer)."""
     dpo = [i for i, s in enumerate(pipe.stages) if s.kind == "dpo"]
     kind = pipe.stages[dpo[0]].pairs if dpo else "options"
     if kind in ("options", "files"):  # a user's pair files have no held-out part: MedMCQA's option pairs
@@ -350,7 +351,7 @@ def pipeline_pairs(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataCon
     except InputError as e:
         print(f"held-out pairs of kind 'options': {e}", flush=True)
         return "options", stage_eval.heldout_pairs("options", data, lm, n)
-    pairs = stage_eval.heldout_pairs(kind, data, lm, n, load_preset(ref, **dict(pipe.llm_overrides)),
+    pairs = stage_eval.heldout_pairs(kind, data, lm, n, load(ref),
                                      os.path.join(pipe.stage_dir(dpo[0]), f"pairs_heldout_{n}.jsonl"))
     workdir_lib.upload(pipe.stage_workdir(dpo[0]))
     return kind, pairs
@@ -428,8 +429,15 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
         else:  # said, not silent: a table of the base alone reads like a finished pipeline's
             print(f"stage {i + 1} ({s.name}) is not finished in {pipe.workdir}: not evaluated "
                   "(launch/pipeline.py with the same gin trains it)", flush=True)
-    kind, pairs = pipeline_pairs(pipe, data, lm, ecfg.pairs)
-    load = lambda path: load_preset(path, **dict(pipe.llm_overrides)) if path else (None, None, None)  # noqa: E731
+    mesh = parallel.evaluation_mesh(pipe.mesh_shape)  # each model sharded as its stage trained it
+
+    def load(path: str | None):
+        if not path:
+            return None, None, None
+        cfg, params, tok = load_preset(path, **dict(pipe.llm_overrides))
+        return cfg, on_mesh(cfg, params, mesh), tok
+
+    kind, pairs = pipeline_pairs(pipe, data, lm, ecfg.pairs, load)
     results = []
     for name, path, ref, beta, trained in models:
         dest = os.path.join(out_dir, f"{name}.json")

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jmlr_jax import config, experiment
+from jmlr_jax import config, experiment, parallel
 from jmlr_jax.errors import InputError
 from jmlr_jax.eval import harness
 from jmlr_jax.retrieval.store import IndexMismatchError
@@ -106,9 +106,13 @@ def test_resume_is_exact(assets, tmp_path, capfd):
     # Evaluation from the workdir alone (no training gin file): exactly the trained weights, the trained retriever.
     gin.clear_config()
     restored = weights.restore_params(str(tmp_path / "a"))
-    for a, b in zip(jax.tree_util.tree_leaves(restored.llm_params),
-                    jax.tree_util.tree_leaves(straight.state["params"]["llm"])):
-        np.testing.assert_array_equal(a, b)
+    on_mesh = weights.restore_params(str(tmp_path / "a"), mesh=parallel.make_mesh((2, 2, 2)))  # as evaluation does
+    q = on_mesh.llm_params["layers"]["attn"]["q"]["kernel"]
+    assert q.addressable_shards[0].data.shape[1] == q.shape[1] // 2  # restored split, never whole on one device
+    for a, b, c in zip(jax.tree_util.tree_leaves(restored.llm_params), jax.tree_util.tree_leaves(on_mesh.llm_params),
+                       jax.tree_util.tree_leaves(straight.state["params"]["llm"]), strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, c)
     config.parse(["compare/eval.gin"], ["EvalConfig.retrieval = True", "EvalConfig.num_docs = 2",
                                         "EvalConfig.max_per_set = 3", f"EvalConfig.output_dir = {str(tmp_path / 'eval')!r}",
                                         "EvalConfig.gold_recall_ks = (1, 2)", "SearchConfig.token_k = 16"])

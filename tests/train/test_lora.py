@@ -96,7 +96,7 @@ def test_lora_adapters_are_split_over_fsdp():
     from jax.sharding import PartitionSpec as P
 
     from jmlr_jax import parallel
-    from jmlr_jax.train.loop import param_shardings
+    from jmlr_jax.train.weights import param_shardings
 
     lora_cfg = LoraConfig(rank=4, alpha=8.0)
     llm = init_params(CFG, jax.random.PRNGKey(0))
