@@ -268,6 +268,13 @@ def placed_mesh(tree) -> Mesh | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _say_unsplit(rows: int, split: int, n: int) -> None:
+    """Once per batch size: rows that do not split over the data axes are computed by several devices each."""
+    print(f"warning: evaluation batches of {rows} rows split over {split} of the mesh's {n} data devices (each "
+          f"row computed {n // split} times); a batch size that is a multiple of {n} uses them all", flush=True)
+
+
 def call_on_mesh(fn, params, rows: Sequence = (), whole: Sequence = (), **static):
     """fn(params, *rows, *whole, **static), its outputs as numpy on this host. With params placed on a mesh of
     several devices (evaluation on a run's mesh: `train.weights.on_mesh`) it runs under that mesh in context (the
@@ -282,7 +289,14 @@ def call_on_mesh(fn, params, rows: Sequence = (), whole: Sequence = (), **static
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
-    rows = [jax.tree_util.tree_map(lambda x: put(x, batch_sharding(np.shape(x), mesh)), r) for r in rows]
+    def put_rows(x):
+        sharding = batch_sharding(np.shape(x), mesh)
+        split, n = devices_of(mesh, sharding.spec[0]), devices_of(mesh, dict(RULES)["batch"])
+        if split < n:
+            _say_unsplit(np.shape(x)[0], split, n)
+        return put(x, sharding)
+
+    rows = [jax.tree_util.tree_map(put_rows, r) for r in rows]
     whole = [put(x, NamedSharding(mesh, P())) for x in whole]
     with jax.set_mesh(mesh):
         out = fn(params, *rows, *whole, **static)

@@ -19,7 +19,7 @@ def tiny(tmp_path_factory):
     return load_preset(save_tiny_llama_dir(str(tmp_path_factory.mktemp("tiny_llama"))))
 
 
-def test_params_split_over_the_mesh_and_rows_over_its_data_axes(tiny):
+def test_params_split_over_the_mesh_and_rows_over_its_data_axes(tiny, capsys):
     cfg, params, _ = tiny
     placed = on_mesh(cfg, params, parallel.make_mesh((2, 2, 2)))
     q = placed["layers"]["attn"]["q"]["kernel"]
@@ -35,8 +35,11 @@ def test_params_split_over_the_mesh_and_rows_over_its_data_axes(tiny):
     out = parallel.call_on_mesh(fn, placed, (x,), (np.zeros(2, np.uint32),))
     assert isinstance(out, np.ndarray) and (out == x + 1).all()
     assert seen == {"rows": P(("data", "fsdp"), None), "key": P(), "mesh": ("data", "fsdp", "tensor")}
+    assert capsys.readouterr().out == ""
     parallel.call_on_mesh(fn, placed, (x[:3],), (np.zeros(2, np.uint32),))
-    assert seen["rows"] == P(None, None)  # 3 rows do not split over 4 devices: whole on every one
+    assert seen["rows"] == P(None, None)  # 3 rows do not split over 4 devices: whole on every one, said once
+    parallel.call_on_mesh(fn, placed, (x[:3],), (np.zeros(2, np.uint32),))
+    assert capsys.readouterr().out.count("batches of 3 rows split over 1 of the mesh's 4 data devices") == 1
     parallel.call_on_mesh(fn, params, (x,), (np.zeros(2, np.uint32),))  # params on one device: as it is
     assert seen == {"rows": "ndarray", "key": "ndarray", "mesh": ()}
 
