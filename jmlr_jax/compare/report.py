@@ -262,16 +262,49 @@ def chat_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+MCQ_SETS = {"mmlu_med": "MMLU-Med", "medqa": "MedQA-US dev"}
+# Paired MCQ differences: each trained generator against the base (what fine-tuning cost), and JMLR against RAG.
+# Arm (e) and the pool arms keep the base generator, so their MCQ accuracy is (a)'s by construction.
+MCQ_PAIRS = (("b", "a"), ("c_s0", "a"), ("d_s0", "a"), ("d_s0", "c_s0"))
+
+
+def _mcq_label(part: str) -> str:
+    arm, _, seed = part.partition("_s")
+    return ARMS[arm] + (f" (seed {seed})" if seed else "")
+
+
+def mcq_correct(part: dict, which: str) -> dict[str, bool]:
+    """Question id -> correct, for one MCQ set of a part."""
+    return {r["id"]: bool(r["correct"]) for r in part["mcq"] if r["set"] == which}
+
+
 def mcq_table(results: dict) -> str:
-    lines = ["| arm | MMLU-Med acc ± s.e. | MedQA-US dev acc ± s.e. |", "|---|---|---|"]
+    """Accuracy per part with standard errors, then the paired differences of `MCQ_PAIRS` over the same questions
+    (bootstrap interval, exact McNemar p)."""
+    lines = ["| arm | " + " | ".join(f"{v} acc ± s.e." for v in MCQ_SETS.values()) + " |", "|---|---|---|"]
     for name, part in results.items():
         if "mcq" not in part:
             continue
         cells = []
-        for s in ("mmlu_med", "medqa"):
-            x = np.asarray([r["correct"] for r in part["mcq"] if r["set"] == s], np.float64)
+        for s in MCQ_SETS:
+            x = np.asarray(list(mcq_correct(part, s).values()), np.float64)
             cells.append(f"{x.mean():.3f} ± {x.std(ddof=1) / math.sqrt(len(x)):.3f} (n={len(x)})" if len(x) else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    pairs = [(a, b) for a, b in MCQ_PAIRS if "mcq" in results.get(a, {}) and "mcq" in results.get(b, {})]
+    if pairs:
+        lines += ["", "| difference | " + " | ".join(f"{v}: diff [95% CI] (McNemar p)" for v in MCQ_SETS.values())
+                  + " |", "|---|---|---|"]
+    for a, b in pairs:
+        cells = []
+        for s in MCQ_SETS:
+            ca, cb = mcq_correct(results[a], s), mcq_correct(results[b], s)
+            if set(ca) != set(cb):
+                raise ValueError(f"{a} and {b} answered different {s} questions")
+            ids = sorted(ca)
+            va, vb = [ca[i] for i in ids], [cb[i] for i in ids]
+            r = paired_bootstrap(va, vb)
+            cells.append(f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] (p={mcnemar(va, vb)['p']:.2g})")
+        lines.append(f"| {_mcq_label(a)} - {_mcq_label(b)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

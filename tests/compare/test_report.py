@@ -208,3 +208,20 @@ def test_top1_table_sorts_each_top_passage_by_its_focus():
     assert row in table
     assert "Where the top passage comes from" in report.markdown(results, focus_of)
     assert "Where the top passage comes from" not in report.markdown(results)
+
+
+def test_mcq_pairs_over_the_same_questions_with_mcnemar():
+    def part(correct):
+        return {"mcq": [{"set": s, "id": f"{s}-{i}", "correct": c} for s in ("mmlu_med", "medqa")
+                        for i, c in enumerate(correct)]}
+
+    results = {"a": part([True] * 6 + [False] * 14), "b": part([False] * 20),
+               "c_s0": part([True] * 20), "d_s0": part([True] * 20)}
+    rows = report.mcq_table(results).splitlines()
+    (b_a,) = [r for r in rows if r.startswith("| (b) fine-tuned, no retrieval - (a) base |")]
+    assert b_a.count("-0.300 [") == 2 and "(p=0.031)" in b_a  # 6 discordant pairs, all one way: 2 / 2^6
+    (d_c,) = [r for r in rows if r.startswith("| (d) JMLR (seed 0) - (c) RAG (seed 0) |")]
+    assert d_c.count("+0.000 [+0.000, +0.000] (p=1)") == 2
+    results["b"]["mcq"] = results["b"]["mcq"][1:]
+    with pytest.raises(ValueError, match="b and a answered different mmlu_med questions"):
+        report.mcq_table(results)
