@@ -254,8 +254,8 @@ def evaluation_mesh(shape: Sequence[int]) -> Mesh:
     try:
         return make_mesh(shape)
     except InputError as e:
-        print(f"evaluation: {e}; evaluating with the model split over all {jax.device_count()} instead (FSDP)",
-              flush=True)
+        print(f"evaluation: {e}; evaluating with the model split over all {jax.device_count()} devices instead "
+              "(FSDP)", flush=True)
         return make_mesh((1, -1, 1))
 
 

@@ -135,10 +135,10 @@ def reward_accuracy(cfg: LlamaConfig, policy, reference, tok: Tokenizer, lm: lm_
         a, c = parallel.call_on_mesh(_pair_logps, policy, (b,), cfg=cfg)
         x, y = parallel.call_on_mesh(_pair_logps, reference, (b,), cfg=cfg)
         keep = min(batch_size, len(rows) - n)
-        pc += list(np.asarray(a)[:keep])
-        pr += list(np.asarray(c)[:keep])
-        rc += list(np.asarray(x)[:keep])
-        rr += list(np.asarray(y)[:keep])
+        pc += list(a[:keep])
+        pr += list(c[:keep])
+        rc += list(x[:keep])
+        rr += list(y[:keep])
     margin = beta * ((np.array(pc) - np.array(rc)) - (np.array(pr) - np.array(rr)))
     acc = margin > 0
     return {"n": len(pairs), "reward_accuracy": float(acc.mean()),
