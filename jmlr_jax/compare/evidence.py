@@ -18,10 +18,11 @@ at the lr and passes those chose; only arm e grows, its generator losses are cac
 whole pool in batches, without and with in-batch negatives) may change eL's batch; eB_s* (both_sides) train arm eL
 with the document side too and are evaluated on the corpus re-encoded by their trained encoder (index refresh);
 eR_s* (second_round) continue each eB for one more pass on the candidates its retriever re-mined from that corpus;
-eT_s* and eTR_s* (sharp_posterior) are eB and eR at the KL target temperature part posterior chose on dev.
+eT_s* and eTR_s* (sharp_posterior) are eB and eR at the KL target temperature part posterior chose on dev;
+dL_s* and cL_s* (joint_pool_seeds) are arms d and c on the same pool at eL's settings, the generator trained live.
 With extra training focuses (compare/evidence_more_focuses*.gin): focuses (or focuses_kept) and eF_s* (or eK_s*),
 and with both_sides eFB_s* (or eKB_s*), eB's remedy on that pool.
-Last, chat_<part> for every arm whose generator is the base (a, frozen, e and the pool arms): the base generator's
+Last, chat_<part> for every arm whose generator is the base (a, frozen, e and the e* pool arms): the base generator's
 greedy answers in its own chat template with the passages <part> fed it (the plain template's answers of the
 untrained instruct model are mostly empty, so they cannot tell these arms' retrievers apart), and chat_gold, the
 same with the oracle passage (the first passage of the question's own answer): perfect retrieval's ceiling.
@@ -52,7 +53,7 @@ import tqdm
 
 from jmlr_jax.compare.evidence_dev import DevParts
 from jmlr_jax.compare.evidence_measures import Measures
-from jmlr_jax.compare.evidence_setup import (BASE_GENERATOR, BOTH_SIDES, EXTRA_ARMS, POOL_ARMS, REFRESHED,
+from jmlr_jax.compare.evidence_setup import (BASE_GENERATOR, BOTH_SIDES, CACHED, EXTRA_ARMS, POOL_ARMS, REFRESHED,
                                              SECOND_ROUND, TRAINED, EvidenceConfig, build_setup, index_view,
                                              load_tree, save_tree, sha, write_json)
 from jmlr_jax.convert import load_preset
@@ -101,7 +102,8 @@ class Comparison(DevParts, Measures):
                 ([f"eR_s{s}" for s in c.seeds] if c.both_sides and c.second_round else []) + \
                 (["posterior"] if c.posterior_betas else []) + \
                 ([f"eT_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior else []) + \
-                ([f"eTR_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior and c.second_round else [])
+                ([f"eTR_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior and c.second_round else []) + \
+                [f"{arm}_s{s}" for s in c.joint_pool_seeds for arm in ("dL", "cL")]
         if c.chat_generate:  # last: each reads the passages its part fed; chat_gold feeds the oracle passage
             names += ["chat_gold"] + [f"chat_{n}" for n in names if n.partition("_s")[0] in BASE_GENERATOR]
         return names
@@ -171,8 +173,11 @@ class Comparison(DevParts, Measures):
         arm, _, seed = name.partition("_s")
         if arm in POOL_ARMS and (arm in EXTRA_ARMS) != bool(self.cfg.extra_train_focuses):
             raise InputError(f"part {name}: arms eF / eK (eFB / eKB) train on the pool with extra focuses (compare/"
-                             "evidence_more_focuses*.gin), arms eL / eB / eR on the pool without them "
+                             "evidence_more_focuses*.gin), arms eL / eB / eR / cL / dL on the pool without them "
                              "(compare/evidence_more_data.gin)")
+        if arm in POOL_ARMS and len(self.setup.pool) == len(self.setup.train):
+            raise InputError(f"part {name}: arm {arm} trains on the pool, and this config has none: set "
+                             "EvidenceConfig.pool_medquad (compare/evidence_more_data.gin)")
         if arm in EXTRA_ARMS and arm[:2] != self._extra_arm:
             raise InputError(f"part {name}: arm eK's pool keeps eL's candidates (EvidenceConfig.keep_pool_candidates = "
                              "True, compare/evidence_more_focuses_kept.gin), arm eF's does not")
@@ -403,10 +408,10 @@ class Comparison(DevParts, Measures):
         settings = {**self.arm_settings(arm), **(settings or {})}
         llm_cfg, llm_params, _, rcfg, rparams, _ = self.models()
         trains_llm, trains_retriever = "llm" in TRAINED[arm], "retriever" in TRAINED[arm]
-        cached = arm in ("e", *POOL_ARMS)
+        cached = arm in CACHED
         pool = arm in POOL_ARMS or questions is not None
-        if pool and not cached:
-            raise InputError(f"arm {arm} trains on the training set only; the pool is for arm e")
+        if questions is not None and arm != "e":
+            raise InputError(f"arm {arm}: training on a prefix of the pool (questions=) is for arm e only")
         n = questions or len(self._records(pool))
         if n > len(self._records(pool)):
             raise InputError(f"{n} training questions asked, the pool has {len(self._records(pool))} "

@@ -113,6 +113,10 @@ class EvidenceConfig:
     # the training view (compare/evidence_more_focuses_kept.gin). Parts focuses_kept and eK_s* instead of focuses
     # and eF_s*.
     keep_pool_candidates: bool = False
+    # Parts cL_s* and dL_s* (with a pool, without extra focuses): arms (c) RAG and (d) JMLR trained on the whole pool
+    # at eL's retriever settings, the generator trained live (its losses cannot be cached: ~1 h a seed of dL here),
+    # so that JMLR - RAG and JMLR - eL are measured at the pool's size. The seeds to run (empty: none).
+    joint_pool_seeds: tuple = ()
     # the retriever settings sweep (arm e on the dev focuses): first rank loss x lr at num_sampled / epochs, then
     # at the best of those, each num_sampled x epochs (KL over all C candidates; more passes over the data)
     sweep_lrs: tuple = (1e-5, 3e-5, 1e-4)
@@ -126,11 +130,13 @@ TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")
 # What each trained arm trains (and therefore saves and evaluates with): one table, read by train and arm_part.
 TRAINED = {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",), "eL": ("retriever",),
            "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",), "eK": ("retriever",),
-           "eFB": ("retriever",), "eKB": ("retriever",), "eT": ("retriever",), "eTR": ("retriever",)}
+           "eFB": ("retriever",), "eKB": ("retriever",), "eT": ("retriever",), "eTR": ("retriever",),
+           "cL": ("llm",), "dL": ("llm", "retriever")}
 # arm e on the whole pool at the settings chosen there (eB, eR: both sides trained; eF: the pool with extra focuses;
 # eK: the same pool, eL's questions keeping eL's candidates; eFB, eKB: eF, eK with both sides trained; eT, eTR: eB,
-# eR at the KL temperature chosen on dev)
-POOL_ARMS = ("eL", "eB", "eR", "eF", "eK", "eFB", "eKB", "eT", "eTR")
+# eR at the KL temperature chosen on dev); cL, dL: arms c and d on the pool without extra focuses, at eL's settings
+POOL_ARMS = ("eL", "eB", "eR", "eF", "eK", "eFB", "eKB", "eT", "eTR", "cL", "dL")
+CACHED = ("e", *(a for a in POOL_ARMS if "llm" not in TRAINED[a]))  # generator frozen: its losses computed once
 EXTRA_ARMS = ("eF", "eK", "eFB", "eKB")  # the arms of the pool with extra focuses
 BOTH_SIDES = ("eB", "eFB", "eKB", "eT")  # arms whose candidates are encoded live (eR, eTR: too, from eB's / eT's)
 SECOND_ROUND = {"eR": "eB", "eTR": "eT"}  # second-round arm -> the arm whose retriever it continues and re-mines with

@@ -29,13 +29,14 @@ ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen:
         "eFB": "(eFB) eF with both encoder sides trained, index refreshed",
         "eKB": "(eKB) eK with both encoder sides trained, index refreshed",
         "eT": "(eT) eB at the KL temperature chosen on dev",
-        "eTR": "(eTR) eT's second round on candidates it re-mined"}
+        "eTR": "(eTR) eT's second round on candidates it re-mined",
+        "cL": "(cL) RAG, larger training pool", "dL": "(dL) JMLR, larger training pool"}
 # Parts chat_<part>: the base generator's answers in its chat template with the passages <part> fed it; chat_gold
 # with the oracle passage (the first of the question's own answer).
 CHAT_ARMS = (*BASE_GENERATOR, "gold")
 ARMS["gold"] = "oracle: base + the gold passage"
 ARMS.update({f"chat_{a}": f"{ARMS[a]}, chat template" for a in CHAT_ARMS})
-RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB", "eT", "eTR")
+RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB", "eT", "eTR", "dL")
 # (arm, its comparator, measures): JMLR - RAG, retriever-only - frozen; and JMLR - RAG split into the trained
 # generator's part (same frozen retrieval, so no recall rows) and the trained retriever's part (same generator);
 # the larger pool against the frozen retriever and against the comparison's arm e (retrieval and NLL only); the
@@ -44,6 +45,8 @@ RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB"
 # against the same settings without them (eL), also when eL's questions keep their candidates (eK); both sides
 # trained on that pool against the frozen retriever and against both sides trained without the extra focuses (eB);
 # eB and eR at the temperature chosen on dev (eT, eTR) against the frozen retriever and against themselves at beta 1;
+# JMLR - RAG on the pool (dL - cL), JMLR's retriever against the retriever-only one on the same pool (recall only:
+# their generators differ), and each against its arm on the comparison's 200 questions;
 # in the chat template (generation only), the frozen retriever's passage against none, and every trained
 # retriever's and the oracle's against the frozen one's.
 PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"),
@@ -53,6 +56,7 @@ PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("
          ("eK", "eL", "retrieval"), ("eFB", "frozen", "retrieval"), ("eFB", "eB", "retrieval"),
          ("eKB", "frozen", "retrieval"), ("eKB", "eB", "retrieval"), ("eT", "frozen", "retrieval"),
          ("eT", "eB", "retrieval"), ("eTR", "frozen", "retrieval"), ("eTR", "eR", "retrieval"),
+         ("dL", "cL", "all"), ("dL", "eL", "recall"), ("dL", "d", "all"), ("cL", "c", "generator"),
          *((f"chat_{a}", "chat_frozen" if a != "frozen" else "chat_a", "text") for a in CHAT_ARMS if a != "a"))
 
 
@@ -99,7 +103,9 @@ MEASURES = {
 
 def _pair_measures(which: str) -> list[str]:
     """The measures a PAIRS entry compares ("generator": both arms retrieve alike, so no recall; "retrieval":
-    recall and NLL only, for two retrievers under the same frozen generator)."""
+    recall and NLL only, for two retrievers under the same frozen generator; "recall": recall only)."""
+    if which == "recall":
+        return [m for m in MEASURES if m.startswith("recall@")]
     if which == "retrieval":
         return [m for m in MEASURES if m.startswith(("recall@", "NLL"))]
     if which == "text":

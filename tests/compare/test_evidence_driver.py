@@ -103,7 +103,7 @@ def test_jmlr_arm_trains_and_keeps_both_models():
     assert TRAINED == {"b": ("llm",), "c": ("llm",), "d": ("llm", "retriever"), "e": ("retriever",),
                        "eL": ("retriever",), "eB": ("retriever",), "eR": ("retriever",), "eF": ("retriever",),
                        "eK": ("retriever",), "eFB": ("retriever",), "eKB": ("retriever",), "eT": ("retriever",),
-                       "eTR": ("retriever",)}
+                       "eTR": ("retriever",), "cL": ("llm",), "dL": ("llm", "retriever")}
 
 
 def test_pool_extends_the_training_set_within_the_training_focuses(data_dir, tmp_path):
@@ -145,7 +145,7 @@ def test_scale_part_trains_arm_e_on_nested_prefixes_of_the_pool_and_chooses_eL_l
     assert [(r["questions"], r["dev_recall@1"]) for r in rows] == [(0, 0.0)] + [
         (q, min(hits[q, lr], n) / n) for lr in (1e-5, 3e-5) for q in (5, 15)]
     assert comp.pool_settings()["retriever_lr"] == 1e-5 and comp.settings()["retriever_lr"] == cfg.retriever_lr
-    with pytest.raises(InputError, match="trains on the training set only"):
+    with pytest.raises(InputError, match="a prefix of the pool .questions=. is for arm e only"):
         Comparison.train(comp, "d", 0, questions=5)
 
 
@@ -280,6 +280,49 @@ def test_both_sides_arm_trains_the_document_side_and_searches_a_corpus_its_encod
     assert out["settings"] == comp.pool_settings() and out["train_questions"] == len(comp.setup.pool)
     with pytest.raises(KeyError, match="no index encoded by 'eB_s2'"):
         Comparison.index(comp, "eB_s2")
+
+
+def test_joint_pool_arms_train_the_generator_live_on_the_whole_pool(data_dir, tmp_path, monkeypatch):
+    """cL / dL: arms c / d on eL's pool at eL's settings; the generator trains, so no loss is cached."""
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, joint_pool_seeds=(0,))
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    assert arm_parts(comp)[-5:] == ["eL_s0", "eL_s1", "eL_s2", "dL_s0", "cL_s0"]
+    assert not any(n.startswith(("chat_cL", "chat_dL")) for n in comp.part_names())  # trained generators
+    assert comp.arm_settings("dL") == comp.arm_settings("cL") == comp.pool_settings()
+    base_llm, base_r = {"w": np.zeros(2, np.float32)}, {"r": np.zeros(2, np.float32)}
+    monkeypatch.setattr(comp, "models", lambda: ("llm_cfg", base_llm, None, "rcfg", base_r, None))
+
+    class Built(Exception):
+        pass
+
+    def examples(doc_losses, pool, n, live_docs):
+        raise Built(doc_losses, pool, n, live_docs)
+
+    def no_cache(pool):
+        raise AssertionError("a live generator's losses are not cached")
+
+    monkeypatch.setattr(comp, "doc_losses", no_cache)
+    monkeypatch.setattr(comp, "examples", examples)
+    for arm in ("cL", "dL"):
+        with pytest.raises(Built) as e:
+            comp.train(arm, 0)
+        assert e.value.args == (None, True, len(comp.setup.pool), False)
+
+    # Evaluation: dL with both trained models, cL with its generator and the base retriever; no MCQ check.
+    trained = {"llm": {"w": np.ones(2, np.float32)}, "retriever": {"r": np.ones(2, np.float32)}}
+    calls = []
+    monkeypatch.setattr(comp, "train", lambda arm, seed: (trained, [{"loss": 1.0}]))
+    monkeypatch.setattr(comp, "measure", lambda name, recs, llm, rp, generate, docs: calls.append(
+        (name, llm["w"].sum(), rp["r"].sum(), docs)) or [])
+    monkeypatch.setattr(comp, "mcq", lambda llm: pytest.fail("no MCQ check for the pool arms"))
+    comp.run(["dL_s0", "cL_s0"])
+    sets = ("heldout_focus", "heldout_doc", "pubmedqa_test")
+    assert calls == [(s, 2.0, 2.0, "base") for s in sets] + [(s, 2.0, 0.0, "base") for s in sets]
+    for arm in ("dL", "cL"):
+        with open(os.path.join(cfg.out_dir, f"{arm}_s0.json")) as f:
+            assert json.load(f)["train_questions"] == len(comp.setup.pool)
+    with pytest.raises(InputError, match="arm dL trains on the pool, and this config has none"):
+        Comparison(tiny(data_dir, tmp_path / "no_pool"), progress=False, log=lambda _: None).run(["dL_s0"])
 
 
 def test_sharp_arms_train_eB_and_eR_at_the_temperature_posterior_chose_on_dev(data_dir, tmp_path, monkeypatch):
