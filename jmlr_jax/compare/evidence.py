@@ -53,7 +53,8 @@ import tqdm
 
 from jmlr_jax.compare.evidence_dev import DevParts
 from jmlr_jax.compare.evidence_measures import Measures
-from jmlr_jax.compare.evidence_setup import (BASE_GENERATOR, BOTH_SIDES, CACHED, EXTRA_ARMS, POOL_ARMS, REFRESHED,
+from jmlr_jax.compare.evidence_setup import (BASE_GENERATOR, BOTH_SIDES, CACHED, DIAGNOSTIC, EXTRA_ARMS, POOL_ARMS,
+                                             REFRESHED,
                                              SECOND_ROUND, TRAINED, EvidenceConfig, build_setup, index_view,
                                              load_tree, save_tree, sha, write_json)
 from jmlr_jax.convert import load_preset
@@ -103,7 +104,7 @@ class Comparison(DevParts, Measures):
                 (["posterior"] if c.posterior_betas else []) + \
                 ([f"eT_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior else []) + \
                 ([f"eTR_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior and c.second_round else []) + \
-                [f"{arm}_s{s}" for s in c.joint_pool_seeds for arm in ("dL", "cL")]
+                [f"{arm}_s{s}" for s in c.joint_pool_seeds for arm in ("dL", "cL", *(["dgL"] if c.diagnostic else []))]
         if c.chat_generate:  # last: each reads the passages its part fed; chat_gold feeds the oracle passage
             names += ["chat_gold"] + [f"chat_{n}" for n in names if n.partition("_s")[0] in BASE_GENERATOR]
         return names
@@ -175,13 +176,13 @@ class Comparison(DevParts, Measures):
             raise InputError(f"part {name}: arms eF / eK (eFB / eKB) train on the pool with extra focuses (compare/"
                              "evidence_more_focuses*.gin), arms eL / eB / eR / cL / dL on the pool without them "
                              "(compare/evidence_more_data.gin)")
-        if arm in POOL_ARMS and len(self.setup.pool) == len(self.setup.train):
+        if (arm in POOL_ARMS or arm == "dgL") and len(self.setup.pool) == len(self.setup.train):
             raise InputError(f"part {name}: arm {arm} trains on the pool, and this config has none: set "
                              "EvidenceConfig.pool_medquad (compare/evidence_more_data.gin)")
         if arm in EXTRA_ARMS and arm[:2] != self._extra_arm:
             raise InputError(f"part {name}: arm eK's pool keeps eL's candidates (EvidenceConfig.keep_pool_candidates = "
                              "True, compare/evidence_more_focuses_kept.gin), arm eF's does not")
-        if arm in ("c", "d", "e", "dg", *POOL_ARMS) and seed.isdigit():
+        if arm in ("c", "d", "e", *DIAGNOSTIC, *POOL_ARMS) and seed.isdigit():
             return functools.partial(self.arm_part, arm, int(seed))
         raise InputError(f"unknown part {name!r}; parts: {self.part_names()}")
 
@@ -468,12 +469,13 @@ class Comparison(DevParts, Measures):
 
     def arm_part(self, arm: str, seed: int) -> dict:
         c = self.cfg
-        d_path = os.path.join(c.work_dir, "params", f"d_s{seed}.safetensors")
-        if arm == "dg" and not os.path.exists(d_path):
-            raise InputError(f"part dg_s{seed} needs JMLR's trained weights {d_path}: run part d_s{seed} first")
+        d_path = os.path.join(c.work_dir, "params", f"{DIAGNOSTIC.get(arm)}_s{seed}.safetensors")
+        if arm in DIAGNOSTIC and not os.path.exists(d_path):
+            raise InputError(f"part {arm}_s{seed} needs JMLR's trained weights {d_path}: run part "
+                             f"{DIAGNOSTIC[arm]}_s{seed} first")
         llm_cfg, llm_params, tok, rcfg, rparams, ctok = self.models()
         history: list[dict] = []
-        if arm == "dg":  # JMLR's trained generator, evaluated with the frozen base retriever
+        if arm in DIAGNOSTIC:  # JMLR's trained generator, evaluated with the frozen base retriever
             llm_params = load_tree(d_path)["llm"]
         elif arm in TRAINED:
             path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.safetensors")

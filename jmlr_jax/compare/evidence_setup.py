@@ -44,7 +44,8 @@ class EvidenceConfig:
     # "Question / Answer" template the untrained instruct model mostly ends its turn at once, so there the
     # generation scores cannot tell those arms' retrievers apart.
     chat_generate: int = 150
-    # Parts dg_s* (diagnostic: each d seed's generator with the frozen retriever). With chat_generate = 0 and
+    # Parts dg_s* (diagnostic: each d seed's generator with the frozen retriever; dgL_s* the same for dL_s*). With
+    # chat_generate = 0 and
     # diagnostic = False the run holds exactly the issue's arms and measures (~3 h here instead of ~3.5).
     diagnostic: bool = True
     mcq_per_set: int = 300  # MMLU-Med and MedQA-US dev, a fixed sample each (no-harm check)
@@ -142,6 +143,8 @@ BOTH_SIDES = ("eB", "eFB", "eKB", "eT")  # arms whose candidates are encoded liv
 SECOND_ROUND = {"eR": "eB", "eTR": "eT"}  # second-round arm -> the arm whose retriever it continues and re-mines with
 REFRESHED = (*BOTH_SIDES, *SECOND_ROUND)  # arms whose document encoder moved: evaluated on the corpus it re-encoded
 SHARP = ("eT", "eTR")  # arms trained at the KL target temperature the posterior part chose on dev
+# diagnostic arm -> the JMLR arm whose trained generator it evaluates with the frozen base retriever
+DIAGNOSTIC = {"dg": "d", "dgL": "dL"}
 BASE_GENERATOR = ("a", "frozen", *(a for a, t in TRAINED.items() if "llm" not in t))  # arms with chat_<part> parts
 
 

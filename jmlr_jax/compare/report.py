@@ -30,7 +30,8 @@ ARMS = {"a": "(a) base", "b": "(b) fine-tuned, no retrieval", "frozen": "frozen:
         "eKB": "(eKB) eK with both encoder sides trained, index refreshed",
         "eT": "(eT) eB at the KL temperature chosen on dev",
         "eTR": "(eTR) eT's second round on candidates it re-mined",
-        "cL": "(cL) RAG, larger training pool", "dL": "(dL) JMLR, larger training pool"}
+        "cL": "(cL) RAG, larger training pool", "dL": "(dL) JMLR, larger training pool",
+        "dgL": "(dL)'s generator + frozen retriever"}
 # Parts chat_<part>: the base generator's answers in its chat template with the passages <part> fed it; chat_gold
 # with the oracle passage (the first of the question's own answer).
 CHAT_ARMS = (*BASE_GENERATOR, "gold")
@@ -45,7 +46,7 @@ RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB"
 # against the same settings without them (eL), also when eL's questions keep their candidates (eK); both sides
 # trained on that pool against the frozen retriever and against both sides trained without the extra focuses (eB);
 # eB and eR at the temperature chosen on dev (eT, eTR) against the frozen retriever and against themselves at beta 1;
-# JMLR - RAG on the pool (dL - cL), JMLR's retriever against the retriever-only one on the same pool (recall only:
+# JMLR - RAG on the pool (dL - cL, split by dgL as d - c by dg), JMLR's retriever against the retriever-only one on the same pool (recall only:
 # their generators differ), and each against its arm on the comparison's 200 questions;
 # in the chat template (generation only), the frozen retriever's passage against none, and every trained
 # retriever's and the oracle's against the frozen one's.
@@ -56,7 +57,8 @@ PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("
          ("eK", "eL", "retrieval"), ("eFB", "frozen", "retrieval"), ("eFB", "eB", "retrieval"),
          ("eKB", "frozen", "retrieval"), ("eKB", "eB", "retrieval"), ("eT", "frozen", "retrieval"),
          ("eT", "eB", "retrieval"), ("eTR", "frozen", "retrieval"), ("eTR", "eR", "retrieval"),
-         ("dL", "cL", "all"), ("dL", "eL", "recall"), ("dL", "d", "all"), ("cL", "c", "generator"),
+         ("dL", "cL", "all"), ("dgL", "cL", "generator"), ("dL", "dgL", "all"), ("dL", "eL", "recall"),
+         ("dL", "d", "all"), ("cL", "c", "generator"),
          *((f"chat_{a}", "chat_frozen" if a != "frozen" else "chat_a", "text") for a in CHAT_ARMS if a != "a"))
 
 

@@ -286,8 +286,8 @@ def test_joint_pool_arms_train_the_generator_live_on_the_whole_pool(data_dir, tm
     """cL / dL: arms c / d on eL's pool at eL's settings; the generator trains, so no loss is cached."""
     cfg = tiny(data_dir, tmp_path, pool_medquad=100, joint_pool_seeds=(0,))
     comp = Comparison(cfg, progress=False, log=lambda _: None)
-    assert arm_parts(comp)[-5:] == ["eL_s0", "eL_s1", "eL_s2", "dL_s0", "cL_s0"]
-    assert not any(n.startswith(("chat_cL", "chat_dL")) for n in comp.part_names())  # trained generators
+    assert arm_parts(comp)[-6:] == ["eL_s0", "eL_s1", "eL_s2", "dL_s0", "cL_s0", "dgL_s0"]
+    assert not any(n.startswith(("chat_cL", "chat_dL", "chat_dgL")) for n in comp.part_names())  # trained generators
     assert comp.arm_settings("dL") == comp.arm_settings("cL") == comp.pool_settings()
     base_llm, base_r = {"w": np.zeros(2, np.float32)}, {"r": np.zeros(2, np.float32)}
     monkeypatch.setattr(comp, "models", lambda: ("llm_cfg", base_llm, None, "rcfg", base_r, None))
@@ -308,16 +308,22 @@ def test_joint_pool_arms_train_the_generator_live_on_the_whole_pool(data_dir, tm
             comp.train(arm, 0)
         assert e.value.args == (None, True, len(comp.setup.pool), False)
 
-    # Evaluation: dL with both trained models, cL with its generator and the base retriever; no MCQ check.
+    # Evaluation: dL with both trained models, cL with its generator and the base retriever, dgL with dL's generator
+    # and the base retriever; no MCQ check.
     trained = {"llm": {"w": np.ones(2, np.float32)}, "retriever": {"r": np.ones(2, np.float32)}}
     calls = []
     monkeypatch.setattr(comp, "train", lambda arm, seed: (trained, [{"loss": 1.0}]))
     monkeypatch.setattr(comp, "measure", lambda name, recs, llm, rp, generate, docs: calls.append(
         (name, llm["w"].sum(), rp["r"].sum(), docs)) or [])
     monkeypatch.setattr(comp, "mcq", lambda llm: pytest.fail("no MCQ check for the pool arms"))
+    with pytest.raises(InputError, match="part dgL_s0 needs JMLR's trained weights .*run part dL_s0 first"):
+        comp.run(["dgL_s0"])
     comp.run(["dL_s0", "cL_s0"])
+    save_tree(os.path.join(cfg.work_dir, "params", "dL_s0.safetensors"), {"llm": {"w": np.full(2, 3, np.float32)}})
+    comp.run(["dgL_s0"])
     sets = ("heldout_focus", "heldout_doc", "pubmedqa_test")
-    assert calls == [(s, 2.0, 2.0, "base") for s in sets] + [(s, 2.0, 0.0, "base") for s in sets]
+    assert calls == [(s, 2.0, 2.0, "base") for s in sets] + [(s, 2.0, 0.0, "base") for s in sets] + \
+        [(s, 6.0, 0.0, "base") for s in sets]
     for arm in ("dL", "cL"):
         with open(os.path.join(cfg.out_dir, f"{arm}_s0.json")) as f:
             assert json.load(f)["train_questions"] == len(comp.setup.pool)
