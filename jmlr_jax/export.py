@@ -13,18 +13,17 @@ import os
 
 from etils import epath
 
-from jmlr_jax import experiment, parallel, workdir as workdir_lib
+from jmlr_jax import parallel, workdir as workdir_lib
 from jmlr_jax.convert import save_hf_colbert, save_hf_llama
 from jmlr_jax.tokenizers import save_tokenizer
-from jmlr_jax.train.weights import Restored, restore_params
+from jmlr_jax.train.weights import Restored, restore_on_training_mesh
 
 
 def export_run(workdir: str, out_dir: str, step: int | None = None) -> Restored:
     """Writes the run's latest (or given) checkpoint to `out_dir`; returns the restored weights (on the host).
     The checkpoint is restored onto the mesh the run trained on, as evaluation does (a 7B state with its Adam
     moments need not fit one device), then gathered to the host; process 0 writes."""
-    exp = experiment.require(workdir)
-    w = restore_params(workdir, step, exp=exp, mesh=parallel.evaluation_mesh(exp.run.mesh_shape))
+    w = restore_on_training_mesh(workdir, step)
     w = dataclasses.replace(w, llm_params=parallel.host_copy(w.llm_params))  # a collective: every host
     if not workdir_lib.is_lead():
         return w

@@ -22,7 +22,7 @@ import gin
 import jax
 import numpy as np
 
-from jmlr_jax import chat, config, experiment, parallel, workdir as workdir_lib
+from jmlr_jax import chat, config, workdir as workdir_lib
 from jmlr_jax.convert import load_preset
 from jmlr_jax.models import ColBERTTokenizer
 from jmlr_jax.data.sources import QARecord
@@ -31,7 +31,7 @@ from jmlr_jax.generate import SamplingConfig, generate, generate_ids
 from jmlr_jax.retrieval import load_corpus
 from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, build_index
 from jmlr_jax.retrieval.store import cached_index, load_index
-from jmlr_jax.train.weights import restore_params
+from jmlr_jax.train.weights import restore_on_training_mesh
 
 GUIDELINES = "guidelines/ngc_open.jsonl"  # under DATA (configs/data/paths.gin), the one place the data location is set
 SYSTEM = "You are a careful medical assistant. Answer the question using the reference guideline."
@@ -104,8 +104,8 @@ def default_corpus() -> str:
 def answer_from_run(args, t0: float) -> None:
     """The trained run in args.workdir answers with its own retriever (ScaNN + rerank over its corpus); its LLM
     restored onto the mesh it trained on, as evaluation does (a 7B state need not fit one device)."""
-    exp = experiment.require(args.workdir)
-    w = restore_params(args.workdir, exp=exp, mesh=parallel.evaluation_mesh(exp.run.mesh_shape))
+    w = restore_on_training_mesh(args.workdir)
+    exp = w.exp
     data = dataclasses.replace(exp.data, data_dir=args.data_dir) if args.data_dir else exp.data
     k = exp.jmlr.num_docs if args.k is None else args.k
     passages, top, scores = [], np.zeros(0, np.int64), np.zeros(0)  # k = 0 (trained without retrieval): no corpus

@@ -98,3 +98,10 @@ def restore_params(workdir: str, step: int | None = None, exp: Experiment | None
     trained = state["params"]
     r_params = trained["retriever"] if mesh is None else parallel.host_copy(trained["retriever"])
     return Restored(exp, llm_cfg, tok, merged_llm_params(trained, exp.lora), rcfg, ctok, r_params, meta)
+
+
+def restore_on_training_mesh(workdir: str, step: int | None = None) -> Restored:
+    """`restore_params` onto the mesh the run trained on (`parallel.evaluation_mesh` of its mesh_shape), as
+    evaluation restores: a 7B state with its Adam moments need not fit one device."""
+    exp = experiment.require(workdir)
+    return restore_params(workdir, step, exp=exp, mesh=parallel.evaluation_mesh(exp.run.mesh_shape))
