@@ -54,8 +54,7 @@ import tqdm
 from jmlr_jax.compare.evidence_dev import DevParts
 from jmlr_jax.compare.evidence_measures import Measures
 from jmlr_jax.compare.evidence_setup import (BASE_GENERATOR, BOTH_SIDES, CACHED, DIAGNOSTIC, EXTRA_ARMS, POOL_ARMS,
-                                             REFRESHED,
-                                             SECOND_ROUND, TRAINED, EvidenceConfig, build_setup, index_view,
+                                             REFRESHED, SECOND_ROUND, TRAINED, EvidenceConfig, build_setup, index_view,
                                              load_tree, save_tree, sha, write_json)
 from jmlr_jax.convert import load_preset
 from jmlr_jax.data import evidence as ev
@@ -176,7 +175,7 @@ class Comparison(DevParts, Measures):
             raise InputError(f"part {name}: arms eF / eK (eFB / eKB) train on the pool with extra focuses (compare/"
                              "evidence_more_focuses*.gin), arms eL / eB / eR / cL / dL on the pool without them "
                              "(compare/evidence_more_data.gin)")
-        if (arm in POOL_ARMS or arm == "dgL") and len(self.setup.pool) == len(self.setup.train):
+        if DIAGNOSTIC.get(arm, arm) in POOL_ARMS and len(self.setup.pool) == len(self.setup.train):
             raise InputError(f"part {name}: arm {arm} trains on the pool, and this config has none: set "
                              "EvidenceConfig.pool_medquad (compare/evidence_more_data.gin)")
         if arm in EXTRA_ARMS and arm[:2] != self._extra_arm:
@@ -469,13 +468,13 @@ class Comparison(DevParts, Measures):
 
     def arm_part(self, arm: str, seed: int) -> dict:
         c = self.cfg
-        d_path = os.path.join(c.work_dir, "params", f"{DIAGNOSTIC.get(arm)}_s{seed}.safetensors")
-        if arm in DIAGNOSTIC and not os.path.exists(d_path):
-            raise InputError(f"part {arm}_s{seed} needs JMLR's trained weights {d_path}: run part "
-                             f"{DIAGNOSTIC[arm]}_s{seed} first")
+        jmlr = DIAGNOSTIC.get(arm)  # a diagnostic: the JMLR arm whose trained generator it evaluates
+        d_path = jmlr and os.path.join(c.work_dir, "params", f"{jmlr}_s{seed}.safetensors")
+        if jmlr and not os.path.exists(d_path):
+            raise InputError(f"part {arm}_s{seed} needs JMLR's trained weights {d_path}: run part {jmlr}_s{seed} first")
         llm_cfg, llm_params, tok, rcfg, rparams, ctok = self.models()
         history: list[dict] = []
-        if arm in DIAGNOSTIC:  # JMLR's trained generator, evaluated with the frozen base retriever
+        if jmlr:  # JMLR's trained generator, evaluated with the frozen base retriever
             llm_params = load_tree(d_path)["llm"]
         elif arm in TRAINED:
             path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.safetensors")

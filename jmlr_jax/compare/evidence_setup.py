@@ -45,8 +45,8 @@ class EvidenceConfig:
     # generation scores cannot tell those arms' retrievers apart.
     chat_generate: int = 150
     # Parts dg_s* (diagnostic: each d seed's generator with the frozen retriever; dgL_s* the same for dL_s*). With
-    # chat_generate = 0 and
-    # diagnostic = False the run holds exactly the issue's arms and measures (~3 h here instead of ~3.5).
+    # chat_generate = 0 and diagnostic = False the run holds exactly the issue's arms and measures (~3 h here
+    # instead of ~3.5).
     diagnostic: bool = True
     mcq_per_set: int = 300  # MMLU-Med and MedQA-US dev, a fixed sample each (no-harm check)
     mcq_seeds: tuple = (0,)  # seeds of the trained arms whose generator also takes the MCQ check

@@ -46,8 +46,9 @@ RETRIEVER_ARMS = ("frozen", "d", "e", "eL", "eB", "eR", "eF", "eK", "eFB", "eKB"
 # against the same settings without them (eL), also when eL's questions keep their candidates (eK); both sides
 # trained on that pool against the frozen retriever and against both sides trained without the extra focuses (eB);
 # eB and eR at the temperature chosen on dev (eT, eTR) against the frozen retriever and against themselves at beta 1;
-# JMLR - RAG on the pool (dL - cL, split by dgL as d - c by dg), JMLR's retriever against the retriever-only one on the same pool (recall only:
-# their generators differ), and each against its arm on the comparison's 200 questions;
+# JMLR - RAG on the pool (dL - cL, split by dgL as d - c by dg), JMLR's retriever against the retriever-only one
+# on the same pool (recall only: their generators differ), and each against its arm on the comparison's 200
+# questions;
 # in the chat template (generation only), the frozen retriever's passage against none, and every trained
 # retriever's and the oracle's against the frozen one's.
 PAIRS = (("d", "c", "all"), ("e", "frozen", "all"), ("dg", "c", "generator"), ("d", "dg", "all"),
