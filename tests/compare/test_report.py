@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from jmlr_jax.compare import report
+from jmlr_jax.compare import report, report_dev
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 RESULTS = os.path.join(ROOT, "results", "comparison")
@@ -86,26 +86,26 @@ def test_larger_pool_arm_pairs_on_retrieval_only_and_scale_table():
     results["scale"] = {"dev_questions": 4, "pool": 9, "settings": {}, "chosen_lr": 1e-5, "rows": [
         {"questions": 0, "retriever_lr": 0.0, "dev_ranks": [1, 2, 3, None], "seconds": 0},
         {"questions": 9, "retriever_lr": 1e-5, "dev_ranks": [1, 1, 1, 1], "seconds": 5}]}
-    scale = report.scale_table(results)
+    scale = report_dev.scale_table(results)
     assert "| 0 | - | - | 0.250 ± 0.250 | - | 0.750 | 0 |" in scale and "lr 1e-05." in scale
     assert "| 9 | 1e-05 | 1 | 1.000 ± 0.000 | 0.25 | 1.000 | 5 |" in scale  # McNemar: 3 discordant, all one way
     assert scale in report.markdown(results)
     results["passes"] = {"dev_questions": 4, "pool": 9, "chosen_epochs": 2, "rows": [
         {"questions": 9, "retriever_lr": 1e-5, "epochs": 2, "dev_ranks": [1, 1, 1, None], "seconds": 9}]}
-    scale = report.scale_table(results)
+    scale = report_dev.scale_table(results)
     assert "| 9 | 1e-05 | 2 | 0.750 ± 0.250 | 0.5 | 0.750 | 9 |" in scale and "lr 1e-05, 2 passes." in scale
     base = {**results["scale"]["rows"][1], "epochs": 1, "batch_size": 1, "in_batch_negatives": False}
     results["negatives"] = {"dev_questions": 4, "pool": 9, "baseline": base, "chosen": {
         "batch_size": 1, "in_batch_negatives": False}, "rows": [
         {**base, "batch_size": 4, "dev_ranks": [1, 1, 2, 2], "seconds": 3},
         {**base, "batch_size": 4, "in_batch_negatives": True, "dev_ranks": [2, 3, None, None], "seconds": 4}]}
-    neg = report.negatives_table(results)
+    neg = report_dev.negatives_table(results)
     assert "| 1 | no | 1.000 ± 0.000 | - | 1.000 | 5 |" in neg and "batch 1, in-batch negatives no." in neg
     assert "| 4 | yes | 0.000 ± 0.000 | 0.12 | 0.500 | 4 |" in neg  # McNemar vs batch 1: 4 discordant, 2 x 0.5^4
     assert neg in report.markdown(results)
     results["posterior"] = {"dev_questions": 4, "pool": 9, "best_beta": 1.0, "baseline": {**base, "kl_beta": 1.0},
                             "rows": [{**base, "kl_beta": 0.1, "dev_ranks": [1, None, None, None], "seconds": 6}]}
-    post = report.posterior_table(results)
+    post = report_dev.posterior_table(results)
     assert "| 1 | 1.000 ± 0.000 | - | 1.000 | 5 |" in post and "| 0.1 | 0.250 ± 0.250 | 0.25 | 0.250 | 6 |" in post
     assert "Best on dev: beta 1 " in post and post in report.markdown(results)
 
@@ -122,16 +122,16 @@ def test_more_focuses_arm_pairs_with_eL_and_its_dev_table():
                               {"questions": 0, "retriever_lr": 0.0, "dev_ranks": [1, 2, 3, None], "seconds": 0},
                               {"questions": 7, "retriever_lr": 3e-6, "dev_ranks": [1, 1, 3, None], "seconds": 4},
                               {"questions": 12, "retriever_lr": 3e-6, "dev_ranks": [1, 1, 1, 1], "seconds": 8}]}
-    fo = report.focuses_table(results)
+    fo = report_dev.focuses_table(results)
     assert "the 7 of eL's pool, then the 5 questions of 2 more training focuses, whose 7 answer" in fo
     assert "| 7 | 3e-06 | 0.500 ± 0.289 | 1 | 0.750 | 4 |" in fo and "lr 3e-06." in fo
     assert "| 12 | 3e-06 | 1.000 ± 0.000 | 0.25 | 1.000 | 8 |" in fo and fo in report.markdown(results)
     # the variant where eL's questions keep their candidates: its own table, arm and pairs
     results["focuses_kept"] = {**results.pop("focuses"), "chosen_lr": 1e-5}
     results["eK_s0"] = _part("eK", 0, [0.5] * 4, [1, 1, 2, 2])
-    kept = report.focuses_table(results, "focuses_kept")
+    kept = report_dev.focuses_table(results, "focuses_kept")
     assert "eL's questions keep the candidates mined from the corpus alone" in kept and "(eK), on the whole pool: " \
-        "lr 1e-05." in kept and kept in report.markdown(results) and report.focuses_table(results) == ""
+        "lr 1e-05." in kept and kept in report.markdown(results) and report_dev.focuses_table(results) == ""
     assert "| recall@1 heldout_focus | (eK) eF with eL's questions keeping eL's candidates - (eL) retriever-only " \
            "JMLR, larger training pool | s0: +0.000" in report.paired_table(results)
     results["eB_s0"], results["eKB_s0"] = _part("eB", 0, [1.0] * 4, [1, 2, 2, 2]), _part("eKB", 0, [0.5] * 4, [1] * 4)
@@ -148,12 +148,12 @@ def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
            "JMLR, larger training pool | s0: +0.250" in table
     assert "| NLL heldout_focus | (eB) eL with both encoder sides trained, index refreshed - frozen: base + frozen " \
            "retriever | s0: -1.500" in table
-    assert report.both_sides_table(results) == ""  # no scale part: no eL dev row to compare with
+    assert report_dev.both_sides_table(results) == ""  # no scale part: no eL dev row to compare with
     results["scale"] = {"dev_questions": 4, "pool": 9, "settings": {}, "chosen_lr": 1e-5, "rows": [
         {"questions": 0, "retriever_lr": 0.0, "dev_ranks": [2, 2, 3, None], "seconds": 0},
         {"questions": 9, "retriever_lr": 3e-5, "dev_ranks": [1, 1, 1, 1], "seconds": 5},
         {"questions": 9, "retriever_lr": 1e-5, "dev_ranks": [1, 2, 3, None], "seconds": 5}]}
-    dev = report.both_sides_table(results)
+    dev = report_dev.both_sides_table(results)
     assert "| (eL) query side only | 0 | 0.250 ± 0.250 | - | 0.750 | - |" in dev  # the row at the chosen lr
     assert "| (eB) both sides, refreshed | 0 | 0.750 ± 0.250 | 0.5 | 0.750 | 361 |" in dev  # 2 discordant, one way
     assert dev in report.markdown(results)
@@ -165,7 +165,7 @@ def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
     table = report.paired_table(results)
     assert "| recall@1 heldout_focus | (eR) eB's second round on candidates it re-mined - (eB) eL with both encoder " \
            "sides trained, index refreshed | s0: +0.250" in table
-    dev = report.both_sides_table(results)
+    dev = report_dev.both_sides_table(results)
     assert dev.index("| (eB) both sides") < dev.index("| (eR) second round, re-mined | 0 | 1.000 ± 0.000 | 0.25 | "
                                                      "1.000 | 300 |")  # 3 discordant, one way: 2 x 0.5^3
     # eB at the temperature chosen on dev pairs with eB (beta 1); its dev row follows eR's
@@ -173,7 +173,7 @@ def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
     results["eT_s0"].update(dev_all={"dev_ranks": [1, 1, 2, 1]}, refresh_seconds=290.0)
     assert "| recall@1 heldout_focus | (eT) eB at the KL temperature chosen on dev - (eB) eL with both encoder " \
            "sides trained, index refreshed | s0: +0.000" in report.paired_table(results)
-    dev = report.both_sides_table(results)
+    dev = report_dev.both_sides_table(results)
     assert dev.index("| (eR) second round") < dev.index("| (eT) both sides, KL temperature chosen on dev | 0 | "
                                                         "0.750 ± 0.250 | 0.5 | 1.000 | 290 |")
 
