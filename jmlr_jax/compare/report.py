@@ -167,8 +167,9 @@ def paired(results: dict, arm: str, base: str, measure: str) -> dict | None:
         return None
     binary = MEASURES[measure][2]
     out, per_a, per_b = {"per_seed": {}}, [], []
+    seedless = base in results  # a, b, frozen: one run, paired with every seed; else only the seeds both have
     for seed, part in sorted(runs.items()):
-        bpart = base_runs.get(seed, base_runs.get(0)) if base != "frozen" else base_runs[0]
+        bpart = base_runs[0] if seedless else base_runs.get(seed)
         if bpart is None:
             continue
         va, vb = values(part, measure), values(bpart, measure)

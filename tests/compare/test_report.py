@@ -21,6 +21,11 @@ def test_paired_differences_pool_seeds_per_question():
     r = report.paired(results, "d", "c", "NLL heldout_focus")
     assert r["per_seed"][0]["diff"] == pytest.approx(-0.5) and r["per_seed"][1]["diff"] == pytest.approx(0.5)
     assert r["pooled"]["diff"] == pytest.approx(0.0) and r["pooled"]["lo"] == pytest.approx(0.0)
+    # a seed the base arm lacks is left out, not paired with another seed's run; a seedless base pairs with all
+    r2 = report.paired(dict(results, d_s2=_part("d", 2, [9.0, 9.0, 9.0], [1, 1, 1])), "d", "c", "NLL heldout_focus")
+    assert sorted(r2["per_seed"]) == [0, 1] and r2["pooled"]["diff"] == pytest.approx(0.0)
+    a = report.paired(dict(results, a=_part("a", None, [1.0, 2.0, 3.0], [1, 1, 1])), "d", "a", "NLL heldout_focus")
+    assert sorted(a["per_seed"]) == [0, 1]
     r1 = report.paired(results, "d", "c", "recall@1 heldout_focus")
     assert r1["per_seed"][0]["diff"] == pytest.approx(2 / 3) and "mcnemar_p" in r1["per_seed"][0]
     shuffled = dict(results, d_s0=_part("d", 0, [0.5, 1.5, 2.5], [1, 1, 1]))
