@@ -19,6 +19,7 @@ whole pool in batches, without and with in-batch negatives) may change eL's batc
 with the document side too and are evaluated on the corpus re-encoded by their trained encoder (index refresh);
 eR_s* (second_round) continue each eB for one more pass on the candidates its retriever re-mined from that corpus;
 eT_s* and eTR_s* (sharp_posterior) are eB and eR at the KL target temperature part posterior chose on dev;
+weights (dev only) averages eL's seeds' retrievers and interpolates them with the base one in weight space;
 dL_s* and cL_s* (joint_pool_seeds) are arms d and c on the same pool at eL's settings, the generator trained live.
 With extra training focuses (compare/evidence_more_focuses*.gin): focuses (or focuses_kept) and eF_s* (or eK_s*),
 and with both_sides eFB_s* (or eKB_s*), eB's remedy on that pool.
@@ -100,6 +101,7 @@ class Comparison(Caches, DevParts, Measures):
                 ([f"eB_s{s}" for s in c.seeds] if c.both_sides else []) + \
                 ([f"eR_s{s}" for s in c.seeds] if c.both_sides and c.second_round else []) + \
                 (["posterior"] if c.posterior_betas else []) + \
+                (["weights"] if c.weight_alphas else []) + \
                 ([f"eT_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior else []) + \
                 ([f"eTR_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior and c.second_round else []) + \
                 [f"{arm}_s{s}" for s in c.joint_pool_seeds for arm in ("dL", "cL", *(["dgL"] if c.diagnostic else []))]
@@ -155,6 +157,8 @@ class Comparison(Caches, DevParts, Measures):
             return self.negatives_part
         if name == "posterior":
             return self.posterior_part
+        if name == "weights":
+            return self.weights_part
         if self.cfg.extra_train_focuses and name == self._focuses_part:
             return self.focuses_part
         if name == "chat_gold":
@@ -306,6 +310,29 @@ class Comparison(Caches, DevParts, Measures):
             history.append(m)
         return jax.device_get(state["params"]), history
 
+    def trained(self, arm: str, seed: int) -> dict:
+        """An arm's trained parameters (the trees TRAINED[arm] names) from work_dir/params, else trained from the
+        base weights and saved there with the step history and timing (history.json, which arm_part reports)."""
+        c = self.cfg
+        path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.safetensors")
+        if os.path.exists(path):
+            trained = load_tree(path)
+        else:
+            timing = {}
+            if arm in SECOND_ROUND:  # mining and loss caching, timed apart from the training they feed
+                t0 = time.time()
+                self.second_round(seed, arm)
+                timing["mine_seconds"] = round(time.time() - t0, 1)
+            t0 = time.time()
+            params, history = self.train(arm, seed)
+            trained = {k: params[k] for k in TRAINED[arm]}
+            save_tree(path, trained)
+            write_json(os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json"),
+                       {"history": history, "seconds": round(time.time() - t0, 1), **timing})
+        if set(trained) != set(TRAINED[arm]):
+            raise InputError(f"{path} holds {sorted(trained)}, arm {arm} trains {list(TRAINED[arm])}; delete it")
+        return trained
+
     # ------------------------------------------------------------------------------------------ parts
     def data_part(self) -> dict:
         s = self.setup
@@ -336,23 +363,7 @@ class Comparison(Caches, DevParts, Measures):
         if jmlr:  # JMLR's trained generator, evaluated with the frozen base retriever
             llm_params = load_tree(d_path)["llm"]
         elif arm in TRAINED:
-            path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.safetensors")
-            if os.path.exists(path):
-                trained = load_tree(path)
-            else:
-                timing = {}
-                if arm in SECOND_ROUND:  # mining and loss caching, timed apart from the training they feed
-                    t0 = time.time()
-                    self.second_round(seed, arm)
-                    timing["mine_seconds"] = round(time.time() - t0, 1)
-                t0 = time.time()
-                params, history = self.train(arm, seed)
-                trained = {k: params[k] for k in TRAINED[arm]}
-                save_tree(path, trained)
-                write_json(os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json"),
-                            {"history": history, "seconds": round(time.time() - t0, 1), **timing})
-            if set(trained) != set(TRAINED[arm]):
-                raise InputError(f"{path} holds {sorted(trained)}, arm {arm} trains {list(TRAINED[arm])}; delete it")
+            trained = self.trained(arm, seed)
             llm_params = trained.get("llm", llm_params)
             rparams = trained.get("retriever", rparams)
         retrieval = arm not in ("a", "b")

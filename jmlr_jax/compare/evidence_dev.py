@@ -2,8 +2,9 @@
 trained at several settings, scored by recall on the dev focuses (never the held-out ones), each part choosing
 the settings a later arm trains with. Part sweep: rank loss x lr, then scored candidates x passes; with a pool
 (compare/evidence_more_data.gin): scale (pool size x lr), passes, negatives (in-batch), posterior (KL target
-temperature, dev only); with extra focuses: focuses / focuses_kept (lr). A mixin of Comparison, whose training
-(train), losses (doc_losses) and search (dev_recall) these call."""
+temperature, dev only), weights (soup and WiSE-FT of eL's retrievers, dev only); with extra focuses: focuses /
+focuses_kept (lr). A mixin of Comparison, whose training (train, trained), losses (doc_losses) and search
+(dev_recall) these call."""
 from __future__ import annotations
 
 import json
@@ -11,11 +12,22 @@ import os
 import time
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from jmlr_jax.compare.evidence_setup import POOL_ARMS, SHARP
 from jmlr_jax.data import evidence as ev
 from jmlr_jax.errors import InputError
+
+
+def soup(trees: Sequence) -> object:
+    """The uniform average of parameter trees of one structure (a model soup)."""
+    return jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
+
+
+def interpolate(base, trained, alpha: float):
+    """(1 - alpha) * base + alpha * trained, leaf by leaf (WiSE-FT's weight-space ensemble)."""
+    return jax.tree.map(lambda b, t: (1 - alpha) * b + alpha * t, base, trained)
 
 
 class DevParts:
@@ -191,6 +203,36 @@ class DevParts:
         best = max(range(len(ranked)), key=lambda i: (ranked[i]["dev_recall@1"], ranked[i]["dev_recall@7"], -i))
         return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "baseline": base[0], "rows": rows,
                 "best_beta": ranked[best]["kl_beta"]}
+
+    def weights_part(self) -> dict:
+        """Arm eL's retrievers (every seed; trained here when work_dir lacks them) combined in weight space: their
+        uniform soup, and seed 0 and the soup interpolated with the base retriever at each alpha in weight_alphas
+        (WiSE-FT); recall on every dev-focus question, each row against eL seed 0. Dev only: reports the best row,
+        changes no arm."""
+        c, s = self.cfg, self.setup
+        base = self.models()[4]
+        t0 = time.time()
+        seeds = {seed: self.trained("eL", seed)["retriever"] for seed in c.seeds}
+        train_s = round(time.time() - t0, 1)
+        rows = []
+
+        def row(source: str, alpha: float, params) -> None:
+            t0 = time.time()
+            rows.append({"source": source, "alpha": alpha, **self.dev_recall(params, "dev_all"),
+                         "seconds": round(time.time() - t0, 1)})
+            self.log(f"[weights] {source}, alpha {alpha:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
+
+        row("base", 0.0, base)
+        for seed, params in seeds.items():
+            row(f"eL seed {seed}", 1.0, params)
+        mixed = soup(list(seeds.values()))
+        row("soup", 1.0, mixed)
+        for source, params in ((f"eL seed {c.seeds[0]}", seeds[c.seeds[0]]), ("soup", mixed)):
+            for alpha in sorted(set(c.weight_alphas) - {0.0, 1.0}):
+                row(source, alpha, interpolate(base, params, alpha))
+        best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
+        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.pool_settings(),
+                "train_seconds": train_s, "rows": rows, "best": {k: best[k] for k in ("source", "alpha")}}
 
     def pool_settings(self, extra: bool | None = None) -> dict:
         """Arm eL's settings: the sweep's, with the retriever lr the scale part, the number of passes the passes

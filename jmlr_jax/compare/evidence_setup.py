@@ -86,6 +86,12 @@ class EvidenceConfig:
     # beta 1 everywhere else), against eL's own dev row (beta 1). RePlug's posterior uses the sequence likelihood,
     # i.e. beta = 1 / answer tokens here: far sharper.
     posterior_betas: tuple = ()
+    # Part "weights" (weight_alphas given; dev only, with a pool): arm eL's retrievers combined in weight space, the
+    # two standard remedies for a fine-tuned model that generalises worse under a distribution shift (here: diseases
+    # never trained on): a uniform soup, the mean of eL's seeds' weights (Wortsman et al. 2022, "Model soups"), and
+    # WiSE-FT, (1 - alpha) * base + alpha * trained for seed 0 and for the soup at each alpha (Wortsman et al. 2022,
+    # "Robust fine-tuning of zero-shot models"); recall on every dev-focus question. Reports; changes no arm.
+    weight_alphas: tuple = ()
     # Parts eB_s* (both_sides, with a pool): arm eL's settings with both encoder sides trained (the candidates'
     # tokens encoded live in the step instead of read from the index), evaluated on an index re-encoded by the
     # trained encoder (work_dir/index-eB_s*, the stale-index remedy "refresh"); also its recall on every dev-focus

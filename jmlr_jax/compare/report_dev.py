@@ -133,6 +133,27 @@ def posterior_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def weights_table(results: dict) -> str:
+    """Arm eL's retrievers combined in weight space (part "weights": soup, WiSE-FT) against eL seed 0 (McNemar)."""
+    wt = results.get("weights")
+    if not wt:
+        return ""
+    rows = wt["rows"]
+    ref = next(r for r in rows if r["source"].startswith("eL seed") and r["alpha"] == 1.0)
+    st = wt["settings"]
+    lines = [f"Arm eL (the whole pool of {wt['pool']} questions, lr {st['retriever_lr']:g}, {st['epochs']} pass(es)) "
+             "combined with other retrievers in weight space: the soup is the mean of its seeds' weights, alpha "
+             "interpolates a retriever with the base one, (1 - alpha) * base + alpha * trained (WiSE-FT); recall on "
+             f"all {wt['dev_questions']} dev-focus questions, McNemar against {ref['source']}. Best on dev: "
+             f"{wt['best']['source']} at alpha {wt['best']['alpha']:g} (dev only: no arm changes). Training the "
+             f"seeds took {wt['train_seconds'] / 60:.1f} min.", "",
+             f"| retriever | alpha | dev recall@1 ± s.e. | McNemar p vs {ref['source']} | dev recall@7 | s |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['source']} | {row['alpha']:g} | {_dev_cells(row, ref)} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def both_sides_table(results: dict) -> str:
     """Arms eB's, eR's (and eFB's / eKB's) recall on every dev-focus question per seed (each on the corpus its
     trained encoder re-encoded) against the base retriever and arm eL's seed-0 run (the scale part's whole-pool
@@ -174,6 +195,8 @@ def dev_sections(results: dict) -> list[str]:
                both_sides_table(results), ""] if arm_runs(results, "eB") else []),
             *(["### Temperature of the LLM posterior (arm e, dev focuses)", "", posterior_table(results), ""]
               if "posterior" in results else []),
+            *(["### Soup and WiSE-FT of the trained retrievers (arm eL, dev focuses)", "", weights_table(results), ""]
+              if "weights" in results else []),
             *(["### More training focuses (arm e, dev focuses)", "", focuses_table(results), ""]
               if "focuses" in results else []),
             *(["### More training focuses, eL's questions keeping their candidates (arm e, dev focuses)", "",

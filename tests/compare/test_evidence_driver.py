@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from jmlr_jax.compare import report_dev
 from jmlr_jax.compare.evidence import Comparison, EvidenceConfig, build_setup, save_tree
 from jmlr_jax.errors import InputError
 from tests.data.test_evidence import write_medquad
@@ -212,6 +213,37 @@ def test_posterior_part_varies_the_kl_target_temperature_against_eL_row(data_dir
         out = json.load(f)
     assert out["baseline"]["dev_recall@1"] == 2 / n and out["baseline"]["kl_beta"] == 1.0
     assert out["best_beta"] == 0.1 and comp.pool_settings() == eL  # dev only: eL's settings stay
+
+
+def test_weights_part_soups_eL_seeds_and_interpolates_them_with_the_base_retriever(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, weight_alphas=(0.25, 1.0))
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    assert arm_parts(comp)[-4:] == ["eL_s0", "eL_s1", "eL_s2", "weights"]
+    base = {"w": np.array([0.0, 4.0])}
+    trained = {seed: {"retriever": {"w": np.array([seed + 1.0, 8.0])}} for seed in cfg.seeds}
+    loaded, seen = [], []
+    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + (base,) + (None,))
+    monkeypatch.setattr(comp, "trained", lambda arm, seed: loaded.append((arm, seed)) or trained[seed])
+
+    def dev_recall(params, which):  # dev hits: the first w[0] of 4 questions
+        seen.append(params["w"])
+        ranks = [1 if i < params["w"][0] else 3 for i in range(4)]
+        return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])), "dev_recall@7": 1.0, "dev_ranks": ranks}
+
+    monkeypatch.setattr(comp, "dev_recall", dev_recall)
+    comp.run(["weights"])
+    assert loaded == [("eL", seed) for seed in cfg.seeds]  # eL's own trained weights, never retrained here
+    # base; seeds 0-2; their soup (the mean); seed 0 and the soup at alpha 0.25 ((1 - a) * base + a * trained)
+    np.testing.assert_allclose(seen, [[0, 4], [1, 8], [2, 8], [3, 8], [2, 8], [0.25, 5], [0.5, 5]])
+    with open(os.path.join(cfg.out_dir, "weights.json")) as f:
+        out = json.load(f)
+    assert [(r["source"], r["alpha"]) for r in out["rows"]] == [
+        ("base", 0.0), ("eL seed 0", 1.0), ("eL seed 1", 1.0), ("eL seed 2", 1.0), ("soup", 1.0),
+        ("eL seed 0", 0.25), ("soup", 0.25)]
+    assert out["best"] == {"source": "eL seed 2", "alpha": 1.0}
+    table = report_dev.weights_table({"weights": out}).split("\n")
+    assert table[-6].startswith("| eL seed 0 | 1 | 0.250 ± 0.250 | - | 1.000 |")  # the reference row
+    assert table[-1].startswith("| soup | 0.25 | 0.250 ± 0.250 | 1 | 1.000 |")
 
 
 def test_sweep_second_stage_varies_sampled_and_epochs_at_the_best_loss_and_lr(data_dir, tmp_path, monkeypatch):
