@@ -117,8 +117,15 @@ def test_two_hosts_run_a_pipeline_as_one(assets, tmp_path):  # noqa: F811
         assert [json.loads(x)["step"] for x in lines] == [1, 2]
         a = jax.tree_util.tree_leaves(load_preset(os.path.join(one.stage_dir(i), "final"))[1])
         b = jax.tree_util.tree_leaves(load_preset(os.path.join(two.stage_dir(i), "final"))[1])
-        for x, y in zip(a, b, strict=True):  # each stage's export: what one process exports (2026-12-04: SFT
-            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)  # within 6e-8, DPO 1.8e-5; a misplaced shard: ~0.1
+        # Each stage's export is what one process exports: SFT within 6e-8, DPO 1.8e-5 (2026-12-04), but a fresh-clone
+        # run on 2026-12-05 had one weight of 12,288 off by 1.8e-4. Adam normalises each gradient, so a weight whose
+        # gradient is near 0 moves by up to lr (1e-3) a step in a direction the hosts' summation order can flip: a
+        # rare outlier within 2 steps x lr, the rest within 1e-4. A misplaced or missing shard moves most weights
+        # (~0.1); gradients of one host only flip the step of a large fraction of them.
+        for x, y in zip(a, b, strict=True):
+            diff = np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
+            off = int((diff > 1e-4 + 1e-4 * np.abs(y)).sum())
+            assert off <= max(1, diff.size // 1000) and diff.max() <= 2e-3 + 1e-6, (i, x.shape, off, diff.max())
     assert not [f for f in os.listdir(two.stage_dir(1)) if f.endswith(".tmp")]
 
     # evaluation on both hosts (the DPO model split across them, each batch's rows too): what one process gives
