@@ -4,6 +4,7 @@ one process gives, a CPT stage trains on each host's own documents, what one hos
 (metrics, exports), and resuming with another number of hosts is a clear error."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,8 +32,10 @@ def launch(*args: str, timeout: float = 600) -> None:
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
+    # The suite's compile flags (tests/conftest.py), with one device per process.
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).split()
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
+               XLA_FLAGS=" ".join(["--xla_force_host_platform_device_count=1", *flags]))
     with tempfile.TemporaryDirectory() as d:
         logs = [open(os.path.join(d, f"{i}.log"), "w+") for i in range(2)]
         procs = [subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", *args], cwd=ROOT,
