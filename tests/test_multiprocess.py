@@ -4,7 +4,6 @@ one process gives, a CPT stage trains on each host's own documents, what one hos
 (metrics, exports), and resuming with another number of hosts is a clear error."""
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ def launch(*args: str, timeout: float = 600) -> None:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     # The suite's compile flags (tests/conftest.py), with one device per process.
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).split()
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                XLA_FLAGS=" ".join(["--xla_force_host_platform_device_count=1", *flags]))
     with tempfile.TemporaryDirectory() as d:
