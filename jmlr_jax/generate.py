@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -26,6 +27,16 @@ class SamplingConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     eos_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        # Checked here: a negative temperature would sample from the inverted distribution and top_p <= 0 would
+        # silently keep every token, the opposite of what was asked.
+        if not self.max_new_tokens >= 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens!r}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:

@@ -70,3 +70,11 @@ def test_top_p_keeps_smallest_prefix_reaching_p():
 def test_empty_prompt_is_an_error(params):
     with pytest.raises(ValueError, match="empty prompt"):
         gen.generate_ids(CFG, params, [[1, 2], []], gen.SamplingConfig())
+
+
+@pytest.mark.parametrize("kw, what", [(dict(temperature=-1.0), "temperature"), (dict(temperature=float("nan")),
+                                      "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+                                     (dict(max_new_tokens=-1), "max_new_tokens")])
+def test_sampling_settings_out_of_range_are_errors(kw, what):
+    with pytest.raises(ValueError, match=what):
+        gen.SamplingConfig(**kw)
