@@ -62,14 +62,41 @@ def _resolve(path: str) -> str:
 
 def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
     """Parses gin files then bindings (later wins), with `include` resolved against configs/."""
+    paths = [_resolve(f) for f in files]
     gin.clear_config()
     try:
-        gin.parse_config_files_and_bindings([_resolve(f) for f in files], list(bindings))
+        gin.parse_config_files_and_bindings(paths, list(bindings))
     except InputError:
         raise
     except Exception as e:  # gin raises ValueError, KeyError, SyntaxError, tokenize.TokenError, ...
-        msg = str(e).strip().splitlines()
-        raise ConfigError(f"gin: {msg[0] if msg else type(e).__name__}") from None
+        binding = _culprit(paths, bindings)
+        where = f"--gin.{binding.replace(' = ', '=', 1)}: " if binding else ""
+        raise ConfigError(f"gin: {where}{_gin_message(e, binding)}") from None
+
+
+def _gin_message(e: Exception, binding: str) -> str:
+    """gin's error on one line. A bare word (`num_steps=abc`) fails as Python's "malformed node or string on line
+    1: <ast.Name object at 0x..>"; gin's second line names the token, so say that and how to quote a string."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines()]
+    token = next((m for ln in lines if (m := re.match(r"Failed to parse token '(.*)' \((.*)\)$", ln))), None)
+    if token is None or not lines[0].startswith("malformed node"):
+        return lines[0] if lines else type(e).__name__
+    if binding:
+        name = binding.split("=", 1)[0].strip()
+        return f"{token[1]!r} is not a value (a string needs quotes: --gin.{name}=\"'{token[1]}'\")"
+    return f"{token[1]!r} is not a value ({token[2]}; a string needs quotes: '{token[1]}')"
+
+
+def _culprit(paths: Sequence[str], bindings: Sequence[str]) -> str:
+    """The first binding that fails, parsed after the files and the bindings before it; "" when the files
+    themselves fail (gin's message names the file) or no binding does."""
+    for i in range(len(bindings) + 1):
+        gin.clear_config()
+        try:
+            gin.parse_config_files_and_bindings(paths, list(bindings[:i]))
+        except Exception:  # noqa: BLE001 - any failure: the binding just added is the first that fails
+            return bindings[i - 1] if i else ""
+    return ""
 
 
 def parse_argv(argv: Sequence[str], require_files: bool = True) -> list[str]:

@@ -58,6 +58,8 @@ class RunConfig:
         bad = [f"{k}={v!r}" for k, v in counts.items() if not isinstance(v, int) or v < 1]
         if bad:
             raise ValueError(f"RunConfig: {', '.join(bad)}: each must be a positive integer")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"RunConfig: seed={self.seed!r} must be an integer")
         if self.refresh_every < 0:
             raise ValueError(f"RunConfig: refresh_every={self.refresh_every!r} must be >= 0 (0 = never)")
 

@@ -1,6 +1,7 @@
 """Gin command-line handling and the index launchers end to end (subprocess, as a user runs them)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -75,6 +76,41 @@ def test_config_file_bindings_and_errors(tmp_path):
         experiment.from_gin()
     assert str(e.value) == "RunConfig: batch_size=0, checkpoint_every=-1: each must be a positive integer"
     gin.clear_config()
+
+
+def test_a_bad_binding_is_named_with_what_to_write():
+    """gin's own message for a bare word is Python's "malformed node or string ... <ast.Name object at 0x..>"."""
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(["quickstart_cpu.gin"], ["RunConfig.seed = 1", "RunConfig.llm = smollm"])
+    assert str(e.value) == "gin: --gin.RunConfig.llm=smollm: 'smollm' is not a value (a string needs quotes: " \
+        "--gin.RunConfig.llm=\"'smollm'\")"
+    with pytest.raises(config.ConfigError, match=r"^gin: --gin.SearchConfig.token_k=\[1,: "):
+        config.parse(["quickstart_cpu.gin"], ["RunConfig.seed = 1", "SearchConfig.token_k = [1,"])
+    gin.clear_config()
+
+
+def test_bad_training_settings_are_rejected_before_a_run_starts():
+    """Values that would have trained (a negative learning rate ascends the loss) or silently done something else
+    (a LoRA target with a typo left that projection un-adapted)."""
+    from jmlr_jax.experiment import RunConfig
+    from jmlr_jax.train.stages import StageConfig
+    from jmlr_jax.train.state import LoraConfig, OptimConfig
+
+    for kw, msg in [(dict(llm_lr=-1e-5), "llm_lr=-1e-05 must be >= 0"), (dict(b2=1.0), "b2=1.0 must be in"),
+                    (dict(eps=0.0), "eps=0.0 must be > 0"), (dict(retriever_lr=float("nan")), "retriever_lr=nan"),
+                    (dict(llm_trainable="layers/(attn"), "not a regular expression")]:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            OptimConfig(**kw)
+    with pytest.raises(ValueError, match="targets .*'gat'.* each must be one of"):
+        LoraConfig(rank=4, targets=("q", "gat"))
+    with pytest.raises(ValueError, match="rank=-2"):
+        LoraConfig(rank=-2)
+    with pytest.raises(ValueError, match="seed=1.5 must be an integer"):
+        RunConfig(seed=1.5)
+    for kw, msg in [(dict(lr=-1.0), "lr must be >= 0"), (dict(dpo_beta=0.0), "dpo_beta must be > 0")]:
+        with pytest.raises(ValueError, match=msg):
+            StageConfig(**kw)
+    assert OptimConfig(llm_lr=0.0, llm_trainable="") and LoraConfig(rank=8, targets=["q", "v"])  # still allowed
 
 
 def _run(*args, cwd=ROOT):

@@ -74,6 +74,11 @@ class StageConfig:
         for name in ("num_steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StageConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "warmup_steps", "decay_steps", "lora_rank"):
+            if not getattr(self, name) >= 0:  # `not >=` also catches NaN
+                raise ValueError(f"StageConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.dpo_beta > 0:
+            raise ValueError(f"StageConfig.dpo_beta must be > 0, got {self.dpo_beta}")
         if self.pairs not in lm_data.PAIR_KINDS:
             raise ValueError(f"StageConfig.pairs must be one of {lm_data.PAIR_KINDS}, got {self.pairs!r}")
 

@@ -34,13 +34,37 @@ class OptimConfig:
     llm_trainable: str = ".*"  # regex over "/"-joined param paths; "" freezes the LLM
     retriever_trainable: str = ".*"
 
+    def __post_init__(self):
+        bad = [f"{k}={getattr(self, k)!r} must be >= 0" for k in ("llm_lr", "retriever_lr", "weight_decay",
+                                                               "warmup_steps", "decay_steps", "grad_clip")
+               if not getattr(self, k) >= 0]  # `not >=` also catches NaN
+        bad += [f"{k}={getattr(self, k)!r} must be in [0, 1)" for k in ("b1", "b2") if not 0 <= getattr(self, k) < 1]
+        bad += [f"eps={self.eps!r} must be > 0"] if not self.eps > 0 else []
+        for k in ("llm_trainable", "retriever_trainable"):
+            try:
+                re.compile(getattr(self, k))
+            except re.error as e:
+                bad.append(f"{k}={getattr(self, k)!r} is not a regular expression ({e})")
+        if bad:
+            raise ValueError(f"OptimConfig: {'; '.join(bad)}")
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down", "lm_head")  # the kernels LoRA can adapt
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
     rank: int = 0  # 0 = full fine-tuning
     alpha: float = 16.0
-    targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "lm_head")
+    targets: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self):
+        if not (isinstance(self.rank, int) and self.rank >= 0):
+            raise ValueError(f"LoraConfig: rank={self.rank!r} must be an integer >= 0 (0 = full fine-tuning)")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if isinstance(self.targets, str) or unknown:  # a typo would have left that projection un-adapted
+            raise ValueError(f"LoraConfig: targets {self.targets!r}: each must be one of {LORA_TARGETS}")
 
 
 def _path(p) -> str:
