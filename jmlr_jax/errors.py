@@ -3,3 +3,20 @@
 
 class InputError(ValueError):
     """Base class: bad weights, corpus, index, config or data file. The message names the file (and line)."""
+
+
+def check_counts(obj, positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = ()) -> None:
+    """ValueError naming each field of a config dataclass that should be an integer >= 1 (`positive`) or >= 0
+    (`nonnegative`) and is not: such a value otherwise fails deep in a run (or runs wrongly) after minutes of
+    loading models and encoding the corpus."""
+    def ok(v, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    parts = [f"{', '.join(bad)}: each must be {what}"
+             for bad, what in (([f"{k}={getattr(obj, k)!r}" for k in positive if not ok(getattr(obj, k), 1)],
+                                "a positive integer"),
+                               ([f"{k}={getattr(obj, k)!r}" for k in nonnegative if not ok(getattr(obj, k), 0)],
+                                "an integer >= 0"))
+             if bad]
+    if parts:
+        raise ValueError(f"{type(obj).__name__}: {'; '.join(parts)}")

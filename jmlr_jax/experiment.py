@@ -21,6 +21,7 @@ import gin
 
 from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.config import ConfigError, one_line
+from jmlr_jax.errors import check_counts
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.data.templates import Budgets, PromptTemplate
 from jmlr_jax.retrieval.corpus import CorpusConfig
@@ -53,15 +54,10 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self):
-        counts = {"num_steps": self.num_steps, "batch_size": self.batch_size, "log_every": self.log_every,
-                  "checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints}
-        bad = [f"{k}={v!r}" for k, v in counts.items() if not isinstance(v, int) or v < 1]
-        if bad:
-            raise ValueError(f"RunConfig: {', '.join(bad)}: each must be a positive integer")
+        check_counts(self, ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"),
+                     ("refresh_every", "recall_queries"))
         if not isinstance(self.seed, int):
             raise ValueError(f"RunConfig: seed={self.seed!r} must be an integer")
-        if self.refresh_every < 0:
-            raise ValueError(f"RunConfig: refresh_every={self.refresh_every!r} must be >= 0 (0 = never)")
 
 
 SECTIONS: dict[str, type] = {

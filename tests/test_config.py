@@ -113,6 +113,29 @@ def test_bad_training_settings_are_rejected_before_a_run_starts():
     assert OptimConfig(llm_lr=0.0, llm_trainable="") and LoraConfig(rank=8, targets=["q", "v"])  # still allowed
 
 
+def test_counts_and_sizes_are_checked_where_they_are_bound():
+    """A zero budget, batch or k is one line naming the configurable and the field, not a shape error after the
+    models have loaded and the corpus was encoded."""
+    from jmlr_jax.data.templates import Budgets
+    from jmlr_jax.experiment import RunConfig
+    from jmlr_jax.retrieval.encode import RetrieverConfig
+    from jmlr_jax.retrieval.index import IndexConfig, SearchConfig
+    from jmlr_jax.train.stages import PipelineConfig
+
+    for make, msg in [(lambda: Budgets(doc=0), "Budgets: doc=0: each must be a positive integer"),
+                      (lambda: SearchConfig(token_k=0, rerank_docs=-1), "SearchConfig: token_k=0: each must be a "
+                       "positive integer; rerank_docs=-1: each must be an integer >= 0"),
+                      (lambda: SearchConfig(resident_dtype="bfloat16"), "resident_dtype='bfloat16' must be"),
+                      (lambda: IndexConfig(encode_batch=0), "IndexConfig: encode_batch=0"),
+                      (lambda: IndexConfig(length_buckets=()), "length_buckets=() must be"),
+                      (lambda: RetrieverConfig(query_maxlen=2.5), "RetrieverConfig: query_maxlen=2.5"),
+                      (lambda: RunConfig(refresh_every=-1), "RunConfig: refresh_every=-1: each must be an integer"),
+                      (lambda: RunConfig(batch_size=True), "batch_size=True"),
+                      (lambda: PipelineConfig(keep_checkpoints=0), "PipelineConfig: keep_checkpoints=0")]:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            make()
+
+
 def _run(*args, cwd=ROOT):
     env = dict(os.environ, GLOG_minloglevel="2", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlr_jax.data.sources import LETTERS, QARecord
+from jmlr_jax.errors import check_counts
 from jmlr_jax.tokenizers import Tokenizer
 
 
@@ -62,6 +63,9 @@ class Budgets:
     doc: int = 128
     question: int = 256
     answer: int = 32
+
+    def __post_init__(self):
+        check_counts(self, ("doc", "question", "answer"))
 
 
 def _block(ids: Sequence[int], size: int, keep: str = "head", align: str = "left") -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import tqdm
 
+from jmlr_jax.errors import check_counts
 from jmlr_jax.models.colbert import ColBERT, ColBERTConfig, ColBERTTokenizer
 from jmlr_jax.retrieval.corpus import Passage
 
@@ -21,6 +22,9 @@ class RetrieverConfig:
     name: str = "all-minilm-l6-v2"  # preset or a local BERT directory
     query_maxlen: int = 32
     doc_maxlen: int = 180
+
+    def __post_init__(self):
+        check_counts(self, ("query_maxlen", "doc_maxlen"))
 
 
 def retriever_preset(cfg: RetrieverConfig):

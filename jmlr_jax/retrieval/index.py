@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from jmlr_jax.errors import check_counts
 from jmlr_jax.models.colbert import ColBERTConfig, ColBERTTokenizer
 from jmlr_jax.retrieval.corpus import Corpus, Passage
 from jmlr_jax.retrieval.encode import encode_passages, params_checksum, query_embeddings
@@ -42,6 +43,11 @@ class IndexConfig:
     aq_threshold: float = 0.2
     training_sample: int = 250_000
 
+    def __post_init__(self):
+        check_counts(self, ("encode_batch", "dims_per_block", "training_sample"), ("brute_force_below", "num_leaves"))
+        if not self.length_buckets or not all(isinstance(b, int) and b > 0 for b in self.length_buckets):
+            raise ValueError(f"IndexConfig: length_buckets={self.length_buckets!r} must be positive token counts")
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +62,11 @@ class SearchConfig:
     # Embeddings in memory (stored fp16 on disk either way). float32 doubles the memory but spares every query
     # the fp16 -> fp32 conversion of its candidates' tokens, which costs more than their MaxSim.
     resident_dtype: str = "float16"
+
+    def __post_init__(self):
+        check_counts(self, ("reorder", "token_k"), ("leaves_to_search", "rerank_docs", "num_threads"))
+        if self.resident_dtype not in ("float16", "float32"):
+            raise ValueError(f"SearchConfig: resident_dtype={self.resident_dtype!r} must be 'float16' or 'float32'")
 
 
 RERANK_BLOCK = 320  # passages per exact-MaxSim block: their gathered fp32 tokens (~20 MB) stay in cache

@@ -34,7 +34,7 @@ from jmlr_jax.convert.presets import load_llm_tokenizer
 from jmlr_jax.convert.hf import save_hf_llama
 from jmlr_jax.data import lm_data
 from jmlr_jax.data.splits import DataConfig, fingerprint
-from jmlr_jax.errors import InputError
+from jmlr_jax.errors import InputError, check_counts
 from jmlr_jax.eval import stage_eval
 from jmlr_jax.experiment import RunConfig
 from jmlr_jax.tokenizers import save_tokenizer
@@ -97,6 +97,11 @@ class PipelineConfig:
     mesh_shape: tuple = (-1, 1, 1)
     peak_flops_per_device: float = 400e9
     progress: bool = True
+
+    def __post_init__(self):
+        check_counts(self, ("checkpoint_every", "keep_checkpoints"))
+        if not isinstance(self.seed, int):
+            raise ValueError(f"PipelineConfig: seed={self.seed!r} must be an integer")
 
     def stage_workdir(self, i: int) -> str:
         """Stage i's workdir as configured (local or cloud): its checkpoints are written here."""
