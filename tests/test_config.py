@@ -116,8 +116,11 @@ def test_bad_training_settings_are_rejected_before_a_run_starts():
 def test_counts_and_sizes_are_checked_where_they_are_bound():
     """A zero budget, batch or k is one line naming the configurable and the field, not a shape error after the
     models have loaded and the corpus was encoded."""
+    from jmlr_jax.data.lm_data import LMDataConfig
+    from jmlr_jax.data.splits import DataConfig
     from jmlr_jax.data.templates import Budgets
     from jmlr_jax.experiment import RunConfig
+    from jmlr_jax.retrieval.corpus import CorpusConfig
     from jmlr_jax.retrieval.encode import RetrieverConfig
     from jmlr_jax.retrieval.index import IndexConfig, SearchConfig
     from jmlr_jax.train.stages import PipelineConfig
@@ -131,7 +134,13 @@ def test_counts_and_sizes_are_checked_where_they_are_bound():
                       (lambda: RetrieverConfig(query_maxlen=2.5), "RetrieverConfig: query_maxlen=2.5"),
                       (lambda: RunConfig(refresh_every=-1), "RunConfig: refresh_every=-1: each must be an integer"),
                       (lambda: RunConfig(batch_size=True), "batch_size=True"),
-                      (lambda: PipelineConfig(keep_checkpoints=0), "PipelineConfig: keep_checkpoints=0")]:
+                      (lambda: PipelineConfig(keep_checkpoints=0), "PipelineConfig: keep_checkpoints=0"),
+                      (lambda: DataConfig(heldout_fraction=1.0), "heldout_fraction=1.0 must be in [0, 1)"),
+                      (lambda: DataConfig(medmcqa_cop_base=2), "medmcqa_cop_base=2 must be 0 or 1"),
+                      (lambda: LMDataConfig(seq_len=0), "LMDataConfig: seq_len=0"),
+                      (lambda: LMDataConfig(text_heldout_fraction=-0.1), "text_heldout_fraction=-0.1"),
+                      (lambda: CorpusConfig(chunk_size=50, overlap=50), "need overlap < chunk_size"),
+                      (lambda: CorpusConfig(on_error="ignore"), "on_error='ignore'")]:
         with pytest.raises(ValueError, match=re.escape(msg)):
             make()
 

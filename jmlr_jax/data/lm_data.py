@@ -44,7 +44,7 @@ from jmlr_jax import chat
 from jmlr_jax.data.medquad import MedQuADPair, iter_medquad
 from jmlr_jax.data.sources import LETTERS, DataError, QARecord, file_records, read_qa
 from jmlr_jax.data.splits import DataConfig, heldout_bucket, split_pubmedqa
-from jmlr_jax.errors import InputError
+from jmlr_jax.errors import InputError, check_counts
 from jmlr_jax.parallel import host_rows
 from jmlr_jax.retrieval.corpus import read_guidelines, read_pubmedqa, resolve_path
 from jmlr_jax.tokenizers import Tokenizer
@@ -73,6 +73,10 @@ class LMDataConfig:
     def __post_init__(self):
         if self.template not in TEMPLATES:
             raise ValueError(f"LMDataConfig.template must be one of {sorted(TEMPLATES)}, got {self.template!r}")
+        check_counts(self, ("seq_len",), ("max_records",))
+        for k in ("medquad_heldout_fraction", "text_heldout_fraction"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ValueError(f"LMDataConfig: {k}={getattr(self, k)!r} must be in [0, 1)")
 
 
 # ------------------------------------------------------------------------------------------------ records

@@ -22,7 +22,7 @@ import numpy as np
 import gin
 
 from jmlr_jax.data.sources import MMLU_MED_SUBJECTS, QARecord, pubmedqa_ids, read_qa
-from jmlr_jax.errors import InputError
+from jmlr_jax.errors import InputError, check_counts
 from jmlr_jax.retrieval.corpus import resolve_path
 
 
@@ -91,6 +91,13 @@ class DataConfig:
     pubmedqa_test_file: str = "pubmedqa/test_ground_truth.json"
     mmlu_dir: str = "mmlu_med"
     mmlu_subjects: tuple = MMLU_MED_SUBJECTS
+
+    def __post_init__(self):
+        check_counts(self, nonnegative=("max_examples",))
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"DataConfig: heldout_fraction={self.heldout_fraction!r} must be in [0, 1)")
+        if self.medmcqa_cop_base not in (0, 1):
+            raise ValueError(f"DataConfig: medmcqa_cop_base={self.medmcqa_cop_base!r} must be 0 or 1")
 
     def path(self, rel: str) -> str:
         """A data path (relative = under data_dir)."""

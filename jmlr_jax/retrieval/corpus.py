@@ -28,7 +28,7 @@ import gin
 from jmlr_jax.data.medquad import LICENCE as MEDQUAD_LICENCE
 from jmlr_jax.data.medquad import iter_medquad
 from jmlr_jax.data.sources import DataError, file_records, pubmedqa_entries, pubmedqa_ids
-from jmlr_jax.errors import InputError
+from jmlr_jax.errors import InputError, check_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +188,12 @@ class CorpusConfig:
     on_error: str = "raise"
     dedupe: bool = True
     pubmedqa_exclude_file: str = ""  # e.g. pubmedqa/test_ground_truth.json: evaluation abstracts stay out
+
+    def __post_init__(self):
+        check_counts(self, ("chunk_size",), ("overlap",))
+        if self.overlap >= self.chunk_size or self.on_error not in ("raise", "skip"):
+            raise ValueError(f"CorpusConfig: need overlap < chunk_size and on_error 'raise' or 'skip'; got "
+                             f"chunk_size={self.chunk_size}, overlap={self.overlap}, on_error={self.on_error!r}")
 
     def load(self, data_dir: str, pubmedqa_exclude: bool = True) -> "Corpus":
         """The corpus (pubmedqa_exclude=False keeps the excluded abstracts: gold documents for recall)."""
