@@ -10,24 +10,55 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 from etils import epath
 
 from jmlr_jax import parallel, workdir as workdir_lib
 from jmlr_jax.convert import save_hf_colbert, save_hf_llama
+from jmlr_jax.errors import InputError
 from jmlr_jax.tokenizers import save_tokenizer
 from jmlr_jax.train.weights import Restored, restore_on_training_mesh
+
+
+ENTRIES = ("generator", "retriever", "README.md")  # what an export writes into its directory
+CARD_TITLE = "# JMLR run "
+
+
+def check_out_dir(out_dir: str) -> None:
+    """An export goes to a new or empty directory, or replaces an earlier export there; any other directory is
+    refused before anything is restored or written (`--out=.` in a checkout would have overwritten its README)."""
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise InputError(f"--out={out_dir} is a file, not a directory")
+    entries = set(os.listdir(out_dir))
+    card = os.path.join(out_dir, "README.md")
+    if entries <= set(ENTRIES) and (not os.path.isfile(card) or _first_line(card).startswith(CARD_TITLE)):
+        return
+    other = sorted(entries - set(ENTRIES)) or ["README.md (not a model card)"]
+    raise InputError(f"--out={out_dir} is not empty and not an earlier export (it holds {', '.join(other[:3])}"
+                     f"{', ...' if len(other) > 3 else ''}): export to a new or empty directory")
+
+
+def _first_line(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline()
 
 
 def export_run(workdir: str, out_dir: str, step: int | None = None) -> Restored:
     """Writes the run's latest (or given) checkpoint to `out_dir`; returns the restored weights (on the host).
     The checkpoint is restored onto the mesh the run trained on, as evaluation does (a 7B state with its Adam
-    moments need not fit one device), then gathered to the host; process 0 writes."""
+    moments need not fit one device), then gathered to the host; process 0 writes. An earlier export in
+    `out_dir` is replaced whole (no shard or tokenizer file of it left beside the new ones)."""
+    check_out_dir(out_dir)
     w = restore_on_training_mesh(workdir, step)
     w = dataclasses.replace(w, llm_params=parallel.host_copy(w.llm_params))  # a collective: every host
     if not workdir_lib.is_lead():
         return w
     gen, ret = os.path.join(out_dir, "generator"), os.path.join(out_dir, "retriever")
+    for d in (gen, ret):
+        shutil.rmtree(d, ignore_errors=True)
     save_hf_llama(gen, w.llm_cfg, w.llm_params)
     save_tokenizer(w.tok, gen)
     save_hf_colbert(ret, w.rcfg, w.r_params)

@@ -10,6 +10,7 @@ import torch
 from safetensors.numpy import load_file
 
 from jmlr_jax import cli
+from jmlr_jax.errors import InputError
 from jmlr_jax.convert import load_preset
 from jmlr_jax.models import ColBERT, Llama
 from jmlr_jax.train.weights import base_params, restore_params
@@ -58,6 +59,12 @@ def test_exported_run_loads_in_transformers_and_answers(assets, tmp_path, monkey
     card = (out / "README.md").read_text()
     assert "(step 1)" in card and "LoRA rank 4 merged" in card and '"num_steps": 1' in card
 
+    # Exporting again replaces the earlier export whole: a shard file of it (as a larger model writes) is gone.
+    (out / "generator" / "model-00001-of-00002.safetensors").write_bytes(b"stale")
+    cli.export()
+    assert not (out / "generator" / "model-00001-of-00002.safetensors").exists()
+    assert (out / "README.md").read_text() == card
+
     # The same run answers (launch/answer.py --workdir): its weights (LoRA merged), corpus and template; by default
     # as many passages of its corpus as it was trained to read (JMLRConfig.num_docs = 2), or --k of them.
     from jmlr_jax import rag
@@ -75,3 +82,30 @@ def test_exported_run_loads_in_transformers_and_answers(assets, tmp_path, monkey
         rag.main(["--workdir", str(tmp_path / "run"), "--data_dir", str(tmp_path / "nowhere")])
     assert f"DataConfig.data_dir '{tmp_path / 'nowhere'}' is not a directory" in capsys.readouterr().err
 
+
+
+def test_export_refuses_a_directory_that_is_not_an_earlier_export(tmp_path, monkeypatch, capsys):
+    """`--out=.` in a checkout would have overwritten its README.md; checked before the run is restored."""
+    from jmlr_jax.export import check_out_dir
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my project\n")
+    (mine / "notes.txt").write_text("keep me")
+    monkeypatch.setattr(sys, "argv", ["jmlr-export", f"--workdir={tmp_path / 'no_run'}", f"--out={mine}"])
+    with pytest.raises(SystemExit) as e:
+        cli.export()
+    assert e.value.code == 2 and capsys.readouterr().err == \
+        f"error: --out={mine} is not empty and not an earlier export (it holds notes.txt): export to a new or " \
+        "empty directory\n"
+    assert (mine / "README.md").read_text() == "# my project\n" and sorted(p.name for p in mine.iterdir()) == \
+        ["README.md", "notes.txt"]
+    (mine / "notes.txt").unlink()
+    with pytest.raises(InputError, match="README.md \\(not a model card\\)"):
+        check_out_dir(str(mine))
+    (mine / "README.md").write_text("# JMLR run `r` (step 3)\n")
+    (mine / "generator").mkdir()
+    check_out_dir(str(mine))  # an earlier export, and new or empty directories, are fine
+    check_out_dir(str(tmp_path / "new"))
+    (tmp_path / "empty").mkdir()
+    check_out_dir(str(tmp_path / "empty"))
