@@ -9,13 +9,14 @@ import gin
 from jmlr_jax.experiment import Experiment
 from jmlr_jax.retrieval.encode import retriever_preset
 from jmlr_jax.retrieval.index import Retriever, build_index
-from jmlr_jax.retrieval.store import load_index, save_index
+from jmlr_jax.retrieval.store import check_index_dir, load_index, save_index
 
 
 @gin.configurable
 def index_main(exp: Experiment, index_dir: str = gin.REQUIRED) -> str:
     """Reads the corpus, encodes it, builds the ScaNN token index and saves it to `index_dir`."""
     t0 = time.time()
+    check_index_dir(index_dir)  # before minutes of encoding
     corpus = exp.corpus.load(exp.data.data_dir)
     print(f"corpus: {len(corpus)} passages ({corpus.skipped} malformed records skipped, {corpus.duplicates} "
           f"duplicate passages dropped), checksum {corpus.checksum()}")

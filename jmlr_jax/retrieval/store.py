@@ -23,15 +23,30 @@ from jmlr_jax.retrieval.index import IndexConfig, SearchConfig, TokenIndex, buil
 from jmlr_jax.workdir import tmp_name
 
 FORMAT_VERSION = 1
+ENTRIES = ("manifest.json", "embeddings.npy", "offsets.npy", "passages.jsonl", "scann")  # what an index holds
 
 
 class IndexMismatchError(InputError):
     """The index on disk was built from a different corpus, encoder or settings."""
 
 
+def check_index_dir(directory: str) -> None:
+    """An index is saved to a new or empty directory or over an earlier index (which it replaces whole); any
+    other directory is refused (INDEX_DIR bound to a data directory would have been deleted to make room)."""
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise InputError(f"index directory {directory} is a file")
+    other = sorted(set(os.listdir(directory)) - set(ENTRIES))
+    if other:
+        raise InputError(f"index directory {directory} holds other files ({', '.join(other[:3])}"
+                         f"{', ...' if len(other) > 3 else ''}), not an earlier index: choose a new or empty one")
+
+
 def save_index(index: TokenIndex, directory: str) -> None:
-    """Writes the index to `directory` (written aside, then renamed into place). A directory that already holds
-    this index version (another host sharing the workdir wrote it) is kept as it is."""
+    """Writes the index to `directory` (written aside, then renamed into place; `check_index_dir`). A directory
+    that already holds this index version (another host sharing the workdir wrote it) is kept as it is."""
+    check_index_dir(directory)
     tmp = tmp_name(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "scann"))

@@ -7,6 +7,7 @@ import numpy as np
 import jax
 import pytest
 
+from jmlr_jax.errors import InputError
 from jmlr_jax.models import ColBERTTokenizer, maxsim
 from jmlr_jax.retrieval import load_corpus
 from jmlr_jax.retrieval import index as index_lib
@@ -161,6 +162,15 @@ def test_save_load_round_trip_and_version_checks(tmp_path, real_subset, brute_in
         load_index(d)
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         load_index(str(tmp_path))
+    # saved over a damaged earlier index: replaced whole; over a directory of other files: refused, nothing deleted
+    save_index(brute_index, d)
+    assert load_index(d).version == brute_index.version
+    mine = tmp_path / "data"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match=f"index directory {mine} holds other files \\(notes.txt\\), not an earlier"):
+        save_index(brute_index, str(mine))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def _one_doc(tmp_path):
