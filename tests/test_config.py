@@ -180,6 +180,9 @@ def test_build_index_and_search_launchers(tmp_path, minilm):
     assert "dm#0" in lines[0] and len(lines) == 2
     blank = _run("launch/search.py", *common, "--gin.search_main.question='  '")
     assert blank.returncode == 2 and blank.stderr.strip().splitlines() == ["error: question is empty (search_main)"]
+    zero = _run("launch/search.py", *common, "--gin.search_main.question='x'", "--gin.search_main.k=0")
+    assert zero.returncode == 2 and zero.stderr.strip().splitlines() == \
+        ["error: k=0 must be a positive integer (search_main)"]
     bad = _run("launch/build_index.py", *common, "--gin.IndexConfig.no_such_setting=1")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: gin:") and len(bad.stderr.splitlines()) == 1
     missing = _run("launch/build_index.py", "--gin_file=retrieval/minilm_index.gin",

@@ -43,6 +43,8 @@ def search_main(exp: Experiment, question: str = gin.REQUIRED, index_dir: str = 
     """Prints the top-k passages (rank, score, id, title, source) for one question."""
     if not question.strip():
         raise ValueError("question is empty")  # the error line names search_main
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"k={k!r} must be a positive integer")
     r = open_retriever(exp, index_dir)
     t = time.time()
     ids, scores = (r.exact_search if exact else r.search)([question], k)
