@@ -119,6 +119,7 @@ def test_counts_and_sizes_are_checked_where_they_are_bound():
     from jmlr_jax.data.lm_data import LMDataConfig
     from jmlr_jax.data.splits import DataConfig
     from jmlr_jax.data.templates import Budgets
+    from jmlr_jax.eval.stage_eval import StageEvalConfig
     from jmlr_jax.experiment import RunConfig
     from jmlr_jax.retrieval.corpus import CorpusConfig
     from jmlr_jax.retrieval.encode import RetrieverConfig
@@ -140,7 +141,9 @@ def test_counts_and_sizes_are_checked_where_they_are_bound():
                       (lambda: LMDataConfig(seq_len=0), "LMDataConfig: seq_len=0"),
                       (lambda: LMDataConfig(text_heldout_fraction=-0.1), "text_heldout_fraction=-0.1"),
                       (lambda: CorpusConfig(chunk_size=50, overlap=50), "need overlap < chunk_size"),
-                      (lambda: CorpusConfig(on_error="ignore"), "on_error='ignore'")]:
+                      (lambda: CorpusConfig(on_error="ignore"), "on_error='ignore'"),
+                      (lambda: StageEvalConfig(batch_size=0, pairs=-1), "StageEvalConfig: batch_size=0: each must be "
+                       "a positive integer; pairs=-1: each must be an integer >= 0")]:
         with pytest.raises(ValueError, match=re.escape(msg)):
             make()
 

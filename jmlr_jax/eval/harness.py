@@ -28,7 +28,7 @@ from jmlr_jax.data.pipeline import retrieval_query
 from jmlr_jax.data.sources import LETTERS, QARecord, read_qa
 from jmlr_jax.data.splits import DataConfig, question_key, training_records
 from jmlr_jax.data.templates import Budgets, PromptTemplate, encode_shots
-from jmlr_jax.errors import InputError
+from jmlr_jax.errors import InputError, check_counts
 from jmlr_jax.experiment import Experiment
 from jmlr_jax.eval.mcq import generate_answers, option_ids, prompt_ids, score_options
 from jmlr_jax.eval.parse import parse_choice
@@ -75,6 +75,11 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.mode must be 'loglik' or 'generate', got {self.mode!r}")
         if self.num_shots < 0:
             raise ValueError(f"EvalConfig.num_shots must be >= 0, got {self.num_shots}")
+        check_counts(self, ("batch_size", "max_new_tokens", "shots_tokens"), ("max_per_set",))
+        if self.num_docs is not None and not (isinstance(self.num_docs, int) and self.num_docs >= 0):
+            raise ValueError(f"EvalConfig.num_docs must be None (the run's) or >= 0, got {self.num_docs!r}")
+        if not all(isinstance(k, int) and k >= 1 for k in self.gold_recall_ks):
+            raise ValueError(f"EvalConfig.gold_recall_ks must be positive integers, got {self.gold_recall_ks!r}")
         if workdir_lib.is_remote(self.output_dir):  # a cloud run's results reach its workdir without it
             raise ValueError(f"EvalConfig.output_dir must be local, got {self.output_dir!r} (leave it empty: the "
                              "results then go to <workdir>/eval, a cloud workdir's too)")

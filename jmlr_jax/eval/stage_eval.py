@@ -19,7 +19,7 @@ from jmlr_jax import parallel
 from jmlr_jax.data import lm_data
 from jmlr_jax.data.medquad import MedQuADPair
 from jmlr_jax.data.splits import DataConfig
-from jmlr_jax.errors import InputError
+from jmlr_jax.errors import InputError, check_counts
 from jmlr_jax.generate import SamplingConfig, generate_ids
 from jmlr_jax.models.llama import LlamaConfig
 from jmlr_jax.retrieval.corpus import resolve_path
@@ -160,6 +160,10 @@ class StageEvalConfig:
     set_files: tuple = ()  # more MCQ sets from files, as harness.EvalConfig.set_files: (name, kind, path[, options])
     question_tokens: int = 512  # MCQ question + options, cut from the front beyond (MedQA dev: 18.5% exceed 256)
     batch_size: int = 8
+
+    def __post_init__(self):
+        check_counts(self, ("max_new_tokens", "question_tokens", "batch_size"),
+                     ("text_docs", "medquad_questions", "pairs", "mcq_per_set"))
 
 
 def held_medquad(data: DataConfig, lm: lm_data.LMDataConfig) -> list[MedQuADPair]:

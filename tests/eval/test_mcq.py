@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -138,6 +139,11 @@ def test_eval_sets_from_fixture_files(tmp_path, capsys):
         eval_sets(DataConfig(data_dir="/no/such/dir"), names=("medqa",), medqa_path=str(medqa))
     with pytest.raises(ValueError, match="mode"):
         EvalConfig(mode="vote")
+    for kw, msg in [(dict(batch_size=0), "EvalConfig: batch_size=0: each must be a positive integer"),
+                    (dict(max_per_set=-5), "max_per_set=-5: each must be an integer >= 0"),
+                    (dict(num_docs=-1), "num_docs must be None"), (dict(gold_recall_ks=(0, 7)), "gold_recall_ks")]:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            EvalConfig(**kw)
     assert dataclasses.asdict(EvalConfig())["mode"] == "loglik"
 
 
