@@ -15,7 +15,9 @@ import numpy as np
 
 from jmlr_jax.convert.gguf import load_gguf_llama, load_gguf_tokenizer
 from jmlr_jax.convert.hf import COLBERT_KEY, WeightsError, load_hf_bert, load_hf_llama, read_config
+from jmlr_jax.errors import InputError
 from jmlr_jax.models.colbert import ColBERTConfig
+from jmlr_jax.models.llama import LlamaConfig
 from jmlr_jax.tokenizers import Tokenizer, check_vocab, load_tokenizer
 
 
@@ -79,6 +81,11 @@ def load_preset(name_or_path: str, **overrides: Any):
     else:
         kind = "llama" if path.endswith(".gguf") or read_config(path).get("model_type") != "bert" else "colbert"
     if kind == "llama":
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(LlamaConfig)})
+        if unknown:  # before the weights are read (it had been a TypeError from LlamaConfig.__init__)
+            raise InputError(f"{', '.join(map(repr, unknown))}: not a LlamaConfig field (llm_overrides); the "
+                             "execution settings are dtype, param_dtype, remat_policy, scan_unroll, s2_group_size, "
+                             "attention, attn_block")
         if path.endswith(".gguf"):
             cfg, params, tok = load_gguf_llama(path, **overrides)
             if tok is None:

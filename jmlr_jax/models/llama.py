@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from jmlr_jax import lowering, parallel
+from jmlr_jax.errors import InputError
 from jmlr_jax.models.attention import IMPLEMENTATIONS, MaskInfo, dot_product_attention, self_attention
 
 _ATTN = jax.checkpoint_policies.save_only_these_names("attention")  # flash / splash residuals (O(L) each)
@@ -45,6 +46,7 @@ REMAT_POLICIES = {
 
 
 ROPE_TYPES = ("default", "linear", "llama3")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,17 +90,24 @@ class LlamaConfig:
             object.__setattr__(self, "dtype", "float32" if lowering.backend() == "cpu" else "bfloat16")
         if self.rope_type == "default" and self.rope_scaling_factor != 1.0:
             object.__setattr__(self, "rope_type", "linear")
+        # InputError: a config comes from a user (config.json, GGUF metadata, llm_overrides): one line at a launcher
         if self.rope_type not in ROPE_TYPES:
-            raise ValueError(f"unsupported RoPE scaling type {self.rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+            raise InputError(f"unsupported RoPE scaling type {self.rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
         if self.rope_type == "llama3" and not self.rope_low_freq_factor < self.rope_high_freq_factor:
-            raise ValueError(f"llama3 RoPE needs low_freq_factor < high_freq_factor, got "
+            raise InputError(f"llama3 RoPE needs low_freq_factor < high_freq_factor, got "
                              f"{self.rope_low_freq_factor} and {self.rope_high_freq_factor}")
         if self.attention not in IMPLEMENTATIONS:
-            raise ValueError(f"attention {self.attention!r} not in {IMPLEMENTATIONS}")
+            raise InputError(f"LlamaConfig.attention {self.attention!r} not in {IMPLEMENTATIONS}")
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
+            raise InputError(f"LlamaConfig.remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise InputError(f"LlamaConfig.{name} {getattr(self, name)!r} not in {DTYPES}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} not a multiple of num_kv_heads={self.num_kv_heads}")
+            raise InputError(f"num_heads={self.num_heads} not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.s2_group_size < 0 or self.attn_block < 1 or self.scan_unroll < 1:
+            raise InputError(f"LlamaConfig: need s2_group_size >= 0, attn_block >= 1 and scan_unroll >= 1; got "
+                             f"{self.s2_group_size}, {self.attn_block} and {self.scan_unroll}")
 
     def replace(self, **kw: Any) -> "LlamaConfig":
         return dataclasses.replace(self, **kw)

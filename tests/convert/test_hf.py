@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from jmlr_jax.convert import WeightsError, load_hf_llama, load_preset, save_hf_llama
+from jmlr_jax.errors import InputError
 from jmlr_jax.models import Llama
 from tests.helpers import hf_logits, tiny_hf_llama
 
@@ -114,3 +115,5 @@ def test_tokenizer_vocab_mismatch_is_an_error(hf_dir, tmp_path):
     Tokenizer(models.WordLevel({f"t{i}": i for i in range(50)}, unk_token="t0")).save(str(tmp_path / "tokenizer.json"))
     cfg, params, tok = load_preset(str(tmp_path))  # a smaller tokenizer (padded embedding table) is fine
     assert tok.vocab_size == 50 and cfg.vocab_size == 96
+    with pytest.raises(InputError, match="'atention': not a LlamaConfig field"):  # a misspelt llm_overrides key
+        load_preset(str(tmp_path), atention="reference")

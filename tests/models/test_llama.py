@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from jmlr_jax.convert import hf
+from jmlr_jax.errors import InputError
 from jmlr_jax.models import Llama, LlamaConfig
 from jmlr_jax.models import llama as llama_lib
 from tests.helpers import hf_logits, saved_residuals, tiny_hf_llama
@@ -127,6 +128,10 @@ def test_unsupported_hf_configs_are_rejected():
         LlamaConfig.from_hf_dict(dict(base, model_type="bert"))
     with pytest.raises(ValueError, match="remat_policy"):
         LlamaConfig(remat_policy="sometimes")
+    for kw, what in [(dict(dtype="bf16"), "dtype 'bf16'"), (dict(attention="flashy"), "attention 'flashy'"),
+                     (dict(s2_group_size=-1), "s2_group_size >= 0")]:
+        with pytest.raises(InputError, match=what):  # InputError: one line at a launcher (llm_overrides)
+            LlamaConfig(**kw)
 
 
 def test_remat_and_unroll_do_not_change_values_or_grads():
