@@ -12,6 +12,7 @@ positions, so the model sees exactly the compact sequence. Loss is on answer tok
 from __future__ import annotations
 
 import dataclasses
+import string
 from typing import Sequence
 
 import gin
@@ -21,6 +22,10 @@ import numpy as np
 from jmlr_jax.data.sources import LETTERS, QARecord
 from jmlr_jax.errors import check_counts
 from jmlr_jax.tokenizers import Tokenizer
+
+
+PLACEHOLDERS = {"doc": ("doc",), "context": ("context",), "question": ("question", "options"),
+                "option": ("letter", "text"), "answer": ("letter", "text"), "rationale": ("rationale",)}
 
 
 @gin.configurable
@@ -34,6 +39,19 @@ class PromptTemplate:
     rationale: str = "\nExplanation: {rationale}"  # appended to the target when with_rationale
     use_context: bool = False
     with_rationale: bool = False
+
+    def __post_init__(self):
+        # A misspelt placeholder would be a KeyError while the first batch is built, after the models loaded.
+        for name, allowed in PLACEHOLDERS.items():
+            try:
+                used = {f for _, f, _, _ in string.Formatter().parse(getattr(self, name)) if f is not None}
+            except ValueError as e:  # an unmatched brace
+                raise ValueError(f"PromptTemplate.{name} {getattr(self, name)!r}: {e} (write a literal brace as "
+                                 "{{ or }})")
+            if used - set(allowed):
+                raise ValueError(f"PromptTemplate.{name} {getattr(self, name)!r} uses "
+                                 f"{', '.join('{' + f + '}' for f in sorted(used - set(allowed)))}; it may use "
+                                 f"{', '.join('{' + f + '}' for f in allowed)}")
 
     def question_text(self, r: QARecord) -> str:
         options = "".join(self.option.format(letter=LETTERS[i], text=t) for i, t in enumerate(r.options))

@@ -30,6 +30,13 @@ def test_template_text_is_the_same_for_train_and_eval():
     assert PromptTemplate(with_rationale=True).answer_text(REC).endswith("Explanation: Metformin lowers hepatic glucose output.")
     ctx = QARecord("p", "pubmedqa", "Does X help?", ("yes", "no", "maybe"), 0, context="Abstract text.")
     assert PromptTemplate(use_context=True).question_text(ctx).startswith("Context: Abstract text.\nQuestion: Does X help?")
+    # placeholders checked where the template is bound (a KeyError while the first batch was built, before)
+    with pytest.raises(ValueError, match=r"PromptTemplate.question .* uses \{questoin\}; it may use \{question\}, "
+                                         r"\{options\}"):
+        PromptTemplate(question="Q: {questoin}\n{options}A:")
+    with pytest.raises(ValueError, match=r"PromptTemplate.doc 'Ref \{doc': expected '\}' before end of string"):
+        PromptTemplate(doc="Ref {doc")
+    assert PromptTemplate(doc="{{literal}} {doc}\n").doc_text("x") == "{literal} x\n"
 
 
 def test_blocks_budgets_alignment_and_eos(tok):
