@@ -152,12 +152,13 @@ def one_line(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def exits_on_bad_input():
-    """Bad input -> `error: <one line>` on stderr and exit 2: an InputError or FileNotFoundError, or a ValueError /
+    """Bad input -> `error: <one line>` on stderr and exit 2: an InputError, a path that is missing, of the wrong
+    kind (a directory for a file) or not readable, or a ValueError /
     TypeError a gin configurable raised checking its bound values (named with its scope). Other errors are bugs:
     they propagate."""
     try:
         yield
-    except (InputError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except (ValueError, TypeError) as e:

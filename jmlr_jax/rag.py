@@ -76,6 +76,7 @@ def answer_from_guidelines(args, t0: float) -> None:
         corpus = load_corpus([("guidelines", args.corpus or default_corpus())])
         if args.max_passages:
             corpus = dataclasses.replace(corpus, passages=corpus.passages[: args.max_passages])
+    g_cfg, g_params, g_tok = load_preset(args.generator)  # before the corpus is encoded: a bad path fails at once
     r_cfg, r_params, r_tok = load_preset(args.retriever, doc_maxlen=160)
     ctok = ColBERTTokenizer(r_tok, r_cfg)
     if args.index_dir:  # a saved index (launch/build_index.py); checked against this retriever's weights
@@ -88,8 +89,6 @@ def answer_from_guidelines(args, t0: float) -> None:
     k = 1 if args.k is None else args.k
     ids, scores = Retriever(r_cfg, r_params, ctok, index).exact_search([args.question], k)
     top, scores = ids[0][ids[0] >= 0], scores[0]
-
-    g_cfg, g_params, g_tok = load_preset(args.generator)
     reference = "\n\n".join(f"[{n + 1}] {passages[i].title}\n{passages[i].text}" for n, i in enumerate(top))
     prompt = chat.chat_prompt(g_tok, SYSTEM, f"Reference:\n{reference}\n\nQuestion: {args.question}")
     answer = generate(g_cfg, g_params, g_tok, [prompt], max_new_tokens=args.max_new_tokens)[0]

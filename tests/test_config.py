@@ -78,6 +78,13 @@ def test_config_file_bindings_and_errors(tmp_path):
     gin.clear_config()
 
 
+def test_a_path_of_the_wrong_kind_is_one_line(tmp_path, capsys):
+    """`launch/answer.py --corpus=DIR` had been an IsADirectoryError traceback."""
+    with pytest.raises(SystemExit) as e, config.exits_on_bad_input():
+        open(tmp_path)
+    assert e.value.code == 2 and capsys.readouterr().err == f"error: [Errno 21] Is a directory: '{tmp_path}'\n"
+
+
 def test_a_bad_binding_is_named_with_what_to_write():
     """gin's own message for a bare word is Python's "malformed node or string ... <ast.Name object at 0x..>"."""
     with pytest.raises(config.ConfigError) as e:
