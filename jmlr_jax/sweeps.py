@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any, Iterable, Sequence
 
+import gin
+
 from jmlr_jax import config
 from jmlr_jax.errors import InputError
 
@@ -121,6 +123,26 @@ def expand(s: Sweep, root: str, python: str = sys.executable) -> list[Job]:
                 *(f"--gin.{k}={_gin_value(v)}" for k, v in bindings.items()))
         jobs.append(Job(i, dict(point), workdir, argv))
     return jobs
+
+
+def check_configs(s: Sweep, jobs: Sequence[Job]) -> None:
+    """Every job's gin config parsed and built here, before any job runs: a misspelt binding or a value its
+    configurable rejects is one error naming the job, not one failure per job after they were launched. Sweeps of
+    `launch/tpu_train.py` (the default launcher) only: another launcher's configurables are its own."""
+    if os.path.normpath(s.launcher) != os.path.normpath(Sweep.launcher):
+        return
+    from jmlr_jax import experiment
+
+    try:
+        for job in jobs:
+            files, bindings, _ = config.split_gin_args(job.argv[2:])
+            try:
+                config.parse(files, bindings)
+                experiment.from_gin()
+            except config.ConfigError as e:
+                raise InputError(f"sweep {s.name!r}, job {os.path.basename(job.workdir)}: {e}") from None
+    finally:
+        gin.clear_config()
 
 
 def finished(job: Job) -> bool:

@@ -25,12 +25,13 @@ def main(argv=None) -> int:
     ap.add_argument("--dry_run", action="store_true", help="print the jobs' commands; run nothing")
     ap.add_argument("--collect", action="store_true", help="only gather the table and plot")
     args = ap.parse_args(argv)
-    with config.exits_on_bad_input():  # a missing or malformed sweep, a cloud root: one line, exit 2
+    with config.exits_on_bad_input():  # a missing or malformed sweep or binding, a cloud root: one line, exit 2
         if is_remote(args.root):  # os.path.abspath would make it a local directory named "gs:"
             raise InputError(f"--root={args.root}: the local executor runs the jobs on this machine and keeps "
                              "their workdirs in a local directory; give a local --root")
         s = sweeps.load_sweep(args.sweep)
         jobs = sweeps.expand(s, os.path.abspath(args.root))
+        sweeps.check_configs(s, jobs)  # every job's bindings, before any job runs
     if args.dry_run:
         print(f"# sweep {s.name}: {len(jobs)} jobs")
         for job in jobs:

@@ -40,6 +40,7 @@ def test_shipped_sweeps_expand(tmp_path):
     for name, n in (("jmlr_rank", 24), ("quickstart_4", 4)):
         s = sweeps.load_sweep(name)
         jobs = sweeps.expand(s, str(tmp_path))
+        sweeps.check_configs(s, jobs)  # every job's gin config builds
         assert len(jobs) == n and len({j.workdir for j in jobs}) == n
         for j in jobs:
             assert j.workdir.startswith(os.path.join(str(tmp_path), name) + os.sep)
@@ -51,6 +52,11 @@ def test_shipped_sweeps_expand(tmp_path):
     clash = sweeps.Sweep("c", ("x.gin",), sweeps.sweep("RunConfig.seed", [0]), fixed={"RunConfig.seed": 1})
     with pytest.raises(InputError, match="both fixed and swept"):
         sweeps.expand(clash, str(tmp_path))
+    # a binding no job could run with: named with its job before any job is launched
+    typo = sweeps.Sweep("t", ("quickstart_cpu.gin",), sweeps.product(sweeps.sweep("RunConfig.seed", [0, 1]),
+                                                                      sweeps.sweep("OptimConfig.llm_lr", [1e-5, -1.0])))
+    with pytest.raises(InputError, match=r"^sweep 't', job 001-seed=0,llm_lr=-1.0: OptimConfig: llm_lr=-1.0 must be"):
+        sweeps.check_configs(typo, sweeps.expand(typo, str(tmp_path)))
 
 
 def test_local_executor_resumes_a_half_finished_sweep(tmp_path):
