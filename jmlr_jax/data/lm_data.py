@@ -345,6 +345,30 @@ def dpo_example(tok: Tokenizer, cfg: LMDataConfig, p: PreferencePair) -> dict[st
     return {**{f"chosen_{k}": v for k, v in c.items()}, **{f"rejected_{k}": v for k, v in r.items()}}
 
 
+def missing_inputs(kind: str, pairs: str, data: DataConfig, cfg: LMDataConfig) -> list[str]:
+    """The files a stage of `kind` (and DPO `pairs`) will read that do not exist, as "Config.field path": a
+    pipeline checks every stage's before the first one trains (a missing SFT file had failed after CPT's hours)."""
+    d = data.require_dir()
+    lm = {"guidelines": cfg.guidelines, "medquad": cfg.medquad, "pubmedqa": cfg.pubmedqa}
+    want: list[tuple[str, str]] = []
+    if kind == "cpt":
+        want += [(f"LMDataConfig.{k}", p) for k, p in lm.items()] + [("LMDataConfig.text_files", p)
+                                                                       for p in cfg.text_files]
+    if kind == "sft":
+        want += [("LMDataConfig.sft_files", p) for p in cfg.sft_files]
+        if cfg.builtin_sft:
+            want += [("LMDataConfig.medquad", cfg.medquad), ("LMDataConfig.pubmedqa", cfg.pubmedqa),
+                     ("DataConfig.medmcqa_file", data.medmcqa_file)]
+    if kind == "dpo":
+        want += [("LMDataConfig.pair_files", p) for p in cfg.pair_files]
+        if pairs != "files":
+            want += [("DataConfig.medmcqa_file", data.medmcqa_file)]
+    if kind != "dpo" and cfg.pubmedqa and (kind == "cpt" or cfg.builtin_sft):  # its test half is left out
+        want += [("DataConfig.pubmedqa_test_file", data.pubmedqa_test_file)]
+    return [f"{field} {resolve_path(p, d)}" for field, p in dict.fromkeys(want) if p
+            and not os.path.exists(resolve_path(p, d))]
+
+
 # ---------------------------------------------------------------------------------------------------- CPT
 
 def cpt_documents(data: DataConfig, cfg: LMDataConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -330,6 +330,11 @@ def run_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfi
         raise InputError(f"stage names repeat: {names}")
     if only and only not in names:
         raise InputError(f"no stage {only!r} in pipeline {pipe.name!r} (stages: {names})")
+    missing = [f"stage {s.name!r} reads {m}" for i, s in enumerate(pipe.stages)
+               if (not only or s.name == only) and not os.path.isfile(os.path.join(pipe.stage_dir(i), "done.json"))
+               for m in lm_data.missing_inputs(s.kind, s.pairs, data, lm)]
+    if missing:  # the inputs of every stage still to train, before the first trains
+        raise InputError(f"not found: {'; '.join(missing)}")
     if lm.template == "chat" and any(s.kind != "cpt" and (not only or s.name == only) for s in pipe.stages):
         lm_data.response_end(lm, load_llm_tokenizer(pipe.llm))  # the chat template renders: checked before any stage
     out = []

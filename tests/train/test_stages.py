@@ -274,6 +274,13 @@ def test_a_pipeline_on_a_users_own_data(setup, tmp_path):
         lm_data.sft_records(data, dataclasses.replace(mine, sft_files=()))
     with pytest.raises(InputError, match="LMDataConfig.medquad is '' .* bind it for the evaluation"):
         stage_eval.held_medquad(data, mine)  # the generation measure names what to bind, not an empty directory
+    # every input of every stage still to train is looked for before the first trains (a missing SFT file had
+    # failed after CPT finished)
+    absent = dataclasses.replace(mine, sft_files=(str(own / "absent.jsonl"),), text_files=(str(own / "gone.jsonl"),))
+    with pytest.raises(InputError, match=r"^not found: stage 'cpt' reads LMDataConfig.text_files .*gone.jsonl; "
+                                         r"stage 'sft' reads LMDataConfig.sft_files .*absent.jsonl$"):
+        stages.run_pipeline(dataclasses.replace(pipe, workdir=str(tmp_path / "w2")), data, absent)
+    assert not (tmp_path / "w2").exists()
 
 
 def test_a_cloud_workdir_pipeline_continues_on_another_machine(setup, tmp_path, monkeypatch):
