@@ -1,14 +1,16 @@
 """One host of a multi-process run, started by tests/test_multiprocess.py (JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID in the environment; CPU collectives over gloo):
 
-    python -m tests.multiprocess_worker jmlr WORKDIR LLM_DIR CORPUS STEPS
+    python -m tests.multiprocess_worker jmlr WORKDIR LLM_DIR CORPUS STEPS [SIGTERM_STEP]
     python -m tests.multiprocess_worker pipeline WORKDIR LLM_DIR DATA_DIR
     python -m tests.multiprocess_worker cpt WORKDIR LLM_DIR DATA_DIR
     python -m tests.multiprocess_worker evaluate MODEL_DIR OUT_JSON
 """
 import json
 import os
+import signal
 import sys
+import time
 
 import jax
 import numpy as np
@@ -23,10 +25,20 @@ def main(mode: str, *args: str) -> None:
         from jmlr_jax.train import loop
         from tests.train.test_loop import bindings
 
-        workdir, llm, corpus, steps = args
+        workdir, llm, corpus, steps, *sigterm_step = args
         config.parse(["quickstart_cpu.gin"], bindings(llm, corpus, workdir, **{
             "RunConfig.num_steps": steps, "RunConfig.mesh_shape": "(1, -1, 1)"}))
         t = loop.Trainer(experiment.for_training())
+        if sigterm_step and jax.process_index() == 1:  # a preemption notice to this host alone, during that step
+            step_fn = t.step_fn
+
+            def preempted(state, batch):
+                if int(state["step"]) == int(sigterm_step[0]):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5)  # jax's notifier polls each second; the hosts agree on a step meanwhile
+                return step_fn(state, batch)
+
+            t.step_fn = preempted
         t.run()
         params = jax.tree_util.tree_leaves(parallel.host_copy(t.state["params"]))  # a collective: every host
         if jax.process_index() == 0:

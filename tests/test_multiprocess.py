@@ -4,6 +4,7 @@ one process gives, a CPT stage trains on each host's own documents, what one hos
 (metrics, exports), and resuming with another number of hosts is a clear error."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,9 +26,9 @@ from tests.train.test_loop import assets, params_of, trainer  # noqa: F401  (mod
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def launch(*args: str, timeout: float = 600) -> None:
-    """`python -m tests.multiprocess_worker ARGS` as processes 0 and 1 of one run; both must succeed. A process
-    that fails stops the other (which would wait for it at the next collective)."""
+def launch(*args: str, timeout: float = 600) -> list[str]:
+    """`python -m tests.multiprocess_worker ARGS` as processes 0 and 1 of one run; both must succeed (-> their
+    output). A process that fails stops the other (which would wait for it at the next collective)."""
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -49,11 +50,13 @@ def launch(*args: str, timeout: float = 600) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        outs = []
         for i, (p, log) in enumerate(zip(procs, logs)):
             log.seek(0)
-            out = log.read()
+            outs.append(log.read())
             log.close()
-            assert p.returncode == 0, f"process {i} failed (exit {p.returncode}):\n{out[-4000:]}"
+            assert p.returncode == 0, f"process {i} failed (exit {p.returncode}):\n{outs[-1][-4000:]}"
+    return outs
 
 
 def run_pipeline(workdir: str, llm: str, data_dir: str, mesh_shape=(1, 1, 1)) -> stages.PipelineConfig:
@@ -80,12 +83,19 @@ def run_cpt(workdir: str, llm: str, data_dir: str, mesh_shape=(1, 1, 1)) -> stag
 
 
 def test_two_hosts_train_the_jmlr_loop_as_one(assets, tmp_path):  # noqa: F811
-    one = trainer(assets, tmp_path / "one", **{"RunConfig.num_steps": "2"})
+    one = trainer(assets, tmp_path / "one", **{"RunConfig.num_steps": "4"})
     one.run()
     one.close()
-    launch("jmlr", str(tmp_path / "two"), *assets, "2")
+    # A preemption notice (SIGTERM) reaches host 1 alone, during step 2: both hosts save the same step and exit
+    # (a host saving alone would wait for the other in the checkpoint's collectives, the other in the step's).
+    logs = launch("jmlr", str(tmp_path / "two"), *assets, "4", "1")
+    said = [re.findall(r"preemption \(SIGTERM on some host\): saved checkpoint (\d+), exiting", log) for log in logs]
+    assert said[0] == said[1] and len(said[0]) == 1 and 2 <= int(said[0][0]) < 4, said
+    stopped = int(said[0][0])
+    assert sorted(map(int, os.listdir(tmp_path / "two" / "checkpoints"))) == sorted({2, stopped})
+    launch("jmlr", str(tmp_path / "two"), *assets, "4")  # the same command again: resumes to step 4
     losses = {n: [json.loads(x) for x in open(tmp_path / n / "metrics.jsonl")] for n in ("one", "two")}
-    assert [x["step"] for x in losses["two"]] == [1, 2]  # process 0 alone writes the metrics
+    assert [x["step"] for x in losses["two"]] == [1, 2, 3, 4]  # process 0 alone writes the metrics
     np.testing.assert_allclose([x["loss"] for x in losses["two"]], [x["loss"] for x in losses["one"]], rtol=2e-5)
     with np.load(tmp_path / "two" / "params.npz") as f:  # gathered from both hosts by the worker's process 0
         two = [f[f"arr_{i}"] for i in range(len(f.files))]
@@ -96,8 +106,8 @@ def test_two_hosts_train_the_jmlr_loop_as_one(assets, tmp_path):  # noqa: F811
         np.testing.assert_allclose(a, b, rtol=0.1, atol=1e-3)
     # each host saved its own data position: one process resuming it is told so, and nothing is moved aside
     with pytest.raises(checkpoint.HostCountError, match="saved by 2 processes .hosts.*resume it with 2"):
-        trainer(assets, tmp_path / "two", **{"RunConfig.num_steps": "3"})
-    assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == sorted(os.listdir(tmp_path / "one" / "checkpoints"))
+        trainer(assets, tmp_path / "two", **{"RunConfig.num_steps": "5"})
+    assert sorted(map(int, os.listdir(tmp_path / "two" / "checkpoints"))) == sorted({2, stopped, 4})
 
 
 def test_two_hosts_run_a_pipeline_as_one(assets, tmp_path):  # noqa: F811

@@ -9,15 +9,14 @@ Workdir layout:
   metrics.jsonl, tb/       metrics (JSON lines, TensorBoard event files)
 A run restarted on the same workdir resumes from the latest readable checkpoint: same params, optimizer
 state, data position and index, on whatever mesh the new run has. SIGTERM (also a second one during the
-final save) saves a checkpoint and exits cleanly (preemptible TPU VMs). Metrics of step n are fetched from the
-device after step n + 1 is dispatched, so logging never stalls the device; a step's loss is always checked
-before any checkpoint that contains it is written.
+final save) or a first Ctrl-C saves a checkpoint and exits cleanly, every host at the same step
+(train/stopping.py). Metrics of step n are fetched from the device after step n + 1 is dispatched, so logging
+never stalls the device; a step's loss is always checked before any checkpoint that contains it is written.
 """
 from __future__ import annotations
 
 import functools
 import os
-import signal
 import time
 
 import jax
@@ -34,6 +33,7 @@ from jmlr_jax.retrieval.store import cached_index, load_index
 from jmlr_jax.train import jmlr_step, refresh
 from jmlr_jax.train.metrics import MetricWriter, step_flops
 from jmlr_jax.train.state import describe_groups, init_train_state, make_optimizer
+from jmlr_jax.train.stopping import StopSignals
 from jmlr_jax.train.weights import abstract_state, base_params, param_shardings, state_shardings
 
 
@@ -43,8 +43,9 @@ class NonFiniteLossError(RuntimeError):
 
 class StepLoop:
     """The loop every run shares (JMLR and the seed pipelines' stages): steps, metrics, checks, checkpoints,
-    SIGTERM. A subclass sets run_cfg, mesh, state, step_fn (state, batch) -> (state, metrics), data_iter (a grain
-    iterator) and ckpt, and says what a step costs and what a checkpoint records."""
+    stopping early (SIGTERM, Ctrl-C). A subclass sets run_cfg, mesh, state, step_fn (state, batch) ->
+    (state, metrics), data_iter (a grain iterator) and ckpt, and says what a step costs and what a checkpoint
+    records."""
 
     run_cfg: RunConfig
     progress_keys: tuple[str, ...] = ("loss",)
@@ -83,8 +84,7 @@ class StepLoop:
         """Trains to run.num_steps from the current state (see module doc: metrics, checks, checkpoints)."""
         run = self.run_cfg
         start = int(self.state["step"])
-        self._stop = False
-        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+        self._stop = False  # set by a test to stop after a step
         writer = MetricWriter(workdir_lib.local_dir(run.workdir))  # a cloud workdir's mirror (uploaded by _save)
         bar = tqdm.tqdm(total=run.num_steps, initial=start, desc="training",  # one bar for the run: process 0's
                         disable=not (run.progress and workdir_lib.is_lead()))
@@ -112,6 +112,7 @@ class StepLoop:
             bar.update(1)
             bar.set_postfix({k: f"{last[k]:.3f}" for k in self.progress_keys if k in last})
 
+        signals = StopSignals().__enter__()
         try:
             for step in range(start, run.num_steps):
                 t0 = time.time()
@@ -126,22 +127,24 @@ class StepLoop:
                 pending = (step, metrics, flops, tokens, data_s)
                 done = step + 1 == run.num_steps
                 do_refresh = self.refresh_due(step + 1) and not done
-                if do_refresh or (step + 1) % run.checkpoint_every == 0 or done or self._stop:
+                stop = signals.due(step + 1) or self._stop
+                if do_refresh or (step + 1) % run.checkpoint_every == 0 or done or stop:
                     finish(pending)  # never checkpoint a state whose loss was not checked
                     pending = None
                     if do_refresh:
                         self.refresh(step + 1, writer)
                     self._save(step + 1)
-                if self._stop:
-                    print(f"SIGTERM: saved checkpoint {step + 1}, exiting", flush=True)
+                    stop = stop or signals.reason is not None  # one that came during the save: stop here
+                if stop and not done:
+                    print(f"{signals.reason or 'stopped'}: saved checkpoint {step + 1}, exiting", flush=True)
                     break
             if pending is not None:
                 finish(pending)
         finally:
             bar.close()
             writer.close()
-            self.ckpt.wait()  # SIGTERMs during this wait only set the flag again: the save completes
-            signal.signal(signal.SIGTERM, previous)
+            self.ckpt.wait()  # a SIGTERM during this wait changes nothing: the save completes
+            signals.__exit__()
         return last
 
     def close(self) -> None:
