@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import warnings
 
 import jax
 from jax.experimental import multihost_utils
@@ -24,6 +25,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.reason: str | None = None
         self._previous: dict[int, object] = {}
+        self._sync = True  # ask jax's preemption service (several processes)
 
     def __enter__(self) -> StopSignals:
         # Python lets only the main thread set handlers (a loop run from another thread keeps the process's)
@@ -49,6 +51,11 @@ class StopSignals:
 
     def due(self, step: int) -> bool:
         """Whether the loop saves at `step` (the number of steps done) and exits."""
-        if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
-            self.reason = "preemption (SIGTERM on some host)"
+        if jax.process_count() > 1 and self._sync:
+            try:
+                if multihost_utils.reached_preemption_sync_point(step):
+                    self.reason = "preemption (SIGTERM on some host)"
+            except RuntimeError as e:  # jax_enable_preemption_service=False: train on, as jax would
+                warnings.warn(f"a SIGTERM will not save a checkpoint: {e}")
+                self._sync = False
         return self.reason is not None

@@ -3,9 +3,11 @@ interrupts at once, and the handlers are put back afterwards. (Several hosts agr
 tests/test_multiprocess.py; the loop saving and resuming after a SIGTERM: train/test_loop.py.)"""
 import os
 import signal
+import warnings
 
 import pytest
 
+from jmlr_jax.train import stopping
 from jmlr_jax.train.stopping import StopSignals
 
 
@@ -23,3 +25,21 @@ def test_sigterm_and_ctrl_c_stop_after_the_step_and_a_second_ctrl_c_at_once(caps
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_hosts_without_jax_preemption_service_train_on_with_a_warning(monkeypatch):
+    """Several processes with jax_enable_preemption_service=False: jax's sync point raises on every call."""
+    monkeypatch.setattr(stopping.jax, "process_count", lambda: 2)
+
+    def no_service(step):
+        raise RuntimeError("Preemption sync manager has not been initialized.")
+
+    monkeypatch.setattr(stopping.multihost_utils, "reached_preemption_sync_point", no_service)
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as signals:
+        assert signal.getsignal(signal.SIGTERM) == before  # on several hosts the handler is jax's
+        with pytest.warns(UserWarning, match="a SIGTERM will not save a checkpoint"):
+            assert not signals.due(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not signals.due(2)  # warned once
