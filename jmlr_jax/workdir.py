@@ -77,6 +77,40 @@ def save_npy(path: str, array) -> None:
     os.replace(tmp, path)
 
 
+def check_shared(workdir: str, what: str) -> None:
+    """On several processes, a local `workdir` must be one directory every host sees (orbax writes each host's
+    shards there and process 0 the metadata; process 0 alone writes the files that say a stage is done): each host
+    writes a file of its own there and reads the others'. A host that does not see them all (each VM's own disk)
+    is one line on every host, before anything is trained (each host's half-checkpoints had failed at restore).
+    `what` names the setting (e.g. "RunConfig.workdir")."""
+    if jax.process_count() == 1 or is_remote(workdir):
+        return
+    from jax.experimental import multihost_utils
+
+    from jmlr_jax.errors import InputError
+
+    me, hosts = jax.process_index(), jax.process_count()
+    token = int.from_bytes(os.urandom(3), "little")  # this launch's, so files left by an earlier run do not count
+    marks = os.path.join(workdir, ".hosts")
+    os.makedirs(marks, exist_ok=True)
+    write_text(os.path.join(marks, str(me)), str(token))
+    tokens = np.asarray(multihost_utils.process_allgather(np.int32(token))).reshape(-1)  # also: all have written
+
+    def seen(host: int) -> bool:
+        try:
+            with open(os.path.join(marks, str(host))) as f:
+                return f.read() == str(int(tokens[host]))
+        except FileNotFoundError:
+            return False
+
+    ok = np.asarray(multihost_utils.process_allgather(np.int32(all(seen(h) for h in range(hosts))))).reshape(-1)
+    if not ok.all():
+        blind = [int(h) for h in np.flatnonzero(ok == 0)]
+        raise InputError(f"{what} {workdir!r} is not one directory shared by the {hosts} processes (process(es) "
+                         f"{blind} do not see what the others wrote there): give a gs:// path or a directory on a "
+                         "filesystem every host mounts")
+
+
 def read_text(path: str) -> str:
     return epath.Path(path).read_text()
 

@@ -154,3 +154,11 @@ def test_two_hosts_run_a_pipeline_as_one(assets, tmp_path):  # noqa: F811
     lines = [json.loads(x) for x in open(os.path.join(cpt.stage_dir(0), "metrics.jsonl"))]
     assert [x["step"] for x in lines] == [1, 2] and all(np.isfinite(x["loss"]) for x in lines)
     assert os.path.isfile(os.path.join(cpt.stage_dir(0), "final", "model.safetensors"))
+
+
+def test_hosts_that_do_not_share_a_local_workdir_are_told_so(tmp_path):
+    """Each host's own disk (a local workdir on a pod's VMs): every host is told, before anything trains. (The
+    other tests here pass a directory both processes share, which the same check accepts.)"""
+    logs = launch("unshared", str(tmp_path))
+    for log in logs:
+        assert "is not one directory shared by the 2 processes (process(es) [0, 1] do not see" in log, log[-2000:]

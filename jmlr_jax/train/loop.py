@@ -163,6 +163,7 @@ class Trainer(StepLoop):
         os.makedirs(self.local, exist_ok=True)
         workdir_lib.download(run.workdir)  # resuming a cloud run on this machine: fetch what it lacks
         parallel.maybe_initialize_distributed()
+        workdir_lib.check_shared(run.workdir, "RunConfig.workdir")
         self.mesh = parallel.make_mesh(run.mesh_shape)
 
         self.llm_cfg, self.tok, self.rcfg, self.ctok, params = base_params(exp)

@@ -330,6 +330,8 @@ def run_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataConfi
         raise InputError(f"stage names repeat: {names}")
     if only and only not in names:
         raise InputError(f"no stage {only!r} in pipeline {pipe.name!r} (stages: {names})")
+    parallel.maybe_initialize_distributed()
+    workdir_lib.check_shared(pipe.workdir, "PipelineConfig.workdir")
     missing = [f"stage {s.name!r} reads {m}" for i, s in enumerate(pipe.stages)
                if (not only or s.name == only) and not os.path.isfile(os.path.join(pipe.stage_dir(i), "done.json"))
                for m in lm_data.missing_inputs(s.kind, s.pairs, data, lm)]
