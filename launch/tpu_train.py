@@ -2,8 +2,9 @@
 
 Resumes from the latest checkpoint in the workdir (RunConfig.workdir, or --workdir=DIR); a workdir that holds
 a run resumes from its saved config alone (`--workdir=DIR`, no gin file); bindings may then change only how long
-and where it runs (steps, logging, checkpoints, mesh), anything else is an error. SIGTERM saves and exits.
-Works the same on one CPU and on a multi-host TPU pod (every host runs this command).
+and where it runs (steps, logging, checkpoints, mesh), anything else is an error. SIGTERM, or a first Ctrl-C,
+saves a checkpoint after the current step and exits (a second Ctrl-C stops at once). Works the same on one CPU
+and on a multi-host TPU pod (every host runs this command; a SIGTERM to any host stops all at one step).
 """
 import os
 import sys
