@@ -14,7 +14,7 @@ from typing import Sequence
 
 import gin
 
-from jmlr_jax.errors import InputError
+from jmlr_jax.errors import InputError, StoppedEarly
 
 # A checkout's configs/; an installed wheel carries the same files as jmlr_jax/configs (pyproject.toml).
 _CHECKOUT_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -172,14 +172,19 @@ def exits_on_bad_input():
 def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = (), doc: str = "") -> None:
     """Runs a launcher's main after parsing gin; `flags` (e.g. "workdir") are passed to main as keyword
     arguments, and with "workdir" among them no gin file is required. -h / --help prints `usage(doc)` (default:
-    main's docstring) and returns. Bad input prints one line and exits 2 (`exits_on_bad_input`)."""
+    main's docstring) and returns. Bad input prints one line and exits 2 (`exits_on_bad_input`); a run stopped early
+(`StoppedEarly`) exits 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(usage(doc or main.__doc__ or "", flags))
         return
-    with exits_on_bad_input():
-        rest = parse_argv(argv, require_files="workdir" not in flags)
-        values = {f: pop_flag(rest, f) for f in flags}
-        if rest:
-            raise ConfigError(f"unrecognised arguments: {' '.join(rest)}")
-        main(**values)
+    try:
+        with exits_on_bad_input():
+            rest = parse_argv(argv, require_files="workdir" not in flags)
+            values = {f: pop_flag(rest, f) for f in flags}
+            if rest:
+                raise ConfigError(f"unrecognised arguments: {' '.join(rest)}")
+            main(**values)
+    except StoppedEarly as e:  # saved and resumable, but not finished: not exit 0
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_code)

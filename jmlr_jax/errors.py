@@ -1,4 +1,5 @@
-"""Errors caused by a user's input (files, configs, data). Launchers print these as one line and exit 2."""
+"""Errors caused by a user's input (files, configs, data). Launchers print these as one line and exit 2.
+A run stopped early on request (SIGTERM, Ctrl-C) is not an error but must not look finished: `StoppedEarly`."""
 
 
 class InputError(ValueError):
@@ -20,3 +21,18 @@ def check_counts(obj, positive: tuple[str, ...] = (), nonnegative: tuple[str, ..
              if bad]
     if parts:
         raise ValueError(f"{type(obj).__name__}: {'; '.join(parts)}")
+
+
+class StoppedEarly(Exception):
+    """A run saved a checkpoint and stopped before its last step (SIGTERM, Ctrl-C): launchers exit with the
+    shell's code for that signal (130 for Ctrl-C, 143 for SIGTERM), so that `train && mark-done` does not mark an
+    unfinished run done and a scheduler knows to start it again."""
+
+    def __init__(self, reason: str, step: int):
+        self.reason, self.step = reason, step
+        super().__init__(f"stopped at step {step} ({reason}); its checkpoint is saved: run the same command again "
+                         "to resume")
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.reason == "SIGINT" else 143

@@ -15,6 +15,7 @@ os.environ.setdefault("GLOG_minloglevel", "1")
 from jmlr_jax import config  # noqa: E402
 from jmlr_jax.data.lm_data import LMDataConfig  # noqa: E402
 from jmlr_jax.data.splits import DataConfig  # noqa: E402
+from jmlr_jax.errors import StoppedEarly  # noqa: E402
 from jmlr_jax.train import stages  # noqa: E402
 
 
@@ -23,6 +24,8 @@ def main(stage: str = "") -> None:
     config.save_operative_config(pipe.workdir)  # a local or cloud (gs://) workdir
     for s in stages.run_pipeline(pipe, DataConfig(), LMDataConfig(), only=stage):
         print(json.dumps(s))
+        if "stopped_at" in s:  # saved, not finished: exit 130 / 143, not 0
+            raise StoppedEarly(s["reason"], s["stopped_at"])
 
 
 if __name__ == "__main__":

@@ -56,6 +56,23 @@ def test_a_configurable_rejecting_its_bindings_is_one_line(capsys):
     gin.clear_config()
 
 
+def test_a_run_stopped_early_exits_with_the_signal_code(capsys):
+    """A run that saved and stopped on a signal is not finished: `train && touch done` (launch/compare.sh) must not
+    mark it done, and a scheduler should start it again."""
+    from jmlr_jax.errors import StoppedEarly
+
+    for reason, code in (("SIGINT", 130), ("SIGTERM", 143), ("preemption (SIGTERM on some host)", 143)):
+        def stopped():
+            raise StoppedEarly(reason, 3)
+
+        with pytest.raises(SystemExit) as e:
+            config.run_main(stopped, ["--gin_file=retrieval/minilm_index.gin"])
+        assert e.value.code == code
+        assert capsys.readouterr().err == f"stopped at step 3 ({reason}); its checkpoint is saved: run the same " \
+            "command again to resume\n"
+    gin.clear_config()
+
+
 def test_config_file_bindings_and_errors(tmp_path):
     from jmlr_jax import experiment
 

@@ -27,6 +27,7 @@ from jmlr_jax import checkpoint, parallel, workdir as workdir_lib
 from jmlr_jax.config import save_operative_config
 from jmlr_jax.data.pipeline import JMLRExamples, make_dataset, retrieval_query
 from jmlr_jax.data.splits import fingerprint, training_records
+from jmlr_jax.errors import StoppedEarly
 from jmlr_jax.experiment import Experiment, RunConfig
 from jmlr_jax.retrieval.index import Retriever
 from jmlr_jax.retrieval.store import cached_index, load_index
@@ -51,6 +52,7 @@ class StepLoop:
     progress_keys: tuple[str, ...] = ("loss",)
     batch_axis = 0  # the rows axis of a batch's leaves (1 under a leading micro-batch axis)
     _stop = False
+    stopped: str | None = None
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
         """(model FLOPs, tokens) of one step on this host's rows of the batch (scaled by the host count)."""
@@ -85,6 +87,7 @@ class StepLoop:
         run = self.run_cfg
         start = int(self.state["step"])
         self._stop = False  # set by a test to stop after a step
+        self.stopped: str | None = None  # why it stopped before run.num_steps (the checkpoint is saved)
         writer = MetricWriter(workdir_lib.local_dir(run.workdir))  # a cloud workdir's mirror (uploaded by _save)
         bar = tqdm.tqdm(total=run.num_steps, initial=start, desc="training",  # one bar for the run: process 0's
                         disable=not (run.progress and workdir_lib.is_lead()))
@@ -136,7 +139,8 @@ class StepLoop:
                     self._save(step + 1)
                     stop = stop or signals.reason is not None  # one that came during the save: stop here
                 if stop and not done:
-                    print(f"{signals.reason or 'stopped'}: saved checkpoint {step + 1}, exiting", flush=True)
+                    self.stopped = signals.reason or "stopped"
+                    print(f"{self.stopped}: saved checkpoint {step + 1}, exiting", flush=True)
                     break
             if pending is not None:
                 finish(pending)
@@ -260,11 +264,15 @@ class Trainer(StepLoop):
 
 
 def train_main(exp: Experiment) -> dict:
-    """Builds the trainer for `exp` and trains (resuming from the workdir's latest checkpoint)."""
+    """Builds the trainer for `exp` and trains (resuming from the workdir's latest checkpoint); `StoppedEarly` when
+    a signal stopped it before its last step."""
     trainer = Trainer(exp)
     print(f"trainable parameters: {trainer.groups}; mesh {dict(trainer.mesh.shape)}; "
           f"{len(trainer.records)} training questions; {len(trainer.index.passages)} passages", flush=True)
     try:
-        return trainer.run()
+        last = trainer.run()
     finally:
         trainer.close()
+    if trainer.stopped:
+        raise StoppedEarly(trainer.stopped, int(trainer.state["step"]))
+    return last

@@ -305,8 +305,9 @@ def run_stage(pipe: PipelineConfig, index: int, data: DataConfig, lm: lm_data.LM
         raise
     try:
         last = trainer.run()
-        if int(trainer.state["step"]) < trainer.run_cfg.num_steps:  # stopped early (SIGTERM): not done
-            return {"stage": trainer.stage.name, "stopped_at": int(trainer.state["step"])}
+        if int(trainer.state["step"]) < trainer.run_cfg.num_steps:  # stopped early (SIGTERM, Ctrl-C): not done
+            return {"stage": trainer.stage.name, "stopped_at": int(trainer.state["step"]),
+                    "reason": trainer.stopped or "stopped"}
         final = os.path.join(pipe.stage_dir(index), "final")
         trainer.export(final)
     finally:

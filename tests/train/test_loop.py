@@ -85,7 +85,7 @@ def test_resume_is_exact(assets, tmp_path, capfd):
     first.ckpt.save = save_under_sigterm
     first.run()
     first.close()
-    assert "SIGTERM: saved checkpoint 2" in capfd.readouterr().out
+    assert "SIGTERM: saved checkpoint 2" in capfd.readouterr().out and first.stopped == "SIGTERM"
     second = trainer(assets, tmp_path / "b")  # same workdir, 4 steps: restores step 2
     assert int(second.state["step"]) == 2 and second.ckpt.async_save
     second.run()
