@@ -145,10 +145,12 @@ class StepLoop:
             if pending is not None:
                 finish(pending)
         finally:
-            bar.close()
-            writer.close()
-            self.ckpt.wait()  # a SIGTERM during this wait changes nothing: the save completes
-            signals.__exit__()
+            try:
+                bar.close()
+                writer.close()
+                self.ckpt.wait()  # a SIGTERM during this wait changes nothing: the save completes
+            finally:  # also after a second Ctrl-C here: the process's own handlers come back
+                signals.__exit__()
         return last
 
     def close(self) -> None:
