@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import jax
 import numpy as np
@@ -103,6 +104,10 @@ def check_shared(workdir: str, what: str) -> None:
         except FileNotFoundError:
             return False
 
+    for _ in range(10):  # a network filesystem may show another client's new file a moment later
+        if all(seen(h) for h in range(hosts)):
+            break
+        time.sleep(0.5)
     ok = np.asarray(multihost_utils.process_allgather(np.int32(all(seen(h) for h in range(hosts))))).reshape(-1)
     if not ok.all():
         blind = [int(h) for h in np.flatnonzero(ok == 0)]
