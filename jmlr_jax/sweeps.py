@@ -153,9 +153,26 @@ def finished(job: Job) -> bool:
         return False
 
 
+def _wait(proc: subprocess.Popen, job: Job, log) -> tuple[int, bool]:
+    """The job's exit code, and whether Ctrl-C stopped the sweep. The job got the Ctrl-C too (same terminal): it
+    saves a checkpoint after its current step and exits, which may take a while; subprocess.run would kill it
+    0.25 s later. A second Ctrl-C stops it at once."""
+    try:
+        return proc.wait(), False
+    except KeyboardInterrupt:
+        log(f"[{job.index}] Ctrl-C: waiting for the job to save a checkpoint (Ctrl-C again to stop it at once)")
+        try:
+            return proc.wait(), True
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
+            raise
+
+
 def run_local(jobs: Sequence[Job], log=print) -> list[dict[str, Any]]:
     """Runs the jobs one after another on this machine (each its own process and workdir); skips finished
-    ones; a failed job is reported and the others still run. Returns one status dict per job."""
+    ones; a failed job is reported and the others still run. Ctrl-C stops the sweep once the running job has
+    saved (its status then says `"interrupted": true`). Returns one status dict per job run or skipped."""
     out = []
     for job in jobs:
         if finished(job):
@@ -166,13 +183,19 @@ def run_local(jobs: Sequence[Job], log=print) -> list[dict[str, Any]]:
         os.makedirs(job.workdir, exist_ok=True)
         t0 = time.time()
         with open(os.path.join(job.workdir, "job.log"), "a") as logf:
-            rc = subprocess.run(job.argv, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT).returncode
+            rc, interrupted = _wait(subprocess.Popen(job.argv, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT),
+                                    job, log)
         status = {"index": job.index, "params": job.params, "command": job.command(), "returncode": rc,
                   "seconds": round(time.time() - t0, 1)}
+        if interrupted:
+            status["interrupted"] = True
         with open(os.path.join(job.workdir, JOB_FILE), "w") as f:
             json.dump(status, f, indent=1)
         log(f"[{job.index}] exit {rc} after {status['seconds']:.0f} s" + ("" if rc == 0 else f"; see {job.workdir}/job.log"))
         out.append(status)
+        if interrupted:
+            log("sweep stopped by Ctrl-C; run the same command again to resume it")
+            break
     return out
 
 

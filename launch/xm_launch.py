@@ -37,7 +37,10 @@ def main(argv=None) -> int:
         for job in jobs:
             print(("# done: " if sweeps.finished(job) else "") + job.command())
         return 0
-    failed = [] if args.collect else [r for r in sweeps.run_local(jobs) if r["returncode"] != 0]
+    ran = [] if args.collect else sweeps.run_local(jobs)
+    if any(r.get("interrupted") for r in ran):
+        return 130  # like the job: stopped on request, resumable, not finished
+    failed = [r for r in ran if r["returncode"] != 0]
     out = os.path.join(os.path.abspath(args.root), s.name)
     os.makedirs(out, exist_ok=True)
     table = sweeps.table_markdown(sweeps.collect(jobs))

@@ -1,9 +1,12 @@
 """Sweeps: expansion, workdir naming, the local executor (failures, resume of a half-finished sweep), the table."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -83,6 +86,52 @@ def test_local_executor_resumes_a_half_finished_sweep(tmp_path):
     assert table.count("\n") == 6 and "| OptimConfig.llm_lr | RunConfig.seed |" in table
     png = sweeps.plot(jobs, str(tmp_path / "curves.png"), keys=("loss",))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# Stands in for a training job that gets the terminal's Ctrl-C: it saves (a second later) and exits 130.
+SAVING = textwrap.dedent("""
+    import os, signal, sys, time
+    here = os.path.dirname(__file__)
+    if os.path.exists(os.path.join(here, "saved")):
+        sys.exit(0)  # resumed from its checkpoint: finishes
+    def on_sigint(*_):
+        time.sleep(1.0)
+        open(os.path.join(here, "saved"), "w").close()
+        sys.exit(130)
+    signal.signal(signal.SIGINT, on_sigint)
+    with open(os.path.join(here, "started.tmp"), "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(os.path.join(here, "started.tmp"), os.path.join(here, "started"))
+    time.sleep(60)
+    sys.exit(0)
+""")
+
+
+def test_ctrl_c_lets_the_running_job_save_and_stops_the_sweep(tmp_path):
+    """Ctrl-C reaches the executor and its job (one terminal): the executor waits for the job to save (it had
+    killed it 0.25 s later), records it as not finished and starts no other job; the same command resumes."""
+    (tmp_path / "fake_train.py").write_text(SAVING)
+    s = sweeps.Sweep("t", ("quickstart_cpu.gin",), launcher=str(tmp_path / "fake_train.py"),
+                     points=sweeps.sweep("RunConfig.seed", [0, 1]))
+    jobs = sweeps.expand(s, str(tmp_path / "root"))
+
+    def ctrl_c():
+        while not (tmp_path / "started").exists():
+            time.sleep(0.05)
+        os.kill(int((tmp_path / "started").read_text()), signal.SIGINT)  # as the terminal does: the job,
+        os.kill(os.getpid(), signal.SIGINT)  # and the executor
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    said = []
+    try:
+        out = sweeps.run_local(jobs, log=said.append)
+    except KeyboardInterrupt:
+        pytest.fail("the executor did not wait for its job")
+    assert [(r["index"], r["returncode"], r.get("interrupted")) for r in out] == [(0, 130, True)]
+    assert (tmp_path / "saved").exists() and not sweeps.finished(jobs[0]) and not os.path.exists(jobs[1].workdir)
+    assert any("waiting for the job to save" in x for x in said) and "resume" in said[-1]
+    out = sweeps.run_local(jobs, log=said.append)
+    assert [r["returncode"] for r in out] == [0, 0] and all(sweeps.finished(j) for j in jobs)
 
 
 def test_launcher_names_a_missing_sweep_in_one_line(tmp_path):
