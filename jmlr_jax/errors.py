@@ -30,8 +30,8 @@ class StoppedEarly(Exception):
 
     def __init__(self, reason: str, step: int):
         self.reason, self.step = reason, step
-        super().__init__(f"stopped at step {step} ({reason}); its checkpoint is saved: run the same command again "
-                         "to resume")
+        super().__init__(f"stopped at step {step} ({reason}); its checkpoint is saved: run it again (the same "
+                         "command) to resume")
 
     @property
     def exit_code(self) -> int:

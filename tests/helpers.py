@@ -77,3 +77,24 @@ def saved_residuals(f, *args) -> list[str]:
     with contextlib.redirect_stdout(out):
         print_saved_residuals(f, *args)
     return out.getvalue().splitlines()
+
+
+def run_stopped_after_one_step(trainer) -> None:
+    """Runs a loop (`train.loop.StepLoop`) that stops after its first step as after a SIGTERM: it saves that step
+    and raises StoppedEarly; then closes it."""
+    import pytest
+
+    from jmlr_jax.errors import StoppedEarly
+
+    step_fn = trainer.step_fn
+
+    def stop_after(state, batch):
+        trainer._stop = True
+        return step_fn(state, batch)
+
+    trainer.step_fn = stop_after
+    try:
+        with pytest.raises(StoppedEarly, match=r"stopped at step \d+ \(stopped\)"):
+            trainer.run()
+    finally:
+        trainer.close()

@@ -23,6 +23,7 @@ def main(mode: str, *args: str) -> None:
     parallel.maybe_initialize_distributed()  # before anything touches a jax backend
     if mode == "jmlr":
         from jmlr_jax import config, experiment
+        from jmlr_jax.errors import StoppedEarly
         from jmlr_jax.train import loop
         from tests.train.test_loop import bindings
 
@@ -40,7 +41,11 @@ def main(mode: str, *args: str) -> None:
                 return step_fn(state, batch)
 
             t.step_fn = preempted
-        t.run()
+        try:
+            t.run()
+        except StoppedEarly:  # preempted: saved, every host at the same step (the test reads it from the output)
+            t.close()
+            return
         params = jax.tree_util.tree_leaves(parallel.host_copy(t.state["params"]))  # a collective: every host
         if jax.process_index() == 0:
             np.savez(os.path.join(workdir, "params.npz"), *params)

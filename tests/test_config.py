@@ -68,8 +68,8 @@ def test_a_run_stopped_early_exits_with_the_signal_code(capsys):
         with pytest.raises(SystemExit) as e:
             config.run_main(stopped, ["--gin_file=retrieval/minilm_index.gin"])
         assert e.value.code == code
-        assert capsys.readouterr().err == f"stopped at step 3 ({reason}); its checkpoint is saved: run the same " \
-            "command again to resume\n"
+        assert capsys.readouterr().err == f"stopped at step 3 ({reason}); its checkpoint is saved: run it again " \
+            "(the same command) to resume\n"
     gin.clear_config()
 
 

@@ -83,7 +83,8 @@ class StepLoop:
 
     # --------------------------------------------------------------------------------------------- run
     def run(self) -> dict:
-        """Trains to run.num_steps from the current state (see module doc: metrics, checks, checkpoints)."""
+        """Trains to run.num_steps from the current state (see module doc: metrics, checks, checkpoints) -> the last
+        step's metrics. Stopped early (SIGTERM, Ctrl-C), it saves that step and raises `StoppedEarly`."""
         run = self.run_cfg
         start = int(self.state["step"])
         self._stop = False  # set by a test to stop after a step
@@ -151,6 +152,8 @@ class StepLoop:
                 self.ckpt.wait()  # a SIGTERM during this wait changes nothing: the save completes
             finally:  # also after a second Ctrl-C here: the process's own handlers come back
                 signals.__exit__()
+        if self.stopped:  # saved, not finished: an exception, so that nothing goes on as if it were (a notebook's
+            raise StoppedEarly(self.stopped, int(self.state["step"]))  # next cells, a script's next command)
         return last
 
     def close(self) -> None:
@@ -267,14 +270,11 @@ class Trainer(StepLoop):
 
 def train_main(exp: Experiment) -> dict:
     """Builds the trainer for `exp` and trains (resuming from the workdir's latest checkpoint); `StoppedEarly` when
-    a signal stopped it before its last step."""
+    a signal stopped it before its last step (`StepLoop.run`)."""
     trainer = Trainer(exp)
     print(f"trainable parameters: {trainer.groups}; mesh {dict(trainer.mesh.shape)}; "
           f"{len(trainer.records)} training questions; {len(trainer.index.passages)} passages", flush=True)
     try:
-        last = trainer.run()
+        return trainer.run()
     finally:
         trainer.close()
-    if trainer.stopped:
-        raise StoppedEarly(trainer.stopped, int(trainer.state["step"]))
-    return last

@@ -34,7 +34,7 @@ from jmlr_jax.convert.presets import load_llm_tokenizer
 from jmlr_jax.convert.hf import save_hf_llama
 from jmlr_jax.data import lm_data
 from jmlr_jax.data.splits import DataConfig, fingerprint
-from jmlr_jax.errors import InputError, check_counts
+from jmlr_jax.errors import InputError, StoppedEarly, check_counts
 from jmlr_jax.eval import stage_eval
 from jmlr_jax.experiment import RunConfig
 from jmlr_jax.tokenizers import save_tokenizer
@@ -304,10 +304,10 @@ def run_stage(pipe: PipelineConfig, index: int, data: DataConfig, lm: lm_data.LM
                     os.remove(os.path.join(pipe.stage_dir(index), name))
         raise
     try:
-        last = trainer.run()
-        if int(trainer.state["step"]) < trainer.run_cfg.num_steps:  # stopped early (SIGTERM, Ctrl-C): not done
-            return {"stage": trainer.stage.name, "stopped_at": int(trainer.state["step"]),
-                    "reason": trainer.stopped or "stopped"}
+        try:
+            last = trainer.run()
+        except StoppedEarly as e:  # SIGTERM, Ctrl-C: saved, not done
+            return {"stage": trainer.stage.name, "stopped_at": e.step, "reason": e.reason}
         final = os.path.join(pipe.stage_dir(index), "final")
         trainer.export(final)
     finally:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jmlr_jax import config, experiment, parallel
-from jmlr_jax.errors import InputError
+from jmlr_jax.errors import InputError, StoppedEarly
 from jmlr_jax.eval import harness
 from jmlr_jax.retrieval.store import IndexMismatchError
 from jmlr_jax.train import loop, weights
@@ -83,7 +83,8 @@ def test_resume_is_exact(assets, tmp_path, capfd):
         os.kill(os.getpid(), signal.SIGTERM)  # while the asynchronous save is still writing
 
     first.ckpt.save = save_under_sigterm
-    first.run()
+    with pytest.raises(StoppedEarly, match=r"stopped at step 2 \(SIGTERM\)"):  # saved, not finished
+        first.run()
     first.close()
     assert "SIGTERM: saved checkpoint 2" in capfd.readouterr().out and first.stopped == "SIGTERM"
     second = trainer(assets, tmp_path / "b")  # same workdir, 4 steps: restores step 2

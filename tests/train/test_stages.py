@@ -17,7 +17,7 @@ from jmlr_jax.errors import InputError
 from jmlr_jax.eval import stage_eval
 from jmlr_jax.train import stages
 from tests.conftest import DATA_DIR, require
-from tests.helpers import save_tiny_llama_dir
+from tests.helpers import run_stopped_after_one_step, save_tiny_llama_dir
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,7 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch, capsys):
 
     # CPT stopped by a SIGTERM-like flag after step 1: not done, resumes to step 2
     t = stages.StageTrainer(pipe, 0, data, lm, stages.stage_init(pipe, 0))
-    t.step_fn = (lambda f: lambda s, b: (setattr(t, "_stop", True), f(s, b))[1])(t.step_fn)
-    t.run()
-    t.close()
+    run_stopped_after_one_step(t)
     assert not os.path.exists(os.path.join(pipe.stage_dir(0), "done.json"))
     with monkeypatch.context() as m:  # evaluating now: the base alone, and each unfinished stage is named
         stub = {"predictions": [], "rougeL_each": []}
@@ -182,9 +180,7 @@ def test_stages_accumulate_micro_batches(setup, tmp_path):
     stages.run_pipeline(straight, data, lm)
     t = stages.StageTrainer(stopped, 0, data, lm, stages.stage_init(stopped, 0))
     assert t.batch_axis == 1 and next(iter(t._dataset(data, lm)))["tokens"].shape == (2, 1, lm.seq_len)
-    t.step_fn = (lambda f: lambda s, b: (setattr(t, "_stop", True), f(s, b))[1])(t.step_fn)
-    t.run()
-    t.close()
+    run_stopped_after_one_step(t)
     assert not os.path.exists(os.path.join(stopped.stage_dir(0), "done.json"))
     stages.run_pipeline(stopped, data, lm)
     for i in range(2):
@@ -301,9 +297,7 @@ def test_a_cloud_workdir_pipeline_continues_on_another_machine(setup, tmp_path, 
     # another machine, the cloud workdir alone: SFT starts from CPT's export fetched from it, and is preempted
     monkeypatch.setenv("JMLR_LOCAL_CACHE", str(tmp_path / "cache2"))
     t = stages.StageTrainer(pipe, 1, data, lm, stages.stage_init(pipe, 1))
-    t.step_fn = (lambda f: lambda s, b: (setattr(t, "_stop", True), f(s, b))[1])(t.step_fn)
-    t.run()
-    t.close()
+    run_stopped_after_one_step(t)
     fetched = jax.tree_util.tree_leaves(load_preset(os.path.join(pipe.stage_dir(0), "final"))[1])
     for a, b in zip(cpt, fetched, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -349,9 +343,7 @@ def test_moved_data_keeps_stages_and_other_data_is_refused(setup, tmp_path):
                                          stages.StageConfig("sft", "sft", num_steps=2, batch_size=2, lr=1e-3)))
     stages.run_pipeline(pipe, data, lm, only="cpt")
     t = stages.StageTrainer(pipe, 1, data, lm, stages.stage_init(pipe, 1))  # SFT stopped after its first step
-    t.step_fn = (lambda f: lambda s, b: (setattr(t, "_stop", True), f(s, b))[1])(t.step_fn)
-    t.run()
-    t.close()
+    run_stopped_after_one_step(t)
     with pytest.raises(ConfigError, match=r"2-sft: the data under .*other are not those this stage trained on"):
         stages.run_pipeline(pipe, dataclasses.replace(data, data_dir=str(other)), lm)  # CPT finished: skipped
     out = stages.run_pipeline(pipe, dataclasses.replace(data, data_dir=str(moved)), lm)
