@@ -172,7 +172,8 @@ def exits_on_bad_input():
 def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = (), doc: str = "") -> None:
     """Runs a launcher's main after parsing gin; `flags` (e.g. "workdir") are passed to main as keyword
     arguments, and with "workdir" among them no gin file is required. -h / --help prints `usage(doc)` (default:
-    main's docstring) and returns. Bad input prints one line and exits 2 (`exits_on_bad_input`); a run stopped early
+    main's docstring) and returns. On a multi-host cluster (`parallel.maybe_initialize_distributed`) every host joins
+first. Bad input prints one line and exits 2 (`exits_on_bad_input`); a run stopped early
 (`StoppedEarly`) exits 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
@@ -180,6 +181,9 @@ def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = (),
         return
     try:
         with exits_on_bad_input():
+            from jmlr_jax import parallel  # (jax: not imported for --help)
+
+            parallel.maybe_initialize_distributed()  # every launcher joins a multi-host run (a no-op on one host)
             rest = parse_argv(argv, require_files="workdir" not in flags)
             values = {f: pop_flag(rest, f) for f in flags}
             if rest:

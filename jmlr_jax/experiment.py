@@ -148,6 +148,8 @@ def load(workdir: str) -> Experiment | None:
 
 
 def require(workdir: str) -> Experiment:
+    """The run saved in `workdir` (evaluation, export, answers); on several hosts, one directory they all see."""
+    workdir_lib.check_shared(workdir, "workdir")  # a host that cannot see it would fail alone, the others wait
     exp = load(workdir)
     if exp is None:
         raise ConfigError(f"{workdir}: no {CONFIG_FILE}; not a training workdir (train with launch/tpu_train.py)")

@@ -5,7 +5,6 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID in the environment; CPU collectives over gloo)
     python -m tests.multiprocess_worker pipeline WORKDIR LLM_DIR DATA_DIR
     python -m tests.multiprocess_worker cpt WORKDIR LLM_DIR DATA_DIR
     python -m tests.multiprocess_worker evaluate MODEL_DIR OUT_JSON
-    python -m tests.multiprocess_worker unshared ROOT   (each host's workdir is ROOT/<process>: told so, exit 0)
 """
 import json
 import os
@@ -50,16 +49,6 @@ def main(mode: str, *args: str) -> None:
         if jax.process_index() == 0:
             np.savez(os.path.join(workdir, "params.npz"), *params)
         t.close()
-    elif mode == "unshared":  # as if each host wrote to its own VM's disk
-        from jmlr_jax import workdir as workdir_lib
-        from jmlr_jax.errors import InputError
-
-        try:
-            workdir_lib.check_shared(os.path.join(args[0], str(jax.process_index())), "RunConfig.workdir")
-        except InputError as e:
-            print(e)
-            return
-        sys.exit("not told that the workdir is not shared")
     elif mode == "evaluate":  # the model FSDP-split across the hosts, each batch's rows too
         from jmlr_jax.convert import load_preset
         from jmlr_jax.train.weights import on_mesh

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -26,9 +27,11 @@ from tests.train.test_loop import assets, params_of, trainer  # noqa: F401  (mod
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def launch(*args: str, timeout: float = 600) -> list[str]:
-    """`python -m tests.multiprocess_worker ARGS` as processes 0 and 1 of one run; both must succeed (-> their
-    output). A process that fails stops the other (which would wait for it at the next collective)."""
+def launch(*args: str, command: Sequence[str] = (), cwds: Sequence[str] = (ROOT, ROOT), expect: int = 0,
+           timeout: float = 600) -> list[str]:
+    """`python -m tests.multiprocess_worker ARGS` (or `python COMMAND`) as processes 0 and 1 of one run, each in
+    its directory of `cwds`; both must exit with `expect` (-> their output). A process that fails unexpectedly
+    stops the other (which would wait for it at the next collective)."""
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -36,14 +39,15 @@ def launch(*args: str, timeout: float = 600) -> list[str]:
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                XLA_FLAGS=" ".join(["--xla_force_host_platform_device_count=1", *flags]))
+    argv = [sys.executable, *(command or ("-m", "tests.multiprocess_worker", *args))]
     with tempfile.TemporaryDirectory() as d:
         logs = [open(os.path.join(d, f"{i}.log"), "w+") for i in range(2)]
-        procs = [subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", *args], cwd=ROOT,
-                                  env=dict(env, JAX_PROCESS_ID=str(i)), stdout=logs[i], stderr=subprocess.STDOUT)
+        procs = [subprocess.Popen(argv, cwd=cwds[i], env=dict(env, JAX_PROCESS_ID=str(i)), stdout=logs[i],
+                                  stderr=subprocess.STDOUT)
                  for i in range(2)]
         end = time.time() + timeout
         while any(p.poll() is None for p in procs) and time.time() < end:
-            if any(p.poll() not in (None, 0) for p in procs):
+            if any(p.poll() not in (None, expect) for p in procs):
                 break
             time.sleep(0.5)
         for p in procs:
@@ -55,7 +59,7 @@ def launch(*args: str, timeout: float = 600) -> list[str]:
             log.seek(0)
             outs.append(log.read())
             log.close()
-            assert p.returncode == 0, f"process {i} failed (exit {p.returncode}):\n{outs[-1][-4000:]}"
+            assert p.returncode == expect, f"process {i}: exit {p.returncode}, not {expect}:\n{outs[-1][-4000:]}"
     return outs
 
 
@@ -157,8 +161,16 @@ def test_two_hosts_run_a_pipeline_as_one(assets, tmp_path):  # noqa: F811
 
 
 def test_hosts_that_do_not_share_a_local_workdir_are_told_so(tmp_path):
-    """Each host's own disk (a local workdir on a pod's VMs): every host is told, before anything trains. (The
-    other tests here pass a directory both processes share, which the same check accepts.)"""
-    logs = launch("unshared", str(tmp_path))
-    for log in logs:
-        assert "is not one directory shared by the 2 processes (process(es) [0, 1] do not see" in log, log[-2000:]
+    """Each host's own disk (a local workdir on a pod's VMs; here each process's own working directory, the same
+    relative path): the launchers say so on every host, before anything is trained or restored. (The other tests
+    here pass a directory both processes share, which the same check accepts.)"""
+    disks = [str(tmp_path / f"host{i}") for i in range(2)]
+    for d in disks:
+        os.makedirs(d)
+    for launcher, args, what in (("evaluate.py", ["--workdir=run"], "workdir"),
+                                 ("tpu_train.py", ["--gin_file=quickstart_cpu.gin", "--gin.RunConfig.workdir='run'"],
+                                  "RunConfig.workdir")):
+        logs = launch(command=[os.path.join(ROOT, "launch", launcher), *args], cwds=disks, expect=2)
+        for log in logs:
+            assert f"error: {what} 'run' is not one directory shared by the 2 processes (process(es) [0, 1] do not " \
+                   "see" in log, log[-2000:]

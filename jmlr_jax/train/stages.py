@@ -433,6 +433,7 @@ def evaluate_pipeline(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMData
     <workdir>/eval/<model>.json as it ends. A rerun reads those back; a stage retrained since (another done.json)
     is evaluated again, and a stored result is brought up to date part by part (`_refresh`). Each model is
     compared with the base over the same questions (`against_base`)."""
+    workdir_lib.check_shared(pipe.workdir, "PipelineConfig.workdir")
     workdir_lib.download(pipe.workdir)  # a cloud pipeline: the stored results (eval/) and the stages' files
     out_dir = workdir_lib.eval_dir(pipe.workdir)
     os.makedirs(out_dir, exist_ok=True)
