@@ -93,15 +93,20 @@ def check_shared(workdir: str, what: str) -> None:
     me, hosts = jax.process_index(), jax.process_count()
     token = int.from_bytes(os.urandom(3), "little")  # this launch's, so files left by an earlier run do not count
     marks = os.path.join(workdir, ".hosts")
-    os.makedirs(marks, exist_ok=True)
-    write_text(os.path.join(marks, str(me)), str(token))
+    try:
+        os.makedirs(marks, exist_ok=True)
+        write_text(os.path.join(marks, str(me)), str(token))
+    except OSError:  # a read-only mount (evaluating a finished run): nothing to check by this host's file
+        token = -1  # every host still takes part in both gathers below (none may wait for another in vain)
     tokens = np.asarray(multihost_utils.process_allgather(np.int32(token))).reshape(-1)  # also: all have written
 
     def seen(host: int) -> bool:
+        if tokens[host] < 0:
+            return True
         try:
             with open(os.path.join(marks, str(host))) as f:
                 return f.read() == str(int(tokens[host]))
-        except FileNotFoundError:
+        except OSError:
             return False
 
     for _ in range(10):  # a network filesystem may show another client's new file a moment later
