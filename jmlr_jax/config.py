@@ -172,9 +172,9 @@ def exits_on_bad_input():
 def run_main(main, argv: Sequence[str] | None = None, flags: Sequence[str] = (), doc: str = "") -> None:
     """Runs a launcher's main after parsing gin; `flags` (e.g. "workdir") are passed to main as keyword
     arguments, and with "workdir" among them no gin file is required. -h / --help prints `usage(doc)` (default:
-    main's docstring) and returns. On a multi-host cluster (`parallel.maybe_initialize_distributed`) every host joins
-first. Bad input prints one line and exits 2 (`exits_on_bad_input`); a run stopped early
-(`StoppedEarly`) exits 130 (Ctrl-C) or 143 (SIGTERM)."""
+    main's docstring) and returns. On a multi-host cluster (`parallel.maybe_initialize_distributed`) every host
+    joins first. Bad input prints one line and exits 2 (`exits_on_bad_input`); a run stopped early (`StoppedEarly`)
+    exits 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(usage(doc or main.__doc__ or "", flags))

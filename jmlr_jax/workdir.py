@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from etils import epath
 
+from jmlr_jax.errors import InputError
+
 CHECKPOINTS = "checkpoints"  # orbax writes these at the workdir (or a pipeline stage's) directly; never mirrored
 
 
@@ -87,8 +89,6 @@ def check_shared(workdir: str, what: str) -> None:
     if jax.process_count() == 1 or is_remote(workdir):
         return
     from jax.experimental import multihost_utils
-
-    from jmlr_jax.errors import InputError
 
     me, hosts = jax.process_index(), jax.process_count()
     token = int.from_bytes(os.urandom(3), "little")  # this launch's, so files left by an earlier run do not count

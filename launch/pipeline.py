@@ -1,9 +1,10 @@
 """Run a seed pipeline (PMC-LLaMA or Qilin-Med): python launch/pipeline.py --gin_file=pipelines/qilin_med.gin
 
 Stages run in order, each from the previous stage's final weights; finished stages are skipped and an
-interrupted one resumes (jmlr_jax/train/stages.py; SIGTERM or a first Ctrl-C saves the current step first). --stage=NAME runs only that stage (its previous stage must
-have finished). Each stage's result is a Hugging Face directory <workdir>/<k>-<name>/final. The workdir may be a
-cloud path (gs://...): a rerun on another machine continues from it.
+interrupted one resumes (jmlr_jax/train/stages.py; SIGTERM or a first Ctrl-C saves the current step first).
+--stage=NAME runs only that stage (its previous stage must have finished). Each stage's result is a Hugging Face
+directory <workdir>/<k>-<name>/final. The workdir may be a cloud path (gs://...): a rerun on another machine
+continues from it.
 """
 import json
 import os

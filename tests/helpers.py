@@ -3,7 +3,10 @@ logits are not tiny (the default 0.02 init would make any parity check trivially
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+
+from jmlr_jax.errors import StoppedEarly
 
 
 def tiny_hf_llama(tie: bool = False, rope_factor: float = 1.0, kv_heads: int = 2, seed: int = 0, vocab: int = 96,
@@ -82,10 +85,6 @@ def saved_residuals(f, *args) -> list[str]:
 def run_stopped_after_one_step(trainer) -> None:
     """Runs a loop (`train.loop.StepLoop`) that stops after its first step as after a SIGTERM: it saves that step
     and raises StoppedEarly; then closes it."""
-    import pytest
-
-    from jmlr_jax.errors import StoppedEarly
-
     step_fn = trainer.step_fn
 
     def stop_after(state, batch):

@@ -52,7 +52,6 @@ class StepLoop:
     progress_keys: tuple[str, ...] = ("loss",)
     batch_axis = 0  # the rows axis of a batch's leaves (1 under a leading micro-batch axis)
     _stop = False
-    stopped: str | None = None
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
         """(model FLOPs, tokens) of one step on this host's rows of the batch (scaled by the host count)."""
@@ -88,7 +87,6 @@ class StepLoop:
         run = self.run_cfg
         start = int(self.state["step"])
         self._stop = False  # set by a test to stop after a step
-        self.stopped: str | None = None  # why it stopped before run.num_steps (the checkpoint is saved)
         writer = MetricWriter(workdir_lib.local_dir(run.workdir))  # a cloud workdir's mirror (uploaded by _save)
         bar = tqdm.tqdm(total=run.num_steps, initial=start, desc="training",  # one bar for the run: process 0's
                         disable=not (run.progress and workdir_lib.is_lead()))
@@ -116,44 +114,42 @@ class StepLoop:
             bar.update(1)
             bar.set_postfix({k: f"{last[k]:.3f}" for k in self.progress_keys if k in last})
 
-        signals = StopSignals().__enter__()
-        try:
-            for step in range(start, run.num_steps):
-                t0 = time.time()
-                local = next(self.data_iter)  # this host's rows of the global batch
-                batch = parallel.global_batch(local, self.mesh, batch_axis=self.batch_axis)
-                data_s = time.time() - t0
-                with jax.set_mesh(self.mesh):  # kernels XLA cannot partition run per shard (models/attention.py)
-                    self.state, metrics = self.step_fn(self.state, batch)  # dispatched; runs while we fetch below
-                flops, tokens = (x * jax.process_count() for x in self.step_stats(local))
+        stopped = None  # why it stopped before run.num_steps (its checkpoint is saved)
+        with StopSignals() as signals:  # its exit puts the process's handlers back, even after a second Ctrl-C
+            try:
+                for step in range(start, run.num_steps):
+                    t0 = time.time()
+                    local = next(self.data_iter)  # this host's rows of the global batch
+                    batch = parallel.global_batch(local, self.mesh, batch_axis=self.batch_axis)
+                    data_s = time.time() - t0
+                    with jax.set_mesh(self.mesh):  # kernels XLA cannot partition run per shard (models/attention.py)
+                        self.state, metrics = self.step_fn(self.state, batch)  # dispatched; runs while we fetch below
+                    flops, tokens = (x * jax.process_count() for x in self.step_stats(local))
+                    if pending is not None:
+                        finish(pending)
+                    pending = (step, metrics, flops, tokens, data_s)
+                    done = step + 1 == run.num_steps
+                    do_refresh = self.refresh_due(step + 1) and not done
+                    stop = signals.due(step + 1) or self._stop
+                    if do_refresh or (step + 1) % run.checkpoint_every == 0 or done or stop:
+                        finish(pending)  # never checkpoint a state whose loss was not checked
+                        pending = None
+                        if do_refresh:
+                            self.refresh(step + 1, writer)
+                        self._save(step + 1)
+                        stop = stop or signals.reason is not None  # one that came during the save: stop here
+                    if stop and not done:
+                        stopped = signals.reason or "stopped"
+                        print(f"{stopped}: saved checkpoint {step + 1}, exiting", flush=True)
+                        break
                 if pending is not None:
                     finish(pending)
-                pending = (step, metrics, flops, tokens, data_s)
-                done = step + 1 == run.num_steps
-                do_refresh = self.refresh_due(step + 1) and not done
-                stop = signals.due(step + 1) or self._stop
-                if do_refresh or (step + 1) % run.checkpoint_every == 0 or done or stop:
-                    finish(pending)  # never checkpoint a state whose loss was not checked
-                    pending = None
-                    if do_refresh:
-                        self.refresh(step + 1, writer)
-                    self._save(step + 1)
-                    stop = stop or signals.reason is not None  # one that came during the save: stop here
-                if stop and not done:
-                    self.stopped = signals.reason or "stopped"
-                    print(f"{self.stopped}: saved checkpoint {step + 1}, exiting", flush=True)
-                    break
-            if pending is not None:
-                finish(pending)
-        finally:
-            try:
+            finally:
                 bar.close()
                 writer.close()
                 self.ckpt.wait()  # a SIGTERM during this wait changes nothing: the save completes
-            finally:  # also after a second Ctrl-C here: the process's own handlers come back
-                signals.__exit__()
-        if self.stopped:  # saved, not finished: an exception, so that nothing goes on as if it were (a notebook's
-            raise StoppedEarly(self.stopped, int(self.state["step"]))  # next cells, a script's next command)
+        if stopped:  # saved, not finished: an exception, so that nothing goes on as if it were (a notebook's next
+            raise StoppedEarly(stopped, int(self.state["step"]))  # cells, a script's next command)
         return last
 
     def close(self) -> None:

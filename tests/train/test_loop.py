@@ -83,10 +83,10 @@ def test_resume_is_exact(assets, tmp_path, capfd):
         os.kill(os.getpid(), signal.SIGTERM)  # while the asynchronous save is still writing
 
     first.ckpt.save = save_under_sigterm
-    with pytest.raises(StoppedEarly, match=r"stopped at step 2 \(SIGTERM\)"):  # saved, not finished
+    with pytest.raises(StoppedEarly, match=r"stopped at step 2 \(SIGTERM\)") as stopped:  # saved, not finished
         first.run()
     first.close()
-    assert "SIGTERM: saved checkpoint 2" in capfd.readouterr().out and first.stopped == "SIGTERM"
+    assert "SIGTERM: saved checkpoint 2" in capfd.readouterr().out and stopped.value.reason == "SIGTERM"
     second = trainer(assets, tmp_path / "b")  # same workdir, 4 steps: restores step 2
     assert int(second.state["step"]) == 2 and second.ckpt.async_save
     second.run()
