@@ -35,9 +35,10 @@ encoder.
 Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per seed, b once, dg per seed, then the
 chat parts); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
 skipped when that file exists. Heavy intermediates (index, candidates, cached losses, trained weights) live in
-work_dir and are rebuilt when missing. Configuration, splits and arm tables: evidence_setup; the dev-focus parts
-that choose the retriever's settings: evidence_dev; the measures: evidence_measures; candidates, cached losses and
-training examples: evidence_cache.
+work_dir and are rebuilt when missing; a part's training checkpoints there too (arm_loop: a stopped or crashed
+part resumes its training from the last checkpoint). Configuration, splits and arm tables: evidence_setup; the
+dev-focus parts that choose the retriever's settings: evidence_dev; the measures: evidence_measures; candidates,
+cached losses and training examples: evidence_cache.
 """
 from __future__ import annotations
 
@@ -48,26 +49,26 @@ import os
 import time
 from typing import Callable, Sequence
 
-import jax
 import numpy as np
-import tqdm
 
+from jmlr_jax.compare.arm_loop import ArmLoop
 from jmlr_jax.compare.evidence_cache import Caches
 from jmlr_jax.compare.evidence_dev import DevParts
 from jmlr_jax.compare.evidence_measures import Measures
 from jmlr_jax.compare.evidence_setup import (BASE_GENERATOR, BOTH_SIDES, CACHED, DIAGNOSTIC, EXTRA_ARMS, POOL_ARMS,
                                              REFRESHED, SECOND_ROUND, TRAINED, EvidenceConfig, build_setup, index_view,
                                              load_tree, save_tree, write_json)
+
+RESUMABLE = ("out_dir", "work_dir", "data_dir", "checkpoint_every")  # may change while a part's training resumes
 from jmlr_jax.convert import load_preset
 from jmlr_jax.data import evidence as ev
-from jmlr_jax.data.pipeline import make_dataset
 from jmlr_jax.data.templates import Budgets
 from jmlr_jax.errors import InputError
 from jmlr_jax.retrieval.encode import RetrieverConfig, retriever_preset
 from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, TokenIndex, build_index, search_all
 from jmlr_jax.retrieval.store import load_index, save_index
 from jmlr_jax.train.jmlr_step import JMLRConfig, StepConfigs, train_step
-from jmlr_jax.train.state import OptimConfig, init_train_state, make_optimizer
+from jmlr_jax.train.state import OptimConfig, make_optimizer
 
 
 class Comparison(Caches, DevParts, Measures):
@@ -297,18 +298,13 @@ class Comparison(Caches, DevParts, Measures):
                                      live_docs=arm in BOTH_SIDES)
         params = {"llm": llm_params, "retriever": rparams}
         tx = make_optimizer(params, optim)
-        state = init_train_state(params, tx, seed)
-        step_fn = jax.jit(functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg, optim=optim), tx=tx))
-        it = iter(make_dataset(examples, batch_size, seed))
-        history = []
-
-        for i in tqdm.trange(steps, desc=f"train {arm} seed {seed}", disable=not self.progress):
-            state, m = step_fn(state, next(it))
-            m = {k: round(float(v), 5) for k, v in jax.device_get(m).items()}
-            if not np.isfinite(m["loss"]):
-                raise FloatingPointError(f"{arm} seed {seed}: non-finite loss at step {i}")
-            history.append(m)
-        return jax.device_get(state["params"]), history
+        meta = {"arm": arm, "seed": seed, "settings": settings, "questions": n, "pool": pool,  # what it trains
+                "config": {k: v for k, v in dataclasses.asdict(c).items() if k not in RESUMABLE}}
+        loop = ArmLoop(os.path.join(c.work_dir, "training"), meta, params, tx,
+                       functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg, optim=optim), tx=tx),
+                       examples, steps=steps, batch_size=batch_size, seed=seed,
+                       checkpoint_every=c.checkpoint_every, progress=self.progress)
+        return loop.train()
 
     def trained(self, arm: str, seed: int) -> dict:
         """An arm's trained parameters (the trees TRAINED[arm] names) from work_dir/params, else trained from the

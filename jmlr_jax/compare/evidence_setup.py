@@ -12,7 +12,7 @@ import gin
 import numpy as np
 
 from jmlr_jax.data import evidence as ev
-from jmlr_jax.errors import InputError
+from jmlr_jax.errors import InputError, check_counts
 from jmlr_jax.retrieval.corpus import corpus_from_documents, resolve_path
 from jmlr_jax.retrieval.index import TokenIndex
 from jmlr_jax.workdir import write_text
@@ -66,6 +66,9 @@ class EvidenceConfig:
     rank_loss: str = "ranknet"
     warmup_fraction: float = 0.1
     seeds: tuple = (0, 1, 2)
+    # A training part saves a checkpoint every this many steps (work_dir/training/<arm>_s<seed>-<hash>/, deleted when
+    # its training ends): a part stopped by Ctrl-C / SIGTERM (after saving) or a crash resumes from there on a rerun.
+    checkpoint_every: int = 100
     # More training data for the retriever (compare/evidence_more_data.gin): a pool of the training focuses' MedQuAD
     # questions (the training set first, then further questions of the same 120 focuses; 0 = no pool). Part "scale"
     # trains arm e on the first n of the pool for each n in scale_sizes (seed 0; recall on every dev-focus
@@ -131,6 +134,9 @@ class EvidenceConfig:
     sweep_sampled: tuple = (8, 16)
     sweep_epochs: tuple = (1, 3)
     eval_batch: int = 8
+
+    def __post_init__(self):
+        check_counts(self, ("num_candidates", "num_sampled", "batch_size", "epochs", "checkpoint_every", "eval_batch"))
 
 
 TASK_SETS = ("heldout_focus", "heldout_doc", "pubmedqa_test")

@@ -51,6 +51,7 @@ class StepLoop:
     run_cfg: RunConfig
     progress_keys: tuple[str, ...] = ("loss",)
     batch_axis = 0  # the rows axis of a batch's leaves (1 under a leading micro-batch axis)
+    desc = "training"  # the progress bar's label
     _stop = False
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
@@ -88,7 +89,7 @@ class StepLoop:
         start = int(self.state["step"])
         self._stop = False  # set by a test to stop after a step
         writer = MetricWriter(workdir_lib.local_dir(run.workdir))  # a cloud workdir's mirror (uploaded by _save)
-        bar = tqdm.tqdm(total=run.num_steps, initial=start, desc="training",  # one bar for the run: process 0's
+        bar = tqdm.tqdm(total=run.num_steps, initial=start, desc=self.desc,  # one bar for the run: process 0's
                         disable=not (run.progress and workdir_lib.is_lead()))
         last: dict = {}
         pending = None  # the dispatched step whose metrics are not fetched yet

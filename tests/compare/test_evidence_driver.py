@@ -397,7 +397,6 @@ def test_sharp_arms_train_eB_and_eR_at_the_temperature_posterior_chose_on_dev(da
 
     monkeypatch.setattr(comp, "examples", examples)
     monkeypatch.setattr("jmlr_jax.compare.evidence.make_optimizer", lambda params, optim: None)
-    monkeypatch.setattr("jmlr_jax.compare.evidence.init_train_state", lambda params, tx, seed: None)
     monkeypatch.setattr("jmlr_jax.compare.evidence.StepConfigs", step_configs)
     with pytest.raises(Built) as e:
         comp.train("eT", 0)
@@ -472,7 +471,7 @@ def test_second_round_arm_trains_from_eB_on_its_mined_candidates(data_dir, tmp_p
     class Built(Exception):
         pass
 
-    def init_state(params, tx, seed):
+    def arm_loop(root, meta, params, *args, **kw):
         raise Built(params["retriever"])
 
     def examples(doc_losses, pool, live_docs, candidates, **_):
@@ -481,7 +480,7 @@ def test_second_round_arm_trains_from_eB_on_its_mined_candidates(data_dir, tmp_p
 
     monkeypatch.setattr(comp, "examples", examples)
     monkeypatch.setattr("jmlr_jax.compare.evidence.make_optimizer", lambda params, optim: None)
-    monkeypatch.setattr("jmlr_jax.compare.evidence.init_train_state", init_state)
+    monkeypatch.setattr("jmlr_jax.compare.evidence.ArmLoop", arm_loop)
     with pytest.raises(Built) as e:
         comp.train("eR", 0)
     assert e.value.args[0] is eB_r  # training starts from eB's retriever

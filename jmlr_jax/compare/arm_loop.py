@@ -1,0 +1,89 @@
+"""One comparison arm's training on the loop every run shares (train/loop.StepLoop): the loss check, a checkpoint
+every `checkpoint_every` steps, stopping early on SIGTERM / Ctrl-C after saving, and resuming from the newest
+checkpoint, so an interrupted part loses at most that many steps instead of its whole training.
+
+Each training has its own directory, named by arm, seed and a hash of its settings and questions: a dev sweep's
+runs never resume one another. The directory holds the checkpoint and the per-step metrics, and is deleted once the
+training ends (the caller keeps the trained weights: `Comparison.trained`). A checkpoint of another configuration
+(EvidenceConfig changed mid-part) is an error, not resumed.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jmlr_jax import checkpoint, parallel
+from jmlr_jax.experiment import RunConfig
+from jmlr_jax.train.loop import StepLoop
+from jmlr_jax.train.state import init_train_state
+
+TIMING = ("data_s", "step_s", "tokens_per_s", "mfu")  # the loop's own measurements, not the step's metrics
+
+
+def run_dir(root: str, meta: dict) -> str:
+    """<root>/<arm>_s<seed>-<hash of its settings and questions>: one directory per distinct training."""
+    key = {k: meta[k] for k in ("arm", "seed", "settings", "questions", "pool")}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return os.path.join(root, f"{meta['arm']}_s{meta['seed']}-{digest}")
+
+
+class ArmLoop(StepLoop):
+    """Trains `params` with `step_fn` (unjitted: (state, batch) -> (state, metrics)) on `examples` for `steps`
+    steps of `batch_size` in data order `seed`, on one device (as the comparison's timings were measured)."""
+
+    progress_keys = ("loss", "lm_loss", "rank_loss")
+
+    def __init__(self, root: str, meta: dict, params, tx, step_fn, examples, *, steps: int, batch_size: int,
+                 seed: int, checkpoint_every: int, progress: bool):
+        from jmlr_jax.data.pipeline import make_dataset
+
+        meta = json.loads(json.dumps(meta, default=str))  # as a checkpoint gives it back (tuples as lists)
+        self.meta, self.desc = meta, f"train {meta['arm']} seed {meta['seed']}"
+        self.run_cfg = RunConfig(workdir=run_dir(root, meta), num_steps=steps, batch_size=batch_size, seed=seed,
+                                 checkpoint_every=checkpoint_every, keep_checkpoints=1, progress=progress)
+        os.makedirs(self.run_cfg.workdir, exist_ok=True)
+        self.mesh = parallel.make_mesh((1, 1, 1))
+        replicated = NamedSharding(self.mesh, P())
+        shardings = jax.tree_util.tree_map(
+            lambda _: replicated, jax.eval_shape(functools.partial(init_train_state, tx=tx, seed=seed), params))
+        self.ckpt = checkpoint.Checkpointer(os.path.join(self.run_cfg.workdir, "checkpoints"), 1)
+        data_state, saved = self.init_or_restore(params, tx, seed, shardings)
+        if saved is not None and saved.get("training") != meta:
+            self.close()
+            raise checkpoint.CheckpointError(f"{self.ckpt.directory} holds a checkpoint of another configuration "
+                                             f"than this {self.desc} ({json.dumps(meta, default=str)[:200]}...): "
+                                             f"delete {self.run_cfg.workdir} to train it afresh")
+        self.data_iter = iter(make_dataset(examples, batch_size, seed))
+        if data_state is not None:
+            self.data_iter.set_state(data_state)
+        self.step_fn = jax.jit(step_fn, donate_argnums=0)
+
+    def step_stats(self, batch: dict) -> tuple[float, int]:
+        return 0.0, int(sum(np.sum(batch[k]) for k in ("docs_valid", "question_valid", "answer_valid")))
+
+    def checkpoint_meta(self, step: int) -> dict:
+        return {"step": step, "training": self.meta}
+
+    def train(self) -> tuple[dict, list[dict]]:
+        """Runs to the last step (resuming) -> (params on the host, per-step metrics rounded to 5 digits); the
+        directory is deleted then. Stopped early, it raises `StoppedEarly` with the checkpoint kept."""
+        try:
+            self.run()
+        finally:
+            self.close()
+        history: dict[int, dict] = {}  # a step logged again after a resume: its last record
+        with open(os.path.join(self.run_cfg.workdir, "metrics.jsonl")) as f:
+            for line in f:
+                m = json.loads(line)
+                step = m.pop("step")  # before the record is built (an assignment evaluates its value first)
+                history[step] = {k: round(v, 5) for k, v in m.items() if k not in TIMING}
+        params = jax.device_get(self.state["params"])
+        shutil.rmtree(self.run_cfg.workdir)
+        return params, [history[s] for s in range(1, self.run_cfg.num_steps + 1)]
