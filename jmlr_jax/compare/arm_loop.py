@@ -55,6 +55,7 @@ class ArmLoop(StepLoop):
             lambda _: replicated, jax.eval_shape(functools.partial(init_train_state, tx=tx, seed=seed), params))
         self.ckpt = checkpoint.Checkpointer(os.path.join(self.run_cfg.workdir, "checkpoints"), 1)
         data_state, saved = self.init_or_restore(params, tx, seed, shardings)
+        self.resumed_from = int(self.state["step"])  # 0 unless a checkpoint was restored
         if saved is not None and saved.get("training") != meta:
             self.close()
             raise checkpoint.CheckpointError(f"{self.ckpt.directory} holds a checkpoint of another configuration "

@@ -3,8 +3,9 @@
     python launch/compare_evidence.py --gin_file=compare/evidence.gin --parts=data,d_s0 --check=workdir/check
 
 Every per-question value of a rerun part is compared with the committed one (real numbers within a relative `tol`,
-counts, ranks, passages fed and answers exactly), every other value of its JSON too, except wall times (the host's,
-not results) and the data part's snapshot of the configuration (it names the directories, and bindings added since).
+counts, ranks, passages fed and answers exactly), every other value of its JSON too, except wall times and the step
+a training resumed from (how a run went, not results) and the data part's snapshot of the configuration (it names
+the directories, and bindings added since).
 Values the code records only since the part was committed are listed, not compared.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from jmlr_jax.compare.report import MEASURES, values
 
-NOT_RESULTS = re.compile(r"config|seconds|\w+_seconds|encode_s")
+NOT_RESULTS = re.compile(r"config|seconds|\w+_seconds|encode_s|resumed_from_step")  # how a run went, not what
 
 
 ADDED = " (not in the committed JSON)"  # a value the code records now and did not when the part was committed

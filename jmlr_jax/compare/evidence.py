@@ -85,6 +85,7 @@ class Comparison(Caches, DevParts, Measures):
         self._indexes: dict[str, dict[str, TokenIndex]] = {}  # docs tag -> view (full, main, eval, train) -> index
         self._retrievers: dict[tuple[str, str], Retriever] = {}
         self._second_rounds: dict[tuple[str, int], tuple] = {}  # (first arm, seed) -> second_round's result
+        self.resumed_from = 0  # the step the last training resumed from (0: it started afresh)
 
     # ------------------------------------------------------------------------------------------ parts
     def part_names(self) -> list[str]:
@@ -304,6 +305,7 @@ class Comparison(Caches, DevParts, Measures):
                        functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg, optim=optim), tx=tx),
                        examples, steps=steps, batch_size=batch_size, seed=seed,
                        checkpoint_every=c.checkpoint_every, progress=self.progress)
+        self.resumed_from = loop.resumed_from
         return loop.train()
 
     def trained(self, arm: str, seed: int) -> dict:
@@ -321,6 +323,8 @@ class Comparison(Caches, DevParts, Measures):
                 timing["mine_seconds"] = round(time.time() - t0, 1)
             t0 = time.time()
             params, history = self.train(arm, seed)
+            if self.resumed_from:  # its seconds count the run that finished it, from that step
+                timing["resumed_from_step"] = self.resumed_from
             trained = {k: params[k] for k in TRAINED[arm]}
             save_tree(path, trained)
             write_json(os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json"),
@@ -377,7 +381,7 @@ class Comparison(Caches, DevParts, Measures):
             with open(hist_path) as f:
                 h = json.load(f)
             out["train_history"], out["train_seconds"] = h["history"], h["seconds"]
-            out.update({k: h[k] for k in ("mine_seconds",) if k in h})
+            out.update({k: h[k] for k in ("mine_seconds", "resumed_from_step") if k in h})
         for name, recs in self.setup.sets.items():
             out["sets"][name] = self.measure(name, recs, llm_params, rparams if retrieval else None,
                                              generate=c.eval_generate if name == "heldout_focus" else 0, docs=docs)

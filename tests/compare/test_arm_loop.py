@@ -62,7 +62,8 @@ def test_a_stopped_arm_resumes_to_the_weights_of_an_uninterrupted_one(data_dir, 
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name  # bitwise
     assert load_tree(params_file).keys() == {"llm", "retriever"}
     with open(os.path.join(cfg.work_dir, "params", "d_s0.history.json")) as f:
-        assert json.load(f)["history"] == straight_history
+        saved = json.load(f)
+    assert saved["history"] == straight_history and saved["resumed_from_step"] == 3  # its seconds: steps 4-11
 
     # Stopped again, then rerun with another configuration (a changed generator lr): refused, nothing lost.
     monkeypatch.undo()

@@ -10,9 +10,11 @@ def test_identical_rerun_reproduces_and_times_and_config_do_not_count():
                  "d_s0": dict(_part("d", 0, [1.0, 2.0, 3.0], [1, 2, None]), seconds=100.0, train_seconds=50.0)}
     rerun = copy.deepcopy(committed)
     rerun["data"].update(config={"out_dir": "workdir/check/results"}, encode_s=4.0, seconds=12)
-    rerun["d_s0"].update(seconds=130.0, train_seconds=61.0, settings={"epochs": 1})  # recorded since: listed only
+    rerun["d_s0"].update(seconds=130.0, train_seconds=61.0, settings={"epochs": 1},  # recorded since: listed only
+                         resumed_from_step=100)  # a rerun stopped and resumed: how it ran, not what it found
     table, ok = check_table(rerun, committed, ["data", "d_s0"])
     assert ok and "reproduced: yes" in table and "recorded now, not in the committed JSON: /settings" in table
+    assert "resumed" not in table
     assert "| d_s0 | NLL heldout_focus | 2.0000 | 2.0000 | 0 of 3 | 0 |" in table
     assert "| d_s0 | recall@1 heldout_focus | 0.3333 | 0.3333 | 0 of 3 | 0 |" in table
 
