@@ -16,7 +16,6 @@ from etils import epath
 
 from jmlr_jax import parallel, workdir as workdir_lib
 from jmlr_jax.convert import save_hf_colbert, save_hf_llama
-from jmlr_jax.errors import InputError
 from jmlr_jax.tokenizers import save_tokenizer
 from jmlr_jax.train.weights import Restored, restore_on_training_mesh
 
@@ -26,19 +25,14 @@ CARD_TITLE = "# JMLR run "
 
 
 def check_out_dir(out_dir: str) -> None:
-    """An export goes to a new or empty directory, or replaces an earlier export there; any other directory is
-    refused before anything is restored or written (`--out=.` in a checkout would have overwritten its README)."""
-    if not os.path.exists(out_dir):
-        return
-    if not os.path.isdir(out_dir):
-        raise InputError(f"--out={out_dir} is a file, not a directory")
-    entries = set(os.listdir(out_dir))
-    card = os.path.join(out_dir, "README.md")
-    if entries <= set(ENTRIES) and (not os.path.isfile(card) or _first_line(card).startswith(CARD_TITLE)):
-        return
-    other = sorted(entries - set(ENTRIES)) or ["README.md (not a model card)"]
-    raise InputError(f"--out={out_dir} is not empty and not an earlier export (it holds {', '.join(other[:3])}"
-                     f"{', ...' if len(other) > 3 else ''}): export to a new or empty directory")
+    """An export goes to a new or empty directory, or replaces an earlier export there (its README.md is a model
+    card); any other directory is refused before anything is restored or written."""
+    def not_a_card(path: str) -> str:
+        card = os.path.join(path, "README.md")
+        return "" if not os.path.isfile(card) or _first_line(card).startswith(CARD_TITLE) else \
+            "README.md (not a model card)"
+
+    workdir_lib.check_replaceable(out_dir, f"--out={out_dir}", "export", ENTRIES, not_a_card)
 
 
 def _first_line(path: str) -> str:

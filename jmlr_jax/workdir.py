@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -70,6 +71,22 @@ def write_text(path: str, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def check_replaceable(path: str, what: str, kind: str, entries: Sequence[str],
+                      not_ours: Callable[[str], str] = lambda _: "") -> None:
+    """A writer that replaces `path` whole (an export, an index) may write there: a new or empty directory, or an
+    earlier <kind> (nothing but `entries` in it, and `not_ours(path)` naming nothing); any other directory is an
+    InputError before any work (`--out=.` in a checkout would have lost its README; an index directory bound to a
+    data directory, its files). `what` names the directory as the user gave it (`--out=<path>`)."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise InputError(f"{what} is a file, not a directory")
+    other = sorted(set(os.listdir(path)) - set(entries)) or [n for n in [not_ours(path)] if n]
+    if other:
+        raise InputError(f"{what} is not empty and not an earlier {kind} (it holds {', '.join(other[:3])}"
+                         f"{', ...' if len(other) > 3 else ''}): write it to a new or empty directory")
 
 
 def save_npy(path: str, array) -> None:

@@ -96,7 +96,7 @@ def test_export_refuses_a_directory_that_is_not_an_earlier_export(tmp_path, monk
     with pytest.raises(SystemExit) as e:
         cli.export()
     assert e.value.code == 2 and capsys.readouterr().err == \
-        f"error: --out={mine} is not empty and not an earlier export (it holds notes.txt): export to a new or " \
+        f"error: --out={mine} is not empty and not an earlier export (it holds notes.txt): write it to a new or " \
         "empty directory\n"
     assert (mine / "README.md").read_text() == "# my project\n" and sorted(p.name for p in mine.iterdir()) == \
         ["README.md", "notes.txt"]

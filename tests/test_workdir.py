@@ -57,3 +57,23 @@ def test_outputs_that_must_be_local_say_so():
         cli._export(workdir="workdir/run", out="gs://b/hf")
     with pytest.raises(ValueError, match="EvalConfig.output_dir must be local"):
         harness.EvalConfig(output_dir="gs://b/eval")
+
+
+def test_a_writer_replaces_only_new_empty_or_earlier_directories_of_its_kind(tmp_path):
+    """workdir.check_replaceable, which export and save_index call before any work."""
+    from jmlr_jax.errors import InputError
+
+    check = workdir_lib.check_replaceable
+    check(str(tmp_path / "new"), "out", "index", ("a", "b"))
+    (tmp_path / "earlier").mkdir()
+    check(str(tmp_path / "earlier"), "out", "index", ("a", "b"))  # empty
+    (tmp_path / "earlier" / "a").write_text("")
+    check(str(tmp_path / "earlier"), "out", "index", ("a", "b"))
+    with pytest.raises(InputError, match=r"^out is not empty and not an earlier index \(it holds own\): write it"):
+        check(str(tmp_path / "earlier"), "out", "index", ("a", "b"), lambda p: "own")
+    for name in "wxyz":
+        (tmp_path / "earlier" / name).write_text("")
+    with pytest.raises(InputError, match=r"\(it holds w, x, y, \.\.\.\)"):
+        check(str(tmp_path / "earlier"), "out", "index", ("a", "b"))
+    with pytest.raises(InputError, match="^out is a file, not a directory$"):
+        check(str(tmp_path / "earlier" / "a"), "out", "index", ("a", "b"))

@@ -20,7 +20,7 @@ from jmlr_jax.models.colbert import ColBERTConfig, ColBERTTokenizer
 from jmlr_jax.retrieval.corpus import Corpus, Passage
 from jmlr_jax.retrieval.encode import params_checksum
 from jmlr_jax.retrieval.index import IndexConfig, SearchConfig, TokenIndex, build_index, index_version
-from jmlr_jax.workdir import tmp_name
+from jmlr_jax.workdir import check_replaceable, tmp_name
 
 FORMAT_VERSION = 1
 ENTRIES = ("manifest.json", "embeddings.npy", "offsets.npy", "passages.jsonl", "scann")  # what an index holds
@@ -33,14 +33,7 @@ class IndexMismatchError(InputError):
 def check_index_dir(directory: str) -> None:
     """An index is saved to a new or empty directory or over an earlier index (which it replaces whole); any
     other directory is refused (INDEX_DIR bound to a data directory would have been deleted to make room)."""
-    if not os.path.exists(directory):
-        return
-    if not os.path.isdir(directory):
-        raise InputError(f"index directory {directory} is a file")
-    other = sorted(set(os.listdir(directory)) - set(ENTRIES))
-    if other:
-        raise InputError(f"index directory {directory} holds other files ({', '.join(other[:3])}"
-                         f"{', ...' if len(other) > 3 else ''}), not an earlier index: choose a new or empty one")
+    check_replaceable(directory, f"index directory {directory}", "index", ENTRIES)
 
 
 def save_index(index: TokenIndex, directory: str) -> None:

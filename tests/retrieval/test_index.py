@@ -168,7 +168,8 @@ def test_save_load_round_trip_and_version_checks(tmp_path, real_subset, brute_in
     mine = tmp_path / "data"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(InputError, match=f"index directory {mine} holds other files \\(notes.txt\\), not an earlier"):
+    with pytest.raises(InputError, match=f"index directory {mine} is not empty and not an earlier index "
+                                         "\\(it holds notes.txt\\)"):
         save_index(brute_index, str(mine))
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
