@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jmlr_jax import checkpoint, parallel
+from jmlr_jax.data.pipeline import make_dataset
 from jmlr_jax.experiment import RunConfig
 from jmlr_jax.train.loop import StepLoop
 from jmlr_jax.train.state import init_train_state
@@ -42,8 +43,6 @@ class ArmLoop(StepLoop):
 
     def __init__(self, root: str, meta: dict, params, tx, step_fn, examples, *, steps: int, batch_size: int,
                  seed: int, checkpoint_every: int, progress: bool):
-        from jmlr_jax.data.pipeline import make_dataset
-
         meta = json.loads(json.dumps(meta, default=str))  # as a checkpoint gives it back (tuples as lists)
         self.meta, self.desc = meta, f"train {meta['arm']} seed {meta['seed']}"
         self.run_cfg = RunConfig(workdir=run_dir(root, meta), num_steps=steps, batch_size=batch_size, seed=seed,
@@ -59,7 +58,7 @@ class ArmLoop(StepLoop):
         if saved is not None and saved.get("training") != meta:
             self.close()
             raise checkpoint.CheckpointError(f"{self.ckpt.directory} holds a checkpoint of another configuration "
-                                             f"than this {self.desc} ({json.dumps(meta, default=str)[:200]}...): "
+                                             f"than this {self.desc} ({json.dumps(meta)[:200]}...): "
                                              f"delete {self.run_cfg.workdir} to train it afresh")
         self.data_iter = iter(make_dataset(examples, batch_size, seed))
         if data_state is not None:

@@ -58,8 +58,6 @@ from jmlr_jax.compare.evidence_measures import Measures
 from jmlr_jax.compare.evidence_setup import (BASE_GENERATOR, BOTH_SIDES, CACHED, DIAGNOSTIC, EXTRA_ARMS, POOL_ARMS,
                                              REFRESHED, SECOND_ROUND, TRAINED, EvidenceConfig, build_setup, index_view,
                                              load_tree, save_tree, write_json)
-
-RESUMABLE = ("out_dir", "work_dir", "data_dir", "checkpoint_every")  # may change while a part's training resumes
 from jmlr_jax.convert import load_preset
 from jmlr_jax.data import evidence as ev
 from jmlr_jax.data.templates import Budgets
@@ -69,6 +67,8 @@ from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, Token
 from jmlr_jax.retrieval.store import load_index, save_index
 from jmlr_jax.train.jmlr_step import JMLRConfig, StepConfigs, train_step
 from jmlr_jax.train.state import OptimConfig, make_optimizer
+
+RESUMABLE = ("out_dir", "work_dir", "data_dir", "checkpoint_every")  # may change while a part's training resumes
 
 
 class Comparison(Caches, DevParts, Measures):
