@@ -6,11 +6,13 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID in the environment; CPU collectives over gloo)
     python -m tests.multiprocess_worker cpt WORKDIR LLM_DIR DATA_DIR
     python -m tests.multiprocess_worker evaluate MODEL_DIR OUT_JSON
 """
+import faulthandler
 import json
 import os
 import signal
 import sys
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -19,6 +21,9 @@ from jmlr_jax import parallel
 
 
 def main(mode: str, *args: str) -> None:
+    # A process still running after 4 minutes (a run here takes 0.5-2) prints every thread's stack: the one that
+    # hangs (CI, 2026-12-05: one process never reached jax's shutdown barrier) says where in the test's output.
+    faulthandler.dump_traceback_later(240)
     parallel.maybe_initialize_distributed()  # before anything touches a jax backend
     if mode == "jmlr":
         from jmlr_jax import config, experiment
@@ -70,4 +75,12 @@ def main(mode: str, *args: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    try:
+        main(*sys.argv[1:])
+    except BaseException:  # noqa: B036
+        # Exit now: at a normal exit jax's shutdown barrier would wait (5 min) for the other process, which waits in
+        # its next collective for this one; the test then sees this exit code and this traceback.
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
