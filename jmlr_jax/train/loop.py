@@ -154,7 +154,11 @@ class StepLoop:
         return last
 
     def close(self) -> None:
+        """Waits for the last checkpoint and stops the data iterator's prefetch threads (grain's 16 would otherwise
+        go on reading up to 500 batches ahead, and be joined at interpreter exit)."""
         self.ckpt.close()
+        if getattr(self, "data_iter", None) is not None:  # None if the subclass failed before building it
+            self.data_iter.close()
 
 
 class Trainer(StepLoop):
@@ -255,7 +259,9 @@ class Trainer(StepLoop):
         self.retriever, metrics = refresh.refresh(self.retriever, self._retriever_params(), self.local,
                                                   self.queries[: run.recall_queries], self.exp.jmlr.num_candidates,
                                                   run.progress)
-        self._make_data(self.data_iter.get_state())
+        stale = self.data_iter
+        self._make_data(stale.get_state())
+        stale.close()  # its prefetch threads still read batches of the old candidates
         log(metrics, step)
 
     def checkpoint_meta(self, step: int) -> dict:
