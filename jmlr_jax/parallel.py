@@ -6,6 +6,7 @@ axes. A dimension that a mesh axis does not divide is replicated along that axis
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 from typing import Any, Sequence
@@ -61,6 +62,10 @@ def maybe_initialize_distributed() -> None:
     except RuntimeError as e:  # already initialised, or a single-host TPU VM
         if "already" not in str(e):
             raise
+        return
+    # At exit jax's own hook tears the backend down and only then meets the other hosts at the shutdown barrier;
+    # a hook registered later runs first: every host reaches the barrier while its runtime is whole (as Levanter).
+    atexit.register(jax.distributed.shutdown)
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES) -> Mesh:
