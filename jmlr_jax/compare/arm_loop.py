@@ -3,9 +3,11 @@ every `checkpoint_every` steps, stopping early on SIGTERM / Ctrl-C after saving,
 checkpoint, so an interrupted part loses at most that many steps instead of its whole training.
 
 Each training has its own directory, named by arm, seed and a hash of its settings and questions: a dev sweep's
-runs never resume one another. The directory holds the checkpoint and the per-step metrics, and is deleted once the
-training ends (the caller keeps the trained weights: `Comparison.trained`). A checkpoint of another configuration
-(EvidenceConfig changed mid-part) is an error, not resumed.
+runs never resume one another. The directory holds the checkpoint and the per-step metrics while it trains; when
+it ends, only the trained trees and the step history (`finished`), which a rerun of the same part reuses instead
+of training again (a dev part trains several runs, each up to ~2 hours here); the driver deletes the directories
+of a part once its JSON is written. A checkpoint or result of another configuration (EvidenceConfig changed
+mid-part) is an error, not resumed.
 """
 from __future__ import annotations
 
@@ -20,12 +22,14 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jmlr_jax import checkpoint, parallel
+from jmlr_jax.compare.evidence_setup import load_tree, save_tree, write_json
 from jmlr_jax.data.pipeline import make_dataset
 from jmlr_jax.experiment import RunConfig
 from jmlr_jax.train.loop import StepLoop
 from jmlr_jax.train.state import init_train_state
 
 TIMING = ("data_s", "step_s", "tokens_per_s", "mfu")  # the loop's own measurements, not the step's metrics
+TRAINED, HISTORY = "trained.safetensors", "history.json"  # what a finished training's directory keeps
 
 
 def run_dir(root: str, meta: dict) -> str:
@@ -33,6 +37,27 @@ def run_dir(root: str, meta: dict) -> str:
     key = {k: meta[k] for k in ("arm", "seed", "settings", "questions", "pool")}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return os.path.join(root, f"{meta['arm']}_s{meta['seed']}-{digest}")
+
+
+def mismatch(directory: str, what: str, meta: dict) -> checkpoint.CheckpointError:
+    """The error for a directory whose checkpoint or result another configuration wrote (EvidenceConfig changed)."""
+    return checkpoint.CheckpointError(f"{directory} holds a {what} of another configuration than this train "
+                                      f"{meta['arm']} seed {meta['seed']} ({json.dumps(meta)[:200]}...): "
+                                      f"delete {directory} to train it afresh")
+
+
+def finished(root: str, meta: dict) -> tuple[dict, list[dict]] | None:
+    """The training `meta` describes, if it ended in an earlier run of its part: (trained trees, per-step
+    metrics); None if it has not (its checkpoint, if any, is resumed by ArmLoop)."""
+    meta = json.loads(json.dumps(meta, default=str))
+    d = run_dir(root, meta)
+    if not os.path.exists(os.path.join(d, HISTORY)):  # written after the trees
+        return None
+    with open(os.path.join(d, HISTORY)) as f:
+        saved = json.load(f)
+    if saved["training"] != meta:
+        raise mismatch(d, "finished training", meta)
+    return load_tree(os.path.join(d, TRAINED)), saved["history"]
 
 
 class ArmLoop(StepLoop):
@@ -57,9 +82,7 @@ class ArmLoop(StepLoop):
         self.resumed_from = int(self.state["step"])  # 0 unless a checkpoint was restored
         if saved is not None and saved.get("training") != meta:
             self.close()
-            raise checkpoint.CheckpointError(f"{self.ckpt.directory} holds a checkpoint of another configuration "
-                                             f"than this {self.desc} ({json.dumps(meta)[:200]}...): "
-                                             f"delete {self.run_cfg.workdir} to train it afresh")
+            raise mismatch(self.run_cfg.workdir, "checkpoint", meta)
         self.data_iter = iter(make_dataset(examples, batch_size, seed))
         if data_state is not None:
             self.data_iter.set_state(data_state)
@@ -71,9 +94,10 @@ class ArmLoop(StepLoop):
     def checkpoint_meta(self, step: int) -> dict:
         return {"step": step, "training": self.meta}
 
-    def train(self) -> tuple[dict, list[dict]]:
+    def train(self, trained: tuple[str, ...]) -> tuple[dict, list[dict]]:
         """Runs to the last step (resuming) -> (params on the host, per-step metrics rounded to 5 digits); the
-        directory is deleted then. Stopped early, it raises `StoppedEarly` with the checkpoint kept."""
+        directory then keeps only the `trained` trees of params and the metrics (`finished` reads them). Stopped
+        early, it raises `StoppedEarly` with the checkpoint kept."""
         try:
             self.run()
         finally:
@@ -85,5 +109,12 @@ class ArmLoop(StepLoop):
                 step = m.pop("step")  # before the record is built (an assignment evaluates its value first)
                 history[step] = {k: round(v, 5) for k, v in m.items() if k not in TIMING}
         params = jax.device_get(self.state["params"])
-        shutil.rmtree(self.run_cfg.workdir)
-        return params, [history[s] for s in range(1, self.run_cfg.num_steps + 1)]
+        steps = [history[s] for s in range(1, self.run_cfg.num_steps + 1)]
+        d = self.run_cfg.workdir
+        save_tree(os.path.join(d, TRAINED), {k: params[k] for k in trained})
+        write_json(os.path.join(d, HISTORY), {"training": self.meta, "history": steps})  # last: marks it finished
+        for name in os.listdir(d):
+            if name not in (TRAINED, HISTORY):
+                path = os.path.join(d, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        return params, steps

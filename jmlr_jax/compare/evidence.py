@@ -36,9 +36,9 @@ Parts run in order (data, sweep, a, frozen, e for every seed, then d and c per s
 chat parts); each writes <out_dir>/<part>.json when it ends (per-question results, settings, seconds) and is
 skipped when that file exists. Heavy intermediates (index, candidates, cached losses, trained weights) live in
 work_dir and are rebuilt when missing; a part's training checkpoints there too (arm_loop: a stopped or crashed
-part resumes its training from the last checkpoint). Configuration, splits and arm tables: evidence_setup; the
-dev-focus parts that choose the retriever's settings: evidence_dev; the measures: evidence_measures; candidates,
-cached losses and training examples: evidence_cache.
+part resumes its training from the last checkpoint and reuses the trainings it had finished). Configuration,
+splits and arm tables: evidence_setup; the dev-focus parts that choose the retriever's settings: evidence_dev;
+the measures: evidence_measures; candidates, cached losses and training examples: evidence_cache.
 """
 from __future__ import annotations
 
@@ -46,12 +46,13 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 
-from jmlr_jax.compare.arm_loop import ArmLoop
+from jmlr_jax.compare import arm_loop
 from jmlr_jax.compare.evidence_cache import Caches
 from jmlr_jax.compare.evidence_dev import DevParts
 from jmlr_jax.compare.evidence_measures import Measures
@@ -86,6 +87,7 @@ class Comparison(Caches, DevParts, Measures):
         self._retrievers: dict[tuple[str, str], Retriever] = {}
         self._second_rounds: dict[tuple[str, int], tuple] = {}  # (first arm, seed) -> second_round's result
         self.resumed_from = 0  # the step the last training resumed from (0: it started afresh)
+        self._runs: list[str] = []  # the training directories of the part running (deleted once it is written)
 
     # ------------------------------------------------------------------------------------------ parts
     def part_names(self) -> list[str]:
@@ -137,9 +139,12 @@ class Comparison(Caches, DevParts, Measures):
                 continue
             t0 = time.time()
             self.log(f"[compare] {name}: running")
+            self._runs = []
             out = self._part(name)
             out["seconds"] = round(time.time() - t0, 1)
             write_json(path, out)
+            for d in self._runs:  # its finished trainings, kept until now for a rerun of this part
+                shutil.rmtree(d, ignore_errors=True)
             self.log(f"[compare] {name}: {out['seconds']:.0f} s -> {path}")
 
     def _part(self, name: str) -> dict:
@@ -301,12 +306,20 @@ class Comparison(Caches, DevParts, Measures):
         tx = make_optimizer(params, optim)
         meta = {"arm": arm, "seed": seed, "settings": settings, "questions": n, "pool": pool,  # what it trains
                 "config": {k: v for k, v in dataclasses.asdict(c).items() if k not in RESUMABLE}}
-        loop = ArmLoop(os.path.join(c.work_dir, "training"), meta, params, tx,
-                       functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg, optim=optim), tx=tx),
-                       examples, steps=steps, batch_size=batch_size, seed=seed,
-                       checkpoint_every=c.checkpoint_every, progress=self.progress)
+        root = os.path.join(c.work_dir, "training")
+        self._runs.append(arm_loop.run_dir(root, meta))
+        done = arm_loop.finished(root, meta)
+        if done is not None:  # it ended in an earlier run of this part
+            self.log(f"[compare] train {arm} seed {seed}: finished earlier ({self._runs[-1]})")
+            self.resumed_from = steps
+            return {**params, **done[0]}, done[1]
+        loop = arm_loop.ArmLoop(root, meta, params, tx,
+                                functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg, optim=optim),
+                                                  tx=tx),
+                                examples, steps=steps, batch_size=batch_size, seed=seed,
+                                checkpoint_every=c.checkpoint_every, progress=self.progress)
         self.resumed_from = loop.resumed_from
-        return loop.train()
+        return loop.train(TRAINED[arm])
 
     def trained(self, arm: str, seed: int) -> dict:
         """An arm's trained parameters (the trees TRAINED[arm] names) from work_dir/params, else trained from the

@@ -1,8 +1,10 @@
 """A comparison arm's training on the shared loop: stopped mid-part, it resumes from its checkpoint to the same
-weights and step history as a run that was never stopped; a checkpoint of another configuration is refused."""
+weights and step history as a run that was never stopped; finished, it is reused by a rerun of its part until the
+part is written; a checkpoint or result of another configuration is refused."""
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -45,7 +47,15 @@ def test_a_stopped_arm_resumes_to_the_weights_of_an_uninterrupted_one(data_dir, 
     comp = Comparison(cfg, progress=False, log=lambda _: None)
     root = os.path.join(cfg.work_dir, "training")
     straight, straight_history = comp.train("d", 0)  # both models trained; 11 questions, one step each
-    assert len(straight_history) == 11 and os.listdir(root) == []  # its checkpoints are gone once it ends
+    [run] = os.listdir(root)  # what it keeps once it ends: the trained trees and the history, no checkpoint
+    assert len(straight_history) == 11 and sorted(os.listdir(os.path.join(root, run))) == sorted(
+        [arm_loop.TRAINED, arm_loop.HISTORY])
+    ran = steps_run(monkeypatch)
+    again, again_history = comp.train("d", 0)  # the part run again (interrupted later): reused, not trained
+    assert ran[0] == 0 and again_history == straight_history and comp.resumed_from == 11
+    assert_bitwise(straight, again)
+    monkeypatch.undo()
+    shutil.rmtree(os.path.join(root, run))  # as the driver does once the part's JSON is written (below)
 
     steps_run(monkeypatch, stop_after=3)
     with pytest.raises(StoppedEarly, match="stopped at step 3"):
@@ -56,10 +66,8 @@ def test_a_stopped_arm_resumes_to_the_weights_of_an_uninterrupted_one(data_dir, 
 
     ran = steps_run(monkeypatch)
     resumed = comp.trained("d", 0)  # from the step-3 checkpoint (saved when it stopped), not from the start
-    assert ran[0] == 11 - 3 and os.listdir(root) == []
-    for name in ("llm", "retriever"):
-        a, b = (dict(jax.tree_util.tree_leaves_with_path(t[name])) for t in (straight, resumed))
-        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name  # bitwise
+    assert ran[0] == 11 - 3 and os.listdir(root) == [run]
+    assert_bitwise(straight, resumed)
     assert load_tree(params_file).keys() == {"llm", "retriever"}
     with open(os.path.join(cfg.work_dir, "params", "d_s0.history.json")) as f:
         saved = json.load(f)
@@ -72,6 +80,20 @@ def test_a_stopped_arm_resumes_to_the_weights_of_an_uninterrupted_one(data_dir, 
         comp.train("c", 0)
     monkeypatch.undo()
     changed = Comparison(dataclasses.replace(cfg, llm_lr=3e-4), progress=False, log=lambda _: None)
-    with pytest.raises(CheckpointError, match="another configuration than this train c seed 0.*delete"):
+    with pytest.raises(CheckpointError, match="checkpoint of another configuration than this train c seed 0.*delete"):
         changed.train("c", 0)
-    assert len(os.listdir(root)) == 1
+    with pytest.raises(CheckpointError, match="finished training of another configuration than this train d seed 0"):
+        changed.train("d", 0)
+    assert len(os.listdir(root)) == 2
+
+    # A part that ends deletes the directories of the trainings it ran (reused here), not another part's checkpoint.
+    monkeypatch.setattr(comp, "_runner", lambda name: lambda: {"history": comp.train("d", 0)[1]})
+    comp.run(["some_part"])
+    assert os.path.exists(os.path.join(cfg.out_dir, "some_part.json")) and len(os.listdir(root)) == 1
+    assert os.listdir(root)[0].startswith("c_s0-")
+
+
+def assert_bitwise(x: dict, y: dict) -> None:
+    for name in ("llm", "retriever"):
+        a, b = (dict(jax.tree_util.tree_leaves_with_path(t[name])) for t in (x, y))
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name

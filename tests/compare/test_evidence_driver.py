@@ -480,7 +480,7 @@ def test_second_round_arm_trains_from_eB_on_its_mined_candidates(data_dir, tmp_p
 
     monkeypatch.setattr(comp, "examples", examples)
     monkeypatch.setattr("jmlr_jax.compare.evidence.make_optimizer", lambda params, optim: None)
-    monkeypatch.setattr("jmlr_jax.compare.evidence.ArmLoop", arm_loop)
+    monkeypatch.setattr("jmlr_jax.compare.arm_loop.ArmLoop", arm_loop)
     with pytest.raises(Built) as e:
         comp.train("eR", 0)
     assert e.value.args[0] is eB_r  # training starts from eB's retriever
