@@ -342,6 +342,8 @@ class Comparison(Caches, DevParts, Measures):
             save_tree(path, trained)
             write_json(os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json"),
                        {"history": history, "seconds": round(time.time() - t0, 1), **timing})
+            while self._runs:  # the part's training directories: work_dir/params holds what they trained now
+                shutil.rmtree(self._runs.pop(), ignore_errors=True)
         if set(trained) != set(TRAINED[arm]):
             raise InputError(f"{path} holds {sorted(trained)}, arm {arm} trains {list(TRAINED[arm])}; delete it")
         return trained
