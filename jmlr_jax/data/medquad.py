@@ -5,7 +5,10 @@
          collections ship with empty answers (removed for copyright): those pairs are left out, not errors.
   JSONL  one pair per line: {"id", "source", "url", "focus", "qtype", "question", "answer"} (the copy in
          ../shared/data); Hugging Face copies' names "question_id", "document_source", "document_url",
-         "question_focus", "question_type" are read too, and their Parquet files (e.g. lavita/MedQuAD) as JSONL.
+         "question_focus", "question_type" are read too (in any letter case: "Question", "Answer"), and their
+         Parquet files (e.g. lavita/MedQuAD) as JSONL.
+  CSV    a header row naming the same fields, then one pair per record (answers may span lines; "file:line" is
+         where the record starts): e.g. the Kaggle copy's "question", "answer", "source", "focus_area".
 
 Both give the same records for the same pairs: answers have each line's whitespace collapsed and blank lines
 dropped (the XML indents them), and `n` numbers the pairs with answers in path order. The JSONL copy in
@@ -18,6 +21,7 @@ evidence tasks can skip and count, the pipelines' data raises.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 import xml.etree.ElementTree as ET
@@ -29,7 +33,7 @@ LICENCE = "CC BY 4.0 (MedQuAD, Ben Abacha & Demner-Fushman 2019)"
 
 # field -> the names JSONL copies give it (this project's copy first)
 _JSONL_NAMES = {"id": ("id", "question_id"), "source": ("source", "document_source"),
-                "url": ("url", "document_url"), "focus": ("focus", "question_focus"),
+                "url": ("url", "document_url"), "focus": ("focus", "question_focus", "focus_area"),
                 "qtype": ("qtype", "question_type"), "question": ("question",), "answer": ("answer",)}
 
 
@@ -52,10 +56,13 @@ def clean_answer(text: str) -> str:
 
 
 def iter_medquad(path: str) -> Iterator[MedQuADPair | DataError]:
-    """Every pair of a MedQuAD JSONL file or XML directory tree, in order, or a DataError (naming file and line)
-    for each malformed one, which the caller raises or skips. A missing path is a FileNotFoundError."""
+    """Every pair of a MedQuAD JSONL / Parquet / CSV file or XML directory tree, in order, or a DataError (naming
+    file and line) for each malformed one, which the caller raises or skips. A missing path is a
+    FileNotFoundError."""
     if os.path.isdir(path):
         yield from _xml_pairs(path)
+    elif os.path.isfile(path) and path.lower().endswith(".csv"):
+        yield from _csv_pairs(path)
     elif os.path.isfile(path):
         yield from _jsonl_pairs(path)
     else:
@@ -70,14 +77,39 @@ def _checked(n: int, where: str, fields: dict) -> MedQuADPair | DataError:
                        fields["qtype"], fields["question"].strip(), clean_answer(fields["answer"]))
 
 
+def _fields(rec: dict) -> dict:
+    """A record's MedQuAD fields by any of their names, letter case ignored ("" when absent)."""
+    rec = {str(k).lower(): v for k, v in rec.items()}
+    return {k: next((str(rec[name]) for name in names if isinstance(rec.get(name), (str, int))), "")
+            for k, names in _JSONL_NAMES.items()}
+
+
 def _jsonl_pairs(path: str) -> Iterator[MedQuADPair | DataError]:
     for n, where, rec in file_records(path, errors="yield"):
-        if isinstance(rec, DataError):
-            yield rec
-            continue
-        fields = {k: next((str(rec[name]) for name in names if isinstance(rec.get(name), (str, int))), "")
-                  for k, names in _JSONL_NAMES.items()}
-        yield _checked(n, where, fields)
+        yield rec if isinstance(rec, DataError) else _checked(n, where, _fields(rec))
+
+
+def _csv_pairs(path: str) -> Iterator[MedQuADPair | DataError]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        try:
+            header = [str(h).lower() for h in reader.fieldnames or []]
+        except csv.Error as e:
+            raise DataError(f"{path}:1: malformed CSV header ({e})") from None
+        if not {"question", "answer"} <= set(header):
+            raise DataError(f"{path}:1: a MedQuAD CSV needs a header row with question and answer columns "
+                            f"(got {header[:8]})")
+        n = 0
+        while True:
+            start = reader.line_num + 1
+            try:
+                rec = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # e.g. a NUL byte: the rest of the file cannot be trusted
+                raise DataError(f"{path}:{start}: malformed CSV ({e})") from None
+            n += 1
+            yield _checked(n, f"{path}:{start}", _fields({k: v for k, v in rec.items() if k is not None}))
 
 
 def _xml_pairs(root: str) -> Iterator[MedQuADPair | DataError]:

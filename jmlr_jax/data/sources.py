@@ -9,10 +9,11 @@
             ori_pqal.json / ori_pqaa.json), or the Hugging Face copy's records {"pubid", "question",
             "context": {"contexts"}, "long_answer", "final_decision"} as JSON lines or a JSON list;
             options are yes / no / maybe; the abstract is the record's `context`
-  mmlu      headerless CSV rows: question, A, B, C, D, answer letter; the subject is the file name
-            without "_test.csv" / "_dev.csv" / "_val.csv"; a directory holds one file per subject (the
-            release's data/test holds all 57: `subjects` picks some, e.g. MMLU_MED_SUBJECTS); or the Hugging
-            Face copy's records {"question", "subject", "choices": [4 texts], "answer": 0-3 or a letter}
+  mmlu      CSV rows: question, A, B, C, D, answer letter (the release's files have no header; a first row
+            whose last column is "answer" or "target", as CSV exports of the hub copy have, is one); the subject
+            is the file name without "_test.csv" / "_dev.csv" / "_val.csv"; a directory holds one file per
+            subject (the release's data/test holds all 57: `subjects` picks some, e.g. MMLU_MED_SUBJECTS); or
+            the Hugging Face copy's records {"question", "subject", "choices": [4 texts], "answer": 0-3 or a letter}
             (e.g. its "all" test split), `subjects` picking records; ids "<subject>-<n>" count per subject as
             the CSV's lines do, so both copies give the same ids
 
@@ -237,10 +238,13 @@ def read_mmlu(path: str) -> Iterator[QARecord]:
     if not path.endswith(".csv"):
         yield from _mmlu_records(path)
         return
-    subject = mmlu_subject(path)
+    subject, header = mmlu_subject(path), 0
     with open(path, encoding="utf-8", newline="") as f:
         for n, row in enumerate(csv.reader(f), 1):
             where = f"{path}:{n}"
+            if n == 1 and row and row[-1].strip().lower() in ("answer", "target"):
+                header = 1  # ids count records, as in the headerless release
+                continue
             if not row:
                 continue
             if len(row) != 6:
@@ -250,7 +254,7 @@ def read_mmlu(path: str) -> Iterator[QARecord]:
                 raise DataError(f"{where}: answer {letter!r} is not one of A, B, C, D")
             if not question:
                 raise DataError(f"{where}: empty question")
-            yield QARecord(f"{subject}-{n}", "mmlu", question, tuple(options), "ABCD".index(letter), subject=subject)
+            yield QARecord(f"{subject}-{n - header}", "mmlu", question, tuple(options), "ABCD".index(letter), subject=subject)
 
 
 def _mmlu_records(path: str) -> Iterator[QARecord]:

@@ -3,7 +3,7 @@
 Readers (one record = one document, then chunked):
   guidelines   NGC / USPSTF guideline summaries, JSONL (id, title, text, open_basis), or Meditron's clinical
                guidelines as released (epfl-llm/guidelines: id, source, title, clean_text, ...)
-  medquad      MedQuAD answers: JSONL (id, source, question, answer, ...) or the public XML directory tree
+  medquad      MedQuAD answers: JSONL / CSV (id, source, question, answer, ...) or the public XML directory tree
   pubmedqa     PubMedQA abstracts: the PQA-L/A/U JSON object PMID -> {QUESTION, CONTEXTS, ...}; the question
                is *not* put in the passage (PubMedQA questions are the article titles: that would leak)
   documents    a user's own JSONL or TSV with columns id, title, text (TSV needs a header row)

@@ -93,6 +93,31 @@ def test_hugging_face_field_names(tmp_path):
     assert dataclasses.replace(q, where="") == dataclasses.replace(p, where="") and q.where.endswith(": row 1")
 
 
+def test_csv_copies(tmp_path):
+    """A CSV copy with a header (Kaggle's: question, answer, source, focus_area; answers span lines) and one whose
+    columns are capitalised give the JSONL copy's pairs; a record without its answer is named by its first line."""
+    import csv
+
+    (want,) = [p for p in iter_medquad(write_jsonl_copy(tmp_path / "medquad.jsonl")) if p.n == 1]
+    path = tmp_path / "medquad.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "answer", "source", "focus_area"])
+        w.writerow([want.question, want.answer, want.source, want.focus])  # the answer holds newlines
+        w.writerow(["What is (are) Rare syndrome ?", "", "GARD", "Rare syndrome"])
+    (p, bad) = iter_medquad(str(path))
+    assert (p.question, p.answer, p.source, p.focus, p.where) == (want.question, want.answer, want.source,
+                                                                   want.focus, f"{path}:2")
+    assert isinstance(bad, DataError) and str(bad) == f"{path}:5: missing answer (a MedQuAD pair needs a question " \
+                                                      "and an answer)"
+    (tmp_path / "caps.csv").write_text('qtype,Question,Answer\ninformation,What is ALL ?,"  A cancer.  "\n')
+    (q,) = iter_medquad(str(tmp_path / "caps.csv"))
+    assert (q.qtype, q.question, q.answer, q.focus) == ("information", "What is ALL ?", "A cancer.", "")
+    (tmp_path / "other.csv").write_text("id,text\n1,hello\n")
+    with pytest.raises(DataError, match=r"other.csv:1: a MedQuAD CSV needs a header row with question and answer"):
+        list(iter_medquad(str(tmp_path / "other.csv")))
+
+
 def test_bad_input_names_file_and_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="MedQuAD not found: .*nowhere"):
         list(iter_medquad(str(tmp_path / "nowhere")))

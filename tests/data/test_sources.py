@@ -196,6 +196,13 @@ def test_mmlu_hugging_face_records_give_the_csv_records(tmp_path):
         assert [r.id for r in read_qa("mmlu", path, subjects=("anatomy",))] == ["anatomy-1", "anatomy-2"]
         with pytest.raises(DataError, match=r"none of its MMLU records is of a subject in \('virology',\)"):
             read_qa("mmlu", path, subjects=("virology",))
+    headed = tmp_path / "headed"  # a CSV export with a header row: the same records and ids
+    headed.mkdir()
+    (headed / "anatomy_test.csv").write_text("question,A,B,C,D,answer\n" + (d / "anatomy_test.csv").read_text())
+    assert read_qa("mmlu", str(headed)) == csv_recs[:2]
+    with pytest.raises(DataError, match=r"anatomy_test.csv:1: answer 'Answer key' is not one of A, B, C, D"):
+        (headed / "anatomy_test.csv").write_text("question,A,B,C,D,Answer key\n")
+        read_qa("mmlu", str(headed))
     with pytest.raises(DataError, match=r"bad.jsonl:2: choices must be a list of 4 non-empty texts"):
         read_qa("mmlu", _lines(tmp_path / "bad.jsonl", [hf[0], dict(hf[1], choices=["a", "b"])]))
     with pytest.raises(DataError, match=r"bad.parquet: row 1: answer 4 is not 0-3"):
