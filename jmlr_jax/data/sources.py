@@ -1,7 +1,9 @@
 """Medical QA readers into one record type, following each dataset's public format.
 
   medqa     JSONL: {"question", "options": {"A": .., "B": ..}, "answer", "answer_idx": "A", "meta_info"?}
-            (4- or 5-option files; `answer_idx` may be absent, then `answer` must equal one option)
+            (4- or 5-option files; `answer_idx` may be absent, then `answer` must equal one option); or the
+            "-hf" copies' records {"id", "sent1": question, "sent2", "ending0".."ending3", "label": 0-based}
+            (GBaker/MedQA-USMLE-4-options-hf, lm-evaluation-harness' medqa_4options)
   medmcqa   JSON lines: {"id", "question", "opa".."opd", "cop", "exp", "subject_name", ...}; `cop` is 1-based in
             the released files (0-based in the Hugging Face copy: pass cop_base=0); unlabelled test rows
             (cop missing or -1) are an error unless allow_unlabelled=True
@@ -103,8 +105,21 @@ def _parquet_rows(path: str) -> Iterator[tuple[int, str, dict]]:
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
 
 
+def _medqa_from_endings(rec: dict, where: str) -> dict:
+    """A "-hf" copy's record (module doc) in the release's keys."""
+    endings = [rec[f"ending{i}"] for i in range(len(LETTERS)) if rec.get(f"ending{i}") is not None]
+    label = rec.get("label")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(endings):
+        raise DataError(f"{where}: label {label!r} is not the 0-based index of one of its {len(endings)} endings")
+    question = " ".join(t for t in (_text(rec["sent1"]), _text(rec.get("sent2"))) if t)
+    return {"id": rec.get("id"), "question": question, "options": dict(zip(LETTERS, endings)),
+            "answer_idx": LETTERS[label]}
+
+
 def read_medqa(path: str) -> Iterator[QARecord]:
     for n, (_, where, rec) in enumerate(file_records(path)):
+        if "sent1" in rec and "options" not in rec:
+            rec = _medqa_from_endings(rec, where)
         q, opts = _text(rec.get("question")), rec.get("options")
         if not q:
             raise DataError(f"{where}: empty or missing question")
@@ -127,7 +142,8 @@ def read_medqa(path: str) -> Iterator[QARecord]:
             answer = options.index(_text(rec.get("answer")))
         else:
             raise DataError(f"{where}: no answer_idx and the answer text matches no option")
-        yield QARecord(str(rec.get("id", n)), "medqa", q, options, answer, subject=_text(rec.get("meta_info")))
+        yield QARecord(str(rec.get("id") if rec.get("id") is not None else n), "medqa", q, options, answer,
+                       subject=_text(rec.get("meta_info")))
 
 
 def read_medmcqa(path: str, cop_base: int = 1, allow_unlabelled: bool = False) -> Iterator[QARecord]:
@@ -254,7 +270,8 @@ def read_mmlu(path: str) -> Iterator[QARecord]:
                 raise DataError(f"{where}: answer {letter!r} is not one of A, B, C, D")
             if not question:
                 raise DataError(f"{where}: empty question")
-            yield QARecord(f"{subject}-{n - header}", "mmlu", question, tuple(options), "ABCD".index(letter), subject=subject)
+            yield QARecord(f"{subject}-{n - header}", "mmlu", question, tuple(options), "ABCD".index(letter),
+                           subject=subject)
 
 
 def _mmlu_records(path: str) -> Iterator[QARecord]:

@@ -175,6 +175,14 @@ def test_hugging_face_parquet_copies_read_as_the_release(tmp_path):
     (tmp_path / "ori.json").write_text(json.dumps(release))
     hf = _parquet(tmp_path / "pqa_labeled.parquet", [_hf_pubmedqa(k, v) for k, v in release.items()])
     assert read_qa("pubmedqa", hf) == read_qa("pubmedqa", str(tmp_path / "ori.json"))
+    # the "-hf" copies (sent1, ending0.., 0-based label): the same records
+    endings = [{"id": str(i), "sent1": r["question"], "sent2": "", "label": "ABCDE".index(r["answer_idx"] or "E"),
+                **{f"ending{j}": t for j, t in enumerate(r["options"].values())}} for i, r in enumerate(rows)]
+    assert read_qa("medqa", _parquet(tmp_path / "hf.parquet", endings[:1])) == read_qa(
+        "medqa", _lines(tmp_path / "mq1.jsonl", [dict(rows[0], id="0")]))
+    assert read_qa("medqa", _lines(tmp_path / "hf.jsonl", endings))[1].answer_letter == "E"
+    with pytest.raises(DataError, match=r"hf.jsonl:2: label 5 is not the 0-based index of one of its 5 endings"):
+        read_qa("medqa", _lines(tmp_path / "hf.jsonl", [endings[0], dict(endings[1], label=5)]))
     with pytest.raises(DataError, match=r"mq.parquet: row 2: answer_idx 'F' is not one of the options"):
         read_qa("medqa", _parquet(tmp_path / "mq.parquet", [rows[0], dict(rows[1], answer_idx="F")]))
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
