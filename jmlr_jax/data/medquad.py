@@ -79,7 +79,7 @@ def _checked(n: int, where: str, fields: dict) -> MedQuADPair | DataError:
 
 def _fields(rec: dict) -> dict:
     """A record's MedQuAD fields by any of their names, letter case ignored ("" when absent)."""
-    rec = {str(k).lower(): v for k, v in rec.items()}
+    rec = {str(k).strip().lower(): v for k, v in rec.items()}
     return {k: next((str(rec[name]) for name in names if isinstance(rec.get(name), (str, int))), "")
             for k, names in _JSONL_NAMES.items()}
 
@@ -90,10 +90,10 @@ def _jsonl_pairs(path: str) -> Iterator[MedQuADPair | DataError]:
 
 
 def _csv_pairs(path: str) -> Iterator[MedQuADPair | DataError]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(f)
         try:
-            header = [str(h).lower() for h in reader.fieldnames or []]
+            header = [str(h).strip().lower() for h in reader.fieldnames or []]
         except csv.Error as e:
             raise DataError(f"{path}:1: malformed CSV header ({e})") from None
         if not {"question", "answer"} <= set(header):

@@ -110,7 +110,8 @@ def test_csv_copies(tmp_path):
                                                                    want.focus, f"{path}:2")
     assert isinstance(bad, DataError) and str(bad) == f"{path}:5: missing answer (a MedQuAD pair needs a question " \
                                                       "and an answer)"
-    (tmp_path / "caps.csv").write_text('qtype,Question,Answer\ninformation,What is ALL ?,"  A cancer.  "\n')
+    (tmp_path / "caps.csv").write_text('\ufeffqtype,Question,Answer\ninformation,What is ALL ?,"  A cancer.  "\n',
+                                       encoding="utf-8")  # as a spreadsheet saves it: with a byte-order mark
     (q,) = iter_medquad(str(tmp_path / "caps.csv"))
     assert (q.qtype, q.question, q.answer, q.focus) == ("information", "What is ALL ?", "A cancer.", "")
     (tmp_path / "other.csv").write_text("id,text\n1,hello\n")
