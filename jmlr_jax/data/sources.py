@@ -255,7 +255,7 @@ def read_mmlu(path: str) -> Iterator[QARecord]:
         yield from _mmlu_records(path)
         return
     subject, header = mmlu_subject(path), 0
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         for n, row in enumerate(csv.reader(f), 1):
             where = f"{path}:{n}"
             if n == 1 and row and row[-1].strip().lower() in ("answer", "target"):

@@ -147,7 +147,7 @@ def read_pubmedqa(path: str, exclude_ids: Sequence[str] = ()) -> Yield:
 def read_documents(path: str, source: str = "user", licence: str = "user-provided") -> Yield:
     """A user's own documents: JSONL or TSV (header row) with columns id, title, text."""
     if path.endswith((".tsv", ".tab")):
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t")
             missing = {"id", "title", "text"} - set(reader.fieldnames or ())
             if missing:

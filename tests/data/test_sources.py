@@ -208,6 +208,8 @@ def test_mmlu_hugging_face_records_give_the_csv_records(tmp_path):
     headed.mkdir()
     (headed / "anatomy_test.csv").write_text("question,A,B,C,D,answer\n" + (d / "anatomy_test.csv").read_text())
     assert read_qa("mmlu", str(headed)) == csv_recs[:2]
+    (headed / "anatomy_test.csv").write_text("\ufeff" + (d / "anatomy_test.csv").read_text(), encoding="utf-8")
+    assert read_qa("mmlu", str(headed)) == csv_recs[:2]  # a spreadsheet's byte-order mark is not question text
     with pytest.raises(DataError, match=r"anatomy_test.csv:1: answer 'Answer key' is not one of A, B, C, D"):
         (headed / "anatomy_test.csv").write_text("question,A,B,C,D,Answer key\n")
         read_qa("mmlu", str(headed))

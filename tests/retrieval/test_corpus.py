@@ -93,6 +93,9 @@ def test_user_documents_tsv_and_jsonl_and_dedupe(tmp_path):
     c = load_corpus([("documents", str(tsv))])
     assert [p.id for p in c.passages] == ["u1#0", "7#0"] and c.duplicates == 1
     assert c.passages[0].source == "user" and c.passages[0].title == "Asthma"
+    bom = tmp_path / "bom.tsv"  # saved by a spreadsheet: a byte-order mark before the header
+    bom.write_text("\ufeff" + tsv.read_text(), encoding="utf-8")
+    assert load_corpus([("documents", str(bom))]).checksum() == c.checksum()
     bad = tmp_path / "bad.tsv"
     bad.write_text("id\tbody\nu1\ttext\n")
     with pytest.raises(CorpusError, match=r"bad.tsv:1: TSV header lacks column\(s\) text"):
