@@ -275,7 +275,7 @@ def read_text_documents(path: str) -> list[tuple[str, str]]:
 
 
 def _text_file(path: str, doc_id: str) -> list[tuple[str, str]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         text = f.read()
     return [(doc_id, text)] if text.strip() else []
 

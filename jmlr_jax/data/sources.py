@@ -75,7 +75,7 @@ def file_records(path: str, errors: str = "raise") -> Iterator[tuple[int, str, d
     if path.endswith(".parquet"):
         yield from _parquet_rows(path)
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -177,7 +177,7 @@ def pubmedqa_entries(path: str) -> Iterator[tuple[str, str, dict | DataError]]:
     DataError (PMID "" when unknown); a malformed single-JSON file raises."""
     data = None  # None: one record per JSON line or Parquet row
     if not path.endswith(".parquet"):
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
         try:
             data = json.loads(text)

@@ -24,6 +24,9 @@ def test_medqa_four_and_five_options(tmp_path):
     recs = read_qa("medqa", p)
     assert recs[0].answer_letter == "D" and recs[0].answer_text == "Nitrofurantoin" and recs[0].subject == "step2&3"
     assert len(recs[1].options) == 5 and recs[1].answer_letter == "E"
+    bom = tmp_path / "bom.jsonl"  # a byte-order mark before the first record (files saved on Windows)
+    bom.write_text("\ufeff" + open(p).read(), encoding="utf-8")
+    assert read_qa("medqa", str(bom)) == recs
 
 
 @pytest.mark.parametrize("bad,msg", [
