@@ -161,7 +161,7 @@ def test_counts_and_sizes_are_checked_where_they_are_bound():
                       (lambda: RunConfig(batch_size=True), "batch_size=True"),
                       (lambda: PipelineConfig(keep_checkpoints=0), "PipelineConfig: keep_checkpoints=0"),
                       (lambda: DataConfig(heldout_fraction=1.0), "heldout_fraction=1.0 must be in [0, 1)"),
-                      (lambda: DataConfig(medmcqa_cop_base=2), "medmcqa_cop_base=2 must be 0 or 1"),
+                      (lambda: DataConfig(medmcqa_cop_base=2), "medmcqa_cop_base=2 must be 0, 1 or None"),
                       (lambda: LMDataConfig(seq_len=0), "LMDataConfig: seq_len=0"),
                       (lambda: LMDataConfig(text_heldout_fraction=-0.1), "text_heldout_fraction=-0.1"),
                       (lambda: CorpusConfig(chunk_size=50, overlap=50), "need overlap < chunk_size"),

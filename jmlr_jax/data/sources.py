@@ -5,8 +5,9 @@
             "-hf" copies' records {"id", "sent1": question, "sent2", "ending0".."ending3", "label": 0-based}
             (GBaker/MedQA-USMLE-4-options-hf, lm-evaluation-harness' medqa_4options)
   medmcqa   JSON lines: {"id", "question", "opa".."opd", "cop", "exp", "subject_name", ...}; `cop` is 1-based in
-            the released files (0-based in the Hugging Face copy: pass cop_base=0); unlabelled test rows
-            (cop missing or -1) are an error unless allow_unlabelled=True
+            the released files, 0-based in the Hugging Face copy: read from the file's values (a 0 or a 4; neither:
+            0 for Parquet, the hub's format, 1 for JSON lines) unless cop_base says; unlabelled test rows (cop
+            missing or -1) are an error unless allow_unlabelled=True
   pubmedqa  JSON object PMID -> {"QUESTION", "CONTEXTS", "LONG_ANSWER", "final_decision"} (the release's
             ori_pqal.json / ori_pqaa.json), or the Hugging Face copy's records {"pubid", "question",
             "context": {"contexts"}, "long_answer", "final_decision"} as JSON lines or a JSON list;
@@ -146,7 +147,25 @@ def read_medqa(path: str) -> Iterator[QARecord]:
                        subject=_text(rec.get("meta_info")))
 
 
-def read_medmcqa(path: str, cop_base: int = 1, allow_unlabelled: bool = False) -> Iterator[QARecord]:
+def medmcqa_cop_base(path: str) -> int:
+    """Whether a MedMCQA file's `cop` counts from 0 (the Hugging Face copy) or 1 (the release), from its values:
+    a 0 says 0, a 4 says 1, both is an error; neither (every answer B-D or C: a small file) is the format's own
+    convention, 0 for Parquet (only the hub's copy is), 1 for JSON lines."""
+    first = {}
+    for _, where, rec in file_records(path, errors="yield"):  # bad records are reported by the reading pass
+        if isinstance(rec, dict) and rec.get("cop") in (0, 4):
+            first.setdefault(rec["cop"], where)
+    if len(first) == 2:
+        raise DataError(f"{first[4]}: cop=4 in a file whose {first[0]} has cop=0: answers neither 0-based (the "
+                        f"Hugging Face copy) nor 1-based (the release)")
+    if first:
+        return 0 if 0 in first else 1
+    return 0 if path.endswith(".parquet") else 1
+
+
+def read_medmcqa(path: str, cop_base: int | None = None, allow_unlabelled: bool = False) -> Iterator[QARecord]:
+    if cop_base is None:
+        cop_base = medmcqa_cop_base(path)
     for n, (_, where, rec) in enumerate(file_records(path)):
         q = _text(rec.get("question"))
         options = tuple(_text(rec.get(k)) for k in ("opa", "opb", "opc", "opd"))
@@ -161,8 +180,7 @@ def read_medmcqa(path: str, cop_base: int = 1, allow_unlabelled: bool = False) -
             answer = -1
         else:
             if not isinstance(cop, int) or not 0 <= cop - cop_base < 4:
-                hint = " (the Hugging Face copy's are 0-based: cop_base=0)" if cop == 0 else ""
-                raise DataError(f"{where}: cop={cop!r} out of range for {cop_base}-based answers{hint}")
+                raise DataError(f"{where}: cop={cop!r} out of range for {cop_base}-based answers")
             answer = cop - cop_base
         yield QARecord(str(rec.get("id", n)), "medmcqa", q, options, answer, rationale=_text(rec.get("exp")),
                        subject=_text(rec.get("subject_name")))

@@ -21,7 +21,7 @@ import numpy as np
 
 import gin
 
-from jmlr_jax.data.sources import MMLU_MED_SUBJECTS, QARecord, pubmedqa_ids, read_qa
+from jmlr_jax.data.sources import MMLU_MED_SUBJECTS, QARecord, medmcqa_cop_base, pubmedqa_ids, read_qa
 from jmlr_jax.errors import InputError, check_counts
 from jmlr_jax.retrieval.corpus import resolve_path
 
@@ -81,12 +81,13 @@ class DataConfig:
     max_examples: int = 0
     option_shuffle_seed: int | None = None
     # The built-in sets' files, under data_dir unless absolute. The defaults are ../shared/data's layout; the
-    # releases' own layouts work too, e.g. medmcqa_file = "medmcqa/dev.json" (MedMCQA's data.zip: JSON lines),
-    # medmcqa_cop_base = 0 (the Hugging Face copy), mmlu_dir = "mmlu/data/test" (all 57 subjects; mmlu_subjects
-    # picks the medical ones, () = every file; or one file of the Hugging Face copy's records, e.g. its "all" test
-    # split as Parquet), pubmedqa_test_file = a Hugging Face test split's records; any JSON lines may be Parquet.
+    # releases' own layouts work too, e.g. medmcqa_file = "medmcqa/dev.json" (MedMCQA's data.zip: JSON lines; the
+    # Hugging Face copy's 0-based answers are told by their values, medmcqa_cop_base = 0 or 1 forces a base),
+    # mmlu_dir = "mmlu/data/test" (all 57 subjects; mmlu_subjects picks the medical ones, () = every file; or one
+    # file of the Hugging Face copy's records, e.g. its "all" test split as Parquet), pubmedqa_test_file = a Hugging
+    # Face test split's records; any JSON lines may be Parquet.
     medmcqa_file: str = "medmcqa/dev.jsonl"
-    medmcqa_cop_base: int = 1
+    medmcqa_cop_base: int | None = None
     pubmedqa_file: str = "pubmedqa/ori_pqal.json"
     pubmedqa_test_file: str = "pubmedqa/test_ground_truth.json"
     mmlu_dir: str = "mmlu_med"
@@ -96,8 +97,9 @@ class DataConfig:
         check_counts(self, nonnegative=("max_examples",))
         if not 0 <= self.heldout_fraction < 1:
             raise ValueError(f"DataConfig: heldout_fraction={self.heldout_fraction!r} must be in [0, 1)")
-        if self.medmcqa_cop_base not in (0, 1):
-            raise ValueError(f"DataConfig: medmcqa_cop_base={self.medmcqa_cop_base!r} must be 0 or 1")
+        if self.medmcqa_cop_base not in (None, 0, 1):
+            raise ValueError(f"DataConfig: medmcqa_cop_base={self.medmcqa_cop_base!r} must be 0, 1 or None (the "
+                             f"file's)")
 
     def path(self, rel: str) -> str:
         """A data path (relative = under data_dir)."""
@@ -106,6 +108,12 @@ class DataConfig:
     def medmcqa_records(self) -> list[QARecord]:
         """All of medmcqa_file, in file order."""
         return read_qa("medmcqa", self.path(self.medmcqa_file), cop_base=self.medmcqa_cop_base)
+
+    def medmcqa_base(self) -> int:
+        """The base medmcqa_file's answers are read in: medmcqa_cop_base, or when None the file's own."""
+        if self.medmcqa_cop_base is not None:
+            return self.medmcqa_cop_base
+        return medmcqa_cop_base(self.path(self.medmcqa_file))
 
     def medmcqa_split(self) -> tuple[list[QARecord], list[QARecord]]:
         """(training part, held-out part) of medmcqa_file, fixed by id."""

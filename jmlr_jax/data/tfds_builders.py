@@ -78,8 +78,8 @@ class MedQA(_QABuilder):
 
 
 class MedMCQA(_QABuilder):
-    """MedMCQA JSON lines: opa..opd, cop (1-based; 0-based in the Hugging Face Parquet), exp, subject_name; test
-    split unlabelled."""
+    """MedMCQA JSON lines: opa..opd, cop (1-based; 0-based in the Hugging Face copy: read from the values), exp,
+    subject_name; test split unlabelled."""
 
     def _split_generators(self, dl_manager):
         files = _find(dl_manager.manual_dir, {"train": ("train.json*", "train-*.parquet"),
@@ -89,7 +89,7 @@ class MedMCQA(_QABuilder):
 
     def _generate_examples(self, files, unlabelled):
         for f in files:
-            for r in read_medmcqa(f, cop_base=0 if f.endswith(".parquet") else 1, allow_unlabelled=unlabelled):
+            for r in read_medmcqa(f, allow_unlabelled=unlabelled):
                 yield _example(r)
 
 

@@ -56,7 +56,8 @@ class EvalConfig:
     medqa_path: str = ""  # for the "medqa" set (JSONL, 4 or 5 options); relative = under DataConfig.data_dir
     # More sets from files, evaluated with `sets`: (name, kind, path) or (name, kind, path, reader options), kind a
     # `data.sources` reader, e.g. ("medqa_test", "medqa", "/data/MedQA/US/4_options/phrases_no_exclude_test.jsonl")
-    # or ("medmcqa_val", "medmcqa", "/data/medmcqa/validation-00000-of-00001.parquet", {"cop_base": 0}).
+    # or ("medmcqa_val", "medmcqa", "/data/medmcqa/validation-00000-of-00001.parquet"); with reader options,
+    # ("anatomy", "mmlu", "/data/mmlu/all/test-00000-of-00001.parquet", {"subjects": ["anatomy"]}).
     set_files: tuple = ()
     max_per_set: int = 0  # > 0: a fixed sample of N per set (smallest sha1 of id)
     output_dir: str = ""  # default: <workdir>/eval

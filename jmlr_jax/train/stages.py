@@ -254,7 +254,8 @@ def check_stage_dir(workdir: str, stage: StageConfig, init: str, data: DataConfi
         was = lambda sec, k: saved.get(sec, {}).get(k, default[sec].get(k))  # noqa: E731
         unread = {("lm_data", k) for k in LM_FIELDS_UNREAD[stage.kind]} | {("stage", "num_steps"), ("data", "data_dir")}
         diff = [f"{sec}.{k}: run has {was(sec, k)!r}, given {v!r}" for sec in ("stage", "data", "lm_data")
-                for k, v in cur[sec].items() if was(sec, k) != v and (sec, k) not in unread]
+                for k, v in cur[sec].items() if was(sec, k) != v and (sec, k) not in unread
+                and not _same_medmcqa_base(sec, k, was(sec, k), data)]
         if saved.get("init") != cur["init"]:
             diff.append(f"init: run has {saved.get('init')!r}, given {cur['init']!r}")
         if diff:
@@ -265,6 +266,18 @@ def check_stage_dir(workdir: str, stage: StageConfig, init: str, data: DataConfi
             raise ConfigError(f"{workdir}: the data under {data.data_dir} are not those this stage trained on (sha1 "
                               f"{data_sha1[:12]}, the stage's {was_sha1[:12]}); point DataConfig.data_dir at them")
         write_text(path, json.dumps(dict(cur, data_sha1=data_sha1), indent=1))
+
+
+def _same_medmcqa_base(sec: str, key: str, saved: object, data: DataConfig) -> bool:
+    """A saved MedMCQA answer base and None (the file's own, the default since) read the file alike when the file's
+    own is the saved one (runs saved with the former default, 1, resume)."""
+    if (sec, key) != ("data", "medmcqa_cop_base") or None not in (saved, data.medmcqa_cop_base):
+        return False
+    base = saved if data.medmcqa_cop_base is None else data.medmcqa_cop_base
+    try:
+        return dataclasses.replace(data, medmcqa_cop_base=None).medmcqa_base() == base
+    except (OSError, InputError):  # no file to tell: the settings differ
+        return False
 
 
 def stage_source(pipe: PipelineConfig, index: int) -> str:

@@ -53,6 +53,15 @@ def test_medmcqa_cop_bases_and_unlabelled(tmp_path):
     p = _lines(tmp_path / "bad.jsonl", [dict(row, cop=5)])
     with pytest.raises(DataError, match=r"bad.jsonl:1: cop=5 out of range"):
         read_qa("medmcqa", p)
+    # the base is the file's: a 0 makes it the Hugging Face copy's (0-based), a 4 the release's; both is an error
+    letters = lambda rows, **kw: [r.answer_letter for r in read_qa("medmcqa", _lines(tmp_path / "b.jsonl", [
+        dict(row, cop=c) for c in rows]), **kw)]
+    assert letters([2, 0, 3]) == ["C", "A", "D"] and letters([2, 4, 1]) == ["B", "D", "A"]
+    assert letters([2, 3]) == ["B", "C"] and letters([2, 3], cop_base=0) == ["C", "D"]  # JSON lines: the release's
+    with pytest.raises(DataError, match=r"b.jsonl:3: cop=4 in a file whose .*b.jsonl:2 has cop=0"):
+        letters([1, 0, 4])
+    with pytest.raises(DataError, match=r"b.jsonl:2: cop=0 out of range for 1-based"):
+        letters([2, 0], cop_base=1)
     p = _lines(tmp_path / "test.jsonl", [dict(row, cop=-1)])
     with pytest.raises(DataError, match="allow_unlabelled"):
         read_qa("medmcqa", p)
@@ -146,12 +155,6 @@ def test_mmlu_directory_of_every_subject_keeps_the_medical_ones(tmp_path):
         read_qa("mmlu", str(tmp_path), subjects=("nephrology",))
 
 
-def test_medmcqa_zero_cop_names_the_hugging_face_copy(tmp_path):
-    row = {"id": "x1", "question": "q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 0}
-    with pytest.raises(DataError, match=r"x.jsonl:1: cop=0 out of range for 1-based answers \(the Hugging Face"):
-        read_qa("medmcqa", _lines(tmp_path / "x.jsonl", [row]))
-
-
 def _parquet(path, rows):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -165,7 +168,10 @@ def test_hugging_face_parquet_copies_read_as_the_release(tmp_path):
     want = read_qa("medmcqa", _lines(tmp_path / "dev.jsonl", [mcq, dict(mcq, id="x2", cop=1, exp=None)]))
     hf = _parquet(tmp_path / "validation-00000-of-00001.parquet",
                   [dict(mcq, cop=2), dict(mcq, id="x2", cop=0, exp=None)])  # the copy's cop is 0-based
-    assert read_qa("medmcqa", hf, cop_base=0) == want
+    assert read_qa("medmcqa", hf) == want
+    # a Parquet file whose answers say nothing of their base (no A, no D) is the hub's copy: 0-based
+    hf = _parquet(tmp_path / "small.parquet", [dict(mcq, cop=2)])
+    assert read_qa("medmcqa", hf)[0].answer_letter == "C"
     # MedQA: a Parquet struct of 4- and 5-option rows has E = null in the 4-option ones
     rows = [{"question": "Four?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer": "b",
              "answer_idx": "B"},

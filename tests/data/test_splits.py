@@ -116,7 +116,7 @@ def test_release_layouts_give_the_same_questions(tmp_path):
     for f in os.listdir(os.path.join(DATA_DIR, "mmlu_med")):
         (mmlu / f).write_text(open(os.path.join(DATA_DIR, "mmlu_med", f)).read())
     (mmlu / "astronomy_test.csv").write_text("Which planet?,a,b,c,d,A\n")
-    other = DataConfig(data_dir=DATA_DIR, medmcqa_file=str(tmp_path / "mcq" / "dev.json"), medmcqa_cop_base=0,
+    other = DataConfig(data_dir=DATA_DIR, medmcqa_file=str(tmp_path / "mcq" / "dev.json"),
                        pubmedqa_file=str(tmp_path / "pqa" / "all.json"),
                        pubmedqa_test_file=str(tmp_path / "pqa" / "test.jsonl"), mmlu_dir=str(mmlu))
     names = ("mmlu_med", "pubmedqa_test", "medmcqa_heldout", "medmcqa_dev")

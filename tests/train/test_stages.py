@@ -228,6 +228,17 @@ def test_dpo_on_the_starting_models_own_wrong_answers(setup, tmp_path):
     json.dump(saved, open(path, "w"))
     with pytest.raises(ConfigError, match="stage.pairs: run has 'options', given 'generated'"):
         stages.check_stage_dir(pipe.stage_dir(0), stage, llm, data, lm)
+    # saved with MedMCQA's answer base bound (1, the default before the file's own base was): the same setting when
+    # the file's own base is that one (dev.jsonl is the release's, 1-based)
+    assert data.medmcqa_cop_base is None and data.medmcqa_base() == 1
+    saved["stage"]["pairs"] = "generated"
+    for base in (1, 0):
+        json.dump(dict(saved, data=dict(saved["data"], medmcqa_cop_base=base)), open(path, "w"))
+        if base == 1:
+            stages.check_stage_dir(pipe.stage_dir(0), stage, llm, data, lm)
+        else:
+            with pytest.raises(ConfigError, match="data.medmcqa_cop_base: run has 0, given None"):
+                stages.check_stage_dir(pipe.stage_dir(0), stage, llm, data, lm)
     with pytest.raises(ValueError, match="StageConfig.pairs"):
         stages.StageConfig("dpo", "dpo", pairs="sampled")
 
