@@ -21,10 +21,14 @@ A user's own data joins each stage (LMDataConfig.text_files / sft_files / pair_f
   text   {"text", "id"?} records (pre-training corpora), or .txt files (a file, or every .txt under a directory:
          one document each)
   SFT    Alpaca / PMC-LLaMA's instructions {"instruction", "input"?, "output"} ("response" / "answer" read too),
-         TRL's prompt-completion {"prompt", "completion"}, {"question", "answer"}
-  pairs  TRL's {"prompt", "chosen", "rejected"} (string form), MedicalGPT / Qilin-Med's {"question",
-         "response_chosen", "response_rejected"}, and this module's own {"id", "instruction", "input", "chosen",
-         "rejected"} (pairs.jsonl)
+         TRL's prompt-completion {"prompt", "completion"}, {"question", "answer"}; conversations: TRL's / OpenAI's
+         {"messages": [{"role", "content"}, ...]}, ShareGPT's {"conversations": [{"from", "value"}, ...]}
+  pairs  TRL's {"prompt", "chosen", "rejected"}, MedicalGPT / Qilin-Med's {"question", "response_chosen",
+         "response_rejected"}, and this module's own {"id", "instruction", "input", "chosen", "rejected"}
+         (pairs.jsonl); TRL's conversational form too (lists of turns; the prompt explicit, or implicit: the
+         turns chosen and rejected share before their last)
+A conversation must be one user turn and the assistant's answer (one instruction and its response per record;
+an empty system turn is allowed, a system message is not: LMDataConfig.system gives every record one).
 Records keep their "id" (or "sample_id"; else their line), prefixed with the file's name.
 """
 from __future__ import annotations
@@ -219,12 +223,65 @@ _PAIR_NAMES = {"instruction": ("instruction", "prompt", "question"), "input": ("
                "chosen": ("chosen", "response_chosen"), "rejected": ("rejected", "response_rejected")}
 
 
+_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+
+
+def _turns(turns: object, where: str, what: str) -> list[tuple[str, str]]:
+    """(role, text) per turn of a conversation (TRL's role / content, ShareGPT's from / value), empty system
+    turns dropped."""
+    if not isinstance(turns, list):
+        raise InputError(f"{where}: {what} record's turns must be a list, got {type(turns).__name__}")
+    out = []
+    for t in turns:
+        t = t if isinstance(t, dict) else {}
+        role, text = _ROLES.get(t.get("role", t.get("from"))), t.get("content", t.get("value"))
+        if role is None or not isinstance(text, str):
+            raise InputError(f"{where}: {what} record has a turn without a role (user / assistant / system; "
+                             f"ShareGPT's human / gpt) and a text: {json.dumps(t)[:80]}")
+        if role == "system" and text.strip():
+            raise InputError(f"{where}: {what} record has its own system message; LMDataConfig.system gives every "
+                             "record one")
+        if role != "system":
+            out.append((role, text))
+    return out
+
+
+def _flat(rec: dict, where: str, what: str) -> dict:
+    """A conversational record (module doc) in the flat fields' names: "instruction" and each response under its
+    own key ("output" for a whole conversation); other records as they are."""
+    convs = {k: rec[k] for k in ("messages", "conversations", "prompt", "completion", "chosen", "rejected")
+             if isinstance(rec.get(k), list)}
+    if not convs:
+        return rec
+    turns = {k: _turns(v, where, what) for k, v in convs.items()}
+    whole = next((turns[k] for k in ("messages", "conversations") if k in turns), None)
+    if whole is not None:
+        turns = {"prompt": whole[:-1], "output": whole[-1:]}
+    elif "prompt" not in turns and isinstance(rec.get("prompt"), str):  # a text prompt, responses as turns
+        turns["prompt"] = [("user", rec["prompt"])]
+    elif "prompt" not in turns:  # TRL's implicit prompt: what chosen and rejected share before their last turn
+        prompts = {tuple(v[:-1]) for v in turns.values()}
+        if len(prompts) != 1:
+            raise InputError(f"{where}: {what} record's conversations differ before their last turn (TRL's "
+                             "implicit prompt must be shared)")
+        turns = {"prompt": list(prompts.pop()), **{k: v[-1:] for k, v in turns.items()}}
+    roles = {k: [r for r, _ in v] for k, v in turns.items()}
+    if roles.pop("prompt") != ["user"] or any(r != ["assistant"] for r in roles.values()):
+        got = "; ".join(f"{k}: {' / '.join(r for r, _ in v) or 'none'}" for k, v in turns.items())
+        raise InputError(f"{where}: {what} record must be one user turn and the assistant's answer (got {got}); "
+                         "one instruction and its response per record")
+    prompt = turns.pop("prompt")
+    return {**{k: v for k, v in rec.items() if k not in convs}, "instruction": prompt[0][1],
+            **{k: v[0][1] for k, v in turns.items()}}
+
+
 def _user_records(path: str, names: dict[str, tuple[str, ...]], what: str):
     """(id, where, {field: text}) per record of a user's file; a required field (all but input) missing, empty or
-    not a string (e.g. TRL's conversational form) is an error naming the file and line."""
+    not a string is an error naming the file and line."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file not found: {path}")
     for n, where, rec in file_records(path):
+        rec = _flat(rec, where, what)
         fields = {k: next((rec[a] for a in alts if rec.get(a) is not None), "") for k, alts in names.items()}
         bad = [f"{k} ({' / '.join(names[k])})" for k, v in fields.items()
                if not isinstance(v, str) or (k != "input" and not v.strip())]

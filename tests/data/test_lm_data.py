@@ -187,10 +187,23 @@ def test_a_users_files_in_their_public_formats(tmp_path):
                                          r"\(output / response / completion / answer\)"):
         lm_data.read_sft_file(_jsonl(tmp_path / "no_answer.jsonl", [{"prompt": "a", "completion": "b"},
                                                                     {"instruction": "Q?", "output": "  "}]))
-    conversational = [{"prompt": [{"role": "user", "content": "Q?"}], "completion": [{"role": "assistant",
-                                                                                     "content": "A."}]}]
-    with pytest.raises(InputError, match=r"conv.jsonl:1: SFT record lacks a non-empty text instruction"):
-        lm_data.read_sft_file(_jsonl(tmp_path / "conv.jsonl", conversational))
+    # conversations: TRL's prompt-completion and messages, ShareGPT's; one user turn and the answer, an empty
+    # system turn allowed
+    q, a = "What is HbA1c?", "Glycated haemoglobin."
+    user, answer = {"role": "user", "content": q}, {"role": "assistant", "content": a}
+    conv = _jsonl(tmp_path / "conv.jsonl", [
+        {"prompt": [user], "completion": [answer]}, {"messages": [{"role": "system", "content": ""}, user, answer]},
+        {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}])
+    assert [(r.instruction, r.input, r.response) for r in lm_data.read_sft_file(conv)] == [
+        (recs[-1].instruction, "", recs[-1].response)] * 3
+    for rows, msg in (
+            ([{"messages": [user, answer, user, answer]}], r"got prompt: user / assistant / user; output: assistant"),
+            ([{"messages": [user]}], r"got prompt: none; output: user"),
+            ([{"messages": [{"role": "system", "content": "Be brief."}, user, answer]}], "its own system message"),
+            ([{"conversations": [{"from": "doctor", "value": "x"}, answer]}], r"a turn without a role .*doctor"),
+            ([{"messages": "Q?"}], "SFT record lacks a non-empty text instruction")):
+        with pytest.raises(InputError, match=rf"bad_conv.jsonl:1: (SFT record )?.*{msg}"):
+            lm_data.read_sft_file(_jsonl(tmp_path / "bad_conv.jsonl", rows))
 
     pairs = lm_data.load_pairs(_jsonl(tmp_path / "p.jsonl", [
         {"prompt": "Q1?", "chosen": "good", "rejected": "bad"},  # TRL
@@ -202,6 +215,17 @@ def test_a_users_files_in_their_public_formats(tmp_path):
                                                                "response_chosen": "a", "response_rejected": "b"}]))
     with pytest.raises(InputError, match=r"same.jsonl:1: chosen and rejected responses are the same"):
         lm_data.load_pairs(_jsonl(tmp_path / "same.jsonl", [{"prompt": "Q?", "chosen": "A.", "rejected": " A. "}]))
+    # TRL's conversational pairs: explicit prompt, implicit (shared first turns), a text prompt
+    turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    q, good, bad = turn("user", "Q1?"), turn("assistant", "good"), turn("assistant", "bad")
+    conv = lm_data.load_pairs(_jsonl(tmp_path / "conv_pairs.jsonl", [
+        {"prompt": [q], "chosen": [good], "rejected": [bad]}, {"chosen": [q, good], "rejected": [q, bad]},
+        {"prompt": "Q1?", "chosen": [good], "rejected": [bad]}]))
+    assert [(p.instruction, p.input, p.chosen, p.rejected) for p in conv] == [("Q1?", "", "good", "bad")] * 3
+    with pytest.raises(InputError, match=r"conv_bad.jsonl:1: preference pair record's conversations differ before "
+                                         r"their last turn"):
+        lm_data.load_pairs(_jsonl(tmp_path / "conv_bad.jsonl", [{"chosen": [q, good], "rejected": [turn("user", "Q2?"),
+                                                                                                   bad]}]))
 
     import pyarrow as pa
     import pyarrow.parquet as pq
