@@ -294,7 +294,8 @@ def _user_records(path: str, names: dict[str, tuple[str, ...]], what: str):
 
 
 def read_sft_file(path: str) -> list[SFTRecord]:
-    """A user's instruction records (module doc): Alpaca / PMC-LLaMA, prompt-completion or question-answer."""
+    """A user's instruction records (module doc): Alpaca / PMC-LLaMA, prompt-completion, question-answer or a
+    conversation."""
     base = os.path.basename(path)  # ids prefixed: files may reuse ids, and the built-in records' too
     return [SFTRecord(f"{base}/{i}", f["instruction"], f["input"], f["response"])
             for i, _, f in _user_records(path, _SFT_NAMES, "SFT")]
