@@ -18,8 +18,8 @@ DPO pairs (stated honestly), MedMCQA training questions, two kinds: "options": c
 own greedy answer to the question, kept only when the letter it gives is not the gold one (`generated_pairs`).
 
 A user's own data joins each stage (LMDataConfig.text_files / sft_files / pair_files; JSON lines or Parquet):
-  text   {"text", "id"?} records (pre-training corpora), or .txt files (a file, or every .txt under a directory:
-         one document each)
+  text   {"text", "id"?} records (pre-training corpora; Meditron's guidelines' "clean_text" read too), or .txt
+         files (a file, or every .txt under a directory: one document each)
   SFT    Alpaca / PMC-LLaMA's instructions {"instruction", "input"?, "output"} ("response" / "answer" read too),
          TRL's prompt-completion {"prompt", "completion"}, {"question", "answer"}; conversations: TRL's / OpenAI's
          {"messages": [{"role", "content"}, ...]}, ShareGPT's {"conversations": [{"from", "value"}, ...]}
@@ -313,8 +313,8 @@ def load_pairs(path: str) -> list[PreferencePair]:
 
 
 def read_text_documents(path: str) -> list[tuple[str, str]]:
-    """A user's CPT documents as (id, text): {"text", "id"?} records, a .txt file, or every .txt under a
-    directory (one document each, id = its path below the directory)."""
+    """A user's CPT documents as (id, text): {"text" or "clean_text", "id"?} records, a .txt file, or every .txt
+    under a directory (one document each, id = its path below the directory)."""
     if os.path.isdir(path):
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".txt"))
         if not files:
@@ -325,9 +325,9 @@ def read_text_documents(path: str) -> list[tuple[str, str]]:
     base = os.path.basename(path)
     out = []
     for n, where, rec in file_records(path):
-        text = rec.get("text")
+        text = rec.get("text", rec.get("clean_text"))  # clean_text: epfl-llm/guidelines' open_guidelines.jsonl
         if not isinstance(text, str) or not text.strip():
-            raise InputError(f"{where}: CPT record lacks a non-empty text")
+            raise InputError(f"{where}: CPT record lacks a non-empty text (text / clean_text)")
         out.append((f"{base}/{rec.get('id') or n}", text))  # ids prefixed as SFT records' are
     return out
 

@@ -239,7 +239,11 @@ def test_a_users_files_in_their_public_formats(tmp_path):
         ("papers.parquet/pmc1", "Metformin is first line."), ("papers.parquet/2", "Second.")]
     assert lm_data.read_text_documents(str(tmp_path / "books")) == [("b.txt", "Chapter two."),
                                                                     ("ch1/a.txt", "Chapter one.")]
-    with pytest.raises(InputError, match=r"notext.jsonl:1: CPT record lacks a non-empty text"):
+    meditron = {"id": "7a1", "source": "who", "title": "Malaria", "clean_text": "# Malaria\nTreat with ACTs.",
+                "raw_text": "<h1>Malaria</h1>"}  # epfl-llm/guidelines' open_guidelines.jsonl
+    assert lm_data.read_text_documents(_jsonl(tmp_path / "open_guidelines.jsonl", [meditron])) == [
+        ("open_guidelines.jsonl/7a1", "# Malaria\nTreat with ACTs.")]
+    with pytest.raises(InputError, match=r"notext.jsonl:1: CPT record lacks a non-empty text \(text / clean_text\)"):
         lm_data.read_text_documents(_jsonl(tmp_path / "notext.jsonl", [{"body": "x"}]))
     (tmp_path / "none").mkdir()
     with pytest.raises(InputError, match=r"none: no .txt files under this directory"):
