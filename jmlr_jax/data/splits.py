@@ -21,7 +21,7 @@ import numpy as np
 
 import gin
 
-from jmlr_jax.data.sources import MMLU_MED_SUBJECTS, QARecord, medmcqa_cop_base, pubmedqa_ids, read_qa
+from jmlr_jax.data.sources import MMLU_MED_SUBJECTS, QARecord, pubmedqa_ids, read_qa
 from jmlr_jax.errors import InputError, check_counts
 from jmlr_jax.retrieval.corpus import resolve_path
 
@@ -108,12 +108,6 @@ class DataConfig:
     def medmcqa_records(self) -> list[QARecord]:
         """All of medmcqa_file, in file order."""
         return read_qa("medmcqa", self.path(self.medmcqa_file), cop_base=self.medmcqa_cop_base)
-
-    def medmcqa_base(self) -> int:
-        """The base medmcqa_file's answers are read in: medmcqa_cop_base, or when None the file's own."""
-        if self.medmcqa_cop_base is not None:
-            return self.medmcqa_cop_base
-        return medmcqa_cop_base(self.path(self.medmcqa_file))
 
     def medmcqa_split(self) -> tuple[list[QARecord], list[QARecord]]:
         """(training part, held-out part) of medmcqa_file, fixed by id."""

@@ -33,6 +33,7 @@ from jmlr_jax.convert import load_preset
 from jmlr_jax.convert.presets import load_llm_tokenizer
 from jmlr_jax.convert.hf import save_hf_llama
 from jmlr_jax.data import lm_data
+from jmlr_jax.data.sources import medmcqa_cop_base
 from jmlr_jax.data.splits import DataConfig, fingerprint
 from jmlr_jax.errors import InputError, StoppedEarly, check_counts
 from jmlr_jax.eval import stage_eval
@@ -275,7 +276,7 @@ def _same_medmcqa_base(sec: str, key: str, saved: object, data: DataConfig) -> b
         return False
     base = saved if data.medmcqa_cop_base is None else data.medmcqa_cop_base
     try:
-        return dataclasses.replace(data, medmcqa_cop_base=None).medmcqa_base() == base
+        return medmcqa_cop_base(data.path(data.medmcqa_file)) == base
     except (OSError, InputError):  # no file to tell: the settings differ
         return False
 

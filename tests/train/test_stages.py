@@ -12,6 +12,7 @@ from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.config import ConfigError
 from jmlr_jax.convert import load_preset
 from jmlr_jax.data import lm_data
+from jmlr_jax.data.sources import medmcqa_cop_base
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.errors import InputError
 from jmlr_jax.eval import stage_eval
@@ -230,7 +231,7 @@ def test_dpo_on_the_starting_models_own_wrong_answers(setup, tmp_path):
         stages.check_stage_dir(pipe.stage_dir(0), stage, llm, data, lm)
     # saved with MedMCQA's answer base bound (1, the default before the file's own base was): the same setting when
     # the file's own base is that one (dev.jsonl is the release's, 1-based)
-    assert data.medmcqa_cop_base is None and data.medmcqa_base() == 1
+    assert data.medmcqa_cop_base is None and medmcqa_cop_base(data.path(data.medmcqa_file)) == 1
     saved["stage"]["pairs"] = "generated"
     for base in (1, 0):
         json.dump(dict(saved, data=dict(saved["data"], medmcqa_cop_base=base)), open(path, "w"))
