@@ -106,6 +106,22 @@ def _parquet_rows(path: str) -> Iterator[tuple[int, str, dict]]:
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
 
 
+def _parquet_column(path: str, name: str) -> Iterator[tuple[int, str, dict]]:
+    """`_parquet_rows` of one column only (none when the file lacks it): a scan of a large table's one field."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(path)
+        if name not in f.schema_arrow.names:
+            return
+        values = f.read(columns=[name]).column(name).to_pylist()
+    except (pyarrow.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    for n, v in enumerate(values, 1):
+        yield n, f"{path}: row {n}", {name: v}
+
+
 def _medqa_from_endings(rec: dict, where: str) -> dict:
     """A "-hf" copy's record (module doc) in the release's keys."""
     endings = [rec[f"ending{i}"] for i in range(len(LETTERS)) if rec.get(f"ending{i}") is not None]
@@ -152,7 +168,8 @@ def medmcqa_cop_base(path: str) -> int:
     a 0 says 0, a 4 says 1, both is an error; neither (every answer B-D or C: a small file) is the format's own
     convention, 0 for Parquet (only the hub's copy is), 1 for JSON lines."""
     first = {}
-    for _, where, rec in file_records(path, errors="yield"):  # bad records are reported by the reading pass
+    rows = _parquet_column(path, "cop") if path.endswith(".parquet") else file_records(path, errors="yield")
+    for _, where, rec in rows:  # bad records are reported by the reading pass
         if isinstance(rec, dict) and rec.get("cop") in (0, 4):
             first.setdefault(rec["cop"], where)
     if len(first) == 2:

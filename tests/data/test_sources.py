@@ -172,6 +172,9 @@ def test_hugging_face_parquet_copies_read_as_the_release(tmp_path):
     # a Parquet file whose answers say nothing of their base (no A, no D) is the hub's copy: 0-based
     hf = _parquet(tmp_path / "small.parquet", [dict(mcq, cop=2)])
     assert read_qa("medmcqa", hf)[0].answer_letter == "C"
+    mixed = _parquet(tmp_path / "mixed.parquet", [dict(mcq, cop=c) for c in (1, 0, 2, 4)])  # base read from `cop`
+    with pytest.raises(DataError, match=r"mixed.parquet: row 4: cop=4 in a file whose .*mixed.parquet: row 2 has"):
+        read_qa("medmcqa", mixed)
     # MedQA: a Parquet struct of 4- and 5-option rows has E = null in the 4-option ones
     rows = [{"question": "Four?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer": "b",
              "answer_idx": "B"},
