@@ -17,8 +17,9 @@
             is the file name without "_test.csv" / "_dev.csv" / "_val.csv"; a directory holds one file per
             subject (the release's data/test holds all 57: `subjects` picks some, e.g. MMLU_MED_SUBJECTS); or
             the Hugging Face copy's records {"question", "subject", "choices": [4 texts], "answer": 0-3 or a letter}
-            (e.g. its "all" test split), `subjects` picking records; ids "<subject>-<n>" count per subject as
-            the CSV's lines do, so both copies give the same ids
+            (e.g. its "all" test split; or {"input", "A".."D", "target": letter}, as CSV-derived copies name them),
+            `subjects` picking records; ids "<subject>-<n>" count per subject as the CSV's lines do, so both
+            copies give the same ids
 
 Every JSON-lines input may also be a Parquet file (`*.parquet`: a Hugging Face dataset as downloaded from the hub,
 e.g. openlifescienceai/medmcqa, qiaojin/PubMedQA, cais/mmlu, lavita/MedQuAD), read row by row with the same checks.
@@ -313,6 +314,9 @@ def _mmlu_records(path: str) -> Iterator[QARecord]:
     """The Hugging Face copy's records (module doc); ids count per subject as the release's CSV lines do."""
     seen: dict[str, int] = {}
     for _, where, rec in file_records(path):
+        if "input" in rec and "question" not in rec:  # the CSV-derived copies' names (e.g. lukaemon/mmlu)
+            rec = {"question": rec["input"], "choices": [rec.get(k) for k in "ABCD"], "answer": rec.get("target"),
+                   "subject": rec.get("subject")}
         question, choices, answer = _text(rec.get("question")), rec.get("choices"), rec.get("answer")
         subject = _text(rec.get("subject")) or mmlu_subject(path)
         if not question:

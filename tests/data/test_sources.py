@@ -211,7 +211,10 @@ def test_mmlu_hugging_face_records_give_the_csv_records(tmp_path):
     hf = [{"question": r.question, "subject": r.subject, "choices": list(r.options), "answer": r.answer_idx}
           for r in csv_recs]
     letters = [dict(r, answer="ABCD"[r["answer"]]) for r in hf]  # some copies keep the letter
-    for path in (_parquet(tmp_path / "test-00000-of-00001.parquet", hf), _lines(tmp_path / "all.jsonl", letters)):
+    named = [{"input": r["question"], **dict(zip("ABCD", r["choices"])), "target": "ABCD"[r["answer"]],
+              "subject": r["subject"]} for r in hf]  # CSV-derived copies' column names
+    for path in (_parquet(tmp_path / "test-00000-of-00001.parquet", hf), _lines(tmp_path / "all.jsonl", letters),
+                 _lines(tmp_path / "named.jsonl", named)):
         assert read_qa("mmlu", path) == csv_recs  # same ids: counted per subject
         assert [r.id for r in read_qa("mmlu", path, subjects=("anatomy",))] == ["anatomy-1", "anatomy-2"]
         with pytest.raises(DataError, match=r"none of its MMLU records is of a subject in \('virology',\)"):
