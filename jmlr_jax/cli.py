@@ -1,5 +1,5 @@
 """Console entry points (`jmlr-train`, `jmlr-evaluate`, `jmlr-build-index`, `jmlr-search`, `jmlr-answer`,
-`jmlr-export`), the same commands as launch/*.py. Gin files are looked up as given, then in the configs that
+`jmlr-export`, `jmlr-pipeline`, `jmlr-pipeline-eval`), the same commands as launch/*.py. Gin files are looked up as given, then in the configs that
 ship with the package (`--gin_file=quickstart_cpu.gin` works from any directory)."""
 from __future__ import annotations
 
@@ -50,6 +50,39 @@ def _export(workdir: str = "", out: str = "", step: str = "") -> None:
     print(f"exported step {w.meta['step']} of {workdir} to {out}/generator, {out}/retriever, {out}/README.md")
 
 
+def _pipeline(stage: str = "") -> None:
+    import json
+
+    from jmlr_jax.data.lm_data import LMDataConfig
+    from jmlr_jax.data.splits import DataConfig
+    from jmlr_jax.errors import StoppedEarly
+    from jmlr_jax.train import stages
+
+    pipe = stages.PipelineConfig()
+    config.save_operative_config(pipe.workdir)  # a local or cloud (gs://) workdir
+    for s in stages.run_pipeline(pipe, DataConfig(), LMDataConfig(), only=stage):
+        print(json.dumps(s))
+        if "stopped_at" in s:  # saved, not finished: exit 130 / 143, not 0
+            raise StoppedEarly(s["reason"], s["stopped_at"])
+
+
+def _pipeline_eval(report_only: str = "") -> None:
+    from jmlr_jax.data.lm_data import LMDataConfig
+    from jmlr_jax.data.splits import DataConfig
+    from jmlr_jax.eval.stage_eval import StageEvalConfig
+    from jmlr_jax.eval.stage_report import load_results, table
+    from jmlr_jax.train import stages
+
+    pipe = stages.PipelineConfig()
+    if report_only:  # a directory of stored per-model JSON, e.g. results/pipelines/qilin_med
+        print(table(load_results(report_only, ["base"] + [s.name for s in pipe.stages])))
+        return
+    text = table(stages.evaluate_pipeline(pipe, DataConfig(), LMDataConfig(), StageEvalConfig()))
+    workdir_lib.write_text(os.path.join(workdir_lib.eval_dir(pipe.workdir), "table.md"), text + "\n")
+    workdir_lib.upload(pipe.workdir)  # a cloud workdir: from its local mirror
+    print(text)
+
+
 def train() -> None:
     """Train JMLR: --gin_file=F [--gin.X=Y ...] [--workdir=DIR] (a workdir alone resumes its run)."""
     config.run_main(_train, flags=("workdir",), doc=train.__doc__)
@@ -86,3 +119,31 @@ def answer() -> None:
 def export() -> None:
     """Export a trained run as Hugging Face directories: --workdir=DIR --out=DIR [--step=N]."""
     config.run_main(_export, flags=("workdir", "out", "step"), doc=export.__doc__)
+
+
+def pipeline() -> None:
+    """Run a seed pipeline (PMC-LLaMA or Qilin-Med): --gin_file=pipelines/qilin_med.gin [--stage=NAME].
+
+    Stages run in order, each from the previous stage's final weights; finished stages are skipped and an
+    interrupted one resumes (jmlr_jax/train/stages.py; SIGTERM or a first Ctrl-C saves the current step first).
+    --stage=NAME runs only that stage (its previous stage must have finished). Each stage's result is a Hugging Face
+    directory <workdir>/<k>-<name>/final. The workdir may be a cloud path (gs://...): a rerun on another machine
+    continues from it.
+    """
+    from jmlr_jax.train import stages  # noqa: F401  (the stages' configurables known before gin parses)
+
+    config.run_main(_pipeline, flags=("stage",), doc=pipeline.__doc__)
+
+
+def pipeline_eval() -> None:
+    """Evaluate a seed pipeline's base model and every finished stage: --gin_file=pipelines/qilin_med.gin
+    [--gin.StageEvalConfig.medquad_questions=50] [--report_only=DIR].
+
+    Writes <workdir>/eval/<model>.json as each model finishes (`train.stages.evaluate_pipeline`: a rerun reads those
+    back, evaluates a retrained stage again and brings a stored result up to date part by part) and
+    <workdir>/eval/table.md. With --report_only=DIR (e.g. results/pipelines/qilin_med, the README's committed runs):
+    only the table, from DIR/<model>.json.
+    """
+    from jmlr_jax.train import stages  # noqa: F401  (its configurables and StageEvalConfig known before gin parses)
+
+    config.run_main(_pipeline_eval, flags=("report_only",), doc=pipeline_eval.__doc__)

@@ -36,6 +36,47 @@ def test_help_prints_the_launchers_usage_and_runs_nothing(flag, capsys, monkeypa
     assert "quickstart_cpu.gin" in out and "pipelines/" in out
 
 
+def test_every_console_script_is_a_launcher_with_usage(capsys, monkeypatch):
+    """Each `[project.scripts]` entry is a function of jmlr_jax.cli whose --help prints its usage and runs
+    nothing; the seed pipelines have theirs (a wheel install has no launch/ scripts)."""
+    import tomllib
+
+    from jmlr_jax import cli
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert {"jmlr-train", "jmlr-pipeline", "jmlr-pipeline-eval"} <= scripts.keys()
+    for name, target in scripts.items():
+        assert target.startswith("jmlr_jax.cli:"), (name, target)
+        fn = getattr(cli, target.split(":")[1])
+        for job in ("_train", "_evaluate", "_build_index", "_search", "_export", "_pipeline", "_pipeline_eval"):
+            monkeypatch.setattr(cli, job, lambda **_: pytest.fail(f"{name} --help ran the job"))
+        monkeypatch.setattr(sys, "argv", [name, "--help"])
+        try:
+            fn()
+        except SystemExit as e:  # argparse's --help (jmlr-answer)
+            assert e.code == 0, name
+        out = capsys.readouterr().out
+        assert out.startswith(fn.__doc__.strip() if name != "jmlr-answer" else "usage:"), (name, out[:200])
+
+
+def test_pipeline_eval_reports_the_committed_tables(capsys, monkeypatch):
+    """`jmlr-pipeline-eval --report_only=DIR` (launch/pipeline_eval.py) prints the README's table from the committed
+    per-model JSON."""
+    from jmlr_jax import cli
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["jmlr-pipeline-eval", "--gin_file=pipelines/qilin_med.gin",
+                                      "--report_only=results/pipelines/qilin_med"])
+    cli.pipeline_eval()
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    gin.clear_config()
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert [r.split(" |")[0] for r in rows[1:]] == ["| base", "| cpt", "| sft", "| dpo"]
+    assert all(r in readme for r in rows), [r for r in rows if r not in readme]
+
+
 def test_a_configurable_rejecting_its_bindings_is_one_line(capsys):
     """A launcher's configurable that checks its values (here a pipeline stage, in its gin scope): one line, exit 2;
     other errors from the job stay tracebacks."""
