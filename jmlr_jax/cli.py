@@ -1,6 +1,7 @@
 """Console entry points (`jmlr-train`, `jmlr-evaluate`, `jmlr-build-index`, `jmlr-search`, `jmlr-answer`,
-`jmlr-export`, `jmlr-pipeline`, `jmlr-pipeline-eval`), the same commands as launch/*.py. Gin files are looked up as given, then in the configs that
-ship with the package (`--gin_file=quickstart_cpu.gin` works from any directory)."""
+`jmlr-export`, `jmlr-pipeline`, `jmlr-pipeline-eval`), the same commands as launch/*.py. Gin files are looked up
+as given, then in the configs that ship with the package (`--gin_file=quickstart_cpu.gin` works from any
+directory)."""
 from __future__ import annotations
 
 import os
