@@ -92,12 +92,16 @@ def file_records(path: str, errors: str = "raise") -> Iterator[tuple[int, str, d
             yield n, where, rec if err is None else err
 
 
-def _parquet_rows(path: str) -> Iterator[tuple[int, str, dict]]:
+def _parquet_rows(path: str, columns: Sequence[str] | None = None) -> Iterator[tuple[int, str, dict]]:
+    """`file_records` of a Parquet file; with `columns`, only those of them the file has (a scan of one field)."""
     import pyarrow
     import pyarrow.parquet as pq
 
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        f = pq.ParquetFile(path)
+        if columns is not None:
+            columns = [c for c in columns if c in f.schema_arrow.names]
+        batches = f.iter_batches(batch_size=1024, columns=columns)
         n = 0
         for batch in batches:
             for rec in batch.to_pylist():  # nested structs come as dicts, lists as lists
@@ -105,22 +109,6 @@ def _parquet_rows(path: str) -> Iterator[tuple[int, str, dict]]:
                 yield n, f"{path}: row {n}", rec
     except (pyarrow.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-
-
-def _parquet_column(path: str, name: str) -> Iterator[tuple[int, str, dict]]:
-    """`_parquet_rows` of one column only (none when the file lacks it): a scan of a large table's one field."""
-    import pyarrow
-    import pyarrow.parquet as pq
-
-    try:
-        f = pq.ParquetFile(path)
-        if name not in f.schema_arrow.names:
-            return
-        values = f.read(columns=[name]).column(name).to_pylist()
-    except (pyarrow.ArrowException, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    for n, v in enumerate(values, 1):
-        yield n, f"{path}: row {n}", {name: v}
 
 
 def _medqa_from_endings(rec: dict, where: str) -> dict:
@@ -169,7 +157,7 @@ def medmcqa_cop_base(path: str) -> int:
     a 0 says 0, a 4 says 1, both is an error; neither (every answer B-D or C: a small file) is the format's own
     convention, 0 for Parquet (only the hub's copy is), 1 for JSON lines."""
     first = {}
-    rows = _parquet_column(path, "cop") if path.endswith(".parquet") else file_records(path, errors="yield")
+    rows = _parquet_rows(path, ["cop"]) if path.endswith(".parquet") else file_records(path, errors="yield")
     for _, where, rec in rows:  # bad records are reported by the reading pass
         if isinstance(rec, dict) and rec.get("cop") in (0, 4):
             first.setdefault(rec["cop"], where)
