@@ -8,6 +8,8 @@ random passages (timing does not depend on which). Parts, each jitted alone:
   scoring:    S single-document LLM passes, forward only
   generator:  top-K documents + question -> answer loss, forward + backward (LLM grads)
 Plain fine-tuning = the generator part + the optimizer update, no retriever, no scoring.
+The fused step's utilisation is its model FLOPs (bench/throughput_runs.jmlr_step_flops) per second over the fp32
+matmul peak measured in the same run, before and after the timings (this host's speed varies by the hour).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import throughput_runs as runs  # noqa: E402
 from jmlr_jax.convert import load_preset  # noqa: E402
 from jmlr_jax.data.pipeline import JMLRExamples  # noqa: E402
 from jmlr_jax.data.sources import read_qa  # noqa: E402
@@ -55,6 +58,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
+    peak_before = runs.peak(None)["flops"]
 
     cfg, llm, tok = load_preset("smollm2-135m-instruct")
     rcfg, rparams, rtok = load_preset("all-minilm-l6-v2", doc_maxlen=128)
@@ -120,6 +124,9 @@ def main() -> None:
     rstate = init_train_state(params, rtx)
     t_rag = timeit(lambda: rag(rstate, batch)[1]["loss"], args.reps)
     gen_tokens = B * (args.docs * budgets.doc + budgets.question + budgets.answer)
+    peak = (peak_before + runs.peak(None)["flops"]) / 2
+    flops = runs.jmlr_step_flops(params, B=B, C=args.candidates, S=args.sampled, K=args.docs, Ld=budgets.doc,
+                                 Lq=budgets.question, La=budgets.answer, Lr=batch["r_q_ids"].shape[-1])
 
     print(f"\nSmolLM2-135M + MiniLM ColBERT, fp32, {os.cpu_count()} CPU cores; batch {B}, C={args.candidates} "
           f"candidates, S={args.sampled} sampled, K={args.docs} fed; blocks doc {budgets.doc} / question "
@@ -134,6 +141,10 @@ def main() -> None:
         print(f"| {name} | {t:.2f} | {gen_tokens / t:.0f} |")
     print(f"\nfused / sum of parts = {t_fused / (t_retr + t_score + t_gen):.2f}; "
           f"fused / plain fine-tuning = {t_fused / t_plain:.2f}; fused / RAG step = {t_fused / t_rag:.2f}")
+    after = 2 * peak - peak_before
+    print(f"fused step: {flops / 1e12:.2f} model TFLOP, {flops / t_fused / 1e9:.0f} GFLOP/s = "
+          f"{flops / t_fused / peak:.0%} of the fp32 matmul peak measured here ({peak_before / 1e9:.0f} GFLOP/s "
+          f"before the timings, {after / 1e9:.0f} after); jax {jax.__version__}")
 
 
 if __name__ == "__main__":
