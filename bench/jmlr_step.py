@@ -124,7 +124,8 @@ def main() -> None:
     rstate = init_train_state(params, rtx)
     t_rag = timeit(lambda: rag(rstate, batch)[1]["loss"], args.reps)
     gen_tokens = B * (args.docs * budgets.doc + budgets.question + budgets.answer)
-    peak = (peak_before + runs.peak(None)["flops"]) / 2
+    peak_after = runs.peak(None)["flops"]
+    peak = (peak_before + peak_after) / 2
     flops = runs.jmlr_step_flops(params, B=B, C=args.candidates, S=args.sampled, K=args.docs, Ld=budgets.doc,
                                  Lq=budgets.question, La=budgets.answer, Lr=batch["r_q_ids"].shape[-1])
 
@@ -141,10 +142,9 @@ def main() -> None:
         print(f"| {name} | {t:.2f} | {gen_tokens / t:.0f} |")
     print(f"\nfused / sum of parts = {t_fused / (t_retr + t_score + t_gen):.2f}; "
           f"fused / plain fine-tuning = {t_fused / t_plain:.2f}; fused / RAG step = {t_fused / t_rag:.2f}")
-    after = 2 * peak - peak_before
     print(f"fused step: {flops / 1e12:.2f} model TFLOP, {flops / t_fused / 1e9:.0f} GFLOP/s = "
           f"{flops / t_fused / peak:.0%} of the fp32 matmul peak measured here ({peak_before / 1e9:.0f} GFLOP/s "
-          f"before the timings, {after / 1e9:.0f} after); jax {jax.__version__}")
+          f"before the timings, {peak_after / 1e9:.0f} after); jax {jax.__version__}")
 
 
 if __name__ == "__main__":

@@ -46,11 +46,11 @@ def test_every_console_script_is_a_launcher_with_usage(capsys, monkeypatch):
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
     assert {"jmlr-train", "jmlr-pipeline", "jmlr-pipeline-eval"} <= scripts.keys()
+    for job in ("_train", "_evaluate", "_build_index", "_search", "_export", "_pipeline", "_pipeline_eval"):
+        monkeypatch.setattr(cli, job, lambda _job=job, **_: pytest.fail(f"--help ran {_job}"))
     for name, target in scripts.items():
         assert target.startswith("jmlr_jax.cli:"), (name, target)
         fn = getattr(cli, target.split(":")[1])
-        for job in ("_train", "_evaluate", "_build_index", "_search", "_export", "_pipeline", "_pipeline_eval"):
-            monkeypatch.setattr(cli, job, lambda **_: pytest.fail(f"{name} --help ran the job"))
         monkeypatch.setattr(sys, "argv", [name, "--help"])
         try:
             fn()
