@@ -82,4 +82,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "-h" in sys.argv or "--help" in sys.argv:
+        print(__doc__)
+    else:
+        with config.exits_on_bad_input():  # no index yet: one line, exit 2
+            main()
