@@ -95,3 +95,17 @@ def _no_gin_leaks():
     import gin
 
     gin.clear_config()
+
+
+@pytest.fixture(scope="session")
+def three_guidelines(tmp_path_factory, minilm) -> str:
+    """A JSONL corpus of the first three real NGC guidelines (400 words each), for tests that build an index."""
+    import json
+
+    require(os.path.isdir(DATA_DIR), DATA_DIR)
+    with open(os.path.join(DATA_DIR, "guidelines", "ngc_open.jsonl")) as f:
+        recs = [json.loads(line) for line in f][:3]
+    path = tmp_path_factory.mktemp("guidelines") / "guidelines.jsonl"
+    path.write_text("\n".join(json.dumps({"id": r["id"], "title": r["title"], "text": " ".join(r["text"].split()[:400])})
+                              for r in recs) + "\n")
+    return str(path)

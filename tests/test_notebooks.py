@@ -4,9 +4,8 @@ import json
 import os
 
 import nbformat
-import pytest
 
-from tests.conftest import DATA_DIR, require
+from tests.conftest import DATA_DIR
 from tests.helpers import save_tiny_llama_dir
 from tests.test_compare_table import fake_result
 
@@ -42,21 +41,9 @@ def _text(nb) -> str:
     return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, minilm):
-    require(os.path.isdir(DATA_DIR), DATA_DIR)
-    d = tmp_path_factory.mktemp("nb")
-    with open(os.path.join(DATA_DIR, "guidelines", "ngc_open.jsonl")) as f:
-        recs = [json.loads(line) for line in f][:3]
-    path = d / "guidelines.jsonl"
-    path.write_text("\n".join(json.dumps({"id": r["id"], "title": r["title"], "text": " ".join(r["text"].split()[:400])})
-                              for r in recs) + "\n")
-    return str(path)
-
-
-def test_quickstart_notebook(corpus, tmp_path, monkeypatch):
+def test_quickstart_notebook(three_guidelines, tmp_path, monkeypatch):
     llm = save_tiny_llama_dir(str(tmp_path / "tiny_llama"))
-    settings = {"data": DATA_DIR, "llm": llm, "corpus": [["documents", corpus]], "passages": 0, "steps": 1,
+    settings = {"data": DATA_DIR, "llm": llm, "corpus": [["documents", three_guidelines]], "passages": 0, "steps": 1,
                 "workdir": str(tmp_path / "run"), "eval_questions": 2,
                 "gin": {"DataConfig.max_examples": 8, "RunConfig.llm_overrides": "()", "Budgets.doc": 24,
                         "Budgets.question": 48, "Budgets.answer": 8, "RetrieverConfig.doc_maxlen": 48,
@@ -70,9 +57,9 @@ def test_quickstart_notebook(corpus, tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == [1]
 
 
-def test_retrieval_notebook(corpus, tmp_path, monkeypatch):
+def test_retrieval_notebook(three_guidelines, tmp_path, monkeypatch):
     nb = _run(os.path.join(ROOT, "notebooks", "retrieval.ipynb"),
-              {"guidelines": corpus, "passages": 0, "index_dir": str(tmp_path / "index"),
+              {"guidelines": three_guidelines, "passages": 0, "index_dir": str(tmp_path / "index"),
                "query": "treatment of high blood pressure"}, tmp_path, monkeypatch)
     out = _text(nb)
     assert "ScaNN top-5 == exact top-5:" in out and "MaxSim = " in out

@@ -5,13 +5,14 @@ import re
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def _bash_blocks() -> list[str]:
+def _blocks(lang: str) -> list[str]:
+    """The README's fenced code blocks in `lang`, in order."""
     with open(os.path.join(ROOT, "README.md")) as f:
-        return re.findall(r"```bash\n(.*?)\n```", f.read(), re.S)
+        return re.findall(rf"```{lang}\n(.*?)\n```", f.read(), re.S)
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    blocks = _bash_blocks()
+    blocks = _blocks("bash")
     assert len(blocks) == 2, "the README has exactly two set-up commands"
     with open(os.path.join(ROOT, ".ci", "run")) as f:
         ci_lines = [ln for ln in f.read().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))]
@@ -19,7 +20,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 def test_main_command_runs_the_quickstart_training():
-    assert _bash_blocks()[0].strip().endswith("python launch/tpu_train.py --gin_file=quickstart_cpu.gin")
+    assert _blocks("bash")[0].strip().endswith("python launch/tpu_train.py --gin_file=quickstart_cpu.gin")
     assert os.path.isfile(os.path.join(ROOT, "configs", "quickstart_cpu.gin"))
 
 
@@ -76,11 +77,6 @@ def test_contents_links_reach_headings():
     assert len(links) >= 14 and not [a for a in links if a not in anchors]
 
 
-def _python_blocks() -> list[str]:
-    with open(os.path.join(ROOT, "README.md")) as f:
-        return re.findall(r"```python\n(.*?)\n```", f.read(), re.S)
-
-
 def _run_block(code: str, where: str, replace: dict[str, str]) -> dict:
     """Runs a README block as a user would paste it, its placeholder paths replaced (each must occur)."""
     for old, new in replace.items():
@@ -91,7 +87,7 @@ def _run_block(code: str, where: str, replace: dict[str, str]) -> dict:
     return ns
 
 
-def test_readme_python_blocks_run(smollm2, minilm, tmp_path, capsys, monkeypatch):
+def test_readme_python_blocks_run(smollm2, three_guidelines, tmp_path, capsys, monkeypatch):
     """The README's Python examples run as written (real weights), with a tiny Hugging Face Llama directory for
     the user's Llama-2 path and a three-guideline index for the full corpus's."""
     import json
@@ -100,10 +96,9 @@ def test_readme_python_blocks_run(smollm2, minilm, tmp_path, capsys, monkeypatch
 
     from jmlr_jax import config, experiment
     from jmlr_jax.retrieval import launch
-    from tests.conftest import DATA_DIR, require
     from tests.helpers import save_tiny_llama_dir
 
-    using_it, search = _python_blocks()
+    using_it, search = _blocks("python")
     ns = _run_block(using_it, "Using it", {
         '"/path/to/Llama-2-7b-hf"': repr(save_tiny_llama_dir(str(tmp_path / "llama"))),
         '"/tmp/export"': repr(str(tmp_path / "export"))})
@@ -113,17 +108,14 @@ def test_readme_python_blocks_run(smollm2, minilm, tmp_path, capsys, monkeypatch
     scores = ns["scores_QxK"]  # the thiazide passage answers the hypertension query, the measles one does not
     assert scores.shape == (1, 2) and scores[0, 0] > scores[0, 1]
 
-    require(os.path.isdir(DATA_DIR), DATA_DIR)
-    with open(os.path.join(DATA_DIR, "guidelines", "ngc_open.jsonl")) as f:
-        recs = [json.loads(line) for line, _ in zip(f, range(3))]
-    corpus, index_dir = tmp_path / "guidelines.jsonl", str(tmp_path / "index")
-    corpus.write_text("".join(json.dumps({"id": r["id"], "title": r["title"],
-                                          "text": " ".join(r["text"].split()[:300])}) + "\n" for r in recs))
+    with open(three_guidelines) as f:
+        titles = [json.loads(line)["title"] for line in f]
+    index_dir = str(tmp_path / "index")
     monkeypatch.chdir(ROOT)  # the block's relative config path, as from a checkout
-    config.parse(["retrieval/minilm_index.gin"], [f"CorpusConfig.sources = [('documents', {str(corpus)!r})]"])
+    config.parse(["retrieval/minilm_index.gin"], [f"CorpusConfig.sources = [('documents', {three_guidelines!r})]"])
     launch.index_main(experiment.from_gin(), index_dir)
     gin.clear_config()
     ns = _run_block(search, "an index from Python", {'"workdir/index_minilm"': repr(index_dir)})
     printed = capsys.readouterr().out
-    assert ns["ids_QxK"].shape == (1, 30) and [r["title"] for r in recs if r["title"] in printed]
+    assert ns["ids_QxK"].shape == (1, 30) and [t for t in titles if t in printed]
     gin.clear_config()
