@@ -8,7 +8,10 @@ from that JSON.
   --report_only=1     only the tables and plots
   --check=DIR         rerun --parts into DIR (results and work files; the committed ones untouched) and compare
                       each with its committed JSON, e.g. --parts=data,d_s0 --check=workdir/check: exit 1 unless
-                      every value reproduces; the README and plots are not rewritten
+                      every value reproduces; then the README's paired differences with the rerun parts in place
+                      of the committed ones (whether each still reads the same: on another machine's rounding a
+                      training can end elsewhere); the README and plots are not rewritten. With --report_only=1
+                      the parts already rerun in DIR are compared, nothing runs
 """
 import dataclasses
 import os
@@ -19,7 +22,7 @@ os.environ.setdefault("GLOG_minloglevel", "1")
 
 from jmlr_jax import config  # noqa: E402
 from jmlr_jax.compare import report  # noqa: E402
-from jmlr_jax.compare.check import check_table  # noqa: E402
+from jmlr_jax.compare.check import check_table, readings_table  # noqa: E402
 from jmlr_jax.compare.evidence import Comparison, EvidenceConfig  # noqa: E402
 from jmlr_jax.data.evidence import read_medquad_qa  # noqa: E402
 from jmlr_jax.errors import InputError  # noqa: E402
@@ -32,12 +35,17 @@ def main(parts: str = "", report_only: str = "", readme: str = "", check: str = 
     cfg = EvidenceConfig()
     if check:
         names = [p for p in parts.split(",") if p]
-        if not names or report_only:
+        if not names:
             raise InputError("--check reruns the parts named by --parts (e.g. --parts=data,d_s0) and compares them")
         rerun = dataclasses.replace(cfg, out_dir=os.path.join(check, "results"), work_dir=os.path.join(check, "work"))
-        Comparison(rerun).run(names)
-        table, reproduced = check_table(report.load(rerun.out_dir), report.load(cfg.out_dir), names)
-        print(table)
+        if not report_only:
+            Comparison(rerun).run(names)
+        rerun_results, committed = report.load(rerun.out_dir), report.load(cfg.out_dir)
+        missing = [n for n in names if n not in rerun_results]
+        if missing:
+            raise InputError(f"--check: {', '.join(missing)} not rerun in {rerun.out_dir} (run without --report_only)")
+        table, reproduced = check_table(rerun_results, committed, names)
+        print(table + "\n\n" + readings_table(rerun_results, committed, names)[0])
         sys.exit(0 if reproduced else 1)
     if not report_only:
         Comparison(cfg).run([p for p in parts.split(",") if p] or None)

@@ -7,6 +7,10 @@ counts, ranks, passages fed and answers exactly), every other value of its JSON 
 a training resumed from (how a run went, not results) and the data part's snapshot of the configuration (it names
 the directories, and bindings added since).
 Values the code records only since the part was committed are listed, not compared.
+
+Another machine's fp32 rounding can send a training elsewhere (a discrete choice of the passage fed), so values
+need not reproduce there; `readings_table` then says whether the README's paired differences still read the same
+with the rerun part in place of the committed one.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jmlr_jax.compare.report import MEASURES, values
+from jmlr_jax.compare.evidence_setup import DIAGNOSTIC, SECOND_ROUND
+from jmlr_jax.compare.report import MEASURES, PAIRS, pair_measures, paired, values
 
 NOT_RESULTS = re.compile(r"config|seconds|\w+_seconds|encode_s|resumed_from_step")  # how a run went, not what
 
@@ -84,3 +89,60 @@ def check_table(rerun: dict[str, dict], committed: dict[str, dict], names: Seque
                                     "every committed value reproduced (times aside)") +
                      (f"; recorded now, not in the committed JSON: {', '.join(added)}" if added else ""))
     return "\n".join(lines + [""] + notes + ["", f"reproduced: {'yes' if ok else 'no'} (tolerance {tol:g})"]), ok
+
+
+def _reading(r: dict) -> str:
+    """What an interval says: above 0, below 0, or across it."""
+    return "above 0" if r["lo"] > 0 else "below 0" if r["hi"] < 0 else "across 0"
+
+
+def _cell(r: dict | None) -> str:
+    return "-" if r is None else f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+
+
+def readings_table(rerun: dict[str, dict], committed: dict[str, dict], names: Sequence[str]) -> tuple[str, bool]:
+    """(markdown, same): every paired difference of report.PAIRS that a rerun part takes part in (as the arm or
+    its comparator), as the README computes it from the committed JSON and again with every rerun part in place of
+    its committed one: the rerun seeds' differences and the pooled one, each with its 95% interval. `same` is True
+    when every pooled interval reads the same (above 0, below 0 or across it)."""
+    swapped = {**committed, **{n: rerun[n] for n in names if n in rerun and n in committed}}
+    seeds: dict[str, list[int | None]] = {}  # arm -> its rerun seeds (None: a seedless arm, paired with every seed)
+    for n in names:
+        if n in rerun and n in committed:
+            m = re.fullmatch(r"(\w+?)_s(\d+)", n)
+            seeds.setdefault(m[1] if m else n, []).append(int(m[2]) if m else None)
+    derived_from = {**DIAGNOSTIC, **SECOND_ROUND}  # an arm made from another arm's trained weights
+
+    def stale(arm: str) -> bool:  # made from a rerun part of another arm, and not rerun itself
+        return any(s not in seeds.get(arm, []) for s in seeds.get(derived_from.get(arm, ""), []))
+
+    lines = ["| difference | measure | rerun seeds: committed -> rerun | committed, pooled | "
+             "rerun in its place, pooled | pooled reading |", "|---|---|---|---|---|---|"]
+    differ, skipped, rows = [], [], 0
+    for a, b, which in PAIRS:
+        rerun_seeds = seeds.get(a, []) + seeds.get(b, [])
+        if not rerun_seeds:
+            continue
+        if stale(a) or stale(b):
+            skipped.append(f"{a} - {b}")
+            continue
+        for measure in pair_measures(which):
+            old, new = paired(committed, a, b, measure), paired(swapped, a, b, measure)
+            if old is None or new is None:
+                continue
+            rows += 1
+            same = _reading(old["pooled"]) == _reading(new["pooled"])
+            if not same:
+                differ.append(f"{measure} {a} - {b}")
+            per_seed = "; ".join(f"s{s}: {_cell(old['per_seed'].get(s))} -> {_cell(new['per_seed'].get(s))}"
+                                 for s in sorted(set(rerun_seeds) - {None}) if s in old["per_seed"])
+            lines.append(f"| {a} - {b} | {measure} | {per_seed or '-'} | {_cell(old['pooled'])} | "
+                         f"{_cell(new['pooled'])} | {_reading(new['pooled'])}"
+                         f"{'' if same else ' (committed: ' + _reading(old['pooled']) + ')'} |")
+    note = (f"; not compared: {', '.join(skipped)} (one arm is made from the other's trained weights: rerun both)"
+            if skipped else "")
+    if not rows:
+        return "no paired difference of the README involves these parts" + note, True
+    summary = (f"pooled readings with the rerun in place: {rows - len(differ)} of {rows} the same"
+               + (f"; different: {', '.join(differ)}" if differ else "") + note)
+    return "\n".join(lines + ["", summary]), not differ

@@ -97,7 +97,7 @@ MEASURES = {
 }
 
 
-def _pair_measures(which: str) -> list[str]:
+def pair_measures(which: str) -> list[str]:
     """The measures a PAIRS entry compares ("generator": both arms retrieve alike, so no recall; "retrieval":
     recall and NLL only, for two retrievers under the same frozen generator; "recall": recall only)."""
     if which == "recall":
@@ -193,7 +193,7 @@ def paired_table(results: dict) -> str:
     lines = ["| measure | difference | per seed: diff [95% CI] (McNemar p) | pooled over seeds: diff [95% CI] |",
              "|---|---|---|---|"]
     for arm, base, which in PAIRS:
-        for m in _pair_measures(which):
+        for m in pair_measures(which):
             r = paired(results, arm, base, m)
             if r is None:
                 continue
@@ -369,7 +369,7 @@ def plots(results: dict, img_dir: str) -> list[str]:
 
     rows = []
     for arm, base, which in PAIRS:
-        for m in _pair_measures(which):
+        for m in pair_measures(which):
             if m.startswith("recall@30"):
                 continue
             r = paired(results, arm, base, m)
