@@ -19,7 +19,8 @@ whole pool in batches, without and with in-batch negatives) may change eL's batc
 with the document side too and are evaluated on the corpus re-encoded by their trained encoder (index refresh);
 eR_s* (second_round) continue each eB for one more pass on the candidates its retriever re-mined from that corpus;
 eT_s* and eTR_s* (sharp_posterior) are eB and eR at the KL target temperature part posterior chose on dev;
-weights (dev only) averages eL's seeds' retrievers and interpolates them with the base one in weight space;
+weights (dev only) averages eL's seeds' retrievers and interpolates them with the base one in weight space,
+weights_eB (dev only, with both_sides) interpolates eB seed 0's so, each on the corpus it re-encodes;
 dL_s* and cL_s* (joint_pool_seeds) are arms d and c on the same pool at eL's settings, the generator trained live.
 With extra training focuses (compare/evidence_more_focuses*.gin): focuses (or focuses_kept) and eF_s* (or eK_s*),
 and with both_sides eFB_s* (or eKB_s*), eB's remedy on that pool.
@@ -106,6 +107,7 @@ class Comparison(Caches, DevParts, Measures):
                 ([f"eR_s{s}" for s in c.seeds] if c.both_sides and c.second_round else []) + \
                 (["posterior"] if c.posterior_betas else []) + \
                 (["weights"] if c.weight_alphas else []) + \
+                (["weights_eB"] if c.weight_alphas and c.both_sides else []) + \
                 ([f"eT_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior else []) + \
                 ([f"eTR_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior and c.second_round else []) + \
                 [f"{arm}_s{s}" for s in c.joint_pool_seeds for arm in ("dL", "cL", *(["dgL"] if c.diagnostic else []))]
@@ -166,6 +168,8 @@ class Comparison(Caches, DevParts, Measures):
             return self.posterior_part
         if name == "weights":
             return self.weights_part
+        if name == "weights_eB" and self.cfg.both_sides and not self.cfg.extra_train_focuses:
+            return functools.partial(self.weights_part, "eB")
         if self.cfg.extra_train_focuses and name == self._focuses_part:
             return self.focuses_part
         if name == "chat_gold":

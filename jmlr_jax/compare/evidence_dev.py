@@ -2,7 +2,8 @@
 trained at several settings, scored by recall on the dev focuses (never the held-out ones), each part choosing
 the settings a later arm trains with. Part sweep: rank loss x lr, then scored candidates x passes; with a pool
 (compare/evidence_more_data.gin): scale (pool size x lr), passes, negatives (in-batch), posterior (KL target
-temperature, dev only), weights (soup and WiSE-FT of eL's retrievers, dev only); with extra focuses: focuses /
+temperature, dev only), weights (soup and WiSE-FT of eL's retrievers, dev only), weights_eB (WiSE-FT of eB's, each row re-encoding
+the corpus); with extra focuses: focuses /
 focuses_kept (lr). A mixin of Comparison, whose training (train, trained), losses (doc_losses) and search
 (dev_recall) these call."""
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from jmlr_jax.compare.evidence_setup import POOL_ARMS, SHARP
+from jmlr_jax.compare.evidence_setup import POOL_ARMS, REFRESHED, SHARP
 from jmlr_jax.data import evidence as ev
 from jmlr_jax.errors import InputError
 
@@ -204,34 +205,41 @@ class DevParts:
         return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "baseline": base[0], "rows": rows,
                 "best_beta": ranked[best]["kl_beta"]}
 
-    def weights_part(self) -> dict:
-        """Arm eL's retrievers (every seed; trained here when work_dir lacks them) combined in weight space: their
+    def weights_part(self, arm: str = "eL") -> dict:
+        """An arm's retrievers combined in weight space; recall on every dev-focus question, each row against the
+        arm's seed 0. Arm eL (part weights): its seeds' retrievers (trained here when work_dir lacks them), their
         uniform soup, and seed 0 and the soup interpolated with the base retriever at each alpha in weight_alphas
-        (WiSE-FT); recall on every dev-focus question, each row against eL seed 0. Dev only: reports the best row,
-        changes no arm."""
+        (WiSE-FT). Arm eB (part weights_eB; both encoder sides trained): seed 0 alone at each alpha, every row
+        searching the corpus re-encoded by its own weights (a soup would need two more both-sides trainings, and
+        eL's did not beat its seed 0). Dev only: reports the best row, changes no arm."""
         c, s = self.cfg, self.setup
         base = self.models()[4]
+        refreshed = arm in REFRESHED
         t0 = time.time()
-        seeds = {seed: self.trained("eL", seed)["retriever"] for seed in c.seeds}
+        seeds = {seed: self.trained(arm, seed)["retriever"] for seed in (c.seeds[:1] if refreshed else c.seeds)}
         train_s = round(time.time() - t0, 1)
-        rows = []
+        rows, part = [], "weights" + ("" if arm == "eL" else f"_{arm}")
 
-        def row(source: str, alpha: float, params) -> None:
+        def row(source: str, alpha: float, params, tag: str = "") -> None:
             t0 = time.time()
-            rows.append({"source": source, "alpha": alpha, **self.dev_recall(params, "dev_all"),
+            docs = {"docs": self.refresh_index(tag, params)} if refreshed and alpha > 0 else {}
+            rows.append({"source": source, "alpha": alpha, **self.dev_recall(params, "dev_all", **docs),
                          "seconds": round(time.time() - t0, 1)})
-            self.log(f"[weights] {source}, alpha {alpha:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
+            self.log(f"[{part}] {source}, alpha {alpha:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
 
         row("base", 0.0, base)
         for seed, params in seeds.items():
-            row(f"eL seed {seed}", 1.0, params)
-        mixed = soup(list(seeds.values()))
-        row("soup", 1.0, mixed)
-        for source, params in ((f"eL seed {c.seeds[0]}", seeds[c.seeds[0]]), ("soup", mixed)):
+            row(f"{arm} seed {seed}", 1.0, params, f"{arm}_s{seed}")
+        combined = [(f"{arm} seed {c.seeds[0]}", seeds[c.seeds[0]])]
+        if len(seeds) > 1:
+            combined.append(("soup", soup(list(seeds.values()))))
+            row("soup", 1.0, combined[-1][1], f"{arm}-soup")
+        for source, params in combined:
             for alpha in sorted(set(c.weight_alphas) - {0.0, 1.0}):
-                row(source, alpha, interpolate(base, params, alpha))
+                row(source, alpha, interpolate(base, params, alpha),
+                    f"{arm}_s{c.seeds[0]}-wise{alpha:g}" if source != "soup" else f"{arm}-soup-wise{alpha:g}")
         best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
-        return {"dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.pool_settings(),
+        return {"arm": arm, "dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.arm_settings(arm),
                 "train_seconds": train_s, "rows": rows, "best": {k: best[k] for k in ("source", "alpha")}}
 
     def pool_settings(self, extra: bool | None = None) -> dict:

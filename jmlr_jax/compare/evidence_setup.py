@@ -93,7 +93,8 @@ class EvidenceConfig:
     # two standard remedies for a fine-tuned model that generalises worse under a distribution shift (here: diseases
     # never trained on): a uniform soup, the mean of eL's seeds' weights (Wortsman et al. 2022, "Model soups"), and
     # WiSE-FT, (1 - alpha) * base + alpha * trained for seed 0 and for the soup at each alpha (Wortsman et al. 2022,
-    # "Robust fine-tuning of zero-shot models"); recall on every dev-focus question. Reports; changes no arm.
+    # "Robust fine-tuning of zero-shot models"); recall on every dev-focus question. Reports; changes no arm. With
+    # both_sides also part "weights_eB": eB seed 0 at each alpha, each row searching the corpus its weights re-encoded.
     weight_alphas: tuple = ()
     # Parts eB_s* (both_sides, with a pool): arm eL's settings with both encoder sides trained (the candidates'
     # tokens encoded live in the step instead of read from the index), evaluated on an index re-encoded by the

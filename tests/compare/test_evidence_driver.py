@@ -246,6 +246,40 @@ def test_weights_part_soups_eL_seeds_and_interpolates_them_with_the_base_retriev
     assert table[-1].startswith("| soup | 0.25 | 0.250 ± 0.250 | 1 | 1.000 |")
 
 
+def test_weights_eB_interpolates_seed_0_and_searches_a_corpus_each_row_re_encoded(data_dir, tmp_path, monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, both_sides=True, weight_alphas=(0.5, 1.0))
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    names = arm_parts(comp)
+    assert names.index("weights_eB") == names.index("weights") + 1 > names.index("eB_s2")
+    base = {"w": np.array([0.0, 4.0])}
+    loaded, refreshed, seen = [], [], []
+    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + (base,) + (None,))
+    monkeypatch.setattr(comp, "trained", lambda arm, seed: loaded.append((arm, seed)) or
+                        {"retriever": {"w": np.array([4.0, 8.0])}})
+    monkeypatch.setattr(comp, "refresh_index", lambda tag, params: refreshed.append((tag, list(params["w"]))) or tag)
+
+    def dev_recall(params, which, docs="base"):  # dev hits: the first w[0] of 4 questions
+        seen.append((list(params["w"]), docs))
+        ranks = [1 if i < params["w"][0] else 3 for i in range(4)]
+        return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])), "dev_recall@7": 1.0, "dev_ranks": ranks}
+
+    monkeypatch.setattr(comp, "dev_recall", dev_recall)
+    comp.run(["weights_eB"])
+    assert loaded == [("eB", 0)]  # seed 0 only: no soup of both-sides retrievers
+    # the base retriever searches the base index; every other row the corpus its own weights re-encoded
+    assert refreshed == [("eB_s0", [4.0, 8.0]), ("eB_s0-wise0.5", [2.0, 6.0])]
+    assert seen == [([0.0, 4.0], "base"), ([4.0, 8.0], "eB_s0"), ([2.0, 6.0], "eB_s0-wise0.5")]
+    with open(os.path.join(cfg.out_dir, "weights_eB.json")) as f:
+        out = json.load(f)
+    assert out["arm"] == "eB" and out["best"] == {"source": "eB seed 0", "alpha": 1.0}
+    table = report_dev.weights_table({"weights_eB": out}, "weights_eB").split("\n")
+    assert table[0].startswith("Arm eB (both encoder sides") and table[-2].startswith("| eB seed 0 | 1 | 1.000 ± 0.000 | - |")
+    assert table[-1].startswith("| eB seed 0 | 0.5 | 0.500 ± 0.289 | 0.5 |")
+    with pytest.raises(InputError, match="unknown part 'weights_eB'"):  # without both sides there is no eB
+        Comparison(dataclasses.replace(cfg, both_sides=False, out_dir=str(tmp_path / "out2")), progress=False,
+                   log=lambda _: None).run(["weights_eB"])
+
+
 def test_sweep_second_stage_varies_sampled_and_epochs_at_the_best_loss_and_lr(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, sweep_lrs=(1e-5, 3e-5), sweep_losses=("ranknet", "kl"))
     comp = Comparison(cfg, progress=False, log=lambda _: None)
