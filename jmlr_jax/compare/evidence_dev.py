@@ -217,7 +217,8 @@ class DevParts:
         refreshed = arm in REFRESHED
         t0 = time.time()
         seeds = {seed: self.trained(arm, seed)["retriever"] for seed in (c.seeds[:1] if refreshed else c.seeds)}
-        train_s = round(time.time() - t0, 1)
+        spent = [self._train_seconds(arm, seed) for seed in seeds]  # the trainings that made them, here or before
+        train_s = round(sum(spent), 1) if None not in spent else round(time.time() - t0, 1)
         rows, part = [], "weights" + ("" if arm == "eL" else f"_{arm}")
 
         def row(source: str, alpha: float, params, tag: str = "") -> None:
@@ -241,6 +242,14 @@ class DevParts:
         best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
         return {"arm": arm, "dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.arm_settings(arm),
                 "train_seconds": train_s, "rows": rows, "best": {k: best[k] for k in ("source", "alpha")}}
+
+    def _train_seconds(self, arm: str, seed: int) -> float | None:
+        """How long the training of an arm's saved weights took (their history.json), None if not recorded."""
+        path = os.path.join(self.cfg.work_dir, "params", f"{arm}_s{seed}.history.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f).get("seconds")
 
     def pool_settings(self, extra: bool | None = None) -> dict:
         """Arm eL's settings: the sweep's, with the retriever lr the scale part, the number of passes the passes

@@ -155,8 +155,8 @@ def weights_table(results: dict, part: str = "weights") -> str:
                  "(1 - alpha) * base + alpha * trained (WiSE-FT), each row searching the corpus re-encoded by its own "
                  f"weights (base: the base index); recall on all {wt['dev_questions']} dev-focus questions, McNemar "
                  f"against {ref['source']}. Best on dev: {wt['best']['source']} at alpha {wt['best']['alpha']:g} (dev "
-                 f"only: no arm changes). Training took {wt['train_seconds'] / 60:.1f} min; the s column includes "
-                 "re-encoding the corpus.")
+                 f"only: no arm changes). Training took {wt['train_seconds'] / 60:.1f} min; s: each row's seconds, "
+                 "re-encoding the corpus included unless an earlier run left that index in work_dir.")
     lines = [intro, "",
              f"| retriever | alpha | dev recall@1 ± s.e. | McNemar p vs {ref['source']} | dev recall@7 | s |",
              "|---|---|---|---|---|---|"]
