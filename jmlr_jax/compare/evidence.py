@@ -20,7 +20,8 @@ with the document side too and are evaluated on the corpus re-encoded by their t
 eR_s* (second_round) continue each eB for one more pass on the candidates its retriever re-mined from that corpus;
 eT_s* and eTR_s* (sharp_posterior) are eB and eR at the KL target temperature part posterior chose on dev;
 weights (dev only) averages eL's seeds' retrievers and interpolates them with the base one in weight space,
-weights_eB (dev only, with both_sides) interpolates eB seed 0's so, each on the corpus it re-encodes;
+weights_eB (dev only, with both_sides) interpolates eB seed 0's retriever the same way, each row on the corpus it
+re-encodes;
 dL_s* and cL_s* (joint_pool_seeds) are arms d and c on the same pool at eL's settings, the generator trained live.
 With extra training focuses (compare/evidence_more_focuses*.gin): focuses (or focuses_kept) and eF_s* (or eK_s*),
 and with both_sides eFB_s* (or eKB_s*), eB's remedy on that pool.
