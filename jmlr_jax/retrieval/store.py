@@ -38,7 +38,8 @@ def check_index_dir(directory: str) -> None:
 
 def save_index(index: TokenIndex, directory: str) -> None:
     """Writes the index to `directory` (written aside, then renamed into place; `check_index_dir`). A directory
-    that already holds this index version (another host sharing the workdir wrote it) is kept as it is."""
+    that already holds this index version (another host sharing the workdir wrote it) is kept as it is: never
+    deleted while that host may be loading it, though its manifest differs in what describes the build (time)."""
     check_index_dir(directory)
     tmp = tmp_name(directory)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -54,16 +55,23 @@ def save_index(index: TokenIndex, directory: str) -> None:
                                           search=dataclasses.asdict(index.search))))
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
-    if _manifest(directory) == manifest:
+    if _same_index(_manifest(directory), manifest):
         shutil.rmtree(tmp)
         return
-    shutil.rmtree(directory, ignore_errors=True)
+    if os.path.lexists(directory):  # an earlier index of another version, or a damaged one: replaced whole
+        shutil.rmtree(directory, ignore_errors=True)
     try:
         os.replace(tmp, directory)
     except OSError:  # another host renamed its copy into place first
-        if _manifest(directory) != manifest:
+        if not _same_index(_manifest(directory), manifest):
             raise
         shutil.rmtree(tmp)
+
+
+def _same_index(found: dict | None, manifest: dict) -> bool:
+    """Whether a directory's manifest is of the same index as `manifest`: its version and file format (the
+    version hashes corpus, encoder and build settings; the rest, e.g. encoding time, differs between hosts)."""
+    return found is not None and all(found.get(k) == manifest[k] for k in ("version", "format"))
 
 
 def _manifest(directory: str) -> dict | None:

@@ -43,6 +43,13 @@ def refresh(retriever: Retriever, params, workdir: str, recall_queries: Sequence
     approx, _ = new.index.search_embeddings(Q, k)
     exact, _ = new.index.exact_search(Q, k)
     recall = float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact)]))
-    for d in sorted(glob.glob(os.path.join(workdir, "index-*")), key=os.path.getmtime)[:-2]:
-        shutil.rmtree(d, ignore_errors=True)  # the latest checkpoint's index is among the last two
+    prune_indexes(workdir)
     return new, {"refresh_recall_vs_exact": recall, "refresh_s": time.time() - t}
+
+
+def prune_indexes(workdir: str, keep: int = 2) -> None:
+    """Deletes all but the `keep` newest saved indexes under `workdir` (the latest checkpoint's is among them);
+    another host's copy still being written aside (`*.tmp`, see workdir.tmp_name) is not an index: left alone."""
+    saved = [d for d in glob.glob(os.path.join(workdir, "index-*")) if not d.endswith(".tmp")]
+    for d in sorted(saved, key=os.path.getmtime)[:-keep]:
+        shutil.rmtree(d, ignore_errors=True)

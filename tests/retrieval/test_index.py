@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import jax
@@ -172,6 +173,34 @@ def test_save_load_round_trip_and_version_checks(tmp_path, real_subset, brute_in
                                          "\\(it holds notes.txt\\)"):
         save_index(brute_index, str(mine))
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_another_hosts_copy_of_the_same_index_is_never_deleted(tmp_path, brute_index, monkeypatch):
+    """Hosts sharing a workdir each build the index and save it to one directory; each host's manifest records its
+    own encoding time. The copy that lands first stays: deleting it (as a manifest compared whole once did) broke
+    the other host's load in the two-process training test."""
+    from jmlr_jax.retrieval import store
+    d = str(tmp_path / "index")
+    save_index(brute_index, d)
+    first = os.stat(os.path.join(d, "embeddings.npy")).st_ino
+    other_host = dataclasses.replace(brute_index, meta=dict(brute_index.meta, encode_s=12345.0))
+    save_index(other_host, d)  # lands second: kept out, nothing replaced
+    assert os.stat(os.path.join(d, "embeddings.npy")).st_ino == first
+    assert load_index(d).meta.get("encode_s") == brute_index.meta.get("encode_s")
+    # the other host's copy lands between this host's check and its rename: the rename fails, the copy stays
+    racing, landed = str(tmp_path / "racing"), str(tmp_path / "other")
+    save_index(other_host, landed)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if dst == racing and not os.path.exists(dst):
+            shutil.copytree(landed, racing)  # the other host's rename, just before this one
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", replace)
+    save_index(brute_index, racing)
+    assert load_index(racing).meta["encode_s"] == 12345.0
+    assert sorted(os.listdir(tmp_path)) == ["index", "other", "racing"]  # no copy left aside
 
 
 def _one_doc(tmp_path):

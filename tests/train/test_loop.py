@@ -226,6 +226,17 @@ def test_bad_inputs(assets, tmp_path):
     gin.clear_config()
 
 
+def test_pruning_old_indexes_keeps_the_newest_two_and_other_hosts_copies_being_written(tmp_path):
+    from jmlr_jax.train.refresh import prune_indexes
+    names = ["index-a", "index-b", "index-c.hostB-7.tmp", "index-d.hostC-9.tmp", "index-e"]
+    for i, name in enumerate(names):  # oldest first; the other hosts' copies aside are the newest but one
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    prune_indexes(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index-b", "index-c.hostB-7.tmp", "index-d.hostC-9.tmp",
+                                                          "index-e"]
+
+
 def test_index_refresh_rebuilds_logs_recall_and_resumes(assets, tmp_path):
     run = {"RunConfig.num_steps": "3", "RunConfig.refresh_every": "2", "RunConfig.recall_queries": "4"}
     t = trainer(assets, tmp_path / "r", **run)
