@@ -55,7 +55,7 @@ def save_index(index: TokenIndex, directory: str) -> None:
                                           search=dataclasses.asdict(index.search))))
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
-    if _same_index(_manifest(directory), manifest):
+    if _same_index(_manifest(directory), manifest) and _complete(directory):
         shutil.rmtree(tmp)
         return
     if os.path.lexists(directory):  # an earlier index of another version, or a damaged one: replaced whole
@@ -66,6 +66,15 @@ def save_index(index: TokenIndex, directory: str) -> None:
         if not _same_index(_manifest(directory), manifest):
             raise
         shutil.rmtree(tmp)
+
+
+def _complete(directory: str) -> bool:
+    """Whether every file save_index writes is there, non-empty (a copy renamed into place is whole; this finds
+    one damaged since, which a rebuild must replace)."""
+    files = [os.path.join(directory, f) for f in ("embeddings.npy", "offsets.npy", "passages.jsonl")]
+    scann_dir = os.path.join(directory, "scann")
+    return all(os.path.isfile(f) and os.path.getsize(f) > 0 for f in files) and os.path.isdir(scann_dir) and \
+        bool(os.listdir(scann_dir))
 
 
 def _same_index(found: dict | None, manifest: dict) -> bool:

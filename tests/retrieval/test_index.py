@@ -187,6 +187,11 @@ def test_another_hosts_copy_of_the_same_index_is_never_deleted(tmp_path, brute_i
     save_index(other_host, d)  # lands second: kept out, nothing replaced
     assert os.stat(os.path.join(d, "embeddings.npy")).st_ino == first
     assert load_index(d).meta.get("encode_s") == brute_index.meta.get("encode_s")
+    os.remove(os.path.join(d, "offsets.npy"))  # damaged since, its manifest intact: a rebuild replaces it
+    save_index(other_host, d)
+    assert load_index(d).meta["encode_s"] == 12345.0
+    save_index(brute_index, d)  # and that copy, whole, now stays
+    assert load_index(d).meta["encode_s"] == 12345.0
     # the other host's copy lands between this host's check and its rename: the rename fails, the copy stays
     racing, landed = str(tmp_path / "racing"), str(tmp_path / "other")
     save_index(other_host, landed)
