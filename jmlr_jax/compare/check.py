@@ -105,12 +105,12 @@ def readings_table(rerun: dict[str, dict], committed: dict[str, dict], names: Se
     its comparator), as the README computes it from the committed JSON and again with every rerun part in place of
     its committed one: the rerun seeds' differences and the pooled one, each with its 95% interval. `same` is True
     when every pooled interval reads the same (above 0, below 0 or across it)."""
-    swapped = {**committed, **{n: rerun[n] for n in names if n in rerun and n in committed}}
+    both = [n for n in names if n in rerun and n in committed]
+    swapped = {**committed, **{n: rerun[n] for n in both}}
     seeds: dict[str, list[int | None]] = {}  # arm -> its rerun seeds (None: a seedless arm, paired with every seed)
-    for n in names:
-        if n in rerun and n in committed:
-            m = re.fullmatch(r"(\w+?)_s(\d+)", n)
-            seeds.setdefault(m[1] if m else n, []).append(int(m[2]) if m else None)
+    for n in both:
+        m = re.fullmatch(r"(\w+?)_s(\d+)", n)
+        seeds.setdefault(m[1] if m else n, []).append(int(m[2]) if m else None)
     derived_from = {**DIAGNOSTIC, **SECOND_ROUND}  # an arm made from another arm's trained weights
 
     def stale(arm: str) -> bool:  # made from a rerun part of another arm, and not rerun itself

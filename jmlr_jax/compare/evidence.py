@@ -345,13 +345,24 @@ class Comparison(Caches, DevParts, Measures):
                 timing["resumed_from_step"] = self.resumed_from
             trained = {k: params[k] for k in TRAINED[arm]}
             save_tree(path, trained)
-            write_json(os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json"),
+            write_json(self._history_path(arm, seed),
                        {"history": history, "seconds": round(time.time() - t0, 1), **timing})
             while self._runs:  # the part's training directories: work_dir/params holds what they trained now
                 shutil.rmtree(self._runs.pop(), ignore_errors=True)
         if set(trained) != set(TRAINED[arm]):
             raise InputError(f"{path} holds {sorted(trained)}, arm {arm} trains {list(TRAINED[arm])}; delete it")
         return trained
+
+    def _history_path(self, arm: str, seed: int) -> str:
+        return os.path.join(self.cfg.work_dir, "params", f"{arm}_s{seed}.history.json")
+
+    def saved_history(self, arm: str, seed: int) -> dict | None:
+        """What `trained` saved beside an arm's weights (step history, training seconds; None if it saved none)."""
+        path = self._history_path(arm, seed)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
 
     # ------------------------------------------------------------------------------------------ parts
     def data_part(self) -> dict:
@@ -396,10 +407,8 @@ class Comparison(Caches, DevParts, Measures):
             docs = self.refresh_index(f"{arm}_s{seed}", rparams)
             out["refresh_seconds"] = round(time.time() - t0, 1)
             out["dev_all"] = self.dev_recall(rparams, "dev_all", docs=docs)
-        hist_path = os.path.join(c.work_dir, "params", f"{arm}_s{seed}.history.json")
-        if os.path.exists(hist_path):
-            with open(hist_path) as f:
-                h = json.load(f)
+        h = self.saved_history(arm, seed)
+        if h is not None:
             out["train_history"], out["train_seconds"] = h["history"], h["seconds"]
             out.update({k: h[k] for k in ("mine_seconds", "resumed_from_step") if k in h})
         for name, recs in self.setup.sets.items():

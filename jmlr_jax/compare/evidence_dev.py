@@ -217,8 +217,8 @@ class DevParts:
         refreshed = arm in REFRESHED
         t0 = time.time()
         seeds = {seed: self.trained(arm, seed)["retriever"] for seed in (c.seeds[:1] if refreshed else c.seeds)}
-        spent = [self._train_seconds(arm, seed) for seed in seeds]  # the trainings that made them, here or before
-        train_s = round(sum(spent), 1) if None not in spent else round(time.time() - t0, 1)
+        saved = [self.saved_history(arm, seed) for seed in seeds]  # the trainings that made them, here or before
+        train_s = round(sum(h["seconds"] for h in saved), 1) if None not in saved else round(time.time() - t0, 1)
         rows, part = [], "weights" + ("" if arm == "eL" else f"_{arm}")
 
         def row(source: str, alpha: float, params, tag: str = "") -> None:
@@ -231,25 +231,16 @@ class DevParts:
         row("base", 0.0, base)
         for seed, params in seeds.items():
             row(f"{arm} seed {seed}", 1.0, params, f"{arm}_s{seed}")
-        combined = [(f"{arm} seed {c.seeds[0]}", seeds[c.seeds[0]])]
+        combined = [(f"{arm} seed {c.seeds[0]}", seeds[c.seeds[0]], f"{arm}_s{c.seeds[0]}")]  # source, params, tag
         if len(seeds) > 1:
-            combined.append(("soup", soup(list(seeds.values()))))
-            row("soup", 1.0, combined[-1][1], f"{arm}-soup")
-        for source, params in combined:
+            combined.append(("soup", soup(list(seeds.values())), f"{arm}-soup"))
+            row("soup", 1.0, *combined[-1][1:])
+        for source, params, tag in combined:
             for alpha in sorted(set(c.weight_alphas) - {0.0, 1.0}):
-                row(source, alpha, interpolate(base, params, alpha),
-                    f"{arm}_s{c.seeds[0]}-wise{alpha:g}" if source != "soup" else f"{arm}-soup-wise{alpha:g}")
+                row(source, alpha, interpolate(base, params, alpha), f"{tag}-wise{alpha:g}")
         best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
         return {"arm": arm, "dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.arm_settings(arm),
                 "train_seconds": train_s, "rows": rows, "best": {k: best[k] for k in ("source", "alpha")}}
-
-    def _train_seconds(self, arm: str, seed: int) -> float | None:
-        """How long the training of an arm's saved weights took (their history.json), None if not recorded."""
-        path = os.path.join(self.cfg.work_dir, "params", f"{arm}_s{seed}.history.json")
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f).get("seconds")
 
     def pool_settings(self, extra: bool | None = None) -> dict:
         """Arm eL's settings: the sweep's, with the retriever lr the scale part, the number of passes the passes
