@@ -2,6 +2,9 @@
 logits are not tiny (the default 0.02 init would make any parity check trivially pass)."""
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -38,9 +41,6 @@ def hf_logits(model, tokens: np.ndarray) -> np.ndarray:
 
 def save_tiny_llama_dir(path: str, seed: int = 0) -> str:
     """A tiny HF Llama directory with a byte-level tokenizer (every byte one token) and an EOS token."""
-    import json
-    import os
-
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -97,3 +97,9 @@ def run_stopped_after_one_step(trainer) -> None:
             trainer.run()
     finally:
         trainer.close()
+
+
+def logged(workdir) -> list[dict]:
+    """The metrics a run logged: its workdir's metrics.jsonl, one dict per logged step."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(x) for x in f]

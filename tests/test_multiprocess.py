@@ -22,6 +22,7 @@ from jmlr_jax.data import lm_data
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.train import stages
 from tests.eval.test_on_mesh import assert_same, measures
+from tests.helpers import logged
 from tests.train.test_loop import assets, params_of, trainer  # noqa: F401  (module fixture, reused)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +103,7 @@ def test_two_hosts_train_the_jmlr_loop_as_one(assets, tmp_path):  # noqa: F811
     stopped = int(said[0][0])
     assert sorted(map(int, os.listdir(tmp_path / "two" / "checkpoints"))) == sorted({2, stopped})
     launch("jmlr", str(tmp_path / "two"), *assets, "4")  # the same command again: resumes to step 4
-    losses = {n: [json.loads(x) for x in open(tmp_path / n / "metrics.jsonl")] for n in ("one", "two")}
+    losses = {n: logged(tmp_path / n) for n in ("one", "two")}
     assert [x["step"] for x in losses["two"]] == [1, 2, 3, 4]  # process 0 alone writes the metrics
     np.testing.assert_allclose([x["loss"] for x in losses["two"]], [x["loss"] for x in losses["one"]], rtol=2e-5)
     with np.load(tmp_path / "two" / "params.npz") as f:  # gathered from both hosts by the worker's process 0
@@ -159,7 +160,7 @@ def test_two_hosts_run_a_pipeline_as_one(assets, tmp_path):  # noqa: F811
                                                         f"drug {i}. " * (1 + i % 3)}) + "\n" for i in range(12)))
     launch("cpt", str(tmp_path / "cpt"), llm, str(data))
     cpt = stages.PipelineConfig(workdir=str(tmp_path / "cpt"), stages=(stages.StageConfig("cpt", "cpt"),))
-    lines = [json.loads(x) for x in open(os.path.join(cpt.stage_dir(0), "metrics.jsonl"))]
+    lines = logged(cpt.stage_dir(0))
     assert [x["step"] for x in lines] == [1, 2] and all(np.isfinite(x["loss"]) for x in lines)
     assert os.path.isfile(os.path.join(cpt.stage_dir(0), "final", "model.safetensors"))
 

@@ -6,7 +6,7 @@ import os
 import nbformat
 
 from tests.conftest import DATA_DIR
-from tests.helpers import save_tiny_llama_dir
+from tests.helpers import logged, save_tiny_llama_dir
 from tests.test_compare_table import fake_result
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -53,7 +53,7 @@ def test_quickstart_notebook(three_guidelines, tmp_path, monkeypatch):
     assert "[1]" in out and "(cites [1]" in out and "accuracy" in out
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in nb.cells for o in c.get("outputs", []))
-    rows = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    rows = logged(tmp_path / "run")
     assert [r["step"] for r in rows] == [1]
 
 

@@ -122,8 +122,8 @@ def make_optimizer(params: dict, cfg: OptimConfig) -> optax.GradientTransformati
 
 def trained_norm(grads, labels) -> jax.Array:
     """Global norm of the gradients of the trained leaves (labels: `param_groups`); frozen ones do not count."""
-    return optax.global_norm([g for g, lab in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(labels))
-                              if lab != "frozen"])
+    return optax.tree.norm([g for g, lab in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(labels))
+                          if lab != "frozen"])
 
 
 def stop_frozen(params, labels):

@@ -14,7 +14,7 @@ from jmlr_jax.eval import harness
 from jmlr_jax.retrieval.store import IndexMismatchError
 from jmlr_jax.train import loop, weights
 from tests.conftest import DATA_DIR, free_compiled_code, require
-from tests.helpers import save_tiny_llama_dir
+from tests.helpers import logged, save_tiny_llama_dir
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_resume_is_exact(assets, tmp_path, capfd):
     for a, b in zip(params_of(straight), params_of(second)):
         np.testing.assert_array_equal(a, b)
     assert straight.data_iter.get_state() == second.data_iter.get_state()
-    lines = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")]
+    lines = logged(tmp_path / "b")
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and all(np.isfinite(x["loss"]) for x in lines)
     assert os.path.isfile(tmp_path / "b" / "operative_config.gin")
     assert any(n.startswith("events") for n in os.listdir(tmp_path / "b" / "tb"))
@@ -180,7 +180,7 @@ def test_eight_devices_match_one(assets, tmp_path):
         t = trainer(assets, tmp_path / name, **{"RunConfig.num_steps": "3", "RunConfig.mesh_shape": shape,
                                                 "RunConfig.checkpoint_every": "100"})
         t.run()
-        losses[name] = [json.loads(x)["loss"] for x in open(tmp_path / name / "metrics.jsonl")]
+        losses[name] = [x["loss"] for x in logged(tmp_path / name)]
         if name == "one":  # resumed on 8 devices: the same parameters, now sharded
             final = params_of(t)
             t.close()
@@ -246,8 +246,7 @@ def test_index_refresh_rebuilds_logs_recall_and_resumes(assets, tmp_path):
     assert t.index.version != first_version  # re-encoded with the trained retriever
     assert os.path.isdir(tmp_path / "r" / f"index-{t.index.version}")
     assert os.path.isfile(tmp_path / "r" / f"candidates-{t.index.version}.npy")
-    logged = [json.loads(x) for x in open(tmp_path / "r" / "metrics.jsonl")]
-    recall = [x["refresh_recall_vs_exact"] for x in logged if "refresh_recall_vs_exact" in x]
+    recall = [x["refresh_recall_vs_exact"] for x in logged(tmp_path / "r") if "refresh_recall_vs_exact" in x]
     assert len(recall) == 1 and 0.5 <= recall[0] <= 1.0
     again = trainer(assets, tmp_path / "r", **run)  # resumes with the refreshed index
     assert int(again.state["step"]) == 3 and again.index.version == t.index.version

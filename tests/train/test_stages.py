@@ -18,7 +18,7 @@ from jmlr_jax.errors import InputError
 from jmlr_jax.eval import stage_eval
 from jmlr_jax.train import stages
 from tests.conftest import DATA_DIR, require
-from tests.helpers import run_stopped_after_one_step, save_tiny_llama_dir
+from tests.helpers import logged, run_stopped_after_one_step, save_tiny_llama_dir
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,9 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch, capsys):
     shutil.rmtree(os.path.join(pipe.workdir, "eval"))  # the stub result must not be read back below
     out = stages.run_pipeline(pipe, data, lm)
     assert [o["stage"] for o in out] == ["cpt", "sft", "dpo"] and not any(o.get("skipped") for o in out)
-    metrics = [json.loads(x) for x in open(os.path.join(pipe.stage_dir(0), "metrics.jsonl"))]
+    metrics = logged(pipe.stage_dir(0))
     assert [m["step"] for m in metrics] == [1, 2]
-    dpo_metrics = [json.loads(x) for x in open(os.path.join(pipe.stage_dir(2), "metrics.jsonl"))]
+    dpo_metrics = logged(pipe.stage_dir(2))
     assert all(k in dpo_metrics[-1] for k in ("reward_accuracy", "reward_margin", "logp_chosen", "logp_rejected"))
 
     # stage 2 started from stage 1's final weights, bitwise; stage 1's export is its final state (LoRA merged)
