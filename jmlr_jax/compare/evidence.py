@@ -21,7 +21,7 @@ eR_s* (second_round) continue each eB for one more pass on the candidates its re
 eT_s* and eTR_s* (sharp_posterior) are eB and eR at the KL target temperature part posterior chose on dev;
 weights (dev only) averages eL's seeds' retrievers and interpolates them with the base one in weight space,
 weights_eB (dev only, with both_sides) interpolates eB seed 0's retriever the same way, each row on the corpus it
-re-encodes;
+re-encodes; ensemble_eB (dev only, with both_sides) interpolates eB seed 0's and the base retriever's scores instead;
 dL_s* and cL_s* (joint_pool_seeds) are arms d and c on the same pool at eL's settings, the generator trained live.
 With extra training focuses (compare/evidence_more_focuses*.gin): focuses (or focuses_kept) and eF_s* (or eK_s*),
 and with both_sides eFB_s* (or eKB_s*), eB's remedy on that pool.
@@ -109,6 +109,7 @@ class Comparison(Caches, DevParts, Measures):
                 (["posterior"] if c.posterior_betas else []) + \
                 (["weights"] if c.weight_alphas else []) + \
                 (["weights_eB"] if c.weight_alphas and c.both_sides else []) + \
+                (["ensemble_eB"] if c.ensemble_weights and c.both_sides else []) + \
                 ([f"eT_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior else []) + \
                 ([f"eTR_s{s}" for s in c.seeds] if c.both_sides and c.sharp_posterior and c.second_round else []) + \
                 [f"{arm}_s{s}" for s in c.joint_pool_seeds for arm in ("dL", "cL", *(["dgL"] if c.diagnostic else []))]
@@ -171,6 +172,8 @@ class Comparison(Caches, DevParts, Measures):
             return self.weights_part
         if name == "weights_eB" and self.cfg.both_sides and not self.cfg.extra_train_focuses:
             return functools.partial(self.weights_part, "eB")
+        if name == "ensemble_eB" and self.cfg.both_sides and not self.cfg.extra_train_focuses:
+            return self.ensemble_part
         if self.cfg.extra_train_focuses and name == self._focuses_part:
             return self.focuses_part
         if name == "chat_gold":
@@ -245,13 +248,22 @@ class Comparison(Caches, DevParts, Measures):
                docs: str = "base", view: str = "") -> np.ndarray:
         """Exact MaxSim top-k passage indices [N, k] into a view of the corpus (see index): "main", or "eval" when
         with_test; the passages encoded as `docs` says."""
-        view = view or ("eval" if with_test else "main")
+        r = self._retriever(rparams, docs, view or ("eval" if with_test else "main"))
+        return search_all(r, [x.question for x in records], k, exact=True)[0]
+
+    def scores(self, rparams, records: Sequence[ev.EvidenceQA], docs: str = "base", batch: int = 64) -> np.ndarray:
+        """Exact MaxSim of every question against every passage evaluations search ("main"), [N, passages]."""
+        r = self._retriever(rparams, docs, "main")
+        return np.concatenate([r.index.exact_scores(r.encode_queries([x.question for x in records[i: i + batch]]))
+                               for i in range(0, len(records), batch)])
+
+    def _retriever(self, rparams, docs: str, view: str) -> Retriever:
         if (docs, view) not in self._retrievers:  # one per index: its jitted query encoder compiles once
             _, _, _, rcfg, _, ctok = self.models()
             self._retrievers[docs, view] = Retriever(rcfg, rparams, ctok, self.index(docs, view))
         r = self._retrievers[docs, view]
         r.params = rparams  # the encoder takes params as an argument: new params, same compiled function
-        return search_all(r, [x.question for x in records], k, exact=True)[0]
+        return r
 
     def second_round(self, seed: int, arm: str = "eR") -> tuple[dict, np.ndarray, np.ndarray]:
         """A second-round arm's start (eR: eB's; eTR: eT's): the first arm's trained retriever for this seed, the

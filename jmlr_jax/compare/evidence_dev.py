@@ -3,7 +3,7 @@ trained at several settings, scored by recall on the dev focuses (never the held
 the settings a later arm trains with. Part sweep: rank loss x lr, then scored candidates x passes; with a pool
 (compare/evidence_more_data.gin): scale (pool size x lr), passes, negatives (in-batch), posterior (KL target
 temperature, dev only), weights (soup and WiSE-FT of eL's retrievers, dev only), weights_eB (WiSE-FT of eB's, each row re-encoding
-the corpus); with extra focuses: focuses /
+the corpus), ensemble_eB (eB's and the base retriever's scores interpolated); with extra focuses: focuses /
 focuses_kept (lr). A mixin of Comparison, whose training (train, trained), losses (doc_losses) and search
 (dev_recall) these call."""
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from jmlr_jax.compare.evidence_measures import dev_summary, gold_rank
 from jmlr_jax.compare.evidence_setup import POOL_ARMS, REFRESHED, SHARP
 from jmlr_jax.data import evidence as ev
 from jmlr_jax.errors import InputError
@@ -241,6 +242,30 @@ class DevParts:
         best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
         return {"arm": arm, "dev_questions": len(s.dev_all), "pool": len(s.pool), "settings": self.arm_settings(arm),
                 "train_seconds": train_s, "rows": rows, "best": {k: best[k] for k in ("source", "alpha")}}
+
+    def ensemble_part(self, arm: str = "eB") -> dict:
+        """An arm's seed-0 retriever and the base one ensembled in output space (WiSE-FT's other ensemble): each
+        passage scored (1 - w) * base MaxSim + w * trained MaxSim, every retriever against the corpus its own
+        weights encoded, at each w in ensemble_weights (w 0: the base retriever, 1: the trained one); recall on
+        every dev-focus question. Dev only: reports the best row, changes no arm."""
+        c, s = self.cfg, self.setup
+        seed = c.seeds[0]
+        t0 = time.time()
+        trained = self.trained(arm, seed)["retriever"]
+        saved = self.saved_history(arm, seed)  # the training that made them, here or before
+        train_s = round(saved["seconds"] if saved else time.time() - t0, 1)
+        t0 = time.time()
+        docs = self.refresh_index(f"{arm}_s{seed}", trained) if arm in REFRESHED else "base"
+        base_S, trained_S = self.scores(self.models()[4], s.dev_all), self.scores(trained, s.dev_all, docs)
+        rows = []
+        for w in (0.0, *sorted(set(c.ensemble_weights) - {0.0, 1.0}), 1.0):
+            top = np.argsort(-((1 - w) * base_S + w * trained_S), axis=1, kind="stable")[:, :30]  # as exact search
+            rows.append({"weight": w, **dev_summary([gold_rank(t, g) for t, g in zip(top, s.gold["dev_all"])])})
+            self.log(f"[ensemble_{arm}] w {w:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
+        best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
+        return {"arm": arm, "seed": seed, "dev_questions": len(s.dev_all), "pool": len(s.pool),
+                "settings": self.arm_settings(arm), "train_seconds": train_s,
+                "search_seconds": round(time.time() - t0, 1), "rows": rows, "best_weight": best["weight"]}
 
     def pool_settings(self, extra: bool | None = None) -> dict:
         """Arm eL's settings: the sweep's, with the retriever lr the scale part, the number of passes the passes

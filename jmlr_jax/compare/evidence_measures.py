@@ -20,6 +20,18 @@ from jmlr_jax.eval.stage_eval import greedy_answers
 from jmlr_jax.retrieval.corpus import chunk_words
 
 
+def gold_rank(top: np.ndarray, gold) -> int | None:
+    """The 1-based rank of the first gold passage in a ranking (None when it holds none)."""
+    hits = np.flatnonzero(np.isin(top, gold))
+    return int(hits[0]) + 1 if len(hits) else None
+
+
+def dev_summary(ranks: list) -> dict:
+    """A dev row: recall@1 / @7 and every question's gold rank."""
+    return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])),
+            "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])), "dev_ranks": ranks}
+
+
 class Measures:
     """Per-question measures of one arm's generator and retriever."""
 
@@ -27,19 +39,13 @@ class Measures:
         """Per question: the top-10 passage ids and the gold evidence's rank (1-based; None beyond k)."""
         ids = self.search(rparams, records, k, with_test, docs)
         passages = self.index(docs, "eval").passages  # main is its prefix
-        out = []
-        for row, g in zip(ids, gold):
-            hits = np.flatnonzero(np.isin(row, g))
-            out.append({"top10": [passages[j].id for j in row[:10]], "gold_rank": int(hits[0]) + 1 if len(hits) else None,
-                        "_top": row})
-        return out
+        return [{"top10": [passages[j].id for j in row[:10]], "gold_rank": gold_rank(row, g), "_top": row}
+                for row, g in zip(ids, gold)]
 
     def dev_recall(self, rparams, which: str = "dev", docs: str = "base") -> dict:
         """Recall@1 / @7 on the dev questions (which="dev_all": every dev-focus question) and each gold rank."""
         recs = self.setup.dev if which == "dev" else self.setup.dev_all
-        ranks = [q["gold_rank"] for q in self.recall(rparams, recs, self.setup.gold[which], docs=docs)]
-        return {"dev_recall@1": float(np.mean([r == 1 for r in ranks])),
-                "dev_recall@7": float(np.mean([r is not None and r <= 7 for r in ranks])), "dev_ranks": ranks}
+        return dev_summary([q["gold_rank"] for q in self.recall(rparams, recs, self.setup.gold[which], docs=docs)])
 
     def measure(self, name: str, records, llm_params, rparams, generate: int = 0, docs: str = "base") -> list[dict]:
         """Per question: retrieval (gold rank, top ids), target NLL with the top-K fed, generation scores,

@@ -96,6 +96,10 @@ class EvidenceConfig:
     # "Robust fine-tuning of zero-shot models"); recall on every dev-focus question. Reports; changes no arm. With
     # both_sides also part "weights_eB": eB seed 0 at each alpha, each row searching the corpus its weights re-encoded.
     weight_alphas: tuple = ()
+    # Part "ensemble_eB" (ensemble_weights given, with both_sides; dev only): eB seed 0 and the base retriever
+    # ensembled in output space instead, each passage scored (1 - w) * base MaxSim + w * eB MaxSim (each on the corpus
+    # its own weights encoded) at each w; recall on every dev-focus question. Reports; changes no arm.
+    ensemble_weights: tuple = ()
     # Parts eB_s* (both_sides, with a pool): arm eL's settings with both encoder sides trained (the candidates'
     # tokens encoded live in the step instead of read from the index), evaluated on an index re-encoded by the
     # trained encoder (work_dir/index-eB_s*, the stale-index remedy "refresh"); also its recall on every dev-focus

@@ -165,6 +165,25 @@ def weights_table(results: dict, part: str = "weights") -> str:
     return "\n".join(lines)
 
 
+def ensemble_table(results: dict, part: str = "ensemble_eB") -> str:
+    """An arm's seed-0 retriever and the base one ensembled in output space, per weight, against the arm alone."""
+    en = results.get(part)
+    if not en:
+        return ""
+    arm, st = en["arm"], en["settings"]
+    ref = next(r for r in en["rows"] if r["weight"] == 1.0)
+    lines = [f"Arm {arm} seed {en['seed']} (both encoder sides trained on the whole pool of {en['pool']} questions, lr "
+             f"{st['retriever_lr']:g}, {st['epochs']} pass(es)) and the base retriever ensembled in output space: "
+             f"each passage scored (1 - w) * base MaxSim + w * {arm} MaxSim, each retriever on the corpus its own "
+             f"weights encoded (w 0: the base retriever alone, 1: {arm} alone); recall on all {en['dev_questions']} "
+             f"dev-focus questions, McNemar against {arm} alone. Best on dev: w {en['best_weight']:g} (dev only: no arm "
+             f"changes). Scoring every passage for both retrievers took {en['search_seconds']:.0f} s.", "",
+             f"| w | dev recall@1 ± s.e. | McNemar p vs {arm} alone | dev recall@7 |", "|---|---|---|---|"]
+    for row in en["rows"]:
+        lines.append(f"| {row['weight']:g} | {_dev_cells(row, ref)} |")
+    return "\n".join(lines)
+
+
 def both_sides_table(results: dict) -> str:
     """Arms eB's, eR's (and eFB's / eKB's) recall on every dev-focus question per seed (each on the corpus its
     trained encoder re-encoded) against the base retriever and arm eL's seed-0 run (the scale part's whole-pool
@@ -210,6 +229,8 @@ def dev_sections(results: dict) -> list[str]:
               if "weights" in results else []),
             *(["### WiSE-FT of the both-sides retriever (arm eB, dev focuses)", "",
                weights_table(results, "weights_eB"), ""] if "weights_eB" in results else []),
+            *(["### Output-space ensemble of the both-sides retriever and the base one (arm eB, dev focuses)", "",
+               ensemble_table(results), ""] if "ensemble_eB" in results else []),
             *(["### More training focuses (arm e, dev focuses)", "", focuses_table(results), ""]
               if "focuses" in results else []),
             *(["### More training focuses, eL's questions keeping their candidates (arm e, dev focuses)", "",

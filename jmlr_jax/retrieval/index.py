@@ -177,6 +177,12 @@ class TokenIndex:
 
     def exact_search(self, Q_NxLxE: np.ndarray, k: int = 30, chunk_tokens: int = 1 << 20):
         """Exact MaxSim against every passage (the reference). Same outputs as `search_embeddings`."""
+        all_scores = self.exact_scores(Q_NxLxE, chunk_tokens)
+        top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+        return top, np.take_along_axis(all_scores, top, axis=1)
+
+    def exact_scores(self, Q_NxLxE: np.ndarray, chunk_tokens: int = 1 << 20) -> np.ndarray:
+        """MaxSim of every query against every passage, [N, passages] fp32."""
         Q = np.asarray(Q_NxLxE, np.float32)
         P = len(self.passages)
         all_scores = np.empty((Q.shape[0], P), np.float32)
@@ -188,8 +194,8 @@ class TokenIndex:
             starts = self.offsets[a:b] - self.offsets[a]
             for i in range(Q.shape[0]):
                 all_scores[i, a:b] = _segment_maxsim(Q[i], toks, starts)
-        top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
-        return top, np.take_along_axis(all_scores, top, axis=1)
+        return all_scores
+
 
 def index_version(corpus_checksum: str, encoder_checksum: str, cfg: ColBERTConfig, icfg: IndexConfig) -> str:
     """Checksum of what an index holds: corpus, encoder parameters, ColBERT config, IndexConfig."""

@@ -280,6 +280,46 @@ def test_weights_eB_interpolates_seed_0_and_searches_a_corpus_each_row_re_encode
                    log=lambda _: None).run(["weights_eB"])
 
 
+def test_ensemble_eB_scores_every_passage_by_both_retrievers_and_finds_what_neither_ranks_first(data_dir, tmp_path,
+                                                                                                monkeypatch):
+    cfg = tiny(data_dir, tmp_path, pool_medquad=100, both_sides=True, weight_alphas=(0.5,), ensemble_weights=(0.5,))
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    names = arm_parts(comp)
+    assert names.index("ensemble_eB") == names.index("weights_eB") + 1
+    s = comp.setup
+    gold = [g[0] for g in s.gold["dev_all"]]
+    # every question: the base retriever puts decoy a above gold, eB decoy b; their mean puts gold first
+    base_S, eB_S = np.full((2, len(gold), s.n_main), -1.0, np.float32)
+    for i, g in enumerate(gold):
+        a, b = [p for p in range(s.n_main) if p not in s.gold["dev_all"][i]][:2]
+        base_S[i, [g, a, b]], eB_S[i, [g, a, b]] = (1.0, 1.2, 0.0), (1.0, 0.0, 1.2)
+    retrievers, refreshed = [], []
+
+    class Stub:  # a retriever whose "embedding" of a question is its row of scores
+        def __init__(self, S):
+            self.index = type("I", (), {"exact_scores": staticmethod(lambda Q: Q)})
+            self.encode_queries = lambda qs: S[[next(i for i, r in enumerate(s.dev_all) if r.question == q)
+                                                for q in qs]]
+
+    monkeypatch.setattr(comp, "models", lambda: (None,) * 4 + ("base",) + (None,))
+    monkeypatch.setattr(comp, "trained", lambda arm, seed: {"retriever": "eB"})
+    monkeypatch.setattr(comp, "refresh_index", lambda tag, params: refreshed.append((tag, params)) or tag)
+    monkeypatch.setattr(comp, "_retriever", lambda rp, docs, view: retrievers.append((rp, docs, view)) or
+                        Stub(base_S if rp == "base" else eB_S))
+    comp.run(["ensemble_eB"])
+    assert refreshed == [("eB_s0", "eB")] and retrievers == [("base", "base", "main"), ("eB", "eB_s0", "main")]
+    with open(os.path.join(cfg.out_dir, "ensemble_eB.json")) as f:
+        out = json.load(f)
+    assert [(r["weight"], r["dev_recall@1"]) for r in out["rows"]] == [(0.0, 0.0), (0.5, 1.0), (1.0, 0.0)]
+    assert out["rows"][0]["dev_ranks"] == [2] * len(gold) and out["best_weight"] == 0.5
+    table = report_dev.ensemble_table({"ensemble_eB": out}).split("\n")
+    assert table[0].startswith("Arm eB seed 0 (both encoder sides") and table[-1].startswith("| 1 | 0.000 ± 0.000 | - |")
+    assert table[-2].startswith(f"| 0.5 | 1.000 ± 0.000 | {2 ** (1 - len(gold)):.2g} |")  # exact McNemar
+    with pytest.raises(InputError, match="unknown part 'ensemble_eB'"):  # without both sides there is no eB
+        Comparison(dataclasses.replace(cfg, both_sides=False, out_dir=str(tmp_path / "out2")), progress=False,
+                   log=lambda _: None).run(["ensemble_eB"])
+
+
 def test_sweep_second_stage_varies_sampled_and_epochs_at_the_best_loss_and_lr(data_dir, tmp_path, monkeypatch):
     cfg = tiny(data_dir, tmp_path, sweep_lrs=(1e-5, 3e-5), sweep_losses=("ranknet", "kl"))
     comp = Comparison(cfg, progress=False, log=lambda _: None)
