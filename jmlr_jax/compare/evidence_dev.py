@@ -20,6 +20,7 @@ from jmlr_jax.compare.evidence_measures import dev_summary, gold_rank
 from jmlr_jax.compare.evidence_setup import POOL_ARMS, REFRESHED, SHARP
 from jmlr_jax.data import evidence as ev
 from jmlr_jax.errors import InputError
+from jmlr_jax.retrieval.index import top_k
 
 
 def soup(trees: Sequence) -> object:
@@ -218,8 +219,7 @@ class DevParts:
         refreshed = arm in REFRESHED
         t0 = time.time()
         seeds = {seed: self.trained(arm, seed)["retriever"] for seed in (c.seeds[:1] if refreshed else c.seeds)}
-        saved = [self.saved_history(arm, seed) for seed in seeds]  # the trainings that made them, here or before
-        train_s = round(sum(h["seconds"] for h in saved), 1) if None not in saved else round(time.time() - t0, 1)
+        train_s = self._training_seconds(arm, seeds, t0)
         rows, part = [], "weights" + ("" if arm == "eL" else f"_{arm}")
 
         def row(source: str, alpha: float, params, tag: str = "") -> None:
@@ -252,20 +252,25 @@ class DevParts:
         seed = c.seeds[0]
         t0 = time.time()
         trained = self.trained(arm, seed)["retriever"]
-        saved = self.saved_history(arm, seed)  # the training that made them, here or before
-        train_s = round(saved["seconds"] if saved else time.time() - t0, 1)
+        train_s = self._training_seconds(arm, [seed], t0)
         t0 = time.time()
         docs = self.refresh_index(f"{arm}_s{seed}", trained) if arm in REFRESHED else "base"
         base_S, trained_S = self.scores(self.models()[4], s.dev_all), self.scores(trained, s.dev_all, docs)
         rows = []
         for w in (0.0, *sorted(set(c.ensemble_weights) - {0.0, 1.0}), 1.0):
-            top = np.argsort(-((1 - w) * base_S + w * trained_S), axis=1, kind="stable")[:, :30]  # as exact search
+            top = top_k((1 - w) * base_S + w * trained_S, 30)  # ranked as exact search ranks
             rows.append({"weight": w, **dev_summary([gold_rank(t, g) for t, g in zip(top, s.gold["dev_all"])])})
             self.log(f"[ensemble_{arm}] w {w:g}: dev recall@1 {rows[-1]['dev_recall@1']:.3f}")
         best = max(rows, key=lambda r: (r["dev_recall@1"], r["dev_recall@7"]))
         return {"arm": arm, "seed": seed, "dev_questions": len(s.dev_all), "pool": len(s.pool),
                 "settings": self.arm_settings(arm), "train_seconds": train_s,
                 "search_seconds": round(time.time() - t0, 1), "rows": rows, "best_weight": best["weight"]}
+
+    def _training_seconds(self, arm: str, seeds, started: float) -> float:
+        """What training these seeds of an arm took: as saved beside their weights (by this run or an earlier one),
+        else the time since `started`."""
+        saved = [self.saved_history(arm, seed) for seed in seeds]
+        return round(sum(h["seconds"] for h in saved) if None not in saved else time.time() - started, 1)
 
     def pool_settings(self, extra: bool | None = None) -> dict:
         """Arm eL's settings: the sweep's, with the retriever lr the scale part, the number of passes the passes

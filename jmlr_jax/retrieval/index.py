@@ -178,7 +178,7 @@ class TokenIndex:
     def exact_search(self, Q_NxLxE: np.ndarray, k: int = 30, chunk_tokens: int = 1 << 20):
         """Exact MaxSim against every passage (the reference). Same outputs as `search_embeddings`."""
         all_scores = self.exact_scores(Q_NxLxE, chunk_tokens)
-        top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+        top = top_k(all_scores, k)
         return top, np.take_along_axis(all_scores, top, axis=1)
 
     def exact_scores(self, Q_NxLxE: np.ndarray, chunk_tokens: int = 1 << 20) -> np.ndarray:
@@ -195,6 +195,11 @@ class TokenIndex:
             for i in range(Q.shape[0]):
                 all_scores[i, a:b] = _segment_maxsim(Q[i], toks, starts)
         return all_scores
+
+
+def top_k(scores_NxP: np.ndarray, k: int) -> np.ndarray:
+    """Every row's k best passage indices, best first (equal scores: the lower index first)."""
+    return np.argsort(-scores_NxP, axis=1, kind="stable")[:, :k]
 
 
 def index_version(corpus_checksum: str, encoder_checksum: str, cfg: ColBERTConfig, icfg: IndexConfig) -> str:
