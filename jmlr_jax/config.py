@@ -153,11 +153,14 @@ def one_line(e: BaseException) -> str:
 @contextlib.contextmanager
 def exits_on_bad_input():
     """Bad input -> `error: <one line>` on stderr and exit 2: an InputError, a path that is missing, of the wrong
-    kind (a directory for a file) or not readable, or a ValueError /
+    kind (a directory for a file, a file for a directory) or not readable, or a ValueError /
     TypeError a gin configurable raised checking its bound values (named with its scope). Other errors are bugs:
     they propagate."""
     try:
         yield
+    except FileExistsError as e:  # os.makedirs(d, exist_ok=True) on a file: a workdir or output bound to one
+        print(f"error: {e.filename!r} is a file, not a directory: bind a directory there", file=sys.stderr)
+        sys.exit(2)
     except (InputError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)

@@ -137,10 +137,17 @@ def test_config_file_bindings_and_errors(tmp_path):
 
 
 def test_a_path_of_the_wrong_kind_is_one_line(tmp_path, capsys):
-    """`launch/answer.py --corpus=DIR` had been an IsADirectoryError traceback."""
+    """`launch/answer.py --corpus=DIR` had been an IsADirectoryError traceback, a workdir bound to a file
+    (`--gin.RunConfig.workdir="'notes.txt'"`) a FileExistsError one."""
     with pytest.raises(SystemExit) as e, config.exits_on_bad_input():
         open(tmp_path)
     assert e.value.code == 2 and capsys.readouterr().err == f"error: [Errno 21] Is a directory: '{tmp_path}'\n"
+    (tmp_path / "notes.txt").write_text("kept")
+    with pytest.raises(SystemExit) as e, config.exits_on_bad_input():
+        os.makedirs(tmp_path / "notes.txt", exist_ok=True)
+    assert e.value.code == 2 and capsys.readouterr().err == \
+        f"error: '{tmp_path / 'notes.txt'}' is a file, not a directory: bind a directory there\n"
+    assert (tmp_path / "notes.txt").read_text() == "kept"
 
 
 def test_a_bad_binding_is_named_with_what_to_write():

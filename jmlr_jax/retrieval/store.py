@@ -155,5 +155,6 @@ def cached_index(corpus: Corpus, cfg: ColBERTConfig, params, ctok: ColBERTTokeni
             continue
     if fallback:
         return load_index(fallback, corpus=corpus, params=params, search=search)
+    os.makedirs(root, exist_ok=True)  # a root that is a file fails here, not after minutes of encoding
     save_index(build_index(corpus, cfg, params, ctok, icfg, search, progress=progress), own)
     return load_index(own, corpus=corpus, params=params, search=search)

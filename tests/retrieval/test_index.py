@@ -208,6 +208,21 @@ def test_another_hosts_copy_of_the_same_index_is_never_deleted(tmp_path, brute_i
     assert sorted(os.listdir(tmp_path)) == ["index", "other", "racing"]  # no copy left aside
 
 
+def test_a_cache_root_that_is_a_file_fails_before_encoding(tmp_path, real_subset, monkeypatch):
+    """`launch/answer.py --cache_dir=notes.txt` had encoded the whole corpus (minutes) before failing to save."""
+    from jmlr_jax.retrieval import store
+    corpus, cfg, params, ctok, _, _ = real_subset
+    (tmp_path / "notes.txt").write_text("kept")
+
+    def build(*a, **k):
+        raise AssertionError("encoded before the cache directory was checked")
+
+    monkeypatch.setattr(store, "build_index", build)
+    with pytest.raises(FileExistsError):
+        store.cached_index(corpus, cfg, params, ctok, IndexConfig(), SearchConfig(), str(tmp_path / "notes.txt"))
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+
+
 def _one_doc(tmp_path):
     p = tmp_path / "one.jsonl"
     p.write_text(json.dumps({"id": "x", "title": "", "text": "something else"}) + "\n")
