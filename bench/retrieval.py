@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pathlib
 import os
 import resource
 import sys
@@ -56,8 +57,8 @@ def main() -> None:
         pq = json.load(f)
     questions = [v["QUESTION"] for v in pq.values()]
     gold = [f"pmid-{k}" for k in pq]
-    test_ids = set(json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                                               "data", "pubmedqa", "test_ground_truth.json"))))
+    test_ids = set(json.loads(pathlib.Path(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                                           "data", "pubmedqa", "test_ground_truth.json").read_text()))
     t = time.time()
     Q = r.encode_queries(questions)
     enc_s = time.time() - t

@@ -153,7 +153,7 @@ def test_two_hosts_run_a_pipeline_as_one(assets, tmp_path):  # noqa: F811
     final = os.path.join(two.stage_dir(1), "final")
     launch("evaluate", final, str(tmp_path / "eval.json"))
     cfg, params, tok = load_preset(final)
-    assert_same(measures(cfg, params, params, tok), json.load(open(tmp_path / "eval.json")))
+    assert_same(measures(cfg, params, params, tok), json.loads((tmp_path / "eval.json").read_text()))
 
     # CPT: each host tokenizes and packs only its half of the documents (rows differ from one host's by design)
     (data / "text.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": f"Condition {i} is treated with "

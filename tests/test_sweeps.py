@@ -1,5 +1,6 @@
 """Sweeps: expansion, workdir naming, the local executor (failures, resume of a half-finished sweep), the table."""
 import json
+import pathlib
 import os
 import signal
 import subprocess
@@ -77,7 +78,7 @@ def test_local_executor_resumes_a_half_finished_sweep(tmp_path):
     calls = (tmp_path / "calls.txt").read_text().split()
     assert len(calls) == 6 and calls[4:] == [jobs[0].workdir, jobs[1].workdir]  # only the failed ones ran again
     assert [r.get("skipped", False) for r in second] == [False, False, True, True]
-    assert all(json.load(open(os.path.join(j.workdir, sweeps.JOB_FILE)))["returncode"] == 0 for j in jobs)
+    assert all(json.loads(pathlib.Path(j.workdir, sweeps.JOB_FILE).read_text())["returncode"] == 0 for j in jobs)
 
     rows = sweeps.collect(jobs, keys=("loss",))
     assert [r["steps"] for r in rows] == [3, 3, 3, 3] and all(r["finished"] for r in rows)

@@ -1,5 +1,6 @@
 """One tokenizer interface over sentencepiece and Hugging Face tokenizer.json."""
 import json
+import pathlib
 
 import pytest
 import sentencepiece as spm
@@ -37,7 +38,7 @@ def test_sentencepiece_round_trip_and_specials(spm_path):
 def test_directory_prefers_tokenizer_json(tmp_path, spm_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    (tmp_path / "tokenizer.model").write_bytes(open(spm_path, "rb").read())
+    (tmp_path / "tokenizer.model").write_bytes(pathlib.Path(spm_path).read_bytes())
     assert isinstance(load_tokenizer(str(tmp_path)), SentencePieceTokenizer)
     t = Tokenizer(models.WordLevel({"[UNK]": 0, "<s>": 1, "</s>": 2, "fever": 3}, unk_token="[UNK]"))
     t.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -52,7 +53,7 @@ def test_directory_prefers_tokenizer_json(tmp_path, spm_path):
 def test_chat_template_is_read_from_the_directory_and_saved_with_the_tokenizer(tmp_path, spm_path):
     from jmlr_jax.tokenizers import save_tokenizer
 
-    (tmp_path / "tokenizer.model").write_bytes(open(spm_path, "rb").read())
+    (tmp_path / "tokenizer.model").write_bytes(pathlib.Path(spm_path).read_bytes())
     assert load_tokenizer(str(tmp_path)).chat_template is None
     named = [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ messages[0]['content'] }}"}]
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": named}))  # the list form

@@ -48,7 +48,7 @@ def test_cloud_workdir_mirrors_and_resumes_on_another_machine(assets, tmp_path, 
     assert mirror.startswith(str(tmp_path / "cache3")) and {"eval.json", "eval.md"} <= set(os.listdir(mirror))
     assert {"eval.json", "eval.md"} <= set(os.listdir(os.path.join(remote, "eval")))
     export_run(remote, str(tmp_path / "hf"))
-    assert "From `eval/eval.md`" in open(tmp_path / "hf" / "README.md").read()
+    assert "From `eval/eval.md`" in (tmp_path / "hf" / "README.md").read_text()
 
 
 def test_outputs_that_must_be_local_say_so():

@@ -1,5 +1,6 @@
 """HF safetensors import/export: round trip through transformers, shards, and clear errors on bad input."""
 import json
+import pathlib
 import os
 
 import numpy as np
@@ -65,8 +66,8 @@ def test_missing_directory_and_files(tmp_path):
 def test_corrupt_safetensors(hf_dir, tmp_path):
     src, _ = hf_dir
     for name in ("config.json",):
-        (tmp_path / name).write_bytes(open(os.path.join(src, name), "rb").read())
-    blob = open(os.path.join(src, "model.safetensors"), "rb").read()
+        (tmp_path / name).write_bytes(pathlib.Path(src, name).read_bytes())
+    blob = pathlib.Path(src, "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(WeightsError, match="corrupt or truncated"):
         load_hf_llama(str(tmp_path))
@@ -89,8 +90,8 @@ def test_missing_shard(hf_dir, tmp_path):
 
 def test_config_weight_mismatch(hf_dir, tmp_path):
     src, _ = hf_dir
-    cfg = json.load(open(os.path.join(src, "config.json")))
-    (tmp_path / "model.safetensors").write_bytes(open(os.path.join(src, "model.safetensors"), "rb").read())
+    cfg = json.loads(pathlib.Path(src, "config.json").read_text())
+    (tmp_path / "model.safetensors").write_bytes(pathlib.Path(src, "model.safetensors").read_bytes())
     (tmp_path / "config.json").write_text(json.dumps(dict(cfg, intermediate_size=cfg["intermediate_size"] * 2)))
     with pytest.raises(WeightsError, match=r"\['layers'\]\['mlp'\]\['down'\]\['kernel'\] has shape"):
         load_hf_llama(str(tmp_path))
@@ -107,7 +108,7 @@ def test_tokenizer_vocab_mismatch_is_an_error(hf_dir, tmp_path):
 
     src, model = hf_dir
     for name in ("config.json", "model.safetensors"):
-        (tmp_path / name).write_bytes(open(os.path.join(src, name), "rb").read())
+        (tmp_path / name).write_bytes(pathlib.Path(src, name).read_bytes())
     too_big = {f"t{i}": i for i in range(model.config.vocab_size + 10)}
     Tokenizer(models.WordLevel(too_big, unk_token="t0")).save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(ValueError, match=r"tokenizer has 106 tokens but the model embeds only 96"):

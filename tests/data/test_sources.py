@@ -1,5 +1,6 @@
 """QA readers on small fixtures of each public format, and on the real shared files."""
 import json
+import pathlib
 import os
 
 import pytest
@@ -25,7 +26,7 @@ def test_medqa_four_and_five_options(tmp_path):
     assert recs[0].answer_letter == "D" and recs[0].answer_text == "Nitrofurantoin" and recs[0].subject == "step2&3"
     assert len(recs[1].options) == 5 and recs[1].answer_letter == "E"
     bom = tmp_path / "bom.jsonl"  # a byte-order mark before the first record (files saved on Windows)
-    bom.write_text("\ufeff" + open(p).read(), encoding="utf-8")
+    bom.write_text("\ufeff" + pathlib.Path(p).read_text(), encoding="utf-8")
     assert read_qa("medqa", str(bom)) == recs
 
 

@@ -1,6 +1,7 @@
 """Option log-likelihood against Hugging Face on a tiny random model; the harness end to end on fixtures."""
 import dataclasses
 import json
+import pathlib
 import math
 import re
 
@@ -226,8 +227,8 @@ def test_readme_few_shot_table_is_the_committed_results():
     from jmlr_jax.eval.harness import paired
 
     root = os.path.join(os.path.dirname(__file__), "..", "..")
-    a, b = (json.load(open(os.path.join(root, "results", "eval_fewshot", f"base_{k}shot.json"))) for k in (0, 5))
-    readme = open(os.path.join(root, "README.md")).read()
+    a, b = (json.loads(pathlib.Path(root, "results", "eval_fewshot", f"base_{k}shot.json").read_text()) for k in (0, 5))
+    readme = pathlib.Path(root, "README.md").read_text()
     for r, name in zip(paired(a, b), ("MedMCQA held-out", "PubMedQA test")):
         row = re.search(rf"\| {name} \((\d+)\) \| ([0-9.]+) ± [0-9.]+ \| ([0-9.]+) ± [0-9.]+ \| ([-+0-9.]+) "
                         rf"\[([-+0-9.]+), ([-+0-9.]+)\]", readme)

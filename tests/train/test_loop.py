@@ -109,7 +109,7 @@ def test_resume_is_exact(assets, tmp_path, capfd):
     assert int(third.state["step"]) == 2 and "checkpoint 4 is corrupt" in capfd.readouterr().err
     assert any(d.startswith("corrupt-4-") for d in os.listdir(ckpts))
     third.close()
-    saved = json.load(open(tmp_path / "b" / "config.json"))
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
     assert saved["run"]["num_steps"] == 4 and saved["budgets"]["doc"] == 24 and saved["data"]["max_examples"] == 8
 
     # Evaluation from the workdir alone (no training gin file): exactly the trained weights, the trained retriever.

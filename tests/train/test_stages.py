@@ -1,6 +1,7 @@
 """Seed pipelines end to end on a tiny model and slices of the real data: chaining, skipping, resuming, errors."""
 import dataclasses
 import json
+import pathlib
 import os
 import shutil
 
@@ -33,8 +34,8 @@ def setup(tmp_path_factory):
     (d / "medquad" / "medquad.jsonl").write_text(  # 40 questions spread over many focuses
         "".join(open(os.path.join(DATA_DIR, "medquad", "medquad.jsonl")).readlines()[::300][:40]))
     head("medmcqa/dev.jsonl", "medmcqa/dev.jsonl", 40)
-    pq = json.load(open(os.path.join(DATA_DIR, "pubmedqa", "ori_pqal.json")))
-    test = json.load(open(os.path.join(DATA_DIR, "pubmedqa", "test_ground_truth.json")))
+    pq = json.loads(pathlib.Path(DATA_DIR, "pubmedqa", "ori_pqal.json").read_text())
+    test = json.loads(pathlib.Path(DATA_DIR, "pubmedqa", "test_ground_truth.json").read_text())
     keys = [k for k in pq if k in test][:5] + [k for k in pq if k not in test][:10]
     (d / "pubmedqa" / "ori_pqal.json").write_text(json.dumps({k: pq[k] for k in keys}))
     (d / "pubmedqa" / "test_ground_truth.json").write_text(json.dumps({k: test[k] for k in keys if k in test}))
@@ -54,7 +55,7 @@ def test_cpt_text_leaves_out_what_evaluation_uses(setup):
     data, lm, _ = setup
     train, held = lm_data.cpt_documents(data, lm)
     ids = {i for i, _ in train} | {i for i, _ in held}
-    test = json.load(open(os.path.join(data.data_dir, "pubmedqa", "test_ground_truth.json")))
+    test = json.loads(pathlib.Path(data.data_dir, "pubmedqa", "test_ground_truth.json").read_text())
     assert test and not {f"pmid-{k}" for k in test} & ids  # PubMedQA test abstracts: in neither
     _, mq_held = lm_data.split_medquad(lm_data.read_medquad_qa(os.path.join(data.data_dir, "medquad", "medquad.jsonl")),
                                        lm.medquad_heldout_fraction)
@@ -138,7 +139,7 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch, capsys):
     assert [r["perplexity"] for r in fewer] == [r["perplexity"] for r in results]
     calls.clear()
     done = os.path.join(pipe.stage_dir(2), "done.json")
-    json.dump(dict(json.load(open(done)), retrained=True), open(done, "w"))
+    pathlib.Path(done).write_text(json.dumps(dict(json.loads(pathlib.Path(done).read_text()), retrained=True)))
     stages.evaluate_pipeline(pipe, data, lm, dataclasses.replace(ecfg, pairs=2))
     assert calls == [("eval", "dpo"), ("pairs",)]  # evaluate_model scores its pairs with pair_scores
     calls.clear()
@@ -224,7 +225,7 @@ def test_dpo_on_the_starting_models_own_wrong_answers(setup, tmp_path):
 
     # a stage directory saved before a field existed holds that field's default
     path = os.path.join(pipe.stage_dir(0), "stage.json")
-    saved = json.load(open(path))
+    saved = json.loads(pathlib.Path(path).read_text())
     del saved["stage"]["pairs"]
     json.dump(saved, open(path, "w"))
     with pytest.raises(ConfigError, match="stage.pairs: run has 'options', given 'generated'"):
@@ -360,4 +361,4 @@ def test_moved_data_keeps_stages_and_other_data_is_refused(setup, tmp_path):
         stages.run_pipeline(pipe, dataclasses.replace(data, data_dir=str(other)), lm)  # CPT finished: skipped
     out = stages.run_pipeline(pipe, dataclasses.replace(data, data_dir=str(moved)), lm)
     assert [bool(o.get("skipped")) for o in out] == [True, False] and out[1]["steps"] == 2
-    assert json.load(open(os.path.join(pipe.stage_dir(1), "stage.json")))["data"]["data_dir"] == str(moved)
+    assert json.loads(pathlib.Path(pipe.stage_dir(1), "stage.json").read_text())["data"]["data_dir"] == str(moved)
