@@ -8,7 +8,7 @@ random passages (timing does not depend on which). Parts, each jitted alone:
   scoring:    S single-document LLM passes, forward only
   generator:  top-K documents + question -> answer loss, forward + backward (LLM grads)
 Plain fine-tuning = the generator part + the optimizer update, no retriever, no scoring.
-The fused step's utilisation is its model FLOPs (bench/throughput_runs.jmlr_step_flops) per second over the fp32
+The fused step's utilisation is its model FLOPs (counted as the training loop counts them) per second over the fp32
 matmul peak measured in the same run, before and after the timings (this host's speed varies by the hour).
 """
 from __future__ import annotations
@@ -126,8 +126,7 @@ def main() -> None:
     gen_tokens = B * (args.docs * budgets.doc + budgets.question + budgets.answer)
     peak_after = runs.peak(None)["flops"]
     peak = (peak_before + peak_after) / 2
-    flops = runs.jmlr_step_flops(params, B=B, C=args.candidates, S=args.sampled, K=args.docs, Ld=budgets.doc,
-                                 Lq=budgets.question, La=budgets.answer, Lr=batch["r_q_ids"].shape[-1])
+    flops = runs.jmlr_step_flops(params, models, batch)
 
     print(f"\nSmolLM2-135M + MiniLM ColBERT, fp32, {os.cpu_count()} CPU cores; batch {B}, C={args.candidates} "
           f"candidates, S={args.sampled} sampled, K={args.docs} fed; blocks doc {budgets.doc} / question "

@@ -380,23 +380,20 @@ def jax_jmlr(args) -> dict:
         jax.block_until_ready(met["loss"])
 
     t = timeit(run, args.reps)
-    flops = jmlr_step_flops(params, B=B, C=C, S=S, K=K, Ld=Ld, Lq=Lq, La=La, Lr=32, lora=bool(args.lora))
+    flops = jmlr_step_flops(params, models, batch, lora=bool(args.lora))
     return {"seconds": t, "mem_gib": jax_memory(compiled), "model_flops": flops}
 
 
-def jmlr_step_flops(params, *, B: int, C: int, S: int, K: int, Ld: int, Lq: int, La: int, Lr: int,
-                    lora: bool = False) -> float:
-    """Model FLOPs of one fused JMLR step: 6N per generator token (fwd + bwd; 4N with LoRA, whose frozen base gets
-    no weight gradients, as issue 11 counts), 2N per scoring token (S forward passes with one passage each), 6N
-    per retriever token (C passages of Ld tokens + the Lr-token query); attention FLOPs not counted."""
+def jmlr_step_flops(params, models, batch: dict, lora: bool = False) -> float:
+    """Model FLOPs of one fused JMLR step, counted as the training loop counts them (`train.metrics.step_flops`:
+    6N per generator token, 4N with LoRA, 2N per scoring token, 6N per retriever token; attention not counted)."""
     import jax
 
-    n_llm = sum(int(x.size) for x in jax.tree_util.tree_leaves(params["llm"]))
-    n_ret = sum(int(x.size) for x in jax.tree_util.tree_leaves(params["retriever"]))
-    gen_tokens = B * (1 + K * Ld + Lq + La)
-    score_tokens = B * S * (1 + Ld + Lq + La)
-    ret_tokens = B * (C * Ld + Lr)
-    return (4 if lora else 6) * n_llm * gen_tokens + 2 * n_llm * score_tokens + 6 * n_ret * ret_tokens
+    from jmlr_jax.train.metrics import step_flops
+
+    n = {k: sum(int(x.size) for x in jax.tree_util.tree_leaves(params[k])) for k in ("llm", "retriever")}
+    return step_flops(models.jmlr, {k: v.shape for k, v in batch.items()}, n["llm"], n["retriever"],
+                      "lora" if lora else "full")
 
 
 RUNNERS = {"peak": peak, "jax_llama": jax_llama, "torch_llama": torch_llama, "jax_attention": jax_attention,

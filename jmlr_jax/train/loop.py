@@ -212,6 +212,8 @@ class Trainer(StepLoop):
                                donate_argnums=0)
         self._n = {k: sum(x.size for x in jax.tree_util.tree_leaves(self.state["params"][k]))
                    for k in ("llm", "retriever")}
+        p = self.state["params"]  # how the generator trains, for its FLOPs per token (metrics.PER_TOKEN)
+        self._llm = "lora" if "lora" in p else "full" if describe_groups(p, exp.optim)["llm"] else "frozen"
         exp.save(run.workdir)
         save_operative_config(run.workdir)
 
@@ -247,8 +249,8 @@ class Trainer(StepLoop):
                          for k, v in self.examples(0).items()}
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
-        flops = step_flops(self.llm_cfg, self.rcfg, self.exp.jmlr, {k: v.shape for k, v in batch.items()},
-                           self._n["llm"], self._n["retriever"])
+        flops = step_flops(self.exp.jmlr, {k: v.shape for k, v in batch.items()}, self._n["llm"],
+                           self._n["retriever"], self._llm)
         return flops, int(sum(np.sum(batch[k]) for k in ("docs_valid", "question_valid", "answer_valid")))
 
     def refresh_due(self, step: int) -> bool:

@@ -7,16 +7,29 @@ import os
 from jmlr_jax.workdir import is_lead
 
 
-def step_flops(llm_cfg, rcfg, jcfg, batch_shapes: dict, n_llm: int, n_ret: int) -> float:
-    """Model FLOPs of one fused step (6N per trained token, 2N per forward-only token; attention ignored)."""
-    B = batch_shapes["answer"][-2]
+# Model FLOPs per token and parameter (attention not counted): 2 forward; 6 when the weights train (forward, backward
+# through the activations, weight gradients); 4 when only LoRA adapters train (the frozen base gets no weight
+# gradients; the adapters' own FLOPs are not counted, as issue 11 counts the paper's 7B LoRA step).
+PER_TOKEN = {"full": 6, "lora": 4, "frozen": 2}
+
+
+def step_flops(jcfg, batch_shapes: dict, n_llm: int, n_ret: int, llm: str = "full") -> float:
+    """Model FLOPs of one fused step: PER_TOKEN[llm] * n_llm per generator token (BOS, K passages, question,
+    answer), 2 * n_llm per scoring token (S passes of one passage each), 6 * n_ret per retriever token (query + C
+    passages; the query alone when the batch carries the passages' token vectors, r_d_emb) when the rank loss
+    trains it, 2 * n_ret when it only ranks for the generator; no generator FLOPs with cached_doc_losses (the
+    generator frozen, its losses precomputed); attention ignored."""
     A = jcfg.grad_accum
+    B = batch_shapes["answer"][-2]
     Ld, Lq, La = batch_shapes["docs"][-1], batch_shapes["question"][-1], batch_shapes["answer"][-1]
-    gen = B * (jcfg.num_docs * Ld + Lq + La)
-    score = B * jcfg.num_sampled * (Ld + Lq + La) if jcfg.rank_weight else 0
-    ret = B * (batch_shapes["r_q_ids"][-1] + jcfg.num_candidates * batch_shapes["r_d_ids"][-1])
+    Lb = batch_shapes["bos"][-1] if "bos" in batch_shapes else 0
+    live = not jcfg.cached_doc_losses
+    gen = B * (Lb + jcfg.num_docs * Ld + Lq + La) * live
+    score = B * jcfg.num_sampled * (Lb + Ld + Lq + La) * live if jcfg.rank_weight else 0
+    Lr = batch_shapes["r_d_ids"][-1] if "r_d_ids" in batch_shapes else 0
+    ret = B * (batch_shapes["r_q_ids"][-1] + jcfg.num_candidates * Lr)
     ret_flops = (6 if jcfg.rank_weight else 2 if jcfg.num_docs else 0) * n_ret * ret  # trained / scored / unused
-    return A * (6 * n_llm * gen + 2 * n_llm * score + ret_flops)
+    return A * (PER_TOKEN[llm] * n_llm * gen + 2 * n_llm * score + ret_flops)
 
 
 class MetricWriter:

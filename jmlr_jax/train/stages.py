@@ -43,6 +43,7 @@ from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.workdir import write_text
 from jmlr_jax.train.lm_step import LMStepConfigs, lm_train_step
 from jmlr_jax.train.loop import StepLoop
+from jmlr_jax.train.metrics import PER_TOKEN
 from jmlr_jax.train.weights import on_mesh, param_shardings, state_shardings
 from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, make_optimizer, merged_llm_params
 
@@ -207,7 +208,7 @@ class StageTrainer(StepLoop):
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
         tokens = int(sum(np.sum(v > 0) for k, v in batch.items() if k.endswith("segment_ids")))
-        per_token = 6 if self.stage.kind != "dpo" else 8  # DPO: policy fwd + bwd, reference fwd
+        per_token = PER_TOKEN["lora" if self.stage.lora_rank else "full"] + 2 * (self.stage.kind == "dpo")  # + ref
         return per_token * self.n_params * tokens, tokens
 
     def checkpoint_meta(self, step: int) -> dict:

@@ -251,3 +251,21 @@ def test_index_refresh_rebuilds_logs_recall_and_resumes(assets, tmp_path):
     again = trainer(assets, tmp_path / "r", **run)  # resumes with the refreshed index
     assert int(again.state["step"]) == 3 and again.index.version == t.index.version
     again.close()
+
+
+def test_model_flops_count_how_the_generator_trains(assets, tmp_path):
+    """The logged MFU's FLOPs: 6N per generator token when it trains, 4N under LoRA (the frozen base gets no weight
+    gradients; a LoRA run had counted 6N), 2N frozen; scoring and retriever tokens alike in the three."""
+    flops, n_gen = {}, None
+    for mode, extra in (("full", {}), ("lora", {"LoraConfig.rank": "2"}),
+                        ("frozen", {"OptimConfig.llm_trainable": "''"})):
+        t = trainer(assets, tmp_path / mode, **extra)
+        batch = next(t.data_iter)
+        assert t._llm == mode
+        flops[mode], _ = t.step_stats(batch)
+        shapes = {k: np.shape(v) for k, v in batch.items()}
+        B, j = shapes["answer"][-2], t.exp.jmlr
+        n_gen = t._n["llm"] * B * (shapes["bos"][-1] + j.num_docs * shapes["docs"][-1] + shapes["question"][-1]
+                                   + shapes["answer"][-1])
+        t.close()
+    assert flops["full"] - flops["lora"] == 2 * n_gen and flops["full"] - flops["frozen"] == 4 * n_gen
