@@ -386,13 +386,11 @@ def jax_jmlr(args) -> dict:
 
 def jmlr_step_flops(params, models, batch: dict, lora: bool = False) -> float:
     """Model FLOPs of one fused JMLR step, counted as the training loop counts them (`train.metrics.step_flops`:
-    6N per generator token, 4N with LoRA, 2N per scoring token, 6N per retriever token; attention not counted)."""
-    import jax
+    6N per generator token, 4N with LoRA, 2N per scoring token, 6N per retriever token, N the parameters that
+    multiply activations, the LM head only where logits are computed; attention not counted)."""
+    from jmlr_jax.train.metrics import matmul_params, step_flops
 
-    from jmlr_jax.train.metrics import step_flops
-
-    n = {k: sum(int(x.size) for x in jax.tree_util.tree_leaves(params[k])) for k in ("llm", "retriever")}
-    return step_flops(models.jmlr, {k: v.shape for k, v in batch.items()}, n["llm"], n["retriever"],
+    return step_flops(models.jmlr, {k: v.shape for k, v in batch.items()}, matmul_params(params),
                       "lora" if lora else "full")
 
 

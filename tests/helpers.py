@@ -3,6 +3,7 @@ logits are not tiny (the default 0.02 init would make any parity check trivially
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -103,3 +104,24 @@ def logged(workdir) -> list[dict]:
     """The metrics a run logged: its workdir's metrics.jsonl, one dict per logged step."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(x) for x in f]
+
+
+def dot_flops(jaxpr) -> float:
+    """2 x M x N x K of every dot_general a (closed) jaxpr runs: a scan's body times its length, a cond's costliest
+    branch, every other sub-jaxpr once. XLA's cost analysis counts a loop's body once, so a model whose layers are
+    scanned reads as one layer there."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+            continue
+        subs = [dot_flops(x) for v in eqn.params.values() for x in (v if isinstance(v, (tuple, list)) else (v,))
+                if hasattr(getattr(x, "jaxpr", x), "eqns")]
+        if subs:
+            times = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
+            total += times * (max(subs) if eqn.primitive.name == "cond" else sum(subs))
+    return total
+

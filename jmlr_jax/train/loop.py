@@ -32,7 +32,7 @@ from jmlr_jax.experiment import Experiment, RunConfig
 from jmlr_jax.retrieval.index import Retriever
 from jmlr_jax.retrieval.store import cached_index, load_index
 from jmlr_jax.train import jmlr_step, refresh
-from jmlr_jax.train.metrics import MetricWriter, step_flops
+from jmlr_jax.train.metrics import MetricWriter, matmul_params, step_flops
 from jmlr_jax.train.state import describe_groups, init_train_state, make_optimizer
 from jmlr_jax.train.stopping import StopSignals
 from jmlr_jax.train.weights import abstract_state, base_params, param_shardings, state_shardings
@@ -210,9 +210,8 @@ class Trainer(StepLoop):
         self.step_fn = jax.jit(functools.partial(jmlr_step.train_step, models=self.step_configs, tx=self.tx),
                                in_shardings=(self.state_sh, self.batch_sh), out_shardings=(self.state_sh, None),
                                donate_argnums=0)
-        self._n = {k: sum(x.size for x in jax.tree_util.tree_leaves(self.state["params"][k]))
-                   for k in ("llm", "retriever")}
-        p = self.state["params"]  # how the generator trains, for its FLOPs per token (metrics.PER_TOKEN)
+        p = self.state["params"]
+        self._n = matmul_params(p)  # how the generator trains, for its FLOPs per token (metrics.PER_TOKEN)
         self._llm = "lora" if "lora" in p else "full" if describe_groups(p, exp.optim)["llm"] else "frozen"
         exp.save(run.workdir)
         save_operative_config(run.workdir)
@@ -249,8 +248,7 @@ class Trainer(StepLoop):
                          for k, v in self.examples(0).items()}
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
-        flops = step_flops(self.exp.jmlr, {k: v.shape for k, v in batch.items()}, self._n["llm"],
-                           self._n["retriever"], self._llm)
+        flops = step_flops(self.exp.jmlr, {k: v.shape for k, v in batch.items()}, self._n, self._llm)
         return flops, int(sum(np.sum(batch[k]) for k in ("docs_valid", "question_valid", "answer_valid")))
 
     def refresh_due(self, step: int) -> bool:

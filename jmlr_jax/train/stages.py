@@ -43,7 +43,7 @@ from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.workdir import write_text
 from jmlr_jax.train.lm_step import LMStepConfigs, lm_train_step
 from jmlr_jax.train.loop import StepLoop
-from jmlr_jax.train.metrics import PER_TOKEN
+from jmlr_jax.train.metrics import PER_TOKEN, matmul_params
 from jmlr_jax.train.weights import on_mesh, param_shardings, state_shardings
 from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, make_optimizer, merged_llm_params
 
@@ -175,7 +175,8 @@ class StageTrainer(StepLoop):
         step = jax.jit(functools.partial(lm_train_step, models=models, tx=self.tx,
                                          kind="dpo" if stage.kind == "dpo" else "lm"), donate_argnums=0)
         self.step_fn = (lambda s, b: step(s, b, ref)) if ref is not None else step
-        self.n_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state["params"]["llm"]))
+        n = matmul_params({"llm": self.state["params"]["llm"], "retriever": {}})
+        self.n_params = n["llm"] + n["head"]  # the LM head runs at every position here
 
     def _dataset(self, data: DataConfig, lm: lm_data.LMDataConfig, start_params=None):
         """The stage's batches: [B, L] leaves, or [A, B, L] with A = grad_accum micro-batches."""
