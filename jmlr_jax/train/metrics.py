@@ -53,6 +53,13 @@ def step_flops(jcfg, batch_shapes: dict, n: dict[str, int], llm: str = "full") -
     return A * (PER_TOKEN[llm] * gen + 2 * score + ret_flops)
 
 
+def lm_step_flops(n: dict[str, int], tokens: int, llm: str = "full", dpo: bool = False) -> float:
+    """Model FLOPs of a seed-pipeline step (CPT / SFT / DPO) over `tokens` valid tokens: PER_TOKEN[llm] per matmul
+    parameter of the generator, its head included (logits at every position there), + 2 for DPO's reference
+    forward pass."""
+    return (PER_TOKEN[llm] + 2 * dpo) * (n["llm"] + n["head"]) * tokens
+
+
 class MetricWriter:
     """metrics.jsonl (one JSON object per logged step) + TensorBoard event files under <workdir>/tb, written by
     process 0 alone (the metrics are global; hosts sharing a workdir would write every line once each)."""

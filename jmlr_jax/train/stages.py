@@ -43,7 +43,7 @@ from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.workdir import write_text
 from jmlr_jax.train.lm_step import LMStepConfigs, lm_train_step
 from jmlr_jax.train.loop import StepLoop
-from jmlr_jax.train.metrics import PER_TOKEN, matmul_params
+from jmlr_jax.train.metrics import lm_step_flops, matmul_params
 from jmlr_jax.train.weights import on_mesh, param_shardings, state_shardings
 from jmlr_jax.train.state import LoraConfig, OptimConfig, init_lora, make_optimizer, merged_llm_params
 
@@ -175,8 +175,7 @@ class StageTrainer(StepLoop):
         step = jax.jit(functools.partial(lm_train_step, models=models, tx=self.tx,
                                          kind="dpo" if stage.kind == "dpo" else "lm"), donate_argnums=0)
         self.step_fn = (lambda s, b: step(s, b, ref)) if ref is not None else step
-        n = matmul_params({"llm": self.state["params"]["llm"], "retriever": {}})
-        self.n_params = n["llm"] + n["head"]  # the LM head runs at every position here
+        self._n = matmul_params({"llm": self.state["params"]["llm"], "retriever": {}})
 
     def _dataset(self, data: DataConfig, lm: lm_data.LMDataConfig, start_params=None):
         """The stage's batches: [B, L] leaves, or [A, B, L] with A = grad_accum micro-batches."""
@@ -209,8 +208,8 @@ class StageTrainer(StepLoop):
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
         tokens = int(sum(np.sum(v > 0) for k, v in batch.items() if k.endswith("segment_ids")))
-        per_token = PER_TOKEN["lora" if self.stage.lora_rank else "full"] + 2 * (self.stage.kind == "dpo")  # + ref
-        return per_token * self.n_params * tokens, tokens
+        return lm_step_flops(self._n, tokens, "lora" if self.stage.lora_rank else "full", self.stage.kind == "dpo"), \
+            tokens
 
     def checkpoint_meta(self, step: int) -> dict:
         return {"step": step, "stage": dataclasses.asdict(self.stage)}

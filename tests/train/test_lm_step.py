@@ -128,3 +128,32 @@ def test_grad_accumulation_equals_the_whole_batch(params, kind):
         per_row = [float(lm_step.lm_loss(params, jax.tree_util.tree_map(lambda x: x[i:i + 1], c), M)[0])
                    for i in range(2)]
         assert abs(np.mean(per_row) - float(m1["loss"])) > 1e-3
+
+
+@pytest.mark.parametrize("kind,lora", [("lm", False), ("lm", True), ("dpo", False)])
+def test_model_flops_match_the_steps_matmuls(kind, lora):
+    """The pipelines' logged MFU: 6N per token (4N under LoRA, whose frozen base gets no weight gradients; the
+    stages had counted 6N), + 2N for DPO's reference, N the matmul parameters (the head at every position here);
+    against the dot_generals in the step's jaxpr (attention, not counted, is a few % at this width)."""
+    from jmlr_jax.train.metrics import lm_step_flops, matmul_params
+    from jmlr_jax.train.state import LoraConfig, init_lora
+    from tests.helpers import dot_flops
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
+                      num_kv_heads=2)
+    params = {"llm": llama_lib.init_params(cfg, jax.random.PRNGKey(0))}
+    rng = np.random.RandomState(3)
+    B, L = 2, 8
+    full = {"tokens": rng.randint(2, 64, (B, L)).astype(np.int32), "segment_ids": np.ones((B, L), np.int32),
+            "positions": np.tile(np.arange(L, dtype=np.int32), (B, 1)), "weights": np.ones((B, L), np.int32)}
+    batch = {f"{s}_{k}": v for s in ("chosen", "rejected") for k, v in full.items()} if kind == "dpo" else full
+    lcfg = LoraConfig(rank=2, alpha=4.0) if lora else LoraConfig()
+    p = dict(params, lora=init_lora(params["llm"], lcfg, jax.random.PRNGKey(1))) if lora else params
+    models = lm_step.LMStepConfigs(cfg, lcfg, dpo_beta=0.1)
+    tx = make_optimizer(p, OptimConfig(llm_lr=1e-3, retriever_lr=0.0))
+    step = lambda s, b, q: lm_step.lm_train_step(s, b, q, models=models, tx=tx, kind=kind)  # noqa: E731
+    dots = dot_flops(jax.make_jaxpr(step)(init_train_state(p, tx), batch, params["llm"] if kind == "dpo" else None))
+    tokens = B * L * (2 if kind == "dpo" else 1)
+    flops = lm_step_flops(matmul_params(dict(p, retriever={})), tokens, "lora" if lora else "full", kind == "dpo")
+    # 0.96 full and DPO, 0.89 LoRA (the adapters' own FLOPs are not counted); the stages' 6N under LoRA: 1.34
+    assert 0.85 < flops / dots <= 1.0, (flops, dots)
