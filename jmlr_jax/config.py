@@ -54,7 +54,10 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]
 
 
 def _resolve(path: str) -> str:
-    for candidate in (path, os.path.join(CONFIG_DIR, path)):
+    """A gin file: the path itself, else under CONFIG_DIR (also written as configs/<name>, the repository's path,
+    from another directory; the .gin suffix optional)."""
+    inside = path.removeprefix("configs/")
+    for candidate in (path, os.path.join(CONFIG_DIR, inside), os.path.join(CONFIG_DIR, inside + ".gin")):
         if os.path.isfile(candidate):
             return candidate
     raise ConfigError(f"gin file not found: {path} (also looked in {CONFIG_DIR})")

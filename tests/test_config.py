@@ -127,6 +127,14 @@ def test_config_file_bindings_and_errors(tmp_path):
         config.parse(["retrieval/minilm_index.gin"], ["SearchConfig.token_kk = 7"])
     with pytest.raises(config.ConfigError, match="gin file not found: nope.gin"):
         config.parse(["nope.gin"])
+    cwd = os.getcwd()
+    try:  # from another directory, the repository's path and the bare name find the shipped file too
+        os.chdir(tmp_path)
+        for name in ("configs/retrieval/minilm_index.gin", "retrieval/minilm_index"):
+            config.parse([name], ["SearchConfig.token_k = 5"])
+            assert experiment.from_gin().search.token_k == 5
+    finally:
+        os.chdir(cwd)
     with pytest.raises(config.ConfigError, match="gin: "):
         config.parse(["retrieval/minilm_index.gin"], ["SearchConfig.token_k = [1,"])
     config.parse(["quickstart_cpu.gin"], ["RunConfig.batch_size = 0", "RunConfig.checkpoint_every = -1"])
