@@ -211,7 +211,8 @@ class Trainer(StepLoop):
                                in_shardings=(self.state_sh, self.batch_sh), out_shardings=(self.state_sh, None),
                                donate_argnums=0)
         p = self.state["params"]
-        self._n = matmul_params(p)  # how the generator trains, for its FLOPs per token (metrics.PER_TOKEN)
+        self._n = matmul_params(p)
+        # how the generator trains, for its FLOPs per token (metrics.PER_TOKEN)
         self._llm = "lora" if "lora" in p else "full" if describe_groups(p, exp.optim)["llm"] else "frozen"
         exp.save(run.workdir)
         save_operative_config(run.workdir)
