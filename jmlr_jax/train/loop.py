@@ -213,7 +213,7 @@ class Trainer(StepLoop):
         p = self.state["params"]
         self._n = matmul_params(p)
         # how the generator trains, for its FLOPs per token (metrics.PER_TOKEN)
-        self._llm = "lora" if "lora" in p else "full" if describe_groups(p, exp.optim)["llm"] else "frozen"
+        self._llm = "lora" if "lora" in p else "full" if self.groups["llm"] else "frozen"
         exp.save(run.workdir)
         save_operative_config(run.workdir)
 

@@ -6,6 +6,7 @@ import os
 
 import jax
 
+from jmlr_jax.train.state import path_name
 from jmlr_jax.workdir import is_lead
 
 
@@ -25,7 +26,7 @@ def matmul_params(params: dict) -> dict[str, int]:
     for top in ("llm", "retriever"):
         tied = top == "llm" and "lm_head" not in params[top]
         for path, x in jax.tree_util.tree_leaves_with_path(params[top]):
-            name = "/".join(str(getattr(k, "key", k)) for k in path)
+            name = path_name(path)
             if name == "lm_head/kernel" or (tied and name == "embed/embedding"):
                 n["head"] += int(x.size)
             elif not name.endswith(EMBEDDINGS):

@@ -67,7 +67,8 @@ class LoraConfig:
             raise ValueError(f"LoraConfig: targets {self.targets!r}: each must be one of {LORA_TARGETS}")
 
 
-def _path(p) -> str:
+def path_name(p) -> str:
+    """A pytree key path as "/"-joined names ("layers/q/kernel"): what the trainable regexes match."""
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p)
 
 
@@ -76,8 +77,8 @@ def param_groups(params: dict, cfg: OptimConfig) -> dict:
     pats = {"llm": cfg.llm_trainable, "retriever": cfg.retriever_trainable}
 
     def label(path, _):
-        top = _path(path[:1])
-        rest = _path(path[1:])
+        top = path_name(path[:1])
+        rest = path_name(path[1:])
         if top == "lora":
             return "llm"
         if top == "llm" and "lora" in params:  # base weights stay frozen under LoRA
