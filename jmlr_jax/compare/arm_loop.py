@@ -26,6 +26,7 @@ from jmlr_jax.compare.evidence_setup import load_tree, save_tree, write_json
 from jmlr_jax.data.pipeline import make_dataset
 from jmlr_jax.experiment import RunConfig
 from jmlr_jax.train.loop import StepLoop
+from jmlr_jax.train.metrics import matmul_params, step_flops
 from jmlr_jax.train.state import init_train_state
 
 TIMING = ("data_s", "step_s", "tokens_per_s", "mfu")  # the loop's own measurements, not the step's metrics
@@ -62,12 +63,13 @@ def finished(root: str, meta: dict) -> tuple[dict, list[dict]] | None:
 
 class ArmLoop(StepLoop):
     """Trains `params` with `step_fn` (unjitted: (state, batch) -> (state, metrics)) on `examples` for `steps`
-    steps of `batch_size` in data order `seed`, on one device (as the comparison's timings were measured)."""
+    steps of `batch_size` in data order `seed`, on one device (as the comparison's timings were measured). `jcfg`
+    and `llm` (how the generator trains: "full" or "frozen") give the logged MFU its model FLOPs (train.metrics)."""
 
     progress_keys = ("loss", "lm_loss", "rank_loss")
 
-    def __init__(self, root: str, meta: dict, params, tx, step_fn, examples, *, steps: int, batch_size: int,
-                 seed: int, checkpoint_every: int, progress: bool):
+    def __init__(self, root: str, meta: dict, params, tx, step_fn, examples, *, jcfg, llm: str, steps: int,
+                 batch_size: int, seed: int, checkpoint_every: int, progress: bool):
         meta = json.loads(json.dumps(meta, default=str))  # as a checkpoint gives it back (tuples as lists)
         self.meta, self.desc = meta, f"train {meta['arm']} seed {meta['seed']}"
         self.run_cfg = RunConfig(workdir=run_dir(root, meta), num_steps=steps, batch_size=batch_size, seed=seed,
@@ -87,9 +89,10 @@ class ArmLoop(StepLoop):
         if data_state is not None:
             self.data_iter.set_state(data_state)
         self.step_fn = jax.jit(step_fn, donate_argnums=0)
+        self._flops = functools.partial(step_flops, jcfg, n=matmul_params(params), llm=llm)
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
-        return 0.0, int(sum(np.sum(batch[k]) for k in ("docs_valid", "question_valid", "answer_valid")))
+        return self._flops({k: v.shape for k, v in batch.items()}), int(sum(np.sum(batch[k]) for k in ("docs_valid", "question_valid", "answer_valid")))
 
     def checkpoint_meta(self, step: int) -> dict:
         return {"step": step, "training": self.meta}

@@ -333,7 +333,8 @@ class Comparison(Caches, DevParts, Measures):
         loop = arm_loop.ArmLoop(root, meta, params, tx,
                                 functools.partial(train_step, models=StepConfigs(llm_cfg, rcfg, jcfg, optim=optim),
                                                   tx=tx),
-                                examples, steps=steps, batch_size=batch_size, seed=seed,
+                                examples, jcfg=jcfg, llm="full" if trains_llm else "frozen", steps=steps,
+                                batch_size=batch_size, seed=seed,
                                 checkpoint_every=c.checkpoint_every, progress=self.progress)
         self.resumed_from = loop.resumed_from
         return loop.train(TRAINED[arm])

@@ -98,3 +98,23 @@ def assert_bitwise(x: dict, y: dict) -> None:
     for name in ("llm", "retriever"):
         a, b = (dict(jax.tree_util.tree_leaves_with_path(t[name])) for t in (x, y))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
+
+
+def test_the_logged_mfu_counts_each_arms_matmuls(data_dir, tmp_path, monkeypatch, minilm):  # noqa: F811
+    """An arm's step_stats FLOPs (the logged MFU's numerator; it had been 0) against the matmuls its step runs
+    (the jaxpr's dot_generals; attention not counted): the generator trained (d), frozen with its losses cached (e),
+    and both encoder sides of the retriever trained (eB)."""
+    from tests.helpers import dot_flops
+    cfg = tiny(data_dir, tmp_path, llm=save_tiny_llama_dir(str(tmp_path / "llm")), doc_tokens=32, question_tokens=24,
+               answer_tokens=16, num_candidates=4, num_sampled=2, rank_loss="kl")
+    comp = Comparison(cfg, progress=False, log=lambda _: None)
+    built = []
+    monkeypatch.setattr(arm_loop.ArmLoop, "train", lambda self, trained: built.append(self) or ({}, []))
+    for arm in ("d", "e", "eB"):
+        comp.train(arm, 0)
+        loop = built[-1]
+        batch = next(loop.data_iter)
+        flops, _ = loop.step_stats(batch)
+        dots = dot_flops(jax.make_jaxpr(loop.step_fn)(loop.state, batch))
+        loop.close()
+        assert 0.85 < flops / dots <= 1.0, (arm, flops, dots)
