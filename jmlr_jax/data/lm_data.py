@@ -102,9 +102,10 @@ class PreferencePair:
     rejected: str
 
 
-def read_medquad_qa(path: str) -> list[MedQuADPair]:
-    """MedQuAD question-answer pairs (a JSONL copy or the public XML release, `data.medquad`); a malformed pair is
-    an error naming file and line. The 14 released pairs without a focus get their document's (the id before "-")."""
+def medquad_pairs(path: str) -> list[MedQuADPair]:
+    """The pipelines' MedQuAD question-answer pairs (a JSONL copy or the public XML release, `data.medquad`); a
+    malformed pair is an error naming file and line. The 14 released pairs without a focus get their document's (the
+    id before "-"); the evidence comparison skips them instead (`data.evidence.read_medquad_qa`)."""
     out = []
     for pair in iter_medquad(path):
         if isinstance(pair, DataError):
@@ -160,7 +161,7 @@ def _builtin_sft(data: DataConfig, cfg: LMDataConfig, d: str) -> list[SFTRecord]
         out += [SFTRecord(f"pubmedqa/{r.id}", PQA_INSTRUCTION, f"Abstract: {r.context}\nQuestion: {r.question}",
                           f"{r.rationale}\nDecision: {r.answer_text}") for r in train_pqa if r.rationale]
     if cfg.medquad:
-        train_mq, _ = split_medquad(read_medquad_qa(resolve_path(cfg.medquad, d)), cfg.medquad_heldout_fraction)
+        train_mq, _ = split_medquad(medquad_pairs(resolve_path(cfg.medquad, d)), cfg.medquad_heldout_fraction)
         out += [SFTRecord(f"medquad/{r.id}", r.question, "", r.answer) for r in train_mq]
     return out
 
@@ -439,7 +440,7 @@ def cpt_documents(data: DataConfig, cfg: LMDataConfig) -> tuple[list[tuple[str, 
                 raise doc
             docs.append((doc.id, f"{doc.title}\n{doc.text}"))
     if cfg.medquad:
-        train_mq, _ = split_medquad(read_medquad_qa(resolve_path(cfg.medquad, d)), cfg.medquad_heldout_fraction)
+        train_mq, _ = split_medquad(medquad_pairs(resolve_path(cfg.medquad, d)), cfg.medquad_heldout_fraction)
         docs += [(f"medquad-{r.id}", r.answer) for r in train_mq]
     if cfg.pubmedqa:
         for doc in read_pubmedqa(resolve_path(cfg.pubmedqa, d), exclude_ids=data.pubmedqa_test_ids()):

@@ -173,7 +173,7 @@ def held_medquad(data: DataConfig, lm: lm_data.LMDataConfig) -> list[MedQuADPair
                          "LMDataConfig.medquad is '' (stages trained without MedQuAD): bind it for the evaluation, "
                          "e.g. --gin.LMDataConfig.medquad=\"'medquad/medquad.jsonl'\" (held-out focuses and the "
                          "held-out text slice were never trained on)")
-    return lm_data.split_medquad(lm_data.read_medquad_qa(resolve_path(lm.medquad, data.require_dir())),
+    return lm_data.split_medquad(lm_data.medquad_pairs(resolve_path(lm.medquad, data.require_dir())),
                                  lm.medquad_heldout_fraction)[1]
 
 

@@ -117,12 +117,12 @@ def test_medquad_split_by_focus_and_bad_records(tmp_path):
     rows = [{"id": f"{i}", "focus": f"Disease {i % 10}", "question": f"What is disease {i % 10}?", "answer": f"A{i}"}
             for i in range(200)]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    recs = lm_data.read_medquad_qa(str(path))
+    recs = lm_data.medquad_pairs(str(path))
     train, held = lm_data.split_medquad(recs, 0.3)
     assert held and train and not {r.focus for r in train} & {r.focus for r in held}
     path.write_text(json.dumps({"id": "1", "focus": "X", "question": "Q?", "answer": ""}) + "\n")
     with pytest.raises(InputError, match="mq.jsonl:1: missing answer"):
-        lm_data.read_medquad_qa(str(path))
+        lm_data.medquad_pairs(str(path))
 
 
 def test_cpt_hosts_pack_only_their_own_documents():

@@ -72,7 +72,7 @@ def test_every_consumer_reads_the_release_as_the_copy(tmp_path):
     (ev_x, skip_x), (ev_j, skip_j) = (evidence.read_medquad_qa(p, on_error="skip") for p in (xml, jsonl))
     assert ev_x == ev_j and [r.id for r in ev_x] == ["medquad-1", "medquad-2", "medquad-4"]  # named by JSONL line
     assert len(skip_x) == len(skip_j) == 1 and "empty focus" in skip_x[0] and "0000002.xml (0000002-1)" in skip_x[0]
-    lm_x, lm_j = lm_data.read_medquad_qa(xml), lm_data.read_medquad_qa(jsonl)
+    lm_x, lm_j = lm_data.medquad_pairs(xml), lm_data.medquad_pairs(jsonl)
     assert without_where(lm_x) == without_where(lm_j) and lm_x[2].focus == "doc:0000002"  # its document stands in
     c_x, c_j = load_corpus([("medquad", xml)]), load_corpus([("medquad", jsonl)])
     assert c_x.checksum() == c_j.checksum() and [p.doc_id for p in c_x.passages][:2] == ["0000001_1-1", "0000001_1-2"]
@@ -124,7 +124,7 @@ def test_bad_input_names_file_and_line(tmp_path):
         list(iter_medquad(str(tmp_path / "nowhere")))
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(DataError, match="empty_dir: no MedQuAD .xml files"):
-        lm_data.read_medquad_qa(str(tmp_path / "empty_dir"))
+        lm_data.medquad_pairs(str(tmp_path / "empty_dir"))
     root = tmp_path / "MedQuAD"
     write_release(root)
     (root / "2_GARD_QA" / "0000009.xml").write_text(
@@ -132,7 +132,7 @@ def test_bad_input_names_file_and_line(tmp_path):
         '<Question qid="0000009-1" qtype="x"> </Question><Answer>An answer without its question.</Answer>'
         "</QAPair></QAPairs></Document>")
     with pytest.raises(DataError, match=r"0000009.xml \(0000009-1\): missing question"):
-        lm_data.read_medquad_qa(str(root))
+        lm_data.medquad_pairs(str(root))
     (root / "2_GARD_QA" / "0000009.xml").write_text("<Document><QAPairs>\n<QAPair>")
     with pytest.raises(CorpusError, match=r"0000009.xml:2: malformed XML"):
         load_corpus([("medquad", str(root))])
@@ -145,4 +145,4 @@ def test_bad_input_names_file_and_line(tmp_path):
     assert [r.id for r in recs] == ["medquad-1", "medquad-3", "medquad-5"]
     assert skipped[0].endswith("mq.jsonl:2: malformed JSON (Expecting ',' delimiter)") and len(skipped) == 2
     with pytest.raises(DataError, match="mq.jsonl:2: malformed JSON"):
-        lm_data.read_medquad_qa(str(jsonl))
+        lm_data.medquad_pairs(str(jsonl))

@@ -57,7 +57,7 @@ def test_cpt_text_leaves_out_what_evaluation_uses(setup):
     ids = {i for i, _ in train} | {i for i, _ in held}
     test = json.loads(pathlib.Path(data.data_dir, "pubmedqa", "test_ground_truth.json").read_text())
     assert test and not {f"pmid-{k}" for k in test} & ids  # PubMedQA test abstracts: in neither
-    _, mq_held = lm_data.split_medquad(lm_data.read_medquad_qa(os.path.join(data.data_dir, "medquad", "medquad.jsonl")),
+    _, mq_held = lm_data.split_medquad(lm_data.medquad_pairs(os.path.join(data.data_dir, "medquad", "medquad.jsonl")),
                                        lm.medquad_heldout_fraction)
     assert not {f"medquad-{r.id}" for r in mq_held} & ids  # held-out MedQuAD answers: in neither
     assert not {i for i, _ in train} & {i for i, _ in held}
