@@ -1,4 +1,4 @@
-"""Paired statistics over questions: bootstrap intervals for mean differences, McNemar for accuracies."""
+"""Statistics over questions: bootstrap intervals for means and paired mean differences, McNemar for accuracies."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -18,6 +18,16 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_boot: int = 10
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return {"n": int(len(d)), "mean_a": float(a.mean()), "mean_b": float(b.mean()), "diff": float(d.mean()),
             "lo": float(lo), "hi": float(hi), "excludes_0": bool(lo > 0 or hi < 0)}
+
+
+def bootstrap_mean(a: Sequence[float], *, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of `a` over questions and its percentile bootstrap interval (questions resampled)."""
+    a = np.asarray(a, np.float64)
+    if a.ndim != 1 or not len(a):
+        raise ValueError(f"bootstrap_mean needs a non-empty vector, got shape {a.shape}")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    lo, hi = np.quantile(a[idx].mean(axis=1), [(1 - level) / 2, (1 + level) / 2])
+    return {"n": int(len(a)), "mean": float(a.mean()), "lo": float(lo), "hi": float(hi)}
 
 
 def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict:

@@ -183,6 +183,18 @@ def test_both_sides_arm_pairs_with_eL_and_its_dev_table():
                                                         "0.750 ± 0.250 | 0.5 | 1.000 | 290 |")
 
 
+def test_an_arms_recall_interval_pools_its_seeds_per_question():
+    """recall@1 of 4 questions: seed 0 finds 3 first, seed 1 finds 1 (the same question in both); pooled per
+    question [1, .5, .5, 0] -> mean 0.5, and its interval a percentile bootstrap of those 4 values."""
+    results = {"eR_s0": _part("eR", 0, [1.0] * 4, [1, 1, 1, 2]), "eR_s1": _part("eR", 1, [1.0] * 4, [1, 3, None, 2])}
+    r = report.pooled_interval(results, "eR", "recall@1 heldout_focus")
+    assert r["mean"] == pytest.approx(0.5) and r["seeds"] == 2 and r["n"] == 4 and 0.0 <= r["lo"] < 0.5 < r["hi"] <= 1.0
+    assert "| (eR) eB's second round on candidates it re-mined | 2 | 0.500 [" in report.interval_table(results)
+    results["eR_s1"]["sets"]["heldout_focus"] = results["eR_s1"]["sets"]["heldout_focus"][:3]
+    with pytest.raises(ValueError, match="different questions"):
+        report.pooled_interval(results, "eR", "recall@1 heldout_focus")
+
+
 def test_readme_interval_recomputed_from_committed_json():
     results = report.load(RESULTS)
     measure = "recall@1 heldout_focus"
@@ -197,6 +209,10 @@ def test_readme_interval_recomputed_from_committed_json():
     assert rows, "README has no paired row for " + measure
     assert cell in rows[0], (cell, rows[0])
     assert re.search(r"\| s0: [+-]\d", rows[0])
+    # and the best arm's own recall@1 with its interval (whether it reaches the issue's 0.70)
+    x = report.pooled_interval(results, "eR", measure)
+    assert f"| (eR) eB's second round on candidates it re-mined | 3 | {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]" \
+        in readme
 
 
 def test_top1_table_sorts_each_top_passage_by_its_focus():
