@@ -124,4 +124,3 @@ def dot_flops(jaxpr) -> float:
             times = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
             total += times * (max(subs) if eqn.primitive.name == "cond" else sum(subs))
     return total
-

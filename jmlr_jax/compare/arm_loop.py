@@ -18,15 +18,14 @@ import os
 import shutil
 
 import jax
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jmlr_jax import checkpoint, parallel
 from jmlr_jax.compare.evidence_setup import load_tree, save_tree, write_json
 from jmlr_jax.data.pipeline import make_dataset
 from jmlr_jax.experiment import RunConfig
-from jmlr_jax.train.loop import StepLoop
-from jmlr_jax.train.metrics import matmul_params, step_flops
+from jmlr_jax.train.loop import StepLoop, jmlr_step_stats
+from jmlr_jax.train.metrics import matmul_params
 from jmlr_jax.train.state import init_train_state
 
 TIMING = ("data_s", "step_s", "tokens_per_s", "mfu")  # the loop's own measurements, not the step's metrics
@@ -89,10 +88,10 @@ class ArmLoop(StepLoop):
         if data_state is not None:
             self.data_iter.set_state(data_state)
         self.step_fn = jax.jit(step_fn, donate_argnums=0)
-        self._flops = functools.partial(step_flops, jcfg, n=matmul_params(params), llm=llm)
+        self._jcfg, self._n, self._llm = jcfg, matmul_params(params), llm
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
-        return self._flops({k: v.shape for k, v in batch.items()}), int(sum(np.sum(batch[k]) for k in ("docs_valid", "question_valid", "answer_valid")))
+        return jmlr_step_stats(self._jcfg, batch, self._n, self._llm)
 
     def checkpoint_meta(self, step: int) -> dict:
         return {"step": step, "training": self.meta}

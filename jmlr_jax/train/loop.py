@@ -42,6 +42,13 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; nothing was saved for that step, earlier checkpoints are intact."""
 
 
+def jmlr_step_stats(jcfg, batch: dict, n: dict[str, int], llm: str) -> tuple[float, int]:
+    """(model FLOPs, valid tokens) of a fused JMLR step on `batch`: `train.metrics.step_flops` from the matmul
+    parameters `n` and how the generator trains (`llm`)."""
+    flops = step_flops(jcfg, {k: v.shape for k, v in batch.items()}, n, llm)
+    return flops, int(sum(np.sum(batch[k]) for k in ("docs_valid", "question_valid", "answer_valid")))
+
+
 class StepLoop:
     """The loop every run shares (JMLR and the seed pipelines' stages): steps, metrics, checks, checkpoints,
     stopping early (SIGTERM, Ctrl-C). A subclass sets run_cfg, mesh, state, step_fn (state, batch) ->
@@ -249,8 +256,7 @@ class Trainer(StepLoop):
                          for k, v in self.examples(0).items()}
 
     def step_stats(self, batch: dict) -> tuple[float, int]:
-        flops = step_flops(self.exp.jmlr, {k: v.shape for k, v in batch.items()}, self._n, self._llm)
-        return flops, int(sum(np.sum(batch[k]) for k in ("docs_valid", "question_valid", "answer_valid")))
+        return jmlr_step_stats(self.exp.jmlr, batch, self._n, self._llm)
 
     def refresh_due(self, step: int) -> bool:
         return bool(self.run_cfg.refresh_every) and step % self.run_cfg.refresh_every == 0
