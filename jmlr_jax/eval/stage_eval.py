@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmlr_jax import parallel
-from jmlr_jax.data import lm_data
+from jmlr_jax.data import lm_data, user_records
 from jmlr_jax.data.medquad import MedQuADPair
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.errors import InputError, check_counts
@@ -83,12 +83,12 @@ def generation_scores(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDa
 
 
 def model_pairs(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig, records, path: str,
-                max_new_tokens: int = 96, batch_size: int = 8) -> list[lm_data.PreferencePair]:
+                max_new_tokens: int = 96, batch_size: int = 8) -> list[user_records.PreferencePair]:
     """Preference pairs of kind "generated": the model answers the MedMCQA questions greedily and every wrong
     answer becomes the rejected side against the gold explanation (`lm_data.generated_pairs`). Written to `path`
     (JSONL) once; a rerun or a resumed stage reads the same pairs back."""
     if os.path.isfile(path):
-        return lm_data.load_pairs(path)
+        return user_records.load_pairs(path)
     if not records:
         raise InputError("no MedMCQA questions to build preference pairs from")
     outputs = greedy_answers(cfg, params, tok, lm, [lm_data.mcq_request(r) for r in records], max_new_tokens,
@@ -96,7 +96,7 @@ def model_pairs(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConf
     pairs = lm_data.generated_pairs(records, outputs)
     if not pairs:
         raise InputError(f"the model answered all {len(records)} questions correctly: no generated pairs")
-    lm_data.save_pairs(path, pairs)
+    user_records.save_pairs(path, pairs)
     return pairs
 
 
@@ -125,7 +125,7 @@ def _pair_logps(params, batch, *, cfg: LlamaConfig):
 
 
 def reward_accuracy(cfg: LlamaConfig, policy, reference, tok: Tokenizer, lm: lm_data.LMDataConfig,
-                    pairs: Sequence[lm_data.PreferencePair], beta: float = 0.1, batch_size: int = 4) -> dict:
+                    pairs: Sequence[user_records.PreferencePair], beta: float = 0.1, batch_size: int = 4) -> dict:
     """DPO's implicit reward beta * (log pi - log pi_ref) on held-out pairs: how often chosen > rejected, the mean
     margin, and the policy's mean summed log-probs of chosen and rejected responses."""
     rows = [lm_data.dpo_example(tok, lm, p) for p in pairs]
@@ -178,7 +178,7 @@ def held_medquad(data: DataConfig, lm: lm_data.LMDataConfig) -> list[MedQuADPair
 
 
 def heldout_pairs(kind: str, data: DataConfig, lm: lm_data.LMDataConfig, n: int, model=None,
-                  path: str = "") -> list[lm_data.PreferencePair]:
+                  path: str = "") -> list[user_records.PreferencePair]:
     """Held-out MedMCQA preference pairs of a kind: "options" (the first n), or "generated": `model` (cfg, params,
     tokenizer; the DPO stage's reference) answers the first n held-out questions, its wrong answers become pairs
     (cached at `path`)."""
@@ -189,7 +189,7 @@ def heldout_pairs(kind: str, data: DataConfig, lm: lm_data.LMDataConfig, n: int,
 
 
 def pair_scores(cfg: LlamaConfig, params, reference, tok: Tokenizer, lm: lm_data.LMDataConfig,
-                pairs: Sequence[lm_data.PreferencePair], kind: str, beta: float, batch_size: int) -> dict:
+                pairs: Sequence[user_records.PreferencePair], kind: str, beta: float, batch_size: int) -> dict:
     """`reward_accuracy` (against `reference`, or the model itself) with the pairs' kind and logp margin."""
     out = reward_accuracy(cfg, params, params if reference is None else reference, tok, lm, pairs, beta, batch_size)
     return dict(out, kind=kind, logp_margin=out["logp_chosen"] - out["logp_rejected"])
@@ -197,7 +197,7 @@ def pair_scores(cfg: LlamaConfig, params, reference, tok: Tokenizer, lm: lm_data
 
 def evaluate_model(name: str, cfg: LlamaConfig, params, tok: Tokenizer, data: DataConfig, lm: lm_data.LMDataConfig,
                    ecfg: StageEvalConfig, reference=None, beta: float = 0.1,
-                   pairs: tuple[str, Sequence[lm_data.PreferencePair]] | None = None) -> dict:
+                   pairs: tuple[str, Sequence[user_records.PreferencePair]] | None = None) -> dict:
     """Every per-stage measure for one model (reference: the DPO stage's frozen model, for reward accuracy;
     pairs: (kind, held-out pairs), by default the first `ecfg.pairs` of kind "options")."""
     _, held_docs = lm_data.cpt_documents(data, lm)

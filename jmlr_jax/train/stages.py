@@ -32,7 +32,7 @@ from jmlr_jax.config import ConfigError
 from jmlr_jax.convert import load_preset
 from jmlr_jax.convert.presets import load_llm_tokenizer
 from jmlr_jax.convert.hf import save_hf_llama
-from jmlr_jax.data import lm_data
+from jmlr_jax.data import lm_data, user_records
 from jmlr_jax.data.sources import medmcqa_cop_base
 from jmlr_jax.data.splits import DataConfig, fingerprint
 from jmlr_jax.errors import InputError, StoppedEarly, check_counts
@@ -194,7 +194,7 @@ class StageTrainer(StepLoop):
             ds = lm_data.example_dataset(ex, run.batch_size, run.seed, shard=parallel.host_shard())
         return ds.batch(A, drop_remainder=True) if A > 1 else ds
 
-    def _pairs(self, data: DataConfig, lm: lm_data.LMDataConfig, start_params) -> list[lm_data.PreferencePair]:
+    def _pairs(self, data: DataConfig, lm: lm_data.LMDataConfig, start_params) -> list[user_records.PreferencePair]:
         own = lm_data.file_pairs(data, lm)
         if self.stage.pairs == "files":
             if not own:

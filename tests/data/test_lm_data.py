@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jmlr_jax.data import lm_data
+from jmlr_jax.data import lm_data, user_records
 from jmlr_jax.data.sources import QARecord
 from jmlr_jax.errors import InputError
 from jmlr_jax.models import LlamaConfig
@@ -75,7 +75,7 @@ def test_packing_keeps_documents_apart():
 def test_sft_template_round_trip_and_response_only_weights(template):
     tok = ByteTok()
     cfg = lm_data.LMDataConfig(seq_len=512, template=template)
-    r = lm_data.SFTRecord("x/1", "What causes gout?", "", "Uric acid crystals in the joints.")
+    r = user_records.SFTRecord("x/1", "What causes gout?", "", "Uric acid crystals in the joints.")
     ex = lm_data.sft_example(tok, cfg, r)
     n = int(ex["segment_ids"].sum())
     ids = ex["tokens"][:n]
@@ -90,9 +90,9 @@ def test_sft_template_round_trip_and_response_only_weights(template):
         assert prompt == ("<|im_start|>system\nYou are a careful medical assistant.<|im_end|>\n<|im_start|>user\n"
                           "What causes gout?<|im_end|>\n<|im_start|>assistant\n")
     with pytest.raises(InputError, match="x/2: empty response"):
-        lm_data.sft_example(tok, cfg, lm_data.SFTRecord("x/2", "Q?", "", "  "))
+        lm_data.sft_example(tok, cfg, user_records.SFTRecord("x/2", "Q?", "", "  "))
     long = lm_data.sft_example(tok, lm_data.LMDataConfig(seq_len=64, template=template),
-                               lm_data.SFTRecord("x/3", "Q " * 100, "", "short answer"))
+                               user_records.SFTRecord("x/3", "Q " * 100, "", "short answer"))
     assert long["segment_ids"].sum() == 64 and tok.decode(long["tokens"][long["weights"] > 0]) == "short answer"
 
 
@@ -107,7 +107,7 @@ def test_preference_pairs_and_bad_pairs():
     tok = ByteTok()
     ex = lm_data.dpo_example(tok, lm_data.LMDataConfig(seq_len=256), pairs[0])
     assert set(ex) == {f"{s}_{k}" for s in ("chosen", "rejected") for k in ("tokens", "segment_ids", "positions", "weights")}
-    same = lm_data.PreferencePair("p", "I", "", "The answer is A. x", "The answer is A. x")
+    same = user_records.PreferencePair("p", "I", "", "The answer is A. x", "The answer is A. x")
     with pytest.raises(InputError, match="p: chosen and rejected responses are the same"):
         lm_data.dpo_example(tok, lm_data.LMDataConfig(seq_len=256), same)
 
@@ -154,99 +154,14 @@ def test_generated_pairs_keep_only_wrong_answers_and_round_trip(tmp_path):
         assert p.chosen == lm_data.mcq_response(r) == f"The answer is A. alpha\nExplanation: {r.rationale}"
         assert p.rejected == outputs[int(r.id[1:])] and (p.instruction, p.input) == lm_data.mcq_request(r)
     path = str(tmp_path / "pairs.jsonl")
-    lm_data.save_pairs(path, pairs)
-    assert lm_data.load_pairs(path) == pairs
+    user_records.save_pairs(path, pairs)
+    assert user_records.load_pairs(path) == pairs
     with open(path, "a") as f:
         f.write('{"id": "x", "instruction": "I", "input": "", "chosen": "c"}\n')
     with pytest.raises(InputError, match=r"pairs.jsonl:3: preference pair record lacks a non-empty text rejected"):
-        lm_data.load_pairs(path)
+        user_records.load_pairs(path)
     (tmp_path / "bad.jsonl").write_text('{"id": \n')
     with pytest.raises(InputError, match=r"bad.jsonl:1: malformed JSON"):
-        lm_data.load_pairs(str(tmp_path / "bad.jsonl"))
+        user_records.load_pairs(str(tmp_path / "bad.jsonl"))
     with pytest.raises(ValueError, match="4 questions but 3 answers"):
         lm_data.generated_pairs(recs, outputs[:3])
-
-
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def test_a_users_files_in_their_public_formats(tmp_path):
-    alpaca = _jsonl(tmp_path / "pmc_llama_instructions.jsonl", [
-        {"instruction": "Answer the question.", "input": "What lowers LDL?", "output": "Statins.", "sample_id": 7},
-        {"instruction": "Define sepsis.", "output": "A dysregulated host response to infection."}])
-    trl = _jsonl(tmp_path / "trl.jsonl", [{"prompt": "What is HbA1c?", "completion": "Glycated haemoglobin."}])
-    recs = lm_data.read_sft_file(alpaca) + lm_data.read_sft_file(trl)
-    assert [(r.id, r.instruction, r.input, r.response) for r in recs] == [
-        ("pmc_llama_instructions.jsonl/7", "Answer the question.", "What lowers LDL?", "Statins."),
-        ("pmc_llama_instructions.jsonl/2", "Define sepsis.", "",
-         "A dysregulated host response to infection."),
-        ("trl.jsonl/1", "What is HbA1c?", "", "Glycated haemoglobin.")]
-    with pytest.raises(InputError, match=r"no_answer.jsonl:2: SFT record lacks a non-empty text response "
-                                         r"\(output / response / completion / answer\)"):
-        lm_data.read_sft_file(_jsonl(tmp_path / "no_answer.jsonl", [{"prompt": "a", "completion": "b"},
-                                                                    {"instruction": "Q?", "output": "  "}]))
-    # conversations: TRL's prompt-completion and messages, ShareGPT's; one user turn and the answer, an empty
-    # system turn allowed
-    q, a = "What is HbA1c?", "Glycated haemoglobin."
-    user, answer = {"role": "user", "content": q}, {"role": "assistant", "content": a}
-    conv = _jsonl(tmp_path / "conv.jsonl", [
-        {"prompt": [user], "completion": [answer]}, {"messages": [{"role": "system", "content": ""}, user, answer]},
-        {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}])
-    assert [(r.instruction, r.input, r.response) for r in lm_data.read_sft_file(conv)] == [
-        (recs[-1].instruction, "", recs[-1].response)] * 3
-    for rows, msg in (
-            ([{"messages": [user, answer, user, answer]}], r"got prompt: user / assistant / user; output: assistant"),
-            ([{"messages": [user]}], r"got prompt: none; output: user"),
-            ([{"messages": [{"role": "system", "content": "Be brief."}, user, answer]}], "its own system message"),
-            ([{"conversations": [{"from": "doctor", "value": "x"}, answer]}], r"a turn without a role .*doctor"),
-            ([{"messages": "Q?"}], "SFT record lacks a non-empty text instruction")):
-        with pytest.raises(InputError, match=rf"bad_conv.jsonl:1: (SFT record )?.*{msg}"):
-            lm_data.read_sft_file(_jsonl(tmp_path / "bad_conv.jsonl", rows))
-
-    pairs = lm_data.load_pairs(_jsonl(tmp_path / "p.jsonl", [
-        {"prompt": "Q1?", "chosen": "good", "rejected": "bad"},  # TRL
-        {"system": "", "history": [], "question": "Q2?", "response_chosen": "fine", "response_rejected": "poor"}]))
-    assert [(p.instruction, p.input, p.chosen, p.rejected) for p in pairs] == [("Q1?", "", "good", "bad"),
-                                                                              ("Q2?", "", "fine", "poor")]
-    with pytest.raises(InputError, match=r"turns.jsonl:1: preference pair record has a multi-turn history"):
-        lm_data.load_pairs(_jsonl(tmp_path / "turns.jsonl", [{"question": "And then?", "history": [["Q1", "A1"]],
-                                                               "response_chosen": "a", "response_rejected": "b"}]))
-    with pytest.raises(InputError, match=r"same.jsonl:1: chosen and rejected responses are the same"):
-        lm_data.load_pairs(_jsonl(tmp_path / "same.jsonl", [{"prompt": "Q?", "chosen": "A.", "rejected": " A. "}]))
-    # TRL's conversational pairs: explicit prompt, implicit (shared first turns), a text prompt
-    turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
-    q, good, bad = turn("user", "Q1?"), turn("assistant", "good"), turn("assistant", "bad")
-    conv = lm_data.load_pairs(_jsonl(tmp_path / "conv_pairs.jsonl", [
-        {"prompt": [q], "chosen": [good], "rejected": [bad]}, {"chosen": [q, good], "rejected": [q, bad]},
-        {"prompt": "Q1?", "chosen": [good], "rejected": [bad]}]))
-    assert [(p.instruction, p.input, p.chosen, p.rejected) for p in conv] == [("Q1?", "", "good", "bad")] * 3
-    with pytest.raises(InputError, match=r"conv_bad.jsonl:1: preference pair record's conversations differ before "
-                                         r"their last turn"):
-        lm_data.load_pairs(_jsonl(tmp_path / "conv_bad.jsonl", [{"chosen": [q, good], "rejected": [turn("user", "Q2?"),
-                                                                                                   bad]}]))
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    pq.write_table(pa.Table.from_pylist([{"id": "pmc1", "text": "Metformin is first line."}, {"text": "Second."}]),
-                   str(tmp_path / "papers.parquet"))
-    (tmp_path / "books" / "ch1").mkdir(parents=True)
-    (tmp_path / "books" / "ch1" / "a.txt").write_text("Chapter one.")
-    (tmp_path / "books" / "b.txt").write_text("Chapter two.")
-    (tmp_path / "books" / "empty.txt").write_text("  \n")
-    assert lm_data.read_text_documents(str(tmp_path / "papers.parquet")) == [
-        ("papers.parquet/pmc1", "Metformin is first line."), ("papers.parquet/2", "Second.")]
-    assert lm_data.read_text_documents(str(tmp_path / "books")) == [("b.txt", "Chapter two."),
-                                                                    ("ch1/a.txt", "Chapter one.")]
-    meditron = {"id": "7a1", "source": "who", "title": "Malaria", "clean_text": "# Malaria\nTreat with ACTs.",
-                "raw_text": "<h1>Malaria</h1>"}  # epfl-llm/guidelines' open_guidelines.jsonl
-    assert lm_data.read_text_documents(_jsonl(tmp_path / "open_guidelines.jsonl", [meditron])) == [
-        ("open_guidelines.jsonl/7a1", "# Malaria\nTreat with ACTs.")]
-    with pytest.raises(InputError, match=r"notext.jsonl:1: CPT record lacks a non-empty text \(text / clean_text\)"):
-        lm_data.read_text_documents(_jsonl(tmp_path / "notext.jsonl", [{"body": "x"}]))
-    (tmp_path / "none").mkdir()
-    with pytest.raises(InputError, match=r"none: no .txt files under this directory"):
-        lm_data.read_text_documents(str(tmp_path / "none"))
-    with pytest.raises(FileNotFoundError, match="SFT file not found"):
-        lm_data.read_sft_file(str(tmp_path / "missing.jsonl"))

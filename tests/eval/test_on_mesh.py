@@ -7,7 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from jmlr_jax import parallel
 from jmlr_jax.convert import load_preset
-from jmlr_jax.data import lm_data
+from jmlr_jax.data import lm_data, user_records
 from jmlr_jax.eval import score_options, stage_eval
 from jmlr_jax.generate import SamplingConfig, generate_ids
 from jmlr_jax.train.weights import on_mesh
@@ -50,7 +50,7 @@ def measures(cfg, params, reference, tok) -> dict:
     texts = ["Asthma narrows the airways.", "Metformin lowers blood glucose in type 2 diabetes. " * 3,
              "Fever is a raised body temperature.", "Iron deficiency causes anaemia."]
     requests = [("What is asthma?", ""), ("What lowers glucose?", ""), ("Define fever.", "adults")]
-    pairs = [lm_data.PreferencePair(str(i), f"Question {i}", "", "Answer A.", f"Wrong {i}.") for i in range(3)]
+    pairs = [user_records.PreferencePair(str(i), f"Question {i}", "", "Answer A.", f"Wrong {i}.") for i in range(3)]
     prompts = [tok.encode(t) for t in ("Which drug?", "Asthma is", "A")]
     options = [[tok.encode(" metformin"), tok.encode(" insulin")], [tok.encode(" an airway disease")] * 2,
                [tok.encode(" B"), tok.encode(" C"), tok.encode(" D")]]

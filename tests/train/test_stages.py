@@ -12,7 +12,7 @@ import pytest
 from jmlr_jax import workdir as workdir_lib
 from jmlr_jax.config import ConfigError
 from jmlr_jax.convert import load_preset
-from jmlr_jax.data import lm_data
+from jmlr_jax.data import lm_data, user_records
 from jmlr_jax.data.sources import medmcqa_cop_base
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.errors import InputError
@@ -214,7 +214,7 @@ def test_dpo_on_the_starting_models_own_wrong_answers(setup, tmp_path):
     stage = stages.StageConfig("dpo", "dpo", num_steps=1, batch_size=2, lr=1e-3, pairs="generated", pair_questions=3)
     pipe = stages.PipelineConfig(name="g", workdir=str(tmp_path / "g"), llm=llm, progress=False, stages=(stage,))
     stages.run_pipeline(pipe, data, lm)
-    pairs = lm_data.load_pairs(os.path.join(pipe.stage_dir(0), "pairs.jsonl"))
+    pairs = user_records.load_pairs(os.path.join(pipe.stage_dir(0), "pairs.jsonl"))
     questions = lm_data.medmcqa_questions(data)[:3]
     cfg, params, tok = load_preset(llm)
     answers = stage_eval.greedy_answers(cfg, params, tok, lm, [lm_data.mcq_request(q) for q in questions], 96)
