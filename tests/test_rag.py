@@ -28,10 +28,26 @@ def _argv(tmp_path, question: str) -> list[str]:
             "--max_new_tokens", "8"]
 
 
+def _spy_on_prompts(monkeypatch, answer: str | None = None) -> list[str]:
+    """The prompts rag gives the generator; answered by the model, or with `answer` when given."""
+    prompts, real = [], rag.generate
+
+    def spy(cfg, params, tok, batch, **kw):
+        prompts.extend(batch)
+        return [answer] * len(batch) if answer is not None else real(cfg, params, tok, batch, **kw)
+
+    monkeypatch.setattr(rag, "generate", spy)
+    return prompts
+
+
 def test_answers_with_a_cited_passage_and_keeps_the_index(smollm2, minilm, tmp_path, capsys, monkeypatch):
+    prompts = _spy_on_prompts(monkeypatch)
     rag.main(_argv(tmp_path, "How often should adults be screened for high blood pressure?"))
     out = capsys.readouterr().out
     assert "Answer: " in out and "[1] bp#0 " in out and "over 3 passages" in out
+    # the model's own chat template (SmolLM2's ChatML) around the numbered passage
+    assert prompts[0].endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert "[1] Screening for high blood pressure in adults\nAdults aged 40" in prompts[0]
     assert len(list((tmp_path / "cache").glob("index-*"))) == 1
 
     def encode_again(*a, **k):
@@ -64,3 +80,17 @@ def test_missing_or_malformed_guidelines_are_one_line_errors(tmp_path, capsys):
         rag.main(["--corpus", str(tmp_path / "empty.jsonl")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "\n" not in err and "empty" in err
+
+
+def test_a_base_model_without_a_chat_template_gets_a_plain_prompt(minilm, tmp_path, capsys, monkeypatch):
+    """A base model (Llama-2-7b-hf ships no chat template) answers from a plain-text prompt; it had failed after
+    encoding the corpus, with an error about the pipelines' setting."""
+    from tests.helpers import save_tiny_llama_dir
+
+    prompts = _spy_on_prompts(monkeypatch, answer=" Every year.")
+    llm = save_tiny_llama_dir(str(tmp_path / "base_llama"))
+    rag.main(_argv(tmp_path, "How often should adults be screened for high blood pressure?") + ["--generator", llm])
+    assert "Answer: Every year." in capsys.readouterr().out
+    assert prompts == [f"{rag.SYSTEM}\n\nReference:\n[1] Screening for high blood pressure in adults\n"
+                       f"{GUIDELINES[0]['text']}\n\nQuestion: How often should adults be screened for high blood "
+                       "pressure?\nAnswer:"]
