@@ -99,20 +99,21 @@ def answer_from_guidelines(args, t0: float) -> None:
     k = 1 if args.k is None else args.k
     ids, scores = Retriever(r_cfg, r_params, ctok, index).exact_search([args.question], k)
     top, scores = ids[0][ids[0] >= 0], scores[0]
-    prompt = cited_prompt(g_tok, args.question, [passages[i] for i in top])
-    answer = generate(g_cfg, g_params, g_tok, [prompt], max_new_tokens=args.max_new_tokens)[0]
+    prompt, stops = cited_prompt(g_tok, args.question, [passages[i] for i in top])
+    answer = generate(g_cfg, g_params, g_tok, [prompt], max_new_tokens=args.max_new_tokens, stop_ids=stops)[0]
     report(args.question, answer, passages, top, scores, "exact MaxSim", t0)
 
 
-def cited_prompt(tok: Tokenizer, question: str, passages: Sequence[Passage]) -> str:
-    """The prompt asking the generator to answer from numbered passages ([1], [2], ...): in the model's own chat
-    template when it ships one (an instruction-tuned model), else as plain text ending in "Answer:" (a base model,
-    e.g. Llama-2-7b-hf, which has no template and continues text)."""
+def cited_prompt(tok: Tokenizer, question: str, passages: Sequence[Passage]) -> tuple[str, list[int]]:
+    """(prompt, stop ids) asking the generator to answer from numbered passages ([1], [2], ...): in the model's own
+    chat template when it ships one (an instruction-tuned model), stopping at the template's end of turn as well as
+    EOS (`generate(..., stop_ids=)`); else as plain text ending in "Answer:" (a base model, e.g. Llama-2-7b-hf,
+    which has no template and continues text), stopping at EOS."""
     reference = "\n\n".join(f"[{n + 1}] {p.title}\n{p.text}" for n, p in enumerate(passages))
     user = f"Reference:\n{reference}\n\nQuestion: {question}"
     if getattr(tok, "chat_template", None):
-        return chat.chat_prompt(tok, SYSTEM, user)
-    return f"{SYSTEM}\n\n{user}\nAnswer:"
+        return chat.chat_prompt(tok, SYSTEM, user), chat.response_end(tok, SYSTEM)
+    return f"{SYSTEM}\n\n{user}\nAnswer:", []
 
 
 def default_corpus() -> str:

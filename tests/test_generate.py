@@ -1,4 +1,6 @@
 """KV-cache decoding against the full forward pass; sampling; EOS handling; ragged prompt batches."""
+import dataclasses
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -46,6 +48,23 @@ def test_stops_at_eos(params):
     eos = free[2]
     cut = gen.generate_ids(CFG, params, [[5, 9, 3]], gen.SamplingConfig(max_new_tokens=6, eos_ids=(eos,)))[0]
     assert cut == free[: free.index(eos)]
+
+
+class _IdsTokenizer:
+    """Text is space-separated token ids; no BOS, EOS or pad of its own."""
+    add_bos, bos_id, eos_id, pad_id = False, None, None, None
+    encode = staticmethod(lambda text: [int(t) for t in text.split()])
+    decode = staticmethod(lambda ids: " ".join(map(str, ids)))
+
+
+def test_text_generation_stops_at_extra_stop_ids(params):
+    """`generate(..., stop_ids=)` ends an answer at a chat template's end of turn as at EOS."""
+    cfg = dataclasses.replace(CFG, eos_token_id=None)
+    free = gen.generate(cfg, params, _IdsTokenizer(), ["5 9 3"], max_new_tokens=6)[0].split()
+    assert len(free) == 6
+    stop = int(free[3])
+    cut = gen.generate(cfg, params, _IdsTokenizer(), ["5 9 3"], max_new_tokens=6, stop_ids=[stop])[0].split()
+    assert cut == free[: free.index(str(stop))]
 
 
 def test_sampling_is_seeded_and_top_p_narrows_to_greedy(params):

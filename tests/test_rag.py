@@ -29,11 +29,11 @@ def _argv(tmp_path, question: str) -> list[str]:
 
 
 def _spy_on_prompts(monkeypatch, answer: str | None = None) -> list[str]:
-    """The prompts rag gives the generator; answered by the model, or with `answer` when given."""
+    """(prompt, stop tokens) rag gives the generator; answered by the model, or with `answer` when given."""
     prompts, real = [], rag.generate
 
     def spy(cfg, params, tok, batch, **kw):
-        prompts.extend(batch)
+        prompts.extend((p, [tok.id_to_token(i) for i in kw["stop_ids"]]) for p in batch)
         return [answer] * len(batch) if answer is not None else real(cfg, params, tok, batch, **kw)
 
     monkeypatch.setattr(rag, "generate", spy)
@@ -45,9 +45,10 @@ def test_answers_with_a_cited_passage_and_keeps_the_index(smollm2, minilm, tmp_p
     rag.main(_argv(tmp_path, "How often should adults be screened for high blood pressure?"))
     out = capsys.readouterr().out
     assert "Answer: " in out and "[1] bp#0 " in out and "over 3 passages" in out
-    # the model's own chat template (SmolLM2's ChatML) around the numbered passage
-    assert prompts[0].endswith("<|im_end|>\n<|im_start|>assistant\n")
-    assert "[1] Screening for high blood pressure in adults\nAdults aged 40" in prompts[0]
+    # the model's own chat template (SmolLM2's ChatML) around the numbered passage, stopped at its end of turn
+    prompt, stops = prompts[0]
+    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n") and stops == ["<|im_end|>"]
+    assert "[1] Screening for high blood pressure in adults\nAdults aged 40" in prompt
     assert len(list((tmp_path / "cache").glob("index-*"))) == 1
 
     def encode_again(*a, **k):
@@ -91,6 +92,26 @@ def test_a_base_model_without_a_chat_template_gets_a_plain_prompt(minilm, tmp_pa
     llm = save_tiny_llama_dir(str(tmp_path / "base_llama"))
     rag.main(_argv(tmp_path, "How often should adults be screened for high blood pressure?") + ["--generator", llm])
     assert "Answer: Every year." in capsys.readouterr().out
-    assert prompts == [f"{rag.SYSTEM}\n\nReference:\n[1] Screening for high blood pressure in adults\n"
-                       f"{GUIDELINES[0]['text']}\n\nQuestion: How often should adults be screened for high blood "
-                       "pressure?\nAnswer:"]
+    assert prompts == [(f"{rag.SYSTEM}\n\nReference:\n[1] Screening for high blood pressure in adults\n"
+                        f"{GUIDELINES[0]['text']}\n\nQuestion: How often should adults be screened for high blood "
+                        "pressure?\nAnswer:", [])]
+
+
+def test_a_chat_model_stops_at_its_end_of_turn_even_when_it_is_not_eos(minilm, tmp_path, monkeypatch):
+    """As Llama 3's <|eot_id|> where the tokenizer's EOS is <|end_of_text|>: here a template ending turns with
+    <bos>, the tiny tokenizer's other special token."""
+    import json as json_lib
+
+    from tests.helpers import save_tiny_llama_dir
+
+    prompts = _spy_on_prompts(monkeypatch, answer="Every year.")
+    llm = save_tiny_llama_dir(str(tmp_path / "chat_llama"))
+    with open(f"{llm}/tokenizer_config.json") as f:
+        config = json_lib.load(f)
+    config["chat_template"] = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<bos>{% endfor %}"
+                               "{% if add_generation_prompt %}assistant: {% endif %}")
+    with open(f"{llm}/tokenizer_config.json", "w") as f:
+        json_lib.dump(config, f)
+    rag.main(_argv(tmp_path, "How often should adults be screened for high blood pressure?") + ["--generator", llm])
+    (prompt, stops), = prompts
+    assert prompt.startswith(f"system: {rag.SYSTEM}<bos>user: Reference:\n[1] Screening") and stops == ["<bos>"]
