@@ -58,13 +58,16 @@ class _IdsTokenizer:
 
 
 def test_text_generation_stops_at_extra_stop_ids(params):
-    """`generate(..., stop_ids=)` ends an answer at a chat template's end of turn as at EOS."""
+    """`generate(..., stop_ids=)` ends an answer at a chat template's end of turn as at EOS, and so does any of a
+    config's several EOS ids."""
     cfg = dataclasses.replace(CFG, eos_token_id=None)
     free = gen.generate(cfg, params, _IdsTokenizer(), ["5 9 3"], max_new_tokens=6)[0].split()
     assert len(free) == 6
     stop = int(free[3])
     cut = gen.generate(cfg, params, _IdsTokenizer(), ["5 9 3"], max_new_tokens=6, stop_ids=[stop])[0].split()
     assert cut == free[: free.index(str(stop))]
+    several = dataclasses.replace(CFG, eos_token_id=(63, stop))  # as Llama 3.1 Instruct's config lists its EOS ids
+    assert gen.generate(several, params, _IdsTokenizer(), ["5 9 3"], max_new_tokens=6)[0].split() == cut
 
 
 def test_sampling_is_seeded_and_top_p_narrows_to_greedy(params):

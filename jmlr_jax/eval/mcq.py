@@ -105,7 +105,7 @@ def score_options(cfg: LlamaConfig, params, prompts: Sequence[list[int]], option
 def generate_answers(cfg: LlamaConfig, params, tok: Tokenizer, prompts: Sequence[list[int]], max_new_tokens: int = 16,
                      batch_size: int = 8, progress=None) -> list[str]:
     """Greedy continuations of each prompt, decoded."""
-    eos = tuple(sorted({i for i in (tok.eos_id, cfg.eos_token_id) if i is not None}))
+    eos = tuple(sorted({i for i in (tok.eos_id, *cfg.eos_ids) if i is not None}))
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, eos_ids=eos)
     pad = tok.pad_id if tok.pad_id is not None else 0
     out = [""] * len(prompts)

@@ -73,7 +73,7 @@ class LlamaConfig:
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1
-    eos_token_id: int | None = 2
+    eos_token_id: int | tuple[int, ...] | None = 2  # several: Llama 3.1 Instruct ends on any of three
     # Execution settings, not part of the HF architecture.
     dtype: str = "auto"  # activations / matmul inputs; "auto": bfloat16 on GPU/TPU, float32 on CPU
     param_dtype: str = "float32"  # master weights; "bfloat16" halves parameter memory
@@ -112,6 +112,12 @@ class LlamaConfig:
     def replace(self, **kw: Any) -> "LlamaConfig":
         return dataclasses.replace(self, **kw)
 
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every token id that ends generation (none, one, or the several some configs list)."""
+        eos = self.eos_token_id
+        return () if eos is None else tuple(eos) if isinstance(eos, tuple) else (eos,)
+
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` dict that `transformers.LlamaConfig` loads."""
         d = {
@@ -128,7 +134,7 @@ class LlamaConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
+            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
             "hidden_act": "silu",
             "attention_bias": False,
             "mlp_bias": False,
@@ -187,7 +193,7 @@ class LlamaConfig:
             max_position_embeddings=d.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             bos_token_id=d.get("bos_token_id"),
-            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            eos_token_id=(eos[0] if len(eos) == 1 else tuple(eos)) if isinstance(eos, list) else eos,
         )
         kw.update(overrides)
         return cls(**kw)

@@ -88,8 +88,12 @@ def test_config_round_trips_through_hf_dict():
     # and through transformers' own parser (legacy keys -> rope_parameters)
     via_hf = LlamaConfig.from_hf_dict(HFConfig(**cfg.to_hf_dict()).to_dict())
     assert via_hf == cfg
-    llama31 = cfg.replace(rope_type="llama3", rope_theta=5e5, rope_original_max_position=8192)
+    llama31 = cfg.replace(rope_type="llama3", rope_theta=5e5, rope_original_max_position=8192,
+                          eos_token_id=(97, 98, 99))  # Llama 3.1 Instruct's config lists three EOS ids
+    assert llama31.to_hf_dict()["eos_token_id"] == [97, 98, 99] and llama31.eos_ids == (97, 98, 99)
     assert LlamaConfig.from_hf_dict(HFConfig(**llama31.to_hf_dict()).to_dict()) == llama31
+    assert LlamaConfig.from_hf_dict(dict(cfg.to_hf_dict(), eos_token_id=[7])).eos_token_id == 7
+    assert cfg.replace(eos_token_id=None).eos_ids == () and cfg.eos_ids == (2,)
 
 
 def test_unsupported_hf_configs_are_rejected():
