@@ -67,7 +67,9 @@ class HFTokenizer:
     """A Hugging Face `tokenizers.Tokenizer` (BPE or WordPiece), padding and truncation turned off."""
 
     def __init__(self, tok: hf_tokenizers.Tokenizer, *, bos: str | None = None, eos: str | None = None,
-                 pad: str | None = None, add_bos: bool = False, chat_template: str | None = None):
+                 pad: str | None = None, add_bos: bool | None = None, chat_template: str | None = None):
+        """add_bos None: what the tokenizer's own post-processor does (Llama 3's tokenizer.json adds
+        <|begin_of_text|> there, and its tokenizer_config.json has no add_bos_token), as transformers encodes."""
         tok.no_padding()  # all-MiniLM's tokenizer.json pads to 128 by default
         tok.no_truncation()
         self.tok = tok
@@ -75,6 +77,8 @@ class HFTokenizer:
         self.bos_id = tok.token_to_id(bos) if bos else None
         self.eos_id = tok.token_to_id(eos) if eos else None
         self.pad_id = tok.token_to_id(pad) if pad else None
+        if add_bos is None:
+            add_bos = self.bos_id is not None and tok.encode("a", add_special_tokens=True).ids[:1] == [self.bos_id]
         self.add_bos = add_bos and self.bos_id is not None
         self.chat_template = chat_template
 

@@ -50,6 +50,31 @@ def test_directory_prefers_tokenizer_json(tmp_path, spm_path):
     assert tok.encode("fever fever") == [3, 3] and tok.bos_id == 1 and tok.eos_id == 2
 
 
+@pytest.mark.parametrize("post_processor_adds_bos", [True, False])
+def test_bos_follows_the_post_processor_when_the_config_does_not_say(tmp_path, post_processor_adds_bos):
+    """Llama 3's directories add <|begin_of_text|> in tokenizer.json's post-processor and have no add_bos_token:
+    prompts start with BOS exactly when transformers' encoding does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import AutoTokenizer
+
+    vocab = {"<|begin_of_text|>": 0, "<|end_of_text|>": 1, **{c: i + 2 for i, c in enumerate("abcdefghijklmnop ")}}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<|end_of_text|>"))
+    t.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    t.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+    if post_processor_adds_bos:
+        t.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                         special_tokens=[("<|begin_of_text|>", 0)])
+    t.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "tokenizer_class": "PreTrainedTokenizerFast"}))
+    ours, theirs = load_tokenizer(str(tmp_path)), AutoTokenizer.from_pretrained(str(tmp_path))
+    assert ours.add_bos is post_processor_adds_bos
+    assert ([ours.bos_id] if ours.add_bos else []) + ours.encode("a bad cab") == theirs("a bad cab")["input_ids"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|begin_of_text|>",
+                                                                 "add_bos_token": not post_processor_adds_bos}))
+    assert load_tokenizer(str(tmp_path)).add_bos is not post_processor_adds_bos  # the config's word wins
+
+
 def test_chat_template_is_read_from_the_directory_and_saved_with_the_tokenizer(tmp_path, spm_path):
     from jmlr_jax.tokenizers import save_tokenizer
 
