@@ -18,7 +18,7 @@ import numpy as np
 
 from jmlr_jax import parallel
 from jmlr_jax.models.llama import Llama, LlamaConfig, init_cache
-from jmlr_jax.tokenizers import Tokenizer
+from jmlr_jax.tokenizers import Tokenizer, bos_prefix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,9 +133,9 @@ def generate(cfg: LlamaConfig, params, tok: Tokenizer, prompts: Sequence[str], *
     stop_ids: more tokens that end an answer, e.g. a chat template's end of turn (`chat.response_end`: Llama 3's
     <|eot_id|> where the tokenizer's EOS is <|end_of_text|>).
     """
-    add_bos = tok.add_bos if add_bos is None else add_bos
     eos = tuple(sorted({i for i in (tok.eos_id, *cfg.eos_ids, *stop_ids) if i is not None}))
-    ids = [([tok.bos_id] if add_bos and tok.bos_id is not None else []) + tok.encode(p) for p in prompts]
+    bos = bos_prefix(tok) if add_bos is None else [tok.bos_id] if add_bos and tok.bos_id is not None else []
+    ids = [bos + tok.encode(p) for p in prompts]
     sampling = SamplingConfig(max_new_tokens, temperature, top_p, eos)
     pad = tok.pad_id if tok.pad_id is not None else 0
     return [tok.decode(r) for r in generate_ids(cfg, params, ids, sampling, jax.random.PRNGKey(seed), pad)]

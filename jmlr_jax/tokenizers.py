@@ -201,6 +201,11 @@ def _tokenizer_config(directory: str) -> dict:
     return out
 
 
+def bos_prefix(tok: Tokenizer) -> list[int]:
+    """[BOS] when the model reads one before its text (`tok.add_bos`: Llama-2 and Llama 3 yes, SmolLM2 no), else []."""
+    return [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+
+
 def check_vocab(tok: Tokenizer, model_vocab_size: int, what: str = "model") -> None:
     """Tokenizer ids must index the model's embedding table (models may pad their vocab upward)."""
     if tok.vocab_size > model_vocab_size:

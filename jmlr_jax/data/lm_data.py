@@ -40,7 +40,7 @@ from jmlr_jax.data.user_records import PreferencePair, SFTRecord, load_pairs, re
 from jmlr_jax.errors import InputError, check_counts
 from jmlr_jax.parallel import host_rows
 from jmlr_jax.retrieval.corpus import read_guidelines, read_pubmedqa, resolve_path
-from jmlr_jax.tokenizers import Tokenizer
+from jmlr_jax.tokenizers import Tokenizer, bos_prefix
 
 
 @gin.configurable
@@ -220,7 +220,7 @@ def encode_pair(tok: Tokenizer, cfg: LMDataConfig, prompt: str, response: str, w
     if not response.strip():
         raise InputError(f"{where}: empty response (nothing to learn)")
     L = cfg.seq_len
-    bos = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+    bos = bos_prefix(tok)
     resp = tok.encode(response) + response_end(cfg, tok)
     resp = resp[: max(L // 2, L - len(bos) - 1)]
     p = tok.encode(prompt)
@@ -303,7 +303,7 @@ def cpt_pieces(tok: Tokenizer, texts: Sequence[str], seq_len: int) -> list[np.nd
     """Each text tokenised with [BOS] ... EOS and cut into pieces of at most seq_len tokens."""
     if not texts:
         raise InputError("no CPT text to train on")
-    bos = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+    bos = bos_prefix(tok)
     eos = [tok.eos_id] if tok.eos_id is not None else []
     out = []
     for ids in tok.encode_batch(list(texts)):

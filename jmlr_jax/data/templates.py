@@ -21,7 +21,7 @@ import numpy as np
 
 from jmlr_jax.data.sources import LETTERS, QARecord
 from jmlr_jax.errors import check_counts
-from jmlr_jax.tokenizers import Tokenizer
+from jmlr_jax.tokenizers import Tokenizer, bos_prefix
 
 
 PLACEHOLDERS = {"doc": ("doc",), "context": ("context",), "question": ("question", "options"),
@@ -96,8 +96,8 @@ def _block(ids: Sequence[int], size: int, keep: str = "head", align: str = "left
 
 
 def bos_block(tok: Tokenizer, batch_shape: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
-    """The sequence prefix: [BOS] when the model was trained with one (Llama-2), else empty (SmolLM2)."""
-    n = 1 if tok.add_bos and tok.bos_id is not None else 0
+    """The sequence prefix (`bos_prefix`) as a block: [BOS] for Llama-2 and Llama 3, empty for SmolLM2."""
+    n = len(bos_prefix(tok))
     return np.full((*batch_shape, n), tok.bos_id or 0, np.int32), np.ones((*batch_shape, n), np.int32)
 
 

@@ -23,7 +23,7 @@ from jmlr_jax.errors import InputError, check_counts
 from jmlr_jax.generate import SamplingConfig, generate_ids
 from jmlr_jax.models.llama import LlamaConfig
 from jmlr_jax.retrieval.corpus import resolve_path
-from jmlr_jax.tokenizers import Tokenizer
+from jmlr_jax.tokenizers import Tokenizer, bos_prefix
 from jmlr_jax.train.lm_step import sequence_logprob, token_nll
 
 
@@ -61,7 +61,7 @@ def heldout_perplexity(cfg: LlamaConfig, params, tok: Tokenizer, texts: Sequence
 def greedy_answers(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig,
                    requests: Sequence[tuple[str, str]], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
     """Greedy responses (KV cache) to (instruction, input) requests in the configured template."""
-    bos = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+    bos = bos_prefix(tok)
     eos = tuple(lm_data.response_end(lm, tok))
     outputs = []
     for i in range(0, len(requests), batch_size):
