@@ -124,18 +124,23 @@ def generate_ids(cfg: LlamaConfig, params, prompts: Sequence[Sequence[int]], sam
     return (results, step_logits[:, : int(steps)]) if return_logits else results
 
 
+def end_ids(cfg: LlamaConfig, tok: Tokenizer, stop_ids: Sequence[int] = ()) -> tuple[int, ...]:
+    """The tokens that end an answer: the tokenizer's EOS, the config's (Llama 3.1 Instruct lists three) and
+    `stop_ids` (e.g. a chat template's end of turn)."""
+    return tuple(sorted({i for i in (tok.eos_id, *cfg.eos_ids, *stop_ids) if i is not None}))
+
+
 def generate(cfg: LlamaConfig, params, tok: Tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 32,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, add_bos: bool | None = None,
              stop_ids: Sequence[int] = ()) -> list[str]:
-    """Text in, text out. Stops at the tokenizer's EOS, the config's (Llama 3.1 Instruct lists three) and `stop_ids`.
+    """Text in, text out. Stops at `end_ids(cfg, tok, stop_ids)`.
 
     add_bos: prepend BOS; None follows the tokenizer (`tok.add_bos`: Llama-2 yes, SmolLM2 no).
     stop_ids: more tokens that end an answer, e.g. a chat template's end of turn (`chat.response_end`: Llama 3's
     <|eot_id|> where the tokenizer's EOS is <|end_of_text|>).
     """
-    eos = tuple(sorted({i for i in (tok.eos_id, *cfg.eos_ids, *stop_ids) if i is not None}))
     bos = bos_prefix(tok) if add_bos is None else [tok.bos_id] if add_bos and tok.bos_id is not None else []
     ids = [bos + tok.encode(p) for p in prompts]
-    sampling = SamplingConfig(max_new_tokens, temperature, top_p, eos)
+    sampling = SamplingConfig(max_new_tokens, temperature, top_p, end_ids(cfg, tok, stop_ids))
     pad = tok.pad_id if tok.pad_id is not None else 0
     return [tok.decode(r) for r in generate_ids(cfg, params, ids, sampling, jax.random.PRNGKey(seed), pad)]

@@ -29,7 +29,7 @@ from jmlr_jax.convert import load_preset
 from jmlr_jax.models import ColBERTTokenizer
 from jmlr_jax.data.sources import QARecord
 from jmlr_jax.eval.mcq import prompt_ids
-from jmlr_jax.generate import SamplingConfig, generate, generate_ids
+from jmlr_jax.generate import SamplingConfig, end_ids, generate, generate_ids
 from jmlr_jax.retrieval import load_corpus
 from jmlr_jax.retrieval.corpus import Passage
 from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, build_index
@@ -137,8 +137,8 @@ def answer_from_run(args, t0: float) -> None:
         top, scores = ids[0][ids[0] >= 0], scores[0]
     record = QARecord("question", "user", args.question, (), -1)
     prompt = prompt_ids(w.tok, exp.template, exp.budgets, record, [passages[i].with_title for i in top[::-1]])
-    eos = (w.tok.eos_id,) if w.tok.eos_id is not None else ()
-    out = generate_ids(w.llm_cfg, w.llm_params, [prompt], SamplingConfig(args.max_new_tokens, eos_ids=eos))
+    sampling = SamplingConfig(args.max_new_tokens, eos_ids=end_ids(w.llm_cfg, w.tok))
+    out = generate_ids(w.llm_cfg, w.llm_params, [prompt], sampling)
     report(args.question, w.tok.decode(out[0]), passages, top, scores,
            f"the run's retriever (step {w.meta['step']})", t0)
 

@@ -21,7 +21,7 @@ import numpy as np
 from jmlr_jax import parallel
 from jmlr_jax.data.sources import LETTERS, QARecord
 from jmlr_jax.data.templates import Budgets, PromptTemplate, bos_block, encode_docs, encode_question
-from jmlr_jax.generate import SamplingConfig, generate_ids, left_pad
+from jmlr_jax.generate import SamplingConfig, end_ids, generate_ids, left_pad
 from jmlr_jax.models.llama import Llama, LlamaConfig, init_cache
 from jmlr_jax.tokenizers import Tokenizer
 
@@ -105,8 +105,7 @@ def score_options(cfg: LlamaConfig, params, prompts: Sequence[list[int]], option
 def generate_answers(cfg: LlamaConfig, params, tok: Tokenizer, prompts: Sequence[list[int]], max_new_tokens: int = 16,
                      batch_size: int = 8, progress=None) -> list[str]:
     """Greedy continuations of each prompt, decoded."""
-    eos = tuple(sorted({i for i in (tok.eos_id, *cfg.eos_ids) if i is not None}))
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, eos_ids=eos)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, eos_ids=end_ids(cfg, tok))
     pad = tok.pad_id if tok.pad_id is not None else 0
     out = [""] * len(prompts)
     for idx, padded in _batches([len(p) for p in prompts], batch_size):
