@@ -54,7 +54,8 @@ def main(argv=None) -> None:
                     help="passages put in the prompt (default 1; with --workdir the run's JMLRConfig.num_docs, "
                          "what its generator was trained to read)")
     ap.add_argument("--max_new_tokens", type=int, default=64)
-    ap.add_argument("--generator", default="smollm2-135m-instruct", help="preset or local HF/GGUF path")
+    ap.add_argument("--generator", default="smollm2-135m-instruct",
+                    help="preset or local HF/GGUF path; asked in its chat template, or in plain text if it has none")
     ap.add_argument("--retriever", default="all-minilm-l6-v2", help="preset or local BERT path")
     ap.add_argument("--workdir", default="", help="a training run's workdir: its trained weights, corpus and template")
     ap.add_argument("--data_dir", default="",
