@@ -139,7 +139,9 @@ def generate(cfg: LlamaConfig, params, tok: Tokenizer, prompts: Sequence[str], *
     stop_ids: more tokens that end an answer, e.g. a chat template's end of turn (`chat.response_end`: Llama 3's
     <|eot_id|> where the tokenizer's EOS is <|end_of_text|>).
     """
-    bos = bos_prefix(tok) if add_bos is None else [tok.bos_id] if add_bos and tok.bos_id is not None else []
+    bos = bos_prefix(tok)
+    if add_bos is not None:  # the caller's choice over the tokenizer's
+        bos = [tok.bos_id] if add_bos and tok.bos_id is not None else []
     ids = [bos + tok.encode(p) for p in prompts]
     sampling = SamplingConfig(max_new_tokens, temperature, top_p, end_ids(cfg, tok, stop_ids))
     pad = tok.pad_id if tok.pad_id is not None else 0

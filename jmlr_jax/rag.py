@@ -112,7 +112,7 @@ def cited_prompt(tok: Tokenizer, question: str, passages: Sequence[Passage]) -> 
     which has no template and continues text), stopping at EOS."""
     reference = "\n\n".join(f"[{n + 1}] {p.title}\n{p.text}" for n, p in enumerate(passages))
     user = f"Reference:\n{reference}\n\nQuestion: {question}"
-    if getattr(tok, "chat_template", None):
+    if tok.chat_template:
         return chat.chat_prompt(tok, SYSTEM, user), chat.response_end(tok, SYSTEM)
     return f"{SYSTEM}\n\n{user}\nAnswer:", []
 
