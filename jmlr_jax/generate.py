@@ -132,12 +132,15 @@ def end_ids(cfg: LlamaConfig, tok: Tokenizer, stop_ids: Sequence[int] = ()) -> t
 
 def generate(cfg: LlamaConfig, params, tok: Tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 32,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, add_bos: bool | None = None,
-             stop_ids: Sequence[int] = ()) -> list[str]:
+             stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = ()) -> list[str]:
     """Text in, text out. Stops at `end_ids(cfg, tok, stop_ids)`.
 
     add_bos: prepend BOS; None follows the tokenizer (`tok.add_bos`: Llama-2 yes, SmolLM2 no).
     stop_ids: more tokens that end an answer, e.g. a chat template's end of turn (`chat.response_end`: Llama 3's
     <|eot_id|> where the tokenizer's EOS is <|end_of_text|>).
+    stop_strings: each answer is cut before the first of these (a base model continuing a plain prompt writes the
+    next "Question:" itself); unlike stop_ids they are text, which one token may hold only in part, so they are
+    applied to the decoded answer and decoding runs on to an end id or max_new_tokens.
     """
     bos = bos_prefix(tok)
     if add_bos is not None:  # the caller's choice over the tokenizer's
@@ -145,4 +148,11 @@ def generate(cfg: LlamaConfig, params, tok: Tokenizer, prompts: Sequence[str], *
     ids = [bos + tok.encode(p) for p in prompts]
     sampling = SamplingConfig(max_new_tokens, temperature, top_p, end_ids(cfg, tok, stop_ids))
     pad = tok.pad_id if tok.pad_id is not None else 0
-    return [tok.decode(r) for r in generate_ids(cfg, params, ids, sampling, jax.random.PRNGKey(seed), pad)]
+    texts = [tok.decode(r) for r in generate_ids(cfg, params, ids, sampling, jax.random.PRNGKey(seed), pad)]
+    return [cut_at_stop(t, stop_strings) for t in texts]
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """`text` up to the earliest occurrence of any of `stop_strings` (all of it when none occurs)."""
+    hits = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
+    return text[: min(hits)] if hits else text

@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import os
 import time
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import gin
 import jax
@@ -100,21 +100,34 @@ def answer_from_guidelines(args, t0: float) -> None:
     k = 1 if args.k is None else args.k
     ids, scores = Retriever(r_cfg, r_params, ctok, index).exact_search([args.question], k)
     top, scores = ids[0][ids[0] >= 0], scores[0]
-    prompt, stops = cited_prompt(g_tok, args.question, [passages[i] for i in top])
-    answer = generate(g_cfg, g_params, g_tok, [prompt], max_new_tokens=args.max_new_tokens, stop_ids=stops)[0]
+    prompt = cited_prompt(g_tok, args.question, [passages[i] for i in top])
+    answer = generate(g_cfg, g_params, g_tok, [prompt.text], max_new_tokens=args.max_new_tokens,
+                      stop_ids=prompt.stop_ids, stop_strings=prompt.stop_strings)[0]
     report(args.question, answer, passages, top, scores, "exact MaxSim", t0)
 
 
-def cited_prompt(tok: Tokenizer, question: str, passages: Sequence[Passage]) -> tuple[str, list[int]]:
-    """(prompt, stop ids) asking the generator to answer from numbered passages ([1], [2], ...): in the model's own
-    chat template when it ships one (an instruction-tuned model), stopping at the template's end of turn as well as
-    EOS (`generate(..., stop_ids=)`); else as plain text ending in "Answer:" (a base model, e.g. Llama-2-7b-hf,
-    which has no template and continues text), stopping at EOS."""
+class CitedPrompt(NamedTuple):
+    """A prompt and what ends its answer: `generate(..., stop_ids=p.stop_ids, stop_strings=p.stop_strings)`."""
+    text: str
+    stop_ids: list[int]
+    stop_strings: tuple[str, ...]
+
+
+# Where a base model, continuing the plain prompt, starts writing the next turn itself (a new "Question:", more
+# references, or the instruction again).
+PLAIN_STOPS = ("\nQuestion:", "\nReference:", f"\n{SYSTEM}")
+
+
+def cited_prompt(tok: Tokenizer, question: str, passages: Sequence[Passage]) -> CitedPrompt:
+    """The prompt asking the generator to answer from numbered passages ([1], [2], ...): in the model's own chat
+    template when it ships one (an instruction-tuned model), its answer ending at the template's end of turn as well
+    as EOS; else as plain text ending in "Answer:" (a base model, e.g. Llama-2-7b-hf, which has no template and
+    continues text), its answer ending at EOS or cut where it starts a next turn (`PLAIN_STOPS`)."""
     reference = "\n\n".join(f"[{n + 1}] {p.title}\n{p.text}" for n, p in enumerate(passages))
     user = f"Reference:\n{reference}\n\nQuestion: {question}"
     if tok.chat_template:
-        return chat.chat_prompt(tok, SYSTEM, user), chat.response_end(tok, SYSTEM)
-    return f"{SYSTEM}\n\n{user}\nAnswer:", []
+        return CitedPrompt(chat.chat_prompt(tok, SYSTEM, user), chat.response_end(tok, SYSTEM), ())
+    return CitedPrompt(f"{SYSTEM}\n\n{user}\nAnswer:", [], PLAIN_STOPS)
 
 
 def default_corpus() -> str:

@@ -70,6 +70,20 @@ def test_text_generation_stops_at_extra_stop_ids(params):
     assert gen.generate(several, params, _IdsTokenizer(), ["5 9 3"], max_new_tokens=6)[0].split() == cut
 
 
+def test_text_generation_is_cut_before_the_first_stop_string(params):
+    """`generate(..., stop_strings=)`: text that one token may hold only in part, so the decoded answer is cut
+    before the earliest of them, wherever it starts."""
+    cfg = dataclasses.replace(CFG, eos_token_id=None)
+    free = gen.generate(cfg, params, _IdsTokenizer(), ["5 9 3"], max_new_tokens=6)[0]
+    tokens = free.split()
+    later, earlier = f" {tokens[4]} {tokens[5]}", f"{tokens[1]} {tokens[2][:1]}"  # the second ends inside a token
+    assert free.index(earlier) < free.index(later)
+    want = free[: free.index(earlier)]
+    assert gen.generate(cfg, params, _IdsTokenizer(), ["5 9 3"], max_new_tokens=6,
+                        stop_strings=[later, earlier, "not in it"])[0] == want
+    assert gen.cut_at_stop(free, ["not in it", ""]) == free
+
+
 def test_sampling_is_seeded_and_top_p_narrows_to_greedy(params):
     prompt = [[5, 9, 3]]
     hot = gen.SamplingConfig(max_new_tokens=8, temperature=1.5)

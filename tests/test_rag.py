@@ -5,6 +5,7 @@ import json
 import pytest
 
 from jmlr_jax import rag
+from jmlr_jax.generate import cut_at_stop
 from jmlr_jax.retrieval import store
 
 GUIDELINES = [
@@ -29,12 +30,15 @@ def _argv(tmp_path, question: str) -> list[str]:
 
 
 def _spy_on_prompts(monkeypatch, answer: str | None = None) -> list[str]:
-    """(prompt, stop tokens) rag gives the generator; answered by the model, or with `answer` when given."""
+    """(prompt, stop tokens, stop strings) rag gives the generator; answered by the model, or with `answer` when
+    given (cut at the stop strings as `generate` cuts)."""
     prompts, real = [], rag.generate
 
     def spy(cfg, params, tok, batch, **kw):
-        prompts.extend((p, [tok.id_to_token(i) for i in kw["stop_ids"]]) for p in batch)
-        return [answer] * len(batch) if answer is not None else real(cfg, params, tok, batch, **kw)
+        prompts.extend((p, [tok.id_to_token(i) for i in kw["stop_ids"]], kw["stop_strings"]) for p in batch)
+        if answer is None:
+            return real(cfg, params, tok, batch, **kw)
+        return [cut_at_stop(answer, kw["stop_strings"])] * len(batch)
 
     monkeypatch.setattr(rag, "generate", spy)
     return prompts
@@ -46,8 +50,8 @@ def test_answers_with_a_cited_passage_and_keeps_the_index(smollm2, minilm, tmp_p
     out = capsys.readouterr().out
     assert "Answer: " in out and "[1] bp#0 " in out and "over 3 passages" in out
     # the model's own chat template (SmolLM2's ChatML) around the numbered passage, stopped at its end of turn
-    prompt, stops = prompts[0]
-    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n") and stops == ["<|im_end|>"]
+    prompt, stops, stop_strings = prompts[0]
+    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n") and stops == ["<|im_end|>"] and not stop_strings
     assert "[1] Screening for high blood pressure in adults\nAdults aged 40" in prompt
     assert len(list((tmp_path / "cache").glob("index-*"))) == 1
 
@@ -85,16 +89,18 @@ def test_missing_or_malformed_guidelines_are_one_line_errors(tmp_path, capsys):
 
 def test_a_base_model_without_a_chat_template_gets_a_plain_prompt(minilm, tmp_path, capsys, monkeypatch):
     """A base model (Llama-2-7b-hf ships no chat template) answers from a plain-text prompt; it had failed after
-    encoding the corpus, with an error about the pipelines' setting."""
+    encoding the corpus, with an error about the pipelines' setting. Its answer ends where it goes on to write the
+    next question itself."""
     from tests.helpers import save_tiny_llama_dir
 
-    prompts = _spy_on_prompts(monkeypatch, answer=" Every year.")
+    prompts = _spy_on_prompts(monkeypatch, answer=" Every year.\n\nQuestion: How often should children be screened?")
     llm = save_tiny_llama_dir(str(tmp_path / "base_llama"))
     rag.main(_argv(tmp_path, "How often should adults be screened for high blood pressure?") + ["--generator", llm])
-    assert "Answer: Every year." in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Answer: Every year.\n" in out and "children" not in out
     assert prompts == [(f"{rag.SYSTEM}\n\nReference:\n[1] Screening for high blood pressure in adults\n"
                         f"{GUIDELINES[0]['text']}\n\nQuestion: How often should adults be screened for high blood "
-                        "pressure?\nAnswer:", [])]
+                        "pressure?\nAnswer:", [], rag.PLAIN_STOPS)]
 
 
 def test_a_chat_model_stops_at_its_end_of_turn_even_when_it_is_not_eos(minilm, tmp_path, monkeypatch):
@@ -113,5 +119,6 @@ def test_a_chat_model_stops_at_its_end_of_turn_even_when_it_is_not_eos(minilm, t
     with open(f"{llm}/tokenizer_config.json", "w") as f:
         json_lib.dump(config, f)
     rag.main(_argv(tmp_path, "How often should adults be screened for high blood pressure?") + ["--generator", llm])
-    (prompt, stops), = prompts
+    (prompt, stops, stop_strings), = prompts
     assert prompt.startswith(f"system: {rag.SYSTEM}<bos>user: Reference:\n[1] Screening") and stops == ["<bos>"]
+    assert not stop_strings
