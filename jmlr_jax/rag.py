@@ -32,7 +32,7 @@ from jmlr_jax.eval.mcq import prompt_ids
 from jmlr_jax.generate import SamplingConfig, end_ids, generate, generate_ids
 from jmlr_jax.retrieval import load_corpus
 from jmlr_jax.retrieval.corpus import Passage
-from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, build_index
+from jmlr_jax.retrieval.index import EXACT_INDEX, Retriever, SearchConfig, build_index
 from jmlr_jax.retrieval.store import cached_index, load_index
 from jmlr_jax.tokenizers import Tokenizer
 from jmlr_jax.train.weights import restore_on_training_mesh
@@ -72,11 +72,6 @@ def main(argv=None) -> None:
             answer_from_run(args, t0)
         else:
             answer_from_guidelines(args, t0)
-
-
-# The answer searches exactly (Retriever.exact_search), never the ScaNN searcher, so its index gets the cheapest one:
-# brute force builds in 0.1 s where a tree over the guidelines' 350k token vectors took 7 s (scratch measurement).
-EXACT_INDEX = IndexConfig(brute_force_below=10**12)
 
 
 def answer_from_guidelines(args, t0: float) -> None:

@@ -66,7 +66,7 @@ from jmlr_jax.data import evidence as ev
 from jmlr_jax.data.templates import Budgets
 from jmlr_jax.errors import InputError
 from jmlr_jax.retrieval.encode import RetrieverConfig, retriever_preset
-from jmlr_jax.retrieval.index import IndexConfig, Retriever, SearchConfig, TokenIndex, build_index, search_all
+from jmlr_jax.retrieval.index import EXACT_INDEX, Retriever, SearchConfig, TokenIndex, build_index, search_all
 from jmlr_jax.retrieval.store import load_index, save_index
 from jmlr_jax.train.jmlr_step import JMLRConfig, StepConfigs, train_step
 from jmlr_jax.train.state import OptimConfig, make_optimizer
@@ -235,7 +235,7 @@ class Comparison(Caches, DevParts, Measures):
         if os.path.isfile(os.path.join(path, "manifest.json")):
             full = load_index(path, self.setup.corpus, rparams)
         else:
-            full = build_index(self.setup.corpus, rcfg, rparams, ctok, IndexConfig(), SearchConfig(),
+            full = build_index(self.setup.corpus, rcfg, rparams, ctok, EXACT_INDEX, SearchConfig(),  # searched exactly
                                progress=self.progress)
             save_index(full, path)
         n, m, end = self.setup.n_main, self.setup.n_eval, len(self.setup.corpus)
