@@ -72,12 +72,23 @@ def _config(reader, path: str, **overrides) -> LlamaConfig:
         max_position_embeddings=int(_field(reader, p + "context_length", 4096)),
         tie_word_embeddings="output.weight" not in names,
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+        eos_token_id=_eos_ids(reader),
     )
     if "rope_freqs.weight" in names:
         kw.update(_llama3_rope(reader, LlamaConfig(**kw), path))
     kw.update(overrides)
     return LlamaConfig(**kw)
+
+
+def _eos_ids(reader) -> int | tuple[int, ...] | None:
+    """EOS and llama.cpp's end-of-turn / end-of-message tokens (Llama 3.1 Instruct's <|eot_id|> and <|eom_id|>, which
+    its config.json lists beside <|end_of_text|>): generation ends at any of them, as llama.cpp's does."""
+    ids = []
+    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        i = _field(reader, key)
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return None if not ids else ids[0] if len(ids) == 1 else tuple(ids)
 
 
 # Llama 3.1 / 3.2 / 3.3's RoPE settings besides the factor (8 or 32): what their config.json files hold.

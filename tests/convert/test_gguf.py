@@ -20,7 +20,8 @@ TOKENS = ["<|endoftext|>", "<|im_start|>", "Ġ"] + [chr(c) for c in range(33, 12
 
 
 def write_gguf(path, model, int_tensor: bool = False, rope_freqs: np.ndarray | None = None, pre: str = "smollm",
-               tokens: list[str] | None = None, merges: list[str] = ()):
+               tokens: list[str] | None = None, merges: list[str] = (), eot: int | None = None,
+               eom: int | None = None):
     c = model.config
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(c.num_hidden_layers)
@@ -41,6 +42,10 @@ def write_gguf(path, model, int_tensor: bool = False, rope_freqs: np.ndarray | N
     w.add_token_merges(list(merges))
     w.add_bos_token_id(1)
     w.add_eos_token_id(0)
+    if eot is not None:
+        w.add_eot_token_id(eot)
+    if eom is not None:
+        w.add_eom_token_id(eom)
     sd = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
@@ -85,6 +90,21 @@ def test_gguf_logits_match_transformers(tmp_path, tie):
     ids = tok.encode("hi <|im_start|>there")
     assert tok.token_to_id("<|im_start|>") in ids and tok.decode(ids) == "hi <|im_start|>there"
     assert tok.bos_id == 1 and tok.eos_id == 0
+
+
+def test_generation_ends_at_llama_cpp_end_of_turn_and_message_tokens(tmp_path):
+    """A Llama 3.1 Instruct GGUF stores <|eot_id|> and <|eom_id|> apart from EOS; its config.json lists all three as
+    eos_token_id, and so does the imported config (the tokenizer's EOS stays EOS)."""
+    from jmlr_jax.generate import end_ids
+
+    write_gguf(tmp_path / "plain.gguf", tiny_hf_llama(vocab=100))
+    cfg, _, tok = load_gguf_llama(str(tmp_path / "plain.gguf"))
+    assert cfg.eos_token_id == 0 and end_ids(cfg, tok) == (0,)
+    write_gguf(tmp_path / "chat.gguf", tiny_hf_llama(vocab=100), eot=7, eom=5)
+    cfg, _, tok = load_gguf_llama(str(tmp_path / "chat.gguf"))
+    assert cfg.eos_token_id == (0, 7, 5) and tok.eos_id == 0 and end_ids(cfg, tok) == (0, 5, 7)
+    write_gguf(tmp_path / "same.gguf", tiny_hf_llama(vocab=100), eot=0)  # as converters write SmolLM2: eot = eos
+    assert load_gguf_llama(str(tmp_path / "same.gguf"))[0].eos_token_id == 0
 
 
 def test_unsupported_tensor_type(tmp_path):
