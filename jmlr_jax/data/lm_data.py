@@ -197,6 +197,13 @@ def _pmc_llama(instruction: str, inp: str) -> str:
 TEMPLATES = {"pmc_llama", "chat"}
 
 
+def response_stops(cfg: LMDataConfig) -> tuple[str, ...]:
+    """Text where a generated response ends although no end token came: in PMC-LLaMA's format a model (the base
+    one above all) goes on to write a next "### Response:" / "### Explanation:" section itself. The chat template's
+    turns end with tokens (`response_end`)."""
+    return ("###",) if cfg.template == "pmc_llama" else ()
+
+
 def render_prompt(cfg: LMDataConfig, tok: Tokenizer, instruction: str, inp: str) -> str:
     """The prompt text (everything before the response) in the configured template: PMC-LLaMA's, or the model's own
     chat template (`jmlr_jax.chat`: system message cfg.system, the instruction and input as the user's)."""

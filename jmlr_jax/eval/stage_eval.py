@@ -20,7 +20,7 @@ from jmlr_jax.data import lm_data, user_records
 from jmlr_jax.data.medquad import MedQuADPair
 from jmlr_jax.data.splits import DataConfig
 from jmlr_jax.errors import InputError, check_counts
-from jmlr_jax.generate import SamplingConfig, generate_ids
+from jmlr_jax.generate import SamplingConfig, cut_at_stop, generate_ids
 from jmlr_jax.models.llama import LlamaConfig
 from jmlr_jax.retrieval.corpus import resolve_path
 from jmlr_jax.tokenizers import Tokenizer, bos_prefix
@@ -60,14 +60,15 @@ def heldout_perplexity(cfg: LlamaConfig, params, tok: Tokenizer, texts: Sequence
 
 def greedy_answers(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig,
                    requests: Sequence[tuple[str, str]], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
-    """Greedy responses (KV cache) to (instruction, input) requests in the configured template."""
+    """Greedy responses (KV cache) to (instruction, input) requests in the configured template, each ending at the
+    template's end tokens or cut where it starts the template's next section (`lm_data.response_stops`)."""
     bos = bos_prefix(tok)
     eos = tuple(lm_data.response_end(lm, tok))
     outputs = []
     for i in range(0, len(requests), batch_size):
         prompts = [bos + tok.encode(lm_data.render_prompt(lm, tok, ins, inp))[-(lm.seq_len - max_new_tokens):]
                    for ins, inp in requests[i: i + batch_size]]
-        outputs += [tok.decode(ids).strip() for ids in
+        outputs += [cut_at_stop(tok.decode(ids), lm_data.response_stops(lm)).strip() for ids in
                     generate_ids(cfg, params, prompts, SamplingConfig(max_new_tokens, eos_ids=eos), pad_multiple=64)]
     return outputs
 
@@ -78,8 +79,19 @@ def generation_scores(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDa
     if not records:
         raise InputError("no MedQuAD questions to answer (no held-out focus in this data?)")
     outputs = greedy_answers(cfg, params, tok, lm, [(r.question, "") for r in records], max_new_tokens, batch_size)
-    return dict(text_scores(outputs, [r.answer for r in records]),
+    return dict(text_scores(outputs, [r.answer for r in records]), stop_strings=list(lm_data.response_stops(lm)),
                 predictions=[{"id": r.id, "output": o} for r, o in zip(records, outputs)])
+
+
+def rescore_answers(medquad: dict, refs: dict[str, str], lm: lm_data.LMDataConfig) -> dict:
+    """A stored `generation_scores` result brought up to date without generating again: each answer cut at the
+    template's stop strings (answers stored before they were cut; cutting a cut answer changes nothing, and cutting
+    the stripped text gives what generation gives now, since the stops start with no whitespace) and scored again.
+    `refs`: answer by question id."""
+    stops = lm_data.response_stops(lm)
+    preds = [dict(p, output=cut_at_stop(p["output"], stops).strip()) for p in medquad["predictions"]]
+    return dict(text_scores([p["output"] for p in preds], [refs[p["id"]] for p in preds]),
+                stop_strings=list(stops), predictions=preds)
 
 
 def model_pairs(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataConfig, records, path: str,

@@ -393,7 +393,8 @@ def pipeline_pairs(pipe: PipelineConfig, data: DataConfig, lm: lm_data.LMDataCon
 def _refresh(r: dict, dest: str, path: str, ref: str | None, beta: float, trained: str, kind: str, pairs: list,
              data: DataConfig, lm: lm_data.LMDataConfig, ecfg: stage_eval.StageEvalConfig, load) -> None:
     """Brings a stored result up to date without evaluating it again: pairs of another kind or number are
-    rescored, MCQ predictions stored before they were kept are rerun, answers get their per-answer ROUGE-L."""
+    rescored, MCQ predictions stored before they were kept are rerun, answers stored before they had per-answer
+    ROUGE-L or were cut at the template's stop strings are rescored (`stage_eval.rescore_answers`)."""
     changed = []
     model = functools.cache(lambda: load(path))  # loaded once, and only when a part needs the model
     if r["pairs"].get("kind", "options") != kind or r["pairs"]["n"] != len(pairs):
@@ -411,11 +412,9 @@ def _refresh(r: dict, dest: str, path: str, ref: str | None, beta: float, traine
         r["mcq"] += new["mcq"]
         r["mcq_predictions"] += new["mcq_predictions"]
         changed.append(f"MCQ sets {missing}")
-    if "rougeL_each" not in r["medquad"]:
+    if "rougeL_each" not in r["medquad"] or r["medquad"].get("stop_strings") != list(lm_data.response_stops(lm)):
         refs = {q.id: q.answer for q in stage_eval.held_medquad(data, lm)}
-        preds = r["medquad"]["predictions"]
-        r["medquad"] = dict(stage_eval.text_scores([p["output"] for p in preds], [refs[p["id"]] for p in preds]),
-                            predictions=preds)
+        r["medquad"] = stage_eval.rescore_answers(r["medquad"], refs, lm)
         changed.append("ROUGE")
     if changed:
         r["trained"] = trained

@@ -134,6 +134,16 @@ def test_stages_chain_skip_and_resume(setup, tmp_path, monkeypatch, capsys):
                         lambda name, *a, **k: calls.append(("eval", name)) or real_eval(name, *a, **k))
     monkeypatch.setattr(stage_eval, "pair_scores", lambda *a, **k: calls.append(("pairs",)) or real_pairs(*a, **k))
     assert stages.evaluate_pipeline(pipe, data, lm, ecfg) == results and not calls
+    # an answer stored before answers were cut where the model writes PMC-LLaMA's next "###" section itself is cut
+    # and rescored without generating again (the tiny model's own answers hold no "###": the stored ones are kept)
+    assert results[0]["medquad"]["stop_strings"] == ["###"]
+    stored = os.path.join(pipe.workdir, "eval", "base.json")
+    old = json.loads(pathlib.Path(stored).read_text())
+    old["medquad"].pop("stop_strings")
+    old["medquad"]["predictions"][0]["output"] += "\n\n### Response:\nThis response is incorrect"
+    old["medquad"]["rougeL_each"][0] = old["medquad"]["rougeL"] = -1.0
+    pathlib.Path(stored).write_text(json.dumps(old))
+    assert stages.evaluate_pipeline(pipe, data, lm, ecfg) == results and not calls
     fewer = stages.evaluate_pipeline(pipe, data, lm, dataclasses.replace(ecfg, pairs=2))
     assert calls == [("pairs",)] * 4 and all(r["pairs"]["n"] == 2 for r in fewer)
     assert [r["perplexity"] for r in fewer] == [r["perplexity"] for r in results]
