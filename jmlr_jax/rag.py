@@ -29,7 +29,7 @@ from jmlr_jax.convert import load_preset
 from jmlr_jax.models import ColBERTTokenizer
 from jmlr_jax.data.sources import QARecord
 from jmlr_jax.eval.mcq import prompt_ids
-from jmlr_jax.generate import SamplingConfig, end_ids, generate, generate_ids
+from jmlr_jax.generate import SamplingConfig, cut_at_stop, end_ids, generate, generate_ids
 from jmlr_jax.retrieval import load_corpus
 from jmlr_jax.retrieval.corpus import Passage
 from jmlr_jax.retrieval.index import EXACT_INDEX, Retriever, SearchConfig, build_index
@@ -148,8 +148,8 @@ def answer_from_run(args, t0: float) -> None:
     prompt = prompt_ids(w.tok, exp.template, exp.budgets, record, [passages[i].with_title for i in top[::-1]])
     sampling = SamplingConfig(args.max_new_tokens, eos_ids=end_ids(w.llm_cfg, w.tok))
     out = generate_ids(w.llm_cfg, w.llm_params, [prompt], sampling)
-    report(args.question, w.tok.decode(out[0]), passages, top, scores,
-           f"the run's retriever (step {w.meta['step']})", t0)
+    answer = cut_at_stop(w.tok.decode(out[0]), exp.template.stop_strings)  # not a next "Question:" it writes itself
+    report(args.question, answer, passages, top, scores, f"the run's retriever (step {w.meta['step']})", t0)
 
 
 def report(question, answer, passages, top, scores, how: str, t0: float) -> None:

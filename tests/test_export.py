@@ -78,6 +78,12 @@ def test_exported_run_loads_in_transformers_and_answers(assets, tmp_path, monkey
         assert len(cited) == n and set(cited) <= {p.id for p in t.corpus.passages}, (argv, out)
         assert ("the run's retriever (step 1)" in out) == (n > 0)
     assert w.exp.jmlr.num_docs == 2
+    # an answer that goes on to a next question of the run's template ends before it
+    more = w.tok.encode(" Every year.\n\nQuestion: Who else?")
+    monkeypatch.setattr(rag, "generate_ids", lambda *a, **k: [more])
+    rag.main(["--workdir", str(tmp_path / "run"), "--question", "Who should be screened?"])
+    out = capsys.readouterr().out
+    assert "Answer: Every year.\n" in out and "Who else" not in out
     with pytest.raises(SystemExit):  # the run's data looked for elsewhere (--data_dir): a one-line error if absent
         rag.main(["--workdir", str(tmp_path / "run"), "--data_dir", str(tmp_path / "nowhere")])
     assert f"DataConfig.data_dir '{tmp_path / 'nowhere'}' is not a directory" in capsys.readouterr().err

@@ -67,6 +67,15 @@ class PromptTemplate:
     def doc_text(self, doc: str) -> str:
         return self.doc.format(doc=doc)
 
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Where a generated answer ends although no EOS came: the literal start of a next reference, context or
+        question block ("Reference:", "Context:", "Question:"), which a model writes when it goes on past its
+        answer (`generate.cut_at_stop`)."""
+        leads = (next(string.Formatter().parse(getattr(self, name)))[0].strip() if getattr(self, name) else ""
+                 for name in ("doc", "context", "question"))
+        return tuple(dict.fromkeys(lead for lead in leads if lead))
+
     def shot_text(self, r: QARecord) -> str:
         """A solved example for few-shot evaluation: the question block and its answer (no rationale), then a
         blank line."""

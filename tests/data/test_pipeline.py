@@ -37,6 +37,9 @@ def test_template_text_is_the_same_for_train_and_eval():
     with pytest.raises(ValueError, match=r"PromptTemplate.doc 'Ref \{doc': expected '\}' before end of string"):
         PromptTemplate(doc="Ref {doc")
     assert PromptTemplate(doc="{{literal}} {doc}\n").doc_text("x") == "{literal} x\n"
+    # where a generated answer is cut: the start of a next block, as the model would write it
+    assert PromptTemplate().stop_strings == ("Reference:", "Context:", "Question:")
+    assert PromptTemplate(doc="{doc}\n", context="", question="Q: {question}\n{options}A:").stop_strings == ("Q:",)
 
 
 def test_blocks_budgets_alignment_and_eos(tok):
