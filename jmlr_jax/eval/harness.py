@@ -202,7 +202,9 @@ def evaluate(sets: dict[str, list[QARecord]], llm_cfg, llm_params, tok, ecfg: Ev
                                ecfg.batch_size, tok.pad_id or 0, bar)
             outs = [{"pred": int(np.argmax(x)), "logliks": [round(float(v), 4) for v in x]} for x in ll]
         else:
-            texts = generate_answers(llm_cfg, llm_params, tok, prompts, ecfg.max_new_tokens, ecfg.batch_size, bar)
+            # cut where the model goes on to a next "Question:": its "Answer: C" would be parsed as this answer
+            texts = generate_answers(llm_cfg, llm_params, tok, prompts, ecfg.max_new_tokens, ecfg.batch_size, bar,
+                                     stop_strings=tpl.stop_strings)
             outs = []
             for r, t in zip(records, texts):
                 p = parse_choice(t, r.options)

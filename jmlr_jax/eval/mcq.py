@@ -21,7 +21,7 @@ import numpy as np
 from jmlr_jax import parallel
 from jmlr_jax.data.sources import LETTERS, QARecord
 from jmlr_jax.data.templates import Budgets, PromptTemplate, bos_block, encode_docs, encode_question
-from jmlr_jax.generate import SamplingConfig, end_ids, generate_ids, left_pad
+from jmlr_jax.generate import SamplingConfig, cut_at_stop, end_ids, generate_ids, left_pad
 from jmlr_jax.models.llama import Llama, LlamaConfig, init_cache
 from jmlr_jax.tokenizers import Tokenizer
 
@@ -103,15 +103,16 @@ def score_options(cfg: LlamaConfig, params, prompts: Sequence[list[int]], option
 
 
 def generate_answers(cfg: LlamaConfig, params, tok: Tokenizer, prompts: Sequence[list[int]], max_new_tokens: int = 16,
-                     batch_size: int = 8, progress=None) -> list[str]:
-    """Greedy continuations of each prompt, decoded."""
+                     batch_size: int = 8, progress=None, stop_strings: Sequence[str] = ()) -> list[str]:
+    """Greedy continuations of each prompt, decoded, each cut before the first of `stop_strings` (e.g. the
+    template's `PromptTemplate.stop_strings`: a next question the model writes itself)."""
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, eos_ids=end_ids(cfg, tok))
     pad = tok.pad_id if tok.pad_id is not None else 0
     out = [""] * len(prompts)
     for idx, padded in _batches([len(p) for p in prompts], batch_size):
         gen = generate_ids(cfg, params, [prompts[i] for i in padded], sampling, pad_id=pad, pad_multiple=BUCKET)
         for b, i in enumerate(idx):
-            out[i] = tok.decode(gen[b])
+            out[i] = cut_at_stop(tok.decode(gen[b]), stop_strings)
         if progress is not None:
             progress.update(len(idx))
     return out

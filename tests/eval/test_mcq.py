@@ -105,6 +105,23 @@ def test_evaluate_generate_parses_and_counts_unparsed(tiny):
     assert summarize(preds)[0]["unparsed"] == sum(p["unparsed"] for p in preds)
 
 
+def test_generate_mode_reads_the_answer_not_the_next_question_the_model_writes(tiny, monkeypatch):
+    """A base model goes on past its answer into a next "Question: ... Answer: C" of its own; parsed whole, that
+    "Answer: C" was taken for this question's answer (an explicit answer outranks a leading letter)."""
+    from jmlr_jax.eval import harness, mcq
+
+    cfg, params, tok, _ = tiny
+    arm = records()[2]  # gold B, Humerus
+    text = " B. Humerus\n\nQuestion: Which bone is in the leg?\nA. Femur\nB. Ulna\nAnswer: A"
+    assert parse_choice(text, arm.options) == 0
+    real = mcq.generate_answers
+    monkeypatch.setattr(harness, "generate_answers",
+                        lambda *a, **k: [mcq.cut_at_stop(text, k["stop_strings"]) for _ in real(*a, **k)])
+    (p,) = evaluate({"mmlu": [arm]}, cfg, params, tok, EvalConfig(mode="generate", max_new_tokens=2),
+                    PromptTemplate(), Budgets(), progress=False)
+    assert p["correct"] and p["pred_letter"] == "B" and p["output"] == " B. Humerus\n\n"
+
+
 def test_eval_sets_from_fixture_files(tmp_path, capsys):
     medqa = tmp_path / "test.jsonl"
     medqa.write_text("\n".join(json.dumps({"question": f"Q{i}?", "options": {"A": "x", "B": "y", "C": "z", "D": "w"},
