@@ -78,11 +78,9 @@ class Measures:
             for row, x, r in zip(rows, ll, records):
                 pred = ("yes", "no", "maybe")[int(np.argmax(x))]
                 row.update(decision=pred, correct=pred == r.decision)
-        if generate:
-
-            # uncut (no stop_strings), as the committed comparison was measured: the base generator runs on into a
-            # next "Question:" in at most 4 of 80 answers of an arm, and ROUGE-L scores that text too
-            outs = generate_answers(llm_cfg, llm_params, tok, prompts[:generate], c.answer_tokens, c.eval_batch)
+        if generate:  # cut before a next "Question:" the base generator writes itself (0-4 of an arm's 80)
+            outs = generate_answers(llm_cfg, llm_params, tok, prompts[:generate], c.answer_tokens, c.eval_batch,
+                                    stop_strings=self.template.stop_strings)
             refs = [tok.decode(t) for t in targets[:generate]]  # the target the NLL scores (cut to answer_tokens)
             for row, o, s in zip(rows, outs, text_scores_per_question(outs, refs)):
                 row.update(output=o, **s)
