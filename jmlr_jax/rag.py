@@ -28,8 +28,8 @@ from jmlr_jax import chat, config, workdir as workdir_lib
 from jmlr_jax.convert import load_preset
 from jmlr_jax.models import ColBERTTokenizer
 from jmlr_jax.data.sources import QARecord
-from jmlr_jax.eval.mcq import prompt_ids
-from jmlr_jax.generate import SamplingConfig, cut_at_stop, end_ids, generate, generate_ids
+from jmlr_jax.eval.mcq import generate_answers, prompt_ids
+from jmlr_jax.generate import generate
 from jmlr_jax.retrieval import load_corpus
 from jmlr_jax.retrieval.corpus import Passage
 from jmlr_jax.retrieval.index import EXACT_INDEX, Retriever, SearchConfig, build_index
@@ -146,9 +146,8 @@ def answer_from_run(args, t0: float) -> None:
         top, scores = ids[0][ids[0] >= 0], scores[0]
     record = QARecord("question", "user", args.question, (), -1)
     prompt = prompt_ids(w.tok, exp.template, exp.budgets, record, [passages[i].with_title for i in top[::-1]])
-    sampling = SamplingConfig(args.max_new_tokens, eos_ids=end_ids(w.llm_cfg, w.tok))
-    out = generate_ids(w.llm_cfg, w.llm_params, [prompt], sampling)
-    answer = cut_at_stop(w.tok.decode(out[0]), exp.template.stop_strings)  # not a next "Question:" it writes itself
+    answer = generate_answers(w.llm_cfg, w.llm_params, w.tok, [prompt], args.max_new_tokens,  # as evaluation does
+                              stop_strings=exp.template.stop_strings)[0]  # not a next "Question:" it writes itself
     report(args.question, answer, passages, top, scores, f"the run's retriever (step {w.meta['step']})", t0)
 
 

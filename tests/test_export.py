@@ -68,6 +68,7 @@ def test_exported_run_loads_in_transformers_and_answers(assets, tmp_path, monkey
     # The same run answers (launch/answer.py --workdir): its weights (LoRA merged), corpus and template; by default
     # as many passages of its corpus as it was trained to read (JMLRConfig.num_docs = 2), or --k of them.
     from jmlr_jax import rag
+    from jmlr_jax.eval import mcq
 
     capsys.readouterr()
     for argv, n in (([], w.exp.jmlr.num_docs), (["--k", "1"], 1), (["--k", "0"], 0)):
@@ -80,7 +81,7 @@ def test_exported_run_loads_in_transformers_and_answers(assets, tmp_path, monkey
     assert w.exp.jmlr.num_docs == 2
     # an answer that goes on to a next question of the run's template ends before it
     more = w.tok.encode(" Every year.\n\nQuestion: Who else?")
-    monkeypatch.setattr(rag, "generate_ids", lambda *a, **k: [more])
+    monkeypatch.setattr(mcq, "generate_ids", lambda *a, **k: [more])
     rag.main(["--workdir", str(tmp_path / "run"), "--question", "Who should be screened?"])
     out = capsys.readouterr().out
     assert "Answer: Every year.\n" in out and "Who else" not in out

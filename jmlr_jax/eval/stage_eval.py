@@ -63,12 +63,12 @@ def greedy_answers(cfg: LlamaConfig, params, tok: Tokenizer, lm: lm_data.LMDataC
     """Greedy responses (KV cache) to (instruction, input) requests in the configured template, each ending at the
     template's end tokens or cut where it starts the template's next section (`lm_data.response_stops`)."""
     bos = bos_prefix(tok)
-    eos = tuple(lm_data.response_end(lm, tok))
+    eos, stops = tuple(lm_data.response_end(lm, tok)), lm_data.response_stops(lm)
     outputs = []
     for i in range(0, len(requests), batch_size):
         prompts = [bos + tok.encode(lm_data.render_prompt(lm, tok, ins, inp))[-(lm.seq_len - max_new_tokens):]
                    for ins, inp in requests[i: i + batch_size]]
-        outputs += [cut_at_stop(tok.decode(ids), lm_data.response_stops(lm)).strip() for ids in
+        outputs += [cut_at_stop(tok.decode(ids), stops).strip() for ids in
                     generate_ids(cfg, params, prompts, SamplingConfig(max_new_tokens, eos_ids=eos), pad_multiple=64)]
     return outputs
 
