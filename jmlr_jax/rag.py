@@ -109,8 +109,9 @@ class CitedPrompt(NamedTuple):
 
 
 # Where a base model, continuing the plain prompt, starts writing the next turn itself (a new "Question:", more
-# references, or the instruction again).
-PLAIN_STOPS = ("\nQuestion:", "\nReference:", f"\n{SYSTEM}")
+# references, or the instruction again); no leading newline, as PromptTemplate.stop_strings: base models also write
+# "\n\n Question:".
+PLAIN_STOPS = ("Question:", "Reference:", SYSTEM)
 
 
 def cited_prompt(tok: Tokenizer, question: str, passages: Sequence[Passage]) -> CitedPrompt:

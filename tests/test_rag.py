@@ -93,7 +93,7 @@ def test_a_base_model_without_a_chat_template_gets_a_plain_prompt(minilm, tmp_pa
     next question itself."""
     from tests.helpers import save_tiny_llama_dir
 
-    prompts = _spy_on_prompts(monkeypatch, answer=" Every year.\n\nQuestion: How often should children be screened?")
+    prompts = _spy_on_prompts(monkeypatch, answer=" Every year.\n\n Question: How often should children be screened?")
     llm = save_tiny_llama_dir(str(tmp_path / "base_llama"))
     rag.main(_argv(tmp_path, "How often should adults be screened for high blood pressure?") + ["--generator", llm])
     out = capsys.readouterr().out
